@@ -1,0 +1,85 @@
+"""Statement helpers shared by the store modules: upsert, time-window filters, reads."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import pandas as pd
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+
+from kpi_pipeline.store._convert import Kind, TimeLike, build_frame, to_utc
+
+_INSERTS = {"postgresql": postgresql.insert, "sqlite": sqlite.insert}
+
+BATCH_SIZE = 5_000
+"""Rows per executemany call: bounds statement and memory size on large frames."""
+
+
+def upsert(
+    connection: sa.Connection,
+    table: sa.Table,
+    rows: Sequence[dict[str, Any]],
+    *,
+    conflict: Sequence[str] | None = None,
+    update: Sequence[str] = (),
+    only_if_changed: Sequence[str] = (),
+    count: bool = False,
+) -> int | None:
+    """Insert ``rows`` into ``table``; on a key conflict update the ``update`` columns.
+
+    ``conflict`` names the unique columns (default: the primary key). With no ``update``
+    columns a conflicting row is left alone. With ``only_if_changed``, the existing row is
+    updated only when one of those columns differs, so untouched rows keep their timestamps.
+    With ``count``, returns how many rows were inserted or updated; this uses RETURNING, which
+    makes large batches several times slower on psycopg, so bulk writers count in pandas.
+    """
+    try:
+        insert = _INSERTS[connection.dialect.name](table)
+    except KeyError:
+        raise NotImplementedError(f"unsupported database: {connection.dialect.name}") from None
+    index_elements = list(conflict or (column.name for column in table.primary_key))
+    if update:
+        changed = sa.or_(
+            *(table.c[name].is_distinct_from(insert.excluded[name]) for name in only_if_changed)
+        )
+        statement = insert.on_conflict_do_update(
+            index_elements=index_elements,
+            set_={name: insert.excluded[name] for name in update},
+            where=changed if only_if_changed else None,
+        )
+    else:
+        statement = insert.on_conflict_do_nothing(index_elements=index_elements)
+    if count:
+        # executemany's rowcount is not reliable on every driver (psycopg reports -1).
+        statement = statement.returning(*(table.c[name] for name in index_elements))
+    written = 0
+    for start in range(0, len(rows), BATCH_SIZE):
+        result = connection.execute(statement, rows[start : start + BATCH_SIZE])
+        written += len(result.all()) if count else 0
+    return written if count else None
+
+
+def window(
+    source: sa.TableClause,
+    kpis: str | Iterable[str] | None = None,
+    since: TimeLike | None = None,
+    until: TimeLike | None = None,
+) -> list[sa.ColumnElement[bool]]:
+    """Conditions selecting ``kpis`` (all if None) with ``since <= ts <= until`` (open if None)."""
+    conditions = []
+    if kpis is not None:
+        conditions.append(source.c.kpi.in_([kpis] if isinstance(kpis, str) else list(kpis)))
+    if since is not None:
+        conditions.append(source.c.ts >= to_utc(since))
+    if until is not None:
+        conditions.append(source.c.ts <= to_utc(until))
+    return conditions
+
+
+def read_frame(engine: sa.Engine, query: sa.Select, columns: Mapping[str, Kind]) -> pd.DataFrame:
+    """Run ``query`` (selecting ``columns`` in order) into a DataFrame with fixed dtypes."""
+    with engine.connect() as connection:
+        rows = connection.execute(query).all()
+    return build_frame(rows, columns)

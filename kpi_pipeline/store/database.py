@@ -1,0 +1,122 @@
+"""Engines, transactions and migrations: the database as a whole."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import sqlalchemy as sa
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+
+from kpi_pipeline.config import get_settings
+from kpi_pipeline.store.schema import TABLES, anomalies
+
+MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
+
+SQLITE_BUSY_TIMEOUT_MS = 30_000
+"""How long a SQLite writer waits for another process's write lock before failing."""
+
+_WRITE = "kpi_write"  # execution option marking a connection that will write
+
+_MIGRATION_LOCK_KEY = 0x6B70695F6D6967  # any constant shared by all migrators ("kpi_mig")
+
+
+def make_engine(url: str | None = None) -> sa.Engine:
+    """An engine for ``url`` (default: the configured database, embedded SQLite if unset).
+
+    Postgres sessions run in UTC; a bare ``postgresql://`` URL uses psycopg 3. SQLite gets WAL
+    and a busy timeout so several processes (Dagster runs, the API) can share one file.
+    """
+    parsed = sa.make_url(url or get_settings().resolved_database_url())
+    backend = parsed.get_backend_name()
+    if backend == "sqlite":
+        return _sqlite_engine(parsed)
+    if backend != "postgresql":
+        raise ValueError(f"unsupported database {backend!r}: use PostgreSQL or SQLite")
+    if parsed.drivername == "postgresql":
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    options = {"options": "-c timezone=UTC"}
+    return sa.create_engine(parsed, pool_pre_ping=True, connect_args=options)
+
+
+def _sqlite_engine(url: sa.URL) -> sa.Engine:
+    if url.database and url.database != ":memory:" and not url.database.startswith("file:"):
+        Path(url.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+    engine = sa.create_engine(url)
+
+    @sa.event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection, _record) -> None:
+        # Take transaction control away from sqlite3 so BEGIN is emitted below (transactional
+        # DDL, and BEGIN IMMEDIATE for writers).
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.close()
+
+    @sa.event.listens_for(engine, "begin")
+    def _on_begin(connection: sa.Connection) -> None:
+        # A writer takes the write lock up front: a deferred transaction that reads and then
+        # writes fails at once with "database is locked" if another process wrote meanwhile,
+        # instead of waiting for the busy timeout.
+        immediate = connection.get_execution_options().get(_WRITE, False)
+        connection.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+    return engine
+
+
+@contextmanager
+def write_transaction(engine: sa.Engine) -> Iterator[sa.Connection]:
+    """A connection in a transaction that commits on success; for everything that writes."""
+    with engine.connect() as connection:
+        connection.execution_options(**{_WRITE: True})
+        with connection.begin():
+            yield connection
+
+
+def alembic_config(url: str | None = None) -> Config:
+    """An Alembic config for the packaged migrations; needs no alembic.ini or working dir."""
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    if url:
+        config.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
+    return config
+
+
+def migrate(url_or_engine: str | sa.Engine | None = None) -> list[str]:
+    """Upgrade the database to the newest schema; returns the revisions applied, oldest first.
+
+    Idempotent: on an up-to-date database it applies nothing and returns ``[]``. Concurrent
+    callers are serialised (advisory lock on Postgres, the write lock on SQLite).
+    """
+    engine = url_or_engine if isinstance(url_or_engine, sa.Engine) else make_engine(url_or_engine)
+    config = alembic_config()
+    scripts = ScriptDirectory.from_config(config)
+    try:
+        with write_transaction(engine) as connection:
+            if connection.dialect.name == "postgresql":
+                lock = sa.func.pg_advisory_xact_lock(sa.bindparam("key", _MIGRATION_LOCK_KEY))
+                connection.execute(sa.select(lock))
+            current = MigrationContext.configure(connection).get_current_revision()
+            pending = [script.revision for script in scripts.iterate_revisions("heads", current)]
+            if pending:
+                config.attributes["connection"] = connection
+                command.upgrade(config, "heads")
+    finally:
+        if engine is not url_or_engine:
+            engine.dispose()
+    return pending[::-1]
+
+
+def table_counts(engine: sa.Engine) -> dict[str, int]:
+    """Row counts of every table of the data contract, plus the ``anomalies`` view."""
+    with engine.connect() as connection:
+        return {
+            source.name: connection.scalar(sa.select(sa.func.count()).select_from(source))
+            for source in (*TABLES, anomalies)
+        }

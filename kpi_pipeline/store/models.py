@@ -1,0 +1,147 @@
+"""The model registry: one row per trained model (kpi, kind, version) with its artifact."""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import sqlalchemy as sa
+
+from kpi_pipeline.store._convert import TimeLike, to_utc
+from kpi_pipeline.store._sql import upsert, window
+from kpi_pipeline.store.database import write_transaction
+from kpi_pipeline.store.schema import kpi_models
+
+
+@dataclass(frozen=True)
+class ModelRecord:
+    """A row of ``kpi_models``; timestamps are tz-aware UTC."""
+
+    kpi: str
+    kind: str
+    version: str
+    trained_at: pd.Timestamp
+    train_start: pd.Timestamp | None
+    train_end: pd.Timestamp | None
+    n_points: int | None
+    params: dict[str, Any]
+    metrics: dict[str, Any]
+    artifact: bytes | None
+
+
+def save_model(
+    engine: sa.Engine,
+    *,
+    kpi: str,
+    kind: str,
+    version: str,
+    trained_at: TimeLike,
+    train_start: TimeLike | None,
+    train_end: TimeLike | None,
+    n_points: int | None,
+    params: dict[str, Any],
+    metrics: dict[str, Any],
+    artifact: bytes | None,
+) -> None:
+    """Store a trained model, replacing any earlier row with the same (kpi, kind, version).
+
+    ``params`` and ``metrics`` may hold numpy scalars and timestamps; NaN is stored as null.
+    """
+    row = {
+        "kpi": kpi,
+        "kind": kind,
+        "version": version,
+        "trained_at": to_utc(trained_at),
+        "train_start": None if train_start is None else to_utc(train_start),
+        "train_end": None if train_end is None else to_utc(train_end),
+        "n_points": None if n_points is None else int(n_points),
+        "params": _jsonable(params),
+        "metrics": _jsonable(metrics),
+        "artifact": artifact,
+    }
+    keys = {column.name for column in kpi_models.primary_key}
+    with write_transaction(engine) as connection:
+        upsert(connection, kpi_models, [row], update=[name for name in row if name not in keys])
+
+
+def load_latest_models(
+    engine: sa.Engine, kind: str, kpis: Iterable[str] | None = None
+) -> dict[str, ModelRecord]:
+    """The newest model of ``kind`` for each KPI (all KPIs if None): latest training cutoff.
+
+    Walk-forward training writes several versions in one run, so recency is the end of the
+    training data (``train_end``), then the time of training.
+    """
+    table = kpi_models
+    recency = (
+        sa.func.row_number()
+        .over(
+            partition_by=table.c.kpi,
+            order_by=(
+                table.c.train_end.desc().nulls_last(),
+                table.c.trained_at.desc(),
+                table.c.version.desc(),
+            ),
+        )
+        .label("recency")
+    )
+    ranked = (
+        sa.select(table, recency).where(table.c.kind == kind, *window(table, kpis)).subquery()
+    )
+    query = sa.select(*(ranked.c[column.name] for column in table.columns)).where(
+        ranked.c.recency == 1
+    )
+    with engine.connect() as connection:
+        rows = connection.execute(query).mappings().all()
+    return {row["kpi"]: _record(row) for row in rows}
+
+
+def load_model_versions(engine: sa.Engine, kpi: str, kind: str) -> list[ModelRecord]:
+    """Every version of one KPI's ``kind`` model, oldest training cutoff first."""
+    table = kpi_models
+    query = (
+        sa.select(table)
+        .where(table.c.kpi == kpi, table.c.kind == kind)
+        .order_by(table.c.train_end.asc().nulls_first(), table.c.trained_at.asc())
+    )
+    with engine.connect() as connection:
+        rows = connection.execute(query).mappings().all()
+    return [_record(row) for row in rows]
+
+
+def _record(row: Any) -> ModelRecord:
+    def utc_or_none(value: Any) -> pd.Timestamp | None:
+        return None if value is None else to_utc(value)
+
+    return ModelRecord(
+        kpi=row["kpi"],
+        kind=row["kind"],
+        version=row["version"],
+        trained_at=to_utc(row["trained_at"]),
+        train_start=utc_or_none(row["train_start"]),
+        train_end=utc_or_none(row["train_end"]),
+        n_points=row["n_points"],
+        params=row["params"] or {},
+        metrics=row["metrics"] or {},
+        artifact=None if row["artifact"] is None else bytes(row["artifact"]),
+    )
+
+
+def _jsonable(value: Any) -> Any:
+    """``value`` as plain JSON data: numpy scalars unwrapped, times as ISO text, NaN as None."""
+    if isinstance(value, dict):
+        return {str(key): _jsonable(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple, np.ndarray)):
+        return [_jsonable(item) for item in value]
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None  # JSON has no NaN/inf and Postgres jsonb rejects them
+    if isinstance(value, (dt.datetime, dt.date)):
+        return value.isoformat()
+    return value

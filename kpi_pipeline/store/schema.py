@@ -1,0 +1,139 @@
+"""Table definitions: the public data contract of the product (see DESIGN.md).
+
+These objects describe the schema for queries; the migrations under ``migrations/versions``
+create it. ``kpi_pipeline_tests/store/test_database.py`` checks that the two agree.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pandas as pd
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql
+
+SEVERITIES: tuple[str, ...] = ("low", "medium", "high", "critical")
+"""Severity levels, least to most severe."""
+
+FEEDBACK_LABELS: tuple[str, ...] = ("true_positive", "false_positive")
+
+UTC = dt.timezone.utc
+
+
+class UtcDateTime(sa.TypeDecorator):
+    """A timezone-aware UTC datetime on every dialect.
+
+    SQLite has no timezone type, so values are stored there as naive UTC; reads always return
+    aware UTC datetimes. Naive values written through this type are taken to be UTC already.
+    """
+
+    impl = sa.DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value, dialect):
+        if value is None:
+            return None
+        if isinstance(value, pd.Timestamp) or not isinstance(value, dt.datetime):
+            value = pd.Timestamp(value).floor("us").to_pydatetime()
+        value = value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value, dialect):
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+# JSONB on Postgres (indexable, compact); JSON text elsewhere.
+Json = sa.JSON().with_variant(postgresql.JSONB(), "postgresql")
+
+metadata = sa.MetaData()
+
+kpi_observations = sa.Table(
+    "kpi_observations",
+    metadata,
+    sa.Column("kpi", sa.Text, primary_key=True),
+    sa.Column("ts", UtcDateTime, primary_key=True),
+    sa.Column("value", sa.Double(), nullable=False),
+    # Set on insert and bumped whenever the value changes, so "rows newer than a cursor"
+    # also finds late and corrected data.
+    sa.Column("ingested_at", UtcDateTime, nullable=False),
+    sa.Column("source", sa.Text),
+    sa.Index("ix_kpi_observations_ingested_at", "ingested_at"),
+)
+
+rejected_observations = sa.Table(
+    "rejected_observations",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("raw", sa.Text, nullable=False),
+    sa.Column("reason", sa.Text, nullable=False),
+    sa.Column("source", sa.Text),
+    sa.Column("line", sa.Integer),
+    sa.Column("rejected_at", UtcDateTime, nullable=False),
+    # sha256 of source|line|raw|reason: re-ingesting the same bad file adds nothing.
+    sa.Column("fingerprint", sa.Text, nullable=False),
+    sa.UniqueConstraint("fingerprint", name="uq_rejected_observations_fingerprint"),
+)
+
+kpi_models = sa.Table(
+    "kpi_models",
+    metadata,
+    sa.Column("kpi", sa.Text, primary_key=True),
+    sa.Column("kind", sa.Text, primary_key=True),
+    sa.Column("version", sa.Text, primary_key=True),
+    sa.Column("trained_at", UtcDateTime, nullable=False),
+    sa.Column("train_start", UtcDateTime),
+    sa.Column("train_end", UtcDateTime),
+    sa.Column("n_points", sa.Integer),
+    sa.Column("params", Json),
+    sa.Column("metrics", Json),
+    sa.Column("artifact", sa.LargeBinary),
+)
+
+anomaly_scores = sa.Table(
+    "anomaly_scores",
+    metadata,
+    sa.Column("kpi", sa.Text, primary_key=True),
+    sa.Column("ts", UtcDateTime, primary_key=True),
+    sa.Column("value", sa.Double()),  # NULL: a missing-data gap scored as an anomaly
+    sa.Column("expected", sa.Double()),
+    sa.Column("lower", sa.Double()),
+    sa.Column("upper", sa.Double()),
+    sa.Column("iforest_score", sa.Double()),
+    sa.Column("prophet_score", sa.Double()),
+    sa.Column("score", sa.Double()),
+    sa.Column("is_anomaly", sa.Boolean, nullable=False),
+    sa.Column("severity", sa.Text),
+    sa.Column("flagged_by", sa.Text),
+    sa.Column("event_id", sa.Text),
+    sa.Column("model_version", sa.Text),
+    sa.Column("scored_at", UtcDateTime, nullable=False),
+    sa.CheckConstraint(
+        "severity IN ('low', 'medium', 'high', 'critical')", name="ck_anomaly_scores_severity"
+    ),
+)
+
+anomaly_feedback = sa.Table(
+    "anomaly_feedback",
+    metadata,
+    sa.Column("kpi", sa.Text, primary_key=True),
+    sa.Column("ts", UtcDateTime, primary_key=True),
+    sa.Column("label", sa.Text, nullable=False),
+    sa.Column("note", sa.Text),
+    sa.Column("created_at", UtcDateTime, nullable=False),
+    sa.CheckConstraint(
+        "label IN ('true_positive', 'false_positive')", name="ck_anomaly_feedback_label"
+    ),
+)
+
+# A view, created by the migration; a lightweight construct keeps it out of `metadata`.
+anomalies = sa.table(
+    "anomalies",
+    *(sa.column(column.name, column.type) for column in anomaly_scores.columns),
+    sa.column("feedback", sa.Text),
+    sa.column("feedback_note", sa.Text),
+    sa.column("feedback_at", UtcDateTime),
+)
+
+TABLES: tuple[sa.Table, ...] = tuple(metadata.sorted_tables)

@@ -1,0 +1,135 @@
+"""Anomaly scores, analyst feedback on them, and the ``anomalies`` view joining the two."""
+
+from __future__ import annotations
+
+import pandas as pd
+import sqlalchemy as sa
+
+from kpi_pipeline.store._convert import Kind, TimeLike, coerce, to_records, to_utc, utc_now
+from kpi_pipeline.store._sql import read_frame, upsert, window
+from kpi_pipeline.store.database import write_transaction
+from kpi_pipeline.store.schema import (
+    FEEDBACK_LABELS,
+    SEVERITIES,
+    anomalies,
+    anomaly_feedback,
+    anomaly_scores,
+)
+
+SCORE_COLUMNS: dict[str, Kind] = {
+    "kpi": "str",
+    "ts": "utc",
+    "value": "float",
+    "expected": "float",
+    "lower": "float",
+    "upper": "float",
+    "iforest_score": "float",
+    "prophet_score": "float",
+    "score": "float",
+    "is_anomaly": "bool",
+    "severity": "str",
+    "flagged_by": "str",
+    "event_id": "str",
+    "model_version": "str",
+    "scored_at": "utc",
+}
+ANOMALY_COLUMNS: dict[str, Kind] = SCORE_COLUMNS | {
+    "feedback": "str",
+    "feedback_note": "str",
+    "feedback_at": "utc",
+}
+_REQUIRED = ("kpi", "ts", "is_anomaly")
+_KEY = ["kpi", "ts"]
+
+
+def upsert_scores(engine: sa.Engine, df: pd.DataFrame) -> int:
+    """Write scores (columns of ``anomaly_scores``), replacing earlier scores of the same points.
+
+    kpi, ts and is_anomaly are required; other columns may be absent or NaN (stored as NULL),
+    and ``scored_at`` defaults to now. Duplicate keys: the last row wins. Returns rows written.
+    """
+    frame = _score_frame(df)
+    with write_transaction(engine) as connection:
+        upsert(
+            connection,
+            anomaly_scores,
+            to_records(frame, list(SCORE_COLUMNS)),
+            update=[name for name in SCORE_COLUMNS if name not in _KEY],
+        )
+    return len(frame)
+
+
+def _score_frame(df: pd.DataFrame) -> pd.DataFrame:
+    unknown = set(df.columns) - set(SCORE_COLUMNS)
+    missing = set(_REQUIRED) - set(df.columns)
+    if unknown or missing:
+        raise ValueError(f"scores: unknown columns {sorted(unknown)}, missing {sorted(missing)}")
+    nulls = df[list(_REQUIRED)].isna().sum()
+    if nulls.any():
+        raise ValueError(f"scores have null values: {nulls[nulls > 0].to_dict()}")
+    frame = df.reindex(columns=list(SCORE_COLUMNS)).reset_index(drop=True)
+    frame["scored_at"] = frame["scored_at"].fillna(utc_now())
+    frame = coerce(frame, SCORE_COLUMNS)
+    bad = set(frame["severity"].dropna()) - set(SEVERITIES)
+    if bad:
+        raise ValueError(f"unknown severities {sorted(bad)}; expected one of {SEVERITIES}")
+    return frame.drop_duplicates(_KEY, keep="last")
+
+
+def last_scored_ts(engine: sa.Engine) -> dict[str, pd.Timestamp]:
+    """The newest scored timestamp of each KPI."""
+    table = anomaly_scores
+    query = sa.select(table.c.kpi, sa.func.max(table.c.ts)).group_by(table.c.kpi)
+    with engine.connect() as connection:
+        return {kpi: to_utc(ts) for kpi, ts in connection.execute(query)}
+
+
+def load_scores(
+    engine: sa.Engine,
+    kpis: list[str] | None = None,
+    since: TimeLike | None = None,
+    until: TimeLike | None = None,
+    only_anomalies: bool = False,
+) -> pd.DataFrame:
+    """Scores with ``since <= ts <= until``, sorted by kpi and ts."""
+    table = anomaly_scores
+    query = sa.select(*(table.c[name] for name in SCORE_COLUMNS)).where(
+        *window(table, kpis, since, until)
+    )
+    if only_anomalies:
+        query = query.where(table.c.is_anomaly)
+    return read_frame(engine, query.order_by(table.c.kpi, table.c.ts), SCORE_COLUMNS)
+
+
+def load_anomalies(
+    engine: sa.Engine,
+    kpi: str | None = None,
+    since: TimeLike | None = None,
+    until: TimeLike | None = None,
+    min_severity: str | None = None,
+) -> pd.DataFrame:
+    """Anomalous points with any feedback (column ``feedback``), newest first.
+
+    ``min_severity`` keeps points at least that severe (low < medium < high < critical);
+    points without a severity are then left out.
+    """
+    view = anomalies
+    query = sa.select(*(view.c[name] for name in ANOMALY_COLUMNS)).where(
+        *window(view, kpi, since, until)
+    )
+    if min_severity is not None:
+        if min_severity not in SEVERITIES:
+            raise ValueError(f"min_severity must be one of {SEVERITIES}, not {min_severity!r}")
+        query = query.where(view.c.severity.in_(SEVERITIES[SEVERITIES.index(min_severity) :]))
+    return read_frame(engine, query.order_by(view.c.ts.desc(), view.c.kpi), ANOMALY_COLUMNS)
+
+
+def set_feedback(
+    engine: sa.Engine, kpi: str, ts: TimeLike, label: str, note: str | None = None
+) -> None:
+    """Label a point ``true_positive`` or ``false_positive``, replacing any earlier label."""
+    if label not in FEEDBACK_LABELS:
+        raise ValueError(f"label must be one of {FEEDBACK_LABELS}, not {label!r}")
+    row = {"kpi": kpi, "ts": to_utc(ts), "label": label, "note": note, "created_at": utc_now()}
+    with write_transaction(engine) as connection:
+        upsert(connection, anomaly_feedback, [row], update=["label", "note", "created_at"])

@@ -1,0 +1,148 @@
+"""Observations and rejections (kpi_pipeline/store/observations.py), on Postgres and SQLite."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import sqlalchemy as sa
+
+from kpi_pipeline.store import (
+    UpsertCounts,
+    insert_rejections,
+    list_kpis,
+    load_observations,
+    observations_ingested_since,
+    observations_version,
+    table_counts,
+    upsert_observations,
+)
+from kpi_pipeline.store._sql import BATCH_SIZE
+from kpi_pipeline.store.schema import kpi_observations
+
+
+def observations(kpi: str, start: str, values: list[float], freq: str = "D") -> pd.DataFrame:
+    ts = pd.date_range(start, periods=len(values), freq=freq, tz="UTC")
+    return pd.DataFrame({"kpi": kpi, "ts": ts, "value": values})
+
+
+def sources(engine: sa.Engine) -> dict[tuple[str, pd.Timestamp], str]:
+    table = kpi_observations
+    with engine.connect() as connection:
+        rows = connection.execute(sa.select(table.c.kpi, table.c.ts, table.c.source)).all()
+    return {(kpi, pd.Timestamp(ts)): source for kpi, ts, source in rows}
+
+
+def test_upsert_inserts_then_leaves_identical_rows_alone_then_updates_changes(migrated_engine):
+    first = pd.concat(
+        [observations("sales", "2024-01-01", [1.0, 2.0, 3.0]), observations("orders", "2024-01-01", [5.0])]
+    )
+
+    assert upsert_observations(migrated_engine, first, "a.csv") == UpsertCounts(4, 0, 0)
+    version = observations_version(migrated_engine)
+    cursor = observations_ingested_since(migrated_engine)["max_ingested_at"].max()
+
+    assert upsert_observations(migrated_engine, first, "b.csv") == UpsertCounts(0, 0, 4)
+    assert observations_version(migrated_engine) == version
+    assert observations_ingested_since(migrated_engine, cursor).empty
+    assert set(sources(migrated_engine).values()) == {"a.csv"}  # unchanged rows not rewritten
+
+    changed = first.assign(value=[1.0, 20.0, 3.0, 5.0])
+    late = observations("sales", "2024-01-04", [4.0])
+    counts = upsert_observations(migrated_engine, pd.concat([changed, late]), "c.csv")
+
+    assert counts == UpsertCounts(inserted=1, updated=1, unchanged=3)
+    assert observations_version(migrated_engine) != version
+    fresh = observations_ingested_since(migrated_engine, cursor)
+    assert fresh["kpi"].tolist() == ["sales"]
+    assert fresh.loc[0, "n_rows"] == 2
+    assert fresh.loc[0, "min_ts"] == pd.Timestamp("2024-01-02", tz="UTC")
+    assert fresh.loc[0, "max_ts"] == pd.Timestamp("2024-01-04", tz="UTC")
+    assert fresh.loc[0, "max_ingested_at"] > cursor
+    assert sources(migrated_engine)[("sales", pd.Timestamp("2024-01-02", tz="UTC"))] == "c.csv"
+    assert load_observations(migrated_engine, ["sales"])["value"].tolist() == [1.0, 20.0, 3.0, 4.0]
+
+
+def test_timestamps_round_trip_as_utc(migrated_engine):
+    local = pd.Timestamp("2024-03-10 12:00", tz="Europe/Berlin")  # +01:00
+    offset = pd.Timestamp("2024-06-01T08:30:00.123456+02:00")
+    df = pd.DataFrame({"kpi": ["sales", "sales"], "ts": [local, offset], "value": [1.0, 2.0]})
+    upsert_observations(migrated_engine, df.astype({"ts": object}), "t")
+
+    loaded = load_observations(migrated_engine)
+
+    assert str(loaded["ts"].dtype) == "datetime64[us, UTC]"
+    assert loaded["ts"].tolist() == [
+        pd.Timestamp("2024-03-10 11:00", tz="UTC"),
+        pd.Timestamp("2024-06-01 06:30:00.123456", tz="UTC"),
+    ]
+    # Filters accept any offset, and naive values mean UTC.
+    since = load_observations(migrated_engine, since="2024-06-01T08:30:00.123456+02:00")
+    until = load_observations(migrated_engine, until="2024-03-10 11:00")
+    assert (since["value"].tolist(), until["value"].tolist()) == ([2.0], [1.0])
+
+
+def test_load_observations_filters_inclusively_and_sorts(migrated_engine):
+    upsert_observations(migrated_engine, observations("sales", "2024-01-01", [1, 2, 3, 4]), "t")
+    upsert_observations(migrated_engine, observations("orders", "2024-01-01", [9, 8]), "t")
+
+    loaded = load_observations(migrated_engine, since="2024-01-02", until="2024-01-03")
+
+    assert loaded[["kpi", "value"]].values.tolist() == [
+        ["orders", 8.0],
+        ["sales", 2.0],
+        ["sales", 3.0],
+    ]
+    assert load_observations(migrated_engine, kpis=["orders"])["value"].tolist() == [9.0, 8.0]
+    assert load_observations(migrated_engine, kpis=[]).empty
+    assert list_kpis(migrated_engine) == ["orders", "sales"]
+
+
+def test_empty_store_reads_give_typed_empty_frames(migrated_engine):
+    loaded = load_observations(migrated_engine)
+    assert loaded.empty
+    assert list(loaded.columns) == ["kpi", "ts", "value"]
+    assert str(loaded["ts"].dtype) == "datetime64[us, UTC]"
+    assert list_kpis(migrated_engine) == []
+    assert observations_version(migrated_engine) == "0:none"
+    assert observations_ingested_since(migrated_engine).empty
+
+
+def test_duplicate_keys_in_one_batch_keep_the_last_value(migrated_engine):
+    same_key = observations("sales", "2024-01-01", [1.0])
+    df = pd.concat([same_key, same_key.assign(value=2.0)])
+    assert upsert_observations(migrated_engine, df, "t") == UpsertCounts(1, 0, 0)
+    assert load_observations(migrated_engine)["value"].tolist() == [2.0]
+
+
+def test_null_values_are_refused(migrated_engine):
+    with pytest.raises(ValueError, match="null"):
+        upsert_observations(
+            migrated_engine, observations("sales", "2024-01-01", [1.0, np.nan]), "t"
+        )
+    assert load_observations(migrated_engine).empty
+
+
+def test_large_batches_are_written_and_diffed(migrated_engine):
+    n = BATCH_SIZE + 1_000  # more than one executemany batch
+    df = observations("traffic", "2020-01-01", np.arange(n, dtype=float).tolist(), freq="h")
+    assert upsert_observations(migrated_engine, df, "t") == UpsertCounts(n, 0, 0)
+    changed = df.assign(value=df["value"].where(df.index % 3 != 0, -1.0))
+    expected = UpsertCounts(inserted=0, updated=n // 3, unchanged=n - n // 3)
+    assert upsert_observations(migrated_engine, changed, "t") == expected
+    assert load_observations(migrated_engine)["value"].equals(changed["value"])
+
+
+def test_rejections_are_recorded_once(migrated_engine):
+    unparseable = {"kpi": "sales", "ts": "yesterday", "value": "1"}
+    missing_value = {"raw": "sales,2024-01-01,", "reason": "missing value", "source": "a.csv"}
+    bad_file = [
+        {"raw": unparseable, "reason": "unparseable ts", "source": "a.csv", "line": 2},
+        missing_value | {"line": 3},
+        missing_value | {"line": 3},  # the same rejection twice in one batch
+    ]
+    assert insert_rejections(migrated_engine, bad_file) == 2
+    assert insert_rejections(migrated_engine, bad_file) == 0
+    assert insert_rejections(migrated_engine, [missing_value | {"source": "b.csv"}]) == 1
+    assert insert_rejections(migrated_engine, []) == 0
+    assert table_counts(migrated_engine)["rejected_observations"] == 3
