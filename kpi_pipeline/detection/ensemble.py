@@ -1,0 +1,338 @@
+"""The per-KPI ensemble: Prophet expectation + Isolation Forest + stuck-sensor evidence.
+
+How a point is judged (higher score = more anomalous, in [0, 1]; 0.5 = the decision threshold):
+
+1. Prophet gives the expected value ``yhat``; the residual is ``r = value - yhat``.
+2. A lasting level shift must not be flagged until the next retrain, so the expectation adapts:
+   ``level`` is the median residual of the ``level_window`` points before t, and the adapted
+   residual is ``e = r - level``. A point is judged by ``min(|r|, |e|)``: it must be surprising both
+   to the model and to the recent level, so a shift alerts at its start, then goes quiet once the
+   level has moved, and its return to normal is not a second incident.
+3. That deviation is divided by the typical size of recent adapted residuals (a robust scale over
+   the ``scale_window`` points before t): in-sample residuals are smaller than out-of-sample ones
+   and volatility drifts, so a fixed scale from training is either too tight or too loose. The
+   tail probability of this ratio under an extreme-value fit on training points is the Prophet
+   surprise.
+4. An Isolation Forest over scale-free features (adapted residual, step size, local volatility)
+   catches shape anomalies: variance bursts and changed dynamics. Its raw score is calibrated on
+   training points into a tail probability.
+5. A stuck sensor (identical consecutive values) is judged by how rare such runs were in training.
+6. The combined surprise is the largest component's; ``score = s / (s + threshold)``.
+"""
+
+from __future__ import annotations
+
+import copy
+import pickle
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import pandas as pd
+from sklearn.base import BaseEstimator
+
+from kpi_pipeline.detection.calibration import ExceedanceTail, score_from_surprise
+from kpi_pipeline.detection.events import SEVERITY_ORDER
+from kpi_pipeline.detection.iforest import IsolationForestDetector
+from kpi_pipeline.detection.preprocess import infer_frequency
+from kpi_pipeline.detection.prophet_model import ProphetDetector
+
+SCORE_COLUMNS = [
+    "ts",
+    "value",
+    "expected",
+    "lower",
+    "upper",
+    "prophet_score",
+    "iforest_score",
+    "score",
+    "is_anomaly",
+    "severity",
+    "flagged_by",
+]
+
+
+class InsufficientHistory(ValueError):
+    """Raised by ``fit`` when a KPI has too few usable points to learn what normal looks like."""
+
+
+@dataclass(frozen=True)
+class ProphetConfig:
+    changepoint_prior_scale: float = 0.05
+    seasonality_prior_scale: float = 10.0
+    seasonality_mode: str = "additive"
+    daily_seasonality: bool | str = "auto"
+    weekly_seasonality: bool | str = "auto"
+    yearly_seasonality: bool | str = "auto"
+    holidays_country: str | None = "US"
+
+
+@dataclass(frozen=True)
+class IForestConfig:
+    n_estimators: int = 100
+    max_samples: int = 256
+    tail_quantile: float = 0.9
+
+
+@dataclass(frozen=True)
+class DetectorConfig:
+    """Every tunable of the detector, with the defaults the benchmarks were measured with."""
+
+    threshold: float = 5.0
+    """Surprise (-log10 tail probability) at which a point is anomalous; score 0.5."""
+    severity_scores: tuple[float, float, float, float] = (0.5, 0.6, 0.7, 0.8)
+    """Score at which severity becomes low, medium, high, critical."""
+    level_window: int = 8
+    """Points over which the recent level is taken (how fast a level shift is absorbed)."""
+    smoothing_window: int = 1
+    """Points over which the combined surprise is averaged (1 = no smoothing)."""
+    volatility_window: int = 7
+    scale_window: int = 288
+    """Points over which the recent residual scale is taken."""
+    band_coverage: float = 0.99
+    """Share of normal points inside the reported lower/upper band."""
+    min_train_points: int = 48
+    max_train_points: int = 4032
+    """Training uses at most this many most recent points (keeps fits fast and recent)."""
+    event_merge_gap: int = 2
+    """Quiet points allowed inside one event."""
+    gap_score: float = 0.6
+    """Score given to a long missing-data gap (flagged by 'gap')."""
+    prophet: ProphetConfig = field(default_factory=ProphetConfig)
+    iforest: IForestConfig = field(default_factory=IForestConfig)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _past_rolling_median(values: np.ndarray, window: int) -> np.ndarray:
+    level = pd.Series(values).shift(1).rolling(window, min_periods=1).median().to_numpy()
+    return np.nan_to_num(level, nan=0.0)
+
+
+def _past_rolling_scale(values: np.ndarray, window: int) -> np.ndarray:
+    """Robust scale (1.4826 x median absolute value) of the ``window`` values before each point."""
+    magnitude = pd.Series(np.abs(values)).shift(1)
+    return 1.4826 * magnitude.rolling(window, min_periods=min(window, 24)).median().to_numpy()
+
+
+def _stuck_run_lengths(values: np.ndarray) -> np.ndarray:
+    """Per point, how many consecutive previous values it exactly repeats."""
+    same = np.zeros(len(values), dtype=bool)
+    same[1:] = values[1:] == values[:-1]
+    runs = np.zeros(len(values))
+    count = 0
+    for i, repeated in enumerate(same):
+        count = count + 1 if repeated else 0
+        runs[i] = count
+    return runs
+
+
+class EnsembleDetector(BaseEstimator):
+    """Isolation Forest + Prophet ensemble for one KPI, following scikit-learn conventions."""
+
+    def __init__(self, config: DetectorConfig | None = None, random_state: int | None = 0):
+        self.config = config
+        self.random_state = random_state
+
+    @property
+    def _config(self) -> DetectorConfig:
+        return self.config or DetectorConfig()
+
+    # -- training -------------------------------------------------------------------------
+    def fit(self, ts, values, exclude: np.ndarray | None = None) -> "EnsembleDetector":
+        """Learn normal behaviour from past points; ``exclude`` marks known anomalies to skip."""
+        cfg = self._config
+        ts = pd.DatetimeIndex(ts)
+        y = np.asarray(values, dtype=float)
+        usable = np.isfinite(y)
+        if exclude is not None:
+            usable &= ~np.asarray(exclude, dtype=bool)
+        if usable.sum() < cfg.min_train_points:
+            raise InsufficientHistory(
+                f"insufficient history: {int(usable.sum())} usable points, "
+                f"need at least {cfg.min_train_points}"
+            )
+        # Keep the most recent points; the window is positional so excluded points stay as gaps.
+        start = max(0, len(y) - cfg.max_train_points)
+        ts, y, usable = ts[start:], y[start:], usable[start:]
+        y_train = np.where(usable, y, np.nan)
+
+        self.freq_ = infer_frequency(ts[usable])
+        self.prophet_ = ProphetDetector(**asdict(cfg.prophet)).fit(ts[usable], y[usable])
+        residual = y_train - self.prophet_.predict(ts)
+        typical = float(np.nanmedian(np.abs(y[usable])))
+        self.scale_floor_ = max(1e-6 * typical, 1e-9)
+        adapted = residual - _past_rolling_median(residual, cfg.level_window)
+        self.residual_scale_ = max(
+            float(np.nanmedian(np.abs(adapted[usable]))) * 1.4826, self.scale_floor_
+        )
+        _, adapted, ratio = self._deviation(residual)
+        self.deviation_tail_ = ExceedanceTail().fit(ratio[usable])
+
+        step = np.diff(y[usable])
+        self.step_scale_ = max(
+            float(np.median(np.abs(step - np.median(step)))) * 1.4826 if len(step) else 0.0,
+            self.residual_scale_,
+        )
+        features = self._iforest_features(residual, adapted, y_train)
+        self.iforest_ = IsolationForestDetector(
+            **asdict(cfg.iforest), random_state=self.random_state
+        ).fit(features)
+
+        # How often a value exactly repeats its predecessor in normal data (Laplace-smoothed),
+        # and the longest such run: only a run beyond anything normal is a stuck sensor.
+        repeats = float(np.sum(step == 0))
+        self.repeat_rate_ = (repeats + 1.0) / (len(step) + 2.0)
+        self.longest_run_ = int(_stuck_run_lengths(y[usable]).max())
+
+        self.n_train_points_ = int(usable.sum())
+        self.train_start_ = ts[usable][0]
+        self.train_end_ = ts[usable][-1]
+        finite = np.isfinite(residual)
+        self.metrics_ = {
+            "n_points": self.n_train_points_,
+            "residual_scale": self.residual_scale_,
+            "deviation_tail_shape": self.deviation_tail_.shape_,
+            "in_sample_mae": float(np.mean(np.abs(residual[finite]))),
+            "repeat_rate": self.repeat_rate_,
+        }
+        return self
+
+    def _recent_scale(self, adapted: np.ndarray) -> np.ndarray:
+        recent = _past_rolling_scale(adapted, self._config.scale_window)
+        # Early points (no history yet) fall back to the training scale; a quiet stretch must not
+        # shrink the scale to nothing, so it never drops below a tenth of the training scale.
+        recent = np.where(np.isfinite(recent), recent, self.residual_scale_)
+        return np.maximum(recent, max(0.1 * self.residual_scale_, self.scale_floor_))
+
+    def _deviation(self, residual: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Recent level, adapted residual, and the judged deviation in units of recent scale."""
+        level = _past_rolling_median(residual, self._config.level_window)
+        adapted = residual - level
+        judged = np.fmin(np.abs(residual), np.abs(adapted))
+        return level, adapted, judged / self._recent_scale(adapted)
+
+    def _stuck_surprise(self, y: np.ndarray) -> np.ndarray:
+        """Evidence of a stuck sensor: each repeat beyond the longest normal run adds surprise.
+
+        A value stuck for much longer than it took to alert becomes the new normal (like a level
+        shift), so the evidence stops after ``level_window`` more points: one incident, one event.
+        """
+        cfg = self._config
+        per_repeat = -np.log10(self.repeat_rate_)
+        beyond = _stuck_run_lengths(y) - self.longest_run_
+        needed = np.ceil(cfg.threshold / per_repeat) if per_repeat > 0 else np.inf
+        evidence = np.clip(beyond, 0, None) * per_repeat
+        return np.where(beyond > needed + cfg.level_window, 0.0, evidence)
+
+    def _iforest_features(self, residual, adapted, y) -> np.ndarray:
+        cfg = self._config
+        scale = self.residual_scale_
+        volatility = (
+            pd.Series(adapted).rolling(cfg.volatility_window, min_periods=2).std().to_numpy()
+        )
+        step = np.diff(y, prepend=np.nan)
+        return np.column_stack(
+            [
+                adapted / scale,
+                step / max(getattr(self, "step_scale_", scale), 1e-12),
+                np.log(np.clip(volatility / scale, 1e-3, None)),
+            ]
+        )
+
+    # -- scoring --------------------------------------------------------------------------
+    def score(self, ts, values, n_context: int = 0, gap: np.ndarray | None = None) -> pd.DataFrame:
+        """Score every point after the first ``n_context`` ones.
+
+        Context points are earlier, already-known points that only feed the rolling level,
+        volatility and smoothing; they are not returned. ``gap`` marks points inside a long
+        missing-data gap (value NaN): they are reported as anomalies flagged by ``gap``.
+        """
+        cfg = self._config
+        ts = pd.DatetimeIndex(ts)
+        y = np.asarray(values, dtype=float)
+        gap = np.zeros(len(y), dtype=bool) if gap is None else np.asarray(gap, dtype=bool)
+
+        yhat = self.prophet_.predict(ts)
+        residual = y - yhat
+        level, adapted, ratio = self._deviation(residual)
+        prophet_surprise = np.nan_to_num(self.deviation_tail_.surprise(ratio), nan=0.0)
+        iforest_surprise = self.iforest_.surprise(self._iforest_features(residual, adapted, y))
+        stuck_surprise = self._stuck_surprise(y)
+
+        components = {
+            "prophet": prophet_surprise,
+            "iforest": iforest_surprise,
+            "flatline": stuck_surprise,
+        }
+        combined = np.max(np.column_stack(list(components.values())), axis=1)
+        if cfg.smoothing_window > 1:
+            combined = (
+                pd.Series(combined).rolling(cfg.smoothing_window, min_periods=1).mean().to_numpy()
+            )
+        score = score_from_surprise(combined, cfg.threshold)
+        is_anomaly = combined >= cfg.threshold
+        flagged_by = [
+            ",".join(name for name, s in components.items() if s[i] >= cfg.threshold) or None
+            for i in range(len(y))
+        ]
+
+        score = np.where(gap, cfg.gap_score, score)
+        is_anomaly = np.where(gap, True, is_anomaly & np.isfinite(y))
+        flagged_by = np.where(gap, "gap", np.array(flagged_by, dtype=object))
+        # An anomalous point always names a component, even when only smoothing pushed it over.
+        flagged_by = np.where(is_anomaly & (flagged_by == None), "ensemble", flagged_by)  # noqa: E711
+
+        expected = yhat + level
+        recent_scale = self._recent_scale(adapted)
+        half_width = self.deviation_tail_.quantile(cfg.band_coverage) * recent_scale
+        frame = pd.DataFrame(
+            {
+                "ts": ts,
+                "value": y,
+                "expected": expected,
+                "lower": expected - half_width,
+                "upper": expected + half_width,
+                "prophet_score": score_from_surprise(prophet_surprise, cfg.threshold),
+                "iforest_score": score_from_surprise(iforest_surprise, cfg.threshold),
+                "score": score,
+                "is_anomaly": is_anomaly.astype(bool),
+                "severity": self._severity(score, is_anomaly),
+                "flagged_by": np.where(is_anomaly, flagged_by, None),
+            }
+        )
+        return frame.iloc[n_context:].reset_index(drop=True)[SCORE_COLUMNS]
+
+    def _severity(self, score: np.ndarray, is_anomaly: np.ndarray) -> np.ndarray:
+        cutoffs = np.asarray(self._config.severity_scores)
+        rank = np.searchsorted(cutoffs, score, side="right") - 1
+        labels = np.array(SEVERITY_ORDER, dtype=object)[np.clip(rank, 0, len(SEVERITY_ORDER) - 1)]
+        return np.where(is_anomaly & (rank >= 0), labels, None)
+
+    # -- model registry ---------------------------------------------------------------------
+    COMPONENT_KINDS = ("prophet", "iforest")
+
+    def to_artifacts(self) -> dict[str, bytes]:
+        """The fitted detector as registry rows: one artifact per component plus the ensemble."""
+        shell = copy.copy(self)
+        for kind in self.COMPONENT_KINDS:
+            delattr(shell, f"{kind}_")
+        artifacts = {kind: pickle.dumps(getattr(self, f"{kind}_")) for kind in self.COMPONENT_KINDS}
+        artifacts["ensemble"] = pickle.dumps(shell)
+        return artifacts
+
+    @classmethod
+    def from_artifacts(cls, artifacts: dict[str, bytes]) -> "EnsembleDetector":
+        detector = pickle.loads(artifacts["ensemble"])
+        for kind in cls.COMPONENT_KINDS:
+            setattr(detector, f"{kind}_", pickle.loads(artifacts[kind]))
+        return detector
+
+    @property
+    def context_points(self) -> int:
+        """Earlier points that ``score`` needs before the first new point."""
+        cfg = self._config
+        # The scale and volatility windows run over adapted residuals, each of which needs the
+        # level window before it; smoothing and the one-step difference add their own reach.
+        reach = max(cfg.volatility_window, cfg.scale_window) + cfg.smoothing_window + 1
+        return cfg.level_window + reach

@@ -1,0 +1,88 @@
+"""Turn raw observations into regular, gap-aware series.
+
+Input is the long shape ``kpi, ts, value`` (ts tz-aware UTC). Output keeps the long shape on each
+KPI's own regular grid, with two flags: ``filled`` (a short gap interpolated from its neighbours)
+and ``gap`` (part of a long gap: value stays NaN, we never invent data across it).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+CLEANED_COLUMNS = ["kpi", "ts", "value", "filled", "gap"]
+
+
+@dataclass(frozen=True)
+class PreprocessConfig:
+    max_fill_periods: int = 3
+    """Gaps of at most this many missing points are interpolated; longer ones stay gaps."""
+
+
+def infer_frequency(ts: pd.Series | pd.DatetimeIndex) -> pd.Timedelta | None:
+    """The series' sampling interval: the most common positive step (robust to gaps and DST dupes).
+
+    Returns None when there are fewer than two distinct timestamps.
+    """
+    index = pd.DatetimeIndex(ts).unique().sort_values()
+    if len(index) < 2:
+        return None
+    steps = pd.Series(index[1:] - index[:-1])
+    return pd.Timedelta(steps[steps > pd.Timedelta(0)].mode().iloc[0])
+
+
+def regularize(
+    series: pd.DataFrame, freq: pd.Timedelta, config: PreprocessConfig = PreprocessConfig()
+) -> pd.DataFrame:
+    """Put one KPI's ``ts, value`` rows on a regular grid of step ``freq``.
+
+    Duplicate timestamps are averaged. Off-grid timestamps snap to the nearest grid point.
+    """
+    frame = series[["ts", "value"]].copy()
+    start = frame["ts"].min()
+    offsets = ((frame["ts"] - start) / freq).round().astype("int64")
+    frame["ts"] = start + offsets * freq
+    values = frame.groupby("ts")["value"].mean()
+    grid = pd.date_range(values.index.min(), values.index.max(), freq=freq)
+    values = values.reindex(grid)
+
+    missing = values.isna()
+    run_id = (missing != missing.shift()).cumsum()
+    run_length = missing.groupby(run_id).transform("size")
+    short_gap = missing & (run_length <= config.max_fill_periods)
+    long_gap = missing & ~short_gap
+
+    filled_values = values.interpolate(method="time", limit_area="inside")
+    values = values.where(~short_gap, filled_values)
+    return pd.DataFrame(
+        {
+            "ts": grid,
+            "value": values.to_numpy(dtype=float),
+            "filled": short_gap.to_numpy(),
+            "gap": long_gap.to_numpy(),
+        }
+    )
+
+
+def clean_observations(
+    observations: pd.DataFrame, config: PreprocessConfig = PreprocessConfig()
+) -> tuple[pd.DataFrame, dict[str, pd.Timedelta]]:
+    """Sort, de-duplicate and regularise every KPI; returns the cleaned rows and each KPI's step."""
+    parts: list[pd.DataFrame] = []
+    frequencies: dict[str, pd.Timedelta] = {}
+    for kpi, rows in observations.sort_values(["kpi", "ts"]).groupby("kpi", sort=True):
+        rows = rows.dropna(subset=["value"])
+        freq = infer_frequency(rows["ts"])
+        if freq is None:
+            # A single point has no grid; keep it as is so it is still visible downstream.
+            part = rows[["ts", "value"]].assign(filled=False, gap=False)
+        else:
+            frequencies[str(kpi)] = freq
+            part = regularize(rows, freq, config)
+        parts.append(part.assign(kpi=str(kpi)))
+    if not parts:
+        return pd.DataFrame(columns=CLEANED_COLUMNS), frequencies
+    cleaned = pd.concat(parts, ignore_index=True)[CLEANED_COLUMNS]
+    return cleaned, frequencies

@@ -1,0 +1,245 @@
+import copy
+
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.base import clone
+
+from kpi_pipeline.detection.ensemble import (
+    SCORE_COLUMNS,
+    DetectorConfig,
+    EnsembleDetector,
+    InsufficientHistory,
+)
+from kpi_pipeline.detection.events import SEVERITY_ORDER, assign_events
+from kpi_pipeline_tests.detection.synthetic import LEVEL, NOISE_SIGMA, daily_sine
+
+N_POINTS = 21 * 24
+N_TRAIN = 14 * 24
+SPIKE = N_TRAIN + 64  # a point in the scored part, positions count from the series' start
+
+
+@pytest.fixture(scope="module")
+def series() -> tuple[pd.DatetimeIndex, np.ndarray]:
+    return daily_sine(N_POINTS, seed=0)
+
+
+@pytest.fixture(scope="module")
+def detector(series) -> EnsembleDetector:
+    ts, y = series
+    return EnsembleDetector(random_state=0).fit(ts[:N_TRAIN], y[:N_TRAIN])
+
+
+def score_after_training(detector: EnsembleDetector, ts, y, gap=None) -> pd.DataFrame:
+    """Scores of the points after the training window, with the context the detector needs."""
+    context = detector.context_points
+    window = slice(N_TRAIN - context, None)
+    return detector.score(
+        ts[window], y[window], n_context=context, gap=None if gap is None else gap[window]
+    )
+
+
+def row(scores: pd.DataFrame, position: int) -> pd.Series:
+    return scores.iloc[position - N_TRAIN]
+
+
+@pytest.fixture(scope="module")
+def clean_scores(detector, series) -> pd.DataFrame:
+    return score_after_training(detector, *series)
+
+
+@pytest.fixture(scope="module")
+def spike_scores(detector, series) -> pd.DataFrame:
+    ts, y = series
+    spiked = y.copy()
+    spiked[SPIKE] += 8 * NOISE_SIGMA
+    return score_after_training(detector, ts, spiked)
+
+
+# -- conventions -------------------------------------------------------------------------------
+
+
+def test_sklearn_conventions(detector):
+    config = DetectorConfig(threshold=4.0)
+    fresh = EnsembleDetector(config=config, random_state=7)
+    assert fresh.get_params() == {"config": config, "random_state": 7}
+    assert clone(fresh).get_params() == fresh.get_params()
+    assert not hasattr(clone(detector), "prophet_")
+    learned = set(vars(detector)) - set(vars(EnsembleDetector()))
+    assert {"prophet_", "iforest_", "deviation_tail_"} <= learned
+    assert all(name.endswith("_") for name in learned)
+
+
+def test_fit_records_the_training_window(detector, series):
+    ts, _ = series
+    assert detector.n_train_points_ == N_TRAIN
+    assert (detector.train_start_, detector.train_end_) == (ts[0], ts[N_TRAIN - 1])
+
+
+def test_config_is_plain_data():
+    as_dict = DetectorConfig().to_dict()
+    assert as_dict["threshold"] == 5.0 and as_dict["prophet"]["holidays_country"] == "US"
+
+
+def test_scores_follow_the_output_contract(detector, series, clean_scores):
+    ts, y = series
+    assert list(clean_scores.columns) == SCORE_COLUMNS
+    assert len(clean_scores) == N_POINTS - N_TRAIN
+    assert list(clean_scores["ts"]) == list(ts[N_TRAIN:])
+    np.testing.assert_array_equal(clean_scores["value"], y[N_TRAIN:])
+    for column in ("score", "prophet_score", "iforest_score"):
+        assert clean_scores[column].between(0.0, 1.0).all(), column
+    assert (clean_scores["lower"] < clean_scores["expected"]).all()
+    assert (clean_scores["expected"] < clean_scores["upper"]).all()
+
+
+# -- behaviour on synthetic data -----------------------------------------------------------------
+
+
+def test_clean_data_is_mostly_not_flagged(clean_scores):
+    assert clean_scores["is_anomaly"].mean() <= 0.01
+    inside = clean_scores["value"].between(clean_scores["lower"], clean_scores["upper"])
+    assert inside.mean() >= 0.95
+
+
+def test_an_eight_sigma_spike_is_flagged_and_explained(spike_scores):
+    spike = row(spike_scores, SPIKE)
+    assert spike["is_anomaly"]
+    assert spike["severity"] in SEVERITY_ORDER
+    assert set(spike["flagged_by"].split(",")) & {"prophet", "iforest"}
+    assert not spike["lower"] <= spike["value"] <= spike["upper"]
+    others = spike_scores.drop(index=SPIKE - N_TRAIN)
+    assert others["is_anomaly"].mean() <= 0.01
+
+
+def test_score_grows_with_anomalousness_and_half_is_the_threshold(spike_scores):
+    spike_score = row(spike_scores, SPIKE)["score"]
+    assert spike_score >= 0.5
+    assert spike_score > spike_scores["score"].median()
+    np.testing.assert_array_equal(spike_scores["is_anomaly"], spike_scores["score"] >= 0.5)
+    assert spike_scores["severity"].isna().eq(~spike_scores["is_anomaly"]).all()
+
+
+def test_a_lasting_level_shift_alerts_once_at_its_start(detector, series):
+    ts, y = series
+    shift_at = N_TRAIN + 84
+    shifted = y.copy()
+    shifted[shift_at:] += 0.3 * LEVEL
+    scores = score_after_training(detector, ts, shifted)
+    flagged = scores["is_anomaly"].to_numpy()
+
+    _, alert = assign_events("k", scores["ts"], flagged, DetectorConfig().event_merge_gap)
+    assert list(scores["ts"][alert]) == [ts[shift_at]]
+    settled = shift_at + DetectorConfig().level_window - N_TRAIN
+    assert not flagged[settled:].any()
+
+
+def test_a_stuck_value_is_flagged(detector, series):
+    ts, y = series
+    stuck_from = N_TRAIN + 100
+    stuck = y.copy()
+    stuck[stuck_from : stuck_from + 12] = y[stuck_from]
+    scores = score_after_training(detector, ts, stuck)
+    during = scores.iloc[stuck_from - N_TRAIN : stuck_from + 12 - N_TRAIN]
+    assert during["is_anomaly"].any()
+    assert during["flagged_by"].dropna().str.contains("flatline").any()
+
+
+def test_a_long_gap_is_reported_as_an_anomaly_flagged_by_gap(detector, series):
+    ts, y = series
+    gap = np.zeros(N_POINTS, dtype=bool)
+    gap[N_TRAIN + 30 : N_TRAIN + 40] = True
+    with_gap = np.where(gap, np.nan, y)
+    scores = score_after_training(detector, ts, with_gap, gap=gap)
+    in_gap = scores[gap[N_TRAIN:]]
+    assert len(in_gap) == 10
+    assert in_gap["is_anomaly"].all()
+    assert (in_gap["flagged_by"] == "gap").all()
+    assert scores.loc[~gap[N_TRAIN:], "is_anomaly"].mean() <= 0.01
+
+
+def test_a_missing_value_outside_a_marked_gap_is_not_an_anomaly(detector, series):
+    ts, y = series
+    holed = y.copy()
+    holed[N_TRAIN + 20] = np.nan
+    scores = score_after_training(detector, ts, holed)
+    assert not row(scores, N_TRAIN + 20)["is_anomaly"]
+
+
+def test_scoring_a_batch_later_matches_scoring_it_with_the_rest(detector, series, clean_scores):
+    """Only the context points, not the batch boundaries, feed a point's score."""
+    ts, y = series
+    start = N_TRAIN + 100
+    context = detector.context_points
+    batch = detector.score(ts[start - context :], y[start - context :], n_context=context)
+    same_points = clean_scores.iloc[start - N_TRAIN :].reset_index(drop=True)
+    pd.testing.assert_frame_equal(batch, same_points)
+
+
+def test_artifacts_round_trip_gives_identical_scores(detector, series, spike_scores):
+    ts, y = series
+    artifacts = detector.to_artifacts()
+    assert set(artifacts) >= {"prophet", "iforest", "ensemble"}
+    assert all(isinstance(blob, bytes) for blob in artifacts.values())
+    restored = EnsembleDetector.from_artifacts(artifacts)
+    spiked = y.copy()
+    spiked[SPIKE] += 8 * NOISE_SIGMA
+    pd.testing.assert_frame_equal(score_after_training(restored, ts, spiked), spike_scores)
+    assert hasattr(detector, "prophet_")  # serialising leaves the live detector intact
+
+
+def test_a_stricter_threshold_flags_less(detector, series, spike_scores):
+    ts, y = series
+    strict = copy.deepcopy(detector).set_params(config=DetectorConfig(threshold=1e6))
+    spiked = y.copy()
+    spiked[SPIKE] += 8 * NOISE_SIGMA
+    assert row(spike_scores, SPIKE)["is_anomaly"]
+    assert not score_after_training(strict, ts, spiked)["is_anomaly"].any()
+
+
+# -- training edge cases ----------------------------------------------------------------------
+
+
+def test_constant_series_fits_and_scores_the_same_constant_quietly():
+    ts, _ = daily_sine(N_POINTS)
+    constant = np.full(N_POINTS, 5.0)
+    detector = EnsembleDetector().fit(ts[:N_TRAIN], constant[:N_TRAIN])
+    scores = score_after_training(detector, ts, constant)
+    assert not scores["is_anomaly"].any()
+    assert scores["expected"].to_numpy() == pytest.approx(5.0)
+    jumped = constant.copy()
+    jumped[-1] = 6.0
+    assert score_after_training(detector, ts, jumped)["is_anomaly"].tolist()[-1]
+
+
+@pytest.mark.parametrize("n_points", [0, 1, 10, 47])
+def test_too_short_history_raises_insufficient_history(n_points):
+    ts, y = daily_sine(n_points)
+    with pytest.raises(InsufficientHistory, match="insufficient history"):
+        EnsembleDetector().fit(ts, y)
+
+
+def test_missing_and_excluded_points_do_not_count_as_history():
+    ts, y = daily_sine(60)
+    y[:10] = np.nan
+    exclude = np.zeros(60, dtype=bool)
+    exclude[10:15] = True
+    with pytest.raises(InsufficientHistory, match="insufficient history"):
+        EnsembleDetector().fit(ts, y, exclude=exclude)
+    assert issubclass(InsufficientHistory, ValueError)
+
+
+def test_excluding_a_known_spike_keeps_it_from_widening_the_band(series):
+    ts, y = series
+    spoiled = y[:N_TRAIN].copy()
+    spoiled[200] += 100 * NOISE_SIGMA
+    exclude = np.zeros(N_TRAIN, dtype=bool)
+    exclude[200] = True
+
+    def half_width(detector: EnsembleDetector) -> float:
+        scores = score_after_training(detector, ts, y)
+        return float(((scores["upper"] - scores["lower"]) / 2).median())
+
+    with_spike = half_width(EnsembleDetector().fit(ts[:N_TRAIN], spoiled))
+    without_spike = half_width(EnsembleDetector().fit(ts[:N_TRAIN], spoiled, exclude=exclude))
+    assert without_spike < with_spike

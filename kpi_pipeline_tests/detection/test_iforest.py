@@ -1,0 +1,80 @@
+import numpy as np
+import pytest
+from sklearn.base import clone
+
+from kpi_pipeline.detection.iforest import IsolationForestDetector
+
+PARAMS = {"n_estimators": 50, "max_samples": 128, "tail_quantile": 0.9, "random_state": 3}
+
+
+def training_features(n: int = 400) -> np.ndarray:
+    return np.random.default_rng(0).normal(size=(n, 3))
+
+
+@pytest.fixture(scope="module")
+def fitted() -> IsolationForestDetector:
+    return IsolationForestDetector(**PARAMS).fit(training_features())
+
+
+def test_init_stores_parameters_and_clone_copies_them():
+    detector = IsolationForestDetector(**PARAMS)
+    assert detector.get_params() == PARAMS
+    copy = clone(detector.set_params(n_estimators=20))
+    assert copy.get_params() == {**PARAMS, "n_estimators": 20}
+
+
+def test_fit_returns_self_and_learned_state_ends_in_underscore():
+    detector = IsolationForestDetector(**PARAMS)
+    before = set(vars(detector))
+    assert detector.fit(training_features()) is detector
+    learned = set(vars(detector)) - before
+    assert learned and all(name.endswith("_") for name in learned)
+    assert detector.n_features_in_ == 3
+    assert detector.get_params() == PARAMS  # fitting never rewrites parameters
+
+
+def test_clone_of_a_fitted_detector_is_unfitted(fitted):
+    assert not hasattr(clone(fitted), "forest_")
+
+
+def test_same_random_state_gives_identical_surprises():
+    X = training_features()
+    probe = np.random.default_rng(1).normal(size=(50, 3)) * 2
+    first = IsolationForestDetector(**PARAMS).fit(X).surprise(probe)
+    again = IsolationForestDetector(**PARAMS).fit(X).surprise(probe)
+    other_seed = IsolationForestDetector(**{**PARAMS, "random_state": 4}).fit(X).surprise(probe)
+    np.testing.assert_array_equal(first, again)
+    assert not np.array_equal(first, other_seed)
+
+
+def test_points_far_from_training_are_more_surprising_than_inliers(fitted):
+    inliers = np.random.default_rng(2).normal(scale=0.5, size=(50, 3))
+    outliers = np.full((5, 3), 8.0) * np.array([1, -1, 1])
+    inlier_surprise = fitted.surprise(inliers)
+    outlier_surprise = fitted.surprise(outliers)
+    assert outlier_surprise.min() > np.quantile(inlier_surprise, 0.99)
+    assert outlier_surprise.min() > 1.0  # rarer than the worst 10% of training points
+    assert np.all(inlier_surprise >= 0)
+
+
+def test_rows_with_a_missing_feature_get_zero_surprise(fitted):
+    X = np.array([[8.0, 8.0, 8.0], [8.0, np.nan, 8.0], [np.inf, 0.0, 0.0]])
+    surprise = fitted.surprise(X)
+    assert surprise[0] > 0
+    assert surprise[1:].tolist() == [0.0, 0.0]
+
+
+def test_fit_skips_rows_with_missing_features():
+    X = training_features()
+    with_gaps = np.vstack([X, np.full((10, 3), np.nan)])
+    probe = np.array([[0.0, 0.0, 0.0], [5.0, 5.0, 5.0]])
+    np.testing.assert_array_equal(
+        IsolationForestDetector(**PARAMS).fit(with_gaps).surprise(probe),
+        IsolationForestDetector(**PARAMS).fit(X).surprise(probe),
+    )
+
+
+def test_max_samples_larger_than_the_data_still_fits():
+    small = training_features(30)
+    detector = IsolationForestDetector(**{**PARAMS, "max_samples": 256}).fit(small)
+    assert np.all(np.isfinite(detector.surprise(small)))

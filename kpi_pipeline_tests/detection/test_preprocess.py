@@ -1,0 +1,137 @@
+import numpy as np
+import pandas as pd
+import pytest
+
+from kpi_pipeline.detection.preprocess import (
+    CLEANED_COLUMNS,
+    PreprocessConfig,
+    clean_observations,
+    infer_frequency,
+    regularize,
+)
+
+HOUR = pd.Timedelta(hours=1)
+
+
+def utc(*stamps: str) -> pd.DatetimeIndex:
+    return pd.DatetimeIndex(pd.to_datetime(list(stamps), utc=True, format="ISO8601"))
+
+
+def hourly_rows(hours: list[int], values: list[float] | None = None) -> pd.DataFrame:
+    ts = pd.Timestamp("2025-01-01", tz="UTC") + pd.to_timedelta(hours, unit="h")
+    values = [float(h) for h in hours] if values is None else values
+    return pd.DataFrame({"ts": ts, "value": values})
+
+
+def observations(**series: pd.DataFrame) -> pd.DataFrame:
+    return pd.concat([rows.assign(kpi=kpi) for kpi, rows in series.items()], ignore_index=True)
+
+
+# -- infer_frequency -------------------------------------------------------------------------
+
+
+def test_frequency_is_the_most_common_step_despite_gaps():
+    ts = hourly_rows([0, 1, 2, 3, 4, 10, 11, 30])["ts"]
+    assert infer_frequency(ts) == HOUR
+
+
+def test_frequency_ignores_duplicate_timestamps_and_order():
+    ts = utc("2025-01-01 00:10", "2025-01-01 00:00", "2025-01-01 00:05", "2025-01-01 00:05")
+    assert infer_frequency(ts) == pd.Timedelta(minutes=5)
+
+
+@pytest.mark.parametrize("stamps", [[], ["2025-01-01"], ["2025-01-01", "2025-01-01"]])
+def test_frequency_is_none_without_two_distinct_timestamps(stamps):
+    assert infer_frequency(utc(*stamps)) is None
+
+
+# -- regularize ------------------------------------------------------------------------------
+
+
+def test_short_gap_is_interpolated_and_marked_filled():
+    out = regularize(hourly_rows([0, 1, 4, 5], [0.0, 10.0, 40.0, 50.0]), HOUR)
+    assert out["value"].tolist() == pytest.approx([0.0, 10.0, 20.0, 30.0, 40.0, 50.0])
+    assert out["filled"].tolist() == [False, False, True, True, False, False]
+    assert not out["gap"].any()
+
+
+def test_long_gap_stays_missing_and_is_marked_gap():
+    out = regularize(hourly_rows([0, 1, 6, 7]), HOUR, PreprocessConfig(max_fill_periods=3))
+    missing = slice(2, 6)  # hours 2-5: four missing points, one more than may be filled
+    assert len(out) == 8
+    assert out["value"].iloc[missing].isna().all()
+    assert out["gap"].iloc[missing].all() and out["gap"].sum() == 4
+    assert not out["filled"].any()
+    assert out["value"].drop(out.index[missing]).tolist() == [0.0, 1.0, 6.0, 7.0]
+
+
+def test_gap_of_exactly_max_fill_periods_is_filled():
+    out = regularize(hourly_rows([0, 4]), HOUR, PreprocessConfig(max_fill_periods=3))
+    assert out["filled"].sum() == 3 and not out["gap"].any()
+    assert out["value"].tolist() == pytest.approx([0.0, 1.0, 2.0, 3.0, 4.0])
+
+
+def test_duplicate_timestamps_are_averaged():
+    out = regularize(hourly_rows([0, 1, 1, 2], [1.0, 2.0, 4.0, 5.0]), HOUR)
+    assert out["value"].tolist() == [1.0, 3.0, 5.0]
+    assert out["ts"].is_unique
+
+
+def test_off_grid_timestamps_snap_to_the_nearest_grid_point():
+    rows = pd.DataFrame(
+        {
+            "ts": utc(
+                "2025-01-01 00:00", "2025-01-01 01:00:40", "2025-01-01 01:58", "2025-01-01 03:00"
+            ),
+            "value": [0.0, 1.0, 2.0, 3.0],
+        }
+    )
+    out = regularize(rows, HOUR)
+    assert list(out["ts"]) == list(pd.date_range("2025-01-01", periods=4, freq="h", tz="UTC"))
+    assert out["value"].tolist() == [0.0, 1.0, 2.0, 3.0]
+    assert not (out["filled"].any() or out["gap"].any())
+
+
+# -- clean_observations ----------------------------------------------------------------------
+
+
+def test_each_kpi_gets_its_own_grid_and_frequency():
+    five_min = pd.DataFrame(
+        {"ts": pd.date_range("2025-01-01", periods=6, freq="5min", tz="UTC"), "value": 1.0}
+    )
+    raw = observations(hourly=hourly_rows([0, 1, 3]), fast=five_min.drop(index=2))
+    cleaned, frequencies = clean_observations(raw.sample(frac=1.0, random_state=0))
+
+    assert list(cleaned.columns) == CLEANED_COLUMNS
+    assert frequencies == {"fast": pd.Timedelta(minutes=5), "hourly": HOUR}
+    for kpi, rows in cleaned.groupby("kpi"):
+        steps = rows["ts"].diff().dropna()
+        assert (steps == frequencies[kpi]).all() and rows["ts"].is_monotonic_increasing
+    assert cleaned.groupby("kpi").size().to_dict() == {"fast": 6, "hourly": 4}
+    assert cleaned.loc[cleaned["kpi"] == "fast", "filled"].sum() == 1
+    assert cleaned.loc[cleaned["kpi"] == "hourly", "value"].tolist() == [0.0, 1.0, 2.0, 3.0]
+
+
+def test_single_point_kpi_is_kept_without_a_frequency():
+    raw = observations(lonely=hourly_rows([5], [42.0]), busy=hourly_rows([0, 1, 2]))
+    cleaned, frequencies = clean_observations(raw)
+    lonely = cleaned[cleaned["kpi"] == "lonely"]
+    assert "lonely" not in frequencies and frequencies["busy"] == HOUR
+    assert len(lonely) == 1
+    assert lonely["value"].item() == 42.0
+    assert not lonely["filled"].item() and not lonely["gap"].item()
+
+
+def test_missing_values_are_dropped_before_regularising():
+    raw = observations(k=hourly_rows([0, 1, 2, 3, 4, 5], [0.0, 1.0, np.nan, np.nan, 4.0, 5.0]))
+    cleaned, frequencies = clean_observations(raw)
+    assert frequencies == {"k": HOUR}
+    assert cleaned["value"].tolist() == pytest.approx([0.0, 1.0, 2.0, 3.0, 4.0, 5.0])
+    assert cleaned["filled"].tolist() == [False, False, True, True, False, False]
+
+
+def test_no_observations_give_an_empty_frame_with_the_contract_columns():
+    empty = pd.DataFrame(columns=["kpi", "ts", "value"])
+    cleaned, frequencies = clean_observations(empty)
+    assert cleaned.empty and list(cleaned.columns) == CLEANED_COLUMNS
+    assert frequencies == {}

@@ -1,0 +1,76 @@
+import numpy as np
+import pandas as pd
+import pytest
+
+from kpi_pipeline.detection.ensemble import EnsembleDetector
+from kpi_pipeline.detection.walkforward import (
+    initial_training_points,
+    retrain_every_points,
+    score_segment,
+    training_cutoffs,
+)
+from kpi_pipeline_tests.detection.synthetic import daily_sine
+
+
+@pytest.mark.parametrize(
+    "freq, expected",
+    [
+        ("5min", 288),  # a day of 5-minute points
+        ("h", 288),  # hourly: 12 days, not a single day of 24 points
+        ("D", 288),
+    ],
+)
+def test_retrain_every_points(freq, expected):
+    ts = pd.date_range("2025-01-01", periods=1000, freq=freq, tz="UTC")
+    assert retrain_every_points(ts) == expected
+
+
+def test_retrain_every_points_with_one_minute_data_is_a_day():
+    ts = pd.date_range("2025-01-01", periods=100, freq="min", tz="UTC")
+    assert retrain_every_points(ts) == 1440
+
+
+@pytest.mark.parametrize(
+    "n_points, min_points, expected",
+    [
+        (10_000, 48, 750),  # 15% would be 1500: capped
+        (1_000, 48, 150),
+        (100, 48, 48),  # 15% would be 15: never below the detector's minimum
+    ],
+)
+def test_initial_training_points(n_points, min_points, expected):
+    assert initial_training_points(n_points, min_points) == expected
+
+
+def test_training_cutoffs_every_retrain_interval_after_initial():
+    assert training_cutoffs(1000, 150, 288) == [150, 438, 726]
+    assert training_cutoffs(151, 150, 288) == [150]
+
+
+@pytest.mark.parametrize("n_points", [100, 150])
+def test_no_cutoffs_without_points_after_initial(n_points):
+    assert training_cutoffs(n_points, 150, 288) == []
+
+
+@pytest.fixture(scope="module")
+def fitted() -> tuple[EnsembleDetector, pd.DatetimeIndex, np.ndarray]:
+    ts, y = daily_sine(200, seed=3)
+    return EnsembleDetector().fit(ts[:100], y[:100]), ts, y
+
+
+@pytest.mark.parametrize("start, end", [(100, 150), (150, 200), (120, 121), (3, 10)])
+def test_score_segment_returns_exactly_the_segment(fitted, start, end):
+    detector, ts, y = fitted
+    gap = np.zeros(len(y), dtype=bool)
+    scored = score_segment(detector, ts, y, gap, start, end)
+    assert len(scored) == end - start
+    assert list(scored["ts"]) == list(ts[start:end])
+    np.testing.assert_array_equal(scored["value"], y[start:end])
+
+
+def test_score_segment_passes_the_gap_flags_of_its_rows(fitted):
+    detector, ts, y = fitted
+    gap = np.zeros(len(y), dtype=bool)
+    gap[140:145] = True
+    scored = score_segment(detector, ts, np.where(gap, np.nan, y), gap, 130, 160)
+    assert (scored["flagged_by"] == "gap").tolist() == gap[130:160].tolist()
