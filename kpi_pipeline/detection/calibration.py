@@ -31,7 +31,7 @@ class ExceedanceTail:
     traffic) a power law, so neither case turns ordinary extremes into alarms.
     """
 
-    def __init__(self, tail_quantile: float = 0.9, max_shape: float = 1.0, scale_floor: float = 1e-9):
+    def __init__(self, tail_quantile: float = 0.9, max_shape: float = 0.5, scale_floor: float = 1e-9):
         self.tail_quantile = tail_quantile
         self.max_shape = max_shape
         self.scale_floor = scale_floor
@@ -48,11 +48,13 @@ class ExceedanceTail:
         self.scale_ = float(excess.mean()) if len(excess) else 0.0
         if len(excess) >= 20 and np.ptp(excess) > 0:
             with np.errstate(all="ignore"):
-                shape, _, _ = stats.genpareto.fit(excess, floc=0.0)
-            if np.isfinite(shape):
-                self.shape_ = float(np.clip(shape, 0.0, self.max_shape))
-                # Keep the fitted mean excess: for a GPD it is scale / (1 - shape).
-                self.scale_ = float(excess.mean()) * (1.0 - self.shape_)
+                shape, _, scale = stats.genpareto.fit(excess, floc=0.0)
+                if np.isfinite(shape) and not 0.0 <= shape <= self.max_shape:
+                    # Outside the plausible range: refit the scale with the shape held at the edge.
+                    shape = float(np.clip(shape, 0.0, self.max_shape))
+                    _, _, scale = stats.genpareto.fit(excess, fc=shape, floc=0.0)
+            if np.isfinite(shape) and np.isfinite(scale) and scale > 0:
+                self.shape_, self.scale_ = float(shape), float(scale)
         self.scale_ = max(self.scale_, self.scale_floor)
         return self
 

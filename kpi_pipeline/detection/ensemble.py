@@ -2,7 +2,9 @@
 
 How a point is judged (higher score = more anomalous, in [0, 1]; 0.5 = the decision threshold):
 
-1. Prophet gives the expected value ``yhat``; the residual is ``r = value - yhat``.
+1. Prophet gives the expected value ``yhat``; the residual is ``r = value - yhat``. A strictly
+   positive KPI is modelled in log space: business KPIs have multiplicative seasonality and noise
+   proportional to their level, which a log turns into additive, evenly sized residuals.
 2. A lasting level shift must not be flagged until the next retrain, so the expectation adapts:
    ``level`` is the median residual of the ``level_window`` points before t, and the adapted
    residual is ``e = r - level``. A point is judged by ``min(|r|, |e|)``: it must be surprising both
@@ -77,7 +79,7 @@ class IForestConfig:
 class DetectorConfig:
     """Every tunable of the detector, with the defaults the benchmarks were measured with."""
 
-    threshold: float = 5.0
+    threshold: float = 3.5
     """Surprise (-log10 tail probability) at which a point is anomalous; score 0.5."""
     severity_scores: tuple[float, float, float, float] = (0.5, 0.6, 0.7, 0.8)
     """Score at which severity becomes low, medium, high, critical."""
@@ -87,6 +89,8 @@ class DetectorConfig:
     """Points over which the combined surprise is averaged (1 = no smoothing)."""
     volatility_window: int = 7
     scale_window: int = 288
+    log_transform: bool = True
+    """Model KPIs whose training values are all positive in log space."""
     """Points over which the recent residual scale is taken."""
     band_coverage: float = 0.99
     """Share of normal points inside the reported lower/upper band."""
@@ -158,9 +162,13 @@ class EnsembleDetector(BaseEstimator):
         y_train = np.where(usable, y, np.nan)
 
         self.freq_ = infer_frequency(ts[usable])
-        self.prophet_ = ProphetDetector(**asdict(cfg.prophet)).fit(ts[usable], y[usable])
+        self.log_space_ = bool(cfg.log_transform and np.min(y[usable]) > 0)
+        # A later value at or below zero is extreme for a positive KPI; clamp it to stay finite.
+        self.log_floor_ = float(np.min(y[usable])) / 10.0 if self.log_space_ else 0.0
+        y_train = self._to_model(y_train)
+        self.prophet_ = ProphetDetector(**asdict(cfg.prophet)).fit(ts[usable], y_train[usable])
         residual = y_train - self.prophet_.predict(ts)
-        typical = float(np.nanmedian(np.abs(y[usable])))
+        typical = float(np.nanmedian(np.abs(y_train[usable])))
         self.scale_floor_ = max(1e-6 * typical, 1e-9)
         adapted = residual - _past_rolling_median(residual, cfg.level_window)
         self.residual_scale_ = max(
@@ -169,7 +177,7 @@ class EnsembleDetector(BaseEstimator):
         _, adapted, ratio = self._deviation(residual)
         self.deviation_tail_ = ExceedanceTail().fit(ratio[usable])
 
-        step = np.diff(y[usable])
+        step = np.diff(y_train[usable])
         self.step_scale_ = max(
             float(np.median(np.abs(step - np.median(step)))) * 1.4826 if len(step) else 0.0,
             self.residual_scale_,
@@ -181,7 +189,7 @@ class EnsembleDetector(BaseEstimator):
 
         # How often a value exactly repeats its predecessor in normal data (Laplace-smoothed),
         # and the longest such run: only a run beyond anything normal is a stuck sensor.
-        repeats = float(np.sum(step == 0))
+        repeats = float(np.sum(np.diff(y[usable]) == 0))
         self.repeat_rate_ = (repeats + 1.0) / (len(step) + 2.0)
         self.longest_run_ = int(_stuck_run_lengths(y[usable]).max())
 
@@ -197,6 +205,15 @@ class EnsembleDetector(BaseEstimator):
             "repeat_rate": self.repeat_rate_,
         }
         return self
+
+    def _to_model(self, y: np.ndarray) -> np.ndarray:
+        if not self.log_space_:
+            return y
+        with np.errstate(invalid="ignore"):
+            return np.log(np.fmax(y, self.log_floor_))
+
+    def _from_model(self, v: np.ndarray) -> np.ndarray:
+        return np.exp(v) if self.log_space_ else v
 
     def _recent_scale(self, adapted: np.ndarray) -> np.ndarray:
         recent = _past_rolling_scale(adapted, self._config.scale_window)
@@ -253,11 +270,14 @@ class EnsembleDetector(BaseEstimator):
         y = np.asarray(values, dtype=float)
         gap = np.zeros(len(y), dtype=bool) if gap is None else np.asarray(gap, dtype=bool)
 
+        y_model = self._to_model(y)
         yhat = self.prophet_.predict(ts)
-        residual = y - yhat
+        residual = y_model - yhat
         level, adapted, ratio = self._deviation(residual)
         prophet_surprise = np.nan_to_num(self.deviation_tail_.surprise(ratio), nan=0.0)
-        iforest_surprise = self.iforest_.surprise(self._iforest_features(residual, adapted, y))
+        iforest_surprise = self.iforest_.surprise(
+            self._iforest_features(residual, adapted, y_model)
+        )
         stuck_surprise = self._stuck_surprise(y)
 
         components = {
@@ -286,13 +306,15 @@ class EnsembleDetector(BaseEstimator):
         expected = yhat + level
         recent_scale = self._recent_scale(adapted)
         half_width = self.deviation_tail_.quantile(cfg.band_coverage) * recent_scale
+        lower, upper = self._from_model(expected - half_width), self._from_model(expected + half_width)
+        expected = self._from_model(expected)
         frame = pd.DataFrame(
             {
                 "ts": ts,
                 "value": y,
                 "expected": expected,
-                "lower": expected - half_width,
-                "upper": expected + half_width,
+                "lower": lower,
+                "upper": upper,
                 "prophet_score": score_from_surprise(prophet_surprise, cfg.threshold),
                 "iforest_score": score_from_surprise(iforest_surprise, cfg.threshold),
                 "score": score,

@@ -78,7 +78,7 @@ def test_fit_records_the_training_window(detector, series):
 
 def test_config_is_plain_data():
     as_dict = DetectorConfig().to_dict()
-    assert as_dict["threshold"] == 5.0 and as_dict["prophet"]["holidays_country"] == "US"
+    assert as_dict["threshold"] == DetectorConfig.threshold and as_dict["prophet"]["holidays_country"] == "US"
 
 
 def test_scores_follow_the_output_contract(detector, series, clean_scores):
