@@ -1,0 +1,404 @@
+"""Per-KPI training and scoring: the steps behind the Dagster assets, as plain functions.
+
+This module joins the store and the detection library and imports no Dagster, so the asset
+graph, the CLI and the tests all run the same code. Both steps work on the cleaned series
+(``clean_observations`` over everything stored) and keep the no-look-ahead rule: a model is
+trained on a prefix of a series, and a point is scored only by a model whose training window
+ended strictly before it.
+
+Model versions are the end of their training window formatted as ``VERSION_FORMAT``, so
+retraining on the same data rewrites the same registry rows instead of adding new ones.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import sqlalchemy as sa
+
+from kpi_pipeline import store
+from kpi_pipeline.detection.ensemble import DetectorConfig, EnsembleDetector, InsufficientHistory
+from kpi_pipeline.detection.events import assign_events, open_event_from, summarize_events
+from kpi_pipeline.detection.features import build_features
+from kpi_pipeline.detection.preprocess import clean_observations
+from kpi_pipeline.detection.walkforward import (
+    initial_training_points,
+    retrain_every_points,
+    score_segment,
+    training_cutoffs,
+)
+from kpi_pipeline.ingestion import IngestResult
+
+VERSION_FORMAT = "%Y%m%dT%H%M%SZ"
+
+CONFIDENT_SEVERITIES = store.SEVERITIES[store.SEVERITIES.index("high") :]
+"""Anomalies this severe are kept out of later training sets, unless marked false positives."""
+
+Progress = Callable[[str], None]
+
+
+def _quiet(_message: str) -> None:
+    """The default progress callback: say nothing."""
+
+
+def open_store(url: str | None = None) -> sa.Engine:
+    """An engine on ``url`` (default: the configured database) with the schema up to date."""
+    engine = store.make_engine(url)
+    store.migrate(engine)
+    return engine
+
+
+def store_ingested(engine: sa.Engine, result: IngestResult, source: str) -> store.UpsertCounts:
+    """Write a validated input: observations upserted, its rejected rows recorded."""
+    counts = store.upsert_observations(engine, result.observations, source)
+    rejections = [
+        {"line": r.line, "raw": r.raw, "reason": r.reason, "source": source}
+        for r in result.rejections
+    ]
+    store.insert_rejections(engine, rejections)
+    return counts
+
+
+def load_cleaned(engine: sa.Engine) -> tuple[pd.DataFrame, dict[str, pd.Timedelta]]:
+    """Every stored observation, cleaned: ``(kpi, ts, value, filled, gap)`` rows and each step."""
+    return clean_observations(store.load_observations(engine))
+
+
+def feature_table(
+    cleaned: pd.DataFrame, frequencies: dict[str, pd.Timedelta], country: str
+) -> pd.DataFrame:
+    """The seed feature set of every KPI, long shape: ``kpi, ts, value`` then the features."""
+    parts = [
+        pd.concat(
+            [
+                rows[["kpi", "ts", "value"]].reset_index(drop=True),
+                build_features(rows["ts"], rows["value"], frequencies.get(str(kpi)), country),
+            ],
+            axis=1,
+        )
+        for kpi, rows in cleaned.groupby("kpi", sort=True)
+    ]
+    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
+
+
+# -- training -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class KpiTraining:
+    """What training did for one KPI."""
+
+    kpi: str
+    status: str
+    """``trained``, ``up to date`` (no scored point newer than its newest model) or
+    ``insufficient history``."""
+    versions: tuple[str, ...] = ()
+    """Versions written in this run, oldest first."""
+    detail: str = ""
+
+
+def train_models(
+    engine: sa.Engine,
+    cleaned: pd.DataFrame,
+    config: DetectorConfig,
+    *,
+    trained_at: pd.Timestamp | None = None,
+    progress: Progress = _quiet,
+) -> list[KpiTraining]:
+    """Train and register models for every KPI of ``cleaned``.
+
+    A KPI without models gets walk-forward versions (one per training cutoff, each trained on
+    the points before it), so its history can be scored without look-ahead. A KPI with models
+    gets one new version (the nightly retrain) on every point scored so far, once points newer
+    than its newest model have been scored. Training only on scored points means the skipped
+    points (confident anomalies, confirmed incidents) are known for every point it uses; new
+    points are scored by the newest earlier version either way. A KPI with too little history
+    is reported, not raised.
+    """
+    trained_at = trained_at if trained_at is not None else pd.Timestamp.now("UTC")
+    newest_models = store.load_latest_models(engine, "ensemble")
+    last_scored = store.last_scored_ts(engine)
+    excluded = training_exclusions(engine)
+    results = []
+    for kpi, rows in cleaned.groupby("kpi", sort=True):
+        kpi = str(kpi)
+        ts = pd.DatetimeIndex(rows["ts"])
+        newest = newest_models.get(kpi)
+        if newest is None:
+            cutoffs = _walk_forward_cutoffs(ts, config)
+        else:
+            cutoffs = _retrain_cutoff(ts, newest, last_scored.get(kpi))
+        if cutoffs:
+            result = _train_kpi(engine, kpi, rows, cutoffs, excluded.get(kpi), config, trained_at)
+        elif newest is None:
+            shortfall = f"{len(ts)} points, need more than {config.min_train_points}"
+            result = KpiTraining(kpi, "insufficient history", detail=shortfall)
+        else:
+            result = KpiTraining(kpi, "up to date")
+        progress(f"{kpi}: {_describe_training(result)}")
+        results.append(result)
+    return results
+
+
+def training_exclusions(engine: sa.Engine) -> dict[str, pd.DatetimeIndex]:
+    """Per KPI, the points training skips: confident anomalies and points confirmed as incidents.
+
+    An analyst's ``false_positive`` label puts a confident anomaly back into training.
+    """
+    flagged = store.load_anomalies(engine)
+    confident = flagged["severity"].isin(CONFIDENT_SEVERITIES) & (
+        flagged["feedback"] != "false_positive"
+    )
+    confirmed = flagged["feedback"] == "true_positive"
+    skipped = flagged[confident | confirmed]
+    return {str(kpi): pd.DatetimeIndex(rows["ts"]) for kpi, rows in skipped.groupby("kpi")}
+
+
+def _train_kpi(
+    engine: sa.Engine,
+    kpi: str,
+    rows: pd.DataFrame,
+    cutoffs: list[int],
+    excluded: pd.DatetimeIndex | None,
+    config: DetectorConfig,
+    trained_at: pd.Timestamp,
+) -> KpiTraining:
+    """Train and register a version at each cutoff of one KPI."""
+    ts = pd.DatetimeIndex(rows["ts"])
+    values = rows["value"].to_numpy(dtype=float)
+    exclude = ts.isin(excluded) if excluded is not None else np.zeros(len(ts), dtype=bool)
+    versions, shortfall = [], ""
+    for end in cutoffs:
+        detector = EnsembleDetector(config)
+        try:
+            detector.fit(ts[:end], values[:end], exclude=exclude[:end])
+        except InsufficientHistory as error:
+            shortfall = str(error)
+            continue
+        versions.append(_register(engine, kpi, detector, ts[end - 1], trained_at))
+    if not versions:
+        return KpiTraining(kpi, "insufficient history", detail=shortfall)
+    return KpiTraining(kpi, "trained", tuple(versions))
+
+
+def _walk_forward_cutoffs(ts: pd.DatetimeIndex, config: DetectorConfig) -> list[int]:
+    """Positions p at which a new KPI gets a version trained on points ``[0, p)``."""
+    initial = initial_training_points(len(ts), config.min_train_points)
+    return training_cutoffs(len(ts), initial, retrain_every_points(ts))
+
+
+def _retrain_cutoff(
+    ts: pd.DatetimeIndex, newest: store.ModelRecord, last_scored: pd.Timestamp | None
+) -> list[int]:
+    """The nightly retrain's cutoff: every scored point, if some are newer than ``newest``."""
+    scored = 0 if last_scored is None else int(ts.searchsorted(last_scored, side="right"))
+    return [scored] if scored and ts[scored - 1] > newest.train_end else []
+
+
+def _register(
+    engine: sa.Engine,
+    kpi: str,
+    detector: EnsembleDetector,
+    train_end: pd.Timestamp,
+    trained_at: pd.Timestamp,
+) -> str:
+    """Save each artifact of ``detector`` as a registry row; returns the version.
+
+    ``train_end`` is the end of the training window rather than the last point actually used,
+    so excluded or missing trailing points can never let a model score a point it could see.
+    """
+    version = train_end.strftime(VERSION_FORMAT)
+    # to_artifacts yields the ensemble row last; scoring looks versions up by it, so a version
+    # only becomes visible once all of its rows are written.
+    for kind, artifact in detector.to_artifacts().items():
+        store.save_model(
+            engine,
+            kpi=kpi,
+            kind=kind,
+            version=version,
+            trained_at=trained_at,
+            train_start=detector.train_start_,
+            train_end=train_end,
+            n_points=detector.n_train_points_,
+            params=detector.config.to_dict(),
+            metrics=detector.metrics_,
+            artifact=artifact,
+        )
+    return version
+
+
+def _describe_training(result: KpiTraining) -> str:
+    if result.status != "trained":
+        return f"{result.status} {result.detail}".strip()
+    if len(result.versions) == 1:
+        return f"trained version {result.versions[0]}"
+    first, last = result.versions[0], result.versions[-1]
+    return f"trained {len(result.versions)} versions ({first} .. {last})"
+
+
+# -- scoring --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class KpiScoring:
+    """What scoring did for one KPI."""
+
+    kpi: str
+    scored: int
+    """New points scored and written."""
+    anomalies: int
+    unscored: int
+    """New points left unscored because no model was trained before them."""
+    versions: tuple[str, ...] = ()
+    """Model versions that scored them."""
+
+
+def score_new_points(
+    engine: sa.Engine,
+    cleaned: pd.DataFrame,
+    *,
+    scored_at: pd.Timestamp | None = None,
+    progress: Progress = _quiet,
+) -> list[KpiScoring]:
+    """Score every point newer than the KPI's last scored one with the stored models.
+
+    Nothing is fitted here. Each point gets the newest version trained strictly before it;
+    points before the first model stay unscored (insufficient history). Events continue the
+    event left open by the previous batch.
+    """
+    scored_at = scored_at if scored_at is not None else pd.Timestamp.now("UTC")
+    last_scored = store.last_scored_ts(engine)
+    results = []
+    for kpi, rows in cleaned.groupby("kpi", sort=True):
+        kpi = str(kpi)
+        ts = pd.DatetimeIndex(rows["ts"])
+        first_new = 0 if kpi not in last_scored else int(ts.searchsorted(last_scored[kpi], "right"))
+        result = _score_kpi(engine, kpi, rows, first_new, scored_at)
+        progress(f"{kpi}: {_describe_scoring(result)}")
+        results.append(result)
+    return results
+
+
+def _score_kpi(
+    engine: sa.Engine, kpi: str, rows: pd.DataFrame, first_new: int, scored_at: pd.Timestamp
+) -> KpiScoring:
+    new_points = len(rows) - first_new
+    if new_points == 0:
+        return KpiScoring(kpi, 0, 0, 0)
+    scores, merge_gap = _score_with_stored_models(engine, kpi, rows, first_new)
+    if scores.empty:
+        return KpiScoring(kpi, 0, 0, new_points)
+    open_event = None
+    if first_new > 0:
+        recent = _recent_scores(engine, kpi, rows, first_new, merge_gap)
+        open_event = open_event_from(recent, merge_gap)
+    scores["event_id"], _alerts = assign_events(
+        kpi, pd.DatetimeIndex(scores["ts"]), scores["is_anomaly"].to_numpy(), merge_gap, open_event
+    )
+    store.upsert_scores(engine, scores.assign(kpi=kpi, scored_at=scored_at))
+    return KpiScoring(
+        kpi,
+        scored=len(scores),
+        anomalies=int(scores["is_anomaly"].sum()),
+        unscored=new_points - len(scores),
+        versions=tuple(scores["model_version"].unique()),
+    )
+
+
+def _score_with_stored_models(
+    engine: sa.Engine, kpi: str, rows: pd.DataFrame, first_new: int
+) -> tuple[pd.DataFrame, int]:
+    """Scores of the points from ``first_new`` on that some model may score, with the version
+    used; and the event merge gap of the newest model used (0 rows if no model applies)."""
+    ts = pd.DatetimeIndex(rows["ts"])
+    values = rows["value"].to_numpy(dtype=float)
+    gap = rows["gap"].to_numpy(dtype=bool)
+    models = [m for m in store.load_model_versions(engine, kpi, "ensemble") if m.train_end]
+    train_ends = pd.DatetimeIndex([model.train_end for model in models], tz="UTC")
+    # Index of the newest model whose training window ended strictly before each point.
+    model_of = train_ends.searchsorted(ts[first_new:], side="left") - 1
+    used = np.unique(model_of[model_of >= 0])
+    if len(used) == 0:
+        return pd.DataFrame(), 0
+    detectors = _detectors(engine, kpi, [models[index] for index in used])
+    parts = []
+    for index in used:
+        model = models[index]
+        # model_of never decreases with time, so each model scores one contiguous segment.
+        positions = first_new + np.flatnonzero(model_of == index)
+        segment = score_segment(
+            detectors[model.version], ts, values, gap, positions[0], positions[-1] + 1
+        )
+        parts.append(segment.assign(model_version=model.version))
+    merge_gap = detectors[models[used[-1]].version].config.event_merge_gap
+    return pd.concat(parts, ignore_index=True), merge_gap
+
+
+def _detectors(
+    engine: sa.Engine, kpi: str, models: list[store.ModelRecord]
+) -> dict[str, EnsembleDetector]:
+    """The fitted detectors of registered ensemble versions, rebuilt from their rows."""
+    wanted = {model.version for model in models}
+    components = {
+        kind: _component_rows(engine, kpi, kind, wanted)
+        for kind in EnsembleDetector.COMPONENT_KINDS
+    }
+    detectors = {}
+    for model in models:
+        artifacts = {"ensemble": model.artifact}
+        for kind, rows in components.items():
+            if model.version not in rows:
+                raise LookupError(f"model {kpi} {model.version} has no {kind} artifact")
+            artifacts[kind] = rows[model.version].artifact
+        detectors[model.version] = EnsembleDetector.from_artifacts(artifacts)
+    return detectors
+
+
+def _component_rows(
+    engine: sa.Engine, kpi: str, kind: str, versions: set[str]
+) -> dict[str, store.ModelRecord]:
+    """Registry rows of ``kind`` for ``versions``.
+
+    Component artifacts are large (an Isolation Forest is ~1 MB), so the usual case, only the
+    newest version, reads one row; older versions need the KPI's whole history of that kind
+    until the store can read a single version.
+    """
+    newest = store.load_latest_models(engine, kind, [kpi]).get(kpi)
+    if newest is not None and versions == {newest.version}:
+        return {newest.version: newest}
+    return {
+        record.version: record
+        for record in store.load_model_versions(engine, kpi, kind)
+        if record.version in versions
+    }
+
+
+def _recent_scores(
+    engine: sa.Engine, kpi: str, rows: pd.DataFrame, first_new: int, merge_gap: int
+) -> pd.DataFrame:
+    """The stored scores an open event may still continue from: the last ``merge_gap + 1``."""
+    ts = rows["ts"]
+    since = ts.iloc[max(0, first_new - merge_gap - 1)]
+    return store.load_scores(engine, [kpi], since=since, until=ts.iloc[first_new - 1])
+
+
+def _describe_scoring(result: KpiScoring) -> str:
+    if result.scored == 0 and result.unscored == 0:
+        return "no new points"
+    parts = []
+    if result.scored:
+        parts.append(f"scored {result.scored} points, {result.anomalies} anomalous")
+    if result.unscored:
+        parts.append(f"{result.unscored} points unscored (insufficient history)")
+    return "; ".join(parts)
+
+
+# -- events ---------------------------------------------------------------------------------
+
+
+def anomaly_events(engine: sa.Engine) -> pd.DataFrame:
+    """One row per anomaly event across all KPIs, newest first (see ``summarize_events``)."""
+    return summarize_events(store.load_anomalies(engine))
