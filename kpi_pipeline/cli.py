@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import sys
 import warnings
 from enum import Enum
 from pathlib import Path
@@ -30,7 +31,8 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-console = Console(highlight=False, soft_wrap=True)
+# Piped or captured output (make run, CI logs) gets a wide table instead of rich's 80 columns.
+console = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 160)
 errors = Console(stderr=True, highlight=False, soft_wrap=True)
 
 SHOWN_REJECTIONS = 5
@@ -254,7 +256,8 @@ def anomalies(
 def _anomaly_table(found: pd.DataFrame) -> Table:
     """The columns a person reads first; ``--format json/csv`` give them all."""
     table = Table(box=None)
-    for header in ("kpi", "time (UTC)", "value", "expected", "band", "score", "severity"):
+    for header in ("kpi", "time (UTC)", "value", "expected", "deviation", "band", "score",
+                   "severity"):
         table.add_column(header, no_wrap=True)
     table.add_column("flagged by", overflow="fold")
     table.add_column("feedback", overflow="fold")
@@ -264,6 +267,7 @@ def _anomaly_table(found: pd.DataFrame) -> Table:
             row.ts.strftime("%Y-%m-%d %H:%M"),
             _number(row.value),
             _number(row.expected),
+            _deviation(row.value, row.expected),
             f"{_number(row.lower)}..{_number(row.upper)}" if pd.notna(row.lower) else "",
             _number(row.score),
             _text(row.severity),
@@ -274,7 +278,15 @@ def _anomaly_table(found: pd.DataFrame) -> Table:
 
 
 def _number(value: float) -> str:
-    return "" if pd.isna(value) else f"{value:.4g}"
+    if pd.isna(value):
+        return ""
+    return f"{value:,.0f}" if abs(value) >= 1000 else f"{value:.4g}"
+
+
+def _deviation(value: float, expected: float) -> str:
+    if pd.isna(value) or pd.isna(expected) or expected == 0:
+        return ""
+    return f"{(value - expected) / abs(expected):+.0%}"
 
 
 def _text(value: object) -> str:

@@ -209,8 +209,9 @@ class EnsembleDetector(BaseEstimator):
     def _to_model(self, y: np.ndarray) -> np.ndarray:
         if not self.log_space_:
             return y
+        # np.maximum keeps NaN (a gap stays a gap); np.fmax would turn it into the floor.
         with np.errstate(invalid="ignore"):
-            return np.log(np.fmax(y, self.log_floor_))
+            return np.log(np.maximum(y, self.log_floor_))
 
     def _from_model(self, v: np.ndarray) -> np.ndarray:
         return np.exp(v) if self.log_space_ else v

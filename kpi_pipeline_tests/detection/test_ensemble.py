@@ -158,6 +158,19 @@ def test_a_long_gap_is_reported_as_an_anomaly_flagged_by_gap(detector, series):
     assert scores.loc[~gap[N_TRAIN:], "is_anomaly"].mean() <= 0.01
 
 
+def test_a_gap_leaves_the_expected_value_and_the_points_after_it_undisturbed(detector, series):
+    # The synthetic KPI is positive, so it is modelled in log space; a gap must stay a gap there.
+    assert detector.log_space_
+    ts, y = series
+    gap = np.zeros(N_POINTS, dtype=bool)
+    gap[N_TRAIN + 30 : N_TRAIN + 54] = True
+    scores = score_after_training(detector, ts, np.where(gap, np.nan, y), gap=gap)
+    clean = score_after_training(detector, ts, y)
+    np.testing.assert_allclose(scores["expected"], clean["expected"], rtol=0.05)
+    after = slice(54 - 30 + 30, None)
+    assert not scores["is_anomaly"].iloc[after].any()
+
+
 def test_a_missing_value_outside_a_marked_gap_is_not_an_anomaly(detector, series):
     ts, y = series
     holed = y.copy()
