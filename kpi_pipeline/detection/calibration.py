@@ -71,8 +71,9 @@ class ExceedanceTail:
         exceed = n - np.searchsorted(self.sorted_, np.nan_to_num(v, nan=-np.inf), side="left")
         empirical = -np.log10((exceed + 1.0) / (n + 1.0))
         tail = -self._log10_tail(np.clip(v - self.threshold_, 0.0, None))
-        # Past the threshold the fitted tail takes over, never below the empirical rate there.
-        out = np.where(v > self.threshold_, np.maximum(tail, empirical), empirical)
+        # Past the threshold the fitted tail takes over: the empirical rate there is too coarse
+        # (every value beyond the training maximum would get the same -log10(1/(n+1))).
+        out = np.where(v > self.threshold_, tail, empirical)
         return np.where(np.isnan(v), np.nan, np.clip(out, 0.0, None))
 
     def quantile(self, probability: float) -> float:

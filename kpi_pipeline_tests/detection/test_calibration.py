@@ -59,9 +59,7 @@ def test_surprise_of_a_value_does_not_depend_on_the_other_values_scored_with_it(
     alone = fitted.surprise(np.array([value]))[0]
     with_others = fitted.surprise(np.array([value, 0.0]))[0]
     assert alone == pytest.approx(with_others)
-    # Beyond every training value the empirical rate 1/(n+1) bounds the surprise from below.
-    n = len(training_values("light"))
-    assert alone == pytest.approx(max(3.0, np.log10(n + 1)), abs=0.1)
+    assert alone == pytest.approx(3.0, abs=0.1)
 
 
 @pytest.mark.parametrize("probability", [0.5, 0.95, 0.99])
