@@ -104,6 +104,31 @@ def _event_summary(results: dict[str, SeriesResult], tasks: list[SeriesTask]) ->
     )
 
 
+def _finish(
+    out_dir: Path,
+    corpus: Path,
+    tasks: list[SeriesTask],
+    results: dict[str, SeriesResult],
+    started: float,
+    workers: int,
+    config: DetectorConfig,
+    **figures: dict,
+) -> dict:
+    """Assemble the summary shared by both corpora, write it, and return it."""
+    summary = {
+        "corpus": str(corpus),
+        **figures,
+        "events": asdict(_event_summary(results, tasks)),
+        "series": len(tasks),
+        "points": int(sum(len(t.values) for t in tasks)),
+        "wall_seconds": time.perf_counter() - started,
+        "workers": workers,
+        "config": config.to_dict(),
+    }
+    _write_summary(out_dir, summary)
+    return summary
+
+
 def _write_summary(out_dir: Path, summary: dict) -> None:
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
     lines = [f"# Evaluation: {summary['corpus']}", ""]
@@ -161,18 +186,7 @@ def evaluate_nab(
         own = score_corpus({k: r.alert for k, r in by_path.items()}, corpus, profile)
         threshold, tuned = best_threshold({k: r.score for k, r in by_path.items()}, corpus, profile)
         nab[name] = {"own_alerts": asdict(own), "best_threshold": asdict(tuned), "threshold": threshold}
-    summary = {
-        "corpus": str(data_dir),
-        "nab": nab,
-        "events": asdict(_event_summary(results, tasks)),
-        "series": len(tasks),
-        "points": int(sum(len(t.values) for t in tasks)),
-        "wall_seconds": time.perf_counter() - started,
-        "workers": workers,
-        "config": config.to_dict(),
-    }
-    _write_summary(out_dir, summary)
-    return summary
+    return _finish(out_dir, data_dir, tasks, results, started, workers, config, nab=nab)
 
 
 def dataset_tasks(data_csv: Path, labels_csv: Path) -> list[SeriesTask]:
@@ -216,15 +230,4 @@ def evaluate_dataset(
         t.name: asdict(event_metrics(results[t.name].is_anomaly, t.windows, probation_length(len(t.values))))
         for t in tasks
     }
-    summary = {
-        "corpus": str(data_csv),
-        "events": asdict(_event_summary(results, tasks)),
-        "per_kpi": per_kpi,
-        "series": len(tasks),
-        "points": int(sum(len(t.values) for t in tasks)),
-        "wall_seconds": time.perf_counter() - started,
-        "workers": workers,
-        "config": config.to_dict(),
-    }
-    _write_summary(out_dir, summary)
-    return summary
+    return _finish(out_dir, data_csv, tasks, results, started, workers, config, per_kpi=per_kpi)
