@@ -88,7 +88,11 @@ class DetectorConfig:
     smoothing_window: int = 1
     """Points over which the combined surprise is averaged (1 = no smoothing)."""
     volatility_window: int = 7
-    scale_window: int = 288
+    scale_window: int = 1000
+    tail_quantile: float = 0.9
+    """Quantile of training deviations above which the extreme-value tail is fitted."""
+    max_tail_shape: float = 0.5
+    """Upper bound of the fitted tail's shape (0 = exponential tail, 0.5 = heavy power law)."""
     log_transform: bool = True
     """Model KPIs whose training values are all positive in log space."""
     """Points over which the recent residual scale is taken."""
@@ -175,7 +179,9 @@ class EnsembleDetector(BaseEstimator):
             float(np.nanmedian(np.abs(adapted[usable]))) * 1.4826, self.scale_floor_
         )
         _, adapted, ratio = self._deviation(residual)
-        self.deviation_tail_ = ExceedanceTail().fit(ratio[usable])
+        self.deviation_tail_ = ExceedanceTail(cfg.tail_quantile, cfg.max_tail_shape).fit(
+            ratio[usable]
+        )
 
         step = np.diff(y_train[usable])
         self.step_scale_ = max(
