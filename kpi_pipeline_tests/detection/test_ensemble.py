@@ -17,6 +17,9 @@ from kpi_pipeline_tests.detection.synthetic import LEVEL, NOISE_SIGMA, daily_sin
 N_POINTS = 21 * 24
 N_TRAIN = 14 * 24
 SPIKE = N_TRAIN + 64  # a point in the scored part, positions count from the series' start
+# The default residual-scale window (1000 points) is longer than these three weeks; a short one
+# lets every scored point see its full context, which the batch-equivalence test relies on.
+CONFIG = DetectorConfig(scale_window=96)
 
 
 @pytest.fixture(scope="module")
@@ -27,12 +30,12 @@ def series() -> tuple[pd.DatetimeIndex, np.ndarray]:
 @pytest.fixture(scope="module")
 def detector(series) -> EnsembleDetector:
     ts, y = series
-    return EnsembleDetector(random_state=0).fit(ts[:N_TRAIN], y[:N_TRAIN])
+    return EnsembleDetector(CONFIG, random_state=0).fit(ts[:N_TRAIN], y[:N_TRAIN])
 
 
 def score_after_training(detector: EnsembleDetector, ts, y, gap=None) -> pd.DataFrame:
     """Scores of the points after the training window, with the context the detector needs."""
-    context = detector.context_points
+    context = min(N_TRAIN, detector.context_points)
     window = slice(N_TRAIN - context, None)
     return detector.score(
         ts[window], y[window], n_context=context, gap=None if gap is None else gap[window]
@@ -184,6 +187,7 @@ def test_scoring_a_batch_later_matches_scoring_it_with_the_rest(detector, series
     ts, y = series
     start = N_TRAIN + 100
     context = detector.context_points
+    assert context <= N_TRAIN
     batch = detector.score(ts[start - context :], y[start - context :], n_context=context)
     same_points = clean_scores.iloc[start - N_TRAIN :].reset_index(drop=True)
     pd.testing.assert_frame_equal(batch, same_points)
