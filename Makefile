@@ -1,12 +1,13 @@
 # Two commands do all the set-up on a fresh machine:
 #   make run    creates/reuses .venv, installs, runs the main job on the embedded SQLite database
-#   make test   creates/reuses .venv, installs with test extras, makes sure Postgres is up, runs the suite
+#   make test   creates/reuses .venv, installs with test extras, makes sure Postgres is up and the
+#               system Chromium is installed (for the dashboard's browser test), runs the suite
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 PYTEST_ARGS ?= -n 2
 
-.PHONY: run test postgres dataset evaluate-nab evaluate-sample clean
+.PHONY: run test postgres chromium dashboard screenshots dataset evaluate-nab evaluate-sample clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -30,8 +31,19 @@ run: $(VENV)/.installed
 postgres:
 	bash scripts/ensure-postgres.sh
 
-test: $(VENV)/.installed-test postgres
+# Debian's chromium for the dashboard's browser test; never fails (the test then skips, saying why).
+chromium:
+	bash scripts/ensure-chromium.sh
+
+test: $(VENV)/.installed-test postgres chromium
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+dashboard: $(VENV)/.installed
+	$(BIN)/kpi-pipeline dashboard
+
+# Regenerates docs/screenshots/{overview,kpi}.png from a freshly seeded database.
+screenshots: $(VENV)/.installed-test chromium
+	$(BIN)/python -m kpi_pipeline_tests.dashboard.screenshots --out docs/screenshots
 
 dataset: $(VENV)/.installed
 	$(BIN)/python -m kpi_pipeline.datagen --out dataset --seed 42
@@ -43,4 +55,4 @@ evaluate-sample: $(VENV)/.installed
 	$(BIN)/kpi-pipeline evaluate --data dataset/kpi_data.csv --labels dataset/kpi_labels.csv --out out/sample
 
 clean:
-	rm -rf .kpi out .pytest_cache
+	rm -rf .kpi out .pytest_cache artifacts

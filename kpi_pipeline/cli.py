@@ -163,6 +163,8 @@ def run(ctx: typer.Context) -> None:
     )
     short = summary["insufficient_history"]
     console.print(f"insufficient history: {', '.join(short) if short else 'none'}", markup=False)
+    database = " --database-url URL" if ctx.obj else ""
+    console.print(f"open the dashboard: kpi-pipeline{database} dashboard", markup=False)
 
 
 def _materialize_all(url: str) -> dict:
@@ -349,3 +351,19 @@ def feedback(
     label = "true_positive" if true_positive else "false_positive"
     store.set_feedback(engine, kpi, ts, label, note)
     console.print(f"recorded {label} for {kpi} at {ts}", markup=False)
+    if label == "false_positive":
+        suppressed = store.suppress_false_positive_alerts(engine)
+        console.print(f"suppressed {suppressed} pending alerts of false positives")
+
+
+from kpi_pipeline.dashboard.cli import register as register_dashboard  # noqa: E402
+
+register_dashboard(app)
+
+from kpi_pipeline.api.cli import register as register_api  # noqa: E402
+
+register_api(app)
+
+from kpi_pipeline.alerts.cli import register as register_alerts  # noqa: E402
+
+register_alerts(app)

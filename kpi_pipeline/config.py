@@ -9,6 +9,7 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 
+from pydantic import PositiveInt, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 # The embedded default database lives beside the checkout so a new user needs no server.
@@ -26,6 +27,107 @@ class Settings(BaseSettings):
 
     holiday_country: str = "US"
     """Country code for the ``holidays`` package (holiday features and Prophet holidays)."""
+
+    # -- automation: schedules and sensors (``dagster dev`` runs them) ---------------------------
+    scoring_cron: str = "5 * * * *"
+    """When ``hourly_scoring_schedule`` scores new points (cron, in ``schedule_timezone``)."""
+
+    training_cron: str = "30 2 * * *"
+    """When ``daily_training_schedule`` retrains the models of every KPI."""
+
+    schedule_timezone: str = "UTC"
+
+    new_data_sensor_interval: PositiveInt = 30
+    """Seconds between two polls of ``kpi_observations`` by ``new_kpi_data_sensor``."""
+
+    alert_sensor_interval: PositiveInt = 30
+    """Seconds between two runs of ``anomaly_check_sensor`` (which also retries pending alerts)."""
+
+    automation_off: str = ""
+    """Schedules and sensors that start stopped: comma-separated names, or ``all``."""
+
+    # -- alert channels: a channel without its settings is off ------------------------------------
+    smtp_host: str = ""
+    smtp_port: PositiveInt = 587
+    smtp_user: str = ""
+    """Login user; empty: no login."""
+    smtp_password: SecretStr = SecretStr("")
+    smtp_starttls: bool = True
+    alert_email_from: str = ""
+    alert_email_to: str = ""
+    """Default email recipients, comma-separated."""
+
+    slack_token: SecretStr = SecretStr("")
+    """Bot token (``xoxb-...``) with the ``chat:write`` scope."""
+    slack_channel: str = ""
+    """Default Slack channel (name or id)."""
+    slack_base_url: str = "https://slack.com/api/"
+
+    twilio_account_sid: str = ""
+    twilio_auth_token: SecretStr = SecretStr("")
+    twilio_from: str = ""
+    """Sending number (E.164) or messaging service id."""
+    alert_sms_to: str = ""
+    """Default SMS recipients (E.164), comma-separated."""
+    twilio_base_url: str = "https://api.twilio.com"
+
+    # -- alert policy --------------------------------------------------------------------------
+    alert_routes: str = ""
+    """Path of the routing YAML file; empty: high and critical anomalies to every channel."""
+
+    alert_cooldown_minutes: int = 360
+    """No repeat alert for a KPI (per recipient) within this window unless severity rises."""
+
+    alert_digest_threshold: PositiveInt = 5
+    """A check evaluation with more anomalies than this for a recipient sends one digest."""
+
+    alert_max_age_hours: float = 72.0
+    """Anomalies older than this when they are first seen are recorded but not sent."""
+
+    alert_on_history: bool = False
+    """Also alert anomalies from the first scoring of a KPI's history and from backfills."""
+
+    alert_timezone: str = "UTC"
+    """Time zone in which alerts show times (UTC is always shown too)."""
+
+    alert_dagster_url: str = "http://127.0.0.1:3000"
+    """Base URL of the Dagster UI, for links in alerts."""
+
+    alert_api_url: str = "http://127.0.0.1:8000"
+    """Base URL of the API sidecar, for links in alerts."""
+
+    # -- API sidecar (``kpi-pipeline api``) ---------------------------------------------------
+    api_keys: SecretStr = SecretStr("")
+    """Accepted API keys, comma-separated. Every POST needs one (``X-API-Key`` header or
+    ``Authorization: Bearer``); with none configured, POSTs are refused and GETs are open."""
+
+    api_public_reads: bool = False
+    """Serve GETs without a key even when keys are configured (POSTs always need one)."""
+
+    api_host: str = "127.0.0.1"
+    api_port: PositiveInt = 8000
+    api_workers: PositiveInt = 1
+    """Uvicorn worker processes; one per CPU core serves the most requests."""
+
+    api_cors_origins: str = ""
+    """Browser origins allowed to call the API, comma-separated (``*`` for any); empty: no CORS."""
+
+    api_max_batch_points: PositiveInt = 10_000
+    """Most points one POST (observations or scoring) may carry."""
+
+    api_max_range_days: PositiveInt = 366
+    """Widest ``start``..``end`` window a query may ask for."""
+
+    api_model_cache_size: PositiveInt = 64
+    """Fitted detectors each API worker keeps in memory, keyed by (KPI, model version)."""
+
+    # -- dashboard (``kpi-pipeline dashboard``) -----------------------------------------------
+    dashboard_cache_seconds: PositiveInt = 30
+    """How long the dashboard reuses a query result before reading the database again."""
+
+    backtest_dir: Path = PROJECT_ROOT / "out"
+    """Where the dashboard looks for ``kpi-pipeline evaluate --out`` results: every directory
+    below it holding a ``summary.json`` is a backtest run, and ``<run>/<kpi>.csv`` its scores."""
 
     def resolved_database_url(self) -> str:
         if self.database_url:

@@ -260,14 +260,15 @@ def score_new_points(
     engine: sa.Engine,
     cleaned: pd.DataFrame,
     *,
+    since: pd.Timestamp | None = None,
     scored_at: pd.Timestamp | None = None,
     progress: Progress = _quiet,
 ) -> list[KpiScoring]:
     """Score every point newer than the KPI's last scored one with the stored models.
 
     Nothing is fitted here. Each point gets the newest version trained strictly before it;
-    points before the first model stay unscored (insufficient history). Events continue the
-    event left open by the previous batch.
+    points before the first model stay unscored (insufficient history), and so do points before
+    ``since`` if given. Events continue the event left open by the previous batch.
     """
     scored_at = scored_at if scored_at is not None else pd.Timestamp.now("UTC")
     last_scored = store.last_scored_ts(engine)
@@ -276,6 +277,8 @@ def score_new_points(
         kpi = str(kpi)
         ts = pd.DatetimeIndex(rows["ts"])
         first_new = 0 if kpi not in last_scored else int(ts.searchsorted(last_scored[kpi], "right"))
+        if since is not None:
+            first_new = max(first_new, int(ts.searchsorted(since, "left")))
         result = _score_kpi(engine, kpi, rows, first_new, scored_at)
         progress(f"{kpi}: {_describe_scoring(result)}")
         results.append(result)
@@ -402,3 +405,120 @@ def _describe_scoring(result: KpiScoring) -> str:
 def anomaly_events(engine: sa.Engine) -> pd.DataFrame:
     """One row per anomaly event across all KPIs, newest first (see ``summarize_events``)."""
     return summarize_events(store.load_anomalies(engine))
+
+
+# -- backfill -------------------------------------------------------------------------------
+
+
+def backfill(
+    engine: sa.Engine,
+    config: DetectorConfig,
+    since: pd.Timestamp,
+    until: pd.Timestamp,
+    *,
+    kpis: list[str] | None = None,
+    retrain_every: pd.Timedelta = pd.Timedelta(days=1),
+    progress: Progress = _quiet,
+) -> list[KpiScoring]:
+    """Train and score the points with ``since <= ts <= until`` as the schedules would have.
+
+    KPIs without models first get walk-forward versions over their history up to ``until``.
+    Then the range is replayed in steps of ``retrain_every``: score the step's new points, then
+    retrain on everything scored so far (the daily retrain). No point after ``until`` is read,
+    so nothing looks ahead; points before ``since`` stay unscored, points already scored are
+    left alone. Returns the points scored per KPI.
+    """
+    cleaned, _ = load_cleaned(engine)
+    if kpis is not None:
+        cleaned = cleaned[cleaned["kpi"].isin(kpis)]
+    cleaned = cleaned[cleaned["ts"] <= until]
+    if cleaned.empty:
+        return []
+    untrained = sorted(set(cleaned["kpi"]) - store.trained_kpis(engine))
+    if untrained:
+        progress(f"walk-forward training of {', '.join(untrained)} up to {until}")
+        train_models(engine, cleaned[cleaned["kpi"].isin(untrained)], config, progress=progress)
+    totals: dict[str, KpiScoring] = {}
+    start = max(since, cleaned["ts"].min())
+    for end in _step_ends(start, until, retrain_every):
+        part = cleaned[cleaned["ts"] <= end]
+        step = score_new_points(engine, part, since=since)
+        train_models(engine, part, config)
+        for result in step:
+            totals[result.kpi] = _add_scoring(totals.get(result.kpi), result)
+        scored = sum(r.scored for r in step)
+        progress(f"up to {end}: scored {scored} points, {sum(r.anomalies for r in step)} anomalous")
+    return [totals[kpi] for kpi in sorted(totals)]
+
+
+def _step_ends(start: pd.Timestamp, until: pd.Timestamp, every: pd.Timedelta) -> list[pd.Timestamp]:
+    """``start + every``, ``start + 2 * every``, ... and ``until`` itself last."""
+    if every <= pd.Timedelta(0):
+        raise ValueError(f"retrain interval must be positive, not {every}")
+    ends, end = [], start + every
+    while end < until:
+        ends.append(end)
+        end += every
+    return [*ends, until]
+
+
+def _add_scoring(total: KpiScoring | None, step: KpiScoring) -> KpiScoring:
+    if total is None:
+        return step
+    versions = tuple(dict.fromkeys(total.versions + step.versions))
+    return KpiScoring(
+        step.kpi,
+        scored=total.scored + step.scored,
+        anomalies=total.anomalies + step.anomalies,
+        unscored=total.unscored + step.unscored,
+        versions=versions,
+    )
+
+
+# -- data quality ---------------------------------------------------------------------------
+
+QUALITY_COLUMNS = [
+    "kpi", "last_ts", "frequency", "age", "duplicate_timestamps", "recent_points", "missing_points"
+]
+
+
+def data_quality(
+    engine: sa.Engine, *, recent_points: int, now: pd.Timestamp | None = None
+) -> pd.DataFrame:
+    """Per KPI, what the data-quality checks judge.
+
+    ``last_ts`` / ``age``: the newest observation and how old it is at ``now``; ``frequency``:
+    the inferred sampling interval (NaT for a single point); ``duplicate_timestamps``: stored
+    observations that fall on a grid slot another one already holds (e.g. 10:00 and 10:00:30
+    in an hourly series), which cleaning averages away; ``missing_points``: points of the
+    last ``recent_points`` grid slots with no observation (interpolated or a gap).
+    """
+    now = now if now is not None else pd.Timestamp.now("UTC")
+    observations = store.load_observations(engine)
+    cleaned, frequencies = clean_observations(observations)
+    rows = []
+    for kpi, raw in observations.groupby("kpi", sort=True):
+        kpi = str(kpi)
+        frequency = frequencies.get(kpi)
+        recent = cleaned[cleaned["kpi"] == kpi].tail(recent_points)
+        last = raw["ts"].max()
+        rows.append(
+            {
+                "kpi": kpi,
+                "last_ts": last,
+                "frequency": frequency if frequency is not None else pd.NaT,
+                "age": now - last,
+                "duplicate_timestamps": _grid_collisions(raw["ts"], frequency),
+                "recent_points": len(recent),
+                "missing_points": int((recent["filled"] | recent["gap"]).sum()),
+            }
+        )
+    return pd.DataFrame(rows, columns=QUALITY_COLUMNS)
+
+
+def _grid_collisions(ts: pd.Series, frequency: pd.Timedelta | None) -> int:
+    """Timestamps that snap to a grid slot already taken (the grid cleaning puts them on)."""
+    if frequency is None:
+        return 0
+    slots = ((ts - ts.min()) / frequency).round()
+    return int(len(slots) - slots.nunique())

@@ -1,9 +1,30 @@
-"""Dagster definitions of kpi-pipeline: ``dagster dev -m kpi_pipeline.defs`` or workspace.yaml."""
+"""Dagster definitions of kpi-pipeline: ``dagster dev -m kpi_pipeline.defs`` or workspace.yaml.
+
+``dagster dev`` runs the schedules and sensors too, so it alone keeps scores fresh and alerts
+flowing; ``KPI_AUTOMATION_OFF`` lists the ones that should start stopped.
+"""
 
 import dagster as dg
 
+from kpi_pipeline.config import Settings, get_settings
 from kpi_pipeline.defs.assets import ASSETS
+from kpi_pipeline.defs.checks import CHECKS
 from kpi_pipeline.defs.jobs import JOBS
-from kpi_pipeline.defs.resources import KpiStore
+from kpi_pipeline.defs.resources import KpiStore, alert_resources
+from kpi_pipeline.defs.schedules import build_schedules
+from kpi_pipeline.defs.sensors import build_sensors
 
-defs = dg.Definitions(assets=ASSETS, jobs=JOBS, resources={"store": KpiStore()})
+
+def build_definitions(settings: Settings) -> dg.Definitions:
+    """Every asset, check, job, schedule, sensor and resource, configured by ``settings``."""
+    return dg.Definitions(
+        assets=ASSETS,
+        asset_checks=CHECKS,
+        jobs=JOBS,
+        schedules=build_schedules(settings),
+        sensors=build_sensors(settings),
+        resources={"store": KpiStore(), **alert_resources(settings)},
+    )
+
+
+defs = build_definitions(get_settings())

@@ -1,4 +1,7 @@
-"""Jobs: training and scoring run on separate cadences; ``all_assets_job`` runs everything."""
+"""Jobs: training and scoring run on separate cadences; ``all_assets_job`` runs everything.
+
+Each job also runs the asset checks of the assets it selects.
+"""
 
 from __future__ import annotations
 
@@ -18,16 +21,23 @@ training_job = dg.define_asset_job(
     description="Clean the KPIs, rebuild their features and train or retrain their models.",
 )
 
+SCORING_RUN_TAGS = {"kpi/scoring": "true"}
+"""Tag of every run that writes scores. ``dagster.yaml`` limits such runs to one at a time
+(``concurrency.runs.tag_concurrency_limits``), so the schedule and the sensor never score at
+once; the score upserts are idempotent either way."""
+
 scoring_job = dg.define_asset_job(
     "scoring_job",
     selection=[cleaned_kpis, anomaly_scores, anomalies],
     description="Score the points that arrived since the last run with the stored models.",
+    tags=SCORING_RUN_TAGS,
 )
 
 all_assets_job = dg.define_asset_job(
     "all_assets_job",
     selection=dg.AssetSelection.all(),
     description="Clean, train, score and summarise anomalies in one run.",
+    tags=SCORING_RUN_TAGS,
 )
 
 JOBS = [training_job, scoring_job, all_assets_job]

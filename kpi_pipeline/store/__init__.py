@@ -4,6 +4,36 @@ All timestamps going in are stored as UTC (naive input is taken to be UTC); all 
 coming out are tz-aware UTC pandas Timestamps, on Postgres and SQLite alike.
 """
 
+from kpi_pipeline.store.alerts import (
+    add_silence,
+    claim_due_deliveries,
+    first_scored_at,
+    load_anomalies_scored,
+    load_deliveries,
+    load_recent_deliveries,
+    load_silences,
+    mark_failed,
+    mark_retry,
+    mark_sent,
+    record_deliveries,
+    scoring_watermark,
+    suppress_false_positive_alerts,
+    trained_kpis,
+)
+from kpi_pipeline.store.dashboard import (
+    OVERVIEW_SORTS,
+    OverviewPage,
+    data_as_of,
+    kpi_overview,
+    kpi_series,
+    kpi_time_range,
+    list_kpi_names,
+    model_artifacts,
+    model_versions,
+    newest_anomalies,
+    severity_counts,
+    sparklines,
+)
 from kpi_pipeline.store.database import make_engine, migrate, table_counts
 from kpi_pipeline.store.models import (
     ModelRecord,
@@ -30,6 +60,32 @@ from kpi_pipeline.store.scores import (
 )
 
 __all__ = [
+    "add_silence",
+    "claim_due_deliveries",
+    "first_scored_at",
+    "load_anomalies_scored",
+    "load_deliveries",
+    "load_recent_deliveries",
+    "load_silences",
+    "mark_failed",
+    "mark_retry",
+    "mark_sent",
+    "record_deliveries",
+    "scoring_watermark",
+    "suppress_false_positive_alerts",
+    "trained_kpis",
+    "OVERVIEW_SORTS",
+    "OverviewPage",
+    "data_as_of",
+    "kpi_overview",
+    "kpi_series",
+    "kpi_time_range",
+    "list_kpi_names",
+    "model_artifacts",
+    "model_versions",
+    "newest_anomalies",
+    "severity_counts",
+    "sparklines",
     "FEEDBACK_LABELS",
     "SEVERITIES",
     "ModelRecord",

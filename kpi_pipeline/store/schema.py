@@ -17,6 +17,12 @@ SEVERITIES: tuple[str, ...] = ("low", "medium", "high", "critical")
 
 FEEDBACK_LABELS: tuple[str, ...] = ("true_positive", "false_positive")
 
+ALERT_CHANNELS: tuple[str, ...] = ("email", "slack", "sms")
+
+DELIVERY_STATUSES: tuple[str, ...] = ("pending", "sent", "failed", "suppressed")
+"""``pending`` waits to be sent (or retried), ``sent`` reached the channel, ``failed`` was refused
+for good (a configuration error), ``suppressed`` was decided against (``last_error`` says why)."""
+
 UTC = dt.timezone.utc
 
 
@@ -112,6 +118,8 @@ anomaly_scores = sa.Table(
     sa.CheckConstraint(
         "severity IN ('low', 'medium', 'high', 'critical')", name="ck_anomaly_scores_severity"
     ),
+    # The anomaly check reads what was scored since its previous evaluation.
+    sa.Index("ix_anomaly_scores_scored_at", "scored_at"),
 )
 
 anomaly_feedback = sa.Table(
@@ -125,6 +133,53 @@ anomaly_feedback = sa.Table(
     sa.CheckConstraint(
         "label IN ('true_positive', 'false_positive')", name="ck_anomaly_feedback_label"
     ),
+)
+
+alert_deliveries = sa.Table(
+    "alert_deliveries",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("kpi", sa.Text, nullable=False),
+    sa.Column("ts", UtcDateTime, nullable=False),
+    sa.Column("event_id", sa.Text),
+    sa.Column("severity", sa.Text, nullable=False),
+    sa.Column("channel", sa.Text, nullable=False),
+    sa.Column("recipient", sa.Text, nullable=False),
+    # The run whose anomaly check raised the alert.
+    sa.Column("batch", sa.Text, nullable=False),
+    # Rows sharing a key go out as one message (a digest); otherwise the key is the anomaly's.
+    sa.Column("message_key", sa.Text, nullable=False),
+    # The anomaly as the check reported it, so a message can be rendered long after.
+    sa.Column("payload", Json, nullable=False),
+    sa.Column("status", sa.Text, nullable=False),
+    sa.Column("attempts", sa.Integer, nullable=False),
+    sa.Column("last_error", sa.Text),
+    sa.Column("next_attempt_at", UtcDateTime),
+    # A sender's lease on the row, so two senders never send the same alert.
+    sa.Column("claimed_until", UtcDateTime),
+    sa.Column("claim_token", sa.Text),
+    sa.Column("created_at", UtcDateTime, nullable=False),
+    sa.Column("sent_at", UtcDateTime),
+    # One row per (anomaly, channel, recipient): recording an alert twice is a no-op.
+    sa.UniqueConstraint("kpi", "ts", "channel", "recipient", name="uq_alert_deliveries_target"),
+    sa.CheckConstraint(
+        "status IN ('pending', 'sent', 'failed', 'suppressed')", name="ck_alert_deliveries_status"
+    ),
+    sa.Index("ix_alert_deliveries_status", "status", "next_attempt_at"),
+)
+
+alert_silences = sa.Table(
+    "alert_silences",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    # A KPI name or glob pattern (``sales*``, ``*``).
+    sa.Column("kpi_pattern", sa.Text, nullable=False),
+    # The anomalies' timestamps it covers, inclusive.
+    sa.Column("since", UtcDateTime, nullable=False),
+    sa.Column("until", UtcDateTime, nullable=False),
+    sa.Column("reason", sa.Text, nullable=False),
+    sa.Column("created_at", UtcDateTime, nullable=False),
+    sa.UniqueConstraint("kpi_pattern", "since", "until", name="uq_alert_silences_window"),
 )
 
 # A view, created by the migration; a lightweight construct keeps it out of `metadata`.

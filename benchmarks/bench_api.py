@@ -1,0 +1,389 @@
+"""Load benchmark of the API sidecar: throughput and latency of its hot endpoints.
+
+    .venv/bin/kpi-pipeline bench-api            (or: .venv/bin/python benchmarks/bench_api.py)
+
+1. Creates a scratch Postgres database (dropped at the end) and seeds it through ``store``:
+   ``--kpis`` KPIs x ``--days`` days of hourly observations and scores, and one trained model
+   (Prophet + Isolation Forest, fitted once) registered for the first ``--model-kpis`` KPIs.
+2. Starts ``kpi-pipeline api`` with ``--workers`` uvicorn workers on a free loopback port.
+3. From a second process, drives each endpoint for ``--duration`` seconds (after a
+   ``--warmup``) with ``--clients`` concurrent keep-alive connections, each sending its next
+   request as soon as the previous answer arrives, and reports requests/s and p50/p99 latency
+   per endpoint, and each endpoint's throughput as a ratio of the trivial ``GET /health/live``
+   measured in the same run.
+
+The load generator speaks HTTP/1.1 over raw asyncio streams, so that on a small machine the
+client costs far less CPU than the server it measures; client and server still share the CPUs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import multiprocessing
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+import uuid
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import sqlalchemy as sa
+
+DEFAULT_ADMIN_URL = os.environ.get(
+    "KPI_TEST_PG_ADMIN_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+)
+API_KEY = "bench-api-key"
+START = pd.Timestamp("2025-01-01", tz="UTC")
+TRIVIAL = "GET /health/live"
+MODEL_VERSION = "bench"
+
+
+# -- seeding --------------------------------------------------------------------------------
+
+
+def kpi_names(count: int) -> list[str]:
+    return [f"kpi_{index:04d}" for index in range(count)]
+
+
+def synthetic_series(kpis: list[str], days: int, seed: int = 0) -> pd.DataFrame:
+    """Hourly observations (kpi, ts, value): a level per KPI, a daily cycle, 3% noise."""
+    ts = pd.date_range(START, periods=24 * days, freq="h")
+    rng = np.random.default_rng(seed)
+    levels = rng.uniform(50, 5000, len(kpis))[:, None]
+    cycle = 1 + 0.3 * np.sin(2 * np.pi * ts.hour.to_numpy() / 24)[None, :]
+    values = levels * cycle * (1 + 0.03 * rng.standard_normal((len(kpis), len(ts))))
+    return pd.DataFrame(
+        {
+            "kpi": np.repeat(kpis, len(ts)),
+            "ts": np.tile(ts.to_numpy(), len(kpis)),
+            "value": values.ravel(),
+        }
+    )
+
+
+def synthetic_scores(observations: pd.DataFrame, seed: int = 1) -> pd.DataFrame:
+    """Score rows shaped like the pipeline's, ~0.5% of them anomalies; values do not matter
+    for throughput, only the row count and width."""
+    rng = np.random.default_rng(seed)
+    n = len(observations)
+    expected = observations["value"].to_numpy() * (1 + 0.02 * rng.standard_normal(n))
+    score = rng.beta(1.2, 12, n)
+    anomalous = rng.random(n) < 0.005
+    score[anomalous] = rng.uniform(0.5, 0.95, anomalous.sum())
+    severity = pd.cut(score, [0.5, 0.6, 0.7, 0.8, 1.0], right=False,
+                      labels=["low", "medium", "high", "critical"]).astype(object)
+    return observations.assign(
+        expected=expected,
+        lower=expected * 0.9,
+        upper=expected * 1.1,
+        prophet_score=score,
+        iforest_score=score / 2,
+        score=score,
+        is_anomaly=anomalous,
+        severity=np.where(anomalous, severity, None),
+        flagged_by=np.where(anomalous, "prophet", None),
+        event_id=None,
+        model_version=MODEL_VERSION,
+    )
+
+
+def seed(url: str, kpis: list[str], days: int, model_kpis: int, log) -> None:
+    from kpi_pipeline import store
+    from kpi_pipeline.detection.ensemble import DetectorConfig, EnsembleDetector
+
+    engine = store.make_engine(url)
+    store.migrate(engine)
+    observations = synthetic_series(kpis, days)
+    started = time.perf_counter()
+    chunk = 100 * 24 * days  # 100 KPIs per write keeps memory and transactions small
+    for offset in range(0, len(observations), chunk):
+        part = observations.iloc[offset : offset + chunk]
+        store.upsert_observations(engine, part, "bench")
+        store.upsert_scores(engine, synthetic_scores(part))
+    log(f"seeded {len(observations):,} observations and scores of {len(kpis)} KPIs "
+        f"in {time.perf_counter() - started:.0f} s")
+
+    first = observations[observations["kpi"] == kpis[0]]
+    cutoff = len(first) * 2 // 3
+    training = first.iloc[:cutoff]
+    detector = EnsembleDetector(DetectorConfig()).fit(training["ts"], training["value"])
+    for kpi in kpis[:model_kpis]:
+        for kind, artifact in detector.to_artifacts().items():
+            store.save_model(
+                engine, kpi=kpi, kind=kind, version=MODEL_VERSION, trained_at=utc_now(),
+                train_start=detector.train_start_, train_end=first["ts"].iloc[cutoff - 1],
+                n_points=detector.n_train_points_, params=detector.config.to_dict(),
+                metrics=detector.metrics_, artifact=artifact,
+            )
+    log(f"registered one trained model for {model_kpis} KPIs")
+    engine.dispose()
+
+
+def utc_now() -> pd.Timestamp:
+    return pd.Timestamp.now("UTC")
+
+
+# -- load generation ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    requests: list[bytes]
+    """Raw HTTP/1.1 requests, sent in rotation."""
+
+
+@dataclass
+class Result:
+    name: str
+    requests: int
+    errors: int
+    seconds: float
+    rps: float
+    p50_ms: float
+    p99_ms: float
+    statuses: dict[str, int]
+
+
+def http_request(method: str, path: str, body: dict | None = None) -> bytes:
+    payload = b"" if body is None else json.dumps(body).encode()
+    head = [f"{method} {path} HTTP/1.1", "Host: 127.0.0.1", f"X-API-Key: {API_KEY}"]
+    if body is not None:
+        head += ["Content-Type: application/json", f"Content-Length: {len(payload)}"]
+    return ("\r\n".join(head) + "\r\n\r\n").encode() + payload
+
+
+def scenarios(kpis: list[str], days: int, model_kpis: int, series_limits: Sequence[int]):
+    after = START + pd.Timedelta(days=days)
+    score_requests = [
+        http_request("POST", "/v1/score", {
+            "kpi": kpi,
+            "points": [{"timestamp": (after + pd.Timedelta(hours=hour)).isoformat(),
+                        "value": 1000.0 + hour}],
+        })
+        for kpi in kpis[:model_kpis]
+        for hour in range(3)
+    ]
+    return [
+        Scenario(TRIVIAL, [http_request("GET", "/health/live")]),
+        Scenario("GET /health", [http_request("GET", "/health")]),
+        Scenario("GET /v1/scores/latest?kpi=…",
+                 [http_request("GET", f"/v1/scores/latest?kpi={kpi}") for kpi in kpis]),
+        *(
+            Scenario(f"GET /v1/kpis/{{kpi}}/scores?limit={limit}",
+                     [http_request("GET", f"/v1/kpis/{kpi}/scores?limit={limit}") for kpi in kpis])
+            for limit in series_limits
+        ),
+        Scenario("POST /v1/score (1 point)", score_requests),
+    ]
+
+
+async def _read_response(reader: asyncio.StreamReader) -> int:
+    head = await reader.readuntil(b"\r\n\r\n")
+    status = int(head[9:12])
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            await reader.readexactly(int(value))
+            return status
+    raise RuntimeError(f"response without Content-Length: {head[:200]!r}")
+
+
+async def _drive(port: int, scenario: Scenario, clients: int, seconds: float):
+    """Latencies (s) and statuses of every answer that arrived within ``seconds``."""
+    latencies: list[float] = []
+    statuses: list[int] = []
+    deadline = time.perf_counter() + seconds
+
+    async def client(offset: int) -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        sent = offset
+        try:
+            while True:
+                started = time.perf_counter()
+                if started >= deadline:
+                    return
+                writer.write(scenario.requests[sent % len(scenario.requests)])
+                sent += clients
+                status = await _read_response(reader)
+                latencies.append(time.perf_counter() - started)
+                statuses.append(status)
+        finally:
+            writer.close()
+
+    began = time.perf_counter()
+    await asyncio.gather(*(client(offset) for offset in range(clients)))
+    return latencies, statuses, time.perf_counter() - began
+
+
+def run_scenario(port: int, scenario: Scenario, clients: int, seconds: float,
+                 warmup: float) -> Result:
+    asyncio.run(_drive(port, scenario, clients, warmup))
+    latencies, statuses, elapsed = asyncio.run(_drive(port, scenario, clients, seconds))
+    milliseconds = np.asarray(latencies) * 1000
+    counted = pd.Series(statuses).value_counts()
+    return Result(
+        name=scenario.name,
+        requests=len(latencies),
+        errors=int(sum(count for status, count in counted.items() if status >= 400)),
+        seconds=elapsed,
+        rps=len(latencies) / elapsed,
+        p50_ms=float(np.percentile(milliseconds, 50)) if len(latencies) else float("nan"),
+        p99_ms=float(np.percentile(milliseconds, 99)) if len(latencies) else float("nan"),
+        statuses={str(status): int(count) for status, count in counted.items()},
+    )
+
+
+def load_generator(port: int, plan: list[Scenario], clients: int, seconds: float,
+                   warmup: float, results) -> None:
+    """The second process: runs the scenarios one after another, puts each Result."""
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:
+        pass
+    for scenario in plan:
+        results.put(run_scenario(port, scenario, clients, seconds, warmup))
+    results.put(None)
+
+
+# -- orchestration --------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def wait_until_up(port: int, server: subprocess.Popen, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            raise RuntimeError(f"the API exited with status {server.returncode}")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health/live", timeout=1):
+                return
+        except OSError:
+            time.sleep(0.5)
+    raise RuntimeError(f"the API did not answer within {timeout:.0f} s")
+
+
+def start_api(url: str, port: int, workers: int, log_path: Path) -> subprocess.Popen:
+    command = [
+        sys.executable, "-c", "from kpi_pipeline.cli import app; app()",
+        "--database-url", url, "api", "--port", str(port), "--workers", str(workers),
+    ]
+    env = {**os.environ, "KPI_API_KEYS": API_KEY}
+    with log_path.open("w") as log:
+        return subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
+
+
+def report(results: list[Result], trivial: Result) -> str:
+    lines = [
+        "| endpoint | requests | errors | req/s | p50 ms | p99 ms | throughput vs trivial |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for result in results:
+        lines.append(
+            f"| `{result.name}` | {result.requests:,} | {result.errors} | {result.rps:,.0f} | "
+            f"{result.p50_ms:.1f} | {result.p99_ms:.1f} | {result.rps / trivial.rps:.2f} |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--admin-url", default=DEFAULT_ADMIN_URL,
+                        help="Postgres URL allowed to CREATE/DROP DATABASE (default: %(default)s)")
+    parser.add_argument("--kpis", type=int, default=1000)
+    parser.add_argument("--days", type=int, default=30)
+    parser.add_argument("--model-kpis", type=int, default=20,
+                        help="KPIs that get a trained model, for POST /v1/score")
+    parser.add_argument("--clients", type=int, default=50)
+    parser.add_argument("--duration", type=float, default=10.0, help="seconds per endpoint")
+    parser.add_argument("--warmup", type=float, default=2.0, help="seconds per endpoint")
+    parser.add_argument("--workers", type=int, default=2, help="uvicorn worker processes")
+    parser.add_argument("--series-limit", type=int, action="append",
+                        help="limit= of the series request; repeatable (default: 168 and 720)")
+    parser.add_argument("--only", action="append", metavar="TEXT",
+                        help="only endpoints whose name contains TEXT; repeatable (the trivial "
+                        "endpoint always runs)")
+    parser.add_argument("--json", type=Path, help="also write the results here")
+    parser.add_argument("--keep-database", action="store_true")
+    args = parser.parse_args(argv)
+
+    def log(message: str) -> None:
+        print(message, file=sys.stderr, flush=True)
+
+    admin = sa.create_engine(args.admin_url, isolation_level="AUTOCOMMIT", poolclass=sa.NullPool)
+    name = f"kpi_bench_api_{uuid.uuid4().hex[:8]}"
+    with admin.connect() as connection:
+        connection.exec_driver_sql(f'CREATE DATABASE "{name}"')
+    url = admin.url.set(database=name).render_as_string(hide_password=False)
+    kpis = kpi_names(args.kpis)
+    server = None
+    try:
+        seed(url, kpis, args.days, min(args.model_kpis, args.kpis), log)
+        port = free_port()
+        log_path = Path(tempfile.gettempdir()) / f"{name}.log"
+        server = start_api(url, port, args.workers, log_path)
+        wait_until_up(port, server)
+        log(f"API up on 127.0.0.1:{port} with {args.workers} workers (log: {log_path}); "
+            f"{args.clients} clients, {args.duration:.0f} s per endpoint")
+
+        plan = [
+            scenario
+            for scenario in scenarios(kpis, args.days, min(args.model_kpis, args.kpis),
+                                      args.series_limit or [168, 720])
+            if scenario.name == TRIVIAL
+            or not args.only
+            or any(text in scenario.name for text in args.only)
+        ]
+        spawn = multiprocessing.get_context("spawn")
+        queue = spawn.Queue()
+        driver = spawn.Process(
+            target=load_generator,
+            args=(port, plan, args.clients, args.duration, args.warmup, queue),
+        )
+        driver.start()
+        results = []
+        while (result := queue.get()) is not None:
+            log(f"{result.name}: {result.rps:,.0f} req/s, p50 {result.p50_ms:.1f} ms, "
+                f"p99 {result.p99_ms:.1f} ms, statuses {result.statuses}")
+            results.append(result)
+        driver.join()
+    finally:
+        if server is not None:
+            server.terminate()
+            server.wait(timeout=30)
+        if not args.keep_database:
+            with admin.connect() as connection:
+                connection.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.dispose()
+
+    trivial = next(result for result in results if result.name == TRIVIAL)
+    print(f"\n{args.kpis} KPIs x {args.days} days hourly, {args.clients} clients, "
+          f"{args.duration:.0f} s per endpoint, {args.workers} API workers, "
+          f"{os.cpu_count()} CPUs\n")
+    print(report(results, trivial))
+    if args.json:
+        args.json.write_text(json.dumps([asdict(result) for result in results], indent=2))
+    failed = [result.name for result in results if result.errors]
+    if failed:
+        print(f"\nendpoints with error responses: {', '.join(failed)}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,94 @@
+"""The FastAPI application: ``create_app`` wires settings, database, auth and routes together.
+
+``kpi-pipeline api`` serves it with uvicorn; tests build it with their own settings and engine.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import sqlalchemy as sa
+from fastapi import FastAPI, Security
+from fastapi.middleware.cors import CORSMiddleware
+from starlette.concurrency import run_in_threadpool
+
+from kpi_pipeline import store
+from kpi_pipeline.api import errors, routes
+from kpi_pipeline.api.auth import ApiKeys, require_key
+from kpi_pipeline.api.middleware import REQUEST_ID_HEADER, RequestContext
+from kpi_pipeline.api.scoring import DetectorCache
+from kpi_pipeline.api.state import ApiState
+from kpi_pipeline.config import Settings, get_settings
+
+logger = logging.getLogger("kpi_pipeline.api")
+
+BODY_BYTES_PER_POINT = 400
+"""Generous size of one JSON point; with the batch limit, bounds the accepted body size."""
+
+DESCRIPTION = """\
+Latest scores, anomalies, ingestion and real-time scoring for kpi-pipeline.
+
+Scores: higher = more anomalous, in [0, 1]; `score >= 0.5` is an anomaly. Timestamps are
+ISO 8601; naive ones are UTC. Send an API key as `X-API-Key: <key>` or
+`Authorization: Bearer <key>`: every POST needs one, and so does every GET under `/v1` when
+keys are configured (unless `KPI_API_PUBLIC_READS=true`). Errors are JSON:
+`{"error", "message", "request_id", "details"}`.
+"""
+
+
+def create_app(settings: Settings | None = None, engine: sa.Engine | None = None) -> FastAPI:
+    """The API for ``settings`` (default: the environment) on ``engine`` (default: the
+    configured database)."""
+    settings = settings or get_settings()
+    state = ApiState(
+        settings=settings,
+        engine=engine or store.make_engine(settings.resolved_database_url()),
+        keys=ApiKeys(settings.api_keys),
+        detectors=DetectorCache(settings.api_model_cache_size),
+    )
+    app = FastAPI(
+        title="kpi-pipeline API",
+        version="1",
+        description=DESCRIPTION,
+        lifespan=_lifespan,
+    )
+    app.state.api = state
+    errors.install(app)
+    keyed = [Security(require_key)]
+    reads_keyed = bool(state.keys) and not settings.api_public_reads
+    app.include_router(routes.health)
+    app.include_router(routes.reads, dependencies=keyed if reads_keyed else [])
+    app.include_router(routes.writes, dependencies=keyed)
+
+    origins = [origin.strip() for origin in settings.api_cors_origins.split(",") if origin.strip()]
+    if origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=origins,
+            allow_methods=["GET", "POST"],
+            allow_headers=["Authorization", "Content-Type", "X-API-Key", REQUEST_ID_HEADER],
+            expose_headers=[REQUEST_ID_HEADER],
+        )
+    # Added last, so outermost: every response, CORS and errors included, gets a request ID.
+    app.add_middleware(
+        RequestContext,
+        max_body_bytes=(1 << 20) + BODY_BYTES_PER_POINT * settings.api_max_batch_points,
+    )
+    return app
+
+
+@asynccontextmanager
+async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
+    state: ApiState = app.state.api
+    # Like every CLI command, bring the schema up to date; an unreachable database is not
+    # fatal: /health answers 503 and requests 503 until it is back.
+    try:
+        await run_in_threadpool(store.migrate, state.engine)
+    except sa.exc.SQLAlchemyError as error:
+        logger.warning("database not ready at startup: %s", errors.first_line(error))
+    if not state.keys:
+        logger.warning("no API keys configured (KPI_API_KEYS): every POST will be refused")
+    yield
+    state.engine.dispose()

@@ -1,0 +1,348 @@
+"""The endpoints. Each one checks its input, calls ``store`` / ``pipeline`` / ``scoring``, and
+shapes the answer; the database and the detector run in worker threads so the event loop only
+ever parses and serialises."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import datetime as dt
+import json
+import logging
+from typing import Annotated, Any
+
+import pandas as pd
+import sqlalchemy as sa
+from fastapi import APIRouter, Depends, Path, Query
+from fastapi.responses import JSONResponse
+
+from kpi_pipeline import pipeline, store
+from kpi_pipeline.api import scoring
+from kpi_pipeline.api.context import current_request_id
+from kpi_pipeline.api.errors import AUTH_RESPONSES, ERROR_RESPONSES, ApiError, InvalidInput
+from kpi_pipeline.api.schemas import (
+    AnomalyPage,
+    ErrorResponse,
+    FeedbackIn,
+    FeedbackOut,
+    Health,
+    HealthUnavailable,
+    IngestCounts,
+    IngestResponse,
+    KpiList,
+    KpiName,
+    LatestScores,
+    Liveness,
+    ObservationBatch,
+    ScoreRequest,
+    ScoreResponse,
+    ScoreSeries,
+    Severity,
+    Timestamp,
+    checked_timestamp,
+    plain_text,
+)
+from kpi_pipeline.api.state import FRESHNESS_TTL_S, ApiState, get_state
+from kpi_pipeline.ingestion import validate_records
+from kpi_pipeline.store import serving
+
+logger = logging.getLogger("kpi_pipeline.api")
+
+HEALTH_TIMEOUT_S = 3.0
+"""A database that does not answer within this long is reported unreachable."""
+
+MAX_KPIS_PER_QUERY = 1000
+MAX_SERIES_POINTS = 10_000
+DEFAULT_SERIES_POINTS = 1000
+MAX_ANOMALIES_PER_PAGE = 1000
+DEFAULT_ANOMALIES_PER_PAGE = 100
+
+State = Annotated[ApiState, Depends(get_state)]
+KpiFilter = Annotated[
+    list[KpiName] | None,
+    Query(max_length=MAX_KPIS_PER_QUERY, description="Only these KPIs; repeat for several."),
+]
+KpiPath = Annotated[KpiName, Path()]
+
+health = APIRouter(tags=["health"])
+reads = APIRouter(prefix="/v1", tags=["read"], responses={**AUTH_RESPONSES, **ERROR_RESPONSES})
+writes = APIRouter(
+    prefix="/v1",
+    tags=["write"],
+    responses={
+        **AUTH_RESPONSES,
+        **ERROR_RESPONSES,
+        400: {"model": ErrorResponse, "description": "The body is not UTF-8 text."},
+        413: {"model": ErrorResponse, "description": "Request body too large."},
+    },
+)
+
+
+# -- health ---------------------------------------------------------------------------------
+
+
+@health.get("/health/live", summary="Liveness: the process answers (no database access)")
+async def live() -> Liveness:
+    return Liveness()
+
+
+@health.get(
+    "/health",
+    summary="Readiness: database status and how fresh the scores are",
+    description="The database is reached on every call; the freshness of the scores is "
+    f"re-read at most every {FRESHNESS_TTL_S:.0f} seconds.",
+    responses={503: {"model": HealthUnavailable, "description": "Database unreachable."}},
+)
+async def readiness(api: State) -> Health:
+    try:
+        freshness = await asyncio.wait_for(api.db(api.freshness, api.engine), HEALTH_TIMEOUT_S)
+    except (sa.exc.SQLAlchemyError, TimeoutError, OSError) as error:
+        logger.warning("[%s] health: database unreachable: %s", current_request_id(), error)
+        body = HealthUnavailable(message="the database is unreachable")
+        return JSONResponse(body.model_dump(mode="json"), status_code=503)
+    scored_at = freshness.latest_scored_at
+    age = None if scored_at is None else (dt.datetime.now(dt.timezone.utc) - scored_at)
+    return Health(
+        scored_kpis=freshness.kpis,
+        latest_score_ts=freshness.latest_ts,
+        latest_scored_at=scored_at,
+        latest_score_age_seconds=None if age is None else age.total_seconds(),
+    )
+
+
+# -- reads ----------------------------------------------------------------------------------
+
+
+@reads.get("/kpis", summary="Every KPI with its latest value, score and model")
+async def list_kpis(api: State) -> KpiList:
+    rows = await api.db(serving.kpi_overview, api.engine)
+    return KpiList.model_validate({"kpis": [_kpi_summary(row) for row in rows]})
+
+
+def _kpi_summary(row: dict[str, Any]) -> dict[str, Any]:
+    scored = row["score_ts"] is not None
+    return {
+        "kpi": row["kpi"],
+        "latest_observation": (
+            {"timestamp": row["observed_ts"], "value": row["observed_value"]}
+            if row["observed_ts"] is not None
+            else None
+        ),
+        "latest_score": (
+            {
+                "timestamp": row["score_ts"],
+                "value": row["score_value"],
+                **{
+                    name: row[name]
+                    for name in ("expected", "lower", "upper", "score", "is_anomaly", "severity")
+                },
+            }
+            if scored
+            else None
+        ),
+        "is_anomalous": bool(scored and row["is_anomaly"]),
+        "model": (
+            {name: row[name] for name in ("trained_at", "train_end")}
+            | {"version": row["model_version"]}
+            if row["model_version"] is not None
+            else None
+        ),
+    }
+
+
+@reads.get("/scores/latest", summary="The latest scored point of each KPI")
+async def latest_scores(api: State, kpi: KpiFilter = None) -> LatestScores:
+    rows = await api.db(serving.latest_scores, api.engine, kpi)
+    found = {row["kpi"] for row in rows}
+    missing = sorted(set(kpi or ()) - found)
+    return LatestScores.model_validate({"scores": rows, "missing": missing})
+
+
+@reads.get("/kpis/{kpi}/scores", summary="A KPI's scored series")
+async def score_series(
+    api: State,
+    kpi: KpiPath,
+    start: Annotated[Timestamp | None, Query(description="From this time (inclusive).")] = None,
+    end: Annotated[Timestamp | None, Query(description="Up to this time (inclusive).")] = None,
+    limit: Annotated[
+        int,
+        Query(ge=1, le=MAX_SERIES_POINTS, description="At most this many points: the newest."),
+    ] = DEFAULT_SERIES_POINTS,
+) -> ScoreSeries:
+    _check_window(start, end, "start", "end", api.settings.api_max_range_days)
+    rows, truncated = await api.db(serving.score_series, api.engine, kpi, start, end, limit)
+    if not rows:
+        await _require_kpi(api, kpi)
+    return ScoreSeries.model_validate({"kpi": kpi, "points": rows, "truncated": truncated})
+
+
+@reads.get("/anomalies", summary="Anomalous points, newest first, page by page")
+async def anomalies(
+    api: State,
+    kpi: KpiFilter = None,
+    since: Annotated[Timestamp | None, Query(description="From this time (inclusive).")] = None,
+    until: Annotated[Timestamp | None, Query(description="Up to this time (inclusive).")] = None,
+    min_severity: Annotated[Severity | None, Query(description="At least this severe.")] = None,
+    limit: Annotated[int, Query(ge=1, le=MAX_ANOMALIES_PER_PAGE)] = DEFAULT_ANOMALIES_PER_PAGE,
+    cursor: Annotated[
+        str | None, Query(max_length=1000, description="next_cursor of the previous page.")
+    ] = None,
+) -> AnomalyPage:
+    _check_window(since, until, "since", "until", api.settings.api_max_range_days)
+    after = _decode_cursor(cursor) if cursor is not None else None
+    rows, next_key = await api.db(
+        lambda: serving.anomaly_page(
+            api.engine,
+            kpis=kpi,
+            since=since,
+            until=until,
+            min_severity=min_severity,
+            limit=limit,
+            after=after,
+        )
+    )
+    next_cursor = _encode_cursor(next_key) if next_key is not None else None
+    return AnomalyPage.model_validate({"anomalies": rows, "next_cursor": next_cursor})
+
+
+def _check_window(
+    start: dt.datetime | None, end: dt.datetime | None, first: str, last: str, max_days: int
+) -> None:
+    if start is None or end is None:
+        return
+    if end < start:
+        raise InvalidInput(f"{last} ({end.isoformat()}) is before {first} ({start.isoformat()})",
+                           ["query", last])
+    if end - start > dt.timedelta(days=max_days):
+        raise InvalidInput(
+            f"the window {first}..{last} spans {(end - start).days} days, more than the "
+            f"maximum of {max_days}; ask for a shorter window",
+            ["query", last],
+        )
+
+
+def _encode_cursor(key: tuple[dt.datetime, str]) -> str:
+    """The position after which the next page starts, as opaque URL-safe text."""
+    ts, kpi = key
+    payload = json.dumps([ts.isoformat(), kpi], separators=(",", ":")).encode()
+    return base64.urlsafe_b64encode(payload).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str) -> tuple[dt.datetime, str]:
+    try:
+        payload = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        ts_text, kpi = json.loads(payload)
+        if not isinstance(ts_text, str) or not isinstance(kpi, str):
+            raise ValueError("cursor fields have the wrong types")
+        return checked_timestamp(dt.datetime.fromisoformat(ts_text)), plain_text(kpi)
+    except (ValueError, TypeError, binascii.Error, UnicodeDecodeError):
+        raise InvalidInput(
+            "not a cursor this API issued: pass next_cursor from the previous page",
+            ["query", "cursor"],
+        ) from None
+
+
+async def _require_kpi(api: ApiState, kpi: str) -> None:
+    if not await api.db(serving.kpi_exists, api.engine, kpi):
+        raise ApiError(404, f"unknown KPI {kpi!r}")
+
+
+# -- writes ---------------------------------------------------------------------------------
+
+
+@writes.post("/observations", summary="Ingest a batch of observations")
+async def ingest(api: State, batch: ObservationBatch) -> IngestResponse:
+    """Rows are validated like the rows of a CSV file given to ``kpi-pipeline ingest``: a row
+    with a bad timestamp, value or KPI name is rejected with a reason (and stored in
+    ``rejected_observations``) while the good rows land; the new-data sensor picks them up."""
+    _check_batch(len(batch.observations), api.settings.api_max_batch_points, "observations")
+    records = [row.model_dump() for row in batch.observations]
+    result, counts = await api.db(_validate_and_store, api.engine, records, batch.source)
+    rejected_rows = {rejection.line for rejection in result.rejections}
+    return IngestResponse(
+        inserted=counts.inserted,
+        updated=counts.updated,
+        unchanged=counts.unchanged,
+        accepted=len(records) - len(rejected_rows),
+        rejected=len(result.rejections),
+        accepted_rows=[row for row in range(1, len(records) + 1) if row not in rejected_rows],
+        rejections=[
+            {"row": rejection.line, "reason": rejection.reason, "raw": rejection.raw}
+            for rejection in result.rejections
+        ],
+    )
+
+
+def _validate_and_store(engine: sa.Engine, records: list[dict], source: str):
+    result = validate_records(records)
+    return result, pipeline.store_ingested(engine, result, source)
+
+
+@writes.post(
+    "/score",
+    summary="Score points in real time with the KPI's newest model",
+    responses={409: {"model": ErrorResponse, "description": "No trained model for the KPI yet."}},
+)
+async def score(api: State, request: ScoreRequest) -> ScoreResponse:
+    """Points are judged exactly as the pipeline would judge them next, after the KPI's stored
+    observations; they are not stored unless ``persist`` is true."""
+    limit = api.settings.api_max_batch_points
+    _check_batch(len(request.points), limit, "points")
+    points = _points_frame(request)
+    try:
+        result = await api.scoring(
+            scoring.score_points, api.engine, api.detectors, request.kpi, points, limit
+        )
+    except scoring.UnknownKpi as error:
+        raise ApiError(404, str(error)) from None
+    except scoring.NoModel as error:
+        raise ApiError(409, str(error), code="no_model") from None
+    except scoring.PointsTooSpread as error:
+        raise InvalidInput(str(error), ["body", "points"]) from None
+    persisted = None
+    if request.persist:
+        observations = points.assign(kpi=request.kpi)
+        counts = await api.db(store.upsert_observations, api.engine, observations, "api")
+        persisted = IngestCounts(
+            inserted=counts.inserted, updated=counts.updated, unchanged=counts.unchanged
+        )
+    return ScoreResponse.model_validate(
+        {
+            "kpi": result.kpi,
+            "model_version": result.model_version,
+            "points": scoring.as_records(result.scores),
+            "persisted": persisted,
+        }
+    )
+
+
+def _points_frame(request: ScoreRequest) -> pd.DataFrame:
+    ts = pd.DatetimeIndex([point.timestamp for point in request.points]).as_unit("us")
+    repeated = ts.duplicated()
+    if repeated.any():
+        position = int(repeated.argmax())
+        raise InvalidInput(
+            f"duplicate timestamp {ts[position].isoformat()}",
+            ["body", "points", position, "timestamp"],
+        )
+    return pd.DataFrame({"ts": ts, "value": [point.value for point in request.points]})
+
+
+def _check_batch(size: int, limit: int, field: str) -> None:
+    if size > limit:
+        raise InvalidInput(f"{size} items, more than the limit of {limit} per request",
+                           ["body", field])
+
+
+@writes.post("/anomalies/{kpi}/{ts}/feedback", summary="Mark a scored point as a true or false "
+             "positive")
+async def feedback(api: State, kpi: KpiPath, ts: Timestamp, body: FeedbackIn) -> FeedbackOut:
+    """The same as ``kpi-pipeline feedback``: later training skips points confirmed as incidents
+    and keeps points marked as false alarms. ``ts`` is ISO 8601 (encode ``+`` as ``%2B``)."""
+    scored = await api.db(store.load_scores, api.engine, [kpi], ts, ts)
+    if scored.empty:
+        raise ApiError(404, f"no scored point of {kpi!r} at {ts.isoformat()}")
+    await api.db(store.set_feedback, api.engine, kpi, ts, body.label, body.note)
+    return FeedbackOut(kpi=kpi, timestamp=ts, label=body.label, note=body.note)
+

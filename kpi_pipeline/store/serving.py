@@ -1,0 +1,362 @@
+"""Read queries behind the API: latest scores, KPI overview, score series, anomaly pages.
+
+They run once per HTTP request, so they return plain rows (dicts of Python values, timestamps
+as aware UTC ``datetime``) rather than DataFrames, the hot ones are built once at import
+(building a statement costs more than running it), and each reads only what it returns:
+
+- "every KPI" hops the ``(kpi, ts)`` primary key from one KPI to the next (a loose index scan:
+  one probe per KPI), since ``SELECT DISTINCT kpi`` reads every row; each KPI's newest row is
+  then one more probe;
+- a score series reads the newest ``limit`` rows of one KPI backwards along the key;
+- anomaly pages use keyset pagination on ``(ts, kpi)``, so a deep page costs what the first does.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import pandas as pd
+import sqlalchemy as sa
+
+from kpi_pipeline.store._convert import TimeLike, to_utc
+from kpi_pipeline.store._sql import read_frame, window
+from kpi_pipeline.store.observations import OBSERVATION_COLUMNS
+from kpi_pipeline.store.schema import (
+    SEVERITIES,
+    anomalies,
+    anomaly_scores,
+    kpi_models,
+    kpi_observations,
+)
+
+Row = dict[str, Any]
+
+SERVED_SCORE_COLUMNS = (
+    "ts",
+    "value",
+    "expected",
+    "lower",
+    "upper",
+    "score",
+    "is_anomaly",
+    "severity",
+    "flagged_by",
+    "model_version",
+)
+"""What the API shows of a scored point."""
+
+ANOMALY_COLUMNS = (
+    "kpi",
+    *SERVED_SCORE_COLUMNS,
+    "prophet_score",
+    "iforest_score",
+    "event_id",
+    "scored_at",
+    "feedback",
+    "feedback_note",
+    "feedback_at",
+)
+
+
+@dataclass(frozen=True)
+class ScoreFreshness:
+    """How current the scores are: the newest scored point and when it was written."""
+
+    kpis: int
+    """KPIs with at least one score."""
+    latest_ts: dt.datetime | None
+    latest_scored_at: dt.datetime | None
+
+
+def _every_kpi(table: sa.Table) -> sa.CTE:
+    """A one-column (``kpi``) CTE of every distinct KPI of ``table``, ending with one NULL row.
+
+    A recursive CTE that asks the primary key for the smallest name after the previous one:
+    one index probe per KPI.
+    """
+    found = sa.select(sa.func.min(table.c.kpi).label("kpi")).cte(
+        f"{table.name}_kpis", recursive=True
+    )
+    probe = table.alias()
+    following = (
+        sa.select(probe.c.kpi).where(probe.c.kpi > found.c.kpi).order_by(probe.c.kpi).limit(1)
+    )
+    return found.union_all(
+        sa.select(following.scalar_subquery()).where(found.c.kpi.is_not(None))
+    )
+
+
+def _newest_ts(table: sa.Table, kpi: sa.ColumnElement[str]) -> sa.ScalarSelect:
+    """The newest ``ts`` of ``kpi`` in ``table``: one backward probe of the primary key."""
+    probe = table.alias()
+    return sa.select(sa.func.max(probe.c.ts)).where(probe.c.kpi == kpi).scalar_subquery()
+
+
+def _newest_of_every_kpi(table: sa.Table) -> sa.Subquery:
+    """(kpi, ts) of the newest row of every KPI of ``table``."""
+    names = _every_kpi(table)
+    return (
+        sa.select(names.c.kpi, _newest_ts(table, names.c.kpi).label("ts"))
+        .where(names.c.kpi.is_not(None))
+        .subquery()
+    )
+
+
+def _newest_of_given_kpis(table: sa.Table) -> sa.Subquery:
+    """(kpi, ts) of the newest row of the KPIs bound to ``kpis`` (a list)."""
+    probe = table.alias()
+    return (
+        sa.select(probe.c.kpi, sa.func.max(probe.c.ts).label("ts"))
+        .where(probe.c.kpi.in_(sa.bindparam("kpis", expanding=True)))
+        .group_by(probe.c.kpi)
+        .subquery()
+    )
+
+
+def _latest_scores(newest: sa.Subquery) -> sa.Select:
+    table = anomaly_scores
+    return (
+        sa.select(
+            table.c.kpi, *(table.c[name] for name in SERVED_SCORE_COLUMNS), table.c.scored_at
+        )
+        .select_from(newest)
+        .join(table, sa.and_(table.c.kpi == newest.c.kpi, table.c.ts == newest.c.ts))
+        .order_by(table.c.kpi)
+    )
+
+
+def _newest_models(kind: str) -> sa.Subquery:
+    """kpi, version, trained_at, train_end of each KPI's newest ``kind`` model, no artifact.
+
+    "Newest" is the order of ``models.load_latest_models``: latest training cutoff first.
+    """
+    table = kpi_models
+    recency = sa.func.row_number().over(
+        partition_by=table.c.kpi,
+        order_by=(
+            table.c.train_end.desc().nulls_last(),
+            table.c.trained_at.desc(),
+            table.c.version.desc(),
+        ),
+    )
+    ranked = (
+        sa.select(
+            table.c.kpi,
+            table.c.version,
+            table.c.trained_at,
+            table.c.train_end,
+            recency.label("recency"),
+        )
+        .where(table.c.kind == kind)
+        .subquery()
+    )
+    return (
+        sa.select(ranked.c.kpi, ranked.c.version, ranked.c.trained_at, ranked.c.train_end)
+        .where(ranked.c.recency == 1)
+        .subquery()
+    )
+
+
+def _kpi_overview() -> sa.Select:
+    names = _every_kpi(kpi_observations)
+    newest = (
+        sa.select(
+            names.c.kpi,
+            _newest_ts(kpi_observations, names.c.kpi).label("observed_ts"),
+            _newest_ts(anomaly_scores, names.c.kpi).label("score_ts"),
+        )
+        .where(names.c.kpi.is_not(None))
+        .subquery()
+    )
+    observation, score = kpi_observations, anomaly_scores
+    model = _newest_models("ensemble")
+    return (
+        sa.select(
+            newest.c.kpi,
+            newest.c.observed_ts,
+            observation.c.value.label("observed_value"),
+            newest.c.score_ts,
+            score.c.value.label("score_value"),
+            score.c.expected,
+            score.c.lower,
+            score.c.upper,
+            score.c.score,
+            score.c.is_anomaly,
+            score.c.severity,
+            model.c.version.label("model_version"),
+            model.c.trained_at,
+            model.c.train_end,
+        )
+        .select_from(newest)
+        .outerjoin(
+            observation,
+            sa.and_(observation.c.kpi == newest.c.kpi, observation.c.ts == newest.c.observed_ts),
+        )
+        .outerjoin(score, sa.and_(score.c.kpi == newest.c.kpi, score.c.ts == newest.c.score_ts))
+        .outerjoin(model, model.c.kpi == newest.c.kpi)
+        .order_by(newest.c.kpi)
+    )
+
+
+def _score_series() -> sa.Select:
+    table = anomaly_scores
+    return (
+        sa.select(*(table.c[name] for name in SERVED_SCORE_COLUMNS))
+        .where(
+            table.c.kpi == sa.bindparam("kpi"),
+            table.c.ts >= sa.bindparam("start"),
+            table.c.ts <= sa.bindparam("end"),
+        )
+        .order_by(table.c.ts.desc())
+        .limit(sa.bindparam("limit"))
+    )
+
+
+# The hot queries are built once: building a statement costs more than running it.
+_LATEST_SCORES = _latest_scores(_newest_of_every_kpi(anomaly_scores))
+_LATEST_SCORES_OF = _latest_scores(_newest_of_given_kpis(anomaly_scores))
+_KPI_OVERVIEW = _kpi_overview()
+_SCORE_SERIES = _score_series()
+_EARLIEST = to_utc("1677-09-22")
+_LATEST = to_utc("2262-04-11")
+
+
+def _rows(engine: sa.Engine, query: sa.Executable, **params: Any) -> list[Row]:
+    with engine.connect() as connection:
+        if connection.dialect.name == "postgresql":
+            # One statement needs no transaction: no BEGIN and ROLLBACK round trips. (SQLite's
+            # engine issues its own BEGIN, which autocommit mode would leave open.)
+            connection.execution_options(isolation_level="AUTOCOMMIT")
+        result = connection.execute(query, params)
+        names = list(result.keys())
+        return [dict(zip(names, row, strict=True)) for row in result.all()]
+
+
+def latest_scores(engine: sa.Engine, kpis: Iterable[str] | None = None) -> list[Row]:
+    """The newest scored point of each KPI (all KPIs if None), sorted by KPI.
+
+    Keys: ``kpi``, ``SERVED_SCORE_COLUMNS`` and ``scored_at``. KPIs without scores are left out.
+    """
+    if kpis is None:
+        return _rows(engine, _LATEST_SCORES)
+    return _rows(engine, _LATEST_SCORES_OF, kpis=sorted(set(kpis)))
+
+
+def score_freshness(engine: sa.Engine) -> ScoreFreshness:
+    """The newest scored point over all KPIs and when it was scored (a cheap health probe).
+
+    ``latest_scored_at`` is taken over each KPI's newest point, which the latest scoring run
+    of that KPI wrote.
+    """
+    newest = latest_scores(engine)
+    return ScoreFreshness(
+        kpis=len(newest),
+        latest_ts=max((row["ts"] for row in newest), default=None),
+        latest_scored_at=max((row["scored_at"] for row in newest), default=None),
+    )
+
+
+def kpi_overview(engine: sa.Engine) -> list[Row]:
+    """Every KPI with observations: its newest observation, newest score and newest model.
+
+    Keys: ``kpi``, ``observed_ts``, ``observed_value``, ``score_ts``, ``score_value``,
+    ``expected``, ``lower``, ``upper``, ``score``, ``is_anomaly``, ``severity``,
+    ``model_version``, ``trained_at``, ``train_end``; missing parts are None.
+    """
+    return _rows(engine, _KPI_OVERVIEW)
+
+
+def score_series(
+    engine: sa.Engine,
+    kpi: str,
+    start: TimeLike | None = None,
+    end: TimeLike | None = None,
+    limit: int = 1000,
+) -> tuple[list[Row], bool]:
+    """The newest ``limit`` scored points of ``kpi`` with ``start <= ts <= end``, oldest first,
+    and whether older points of that window were left out."""
+    rows = _rows(
+        engine,
+        _SCORE_SERIES,
+        kpi=kpi,
+        start=_EARLIEST if start is None else to_utc(start),
+        end=_LATEST if end is None else to_utc(end),
+        limit=limit + 1,
+    )
+    return rows[:limit][::-1], len(rows) > limit
+
+
+def anomaly_page(
+    engine: sa.Engine,
+    *,
+    kpis: Sequence[str] | None = None,
+    since: TimeLike | None = None,
+    until: TimeLike | None = None,
+    min_severity: str | None = None,
+    limit: int = 100,
+    after: tuple[TimeLike, str] | None = None,
+) -> tuple[list[Row], tuple[dt.datetime, str] | None]:
+    """Anomalous points with any feedback, newest first (ties: KPI name descending).
+
+    ``after`` is the ``(ts, kpi)`` key of the last row of the previous page; returns the rows
+    (keys ``ANOMALY_COLUMNS``) and the key to pass for the next page, None on the last page.
+    Points without a severity are left out when ``min_severity`` is given.
+    """
+    view = anomalies
+    query = sa.select(*(view.c[name] for name in ANOMALY_COLUMNS)).where(
+        *window(view, kpis, since, until)
+    )
+    if min_severity is not None:
+        if min_severity not in SEVERITIES:
+            raise ValueError(f"min_severity must be one of {SEVERITIES}, not {min_severity!r}")
+        query = query.where(view.c.severity.in_(SEVERITIES[SEVERITIES.index(min_severity) :]))
+    if after is not None:
+        after_ts, after_kpi = to_utc(after[0]), after[1]
+        query = query.where(
+            sa.or_(view.c.ts < after_ts, sa.and_(view.c.ts == after_ts, view.c.kpi < after_kpi))
+        )
+    query = query.order_by(view.c.ts.desc(), view.c.kpi.desc()).limit(limit + 1)
+    rows = _rows(engine, query)
+    if len(rows) <= limit:
+        return rows, None
+    last = rows[limit - 1]
+    return rows[:limit], (last["ts"], last["kpi"])
+
+
+def recent_observations(
+    engine: sa.Engine,
+    kpi: str,
+    before: TimeLike,
+    limit: int,
+    since: TimeLike | None = None,
+) -> pd.DataFrame:
+    """The newest ``limit`` observations (kpi, ts, value) of ``kpi`` with
+    ``since <= ts < before``, oldest first: the context a new point is scored in."""
+    table = kpi_observations
+    query = (
+        sa.select(table.c.kpi, table.c.ts, table.c.value)
+        .where(*window(table, kpi, since), table.c.ts < to_utc(before))
+        .order_by(table.c.ts.desc())
+        .limit(limit)
+    )
+    frame = read_frame(engine, query, OBSERVATION_COLUMNS)
+    return frame.iloc[::-1].reset_index(drop=True)
+
+
+def ping(engine: sa.Engine) -> None:
+    """One round trip to the database; raises if it cannot be reached."""
+    with engine.connect() as connection:
+        connection.execute(sa.select(1))
+
+
+def kpi_exists(engine: sa.Engine, kpi: str) -> bool:
+    """Whether ``kpi`` has an observation, a score or a model."""
+    probes = [
+        sa.exists().where(table.c.kpi == kpi)
+        for table in (kpi_observations, anomaly_scores, kpi_models)
+    ]
+    with engine.connect() as connection:
+        return bool(connection.scalar(sa.select(sa.or_(*probes))))

@@ -1,0 +1,115 @@
+"""The overview page (kpi_pipeline/dashboard/views/overview.py) on seeded databases."""
+
+import pandas as pd
+import pytest
+
+from kpi_pipeline import store
+from kpi_pipeline_tests.dashboard import seed
+from kpi_pipeline_tests.dashboard.helpers import assert_no_exception, metrics, select_rows, texts
+
+
+def _expected_counts(kpi: seed.SeedKpi) -> tuple[int, int]:
+    """Anomalies of a seed KPI in the 24 h and 7 days up to the seed's newest point."""
+    hours = [incident.hours_before_end for incident in kpi.incidents]
+    return sum(h < 24 for h in hours), sum(h < 24 * 7 for h in hours)
+
+
+def test_overview_lists_every_kpi_with_its_latest_point_and_counts(open_page, seeded_pg):
+    app = open_page(seeded_pg)
+
+    table = app.dataframe[0].value.set_index("KPI")
+    assert set(table.index) == {kpi.name for kpi in seed.KPIS}
+    # Severity order: the KPIs whose newest point is anomalous come first, worst first.
+    assert list(table.index[:2]) == ["orders", "revenue"]
+    assert table.loc["orders", "Status"] == "anomalous · critical"
+    assert table.loc["revenue", "Status"] == "anomalous · high"
+    assert table.loc[seed.QUIET_KPI, "Status"] == "ok"
+    for kpi in seed.KPIS:
+        newest = seed.kpi_scores(kpi).iloc[-1]
+        row = table.loc[kpi.name]
+        assert row["Value"] == pytest.approx(newest["value"])
+        assert row["Expected"] == pytest.approx(newest["expected"])
+        assert (row["24 h"], row["7 d"]) == _expected_counts(kpi)
+        assert len(row["Last 7 days"]) == 168  # one sparkline point per hour
+    assert table.loc["orders", "Deviation"] == pytest.approx(90.0)
+    assert table.loc["orders", "Last anomaly"] == "2025-03-31 23:00"
+    assert table.loc[seed.QUIET_KPI, "Last anomaly"] == ""
+
+    tiles = metrics(app)
+    assert tiles["KPIs"] == str(len(seed.KPIS))
+    assert tiles["Anomalous points, last 24 h"] == str(sum(_expected_counts(k)[0] for k in seed.KPIS))
+    assert tiles["Anomalous points, last 7 days"] == str(
+        sum(_expected_counts(k)[1] for k in seed.KPIS)
+    )
+    assert not app.get("pagination")  # everything fits on one page
+
+
+def test_search_and_sort_by_name(open_page, seeded_sqlite):
+    app = open_page(seeded_sqlite)
+    app.selectbox[0].set_value("name").run()
+    assert list(app.dataframe[0].value["KPI"]) == sorted(kpi.name for kpi in seed.KPIS)
+
+    app.text_input[0].input("REV").run()
+    assert list(app.dataframe[0].value["KPI"]) == ["revenue"]
+
+    app.text_input[0].input("no such kpi").run()
+    assert_no_exception(app)
+    assert not app.dataframe
+    assert any("No KPI name contains" in text for text in texts(app.info))
+
+
+def test_recency_sort_puts_the_newest_anomaly_first(open_page, seeded_sqlite):
+    app = open_page(seeded_sqlite)
+    app.selectbox[0].set_value("recency").run()
+    shown = list(app.dataframe[0].value["KPI"])
+    # orders and revenue both alert at the newest hour (ties by name), sessions 15 h before.
+    assert shown[:3] == ["orders", "revenue", "sessions"]
+
+
+def test_a_thousand_kpis_are_paginated(open_page, sqlite_url):
+    names = [f"kpi_{number:04d}" for number in range(1000)]
+    ts = pd.date_range(end=seed.END, periods=6, freq="h")
+    scores = pd.DataFrame(
+        {"kpi": [name for name in names for _ in ts], "ts": list(ts) * len(names)}
+    ).assign(value=1.0, expected=1.0, score=0.1, is_anomaly=False)
+    engine = store.make_engine(sqlite_url)
+    store.migrate(engine)
+    store.upsert_scores(engine, scores)
+    engine.dispose()
+
+    app = open_page(sqlite_url)
+
+    assert len(app.dataframe[0].value) == 50
+    [pages] = app.get("pagination")
+    assert pages.num_pages == 20
+    pages.set_value(20)
+    app.run()
+    assert list(app.dataframe[0].value["KPI"]) == names[-50:]
+
+
+def test_selecting_a_row_opens_its_kpi_page(open_page, seeded_sqlite):
+    app = open_page(seeded_sqlite)
+    select_rows(app, "overview_table", [0])
+    assert_no_exception(app)
+    assert app.title[0].value == "orders"
+    assert app.selectbox(key="kpi").value == "orders"
+
+
+def test_empty_database_explains_how_to_load_data(open_page, sqlite_url):
+    app = open_page(sqlite_url)
+    assert not app.dataframe
+    assert any("No KPIs in this database yet" in text for text in texts(app.info))
+
+
+def test_kpis_without_scores_are_listed_as_not_scored(open_page, sqlite_url):
+    engine = store.make_engine(sqlite_url)
+    store.migrate(engine)
+    store.upsert_observations(
+        engine, pd.DataFrame({"kpi": "fresh", "ts": [seed.END], "value": [3.0]}), "test"
+    )
+    engine.dispose()
+
+    app = open_page(sqlite_url)
+
+    assert app.dataframe[0].value["Status"].tolist() == ["not scored yet"]
+    assert any("Nothing is scored yet" in text for text in texts(app.caption))

@@ -1,0 +1,171 @@
+"""Sensors (kpi_pipeline/defs/sensors.py) on Postgres with a real Dagster instance: the new-data
+sensor's cursor, run keys, late and corrected data; the alert sensor's cursor."""
+
+import json
+import uuid
+
+import dagster as dg
+import pandas as pd
+import pytest
+
+from dagster._core.definitions.asset_checks.asset_check_evaluation import (
+    AssetCheckEvaluationPlanned,  # not public: the event a run emits when it plans a check
+)
+
+from kpi_pipeline import store
+from kpi_pipeline.config import Settings
+from kpi_pipeline.defs.checks import ANOMALY_CHECK_KEY
+from kpi_pipeline.defs.resources import KpiStore, alert_resources
+from kpi_pipeline_tests.alerts.databases import module_pg_engine, pg_engine  # noqa: F401
+from kpi_pipeline_tests.alerts.servers import SlackApi
+from kpi_pipeline_tests.defs.harness import HOUR, Automation, orders
+
+START = pd.Timestamp("2025-03-03", tz="UTC")
+SENSOR = "new_kpi_data_sensor"
+
+
+@pytest.fixture
+def engine(pg_engine):
+    return pg_engine
+
+
+@pytest.fixture(scope="module")
+def instance():
+    # The sensor keeps its state in its cursor, not in the instance: one serves every test.
+    with dg.instance_for_test() as instance:
+        yield instance
+
+
+@pytest.fixture
+def automation(engine, instance):
+    url = engine.url.render_as_string(hide_password=False)
+    resources = {"store": KpiStore(database_url=url), **alert_resources(Settings())}
+    return Automation(instance, resources, Settings())
+
+
+def _cursor(automation) -> pd.Timestamp:
+    return pd.Timestamp(json.loads(automation.cursors[SENSOR])["ingested_at"])
+
+
+def test_no_new_rows_is_a_skip_that_says_since_when(automation, engine):
+    assert automation.tick(SENSOR).skip_message == "no rows ingested into kpi_observations yet"
+
+    store.upsert_observations(engine, orders(START, 48), "test")
+    cursor = automation.tick(SENSOR).cursor
+    again = automation.tick(SENSOR)
+    assert again.run_requests == [] and again.cursor == cursor
+    assert again.skip_message.startswith("no rows ingested into kpi_observations since 20")
+
+
+def test_a_kpi_without_a_model_is_trained_and_scored_in_one_run(automation, engine):
+    store.upsert_observations(engine, orders(START, 48), "test")
+
+    [request] = automation.tick(SENSOR).run_requests
+
+    newest = store.observations_ingested_since(engine)["max_ingested_at"].max()
+    assert request.job_name == "all_assets_job"
+    assert request.run_key == f"all_assets_job@{newest.isoformat()}"
+    assert request.tags["kpi/changed_kpis"] == "orders"
+    assert _cursor(automation) == newest
+
+
+def test_rows_of_trained_kpis_request_scoring_of_just_those(automation, engine):
+    store.upsert_observations(engine, orders(START, 48), "test")
+    store.save_model(engine, kpi="orders", kind="ensemble", version="v1", trained_at=START,
+                     train_start=START, train_end=START, n_points=48, params={}, metrics={},
+                     artifact=b"")
+    automation.tick(SENSOR)
+    store.upsert_observations(engine, orders(START, 50), "test")
+
+    [request] = automation.tick(SENSOR).run_requests
+
+    assert request.job_name == "scoring_job" and request.tags["kpi/changed_kpis"] == "orders"
+
+
+def test_late_and_corrected_rows_are_seen_and_a_repeated_tick_repeats_its_run_key(
+    automation, engine
+):
+    store.upsert_observations(engine, orders(START, 48), "test")
+    automation.tick(SENSOR)
+    before = automation.cursors[SENSOR]
+
+    late = pd.DataFrame({"kpi": ["orders"], "ts": [START - 24 * HOUR], "value": [90.0]})
+    store.upsert_observations(engine, late, "late file")
+    [late_request] = automation.tick(SENSOR).run_requests
+    assert _cursor(automation) > pd.Timestamp(json.loads(before)["ingested_at"])
+
+    corrected = orders(START, 48).iloc[[5]].assign(value=1.0)
+    store.upsert_observations(engine, corrected, "correction")
+    after_late = automation.cursors[SENSOR]
+    [correction_request] = automation.tick(SENSOR).run_requests
+    assert len({late_request.run_key, correction_request.run_key}) == 2
+
+    # The daemon lost the tick's cursor (a crash) and evaluates again: same key, so no new run.
+    automation.cursors[SENSOR] = after_late
+    [repeated] = automation.tick(SENSOR).run_requests
+    assert repeated.run_key == correction_request.run_key
+
+
+# -- anomaly_check_sensor -----------------------------------------------------------------
+
+
+def test_alert_cursor_waits_behind_a_check_still_running_and_nothing_is_sent_twice(engine):
+    slack = SlackApi("xoxb-test").start()
+    url = engine.url.render_as_string(hide_password=False)
+    settings = Settings(
+        slack_token="xoxb-test", slack_channel="#kpi", slack_base_url=slack.base_url
+    )
+    resources = {"store": KpiStore(database_url=url), **alert_resources(settings)}
+    try:
+        with dg.instance_for_test() as instance:
+            automation = Automation(instance, resources, settings)
+            _score(engine, hours_ago=range(100, 40, -1), scored_hours_ago=30)
+            automation.run_job("anomaly_check_job")  # first evaluation: history only
+            automation.tick("anomaly_check_sensor")
+            start = json.loads(automation.cursors["anomaly_check_sensor"])["execution_id"]
+
+            # A long run has planned its anomaly check; a quicker one evaluates after it.
+            slow_run = _start_run_with_planned_check(instance)
+            _score(engine, hours_ago=range(40, 35, -1), scored_hours_ago=20, spike_hours_ago=38)
+            automation.run_job("anomaly_check_job")
+            automation.tick("anomaly_check_sensor")
+            assert len(slack.messages()) == 1
+            assert json.loads(automation.cursors["anomaly_check_sensor"])["execution_id"] == start
+
+            # The long run dies without evaluating: the cursor moves on, nothing is re-sent.
+            instance.report_run_failed(slow_run)
+            automation.tick("anomaly_check_sensor")
+            assert json.loads(automation.cursors["anomaly_check_sensor"])["execution_id"] > start
+            assert len(slack.messages()) == 1
+            assert store.load_deliveries(engine)["status"].tolist() == ["sent"]
+    finally:
+        slack.stop()
+
+
+NOW = pd.Timestamp.now("UTC").floor("h")
+
+
+def _score(engine, hours_ago: range, scored_hours_ago: int, spike_hours_ago: int | None = None):
+    """Scores of ``orders`` at ``NOW - h``; the one at ``spike_hours_ago`` is a high anomaly."""
+    spike = [h == spike_hours_ago for h in hours_ago]
+    store.upsert_scores(engine, pd.DataFrame({
+        "kpi": "orders", "ts": [NOW - h * HOUR for h in hours_ago], "value": 100.0,
+        "expected": 100.0, "score": 0.1, "is_anomaly": spike,
+        "severity": ["high" if s else None for s in spike],
+        "scored_at": NOW - scored_hours_ago * HOUR,
+    }))
+
+
+def _start_run_with_planned_check(instance: dg.DagsterInstance) -> dg.DagsterRun:
+    """A started run whose ``no_new_anomalies`` check is planned, as at the start of a run."""
+    run = instance.add_run(dg.DagsterRun(job_name="scoring_job", run_id=str(uuid.uuid4()),
+                                         status=dg.DagsterRunStatus.STARTED))
+    planned = AssetCheckEvaluationPlanned(
+        asset_key=ANOMALY_CHECK_KEY.asset_key, check_name=ANOMALY_CHECK_KEY.name
+    )
+    instance.report_dagster_event(
+        dg.DagsterEvent(event_type_value="ASSET_CHECK_EVALUATION_PLANNED", job_name=run.job_name,
+                        event_specific_data=planned),
+        run_id=run.run_id,
+    )
+    return run
