@@ -18,7 +18,7 @@ from fastapi import APIRouter, Depends, Path, Query
 from fastapi.responses import JSONResponse
 
 from kpi_pipeline import pipeline, store
-from kpi_pipeline.api import scoring
+from kpi_pipeline.api import errors, scoring
 from kpi_pipeline.api.context import current_request_id
 from kpi_pipeline.api.errors import AUTH_RESPONSES, ERROR_RESPONSES, ApiError, InvalidInput
 from kpi_pipeline.api.schemas import (
@@ -97,10 +97,11 @@ async def live() -> Liveness:
 async def readiness(api: State) -> Health:
     try:
         freshness = await asyncio.wait_for(api.db(api.freshness, api.engine), HEALTH_TIMEOUT_S)
-    except (sa.exc.SQLAlchemyError, TimeoutError, OSError) as error:
-        logger.warning("[%s] health: database unreachable: %s", current_request_id(), error)
-        body = HealthUnavailable(message="the database is unreachable")
-        return JSONResponse(body.model_dump(mode="json"), status_code=503)
+    except TimeoutError:
+        return _unavailable(f"the database did not answer within {HEALTH_TIMEOUT_S:g} s")
+    except (sa.exc.SQLAlchemyError, OSError) as error:
+        # The driver's message names hosts and ports: it goes to the log only.
+        return _unavailable("the database is unreachable", errors.first_line(error))
     scored_at = freshness.latest_scored_at
     age = None if scored_at is None else (dt.datetime.now(dt.timezone.utc) - scored_at)
     return Health(
@@ -109,6 +110,12 @@ async def readiness(api: State) -> Health:
         latest_scored_at=scored_at,
         latest_score_age_seconds=None if age is None else age.total_seconds(),
     )
+
+
+def _unavailable(message: str, cause: str = "") -> JSONResponse:
+    logger.warning("[%s] health: %s%s", current_request_id(), message, f" ({cause})" * bool(cause))
+    body = HealthUnavailable(message=message)
+    return JSONResponse(body.model_dump(mode="json"), status_code=503)
 
 
 # -- reads ----------------------------------------------------------------------------------

@@ -7,6 +7,7 @@ write get their own (``client``, ``seeded``)."""
 from __future__ import annotations
 
 import socket
+import time
 from collections.abc import Iterator
 
 import pandas as pd
@@ -15,6 +16,7 @@ import sqlalchemy as sa
 from fastapi.testclient import TestClient
 
 from kpi_pipeline import pipeline, store
+from kpi_pipeline.api import routes
 from kpi_pipeline.store import serving
 from kpi_pipeline_tests.api.conftest import HOURS, TRAIN_HOURS, VERSION, Seeded, make_client
 
@@ -77,6 +79,17 @@ def test_health_reaches_the_database_every_time_but_rereads_freshness_only_now_a
         monkeypatch.setattr(serving, "ping", unreachable)
         assert client.get("/health").status_code == 503
         assert len(reads) == 2
+
+
+def test_health_is_503_when_the_database_does_not_answer_in_time(module_seeded, monkeypatch):
+    monkeypatch.setattr(routes, "HEALTH_TIMEOUT_S", 0.05)
+    monkeypatch.setattr(serving, "score_freshness", lambda engine: time.sleep(0.5))
+
+    with make_client(module_seeded.engine, module_seeded.url) as client:
+        response = client.get("/health")
+
+    assert response.status_code == 503
+    assert response.json()["message"] == "the database did not answer within 0.05 s"
 
 
 def test_health_is_503_when_the_database_is_unreachable():
