@@ -83,3 +83,19 @@ def read_frame(engine: sa.Engine, query: sa.Select, columns: Mapping[str, Kind])
     with engine.connect() as connection:
         rows = connection.execute(query).all()
     return build_frame(rows, columns)
+
+
+def every_kpi(table: sa.Table) -> sa.CTE:
+    """A one-column (``kpi``) CTE of every distinct KPI of ``table``, ending with one NULL row.
+
+    Neither Postgres nor SQLite skips through an index for ``SELECT DISTINCT``; this recursive
+    form asks the (kpi, ts) key for the smallest name after the previous one: one index probe
+    per KPI instead of reading every row.
+    """
+    found = sa.select(sa.func.min(table.c.kpi).label("kpi")).cte(
+        f"{table.name}_kpis", recursive=True
+    )
+    following = (
+        sa.select(sa.func.min(table.c.kpi)).where(table.c.kpi > found.c.kpi).scalar_subquery()
+    )
+    return found.union_all(sa.select(following).where(found.c.kpi.is_not(None)))

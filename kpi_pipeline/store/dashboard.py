@@ -18,7 +18,7 @@ import pandas as pd
 import sqlalchemy as sa
 
 from kpi_pipeline.store._convert import Kind, TimeLike, build_frame, coerce, to_utc, utc_now
-from kpi_pipeline.store._sql import read_frame, window
+from kpi_pipeline.store._sql import every_kpi, read_frame, window
 from kpi_pipeline.store.schema import (
     SEVERITIES,
     anomalies,
@@ -92,30 +92,13 @@ def relative_deviation(value: pd.Series, expected: pd.Series) -> pd.Series:
     return (value - expected) / expected.abs().where(expected != 0)
 
 
-def _distinct_kpis(table: sa.Table, name: str) -> sa.CTE:
-    """The KPI names of ``table`` by a loose index scan over its (kpi, ts) key.
-
-    Neither Postgres nor SQLite skips through an index for ``SELECT DISTINCT``; this recursive
-    form seeks once per KPI instead of reading every row.
-    """
-    first = sa.select(sa.func.min(table.c.kpi).label("kpi"))
-    names = first.cte(name, recursive=True)
-    following = (
-        sa.select(sa.func.min(table.c.kpi))
-        .where(table.c.kpi > names.c.kpi)
-        .scalar_subquery()
-    )
-    names = names.union_all(sa.select(following).where(names.c.kpi.is_not(None)))
-    return names
-
-
 def _kpi_names(search: str | None = None) -> sa.Subquery:
     """Every KPI with observations or scores (one ``kpi`` column), optionally name-filtered."""
     parts = [
         sa.select(names.c.kpi).where(names.c.kpi.is_not(None))
         for names in (
-            _distinct_kpis(kpi_observations, "observed_kpis"),
-            _distinct_kpis(anomaly_scores, "scored_kpis"),
+            every_kpi(kpi_observations),
+            every_kpi(anomaly_scores),
         )
     ]
     union = sa.union(*parts).subquery("kpi_names")

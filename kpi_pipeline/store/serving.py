@@ -22,7 +22,7 @@ import pandas as pd
 import sqlalchemy as sa
 
 from kpi_pipeline.store._convert import TimeLike, to_utc
-from kpi_pipeline.store._sql import read_frame, window
+from kpi_pipeline.store._sql import every_kpi, read_frame, window
 from kpi_pipeline.store.observations import OBSERVATION_COLUMNS
 from kpi_pipeline.store.schema import (
     SEVERITIES,
@@ -71,24 +71,6 @@ class ScoreFreshness:
     latest_scored_at: dt.datetime | None
 
 
-def _every_kpi(table: sa.Table) -> sa.CTE:
-    """A one-column (``kpi``) CTE of every distinct KPI of ``table``, ending with one NULL row.
-
-    A recursive CTE that asks the primary key for the smallest name after the previous one:
-    one index probe per KPI.
-    """
-    found = sa.select(sa.func.min(table.c.kpi).label("kpi")).cte(
-        f"{table.name}_kpis", recursive=True
-    )
-    probe = table.alias()
-    following = (
-        sa.select(probe.c.kpi).where(probe.c.kpi > found.c.kpi).order_by(probe.c.kpi).limit(1)
-    )
-    return found.union_all(
-        sa.select(following.scalar_subquery()).where(found.c.kpi.is_not(None))
-    )
-
-
 def _newest_ts(table: sa.Table, kpi: sa.ColumnElement[str]) -> sa.ScalarSelect:
     """The newest ``ts`` of ``kpi`` in ``table``: one backward probe of the primary key."""
     probe = table.alias()
@@ -97,7 +79,7 @@ def _newest_ts(table: sa.Table, kpi: sa.ColumnElement[str]) -> sa.ScalarSelect:
 
 def _newest_of_every_kpi(table: sa.Table) -> sa.Subquery:
     """(kpi, ts) of the newest row of every KPI of ``table``."""
-    names = _every_kpi(table)
+    names = every_kpi(table)
     return (
         sa.select(names.c.kpi, _newest_ts(table, names.c.kpi).label("ts"))
         .where(names.c.kpi.is_not(None))
@@ -161,7 +143,7 @@ def _newest_models(kind: str) -> sa.Subquery:
 
 
 def _kpi_overview() -> sa.Select:
-    names = _every_kpi(kpi_observations)
+    names = every_kpi(kpi_observations)
     newest = (
         sa.select(
             names.c.kpi,
