@@ -2,11 +2,15 @@
 
 We only use Prophet's point forecast (``uncertainty_samples=0``: its sampled intervals are slow and
 too narrow for residuals); the band comes from the ensemble's heavy-tailed residual model.
+``Prophet.predict`` builds several DataFrames per call (tens of ms even for one point), so
+``predict`` evaluates the fitted model's formula directly with numpy (``PointForecast``); the
+tests hold it to ``Prophet.predict``'s ``yhat``.
 """
 
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -31,6 +35,128 @@ COMPONENTS = ("trend", "daily", "weekly", "yearly", "holidays")
 def _naive_utc(ts) -> pd.DatetimeIndex:
     index = pd.DatetimeIndex(ts)
     return index.tz_convert("UTC").tz_localize(None) if index.tz is not None else index
+
+
+_NS_PER_DAY = 24 * 60 * 60 * 10**9
+
+
+@dataclass(frozen=True)
+class PointForecast:
+    """A fitted Prophet model's ``yhat`` as plain arrays: ``trend * (1 + multiplicative terms) +
+    additive terms``, each term a feature matrix times the fitted coefficients.
+
+    Mirrors ``Prophet.predict`` step by step (same operations in the same order, so results
+    agree to rounding) for linear or flat growth, unconditional seasonalities and holidays; a
+    model with anything else (logistic growth, conditional seasonalities, extra regressors)
+    has no ``PointForecast`` and is predicted by Prophet itself.
+    """
+
+    growth: str
+    k: float
+    m: float
+    deltas: np.ndarray
+    changepoints_t: np.ndarray
+    start_ns: int
+    t_scale_ns: int
+    y_scale: float
+    floor: float
+    seasonalities: tuple[tuple[float, int], ...]
+    """(period in days, Fourier order) of each seasonality, in the model's column order."""
+    holiday_days: tuple[np.ndarray, ...]
+    """Per holiday column (Prophet's sorted order), the days (since the epoch) it is 1 on."""
+    additive_beta: np.ndarray
+    multiplicative_beta: np.ndarray
+
+    @classmethod
+    def from_model(cls, model: Prophet) -> "PointForecast | None":
+        """The point forecast of a fitted ``model``, or None if it needs ``Prophet.predict``."""
+        conditional = any(p["condition_name"] is not None for p in model.seasonalities.values())
+        if model.growth not in ("linear", "flat") or conditional or model.extra_regressors:
+            return None
+        if model.country_holidays is not None:
+            return None  # its holiday rows depend on the years predicted
+        no_dates = pd.Series([], dtype="M8[ns]")  # only used to look up country holidays
+        holiday_days = _holiday_columns(model.construct_holiday_dataframe(no_dates))
+        seasonalities = tuple(
+            (float(p["period"]), int(p["fourier_order"])) for p in model.seasonalities.values()
+        )
+        beta = np.asarray(model.params["beta"])
+        n_columns = 2 * sum(order for _, order in seasonalities) + len(holiday_days)
+        if beta.shape[-1] != n_columns:
+            return None
+        columns = model.train_component_cols
+        floor = 0.0 if model.scaling == "absmax" else float(model.y_min)
+        return cls(
+            growth=model.growth,
+            k=float(np.nanmean(model.params["k"])),
+            m=float(np.nanmean(model.params["m"])),
+            deltas=np.nanmean(model.params["delta"], axis=0),
+            changepoints_t=np.asarray(model.changepoints_t, dtype=float),
+            start_ns=pd.Timestamp(model.start).value,
+            t_scale_ns=pd.Timedelta(model.t_scale).value,
+            y_scale=float(model.y_scale),
+            floor=floor,
+            seasonalities=seasonalities,
+            holiday_days=holiday_days,
+            # As in predict_seasonal_components: coefficients masked per component.
+            additive_beta=beta * columns["additive_terms"].to_numpy(),
+            multiplicative_beta=beta * columns["multiplicative_terms"].to_numpy(),
+        )
+
+    def __call__(self, ds: pd.DatetimeIndex) -> np.ndarray:
+        """``yhat`` at naive-UTC timestamps ``ds``, in their order."""
+        ns = ds.as_unit("ns").asi8
+        t = (ns - self.start_ns) / self.t_scale_ns
+        if self.growth == "linear":
+            trend = Prophet.piecewise_linear(t, self.deltas, self.k, self.m, self.changepoints_t)
+        else:
+            trend = Prophet.flat_trend(t, self.m)
+        trend = trend * self.y_scale + self.floor
+        features = self._features(ns)
+        additive = np.nanmean(np.matmul(features, self.additive_beta.T) * self.y_scale, axis=1)
+        multiplicative = np.nanmean(np.matmul(features, self.multiplicative_beta.T), axis=1)
+        return trend * (1 + multiplicative) + additive
+
+    def _features(self, ns: np.ndarray) -> np.ndarray:
+        """Prophet's feature matrix: Fourier terms of each seasonality, then holiday dummies."""
+        n_fourier = 2 * sum(order for _, order in self.seasonalities)
+        features = np.empty((len(ns), n_fourier + len(self.holiday_days)))
+        # fourier_series: days since the epoch, the same arithmetic in the same order.
+        seconds, residual = np.divmod(ns, 10**9)
+        x_t = np.pi * 2 * ((seconds + residual / 10**9) / (24 * 60 * 60))
+        column = 0
+        for period, order in self.seasonalities:
+            for i in range(order):
+                c = (i + 1) / period * x_t
+                features[:, column] = np.sin(c)
+                features[:, column + 1] = np.cos(c)
+                column += 2
+        days = np.floor_divide(ns, _NS_PER_DAY)
+        for offset, on_days in enumerate(self.holiday_days):
+            features[:, n_fourier + offset] = np.isin(days, on_days)
+        return features
+
+
+def _holiday_columns(holidays: pd.DataFrame) -> tuple[np.ndarray, ...]:
+    """Per holiday feature column, the days it is 1 on, as ``make_holiday_features`` builds them.
+
+    Each holiday row adds a column per day of its window (``lower_window`` .. ``upper_window``,
+    named ``<holiday>_delim_<+/-><offset>``); columns are in sorted name order.
+    """
+    columns: dict[str, list[int]] = {}
+    for row in holidays.itertuples():
+        try:
+            lower = int(getattr(row, "lower_window", 0))
+            upper = int(getattr(row, "upper_window", 0))
+        except ValueError:  # a NaN window, which Prophet reads as 0
+            lower = upper = 0
+        day = None if pd.isna(row.ds) else pd.Timestamp(row.ds).normalize().value // _NS_PER_DAY
+        for offset in range(lower, upper + 1):
+            key = f"{row.holiday}_delim_{'+' if offset >= 0 else '-'}{abs(offset)}"
+            on_days = columns.setdefault(key, [])
+            if day is not None:
+                on_days.append(day + offset)
+    return tuple(np.array(columns[key], dtype=np.int64) for key in sorted(columns))
 
 
 class ProphetDetector(BaseEstimator):
@@ -82,21 +208,37 @@ class ProphetDetector(BaseEstimator):
             uncertainty_samples=0,
         )
         self.model_ = model.fit(frame)
+        self.__dict__.pop("_point_forecast_", None)
         return self
 
     def predict(self, ts) -> np.ndarray:
-        forecast = self.model_.predict(pd.DataFrame({"ds": _naive_utc(ts)}))
-        return forecast["yhat"].to_numpy(dtype=float)
+        """Prophet's ``yhat`` at ``ts``, in the order given."""
+        ds = _naive_utc(ts)
+        forecast = self._point_forecast()
+        if forecast is None:
+            return self.forecast(ds)["yhat"].to_numpy(dtype=float)
+        return forecast(ds)
+
+    def forecast(self, ts) -> pd.DataFrame:
+        """``Prophet.predict`` itself: every component, sorted by time (slow; for inspection)."""
+        return self.model_.predict(pd.DataFrame({"ds": _naive_utc(ts)}))
 
     def components(self, ts) -> pd.DataFrame:
         """Trend and seasonal components (those the model has) for plotting."""
-        forecast = self.model_.predict(pd.DataFrame({"ds": _naive_utc(ts)}))
+        forecast = self.forecast(ts)
         present = [c for c in COMPONENTS if c in forecast.columns]
         return forecast[["ds", *present, "yhat"]]
+
+    def _point_forecast(self) -> PointForecast | None:
+        # Built on first use: derived from model_, so it is neither pickled nor kept stale.
+        if "_point_forecast_" not in self.__dict__:
+            self._point_forecast_ = PointForecast.from_model(self.model_)
+        return self._point_forecast_
 
     def __getstate__(self):
         # Prophet objects hold a Stan backend that does not pickle portably; its JSON form does.
         state = self.__dict__.copy()
+        state.pop("_point_forecast_", None)
         if "model_" in state:
             state["model_"] = model_to_json(state["model_"])
         return state
