@@ -1,10 +1,11 @@
 """Per-KPI training and scoring: the steps behind the Dagster assets, as plain functions.
 
 This module joins the store and the detection library and imports no Dagster, so the asset
-graph, the CLI and the tests all run the same code. Both steps work on the cleaned series
-(``clean_observations`` over everything stored) and keep the no-look-ahead rule: a model is
-trained on a prefix of a series, and a point is scored only by a model whose training window
-ended strictly before it.
+graph, the CLI and the tests all run the same code. Both steps work on the cleaned series and
+keep the no-look-ahead rule: a model is trained on a prefix of a series, and a point is scored
+only by a model whose training window ended strictly before it. Training cleans everything
+stored (``load_cleaned``); scoring cleans only the new points and the context before them
+(``load_scoring_window``), so its cost grows with new points, not with history.
 
 Model versions are the end of their training window formatted as ``VERSION_FORMAT``, so
 retraining on the same data rewrites the same registry rows instead of adding new ones.
@@ -12,6 +13,7 @@ retraining on the same data rewrites the same registry rows instead of adding ne
 
 from __future__ import annotations
 
+import pickle
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -23,7 +25,7 @@ from kpi_pipeline import store
 from kpi_pipeline.detection.ensemble import DetectorConfig, EnsembleDetector, InsufficientHistory
 from kpi_pipeline.detection.events import assign_events, open_event_from, summarize_events
 from kpi_pipeline.detection.features import build_features
-from kpi_pipeline.detection.preprocess import clean_observations
+from kpi_pipeline.detection.preprocess import Grid, clean_observations
 from kpi_pipeline.detection.walkforward import (
     initial_training_points,
     retrain_every_points,
@@ -65,6 +67,44 @@ def store_ingested(engine: sa.Engine, result: IngestResult, source: str) -> stor
 def load_cleaned(engine: sa.Engine) -> tuple[pd.DataFrame, dict[str, pd.Timedelta]]:
     """Every stored observation, cleaned: ``(kpi, ts, value, filled, gap)`` rows and each step."""
     return clean_observations(store.load_observations(engine))
+
+
+SCORING_SLACK_POINTS = 24
+"""Grid points read before the context a scoring window needs. Cleaning a window differs from
+cleaning the whole series only in its first ``max_fill_periods + 1`` slots (see
+``clean_observations``); the slack keeps those out of the context."""
+
+
+def load_scoring_window(engine: sa.Engine) -> pd.DataFrame:
+    """The cleaned points ``score_new_points`` needs, and no more.
+
+    Per KPI: the points after its last scored one, preceded by the context its newest model
+    scores with plus ``SCORING_SLACK_POINTS``; with no new points, only the last scored point.
+    The window is cleaned on the grid the model was trained on (the series' first timestamp and
+    the model's step), so the rows read are bounded by new points + context whatever the length
+    of the history, and the scores come out as if the whole series had been cleaned. A KPI
+    never scored (or without a model) is read whole: all of its points are new.
+    """
+    last_scored = store.last_scored_ts(engine)
+    newest = store.load_latest_models(engine, "ensemble")
+    parts, grids = [], {}
+    for span in store.observation_spans(engine).itertuples(index=False):
+        kpi, scored_until, model = span.kpi, last_scored.get(span.kpi), newest.get(span.kpi)
+        if scored_until is None or model is None:
+            parts.append(store.load_observations(engine, [kpi]))
+        elif span.last_ts <= scored_until:
+            parts.append(store.load_observations_from(engine, kpi, scored_until))
+        else:
+            # The registered ensemble row holds the detector without its fitted components:
+            # enough to know its grid step and how many earlier points scoring needs.
+            detector: EnsembleDetector = pickle.loads(model.artifact)
+            grids[kpi] = Grid(span.first_ts, detector.freq_)
+            reach = (detector.context_points + SCORING_SLACK_POINTS) * detector.freq_
+            parts.append(store.load_observations_from(engine, kpi, scored_until - reach))
+    observations = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(
+        columns=["kpi", "ts", "value"]
+    )
+    return clean_observations(observations, grids=grids)[0]
 
 
 def feature_table(
@@ -268,7 +308,9 @@ def score_new_points(
 
     Nothing is fitted here. Each point gets the newest version trained strictly before it;
     points before the first model stay unscored (insufficient history), and so do points before
-    ``since`` if given. Events continue the event left open by the previous batch.
+    ``since`` if given. Events continue the event left open by the previous batch. ``cleaned``
+    holds each KPI's whole series or, as ``load_scoring_window`` reads it, its new points and
+    the context before them.
     """
     scored_at = scored_at if scored_at is not None else pd.Timestamp.now("UTC")
     last_scored = store.last_scored_ts(engine)

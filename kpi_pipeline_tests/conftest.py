@@ -1,6 +1,7 @@
 """Database fixtures for the whole suite: real PostgreSQL and SQLite, one fresh database per test.
 
-- ``pg_url``: URL of a new, empty database on the local PostgreSQL server, dropped afterwards.
+- ``pg_url``: URL of a new, empty database on the local PostgreSQL server, dropped afterwards;
+  ``new_pg_url()`` makes more of them.
 - ``sqlite_url``: URL of a new SQLite file under the test's ``tmp_path``.
 - ``store_url``: parametrized over both ("postgres", "sqlite"); a test using it runs twice.
 - ``migrated_engine``: an engine on ``store_url`` with the schema migrated to head.
@@ -15,7 +16,7 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 import sqlalchemy as sa
@@ -42,17 +43,29 @@ def pg_admin_engine() -> Iterator[sa.Engine]:
 
 
 @pytest.fixture
-def pg_url(pg_admin_engine: sa.Engine) -> Iterator[str]:
-    """A SQLAlchemy URL of a freshly created, empty PostgreSQL database; dropped after the test."""
-    name = f"kpi_test_{uuid.uuid4().hex[:8]}"
-    with pg_admin_engine.connect() as connection:
-        connection.exec_driver_sql(f'CREATE DATABASE "{name}"')
+def new_pg_url(pg_admin_engine: sa.Engine) -> Iterator[Callable[[], str]]:
+    """Makes fresh, empty PostgreSQL databases (returns each one's URL); all dropped afterwards."""
+    names: list[str] = []
+
+    def create() -> str:
+        names.append(f"kpi_test_{uuid.uuid4().hex[:8]}")
+        with pg_admin_engine.connect() as connection:
+            connection.exec_driver_sql(f'CREATE DATABASE "{names[-1]}"')
+        return pg_admin_engine.url.set(database=names[-1]).render_as_string(hide_password=False)
+
     try:
-        yield pg_admin_engine.url.set(database=name).render_as_string(hide_password=False)
+        yield create
     finally:
         # FORCE ends connections a test leaked, so a failing test cannot leave the db behind.
         with pg_admin_engine.connect() as connection:
-            connection.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            for name in names:
+                connection.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def pg_url(new_pg_url: Callable[[], str]) -> str:
+    """A SQLAlchemy URL of a freshly created, empty PostgreSQL database; dropped after the test."""
+    return new_pg_url()
 
 
 @pytest.fixture

@@ -1,10 +1,12 @@
 """Training and scoring steps on a real database with small synthetic series."""
 
+import numpy as np
 import pandas as pd
 import pytest
+import sqlalchemy as sa
 
 from kpi_pipeline import pipeline, store
-from kpi_pipeline.detection.ensemble import DetectorConfig
+from kpi_pipeline.detection.ensemble import DetectorConfig, EnsembleDetector
 from kpi_pipeline_tests.defs.synthetic import START, hourly_kpis
 
 CONFIG = DetectorConfig()
@@ -21,7 +23,12 @@ def engine(pg_url):
 def _train_and_score(engine):
     cleaned, _ = pipeline.load_cleaned(engine)
     trained = pipeline.train_models(engine, cleaned, CONFIG)
-    return trained, pipeline.score_new_points(engine, cleaned)
+    return trained, _score(engine)
+
+
+def _score(engine) -> list[pipeline.KpiScoring]:
+    """A scoring run as the ``anomaly_scores`` asset does it."""
+    return pipeline.score_new_points(engine, pipeline.load_scoring_window(engine))
 
 
 def _version(ts: pd.Timestamp) -> str:
@@ -102,8 +109,7 @@ def test_rescoring_without_new_points_writes_nothing(engine):
     _train_and_score(engine)
     before = store.load_scores(engine)
 
-    cleaned, _ = pipeline.load_cleaned(engine)
-    again = pipeline.score_new_points(engine, cleaned)
+    again = _score(engine)
 
     assert [(r.scored, r.unscored) for r in again] == [(0, 0), (0, 0)]
     pd.testing.assert_frame_equal(store.load_scores(engine), before)
@@ -152,3 +158,127 @@ def test_training_skips_confident_anomalies_and_confirmed_incidents(migrated_eng
 
     assert list(excluded) == ["orders"]
     assert sorted(excluded["orders"]) == [ts[0], ts[2], ts[3]]
+
+
+# -- scoring reads only new points and their context ----------------------------------------
+
+# A short residual-scale window keeps the context (and so the histories below) small.
+SHORT_CONTEXT = DetectorConfig(scale_window=96)
+CONTEXT = EnsembleDetector(SHORT_CONTEXT).context_points
+SCORED_TABLES = ("kpi_observations", "anomaly_scores")
+
+
+def _orders(days: int, **kwargs) -> pd.DataFrame:
+    observations = hourly_kpis(days=days, **kwargs)
+    return observations[observations["kpi"] == "orders"].reset_index(drop=True)
+
+
+def _rows_read(engine: sa.Engine) -> dict[str, int]:
+    """Rows each later SELECT on an observation or score table returns, summed per table."""
+    read = dict.fromkeys(SCORED_TABLES, 0)
+
+    @sa.event.listens_for(engine, "after_cursor_execute")
+    def count(_connection, cursor, statement, _parameters, _context, _executemany):
+        if statement.lstrip().upper().startswith(("SELECT", "WITH")):
+            for table in SCORED_TABLES:
+                if table in statement:
+                    read[table] += cursor.rowcount  # psycopg: the rows of the result
+
+    return read
+
+
+def _rows_read_scoring_a_day(url: str, history_days: int) -> tuple[dict[str, int], list]:
+    engine = pipeline.open_store(url)
+    try:
+        store.upsert_observations(engine, _orders(history_days), "test")
+        pipeline.train_models(engine, pipeline.load_cleaned(engine)[0], SHORT_CONTEXT)
+        _score(engine)
+        store.upsert_observations(engine, _orders(history_days + 1), "test")
+        read = _rows_read(engine)
+        scored = _score(engine)
+        return read, [(r.kpi, r.scored, r.unscored) for r in scored]
+    finally:
+        engine.dispose()
+
+
+def test_a_scoring_run_reads_the_new_points_and_their_context_whatever_the_history(new_pg_url):
+    short, short_scored = _rows_read_scoring_a_day(new_pg_url(), history_days=10)
+    long, long_scored = _rows_read_scoring_a_day(new_pg_url(), history_days=20)
+
+    assert short_scored == long_scored == [("orders", 24, 0)]
+    assert long == short
+    # New points, their context, the slack and the last scored point; one row of spans.
+    window = 24 + CONTEXT + pipeline.SCORING_SLACK_POINTS + 1
+    assert window < 10 * 24  # so reading the whole history would show
+    assert short["kpi_observations"] == window + 1
+    # The last scored point (looked up twice: by the window and by scoring), then the stored
+    # scores an open event may continue from.
+    assert short["anomaly_scores"] == 2 + SHORT_CONTEXT.event_merge_gap + 1
+
+
+def _messy_orders(days: int, spike_at: pd.Timestamp) -> pd.DataFrame:
+    """Orders with a short and a long gap, an off-grid duplicate, and a spike."""
+    observations = _orders(days, spike_at=spike_at)
+    hour = (observations["ts"] - START) // HOUR
+    missing = hour.between(150, 151) | hour.between(300, 311)
+    duplicate = observations[hour == 200].assign(
+        ts=lambda d: d["ts"] + pd.Timedelta(minutes=10), value=lambda d: d["value"] * 1.05
+    )
+    return pd.concat([observations[~missing], duplicate], ignore_index=True)
+
+
+def _copy_models(source: sa.Engine, target: sa.Engine, kpi: str) -> None:
+    for kind in (*EnsembleDetector.COMPONENT_KINDS, "ensemble"):
+        for model in store.load_model_versions(source, kpi, kind):
+            fields = {name: getattr(model, name) for name in model.__dataclass_fields__}
+            store.save_model(target, **fields)
+
+
+def test_scoring_in_several_runs_writes_the_scores_of_one_run_over_everything(new_pg_url):
+    spike = START + 252 * HOUR
+    observations = _messy_orders(days=20, spike_at=spike)
+    once = pipeline.open_store(new_pg_url())
+    in_runs = pipeline.open_store(new_pg_url())
+    try:
+        store.upsert_observations(once, observations, "test")
+        pipeline.train_models(once, pipeline.load_cleaned(once)[0], SHORT_CONTEXT)
+        _score(once)
+        _copy_models(once, in_runs, "orders")
+        # Runs ending inside the short gap, inside the long gap, on the spike, and a day later.
+        for end in (100, 151, 252, 305, 420, 480):
+            store.upsert_observations(
+                in_runs, observations[observations["ts"] < START + end * HOUR], "test"
+            )
+            _score(in_runs)
+
+        expected = store.load_scores(once).drop(columns="scored_at")
+        scored = store.load_scores(in_runs).drop(columns="scored_at")
+        assert expected["model_version"].nunique() > 1
+        assert expected["is_anomaly"].any() and expected["event_id"].notna().any()
+        assert np.isnan(expected["value"]).any()  # the long gap was scored as a gap
+        pd.testing.assert_frame_equal(scored, expected, check_exact=True)
+    finally:
+        once.dispose()
+        in_runs.dispose()
+
+
+def test_the_scoring_window_keeps_the_series_grid_when_its_own_steps_disagree(pg_url):
+    engine = pipeline.open_store(pg_url)
+    observations = _orders(days=22)
+    store.upsert_observations(engine, observations.head(10 * 24), "test")
+    pipeline.train_models(engine, pipeline.load_cleaned(engine)[0], SHORT_CONTEXT)
+    _score(engine)
+    # Then 12 days of every other hour, 10 minutes late: the most common step of the scoring
+    # window alone (context and slack: 130 points) would be two hours.
+    later = observations.iloc[10 * 24 :: 2].assign(ts=lambda d: d["ts"] + pd.Timedelta(minutes=10))
+    store.upsert_observations(engine, later, "test")
+
+    window = pipeline.load_scoring_window(engine)
+
+    whole, frequencies = pipeline.load_cleaned(engine)
+    assert frequencies == {"orders": HOUR}
+    assert window["ts"].diff().dropna().eq(HOUR).all()
+    settled = window.iloc[pipeline.SCORING_SLACK_POINTS :].reset_index(drop=True)
+    expected = whole[whole["ts"] >= settled["ts"].iloc[0]].reset_index(drop=True)
+    pd.testing.assert_frame_equal(settled, expected, check_exact=True)
+    engine.dispose()

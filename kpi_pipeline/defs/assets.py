@@ -191,10 +191,11 @@ def kpi_models(store: KpiStore, config: ModelTrainingConfig) -> dg.MaterializeRe
 def anomaly_scores(store: KpiStore) -> dg.MaterializeResult:
     """Scores of every point (``anomaly_scores``), each by the newest model trained before it.
 
-    Only points newer than the last scored one are scored; nothing is fitted here.
+    Only points newer than the last scored one are scored, and only they and the context before
+    them are read and cleaned; nothing is fitted here.
     """
     engine = store.engine()
-    cleaned, _ = pipeline.load_cleaned(engine)
+    cleaned = pipeline.load_scoring_window(engine)
     # Every row this run writes carries this time, which tells its anomalies from older ones.
     scored_at = pd.Timestamp.now("UTC").floor("us")
     results = pipeline.score_new_points(

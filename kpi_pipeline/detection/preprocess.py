@@ -7,6 +7,7 @@ and ``gap`` (part of a long gap: value stays NaN, we never invent data across it
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -34,14 +35,18 @@ def infer_frequency(ts: pd.Series | pd.DatetimeIndex) -> pd.Timedelta | None:
 
 
 def regularize(
-    series: pd.DataFrame, freq: pd.Timedelta, config: PreprocessConfig = PreprocessConfig()
+    series: pd.DataFrame,
+    freq: pd.Timedelta,
+    config: PreprocessConfig = PreprocessConfig(),
+    origin: pd.Timestamp | None = None,
 ) -> pd.DataFrame:
     """Put one KPI's ``ts, value`` rows on a regular grid of step ``freq``.
 
-    Duplicate timestamps are averaged. Off-grid timestamps snap to the nearest grid point.
+    The grid runs through ``origin`` (default: the first timestamp). Duplicate timestamps are
+    averaged. Off-grid timestamps snap to the nearest grid point.
     """
     frame = series[["ts", "value"]].copy()
-    start = frame["ts"].min()
+    start = frame["ts"].min() if origin is None else origin
     offsets = ((frame["ts"] - start) / freq).round().astype("int64")
     frame["ts"] = start + offsets * freq
     values = frame.groupby("ts")["value"].mean()
@@ -66,21 +71,43 @@ def regularize(
     )
 
 
+@dataclass(frozen=True)
+class Grid:
+    """A series' regular time grid: the points ``origin + k * step``."""
+
+    origin: pd.Timestamp
+    """The series' first timestamp."""
+    step: pd.Timedelta
+
+
 def clean_observations(
-    observations: pd.DataFrame, config: PreprocessConfig = PreprocessConfig()
+    observations: pd.DataFrame,
+    config: PreprocessConfig = PreprocessConfig(),
+    grids: Mapping[str, Grid] | None = None,
 ) -> tuple[pd.DataFrame, dict[str, pd.Timedelta]]:
-    """Sort, de-duplicate and regularise every KPI; returns the cleaned rows and each KPI's step."""
+    """Sort, de-duplicate and regularise every KPI; returns the cleaned rows and each KPI's step.
+
+    Each KPI's step is inferred from its rows and its grid starts at its first row, unless
+    ``grids`` gives its grid: that is for KPIs whose rows are only a recent window of their
+    series, which then land on the grid of the whole series. A window's rows equal the whole
+    series' rows except in its first ``config.max_fill_periods + 1`` grid slots (duplicates
+    from before the window are missing from its first slot, and short gaps just after it are
+    filled from that slot).
+    """
+    grids = grids or {}
     parts: list[pd.DataFrame] = []
     frequencies: dict[str, pd.Timedelta] = {}
     for kpi, rows in observations.sort_values(["kpi", "ts"]).groupby("kpi", sort=True):
         rows = rows.dropna(subset=["value"])
-        freq = infer_frequency(rows["ts"])
+        grid = grids.get(str(kpi))
+        freq = grid.step if grid is not None else infer_frequency(rows["ts"])
         if freq is None:
             # A single point has no grid; keep it as is so it is still visible downstream.
             part = rows[["ts", "value"]].assign(filled=False, gap=False)
         else:
             frequencies[str(kpi)] = freq
-            part = regularize(rows, freq, config)
+            origin = grid.origin if grid is not None else None
+            part = regularize(rows, freq, config, origin=origin)
         parts.append(part.assign(kpi=str(kpi)))
     if not parts:
         return pd.DataFrame(columns=CLEANED_COLUMNS), frequencies

@@ -99,3 +99,18 @@ def every_kpi(table: sa.Table) -> sa.CTE:
         sa.select(sa.func.min(table.c.kpi)).where(table.c.kpi > found.c.kpi).scalar_subquery()
     )
     return found.union_all(sa.select(following).where(found.c.kpi.is_not(None)))
+
+
+def ts_span_of_every_kpi(table: sa.Table) -> sa.Select:
+    """(kpi, first ts, last ts) of every KPI of ``table``: two index probes per KPI, no scan."""
+    names = every_kpi(table)
+
+    def probe(edge) -> sa.ScalarSelect:
+        rows = table.alias()
+        return sa.select(edge(rows.c.ts)).where(rows.c.kpi == names.c.kpi).scalar_subquery()
+
+    return (
+        sa.select(names.c.kpi, probe(sa.func.min), probe(sa.func.max))
+        .where(names.c.kpi.is_not(None))
+        .order_by(names.c.kpi)
+    )

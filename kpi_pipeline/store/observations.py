@@ -19,11 +19,12 @@ from kpi_pipeline.store._convert import (
     utc_column,
     utc_now,
 )
-from kpi_pipeline.store._sql import read_frame, upsert, window
+from kpi_pipeline.store._sql import read_frame, ts_span_of_every_kpi, upsert, window
 from kpi_pipeline.store.database import write_transaction
 from kpi_pipeline.store.schema import kpi_observations, rejected_observations
 
 OBSERVATION_COLUMNS: dict[str, Kind] = {"kpi": "str", "ts": "utc", "value": "float"}
+SPAN_COLUMNS: dict[str, Kind] = {"kpi": "str", "first_ts": "utc", "last_ts": "utc"}
 INGESTED_SUMMARY_COLUMNS: dict[str, Kind] = {
     "kpi": "str",
     "n_rows": "int",
@@ -113,6 +114,35 @@ def load_observations(
         .order_by(table.c.kpi, table.c.ts)
     )
     return read_frame(engine, query, OBSERVATION_COLUMNS)
+
+
+def load_observations_from(engine: sa.Engine, kpi: str, since: TimeLike) -> pd.DataFrame:
+    """One KPI's observations (kpi, ts, value) from the last one at or before ``since`` on.
+
+    The one before ``since`` makes the window start on a stored point even when ``since``
+    falls inside a gap; with none, the window is every observation after ``since``.
+    """
+    table = kpi_observations
+    since = to_utc(since)
+    anchor = (
+        sa.select(sa.func.max(table.c.ts))
+        .where(table.c.kpi == kpi, table.c.ts <= since)
+        .scalar_subquery()
+    )
+    query = (
+        sa.select(table.c.kpi, table.c.ts, table.c.value)
+        .where(
+            table.c.kpi == kpi,
+            table.c.ts >= sa.func.coalesce(anchor, sa.literal(since, table.c.ts.type)),
+        )
+        .order_by(table.c.ts)
+    )
+    return read_frame(engine, query, OBSERVATION_COLUMNS)
+
+
+def observation_spans(engine: sa.Engine) -> pd.DataFrame:
+    """Per KPI (sorted), its first and last observation time: ``kpi, first_ts, last_ts``."""
+    return read_frame(engine, ts_span_of_every_kpi(kpi_observations), SPAN_COLUMNS)
 
 
 def list_kpis(engine: sa.Engine) -> list[str]:

@@ -6,7 +6,7 @@ import pandas as pd
 import sqlalchemy as sa
 
 from kpi_pipeline.store._convert import Kind, TimeLike, coerce, to_records, to_utc, utc_now
-from kpi_pipeline.store._sql import read_frame, upsert, window
+from kpi_pipeline.store._sql import read_frame, ts_span_of_every_kpi, upsert, window
 from kpi_pipeline.store.database import write_transaction
 from kpi_pipeline.store.schema import (
     FEEDBACK_LABELS,
@@ -78,10 +78,10 @@ def _score_frame(df: pd.DataFrame) -> pd.DataFrame:
 
 def last_scored_ts(engine: sa.Engine) -> dict[str, pd.Timestamp]:
     """The newest scored timestamp of each KPI."""
-    table = anomaly_scores
-    query = sa.select(table.c.kpi, sa.func.max(table.c.ts)).group_by(table.c.kpi)
+    # Index probes per KPI: a GROUP BY would read every score ever written.
     with engine.connect() as connection:
-        return {kpi: to_utc(ts) for kpi, ts in connection.execute(query)}
+        rows = connection.execute(ts_span_of_every_kpi(anomaly_scores))
+        return {kpi: to_utc(last) for kpi, _first, last in rows}
 
 
 def load_scores(

@@ -4,6 +4,7 @@ import pytest
 
 from kpi_pipeline.detection.preprocess import (
     CLEANED_COLUMNS,
+    Grid,
     PreprocessConfig,
     clean_observations,
     infer_frequency,
@@ -135,3 +136,47 @@ def test_no_observations_give_an_empty_frame_with_the_contract_columns():
     cleaned, frequencies = clean_observations(empty)
     assert cleaned.empty and list(cleaned.columns) == CLEANED_COLUMNS
     assert frequencies == {}
+
+
+
+def _messy_hourly_series(n_slots: int, seed: int) -> pd.DataFrame:
+    """Hourly observations as they arrive: some off the grid, some slots twice, short and long
+    gaps."""
+    rng = np.random.default_rng(seed)
+    slots = np.arange(n_slots)
+    keep = np.ones(n_slots, dtype=bool)
+    for start in rng.choice(n_slots - 10, size=n_slots // 40, replace=False):
+        keep[start : start + rng.integers(1, 8)] = False  # gaps of 1 to 7 points
+    keep[0] = True
+    slots = np.concatenate([slots[keep], rng.choice(slots[keep], size=n_slots // 30)])
+    jitter = rng.integers(-20 * 60, 20 * 60, size=len(slots)) * (rng.random(len(slots)) < 0.2)
+    ts = (
+        pd.Timestamp("2025-01-01 00:00:17", tz="UTC")
+        + pd.to_timedelta(slots, unit="h")
+        + pd.to_timedelta(jitter, unit="s")
+    )
+    values = 100 + 10 * np.sin(2 * np.pi * slots / 24) + rng.normal(0, 1, len(slots))
+    return pd.DataFrame({"kpi": "k", "ts": ts, "value": values}).sort_values("ts")
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_a_recent_window_on_the_series_grid_cleans_like_the_whole_series(seed):
+    raw = _messy_hourly_series(1500, seed)
+    whole, frequencies = clean_observations(raw)
+    assert frequencies == {"k": HOUR}
+    grid = {"k": Grid(raw["ts"].min(), HOUR)}
+    reach = PreprocessConfig().max_fill_periods + 1
+    for first in range(100, len(raw) - 400, 97):
+        cleaned, _ = clean_observations(raw.iloc[first:], grids=grid)
+
+        settled = cleaned.iloc[reach:].reset_index(drop=True)
+        expected = whole[whole["ts"] >= settled["ts"].iloc[0]].reset_index(drop=True)
+        pd.testing.assert_frame_equal(settled, expected, check_exact=True)
+
+
+def test_without_the_series_grid_a_window_starting_off_grid_lands_on_another_grid():
+    raw = _messy_hourly_series(500, seed=0)
+    whole, _ = clean_observations(raw)
+    off_grid = int(np.flatnonzero(raw["ts"].dt.second != 17)[5])
+    cleaned, _ = clean_observations(raw.iloc[off_grid:])
+    assert not cleaned["ts"].isin(whole["ts"]).any()

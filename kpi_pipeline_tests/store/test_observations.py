@@ -12,6 +12,8 @@ from kpi_pipeline.store import (
     insert_rejections,
     list_kpis,
     load_observations,
+    load_observations_from,
+    observation_spans,
     observations_ingested_since,
     observations_version,
     table_counts,
@@ -96,6 +98,35 @@ def test_load_observations_filters_inclusively_and_sorts(migrated_engine):
     assert load_observations(migrated_engine, kpis=["orders"])["value"].tolist() == [9.0, 8.0]
     assert load_observations(migrated_engine, kpis=[]).empty
     assert list_kpis(migrated_engine) == ["orders", "sales"]
+
+
+def test_observations_from_start_at_the_last_one_at_or_before_the_bound(migrated_engine):
+    sales = observations("sales", "2024-01-01", [1, 2, 3, 4, 5, 6]).drop(index=[2, 3])
+    upsert_observations(migrated_engine, sales, "t")
+    upsert_observations(migrated_engine, observations("orders", "2024-01-01", [9, 8]), "t")
+
+    def values(since: str) -> list[float]:
+        loaded = load_observations_from(migrated_engine, "sales", since)
+        assert (loaded["kpi"] == "sales").all() and loaded["ts"].is_monotonic_increasing
+        return loaded["value"].tolist()
+
+    assert values("2024-01-04 12:00") == [2.0, 5.0, 6.0]  # inside the gap: from the point before
+    assert values("2024-01-05") == [5.0, 6.0]  # on a point: from it
+    assert values("2023-12-01") == [1.0, 2.0, 5.0, 6.0]  # before the first: all
+    assert values("2024-02-01") == [6.0]
+
+
+def test_observation_spans_give_each_kpis_first_and_last_time(migrated_engine):
+    assert observation_spans(migrated_engine).empty
+    upsert_observations(migrated_engine, observations("sales", "2024-01-01", [1, 2, 3]), "t")
+    upsert_observations(migrated_engine, observations("orders", "2024-03-01", [9]), "t")
+
+    spans = observation_spans(migrated_engine)
+
+    assert spans.values.tolist() == [
+        ["orders", pd.Timestamp("2024-03-01", tz="UTC"), pd.Timestamp("2024-03-01", tz="UTC")],
+        ["sales", pd.Timestamp("2024-01-01", tz="UTC"), pd.Timestamp("2024-01-03", tz="UTC")],
+    ]
 
 
 def test_empty_store_reads_give_typed_empty_frames(migrated_engine):
