@@ -9,7 +9,7 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import PositiveInt, SecretStr
+from pydantic import NonNegativeFloat, PositiveInt, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 # The embedded default database lives beside the checkout so a new user needs no server.
@@ -120,6 +120,11 @@ class Settings(BaseSettings):
 
     api_model_cache_size: PositiveInt = 64
     """Fitted detectors each API worker keeps in memory, keyed by (KPI, model version)."""
+
+    api_latest_max_age: NonNegativeFloat = 1.0
+    """Seconds: ``GET /v1/scores/latest`` answers from each worker's in-memory snapshot of every
+    KPI's latest score, never older than this (counted from when its read started); 0: read
+    the database on every request."""
 
     # -- dashboard (``kpi-pipeline dashboard``) -----------------------------------------------
     dashboard_cache_seconds: PositiveInt = 30

@@ -10,18 +10,21 @@ import binascii
 import datetime as dt
 import json
 import logging
+from functools import partial
 from typing import Annotated, Any
 
 import pandas as pd
 import sqlalchemy as sa
 from fastapi import APIRouter, Depends, Path, Query
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 
 from kpi_pipeline import pipeline, store
 from kpi_pipeline.api import errors, scoring
 from kpi_pipeline.api.context import current_request_id
 from kpi_pipeline.api.errors import AUTH_RESPONSES, ERROR_RESPONSES, ApiError, InvalidInput
 from kpi_pipeline.api.schemas import (
+    LATEST_SCORE_JSON,
+    SCORE_SERIES_JSON,
     AnomalyPage,
     ErrorResponse,
     FeedbackIn,
@@ -43,6 +46,7 @@ from kpi_pipeline.api.schemas import (
     checked_timestamp,
     plain_text,
 )
+from kpi_pipeline.api.snapshot import latest_scores_json
 from kpi_pipeline.api.state import FRESHNESS_TTL_S, ApiState, get_state
 from kpi_pipeline.ingestion import validate_records
 from kpi_pipeline.store import serving
@@ -158,15 +162,30 @@ def _kpi_summary(row: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-@reads.get("/scores/latest", summary="The latest scored point of each KPI")
-async def latest_scores(api: State, kpi: KpiFilter = None) -> LatestScores:
-    rows = await api.db(serving.latest_scores, api.engine, kpi)
-    found = {row["kpi"] for row in rows}
-    missing = sorted(set(kpi or ()) - found)
-    return LatestScores.model_validate({"scores": rows, "missing": missing})
+@reads.get(
+    "/scores/latest",
+    summary="The latest scored point of each KPI",
+    description="Served from each worker's in-memory snapshot of every KPI's latest score, "
+    "never older than `KPI_API_LATEST_MAX_AGE` seconds (default 1).",
+    response_model=LatestScores,
+)
+async def latest_scores(api: State, kpi: KpiFilter = None) -> Response:
+    if api.latest.enabled:
+        snapshot = await api.latest.get(partial(serving.latest_scores, api.engine))
+        scores = snapshot.of(kpi)
+    else:
+        rows = await api.db(serving.latest_scores, api.engine, kpi)
+        scores = {row["kpi"]: LATEST_SCORE_JSON(row) for row in rows}
+    missing = sorted(set(kpi or ()) - scores.keys())
+    return _json(latest_scores_json(scores.values(), missing))
 
 
-@reads.get("/kpis/{kpi}/scores", summary="A KPI's scored series")
+def _json(body: bytes) -> Response:
+    """An answer serialised by the endpoint (the endpoint's ``response_model`` documents it)."""
+    return Response(body, media_type="application/json")
+
+
+@reads.get("/kpis/{kpi}/scores", summary="A KPI's scored series", response_model=ScoreSeries)
 async def score_series(
     api: State,
     kpi: KpiPath,
@@ -176,12 +195,12 @@ async def score_series(
         int,
         Query(ge=1, le=MAX_SERIES_POINTS, description="At most this many points: the newest."),
     ] = DEFAULT_SERIES_POINTS,
-) -> ScoreSeries:
+) -> Response:
     _check_window(start, end, "start", "end", api.settings.api_max_range_days)
     rows, truncated = await api.db(serving.score_series, api.engine, kpi, start, end, limit)
     if not rows:
         await _require_kpi(api, kpi)
-    return ScoreSeries.model_validate({"kpi": kpi, "points": rows, "truncated": truncated})
+    return _json(SCORE_SERIES_JSON({"kpi": kpi, "points": rows, "truncated": truncated}))
 
 
 @reads.get("/anomalies", summary="Anomalous points, newest first, page by page")

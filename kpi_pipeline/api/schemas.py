@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import re
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     AfterValidator,
@@ -20,7 +20,9 @@ from pydantic import (
     StrictFloat,
     StrictInt,
     StrictStr,
+    TypeAdapter,
 )
+from typing_extensions import TypedDict
 
 from kpi_pipeline.store import FEEDBACK_LABELS, SEVERITIES
 
@@ -139,6 +141,29 @@ class LatestScore(ScoredPoint):
     scored_at: dt.datetime
 
 
+def row_schema(model: type[BaseModel], **fields: Any) -> type:
+    """A serialisation-only twin of ``model``, derived from it: a TypedDict of its fields keyed
+    as the ``store.serving`` rows they are read from (``validation_alias``, else the name) and
+    written under their names, with ``fields`` replacing annotations (nested rows). Hot
+    endpoints serialise rows with it, as ``model`` would, without building the model."""
+    annotations = {}
+    for name, field in model.model_fields.items():
+        key = field.validation_alias if isinstance(field.validation_alias, str) else name
+        annotation = fields.get(name, field.annotation)
+        annotations[key] = Annotated[annotation, Field(serialization_alias=name)]
+    return TypedDict(f"{model.__name__}Row", annotations)
+
+
+class RowSerializer:
+    """JSON of rows shaped by ``row_schema``: UTC times with Z, NaN and infinity as null."""
+
+    def __init__(self, schema: type) -> None:
+        self._adapter = TypeAdapter(schema)
+
+    def __call__(self, content: object) -> bytes:
+        return self._adapter.dump_json(content, by_alias=True)
+
+
 class LatestScores(BaseModel):
     scores: list[LatestScore]
     missing: list[str] = Field(description="Requested KPIs that have no score.")
@@ -148,6 +173,13 @@ class ScoreSeries(BaseModel):
     kpi: str
     points: list[ScoredPoint] = Field(description="Oldest first.")
     truncated: bool = Field(description="Older points of the window were left out (limit).")
+
+
+LATEST_SCORE_JSON = RowSerializer(row_schema(LatestScore))
+"""One ``serving.latest_scores`` row as a ``LatestScore`` object."""
+MISSING_JSON = RowSerializer(list[str])
+SCORE_SERIES_JSON = RowSerializer(row_schema(ScoreSeries, points=list[row_schema(ScoredPoint)]))
+"""``{"kpi", "points": serving.score_series rows, "truncated"}`` as a ``ScoreSeries``."""
 
 
 class Anomaly(ScoredPoint):

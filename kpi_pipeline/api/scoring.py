@@ -50,14 +50,14 @@ class DetectorCache:
     def __len__(self) -> int:
         return len(self._detectors)
 
-    def get(self, engine: sa.Engine, model: store.ModelRecord) -> EnsembleDetector:
-        """The detector of ``model`` (an ``ensemble`` registry row), built on first use."""
-        key = (model.kpi, model.version)
+    def get(self, engine: sa.Engine, kpi: str, version: str) -> EnsembleDetector:
+        """The detector of version ``version`` of ``kpi``'s ensemble, built on first use."""
+        key = (kpi, version)
         with self._lock:
             if key in self._detectors:
                 self._detectors.move_to_end(key)
                 return self._detectors[key]
-        detector = _rebuild(engine, model)
+        detector = _rebuild(engine, kpi, version)
         with self._lock:
             self._detectors[key] = detector
             while len(self._detectors) > self.size:
@@ -65,14 +65,14 @@ class DetectorCache:
         return detector
 
 
-def _rebuild(engine: sa.Engine, model: store.ModelRecord) -> EnsembleDetector:
-    artifacts = store.model_artifacts(engine, model.kpi, model.version)
+def _rebuild(engine: sa.Engine, kpi: str, version: str) -> EnsembleDetector:
+    artifacts = store.model_artifacts(engine, kpi, version)
     missing = [
         kind for kind in (*EnsembleDetector.COMPONENT_KINDS, "ensemble") if kind not in artifacts
     ]
     if missing:
         raise NoModel(
-            f"model {model.version} of {model.kpi!r} is incomplete (no {', '.join(missing)} "
+            f"model {version} of {kpi!r} is incomplete (no {', '.join(missing)} "
             "artifact); retrain it"
         )
     return EnsembleDetector.from_artifacts(artifacts)
@@ -101,13 +101,13 @@ def score_points(
     ``UnknownKpi``, ``NoModel``, or ``PointsTooSpread`` when the context and points would span
     more than ``2 * (max_points + context)`` grid steps.
     """
-    model = store.load_latest_models(engine, "ensemble", [kpi]).get(kpi)
-    if model is None:
+    version = serving.newest_model_version(engine, kpi)
+    if version is None:
         if serving.kpi_exists(engine, kpi):
             raise NoModel(f"no trained model for {kpi!r} yet (too little history, or training "
                           "has not run)")
         raise UnknownKpi(f"unknown KPI {kpi!r}")
-    detector = detectors.get(engine, model)
+    detector = detectors.get(engine, kpi, version)
 
     points = points.sort_values("ts", ignore_index=True)
     first = points["ts"].iloc[0]
@@ -131,7 +131,7 @@ def score_points(
     )
     chosen = scored.iloc[positions - start].reset_index(drop=True)
     scores = chosen[SCORE_COLUMNS].assign(ts=points["ts"], value=points["value"])
-    return RealtimeScores(kpi, model.version, scores)
+    return RealtimeScores(kpi, version, scores)
 
 
 def _check_spread(ts: pd.Series, limit: int) -> None:

@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+import anyio
+import anyio.to_thread
 import sqlalchemy as sa
 from fastapi import Request
-from starlette.concurrency import run_in_threadpool
 
 from kpi_pipeline.api.auth import ApiKeys
 from kpi_pipeline.api.scoring import DetectorCache
+from kpi_pipeline.api.snapshot import LatestScoreSnapshot
 from kpi_pipeline.config import Settings
 from kpi_pipeline.store import serving
 
@@ -58,28 +59,30 @@ class ApiState:
     keys: ApiKeys
     detectors: DetectorCache
     freshness: FreshnessProbe = field(default_factory=FreshnessProbe)
-    _database_slots: threading.Semaphore = field(init=False)
-    _scoring_slots: threading.Semaphore = field(init=False)
+    latest: LatestScoreSnapshot = field(init=False)
+    """Every KPI's latest score; per state, so a state on another engine has its own."""
+    _database_slots: anyio.CapacityLimiter = field(init=False)
+    _scoring_slots: anyio.CapacityLimiter = field(init=False)
 
     def __post_init__(self) -> None:
+        object.__setattr__(
+            self, "latest", LatestScoreSnapshot(self.settings.api_latest_max_age)
+        )
         # One slot per pooled connection: a burst of requests waits for a connection instead
-        # of opening, and on return closing, an overflow connection per request.
-        slots = threading.BoundedSemaphore(_pooled_connections(self.engine))
+        # of opening, and on return closing, an overflow connection per request. Requests wait
+        # for a slot in the event loop, not as blocked threads: a few busy threads contend for
+        # the GIL far less than dozens of waiting ones.
+        slots = anyio.CapacityLimiter(_pooled_connections(self.engine))
         object.__setattr__(self, "_database_slots", slots)
-        object.__setattr__(self, "_scoring_slots", threading.BoundedSemaphore(SCORING_SLOTS))
+        object.__setattr__(self, "_scoring_slots", anyio.CapacityLimiter(SCORING_SLOTS))
 
     async def db(self, call: Callable[..., T], *args: Any) -> T:
         """``call(*args)`` (store work) in a worker thread, so the event loop never waits."""
-        return await run_in_threadpool(_bounded, self._database_slots, call, *args)
+        return await anyio.to_thread.run_sync(call, *args, limiter=self._database_slots)
 
     async def scoring(self, call: Callable[..., T], *args: Any) -> T:
         """``call(*args)`` (detector work) in a worker thread, a few at a time."""
-        return await run_in_threadpool(_bounded, self._scoring_slots, call, *args)
-
-
-def _bounded(slots: threading.Semaphore, call: Callable[..., T], *args: Any) -> T:
-    with slots:
-        return call(*args)
+        return await anyio.to_thread.run_sync(call, *args, limiter=self._scoring_slots)
 
 
 async def get_state(request: Request) -> ApiState:

@@ -17,6 +17,7 @@ from fastapi.testclient import TestClient
 
 from kpi_pipeline import pipeline, store
 from kpi_pipeline.api import routes
+from kpi_pipeline.api.schemas import LatestScores, ScoreSeries
 from kpi_pipeline.store import serving
 from kpi_pipeline_tests.api.conftest import HOURS, TRAIN_HOURS, VERSION, Seeded, make_client
 
@@ -99,6 +100,7 @@ def test_health_is_503_when_the_database_is_unreachable():
     with make_client(store.make_engine(url), url) as client:
         health = client.get("/health")
         scores = client.get("/v1/scores/latest")
+        series = client.get("/v1/kpis/sales/scores")
         live = client.get("/health/live")
 
     assert health.status_code == 503
@@ -107,8 +109,8 @@ def test_health_is_503_when_the_database_is_unreachable():
         "database": "unreachable",
         "message": "the database is unreachable",
     }
-    assert scores.status_code == 503
-    assert scores.json()["error"] == "database_unavailable"
+    assert scores.status_code == series.status_code == 503
+    assert scores.json()["error"] == series.json()["error"] == "database_unavailable"
     assert str(port) not in scores.text  # the driver's message stays in the log
     assert live.status_code == 200
 
@@ -163,11 +165,54 @@ def test_latest_scores_per_kpi_and_the_requested_kpis_without_scores(reader, mod
     assert some["missing"] == ["nope"] and everything["missing"] == []
 
 
+def test_latest_scores_from_the_snapshot_are_what_the_database_and_the_model_give(
+    reader, module_seeded
+):
+    queries = [{}, {"kpi": ["sales", "nope", "sales"]}, {"kpi": ["orders"]}]
+    with make_client(module_seeded.engine, api_latest_max_age=0) as uncached:
+        for params in queries:
+            served = reader.get("/v1/scores/latest", params=params)
+            direct = uncached.get("/v1/scores/latest", params=params)
+            kpis = params.get("kpi")
+            rows = serving.latest_scores(module_seeded.engine, kpis)
+            missing = sorted(set(kpis or ()) - {row["kpi"] for row in rows})
+            modelled = LatestScores.model_validate({"scores": rows, "missing": missing})
+            assert served.content == direct.content
+            assert served.json() == modelled.model_dump(mode="json")
+            assert served.headers["content-type"] == "application/json"
+
+
+def test_new_scores_are_served_once_the_snapshot_bound_has_passed(seeded):
+    newer = seeded.ts[-1] + HOUR
+    fresh, slow = 0.3, 600.0
+    with make_client(seeded.engine, api_latest_max_age=fresh) as client, \
+            make_client(seeded.engine, api_latest_max_age=slow) as cached:
+        def latest(on: TestClient) -> str:
+            return on.get("/v1/scores/latest", params={"kpi": "sales"}).json()["scores"][0][
+                "timestamp"]
+
+        before = latest(client)
+        assert latest(cached) == before == iso(seeded.ts[-1])
+        landed = time.monotonic()
+        store.upsert_scores(
+            seeded.engine,
+            pd.DataFrame({"kpi": ["sales"], "ts": [newer], "value": [1.0], "score": [0.1],
+                          "is_anomaly": [False]}),
+        )
+
+        assert latest(cached) == before  # served from memory: the bound is not over yet
+        time.sleep(max(0.0, landed + fresh - time.monotonic()))
+        assert latest(client) == iso(newer)
+
+
 def test_score_series_is_oldest_first_and_matches_the_store(reader, module_seeded):
     stored = store.load_scores(module_seeded.engine, ["sales"])
 
     body = reader.get("/v1/kpis/sales/scores").json()
 
+    rows, truncated = serving.score_series(module_seeded.engine, "sales")
+    modelled = ScoreSeries.model_validate({"kpi": "sales", "points": rows, "truncated": truncated})
+    assert body == modelled.model_dump(mode="json")
     assert body["kpi"] == "sales" and body["truncated"] is False
     points = body["points"]
     assert [point["timestamp"] for point in points] == [iso(ts) for ts in stored["ts"]]

@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import pandas as pd
 import pytest
+import sqlalchemy as sa
 
 from kpi_pipeline.store import (
+    load_latest_models,
     save_model,
     set_feedback,
     upsert_observations,
     upsert_scores,
 )
 from kpi_pipeline.store import serving
+from kpi_pipeline.store.database import write_transaction
+from kpi_pipeline.store.schema import anomaly_scores
 
 T0 = pd.Timestamp("2025-05-01", tz="UTC")
 HOUR = pd.Timedelta(hours=1)
@@ -183,3 +187,47 @@ def test_a_kpi_exists_once_it_has_an_observation_a_score_or_a_model(migrated_eng
 
 def test_ping_reaches_the_database(migrated_engine):
     serving.ping(migrated_engine)
+
+
+def test_the_per_request_reads_match_sqlalchemys_and_leave_connections_transactional(
+    migrated_engine,
+):
+    score(migrated_engine, "sales", [(hour, hour == 3, "high" if hour == 3 else None)
+                                     for hour in range(6)])
+    observe(migrated_engine, "sales", range(6))
+
+    fast = serving.score_series(migrated_engine, "sales", limit=4)[0][::-1]
+    plain = serving._rows(migrated_engine, serving._SCORE_SERIES, kpi="sales",
+                          start=at(-100), end=at(100), limit=4)
+    assert fast == plain and fast[0]["ts"].utcoffset() == pd.Timedelta(0)
+    assert serving.latest_scores(migrated_engine) == serving._rows(
+        migrated_engine, serving._LATEST_SCORES
+    )
+
+    # The connection the fast path used goes back to the pool as it came: in a transaction
+    # that a failure rolls back, not in autocommit mode. (An empty pool, so that the write
+    # gets the connection of the read.)
+    migrated_engine.dispose()
+    serving.score_series(migrated_engine, "sales")
+    with pytest.raises(RuntimeError):
+        with write_transaction(migrated_engine) as connection:
+            connection.execute(sa.delete(anomaly_scores))
+            raise RuntimeError("abort")
+    assert len(serving.score_series(migrated_engine, "sales")[0]) == 6
+
+
+def test_the_newest_model_version_is_the_one_load_latest_models_loads(migrated_engine):
+    model(migrated_engine, "sales", "ensemble", "late", train_end=5, trained_at="2025-06-01")
+    model(migrated_engine, "sales", "ensemble", "early", train_end=2, trained_at="2025-06-02")
+    model(migrated_engine, "sales", "ensemble", "undated", train_end=None,
+          trained_at="2025-07-01")
+    model(migrated_engine, "sales", "prophet", "other-kind", train_end=9)
+    model(migrated_engine, "orders", "ensemble", "b", train_end=5, trained_at="2025-06-01")
+    model(migrated_engine, "orders", "ensemble", "a", train_end=5, trained_at="2025-06-02")
+
+    loaded = load_latest_models(migrated_engine, "ensemble")
+    assert serving.newest_model_version(migrated_engine, "sales") == loaded["sales"].version
+    assert loaded["sales"].version == "late"
+    assert serving.newest_model_version(migrated_engine, "orders") == loaded["orders"].version
+    assert loaded["orders"].version == "a"
+    assert serving.newest_model_version(migrated_engine, "nope") is None
