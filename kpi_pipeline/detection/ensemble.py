@@ -18,8 +18,14 @@ How a point is judged (higher score = more anomalous, in [0, 1]; 0.5 = the decis
 4. An Isolation Forest over scale-free features (adapted residual, step size, local volatility)
    catches shape anomalies: variance bursts and changed dynamics. Its raw score is calibrated on
    training points into a tail probability.
-5. A stuck sensor (identical consecutive values) is judged by how rare such runs were in training.
-6. The combined surprise is the largest component's; ``score = s / (s + threshold)``.
+5. A moderate deviation that lasts (a daily peak that does not come, a slow sag) is not surprising
+   point by point, so the median residual of the last ``sustained_window`` points is judged the
+   same way against the median before them, with its own tail fitted on training: the
+   ``sustained`` component. It needs a model fitted on enough history (a short-history model
+   drifts from the data, which would read as one long deviation), and the point itself must
+   deviate in the same direction, so the evidence ends with the incident.
+6. A stuck sensor (identical consecutive values) is judged by how rare such runs were in training.
+7. The combined surprise is the largest component's; ``score = s / (s + threshold)``.
 """
 
 from __future__ import annotations
@@ -89,18 +95,25 @@ class DetectorConfig:
     """Points over which the combined surprise is averaged (1 = no smoothing)."""
     volatility_window: int = 7
     scale_window: int = 1000
+    """Points over which the recent residual scale is taken."""
     tail_quantile: float = 0.9
     """Quantile of training deviations above which the extreme-value tail is fitted."""
     max_tail_shape: float = 0.5
     """Upper bound of the fitted tail's shape (0 = exponential tail, 0.5 = heavy power law)."""
     log_transform: bool = True
     """Model KPIs whose training values are all positive in log space."""
-    """Points over which the recent residual scale is taken."""
     band_coverage: float = 0.99
     """Share of normal points inside the reported lower/upper band."""
     min_train_points: int = 48
     max_train_points: int = 4032
     """Training uses at most this many most recent points (keeps fits fast and recent)."""
+    sustained_window: int = 12
+    """Points whose median residual is judged as one sustained deviation (0 or 1 = off)."""
+    sustained_level_window: int = 48
+    """Points before those whose median residual is the baseline a sustained deviation is from."""
+    sustained_min_train_points: int = 600
+    """Training points a model needs before it judges sustained deviations: a model fitted on
+    little history drifts away from the data, which would read as one long sustained deviation."""
     event_merge_gap: int = 2
     """Quiet points allowed inside one event."""
     gap_score: float = 0.6
@@ -183,6 +196,18 @@ class EnsembleDetector(BaseEstimator):
             ratio[usable]
         )
 
+        for name in ("sustained_scale_", "sustained_tail_"):
+            self.__dict__.pop(name, None)
+        if cfg.sustained_window > 1 and usable.sum() >= cfg.sustained_min_train_points:
+            _, shifted = self._sustained_shift(residual)
+            typical = np.abs(shifted[usable & np.isfinite(shifted)])
+            self.sustained_scale_ = max(
+                float(np.median(typical)) * 1.4826 if typical.size else 0.0, self.scale_floor_
+            )
+            sustained = self._sustained_ratio(residual)
+            self.sustained_tail_ = ExceedanceTail(cfg.tail_quantile, cfg.max_tail_shape).fit(
+                sustained[usable & np.isfinite(sustained)]
+            )
         step = np.diff(y_train[usable])
         self.step_scale_ = max(
             float(np.median(np.abs(step - np.median(step)))) * 1.4826 if len(step) else 0.0,
@@ -236,6 +261,33 @@ class EnsembleDetector(BaseEstimator):
         judged = np.fmin(np.abs(residual), np.abs(adapted))
         return level, adapted, judged / self._recent_scale(adapted)
 
+    def _sustained_shift(self, residual: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """How far the last ``sustained_window`` residuals sit, together, from normal.
+
+        ``recent`` is their median (so one spike does not move it), ``shifted`` its distance from
+        the median residual of the ``sustained_level_window`` points before them. As for single
+        points, the judged deviation is the smaller of the two, so a lasting new level is alerted
+        once and then absorbed; and the point itself must deviate the same way, so the evidence
+        stops as soon as an incident ends.
+        """
+        cfg = self._config
+        k = cfg.sustained_window
+        series = pd.Series(residual)
+        recent = series.rolling(k, min_periods=k).median().to_numpy()
+        base = series.shift(k).rolling(cfg.sustained_level_window, min_periods=1).median()
+        shifted = recent - np.nan_to_num(base.to_numpy(), nan=0.0)
+        current = np.clip(residual * np.sign(recent), 0.0, None)
+        judged = np.fmin(np.fmin(np.abs(recent), np.abs(shifted)), current)
+        return judged, shifted
+
+    def _sustained_ratio(self, residual: np.ndarray) -> np.ndarray:
+        """The sustained deviation in units of its recent typical size (robust, past points)."""
+        judged, shifted = self._sustained_shift(residual)
+        scale = _past_rolling_scale(shifted, self._config.scale_window)
+        scale = np.where(np.isfinite(scale), scale, self.sustained_scale_)
+        scale = np.maximum(scale, max(0.1 * self.sustained_scale_, self.scale_floor_))
+        return judged / scale
+
     def _stuck_surprise(self, y: np.ndarray) -> np.ndarray:
         """Evidence of a stuck sensor: each repeat beyond the longest normal run adds surprise.
 
@@ -282,8 +334,12 @@ class EnsembleDetector(BaseEstimator):
         residual = y_model - yhat
         level, adapted, ratio = self._deviation(residual)
         prophet_surprise = np.nan_to_num(self.deviation_tail_.surprise(ratio), nan=0.0)
-        iforest_surprise = self.iforest_.surprise(
-            self._iforest_features(residual, adapted, y_model)
+        # The forest is the costly part and context points are not returned: judge only the new
+        # ones (and those the smoothing window reaches back to).
+        judged = max(0, n_context - (cfg.smoothing_window - 1))
+        iforest_surprise = np.zeros(len(y))
+        iforest_surprise[judged:] = self.iforest_.surprise(
+            self._iforest_features(residual, adapted, y_model)[judged:]
         )
         stuck_surprise = self._stuck_surprise(y)
 
@@ -292,6 +348,11 @@ class EnsembleDetector(BaseEstimator):
             "iforest": iforest_surprise,
             "flatline": stuck_surprise,
         }
+        # Off for models fitted on little history, and for those registered before it existed.
+        if hasattr(self, "sustained_tail_"):
+            components["sustained"] = np.nan_to_num(
+                self.sustained_tail_.surprise(self._sustained_ratio(residual)), nan=0.0
+            )
         combined = np.max(np.column_stack(list(components.values())), axis=1)
         if cfg.smoothing_window > 1:
             combined = (
@@ -315,22 +376,23 @@ class EnsembleDetector(BaseEstimator):
         half_width = self.deviation_tail_.quantile(cfg.band_coverage) * recent_scale
         lower, upper = self._from_model(expected - half_width), self._from_model(expected + half_width)
         expected = self._from_model(expected)
-        frame = pd.DataFrame(
-            {
-                "ts": ts,
-                "value": y,
-                "expected": expected,
-                "lower": lower,
-                "upper": upper,
-                "prophet_score": score_from_surprise(prophet_surprise, cfg.threshold),
-                "iforest_score": score_from_surprise(iforest_surprise, cfg.threshold),
-                "score": score,
-                "is_anomaly": is_anomaly.astype(bool),
-                "severity": self._severity(score, is_anomaly),
-                "flagged_by": np.where(is_anomaly, flagged_by, None),
-            }
-        )
-        return frame.iloc[n_context:].reset_index(drop=True)[SCORE_COLUMNS]
+        columns = {
+            "ts": ts,
+            "value": y,
+            "expected": expected,
+            "lower": lower,
+            "upper": upper,
+            "prophet_score": score_from_surprise(prophet_surprise, cfg.threshold),
+            "iforest_score": score_from_surprise(iforest_surprise, cfg.threshold),
+            "score": score,
+            "is_anomaly": is_anomaly.astype(bool),
+            "severity": self._severity(score, is_anomaly),
+            "flagged_by": np.where(is_anomaly, flagged_by, None),
+        }
+        # Slice before building the frame: column types then depend on the returned points only.
+        return pd.DataFrame({name: values[n_context:] for name, values in columns.items()})[
+            SCORE_COLUMNS
+        ]
 
     def _severity(self, score: np.ndarray, is_anomaly: np.ndarray) -> np.ndarray:
         cutoffs = np.asarray(self._config.severity_scores)
@@ -364,4 +426,8 @@ class EnsembleDetector(BaseEstimator):
         # The scale and volatility windows run over adapted residuals, each of which needs the
         # level window before it; smoothing and the one-step difference add their own reach.
         reach = max(cfg.volatility_window, cfg.scale_window) + cfg.smoothing_window + 1
-        return cfg.level_window + reach
+        # The sustained median and its baseline reach back over both of their windows.
+        sustained = getattr(cfg, "sustained_window", 0)
+        if sustained > 1:
+            sustained += cfg.sustained_level_window
+        return max(cfg.level_window, sustained) + reach

@@ -260,3 +260,95 @@ def test_excluding_a_known_spike_keeps_it_from_widening_the_band(series):
     with_spike = half_width(EnsembleDetector().fit(ts[:N_TRAIN], spoiled))
     without_spike = half_width(EnsembleDetector().fit(ts[:N_TRAIN], spoiled, exclude=exclude))
     assert without_spike < with_spike
+
+
+
+# The sustained component needs a model fitted on at least 600 points (by default): four weeks.
+LONG_TRAIN = 28 * 24
+SUSTAINED = DetectorConfig(scale_window=96)
+
+
+@pytest.fixture(scope="module")
+def long_series() -> tuple[pd.DatetimeIndex, np.ndarray]:
+    return daily_sine(LONG_TRAIN + 7 * 24, seed=1)
+
+
+@pytest.fixture(scope="module")
+def sustained_detector(long_series) -> EnsembleDetector:
+    ts, y = long_series
+    return EnsembleDetector(SUSTAINED, random_state=0).fit(ts[:LONG_TRAIN], y[:LONG_TRAIN])
+
+
+def score_after_long_training(detector: EnsembleDetector, ts, y) -> pd.DataFrame:
+    context = detector.context_points
+    return detector.score(ts[LONG_TRAIN - context :], y[LONG_TRAIN - context :], n_context=context)
+
+
+def _dip(y: np.ndarray, start: int, length: int, depth: float) -> np.ndarray:
+    """Lower ``length`` points from ``start`` by ``depth`` noise sigmas each (a subtle, lasting dip)."""
+    dipped = y.copy()
+    dipped[start : start + length] -= depth * NOISE_SIGMA
+    return dipped
+
+
+DIP_START, DIP_LENGTH = 60, 10
+"""Positions after the training window."""
+
+
+def test_a_subtle_lasting_dip_is_caught_by_the_sustained_component(sustained_detector, long_series):
+    ts, y = long_series
+    dipped = _dip(y, LONG_TRAIN + DIP_START, DIP_LENGTH, depth=2.5)  # each point alone is normal noise
+    without = EnsembleDetector(DetectorConfig(scale_window=96, sustained_window=0), random_state=0)
+    without.fit(ts[:LONG_TRAIN], y[:LONG_TRAIN])
+    during = slice(DIP_START, DIP_START + DIP_LENGTH)
+
+    quiet = score_after_long_training(without, ts, dipped).iloc[during]
+    caught = score_after_long_training(sustained_detector, ts, dipped).iloc[during]
+    assert not quiet["is_anomaly"].any()
+    assert caught["is_anomaly"].any()
+    assert caught["flagged_by"].dropna().str.contains("sustained").all()
+
+
+def test_the_sustained_component_needs_enough_training_history(detector, sustained_detector):
+    assert hasattr(sustained_detector, "sustained_tail_")
+    assert not hasattr(detector, "sustained_tail_")  # three weeks: fewer than 600 points
+
+
+def test_the_sustained_evidence_ends_with_the_incident(sustained_detector, long_series):
+    ts, y = long_series
+    scores = score_after_long_training(
+        sustained_detector, ts, _dip(y, LONG_TRAIN + DIP_START, DIP_LENGTH, depth=2.5)
+    )
+    end = DIP_START + DIP_LENGTH
+    # A normal point may still sit on the dip's side by chance; past the event merge gap the
+    # evidence is gone, although the median of the last 12 points is still in the dip.
+    assert not scores["is_anomaly"].iloc[end + SUSTAINED.event_merge_gap : end + 24].any()
+
+
+def test_sustained_clean_data_stays_quiet(sustained_detector, long_series):
+    scores = score_after_long_training(sustained_detector, *long_series)
+    assert scores["is_anomaly"].mean() <= 0.01
+
+
+def test_with_the_sustained_component_a_level_shift_is_still_one_event(sustained_detector, long_series):
+    ts, y = long_series
+    shift_at = 84
+    shifted = y.copy()
+    shifted[LONG_TRAIN + shift_at :] += 0.3 * LEVEL
+    scores = score_after_long_training(sustained_detector, ts, shifted)
+    flagged = scores["is_anomaly"].to_numpy()
+
+    _, alert = assign_events("k", scores["ts"], flagged, SUSTAINED.event_merge_gap)
+    assert list(scores["ts"][alert]) == [ts[LONG_TRAIN + shift_at]]
+    # Absorbed once the baseline before the sustained window has moved to the new level.
+    settled = shift_at + SUSTAINED.sustained_window + SUSTAINED.sustained_level_window // 2 + 3
+    assert not flagged[settled:].any()
+
+
+def test_a_model_registered_without_the_sustained_component_still_scores(
+    sustained_detector, long_series
+):
+    old = copy.deepcopy(sustained_detector)
+    del old.sustained_scale_, old.sustained_tail_
+    scores = score_after_long_training(old, *long_series)
+    assert not scores["flagged_by"].dropna().str.contains("sustained").any()
