@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 
 from kpi_pipeline.detection.ensemble import DetectorConfig
+from kpi_pipeline.detection.events import opening_scores
 from kpi_pipeline.detection.preprocess import clean_observations
 from kpi_pipeline.evaluation.backtest import stream_scores
 from kpi_pipeline.evaluation.metrics import EventMetrics, combine, event_metrics, windows_from_labels
@@ -42,6 +43,9 @@ class SeriesTask:
 class SeriesResult:
     name: str
     score: np.ndarray
+    """The opening score (``events.opening_scores``): what the product alerts on."""
+    point_score: np.ndarray
+    """Each point's own anomaly score, as stored in ``anomaly_scores``."""
     is_anomaly: np.ndarray
     alert: np.ndarray
     seconds: float
@@ -55,20 +59,25 @@ def _run_series(task: SeriesTask, config: DetectorConfig, out_dir: Path) -> Seri
         task.ts, task.values, initial=initial, config=config, gap=task.gap, kpi=task.name
     )
     scores = result.scores
+    opening = opening_scores(
+        scores["score"].to_numpy(), scores["is_anomaly"], scores["alert"], config.event_merge_gap
+    )
     path = out_dir / f"{task.name}.csv"
     path.parent.mkdir(parents=True, exist_ok=True)
     pd.DataFrame(
         {
             "timestamp": task.ts.strftime("%Y-%m-%d %H:%M:%S"),
             "value": task.values,
-            "anomaly_score": scores["score"].round(6).to_numpy(),
+            "anomaly_score": np.round(opening, 6),
             "is_anomaly": scores["is_anomaly"].astype(int).to_numpy(),
             "alert": scores["alert"].astype(int).to_numpy(),
+            "point_score": scores["score"].round(6).to_numpy(),
         }
     ).to_csv(path, index=False)
     return SeriesResult(
         name=task.name,
-        score=scores["score"].to_numpy(dtype=float),
+        score=opening,
+        point_score=scores["score"].to_numpy(dtype=float),
         is_anomaly=scores["is_anomaly"].to_numpy(dtype=bool),
         alert=scores["alert"].to_numpy(dtype=bool),
         seconds=time.perf_counter() - started,
@@ -133,11 +142,15 @@ def _write_summary(out_dir: Path, summary: dict) -> None:
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
     lines = [f"# Evaluation: {summary['corpus']}", ""]
     if "nab" in summary:
-        lines += ["| profile | own alerts | best threshold | threshold |", "|---|---|---|---|"]
+        lines += [
+            "| profile | own alerts | best threshold | threshold | best threshold, point scores |",
+            "|---|---|---|---|---|",
+        ]
         for name, row in summary["nab"].items():
             lines.append(
                 f"| {name} | {row['own_alerts']['normalised']:.1f} | "
-                f"{row['best_threshold']['normalised']:.1f} | {row['threshold']:.4f} |"
+                f"{row['best_threshold']['normalised']:.1f} | {row['threshold']:.4f} | "
+                f"{row['best_point_threshold']['normalised']:.1f} at {row['point_threshold']:.4f} |"
             )
         lines.append("")
     events = summary["events"]
@@ -185,7 +198,16 @@ def evaluate_nab(
     for name, profile in PROFILES.items():
         own = score_corpus({k: r.alert for k, r in by_path.items()}, corpus, profile)
         threshold, tuned = best_threshold({k: r.score for k, r in by_path.items()}, corpus, profile)
-        nab[name] = {"own_alerts": asdict(own), "best_threshold": asdict(tuned), "threshold": threshold}
+        point_threshold, point_tuned = best_threshold(
+            {k: r.point_score for k, r in by_path.items()}, corpus, profile
+        )
+        nab[name] = {
+            "own_alerts": asdict(own),
+            "best_threshold": asdict(tuned),
+            "threshold": threshold,
+            "best_point_threshold": asdict(point_tuned),
+            "point_threshold": point_threshold,
+        }
     return _finish(out_dir, data_dir, tasks, results, started, workers, config, nab=nab)
 
 

@@ -42,9 +42,17 @@ def test_evaluate_nab_writes_one_row_per_input_and_scores_all_profiles(tmp_path)
 
     spiky = pd.read_csv(out / "withSpike" / "spiky.csv")
     source = pd.read_csv(data / "withSpike" / "spiky.csv")
-    assert list(spiky.columns) == ["timestamp", "value", "anomaly_score", "is_anomaly", "alert"]
+    assert list(spiky.columns) == [
+        "timestamp", "value", "anomaly_score", "is_anomaly", "alert", "point_score"
+    ]
     assert len(spiky) == N_ROWS and (spiky["value"].round(6) == source["value"].round(6)).all()
     assert spiky["anomaly_score"].between(0, 1).all()
+    # anomaly_score is the opening score: the alert row keeps its point score, the rest of its
+    # event scores 0.
+    alerted = spiky.index[spiky["alert"] == 1]
+    assert (spiky.loc[alerted, "anomaly_score"] == spiky.loc[alerted, "point_score"]).all()
+    inside = (spiky["is_anomaly"] == 1) & (spiky["alert"] == 0)
+    assert (spiky.loc[inside, "anomaly_score"] == 0).all()
     # The spike is caught at its row and alerted once; an alert is the first row of an event.
     assert spiky.loc[SPIKE_AT, "is_anomaly"] == 1 and spiky["alert"].iloc[SPIKE_AT - 10 : SPIKE_AT + 11].sum() == 1
     assert (spiky["alert"] <= spiky["is_anomaly"]).all()
