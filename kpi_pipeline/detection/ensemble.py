@@ -199,7 +199,7 @@ class EnsembleDetector(BaseEstimator):
         for name in ("sustained_scale_", "sustained_tail_"):
             self.__dict__.pop(name, None)
         if cfg.sustained_window > 1 and usable.sum() >= cfg.sustained_min_train_points:
-            _, shifted = self._sustained_shift(residual)
+            _, shifted, _ = self._sustained_shift(residual)
             typical = np.abs(shifted[usable & np.isfinite(shifted)])
             self.sustained_scale_ = max(
                 float(np.median(typical)) * 1.4826 if typical.size else 0.0, self.scale_floor_
@@ -261,28 +261,33 @@ class EnsembleDetector(BaseEstimator):
         judged = np.fmin(np.abs(residual), np.abs(adapted))
         return level, adapted, judged / self._recent_scale(adapted)
 
-    def _sustained_shift(self, residual: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def _sustained_shift(
+        self, residual: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """How far the last ``sustained_window`` residuals sit, together, from normal.
 
         ``recent`` is their median (so one spike does not move it), ``shifted`` its distance from
         the median residual of the ``sustained_level_window`` points before them. As for single
         points, the judged deviation is the smaller of the two, so a lasting new level is alerted
         once and then absorbed; and the point itself must deviate the same way, so the evidence
-        stops as soon as an incident ends.
+        stops as soon as an incident ends. Also returns the residual level that deviation is
+        measured from (0: the model itself, or the earlier baseline), for the expected value.
         """
         cfg = self._config
         k = cfg.sustained_window
         series = pd.Series(residual)
         recent = series.rolling(k, min_periods=k).median().to_numpy()
         base = series.shift(k).rolling(cfg.sustained_level_window, min_periods=1).median()
-        shifted = recent - np.nan_to_num(base.to_numpy(), nan=0.0)
+        base = np.nan_to_num(base.to_numpy(), nan=0.0)
+        shifted = recent - base
         current = np.clip(residual * np.sign(recent), 0.0, None)
         judged = np.fmin(np.fmin(np.abs(recent), np.abs(shifted)), current)
-        return judged, shifted
+        reference = np.where(np.abs(shifted) < np.abs(recent), base, 0.0)
+        return judged, shifted, reference
 
     def _sustained_ratio(self, residual: np.ndarray) -> np.ndarray:
         """The sustained deviation in units of its recent typical size (robust, past points)."""
-        judged, shifted = self._sustained_shift(residual)
+        judged, shifted, _ = self._sustained_shift(residual)
         scale = _past_rolling_scale(shifted, self._config.scale_window)
         scale = np.where(np.isfinite(scale), scale, self.sustained_scale_)
         scale = np.maximum(scale, max(0.1 * self.sustained_scale_, self.scale_floor_))
@@ -371,6 +376,12 @@ class EnsembleDetector(BaseEstimator):
         # An anomalous point always names a component, even when only smoothing pushed it over.
         flagged_by = np.where(is_anomaly & (flagged_by == None), "ensemble", flagged_by)  # noqa: E711
 
+        if "sustained" in components:
+            # A point judged by its sustained deviation is explained against what that deviation
+            # is measured from, not against the recent level, which has already followed it.
+            strongest = np.argmax(np.column_stack(list(components.values())), axis=1)
+            by_sustained = is_anomaly & (strongest == list(components).index("sustained"))
+            level = np.where(by_sustained, self._sustained_shift(residual)[2], level)
         expected = yhat + level
         recent_scale = self._recent_scale(adapted)
         half_width = self.deviation_tail_.quantile(cfg.band_coverage) * recent_scale

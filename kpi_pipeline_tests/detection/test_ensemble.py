@@ -352,3 +352,24 @@ def test_a_model_registered_without_the_sustained_component_still_scores(
     del old.sustained_scale_, old.sustained_tail_
     scores = score_after_long_training(old, *long_series)
     assert not scores["flagged_by"].dropna().str.contains("sustained").any()
+
+
+def test_a_sustained_anomaly_is_explained_against_the_undisturbed_expectation(
+    sustained_detector, long_series
+):
+    ts, y = long_series
+    depth = 2.5
+    dipped = _dip(y, LONG_TRAIN + DIP_START, DIP_LENGTH, depth=depth)
+    scores = score_after_long_training(sustained_detector, ts, dipped)
+    clean = score_after_long_training(sustained_detector, ts, y)
+    during = slice(DIP_START, DIP_START + DIP_LENGTH)
+    by_sustained = scores.iloc[during]["flagged_by"].eq("sustained").to_numpy()
+    assert by_sustained.any()
+    flagged = scores.iloc[during][by_sustained]
+    # The expectation is where the KPI would have been, not the level that followed the dip:
+    # the reported shortfall is most of the dip (each point alone may sit inside the band).
+    shortfall = (flagged["expected"] - flagged["value"]).to_numpy()
+    assert (shortfall > 0.6 * depth * NOISE_SIGMA).all()
+    np.testing.assert_allclose(
+        flagged["expected"], clean.iloc[during][by_sustained]["expected"], atol=0.6 * NOISE_SIGMA
+    )
