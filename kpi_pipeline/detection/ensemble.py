@@ -199,12 +199,12 @@ class EnsembleDetector(BaseEstimator):
         for name in ("sustained_scale_", "sustained_tail_"):
             self.__dict__.pop(name, None)
         if cfg.sustained_window > 1 and usable.sum() >= cfg.sustained_min_train_points:
-            _, shifted, _ = self._sustained_shift(residual)
-            typical = np.abs(shifted[usable & np.isfinite(shifted)])
+            judged, shifted, _ = self._sustained_shift(residual)
+            shifts = np.abs(shifted[usable & np.isfinite(shifted)])
             self.sustained_scale_ = max(
-                float(np.median(typical)) * 1.4826 if typical.size else 0.0, self.scale_floor_
+                float(np.median(shifts)) * 1.4826 if shifts.size else 0.0, self.scale_floor_
             )
-            sustained = self._sustained_ratio(residual)
+            sustained = judged / self._recent_scale(shifted, self.sustained_scale_)
             self.sustained_tail_ = ExceedanceTail(cfg.tail_quantile, cfg.max_tail_shape).fit(
                 sustained[usable & np.isfinite(sustained)]
             )
@@ -247,12 +247,15 @@ class EnsembleDetector(BaseEstimator):
     def _from_model(self, v: np.ndarray) -> np.ndarray:
         return np.exp(v) if self.log_space_ else v
 
-    def _recent_scale(self, adapted: np.ndarray) -> np.ndarray:
-        recent = _past_rolling_scale(adapted, self._config.scale_window)
+    def _recent_scale(self, values: np.ndarray, training_scale: float | None = None) -> np.ndarray:
+        """Robust scale of the ``scale_window`` values before each point (adapted residuals
+        unless told otherwise, with their training scale)."""
+        training_scale = self.residual_scale_ if training_scale is None else training_scale
+        recent = _past_rolling_scale(values, self._config.scale_window)
         # Early points (no history yet) fall back to the training scale; a quiet stretch must not
         # shrink the scale to nothing, so it never drops below a tenth of the training scale.
-        recent = np.where(np.isfinite(recent), recent, self.residual_scale_)
-        return np.maximum(recent, max(0.1 * self.residual_scale_, self.scale_floor_))
+        recent = np.where(np.isfinite(recent), recent, training_scale)
+        return np.maximum(recent, max(0.1 * training_scale, self.scale_floor_))
 
     def _deviation(self, residual: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Recent level, adapted residual, and the judged deviation in units of recent scale."""
@@ -276,7 +279,8 @@ class EnsembleDetector(BaseEstimator):
         cfg = self._config
         k = cfg.sustained_window
         series = pd.Series(residual)
-        recent = series.rolling(k, min_periods=k).median().to_numpy()
+        # A missing value or two (a short gap) must not switch the evidence off for k points.
+        recent = series.rolling(k, min_periods=k // 2 + 1).median().to_numpy()
         base = series.shift(k).rolling(cfg.sustained_level_window, min_periods=1).median()
         base = np.nan_to_num(base.to_numpy(), nan=0.0)
         shifted = recent - base
@@ -288,10 +292,7 @@ class EnsembleDetector(BaseEstimator):
     def _sustained_ratio(self, residual: np.ndarray) -> np.ndarray:
         """The sustained deviation in units of its recent typical size (robust, past points)."""
         judged, shifted, _ = self._sustained_shift(residual)
-        scale = _past_rolling_scale(shifted, self._config.scale_window)
-        scale = np.where(np.isfinite(scale), scale, self.sustained_scale_)
-        scale = np.maximum(scale, max(0.1 * self.sustained_scale_, self.scale_floor_))
-        return judged / scale
+        return judged / self._recent_scale(shifted, self.sustained_scale_)
 
     def _stuck_surprise(self, y: np.ndarray) -> np.ndarray:
         """Evidence of a stuck sensor: each repeat beyond the longest normal run adds surprise.
@@ -438,7 +439,7 @@ class EnsembleDetector(BaseEstimator):
         # level window before it; smoothing and the one-step difference add their own reach.
         reach = max(cfg.volatility_window, cfg.scale_window) + cfg.smoothing_window + 1
         # The sustained median and its baseline reach back over both of their windows.
-        sustained = getattr(cfg, "sustained_window", 0)
+        sustained = cfg.sustained_window
         if sustained > 1:
             sustained += cfg.sustained_level_window
         return max(cfg.level_window, sustained) + reach

@@ -88,22 +88,16 @@ def summarize_events(scores: pd.DataFrame) -> pd.DataFrame:
     return summary[columns].sort_values("start", ascending=False, ignore_index=True)
 
 
-def opening_scores(
-    score: np.ndarray, is_anomaly: np.ndarray, alert: np.ndarray, merge_gap: int = 0
-) -> np.ndarray:
-    """Per point, how strongly it calls for a *new* alert: the score at which it opens an event.
+def opening_scores(score: np.ndarray, merge_gap: int = 0) -> np.ndarray:
+    """Per point, the score at which it would open a new event: its score where it beats each of
+    the ``merge_gap + 1`` scores before it, else 0.
 
-    An event's first point keeps its score and the rest of the event gets 0: they raise no new
-    alert. A quiet point keeps its score only where it beats each of the ``merge_gap + 1`` scores
-    before it, that is where it would open an event at any threshold between those and its own
-    score; otherwise 0. A threshold on this score therefore counts incidents, as alerts do, rather
-    than every row of a long one (what NAB's "best threshold" sweeps).
+    At any threshold t, every point that opens an event (no point at or above t in the merge
+    window before it) keeps a score >= t; the others that do lie within the merge window of a
+    point already at or above t, i.e. inside an event that is already open. No threshold is built
+    in, so a threshold sweep (NAB's "best threshold") stays a test of the score, while a long
+    incident no longer counts once per row.
     """
     score = np.nan_to_num(np.asarray(score, dtype=float), nan=0.0)
-    is_anomaly = np.asarray(is_anomaly, dtype=bool)
-    alert = np.asarray(alert, dtype=bool)
-    earlier = (
-        pd.Series(score).shift(1).rolling(merge_gap + 1, min_periods=1).max().fillna(-np.inf)
-    )
-    opens_quietly = ~is_anomaly & (score > earlier.to_numpy())
-    return np.where(alert | opens_quietly, score, 0.0)
+    earlier = pd.Series(score).shift(1).rolling(merge_gap + 1, min_periods=1).max()
+    return np.where(score > earlier.fillna(-np.inf).to_numpy(), score, 0.0)

@@ -43,7 +43,7 @@ class SeriesTask:
 class SeriesResult:
     name: str
     score: np.ndarray
-    """The opening score (``events.opening_scores``): what the product alerts on."""
+    """The opening score (``events.opening_scores``): the score at which a point opens an event."""
     point_score: np.ndarray
     """Each point's own anomaly score, as stored in ``anomaly_scores``."""
     is_anomaly: np.ndarray
@@ -59,9 +59,7 @@ def _run_series(task: SeriesTask, config: DetectorConfig, out_dir: Path) -> Seri
         task.ts, task.values, initial=initial, config=config, gap=task.gap, kpi=task.name
     )
     scores = result.scores
-    opening = opening_scores(
-        scores["score"].to_numpy(), scores["is_anomaly"], scores["alert"], config.event_merge_gap
-    )
+    opening = opening_scores(scores["score"].to_numpy(), config.event_merge_gap)
     path = out_dir / f"{task.name}.csv"
     path.parent.mkdir(parents=True, exist_ok=True)
     pd.DataFrame(

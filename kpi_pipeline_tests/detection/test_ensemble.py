@@ -262,7 +262,6 @@ def test_excluding_a_known_spike_keeps_it_from_widening_the_band(series):
     assert without_spike < with_spike
 
 
-
 # The sustained component needs a model fitted on at least 600 points (by default): four weeks.
 LONG_TRAIN = 28 * 24
 SUSTAINED = DetectorConfig(scale_window=96)
@@ -319,6 +318,7 @@ def test_the_sustained_evidence_ends_with_the_incident(sustained_detector, long_
     scores = score_after_long_training(
         sustained_detector, ts, _dip(y, LONG_TRAIN + DIP_START, DIP_LENGTH, depth=2.5)
     )
+    assert scores["is_anomaly"].iloc[DIP_START : DIP_START + DIP_LENGTH].any()
     end = DIP_START + DIP_LENGTH
     # A normal point may still sit on the dip's side by chance; past the event merge gap the
     # evidence is gone, although the median of the last 12 points is still in the dip.
@@ -348,10 +348,38 @@ def test_with_the_sustained_component_a_level_shift_is_still_one_event(sustained
 def test_a_model_registered_without_the_sustained_component_still_scores(
     sustained_detector, long_series
 ):
-    old = copy.deepcopy(sustained_detector)
-    del old.sustained_scale_, old.sustained_tail_
-    scores = score_after_long_training(old, *long_series)
+    ts, y = long_series
+    dipped = _dip(y, LONG_TRAIN + DIP_START, DIP_LENGTH, depth=2.5)
+    artifacts = sustained_detector.to_artifacts()
+    current = EnsembleDetector.from_artifacts(artifacts)
+    old = EnsembleDetector.from_artifacts(artifacts)
+    del old.sustained_scale_, old.sustained_tail_  # as pickled before the component existed
+    assert score_after_long_training(current, ts, dipped)["flagged_by"].eq("sustained").any()
+    scores = score_after_long_training(old, ts, dipped)
     assert not scores["flagged_by"].dropna().str.contains("sustained").any()
+
+
+def test_scoring_in_batches_matches_with_the_sustained_component(sustained_detector, long_series):
+    """The context covers the sustained windows: a batch scores as it would with everything."""
+    ts, y = long_series
+    dipped = _dip(y, LONG_TRAIN + DIP_START, DIP_LENGTH, depth=2.5)
+    whole = score_after_long_training(sustained_detector, ts, dipped)
+    start = LONG_TRAIN + DIP_START + 4  # inside the dip: the windows reach back into it
+    context = sustained_detector.context_points
+    batch = sustained_detector.score(ts[start - context :], dipped[start - context :], n_context=context)
+    pd.testing.assert_frame_equal(batch, whole.iloc[start - LONG_TRAIN :].reset_index(drop=True))
+
+
+def test_one_missing_value_does_not_switch_the_sustained_evidence_off(sustained_detector, long_series):
+    ts, y = long_series
+    dipped = _dip(y, LONG_TRAIN + DIP_START, 30, depth=2.5)
+    holed = dipped.copy()
+    holed[LONG_TRAIN + DIP_START + 15] = np.nan
+    during = slice(DIP_START + 16, DIP_START + 28)
+    flags = score_after_long_training(sustained_detector, ts, dipped)["is_anomaly"].iloc[during]
+    holed_flags = score_after_long_training(sustained_detector, ts, holed)["is_anomaly"].iloc[during]
+    assert flags.sum() > 0
+    assert holed_flags.sum() >= flags.sum() - 1
 
 
 def test_a_sustained_anomaly_is_explained_against_the_undisturbed_expectation(

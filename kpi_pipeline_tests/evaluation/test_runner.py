@@ -47,12 +47,14 @@ def test_evaluate_nab_writes_one_row_per_input_and_scores_all_profiles(tmp_path)
     ]
     assert len(spiky) == N_ROWS and (spiky["value"].round(6) == source["value"].round(6)).all()
     assert spiky["anomaly_score"].between(0, 1).all()
-    # anomaly_score is the opening score: the alert row keeps its point score, the rest of its
-    # event scores 0.
+    # anomaly_score is the opening score: an alert row keeps its point score, and a point
+    # keeps it only where it beats the three before it.
     alerted = spiky.index[spiky["alert"] == 1]
     assert (spiky.loc[alerted, "anomaly_score"] == spiky.loc[alerted, "point_score"]).all()
-    inside = (spiky["is_anomaly"] == 1) & (spiky["alert"] == 0)
-    assert (spiky.loc[inside, "anomaly_score"] == 0).all()
+    earlier = spiky["point_score"].shift(1).rolling(3, min_periods=1).max().fillna(-1)
+    kept = spiky["point_score"] > earlier
+    assert (spiky.loc[~kept, "anomaly_score"] == 0).all()
+    assert (spiky.loc[kept, "anomaly_score"] == spiky.loc[kept, "point_score"]).all()
     # The spike is caught at its row and alerted once; an alert is the first row of an event.
     assert spiky.loc[SPIKE_AT, "is_anomaly"] == 1 and spiky["alert"].iloc[SPIKE_AT - 10 : SPIKE_AT + 11].sum() == 1
     assert (spiky["alert"] <= spiky["is_anomaly"]).all()
