@@ -119,7 +119,8 @@ class Settings(BaseSettings):
     """Widest ``start``..``end`` window a query may ask for."""
 
     api_model_cache_size: PositiveInt = 64
-    """Fitted detectors each API worker keeps in memory, keyed by (KPI, model version)."""
+    """Fitted detectors each API worker keeps in memory, keyed by (KPI, model version), each
+    with its KPI's cleaned newest observations."""
 
     api_latest_max_age: NonNegativeFloat = 1.0
     """Seconds: ``GET /v1/scores/latest`` answers from each worker's in-memory snapshot of every

@@ -5,7 +5,9 @@ graph, the CLI and the tests all run the same code. Both steps work on the clean
 keep the no-look-ahead rule: a model is trained on a prefix of a series, and a point is scored
 only by a model whose training window ended strictly before it. Training cleans everything
 stored (``load_cleaned``); scoring cleans only the new points and the context before them
-(``load_scoring_window``), so its cost grows with new points, not with history.
+(``load_scoring_window``), so its cost grows with new points, not with history. Real-time
+scoring (``score_points``, behind the API's ``POST /v1/score``) is that scoring step on
+submitted points: the same detector rebuild, window and grid, nothing written.
 
 Model versions are the end of their training window formatted as ``VERSION_FORMAT``, so
 retraining on the same data rewrites the same registry rows instead of adding new ones.
@@ -14,6 +16,8 @@ retraining on the same data rewrites the same registry rows instead of adding ne
 from __future__ import annotations
 
 import pickle
+import threading
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -22,10 +26,15 @@ import pandas as pd
 import sqlalchemy as sa
 
 from kpi_pipeline import store
-from kpi_pipeline.detection.ensemble import DetectorConfig, EnsembleDetector, InsufficientHistory
+from kpi_pipeline.detection.ensemble import (
+    SCORE_COLUMNS,
+    DetectorConfig,
+    EnsembleDetector,
+    InsufficientHistory,
+)
 from kpi_pipeline.detection.events import assign_events, open_event_from, summarize_events
 from kpi_pipeline.detection.features import build_features
-from kpi_pipeline.detection.preprocess import Grid, clean_observations
+from kpi_pipeline.detection.preprocess import Grid, clean_observations, regularize
 from kpi_pipeline.detection.walkforward import (
     initial_training_points,
     retrain_every_points,
@@ -33,6 +42,7 @@ from kpi_pipeline.detection.walkforward import (
     training_cutoffs,
 )
 from kpi_pipeline.ingestion import IngestResult
+from kpi_pipeline.store import serving
 
 VERSION_FORMAT = "%Y%m%dT%H%M%SZ"
 
@@ -75,6 +85,12 @@ cleaning the whole series only in its first ``max_fill_periods + 1`` slots (see
 ``clean_observations``); the slack keeps those out of the context."""
 
 
+def scoring_reach(detector: EnsembleDetector) -> pd.Timedelta:
+    """How far before the first point to score a scoring window reads: the detector's context
+    and ``SCORING_SLACK_POINTS``, in steps of its grid."""
+    return (detector.context_points + SCORING_SLACK_POINTS) * detector.freq_
+
+
 def load_scoring_window(engine: sa.Engine) -> pd.DataFrame:
     """The cleaned points ``score_new_points`` needs, and no more.
 
@@ -99,8 +115,9 @@ def load_scoring_window(engine: sa.Engine) -> pd.DataFrame:
             # enough to know its grid step and how many earlier points scoring needs.
             detector: EnsembleDetector = pickle.loads(model.artifact)
             grids[kpi] = Grid(span.first_ts, detector.freq_)
-            reach = (detector.context_points + SCORING_SLACK_POINTS) * detector.freq_
-            parts.append(store.load_observations_from(engine, kpi, scored_until - reach))
+            parts.append(
+                store.load_observations_from(engine, kpi, scored_until - scoring_reach(detector))
+            )
     observations = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(
         columns=["kpi", "ts", "value"]
     )
@@ -386,39 +403,22 @@ def _detectors(
     engine: sa.Engine, kpi: str, models: list[store.ModelRecord]
 ) -> dict[str, EnsembleDetector]:
     """The fitted detectors of registered ensemble versions, rebuilt from their rows."""
-    wanted = {model.version for model in models}
-    components = {
-        kind: _component_rows(engine, kpi, kind, wanted)
-        for kind in EnsembleDetector.COMPONENT_KINDS
-    }
-    detectors = {}
-    for model in models:
-        artifacts = {"ensemble": model.artifact}
-        for kind, rows in components.items():
-            if model.version not in rows:
-                raise LookupError(f"model {kpi} {model.version} has no {kind} artifact")
-            artifacts[kind] = rows[model.version].artifact
-        detectors[model.version] = EnsembleDetector.from_artifacts(artifacts)
-    return detectors
+    return {model.version: load_detector(engine, kpi, model.version) for model in models}
 
 
-def _component_rows(
-    engine: sa.Engine, kpi: str, kind: str, versions: set[str]
-) -> dict[str, store.ModelRecord]:
-    """Registry rows of ``kind`` for ``versions``.
-
-    Component artifacts are large (an Isolation Forest is ~1 MB), so the usual case, only the
-    newest version, reads one row; older versions need the KPI's whole history of that kind
-    until the store can read a single version.
-    """
-    newest = store.load_latest_models(engine, kind, [kpi]).get(kpi)
-    if newest is not None and versions == {newest.version}:
-        return {newest.version: newest}
-    return {
-        record.version: record
-        for record in store.load_model_versions(engine, kpi, kind)
-        if record.version in versions
-    }
+def load_detector(engine: sa.Engine, kpi: str, version: str) -> EnsembleDetector:
+    """The fitted detector of version ``version`` of ``kpi``'s ensemble, rebuilt from its
+    registry rows (about a megabyte: an Isolation Forest is most of it)."""
+    artifacts = store.model_artifacts(engine, kpi, version)
+    missing = [
+        kind for kind in (*EnsembleDetector.COMPONENT_KINDS, "ensemble") if kind not in artifacts
+    ]
+    if missing:
+        raise NoModel(
+            f"model {version} of {kpi!r} is incomplete (no {', '.join(missing)} artifact); "
+            "retrain it"
+        )
+    return EnsembleDetector.from_artifacts(artifacts)
 
 
 def _recent_scores(
@@ -439,6 +439,232 @@ def _describe_scoring(result: KpiScoring) -> str:
     if result.unscored:
         parts.append(f"{result.unscored} points unscored (insufficient history)")
     return "; ".join(parts)
+
+
+# -- real-time scoring ----------------------------------------------------------------------
+
+
+class UnknownKpi(LookupError):
+    """No observation, score or model of this KPI exists."""
+
+
+class NoModel(LookupError):
+    """The KPI exists but no (complete) model has been trained for it yet."""
+
+
+class PointsTooSpread(ValueError):
+    """The points lie so far apart that scoring them would mean scoring a huge empty grid."""
+
+
+@dataclass(frozen=True)
+class RealtimeScores:
+    kpi: str
+    model_version: str
+    scores: pd.DataFrame
+    """One row per submitted point, in time order: the submitted ``ts`` and ``value``, then the
+    detector's ``SCORE_COLUMNS``."""
+
+
+def score_points(
+    engine: sa.Engine,
+    kpi: str,
+    points: pd.DataFrame,
+    max_points: int,
+    cache: ScoringCache | None = None,
+) -> RealtimeScores:
+    """Score ``points`` (columns ts, value; unique ts, any order) of ``kpi`` as the scoring
+    step would score them once stored, with the KPI's newest model; nothing is written.
+
+    The points are cleaned together with the stored observations before the first of them, on
+    the KPI's grid (its first timestamp and the model's step), so each gets the numbers
+    ``score_new_points`` later stores for it; an off-grid point gets those of the grid point it
+    falls on. The newest model is used whatever the points' timestamps, so scoring a point
+    older than its training window is in-sample. ``cache`` keeps detectors and the cleaned
+    newest observations between calls. Raises ``UnknownKpi``, ``NoModel``, or
+    ``PointsTooSpread`` when the points span more than ``2 * (max_points + context)`` steps.
+    """
+    version = serving.newest_model_version(engine, kpi)
+    if version is None:
+        if serving.kpi_exists(engine, kpi):
+            raise NoModel(f"no trained model for {kpi!r} yet (too little history, or training "
+                          "has not run)")
+        raise UnknownKpi(f"unknown KPI {kpi!r}")
+    if cache is not None:
+        scorer = cache.scorer(engine, kpi, version)
+    else:
+        scorer = _KpiScorer(kpi, version, load_detector(engine, kpi, version))
+    return scorer.score(engine, points.sort_values("ts", ignore_index=True), max_points)
+
+
+class ScoringCache:
+    """What ``score_points`` keeps between calls, per (KPI, model version), least recently used
+    out first: the rebuilt detector and its KPI's newest observations, cleaned. Thread-safe.
+
+    A retrain makes a new version, whose entry is built on first use while the old one ages
+    out; the observations are re-read when new or changed ones land (see ``_KpiScorer``).
+    """
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._scorers: OrderedDict[tuple[str, str], _KpiScorer] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._scorers)
+
+    def scorer(self, engine: sa.Engine, kpi: str, version: str) -> _KpiScorer:
+        key = (kpi, version)
+        with self._lock:
+            if key in self._scorers:
+                self._scorers.move_to_end(key)
+                return self._scorers[key]
+        scorer = _KpiScorer(kpi, version, load_detector(engine, kpi, version))
+        with self._lock:
+            self._scorers[key] = scorer
+            while len(self._scorers) > self.size:
+                self._scorers.popitem(last=False)
+        return scorer
+
+
+@dataclass(frozen=True)
+class _StoredTail:
+    """A KPI's newest stored observations, read and cleaned once for many scorings.
+
+    ``raw`` holds the observations from the last one at or before ``since`` (the newest one
+    minus ``scoring_reach``), ``cleaned`` the rows of cleaning them on ``grid``: from the slack
+    on, the whole series' rows, as ``load_scoring_window`` reads them. Both carry each row's
+    grid slot. Valid while the observations from ``since`` on still match ``watermark``.
+    """
+
+    watermark: serving.ObservationWatermark
+    since: pd.Timestamp | None
+    grid: Grid | None
+    raw: pd.DataFrame
+    raw_slots: np.ndarray
+    cleaned: pd.DataFrame
+    cleaned_slots: np.ndarray
+
+
+class _KpiScorer:
+    """Real-time scoring with one model version of one KPI."""
+
+    def __init__(self, kpi: str, version: str, detector: EnsembleDetector) -> None:
+        self.kpi, self.version, self.detector = kpi, version, detector
+        self._tail: _StoredTail | None = None
+
+    def score(self, engine: sa.Engine, points: pd.DataFrame, max_points: int) -> RealtimeScores:
+        step, context = self.detector.freq_, self.detector.context_points
+        first, last = points["ts"].iloc[0], points["ts"].iloc[-1]
+        steps, limit = int((last - first) / step) + 1, 2 * (max_points + context)
+        if steps > limit:
+            raise PointsTooSpread(
+                f"the points span {steps} steps of {step}, more than {limit}: "
+                "send points closer together"
+            )
+        tail = self._stored_tail(engine)
+        if tail.watermark.last_ts is None or first > tail.watermark.last_ts:
+            cleaned = self._after_stored(tail, points)
+        else:
+            cleaned = self._among_stored(engine, tail, points)
+        grid = Grid(cleaned["ts"].iloc[0], step)
+        positions = _slots(points["ts"], grid)
+        start, end = int(positions[0]), int(positions[-1]) + 1
+        scored = score_segment(
+            self.detector,
+            pd.DatetimeIndex(cleaned["ts"]),
+            cleaned["value"].to_numpy(dtype=float),
+            cleaned["gap"].to_numpy(dtype=bool),
+            start,
+            end,
+        )
+        chosen = scored.iloc[positions - start].reset_index(drop=True)
+        scores = chosen[SCORE_COLUMNS].assign(ts=points["ts"], value=points["value"])
+        return RealtimeScores(self.kpi, self.version, scores)
+
+    def _stored_tail(self, engine: sa.Engine) -> _StoredTail:
+        """The cached tail if no observation from its ``since`` on was added or changed since
+        it was read (one probe of the index), else a fresh one."""
+        tail = self._tail
+        if tail is not None and tail.since is not None:
+            now = serving.observation_watermark(engine, self.kpi, tail.since)
+            if now == tail.watermark:
+                return tail
+        tail = self._read_tail(engine)
+        self._tail = tail
+        return tail
+
+    def _read_tail(self, engine: sa.Engine) -> _StoredTail:
+        whole = serving.observation_watermark(engine, self.kpi)
+        if whole.last_ts is None:
+            nothing = pd.DataFrame(columns=["kpi", "ts", "value"])
+            empty = np.zeros(0, dtype=np.int64)
+            return _StoredTail(whole, None, None, nothing, empty, nothing, empty)
+        since = pd.Timestamp(whole.last_ts) - scoring_reach(self.detector)
+        # The watermark is read before the rows: a write in between makes it stale, not wrong.
+        watermark = serving.observation_watermark(engine, self.kpi, since)
+        raw = store.load_observations_from(engine, self.kpi, since)
+        grid = Grid(pd.Timestamp(watermark.first_ts), self.detector.freq_)
+        cleaned = _clean(raw, grid)
+        return _StoredTail(
+            watermark, since, grid, raw, _slots(raw["ts"], grid), cleaned,
+            _slots(cleaned["ts"], grid),
+        )
+
+    def _after_stored(self, tail: _StoredTail, points: pd.DataFrame) -> pd.DataFrame:
+        """The cleaned series up to the points, all later than every stored observation.
+
+        Points can only change the cleaned rows from a few slots before the newest stored
+        observation on (the short gap before it, interpolated towards it, and its own slot,
+        which a point may share), so the cached rows are kept up to an observed slot
+        ``SCORING_SLACK_POINTS`` earlier and only the rest is cleaned again with the points.
+        """
+        if tail.grid is None:  # no history: the points alone, on their own grid
+            return _clean(points, Grid(points["ts"].iloc[0], self.detector.freq_))
+        context = self.detector.context_points
+        first_slot = int(_slots(points["ts"].iloc[:1], tail.grid)[0])
+        last_stored = tail.raw_slots[-1]
+        if first_slot - last_stored > context:
+            # Silent for longer than the context: every context slot is part of one long gap.
+            start = tail.grid.origin + (first_slot - context) * tail.grid.step
+            silence = pd.DataFrame(
+                {
+                    "ts": pd.date_range(start, periods=context, freq=tail.grid.step),
+                    "value": np.nan,
+                    "filled": False,
+                    "gap": True,
+                }
+            )
+            return pd.concat([silence, _clean(points, tail.grid)], ignore_index=True)
+        settled = tail.raw_slots[tail.raw_slots <= last_stored - SCORING_SLACK_POINTS]
+        redo_from = settled[-1] if len(settled) else tail.raw_slots[0]
+        fresh = _clean(pd.concat([tail.raw[tail.raw_slots >= redo_from], points]), tail.grid)
+        kept = tail.cleaned[tail.cleaned_slots < redo_from]
+        return pd.concat([kept, fresh], ignore_index=True)
+
+    def _among_stored(
+        self, engine: sa.Engine, tail: _StoredTail, points: pd.DataFrame
+    ) -> pd.DataFrame:
+        """The cleaned series up to the points, read for them: the stored observations before
+        the first point (the later ones are left out) and the points, as the scoring window
+        would read them."""
+        first = points["ts"].iloc[0]
+        stored = store.load_observations_from(
+            engine, self.kpi, first - scoring_reach(self.detector), before=first
+        )
+        origin = min(tail.grid.origin, first)  # points before the history start its grid
+        return _clean(pd.concat([stored, points]), Grid(origin, self.detector.freq_))
+
+
+def _clean(observations: pd.DataFrame, grid: Grid) -> pd.DataFrame:
+    """One KPI's observations (ts, value) cleaned on ``grid``: the rows (ts, value, filled,
+    gap) ``clean_observations`` gives that KPI, without its grouping by KPI name."""
+    rows = observations[["ts", "value"]].sort_values("ts", kind="stable").dropna(subset=["value"])
+    return regularize(rows, grid.step, origin=grid.origin)
+
+
+def _slots(ts: pd.Series, grid: Grid) -> np.ndarray:
+    """The grid slot each timestamp falls on, as cleaning puts it there (nearest slot)."""
+    return ((pd.DatetimeIndex(ts) - grid.origin) / grid.step).round().to_numpy(dtype=np.int64)
 
 
 # -- events ---------------------------------------------------------------------------------

@@ -282,3 +282,62 @@ def test_the_scoring_window_keeps_the_series_grid_when_its_own_steps_disagree(pg
     expected = whole[whole["ts"] >= settled["ts"].iloc[0]].reset_index(drop=True)
     pd.testing.assert_frame_equal(settled, expected, check_exact=True)
     engine.dispose()
+
+
+# -- real-time scoring is the scoring step ---------------------------------------------------
+
+
+IRREGULAR_SPIKE_HOUR = 335
+
+
+def _irregular_orders(days: int) -> pd.DataFrame:
+    """``_messy_orders`` whose first point is 10 minutes late, so the whole series lies on a
+    grid 10 minutes past the hour (the grid starts at the first point)."""
+    observations = _messy_orders(days, spike_at=START + IRREGULAR_SPIKE_HOUR * HOUR)
+    first = observations["ts"] == START
+    observations.loc[first, "ts"] = START + pd.Timedelta(minutes=10)
+    return observations
+
+
+@pytest.mark.parametrize(
+    ("stored_hours", "silence_hours"),
+    [
+        # The new points' window (context + slack = 182 points) starts in the short gap at
+        # hours 150-151, then on the off-grid duplicate at hour 200; or the points come after
+        # a silence longer than the context.
+        (151 + CONTEXT + pipeline.SCORING_SLACK_POINTS, 0),
+        (200 + CONTEXT + pipeline.SCORING_SLACK_POINTS, 0),
+        (151 + CONTEXT + pipeline.SCORING_SLACK_POINTS, CONTEXT + 40),
+    ],
+)
+def test_realtime_scores_equal_what_the_scoring_step_stores(pg_url, stored_hours, silence_hours):
+    engine = pipeline.open_store(pg_url)
+    observations = _irregular_orders(days=24)
+    hour = (observations["ts"] - START).dt.round("h") // HOUR
+    store.upsert_observations(engine, observations[hour < stored_hours], "test")
+    pipeline.train_models(engine, pipeline.load_cleaned(engine)[0], SHORT_CONTEXT)
+    _score(engine)
+    cache = pipeline.ScoringCache(size=2)
+    first_new = stored_hours + silence_hours
+    new = observations[hour.between(first_new, first_new + 5)][["ts", "value"]]
+    old = observations[hour.between(stored_hours - 10, stored_hours - 5)][["ts", "value"]]
+
+    realtime = pipeline.score_points(engine, "orders", new.iloc[::-1], 100, cache)
+    again = pipeline.score_points(engine, "orders", new, 100, cache)  # from the cached context
+    replayed = pipeline.score_points(engine, "orders", old, 100)  # points among stored ones
+    store.upsert_observations(engine, new.assign(kpi="orders"), "test")
+    _score(engine)
+
+    stored = store.load_scores(engine, ["orders"])
+    assert stored["ts"].dt.minute.eq(10).all()  # scored on the series' own grid
+    columns = [name for name in realtime.scores.columns if name != "ts"]
+    for result, points in ((realtime, new), (again, new), (replayed, old)):
+        assert result.scores["ts"].tolist() == points["ts"].tolist()
+        slots = stored["ts"].isin(points["ts"].dt.round("h") + pd.Timedelta(minutes=10))
+        expected = stored.loc[slots, columns].reset_index(drop=True)
+        pd.testing.assert_frame_equal(
+            result.scores[columns], expected, check_exact=True, check_dtype=False
+        )
+    if first_new <= IRREGULAR_SPIKE_HOUR <= first_new + 5:
+        assert realtime.scores["is_anomaly"].any()
+    engine.dispose()

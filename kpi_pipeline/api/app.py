@@ -18,9 +18,9 @@ from kpi_pipeline import store
 from kpi_pipeline.api import errors, routes
 from kpi_pipeline.api.auth import ApiKeys, require_key
 from kpi_pipeline.api.middleware import REQUEST_ID_HEADER, RequestContext
-from kpi_pipeline.api.scoring import DetectorCache
 from kpi_pipeline.api.state import ApiState
 from kpi_pipeline.config import Settings, get_settings
+from kpi_pipeline.pipeline import ScoringCache
 
 logger = logging.getLogger("kpi_pipeline.api")
 
@@ -46,7 +46,7 @@ def create_app(settings: Settings | None = None, engine: sa.Engine | None = None
         settings=settings,
         engine=engine or store.make_engine(settings.resolved_database_url()),
         keys=ApiKeys(settings.api_keys),
-        detectors=DetectorCache(settings.api_model_cache_size),
+        scorers=ScoringCache(settings.api_model_cache_size),
     )
     app = FastAPI(
         title="kpi-pipeline API",

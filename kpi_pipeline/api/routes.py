@@ -318,13 +318,13 @@ async def score(api: State, request: ScoreRequest) -> ScoreResponse:
     points = _points_frame(request)
     try:
         result = await api.scoring(
-            scoring.score_points, api.engine, api.detectors, request.kpi, points, limit
+            pipeline.score_points, api.engine, request.kpi, points, limit, api.scorers
         )
-    except scoring.UnknownKpi as error:
+    except pipeline.UnknownKpi as error:
         raise ApiError(404, str(error)) from None
-    except scoring.NoModel as error:
+    except pipeline.NoModel as error:
         raise ApiError(409, str(error), code="no_model") from None
-    except scoring.PointsTooSpread as error:
+    except pipeline.PointsTooSpread as error:
         raise InvalidInput(str(error), ["body", "points"]) from None
     persisted = None
     if request.persist:

@@ -1,4 +1,4 @@
-"""What every request handler works with: settings, the database, keys, cached detectors."""
+"""What every request handler works with: settings, the database, keys, cached scorers."""
 
 from __future__ import annotations
 
@@ -13,9 +13,9 @@ import sqlalchemy as sa
 from fastapi import Request
 
 from kpi_pipeline.api.auth import ApiKeys
-from kpi_pipeline.api.scoring import DetectorCache
 from kpi_pipeline.api.snapshot import LatestScoreSnapshot
 from kpi_pipeline.config import Settings
+from kpi_pipeline.pipeline import ScoringCache
 from kpi_pipeline.store import serving
 
 T = TypeVar("T")
@@ -57,7 +57,7 @@ class ApiState:
     settings: Settings
     engine: sa.Engine
     keys: ApiKeys
-    detectors: DetectorCache
+    scorers: ScoringCache
     freshness: FreshnessProbe = field(default_factory=FreshnessProbe)
     latest: LatestScoreSnapshot = field(init=False)
     """Every KPI's latest score; per state, so a state on another engine has its own."""

@@ -41,8 +41,34 @@ class IsolationForestDetector(BaseEstimator):
         return self
 
     def _raw(self, X: np.ndarray) -> np.ndarray:
-        # sklearn's score_samples is higher for normal points; negate so higher = more anomalous.
-        return -self.forest_.score_samples(X)
+        """The forest's anomaly score, ``2 ** -(mean path length / c(max_samples))``: sklearn's
+        ``-score_samples`` (which is higher for normal points), so higher = more anomalous.
+
+        The same arithmetic as sklearn's, without its per-tree dispatch, input checks and thread
+        pool, which cost ~15 ms per call whatever the number of rows (real-time scoring judges
+        a few rows at a time). Path lengths are summed tree by tree in the same order, so the
+        result is identical (tested).
+        """
+        forest = self.forest_
+        if not hasattr(forest, "_decision_path_lengths"):  # sklearn internals differ: slow path
+            return -forest.score_samples(X)
+        X = np.ascontiguousarray(X, dtype=np.float32)
+        depths = np.zeros(len(X))
+        every_feature = forest._max_features == X.shape[1]
+        for tree, features, path_lengths, leaf_lengths in zip(
+            forest.estimators_,
+            forest.estimators_features_,
+            forest._decision_path_lengths,
+            forest._average_path_length_per_tree,
+            strict=True,
+        ):
+            leaves = tree.tree_.apply(X if every_feature else np.ascontiguousarray(X[:, features]))
+            depths += path_lengths[leaves] + leaf_lengths[leaves] - 1.0
+        from sklearn.ensemble._iforest import _average_path_length
+
+        denominator = len(forest.estimators_) * _average_path_length([forest._max_samples])
+        return 2 ** -np.divide(depths, denominator, out=np.ones_like(depths),
+                               where=denominator != 0)
 
     def surprise(self, X: np.ndarray) -> np.ndarray:
         """-log10 tail probability per row; rows with a missing feature get 0 (no evidence)."""

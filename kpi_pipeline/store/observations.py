@@ -116,8 +116,11 @@ def load_observations(
     return read_frame(engine, query, OBSERVATION_COLUMNS)
 
 
-def load_observations_from(engine: sa.Engine, kpi: str, since: TimeLike) -> pd.DataFrame:
-    """One KPI's observations (kpi, ts, value) from the last one at or before ``since`` on.
+def load_observations_from(
+    engine: sa.Engine, kpi: str, since: TimeLike, before: TimeLike | None = None
+) -> pd.DataFrame:
+    """One KPI's observations (kpi, ts, value) from the last one at or before ``since`` on,
+    up to (excluding) ``before`` if given.
 
     The one before ``since`` makes the window start on a stored point even when ``since``
     falls inside a gap; with none, the window is every observation after ``since``.
@@ -137,6 +140,8 @@ def load_observations_from(engine: sa.Engine, kpi: str, since: TimeLike) -> pd.D
         )
         .order_by(table.c.ts)
     )
+    if before is not None:
+        query = query.where(table.c.ts < to_utc(before))
     return read_frame(engine, query, OBSERVATION_COLUMNS)
 
 

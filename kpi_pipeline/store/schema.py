@@ -122,6 +122,16 @@ anomaly_scores = sa.Table(
     sa.Index("ix_anomaly_scores_scored_at", "scored_at"),
 )
 
+# Anomaly pages read the anomalous rows newest first (ties by KPI descending); this partial
+# index holds only those rows, in that order.
+sa.Index(
+    "ix_anomaly_scores_anomalies_newest",
+    anomaly_scores.c.ts.desc(),
+    anomaly_scores.c.kpi.desc(),
+    postgresql_where=anomaly_scores.c.is_anomaly,
+    sqlite_where=anomaly_scores.c.is_anomaly,
+)
+
 anomaly_feedback = sa.Table(
     "anomaly_feedback",
     metadata,

@@ -22,9 +22,8 @@ from typing import Any
 import pandas as pd
 import sqlalchemy as sa
 
-from kpi_pipeline.store._convert import TimeLike, coerce, to_utc
+from kpi_pipeline.store._convert import TimeLike, to_utc
 from kpi_pipeline.store._sql import every_kpi, window
-from kpi_pipeline.store.observations import OBSERVATION_COLUMNS
 from kpi_pipeline.store.schema import (
     SEVERITIES,
     anomalies,
@@ -364,8 +363,11 @@ def anomaly_page(
         query = query.where(view.c.severity.in_(SEVERITIES[SEVERITIES.index(min_severity) :]))
     if after is not None:
         after_ts, after_kpi = to_utc(after[0]), after[1]
+        # ``ts <= after_ts`` is implied by the keyset condition; stated alone it bounds the
+        # index scan, so a deep page starts at its first row instead of filtering its way there.
         query = query.where(
-            sa.or_(view.c.ts < after_ts, sa.and_(view.c.ts == after_ts, view.c.kpi < after_kpi))
+            view.c.ts <= after_ts,
+            sa.or_(view.c.ts < after_ts, sa.and_(view.c.ts == after_ts, view.c.kpi < after_kpi)),
         )
     query = query.order_by(view.c.ts.desc(), view.c.kpi.desc()).limit(limit + 1)
     rows = _rows(engine, query)
@@ -375,49 +377,41 @@ def anomaly_page(
     return rows[:limit], (last["ts"], last["kpi"])
 
 
-def _recent_observations() -> sa.Select:
-    table = kpi_observations
-    return (
-        sa.select(table.c.ts, table.c.value)
-        .where(
-            table.c.kpi == sa.bindparam("kpi"),
-            table.c.ts >= sa.bindparam("since"),
-            table.c.ts < sa.bindparam("before"),
-        )
-        .order_by(table.c.ts.desc())
-        .limit(sa.bindparam("limit"))
-    )
+@dataclass(frozen=True)
+class ObservationWatermark:
+    """What a cache of a KPI's recent observations is checked against: it changes whenever a
+    row with ``ts >= since`` is added or changes value (which bumps its ``ingested_at``)."""
+
+    first_ts: dt.datetime | None
+    """The KPI's first observation, whatever ``since``: the origin of its grid."""
+    rows: int
+    last_ts: dt.datetime | None
+    last_ingested_at: dt.datetime | None
 
 
-_RECENT_OBSERVATIONS = _recent_observations()
+def _observation_watermark() -> sa.Select:
+    table, first = kpi_observations, kpi_observations.alias()
+    return sa.select(
+        sa.select(sa.func.min(first.c.ts)).where(first.c.kpi == sa.bindparam("kpi"))
+        .scalar_subquery().label("first_ts"),
+        sa.func.count().label("rows"),
+        sa.func.max(table.c.ts).label("last_ts"),
+        sa.func.max(table.c.ingested_at).label("last_ingested_at"),
+    ).where(table.c.kpi == sa.bindparam("kpi"), table.c.ts >= sa.bindparam("since"))
 
 
-def recent_observations(
-    engine: sa.Engine,
-    kpi: str,
-    before: TimeLike,
-    limit: int,
-    since: TimeLike | None = None,
-) -> pd.DataFrame:
-    """The newest ``limit`` observations (kpi, ts, value) of ``kpi`` with
-    ``since <= ts < before``, oldest first: the context a new point is scored in."""
-    rows = _hot_rows(
-        engine,
-        _RECENT_OBSERVATIONS,
-        kpi=kpi,
-        since=_EARLIEST if since is None else _utc_datetime(since),
-        before=_utc_datetime(before),
-        limit=limit,
-    )[::-1]
-    frame = pd.DataFrame(
-        {
-            "kpi": kpi,
-            "ts": [row["ts"] for row in rows],
-            "value": [row["value"] for row in rows],
-        },
-        columns=list(OBSERVATION_COLUMNS),
-    )
-    return coerce(frame, OBSERVATION_COLUMNS)
+_OBSERVATION_WATERMARK = _observation_watermark()
+
+
+def observation_watermark(
+    engine: sa.Engine, kpi: str, since: TimeLike | None = None
+) -> ObservationWatermark:
+    """``kpi``'s first observation, and the count, newest ``ts`` and newest ``ingested_at`` of
+    its observations with ``ts >= since`` (all of them if None): one statement, which reads
+    only the index entries and rows from ``since`` on."""
+    since = _EARLIEST if since is None else _utc_datetime(since)
+    (row,) = _hot_rows(engine, _OBSERVATION_WATERMARK, kpi=kpi, since=since)
+    return ObservationWatermark(**row)
 
 
 def ping(engine: sa.Engine) -> None:

@@ -1,4 +1,7 @@
-"""Real-time scoring (kpi_pipeline/api/scoring.py): the newest model, cached per version.
+"""Real-time scoring as the API runs it (``pipeline.score_points`` with a ``ScoringCache``,
+kpi_pipeline/api/scoring.py): the newest model, cached per version with its KPI's newest
+observations. That the scores equal the pipeline's is tested in test_routes.py and
+kpi_pipeline_tests/test_pipeline.py.
 
 Tests that register models get their own database (``seeded``); the others share one."""
 
@@ -7,7 +10,7 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from kpi_pipeline import store
+from kpi_pipeline import pipeline, store
 from kpi_pipeline.api import scoring
 from kpi_pipeline_tests.api.conftest import VERSION, register
 
@@ -34,14 +37,14 @@ def loads(monkeypatch) -> list[tuple[str, str]]:
 
 def test_detectors_are_built_once_per_version_and_a_retrain_is_picked_up(seeded, detector,
                                                                          loads):
-    cache = scoring.DetectorCache(size=4)
+    cache = pipeline.ScoringCache(size=4)
     after = seeded.ts[-1] + HOUR
     request = points((after, 100.0))
 
-    first = scoring.score_points(seeded.engine, cache, "sales", request, MAX_POINTS)
-    again = scoring.score_points(seeded.engine, cache, "sales", request, MAX_POINTS)
+    first = pipeline.score_points(seeded.engine, "sales", request, MAX_POINTS, cache)
+    again = pipeline.score_points(seeded.engine, "sales", request, MAX_POINTS, cache)
     register(seeded.engine, "sales", detector, "v-test-2", seeded.ts[-1])
-    retrained = scoring.score_points(seeded.engine, cache, "sales", request, MAX_POINTS)
+    retrained = pipeline.score_points(seeded.engine, "sales", request, MAX_POINTS, cache)
 
     assert (first.model_version, again.model_version, retrained.model_version) == (
         VERSION, VERSION, "v-test-2"
@@ -53,23 +56,24 @@ def test_detectors_are_built_once_per_version_and_a_retrain_is_picked_up(seeded,
 
 def test_the_least_recently_used_detector_is_dropped_first(seeded, detector, loads):
     register(seeded.engine, "orders", detector, "v-orders", seeded.ts[-1])
-    cache = scoring.DetectorCache(size=1)
+    cache = pipeline.ScoringCache(size=1)
     request = points((seeded.ts[-1] + HOUR, 100.0))
 
     for kpi in ("sales", "orders", "orders", "sales"):
-        scoring.score_points(seeded.engine, cache, kpi, request, MAX_POINTS)
+        pipeline.score_points(seeded.engine, kpi, request, MAX_POINTS, cache)
 
     assert loads == [("sales", VERSION), ("orders", "v-orders"), ("sales", VERSION)]
     assert len(cache) == 1
 
 
 def test_an_off_grid_point_gets_the_score_of_the_grid_point_it_falls_on(module_seeded):
-    cache = scoring.DetectorCache(size=1)
+    cache = pipeline.ScoringCache(size=1)
     on_grid = module_seeded.ts[-1] + HOUR
 
-    exact = scoring.score_points(module_seeded.engine, cache, "sales", points((on_grid, 150.0)), 10)
+    engine = module_seeded.engine
+    exact = pipeline.score_points(engine, "sales", points((on_grid, 150.0)), 10, cache)
     off_grid = on_grid + pd.Timedelta(minutes=20)
-    late = scoring.score_points(module_seeded.engine, cache, "sales", points((off_grid, 150.0)), 10)
+    late = pipeline.score_points(engine, "sales", points((off_grid, 150.0)), 10, cache)
 
     assert late.scores["ts"].tolist() == [off_grid]
     for name in ("expected", "lower", "upper", "score"):
@@ -77,13 +81,13 @@ def test_an_off_grid_point_gets_the_score_of_the_grid_point_it_falls_on(module_s
 
 
 def test_points_after_a_long_silence_and_before_any_history_are_scored(module_seeded):
-    cache = scoring.DetectorCache(size=1)
+    cache = pipeline.ScoringCache(size=1)
     later = module_seeded.ts[-1] + 72 * HOUR
     earlier = module_seeded.ts[0] - 24 * HOUR
 
     engine = module_seeded.engine
-    after_gap = scoring.score_points(engine, cache, "sales", points((later, 100.0)), 10)
-    before = scoring.score_points(engine, cache, "sales", points((earlier, 100.0)), 10)
+    after_gap = pipeline.score_points(engine, "sales", points((later, 100.0)), 10, cache)
+    before = pipeline.score_points(engine, "sales", points((earlier, 100.0)), 10, cache)
 
     for result in (after_gap, before):
         assert len(result.scores) == 1
@@ -92,16 +96,16 @@ def test_points_after_a_long_silence_and_before_any_history_are_scored(module_se
 
 
 def test_points_spread_over_a_huge_grid_are_refused(module_seeded):
-    cache = scoring.DetectorCache(size=1)
+    cache = pipeline.ScoringCache(size=1)
     start = module_seeded.ts[-1] + HOUR
     spread = points((start, 1.0), (start + HOUR, 1.0), (start + 5000 * HOUR, 1.0))
 
-    with pytest.raises(scoring.PointsTooSpread, match="send points closer together"):
-        scoring.score_points(module_seeded.engine, cache, "sales", spread, max_points=10)
+    with pytest.raises(pipeline.PointsTooSpread, match="send points closer together"):
+        pipeline.score_points(module_seeded.engine, "sales", spread, 10, cache)
 
 
 def test_unknown_kpis_kpis_without_models_and_incomplete_models_are_told_apart(seeded):
-    cache = scoring.DetectorCache(size=1)
+    cache = pipeline.ScoringCache(size=1)
     request = points((seeded.ts[-1] + HOUR, 1.0))
     store.save_model(
         seeded.engine, kpi="signups", kind="ensemble", version="half", trained_at="2025-03-01",
@@ -109,9 +113,42 @@ def test_unknown_kpis_kpis_without_models_and_incomplete_models_are_told_apart(s
         artifact=b"not used",
     )
 
-    with pytest.raises(scoring.UnknownKpi, match="'nope'"):
-        scoring.score_points(seeded.engine, cache, "nope", request, 10)
-    with pytest.raises(scoring.NoModel, match="no trained model for 'orders'"):
-        scoring.score_points(seeded.engine, cache, "orders", request, 10)
-    with pytest.raises(scoring.NoModel, match="incomplete"):
-        scoring.score_points(seeded.engine, cache, "signups", request, 10)
+    with pytest.raises(pipeline.UnknownKpi, match="'nope'"):
+        pipeline.score_points(seeded.engine, "nope", request, 10, cache)
+    with pytest.raises(pipeline.NoModel, match="no trained model for 'orders'"):
+        pipeline.score_points(seeded.engine, "orders", request, 10, cache)
+    with pytest.raises(pipeline.NoModel, match="incomplete"):
+        pipeline.score_points(seeded.engine, "signups", request, 10, cache)
+
+
+def test_cached_observations_are_read_again_once_new_or_corrected_ones_land(seeded):
+    cache = pipeline.ScoringCache(size=1)
+    request = points((seeded.ts[-1] + 2 * HOUR, 120.0))
+
+    def cached_and_fresh() -> tuple[pd.DataFrame, pd.DataFrame]:
+        cached = pipeline.score_points(seeded.engine, "sales", request, 10, cache).scores
+        fresh = pipeline.score_points(seeded.engine, "sales", request, 10).scores
+        pd.testing.assert_frame_equal(cached, fresh, check_exact=True)
+        return cached, fresh
+
+    before, _ = cached_and_fresh()
+    # Twelve new hourly points at twice the usual level, then corrected to the usual level.
+    hours = seeded.ts[-1] + HOUR * pd.RangeIndex(1, 13).to_numpy()
+    later = pd.DataFrame({"kpi": "sales", "ts": hours, "value": 2 * seeded.values[-12:]})
+    store.upsert_observations(seeded.engine, later, "test")
+    request = points((hours[-1] + HOUR, 120.0))
+    with_new_points, _ = cached_and_fresh()
+    store.upsert_observations(seeded.engine, later.assign(value=seeded.values[-12:]), "test")
+    with_corrected_point, _ = cached_and_fresh()
+
+    scores = [frame["score"].iloc[0] for frame in (before, with_new_points, with_corrected_point)]
+    assert len(set(scores)) == 3
+
+
+def test_records_have_plain_values_and_none_for_missing_ones():
+    scores = pd.DataFrame({"score": [0.25, float("nan")], "severity": [None, "high"]})
+
+    assert scoring.as_records(scores) == [
+        {"score": 0.25, "severity": None},
+        {"score": None, "severity": "high"},
+    ]

@@ -78,3 +78,12 @@ def test_max_samples_larger_than_the_data_still_fits():
     small = training_features(30)
     detector = IsolationForestDetector(**{**PARAMS, "max_samples": 256}).fit(small)
     assert np.all(np.isfinite(detector.surprise(small)))
+
+
+@pytest.mark.parametrize("rows", [1, 3, 5000])
+def test_raw_scores_are_exactly_sklearns(rows):
+    rng = np.random.default_rng(3)
+    detector = IsolationForestDetector(random_state=1).fit(rng.standard_normal((400, 3)))
+    X = rng.standard_normal((rows, 3)) * 3
+
+    np.testing.assert_array_equal(detector._raw(X), -detector.forest_.score_samples(X))

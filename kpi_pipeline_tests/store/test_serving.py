@@ -160,19 +160,33 @@ def test_anomaly_page_filters(migrated_engine):
         serving.anomaly_page(migrated_engine, min_severity="severe")
 
 
-def test_recent_observations_are_the_newest_before_a_time_oldest_first(migrated_engine):
+def test_the_observation_watermark_moves_with_every_new_or_changed_row_from_since_on(
+    migrated_engine,
+):
     observe(migrated_engine, "sales", range(0, 10))
-    observe(migrated_engine, "orders", range(0, 10))
+    observe(migrated_engine, "orders", range(0, 20))
 
-    recent = serving.recent_observations(migrated_engine, "sales", before=at(8), limit=3)
-    bounded = serving.recent_observations(migrated_engine, "sales", before=at(8), limit=5,
-                                          since=at(6))
+    def watermark(since=None) -> serving.ObservationWatermark:
+        return serving.observation_watermark(migrated_engine, "sales", since)
 
-    assert recent["ts"].tolist() == [at(5), at(6), at(7)]
-    assert recent["kpi"].unique().tolist() == ["sales"]
-    assert str(recent["ts"].dtype) == "datetime64[us, UTC]"
-    assert bounded["ts"].tolist() == [at(6), at(7)]
-    assert serving.recent_observations(migrated_engine, "sales", before=at(0), limit=3).empty
+    whole, recent = watermark(), watermark(at(6))
+    assert (whole.first_ts, whole.rows, whole.last_ts) == (at(0), 10, at(9))
+    assert (recent.first_ts, recent.rows, recent.last_ts) == (at(0), 4, at(9))
+    assert recent.last_ingested_at is not None
+    empty = serving.observation_watermark(migrated_engine, "nope")
+    assert (empty.first_ts, empty.rows, empty.last_ts, empty.last_ingested_at) == (
+        None, 0, None, None
+    )
+
+    observe(migrated_engine, "sales", range(2, 3), value=5.0)  # before since: not seen
+    assert watermark(at(6)) == recent
+    observe(migrated_engine, "sales", range(7, 8), value=5.0)  # a corrected value
+    corrected = watermark(at(6))
+    assert corrected.rows == 4 and corrected.last_ingested_at > recent.last_ingested_at
+    observe(migrated_engine, "sales", range(10, 11))  # a new point
+    assert watermark(at(6)).last_ts == at(10)
+    observe(migrated_engine, "sales", range(-1, 0))  # older history moves the grid origin
+    assert watermark(at(6)).first_ts == at(-1)
 
 
 def test_a_kpi_exists_once_it_has_an_observation_a_score_or_a_model(migrated_engine):
