@@ -34,7 +34,7 @@ from kpi_pipeline.detection.ensemble import (
 )
 from kpi_pipeline.detection.events import assign_events, open_event_from, summarize_events
 from kpi_pipeline.detection.features import build_features
-from kpi_pipeline.detection.preprocess import Grid, clean_observations, regularize
+from kpi_pipeline.detection.preprocess import Grid, clean_observations, clean_series
 from kpi_pipeline.detection.walkforward import (
     initial_training_points,
     retrain_every_points,
@@ -567,7 +567,7 @@ class _KpiScorer:
         else:
             cleaned = self._among_stored(engine, tail, points)
         grid = Grid(cleaned["ts"].iloc[0], step)
-        positions = _slots(points["ts"], grid)
+        positions = grid.slots(points["ts"])
         start, end = int(positions[0]), int(positions[-1]) + 1
         scored = score_segment(
             self.detector,
@@ -604,10 +604,10 @@ class _KpiScorer:
         watermark = serving.observation_watermark(engine, self.kpi, since)
         raw = store.load_observations_from(engine, self.kpi, since)
         grid = Grid(pd.Timestamp(watermark.first_ts), self.detector.freq_)
-        cleaned = _clean(raw, grid)
+        cleaned = clean_series(raw, grid)
         return _StoredTail(
-            watermark, since, grid, raw, _slots(raw["ts"], grid), cleaned,
-            _slots(cleaned["ts"], grid),
+            watermark, since, grid, raw, grid.slots(raw["ts"]), cleaned,
+            grid.slots(cleaned["ts"]),
         )
 
     def _after_stored(self, tail: _StoredTail, points: pd.DataFrame) -> pd.DataFrame:
@@ -619,9 +619,9 @@ class _KpiScorer:
         ``SCORING_SLACK_POINTS`` earlier and only the rest is cleaned again with the points.
         """
         if tail.grid is None:  # no history: the points alone, on their own grid
-            return _clean(points, Grid(points["ts"].iloc[0], self.detector.freq_))
+            return clean_series(points, Grid(points["ts"].iloc[0], self.detector.freq_))
         context = self.detector.context_points
-        first_slot = int(_slots(points["ts"].iloc[:1], tail.grid)[0])
+        first_slot = int(tail.grid.slots(points["ts"].iloc[:1])[0])
         last_stored = tail.raw_slots[-1]
         if first_slot - last_stored > context:
             # Silent for longer than the context: every context slot is part of one long gap.
@@ -634,10 +634,10 @@ class _KpiScorer:
                     "gap": True,
                 }
             )
-            return pd.concat([silence, _clean(points, tail.grid)], ignore_index=True)
+            return pd.concat([silence, clean_series(points, tail.grid)], ignore_index=True)
         settled = tail.raw_slots[tail.raw_slots <= last_stored - SCORING_SLACK_POINTS]
         redo_from = settled[-1] if len(settled) else tail.raw_slots[0]
-        fresh = _clean(pd.concat([tail.raw[tail.raw_slots >= redo_from], points]), tail.grid)
+        fresh = clean_series(pd.concat([tail.raw[tail.raw_slots >= redo_from], points]), tail.grid)
         kept = tail.cleaned[tail.cleaned_slots < redo_from]
         return pd.concat([kept, fresh], ignore_index=True)
 
@@ -652,19 +652,7 @@ class _KpiScorer:
             engine, self.kpi, first - scoring_reach(self.detector), before=first
         )
         origin = min(tail.grid.origin, first)  # points before the history start its grid
-        return _clean(pd.concat([stored, points]), Grid(origin, self.detector.freq_))
-
-
-def _clean(observations: pd.DataFrame, grid: Grid) -> pd.DataFrame:
-    """One KPI's observations (ts, value) cleaned on ``grid``: the rows (ts, value, filled,
-    gap) ``clean_observations`` gives that KPI, without its grouping by KPI name."""
-    rows = observations[["ts", "value"]].sort_values("ts", kind="stable").dropna(subset=["value"])
-    return regularize(rows, grid.step, origin=grid.origin)
-
-
-def _slots(ts: pd.Series, grid: Grid) -> np.ndarray:
-    """The grid slot each timestamp falls on, as cleaning puts it there (nearest slot)."""
-    return ((pd.DatetimeIndex(ts) - grid.origin) / grid.step).round().to_numpy(dtype=np.int64)
+        return clean_series(pd.concat([stored, points]), Grid(origin, self.detector.freq_))
 
 
 # -- events ---------------------------------------------------------------------------------

@@ -116,15 +116,7 @@ def _single(anomaly: Anomaly, links: Links, fmt: _Formatter, key: str) -> Messag
         },
         _buttons(urls),
     ]
-    return Message(
-        key=key,
-        subject=f"[kpi-pipeline] {headline}",
-        text=text,
-        html=_html_document(body),
-        sms=_sms(sms, links.asset_page()),
-        slack_text=headline,
-        slack_blocks=blocks,
-    )
+    return _message(key, headline, text, body, sms, blocks, links)
 
 
 def _digest(ordered: list[Anomaly], links: Links, fmt: _Formatter, key: str) -> Message:
@@ -171,15 +163,7 @@ def _digest(ordered: list[Anomaly], links: Links, fmt: _Formatter, key: str) -> 
         f"{len(ordered)} KPI anomalies; worst {worst.severity.upper()} {worst.kpi} "
         f"{fmt.short_time(worst.ts)} {fmt.percent(worst.deviation)}"
     )
-    return Message(
-        key=key,
-        subject=f"[kpi-pipeline] {headline}",
-        text=text,
-        html=_html_document(body),
-        sms=_sms(sms, links.asset_page()),
-        slack_text=headline,
-        slack_blocks=blocks,
-    )
+    return _message(key, headline, text, body, sms, blocks, links)
 
 
 class _Formatter:
@@ -254,6 +238,21 @@ class _Formatter:
             self.score(anomaly.score),
             self.models(anomaly),
         ]
+
+
+def _message(
+    key: str, headline: str, text: str, body: str, sms: str, blocks: list, links: Links
+) -> Message:
+    """One message in every channel's form, with the same headline everywhere."""
+    return Message(
+        key=key,
+        subject=f"[kpi-pipeline] {headline}",
+        text=text,
+        html=_html_document(body),
+        sms=_sms(sms, links.asset_page()),
+        slack_text=headline,
+        slack_blocks=blocks,
+    )
 
 
 def _sms(text: str, link: str) -> str:

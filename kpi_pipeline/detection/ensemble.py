@@ -204,7 +204,7 @@ class EnsembleDetector(BaseEstimator):
             self.sustained_scale_ = max(
                 float(np.median(shifts)) * 1.4826 if shifts.size else 0.0, self.scale_floor_
             )
-            sustained = judged / self._recent_scale(shifted, self.sustained_scale_)
+            sustained = self._sustained_ratio(judged, shifted)
             self.sustained_tail_ = ExceedanceTail(cfg.tail_quantile, cfg.max_tail_shape).fit(
                 sustained[usable & np.isfinite(sustained)]
             )
@@ -289,9 +289,8 @@ class EnsembleDetector(BaseEstimator):
         reference = np.where(np.abs(shifted) < np.abs(recent), base, 0.0)
         return judged, shifted, reference
 
-    def _sustained_ratio(self, residual: np.ndarray) -> np.ndarray:
-        """The sustained deviation in units of its recent typical size (robust, past points)."""
-        judged, shifted, _ = self._sustained_shift(residual)
+    def _sustained_ratio(self, judged: np.ndarray, shifted: np.ndarray) -> np.ndarray:
+        """The judged sustained deviation in units of the recent typical size of the shifts."""
         return judged / self._recent_scale(shifted, self.sustained_scale_)
 
     def _stuck_surprise(self, y: np.ndarray) -> np.ndarray:
@@ -342,10 +341,10 @@ class EnsembleDetector(BaseEstimator):
         prophet_surprise = np.nan_to_num(self.deviation_tail_.surprise(ratio), nan=0.0)
         # The forest is the costly part and context points are not returned: judge only the new
         # ones (and those the smoothing window reaches back to).
-        judged = max(0, n_context - (cfg.smoothing_window - 1))
+        first_judged = max(0, n_context - (cfg.smoothing_window - 1))
         iforest_surprise = np.zeros(len(y))
-        iforest_surprise[judged:] = self.iforest_.surprise(
-            self._iforest_features(residual, adapted, y_model)[judged:]
+        iforest_surprise[first_judged:] = self.iforest_.surprise(
+            self._iforest_features(residual, adapted, y_model)[first_judged:]
         )
         stuck_surprise = self._stuck_surprise(y)
 
@@ -356,10 +355,13 @@ class EnsembleDetector(BaseEstimator):
         }
         # Off for models fitted on little history, and for those registered before it existed.
         if hasattr(self, "sustained_tail_"):
+            judged_shift, shifted, sustained_reference = self._sustained_shift(residual)
             components["sustained"] = np.nan_to_num(
-                self.sustained_tail_.surprise(self._sustained_ratio(residual)), nan=0.0
+                self.sustained_tail_.surprise(self._sustained_ratio(judged_shift, shifted)),
+                nan=0.0,
             )
-        combined = np.max(np.column_stack(list(components.values())), axis=1)
+        surprises = np.column_stack(list(components.values()))
+        combined = np.max(surprises, axis=1)
         if cfg.smoothing_window > 1:
             combined = (
                 pd.Series(combined).rolling(cfg.smoothing_window, min_periods=1).mean().to_numpy()
@@ -380,9 +382,9 @@ class EnsembleDetector(BaseEstimator):
         if "sustained" in components:
             # A point judged by its sustained deviation is explained against what that deviation
             # is measured from, not against the recent level, which has already followed it.
-            strongest = np.argmax(np.column_stack(list(components.values())), axis=1)
+            strongest = np.argmax(surprises, axis=1)
             by_sustained = is_anomaly & (strongest == list(components).index("sustained"))
-            level = np.where(by_sustained, self._sustained_shift(residual)[2], level)
+            level = np.where(by_sustained, sustained_reference, level)
         expected = yhat + level
         recent_scale = self._recent_scale(adapted)
         half_width = self.deviation_tail_.quantile(cfg.band_coverage) * recent_scale

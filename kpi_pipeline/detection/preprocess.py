@@ -47,8 +47,7 @@ def regularize(
     """
     frame = series[["ts", "value"]].copy()
     start = frame["ts"].min() if origin is None else origin
-    offsets = ((frame["ts"] - start) / freq).round().astype("int64")
-    frame["ts"] = start + offsets * freq
+    frame["ts"] = start + pd.Index(Grid(start, freq).slots(frame["ts"])) * freq
     values = frame.groupby("ts")["value"].mean()
     grid = pd.date_range(values.index.min(), values.index.max(), freq=freq)
     values = values.reindex(grid)
@@ -78,6 +77,19 @@ class Grid:
     origin: pd.Timestamp
     """The series' first timestamp."""
     step: pd.Timedelta
+
+    def slots(self, ts) -> np.ndarray:
+        """The slot ``k`` each timestamp snaps to (the nearest grid point)."""
+        return ((pd.DatetimeIndex(ts) - self.origin) / self.step).round().to_numpy(dtype=np.int64)
+
+
+def clean_series(
+    observations: pd.DataFrame, grid: Grid, config: PreprocessConfig = PreprocessConfig()
+) -> pd.DataFrame:
+    """One KPI's observations (ts, value) cleaned on ``grid``: the rows (ts, value, filled, gap)
+    ``clean_observations`` gives that KPI, without its grouping by KPI name."""
+    rows = observations[["ts", "value"]].sort_values("ts", kind="stable").dropna(subset=["value"])
+    return regularize(rows, grid.step, config, origin=grid.origin)
 
 
 def clean_observations(

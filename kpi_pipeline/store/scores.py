@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import pandas as pd
 import sqlalchemy as sa
 
@@ -114,14 +116,26 @@ def load_anomalies(
     points without a severity are then left out.
     """
     view = anomalies
-    query = sa.select(*(view.c[name] for name in ANOMALY_COLUMNS)).where(
-        *window(view, kpi, since, until)
-    )
+    query = anomalies_query(ANOMALY_COLUMNS, kpi, since, until, min_severity)
+    return read_frame(engine, query.order_by(view.c.ts.desc(), view.c.kpi), ANOMALY_COLUMNS)
+
+
+def anomalies_query(
+    columns: Iterable[str],
+    kpis: str | Iterable[str] | None,
+    since: TimeLike | None,
+    until: TimeLike | None,
+    min_severity: str | None,
+) -> sa.Select:
+    """``columns`` of the ``anomalies`` view in a KPI / time window, at least ``min_severity``
+    severe (low < medium < high < critical; points without a severity are then left out)."""
+    view = anomalies
+    query = sa.select(*(view.c[name] for name in columns)).where(*window(view, kpis, since, until))
     if min_severity is not None:
         if min_severity not in SEVERITIES:
             raise ValueError(f"min_severity must be one of {SEVERITIES}, not {min_severity!r}")
         query = query.where(view.c.severity.in_(SEVERITIES[SEVERITIES.index(min_severity) :]))
-    return read_frame(engine, query.order_by(view.c.ts.desc(), view.c.kpi), ANOMALY_COLUMNS)
+    return query
 
 
 def set_feedback(

@@ -23,14 +23,14 @@ import pandas as pd
 import sqlalchemy as sa
 
 from kpi_pipeline.store._convert import TimeLike, to_utc
-from kpi_pipeline.store._sql import every_kpi, window
+from kpi_pipeline.store._sql import every_kpi
 from kpi_pipeline.store.schema import (
-    SEVERITIES,
     anomalies,
     anomaly_scores,
     kpi_models,
     kpi_observations,
 )
+from kpi_pipeline.store.scores import anomalies_query
 
 Row = dict[str, Any]
 
@@ -354,13 +354,7 @@ def anomaly_page(
     Points without a severity are left out when ``min_severity`` is given.
     """
     view = anomalies
-    query = sa.select(*(view.c[name] for name in ANOMALY_COLUMNS)).where(
-        *window(view, kpis, since, until)
-    )
-    if min_severity is not None:
-        if min_severity not in SEVERITIES:
-            raise ValueError(f"min_severity must be one of {SEVERITIES}, not {min_severity!r}")
-        query = query.where(view.c.severity.in_(SEVERITIES[SEVERITIES.index(min_severity) :]))
+    query = anomalies_query(ANOMALY_COLUMNS, kpis, since, until, min_severity)
     if after is not None:
         after_ts, after_kpi = to_utc(after[0]), after[1]
         # ``ts <= after_ts`` is implied by the keyset condition; stated alone it bounds the
