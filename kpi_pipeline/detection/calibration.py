@@ -29,12 +29,28 @@ class ExceedanceTail:
     Pareto distribution fitted to the exceedances (peaks over threshold, as in extreme value
     theory) extrapolates: light tails get an exponential tail, heavy tails (busy hours, bursty
     traffic) a power law, so neither case turns ordinary extremes into alarms.
+
+    A smooth tail cannot follow a pattern that recurs far out (a batch job's spike every few
+    hours): it would call each repeat a one-in-a-million event. So where training values came
+    close to a value (within ``recurrence_margin`` of its distance beyond the tail threshold) at
+    least ``min_recurrences`` times, the value is no more surprising than that observed rate.
+    A value beyond anything seen, or seen fewer times (one past incident left in training), is
+    judged by the fitted tail alone. ``min_recurrences=0`` turns this off.
     """
 
-    def __init__(self, tail_quantile: float = 0.9, max_shape: float = 0.5, scale_floor: float = 1e-9):
+    def __init__(
+        self,
+        tail_quantile: float = 0.9,
+        max_shape: float = 0.5,
+        scale_floor: float = 1e-9,
+        min_recurrences: int = 3,
+        recurrence_margin: float = 0.8,
+    ):
         self.tail_quantile = tail_quantile
         self.max_shape = max_shape
         self.scale_floor = scale_floor
+        self.min_recurrences = min_recurrences
+        self.recurrence_margin = recurrence_margin
 
     def fit(self, values: np.ndarray) -> "ExceedanceTail":
         v = np.asarray(values, dtype=float)
@@ -73,6 +89,14 @@ class ExceedanceTail:
         tail = -self._log10_tail(np.clip(v - self.threshold_, 0.0, None))
         # Past the threshold the fitted tail takes over: the empirical rate there is too coarse
         # (every value beyond the training maximum would get the same -log10(1/(n+1))).
+        # ... unless training values came this close often enough: then the observed rate holds.
+        recurrences = getattr(self, "min_recurrences", 0)  # 0: models pickled before it existed
+        if recurrences > 0:
+            margin = getattr(self, "recurrence_margin", 1.0)
+            near = self.threshold_ + margin * (np.nan_to_num(v, nan=-np.inf) - self.threshold_)
+            seen = n - np.searchsorted(self.sorted_, near, side="left")
+            seen_rate = -np.log10((seen + 1.0) / (n + 1.0))
+            tail = np.where(seen >= recurrences, np.fmin(tail, seen_rate), tail)
         out = np.where(v > self.threshold_, tail, empirical)
         return np.where(np.isnan(v), np.nan, np.clip(out, 0.0, None))
 

@@ -100,6 +100,11 @@ class DetectorConfig:
     """Quantile of training deviations above which the extreme-value tail is fitted."""
     max_tail_shape: float = 0.5
     """Upper bound of the fitted tail's shape (0 = exponential tail, 0.5 = heavy power law)."""
+    tail_min_recurrences: int = 3
+    """Training values that must have come close to a value before its observed rate caps its
+    surprise: a pattern that keeps recurring is normal (``calibration.ExceedanceTail``; 0 = off)."""
+    tail_recurrence_margin: float = 0.8
+    """How close counts: at least this share of the value's distance beyond the tail threshold."""
     log_transform: bool = True
     """Model KPIs whose training values are all positive in log space."""
     band_coverage: float = 0.99
@@ -192,7 +197,7 @@ class EnsembleDetector(BaseEstimator):
             float(np.nanmedian(np.abs(adapted[usable]))) * 1.4826, self.scale_floor_
         )
         _, adapted, ratio = self._deviation(residual)
-        self.deviation_tail_ = ExceedanceTail(cfg.tail_quantile, cfg.max_tail_shape).fit(
+        self.deviation_tail_ = self._tail().fit(
             ratio[usable]
         )
 
@@ -205,7 +210,7 @@ class EnsembleDetector(BaseEstimator):
                 float(np.median(shifts)) * 1.4826 if shifts.size else 0.0, self.scale_floor_
             )
             sustained = self._sustained_ratio(judged, shifted)
-            self.sustained_tail_ = ExceedanceTail(cfg.tail_quantile, cfg.max_tail_shape).fit(
+            self.sustained_tail_ = self._tail().fit(
                 sustained[usable & np.isfinite(sustained)]
             )
         step = np.diff(y_train[usable])
@@ -215,7 +220,10 @@ class EnsembleDetector(BaseEstimator):
         )
         features = self._iforest_features(residual, adapted, y_train)
         self.iforest_ = IsolationForestDetector(
-            **asdict(cfg.iforest), random_state=self.random_state
+            **asdict(cfg.iforest),
+            random_state=self.random_state,
+            min_recurrences=cfg.tail_min_recurrences,
+            recurrence_margin=cfg.tail_recurrence_margin,
         ).fit(features)
 
         # How often a value exactly repeats its predecessor in normal data (Laplace-smoothed),
@@ -236,6 +244,15 @@ class EnsembleDetector(BaseEstimator):
             "repeat_rate": self.repeat_rate_,
         }
         return self
+
+    def _tail(self) -> ExceedanceTail:
+        cfg = self._config
+        return ExceedanceTail(
+            cfg.tail_quantile,
+            cfg.max_tail_shape,
+            min_recurrences=cfg.tail_min_recurrences,
+            recurrence_margin=cfg.tail_recurrence_margin,
+        )
 
     def _to_model(self, y: np.ndarray) -> np.ndarray:
         if not self.log_space_:

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from kpi_pipeline.detection.calibration import surprise_from_score
+
 SEVERITY_ORDER = ("low", "medium", "high", "critical")
 
 
@@ -88,16 +90,35 @@ def summarize_events(scores: pd.DataFrame) -> pd.DataFrame:
     return summary[columns].sort_values("start", ascending=False, ignore_index=True)
 
 
-def opening_scores(score: np.ndarray, merge_gap: int = 0) -> np.ndarray:
-    """Per point, the score at which it would open a new event: its score where it beats each of
-    the ``merge_gap + 1`` scores before it, else 0.
+OPENING_MARGIN = 1.0
+"""How much more surprising (in decades of tail probability) than everything in the merge window
+before it a point must be to open an event of its own in ``opening_scores``."""
 
-    At any threshold t, every point that opens an event (no point at or above t in the merge
-    window before it) keeps a score >= t; the others that do lie within the merge window of a
-    point already at or above t, i.e. inside an event that is already open. No threshold is built
-    in, so a threshold sweep (NAB's "best threshold") stays a test of the score, while a long
-    incident no longer counts once per row.
+
+def opening_scores(
+    score: np.ndarray, merge_gap: int = 0, threshold: float = 3.5, margin: float = OPENING_MARGIN
+) -> np.ndarray:
+    """Per point, the score at which it opens an anomaly episode of its own, else 0.
+
+    Scores map to surprise (``calibration.surprise_from_score`` with ``threshold``). A point
+    opens where its surprise beats every point in the ``merge_gap + 1`` before it, and beats the
+    openings among them by at least ``margin`` decades: evidence that climbs point by point
+    within one incident (a stuck value, a sustained shift) registers once per decade of
+    surprise instead of once per row, and an incident that flares up out of a quiet stretch
+    always registers at its first point.
+
+    No decision threshold is built in, so a threshold sweep (NAB's "best threshold") stays a
+    test of the score. At every threshold, each point that passes either opens an event there
+    or lies within an event already open (tested).
     """
     score = np.nan_to_num(np.asarray(score, dtype=float), nan=0.0)
-    earlier = pd.Series(score).shift(1).rolling(merge_gap + 1, min_periods=1).max()
-    return np.where(score > earlier.fillna(-np.inf).to_numpy(), score, 0.0)
+    surprise = surprise_from_score(score, threshold)
+    window = merge_gap + 1
+    earlier = pd.Series(surprise).shift(1).rolling(window, min_periods=1).max()
+    beats = surprise > earlier.fillna(-np.inf).to_numpy()
+    opens = np.zeros(len(score), dtype=bool)
+    for i in np.flatnonzero(beats):
+        before = slice(max(0, i - window), i)
+        opened = surprise[before][opens[before]]
+        opens[i] = opened.size == 0 or surprise[i] >= opened.max() + margin
+    return np.where(opens, score, 0.0)

@@ -23,10 +23,14 @@ class IsolationForestDetector(BaseEstimator):
         max_samples: int = 256,
         tail_quantile: float = 0.9,
         random_state: int | None = 0,
+        min_recurrences: int = 3,
+        recurrence_margin: float = 0.8,
     ):
         self.n_estimators = n_estimators
         self.max_samples = max_samples
         self.tail_quantile = tail_quantile
+        self.min_recurrences = min_recurrences
+        self.recurrence_margin = recurrence_margin
         self.random_state = random_state
 
     def fit(self, X: np.ndarray, y=None) -> "IsolationForestDetector":
@@ -36,7 +40,11 @@ class IsolationForestDetector(BaseEstimator):
             max_samples=min(self.max_samples, len(X)),
             random_state=self.random_state,
         ).fit(X)
-        self.calibration_ = ExceedanceTail(self.tail_quantile).fit(self._raw(X))
+        self.calibration_ = ExceedanceTail(
+            self.tail_quantile,
+            min_recurrences=self.min_recurrences,
+            recurrence_margin=self.recurrence_margin,
+        ).fit(self._raw(X))
         self.n_features_in_ = X.shape[1]
         return self
 

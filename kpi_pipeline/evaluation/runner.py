@@ -59,7 +59,9 @@ def _run_series(task: SeriesTask, config: DetectorConfig, out_dir: Path) -> Seri
         task.ts, task.values, initial=initial, config=config, gap=task.gap, kpi=task.name
     )
     scores = result.scores
-    opening = opening_scores(scores["score"].to_numpy(), config.event_merge_gap)
+    opening = opening_scores(
+        scores["score"].to_numpy(), config.event_merge_gap, config.threshold
+    )
     path = out_dir / f"{task.name}.csv"
     path.parent.mkdir(parents=True, exist_ok=True)
     pd.DataFrame(

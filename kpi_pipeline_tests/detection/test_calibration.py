@@ -64,10 +64,15 @@ def test_surprise_of_a_value_does_not_depend_on_the_other_values_scored_with_it(
 
 @pytest.mark.parametrize("probability", [0.5, 0.95, 0.99])
 def test_quantile_and_surprise_agree(tail, probability):
-    fitted, _ = tail
-    value = fitted.quantile(probability)
-    surprise = fitted.surprise(np.array([value]))[0]
+    _, values = tail
+    smooth = ExceedanceTail(min_recurrences=0).fit(values)
+    value = smooth.quantile(probability)
+    surprise = smooth.surprise(np.array([value]))[0]
     assert surprise == pytest.approx(-np.log10(1.0 - probability), abs=0.1)
+    # With recurrences on (the default), values that training came close to often enough are
+    # capped at that observed rate, so a surprise is never above the smooth tail's.
+    capped = ExceedanceTail().fit(values).surprise(np.array([value]))[0]
+    assert capped <= surprise + 1e-12
 
 
 def test_nan_stays_nan():
@@ -117,3 +122,51 @@ def test_score_and_surprise_are_inverses():
     np.testing.assert_allclose(round_trip, surprise)
     score = np.array([0.0, 0.1, 0.5, 0.9, 0.99])
     np.testing.assert_allclose(score_from_surprise(surprise_from_score(score, 5.0), 5.0), score)
+
+
+def recurring_spikes(n_spikes: int) -> np.ndarray:
+    """Light-tailed normal values plus ``n_spikes`` spikes of 150-190: a recurring pattern (a
+    batch job's load spike) that the smooth fitted tail cannot follow."""
+    rng = np.random.default_rng(3)
+    values = np.abs(rng.normal(size=N_TRAIN))
+    values[rng.choice(N_TRAIN, n_spikes, replace=False)] = rng.uniform(150, 190, n_spikes)
+    return values
+
+
+def test_a_pattern_that_recurred_in_training_is_as_common_as_it_was_seen_to_be():
+    values = recurring_spikes(40)
+    fitted = ExceedanceTail(min_recurrences=3, recurrence_margin=0.8).fit(values)
+    smooth = ExceedanceTail(min_recurrences=0).fit(values)
+    spike = np.array([185.0])  # beyond all but a few training spikes
+    assert smooth.surprise(spike)[0] > 5  # the fitted tail alone calls it a one-in-100,000 event
+    # Training values came within the margin (>= 0.8 of its excess) 40 times in 2,000: p ~ 2%.
+    near = np.sum(values >= fitted.threshold_ + 0.8 * (185.0 - fitted.threshold_))
+    assert fitted.surprise(spike)[0] == pytest.approx(-np.log10((near + 1) / (N_TRAIN + 1)))
+    assert fitted.surprise(spike)[0] < 2
+    # Far beyond anything seen, the fitted tail still judges: a spike twice as high is extreme.
+    assert fitted.surprise(np.array([400.0]))[0] == pytest.approx(smooth.surprise(np.array([400.0]))[0])
+    assert fitted.surprise(np.array([400.0]))[0] > 5
+
+
+def test_a_single_past_incident_does_not_make_its_repeat_normal():
+    values = recurring_spikes(2)  # seen twice: fewer than min_recurrences
+    fitted = ExceedanceTail(min_recurrences=3, recurrence_margin=0.8).fit(values)
+    smooth = ExceedanceTail(min_recurrences=0).fit(values)
+    spike = np.array([185.0])
+    assert fitted.surprise(spike)[0] == pytest.approx(smooth.surprise(spike)[0])
+
+
+def test_recurrences_keep_the_surprise_monotone():
+    fitted = ExceedanceTail(min_recurrences=3, recurrence_margin=0.8).fit(recurring_spikes(40))
+    grid = np.linspace(0, 500, 5001)
+    assert np.all(np.diff(fitted.surprise(grid)) >= -1e-12)
+
+
+def test_tails_pickled_before_recurrences_existed_score_as_they_did():
+    fitted = ExceedanceTail().fit(recurring_spikes(40))
+    old = ExceedanceTail.__new__(ExceedanceTail)
+    old.__dict__.update({k: v for k, v in fitted.__dict__.items()
+                         if k not in ("min_recurrences", "recurrence_margin")})
+    smooth = ExceedanceTail(min_recurrences=0).fit(recurring_spikes(40))
+    grid = np.linspace(0, 500, 501)
+    np.testing.assert_array_equal(old.surprise(grid), smooth.surprise(grid))

@@ -2,6 +2,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from kpi_pipeline.detection.calibration import score_from_surprise, surprise_from_score
 from kpi_pipeline.detection.events import (
     opening_scores,
     OpenEvent,
@@ -132,26 +133,54 @@ def test_summarize_events_without_anomalies_is_empty():
     assert summary.empty and "event_id" in summary.columns
 
 
-def test_opening_scores_keep_only_scores_above_the_merge_window_before_them():
-    score = np.array([0.1, 0.3, 0.2, 0.7, 0.9, 0.6, 0.2, 0.25, 0.1, 0.1, 0.1, 0.4])
-    opening = opening_scores(score, merge_gap=2)
-    # 0.1 opens (nothing before), 0.3 beats 0.1, 0.2 does not; 0.7 beats the three before it and
-    # 0.9 beats 0.7 (at a threshold in (0.7, 0.9] it opens the event); 0.6 and the quiet scores
-    # after it each follow a higher one within three points; 0.4 beats the three before it.
-    assert opening.tolist() == [0.1, 0.3, 0.0, 0.7, 0.9, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.4]
+def scores_of(surprise) -> np.ndarray:
+    return score_from_surprise(np.asarray(surprise, dtype=float), 3.5)
+
+
+def test_opening_scores_keep_points_a_decade_above_the_openings_in_the_merge_window_before():
+    surprise = [0.5, 2.0, 1.0, 4.0, 4.5, 6.0, 2.0, 1.0, 0.2, 0.2, 0.2, 1.5, 1.1]
+    score = scores_of(surprise)
+    opening = opening_scores(score, merge_gap=2, threshold=3.5)
+    # 0.5 opens (nothing before); 2.0 beats it by > 1; 1.0 does not beat 2.0; 4.0 beats the
+    # three before it, by 2 over the opening 2.0; 4.5 beats them but climbs less than a decade
+    # above the opening 4.0 (the same episode); 6.0 is 2 above 4.0; the quiet points after it
+    # each follow a higher one within three points; 1.5 beats the three 0.2s before it (no
+    # opening among them); 1.1 does not beat 1.5.
+    opens = [True, True, False, True, False, True, False, False, False, False, False, True, False]
+    np.testing.assert_array_equal(opening, np.where(opens, score, 0.0))
+
+
+def test_evidence_that_climbs_point_by_point_registers_once_per_decade():
+    # A stuck value gathers evidence row by row: 0.4 decades more each row, up to 7.8.
+    climb = np.arange(1.0, 8.0, 0.4)
+    surprise = np.array([0.3, 0.2, 0.4, *climb, 0.2, 0.1])
+    opening = opening_scores(scores_of(surprise), merge_gap=2, threshold=3.5)
+    passes = np.flatnonzero(opening > 0)
+    assert passes.tolist() == [0, 4, 7, 10, 13, 16, 19]  # every third row of the climb
+    # At any threshold up to a decade below its peak, the climb passes within a decade of first
+    # reaching it.
+    for level in climb[climb <= climb.max() - 1.0]:
+        reached = np.flatnonzero(surprise >= level)[0]
+        assert surprise[passes[passes >= reached][0]] <= level + 1.0
 
 
 @pytest.mark.parametrize("threshold", [0.2, 0.35, 0.5, 0.6, 0.8, 0.95])
-def test_at_any_threshold_event_openings_pass_and_other_passes_are_inside_open_events(threshold):
+def test_at_any_threshold_passes_open_events_or_lie_inside_open_events(threshold):
     rng = np.random.default_rng(3)
     # Quiet stretches with bursts of high scores, so events open and run at every threshold.
     score = np.where(rng.uniform(size=600) < 0.1, rng.uniform(0.5, 1.0, 600), rng.uniform(0, 0.5, 600))
-    opening = opening_scores(score, merge_gap=2)
+    opening = opening_scores(score, merge_gap=2, threshold=3.5)
     flagged = score >= threshold
     ts = pd.date_range("2025-01-01", periods=len(score), freq="h")
     _, alert = assign_events("k", ts, flagged, merge_gap=2)
     passes = opening >= threshold
-    assert passes[alert].all()
     recent = pd.Series(flagged).shift(1).rolling(3, min_periods=1).max().fillna(0).astype(bool)
+    assert (passes <= flagged).all()
     assert recent.to_numpy()[passes & ~alert].all()
-    assert passes.sum() < flagged.sum() or flagged.sum() == alert.sum()
+    # An event that opens out of a quiet stretch (everything in the merge window before it more
+    # than a decade less surprising) always passes; only climbs within an episode are dropped.
+    surprise = surprise_from_score(score, 3.5)
+    quiet_before = pd.Series(surprise).shift(1).rolling(3, min_periods=1).max().fillna(-np.inf)
+    from_quiet = alert & (surprise >= quiet_before.to_numpy() + 1.0)
+    assert from_quiet.any() and passes[from_quiet].all()
+    assert passes.sum() <= alert.sum() + (passes & ~alert).sum()

@@ -4,7 +4,14 @@ from sklearn.base import clone
 
 from kpi_pipeline.detection.iforest import IsolationForestDetector
 
-PARAMS = {"n_estimators": 50, "max_samples": 128, "tail_quantile": 0.9, "random_state": 3}
+PARAMS = {
+    "n_estimators": 50,
+    "max_samples": 128,
+    "tail_quantile": 0.9,
+    "random_state": 3,
+    "min_recurrences": 3,
+    "recurrence_margin": 0.8,
+}
 
 
 def training_features(n: int = 400) -> np.ndarray:
