@@ -378,7 +378,9 @@ def _score_with_stored_models(
     ts = pd.DatetimeIndex(rows["ts"])
     values = rows["value"].to_numpy(dtype=float)
     gap = rows["gap"].to_numpy(dtype=bool)
-    models = [m for m in store.load_model_versions(engine, kpi, "ensemble") if m.train_end]
+    # Only the training windows: the artifacts of the versions used are loaded below.
+    versions = store.load_model_versions(engine, kpi, "ensemble", artifacts=False)
+    models = [m for m in versions if m.train_end]
     train_ends = pd.DatetimeIndex([model.train_end for model in models], tz="UTC")
     # Index of the newest model whose training window ended strictly before each point.
     model_of = train_ends.searchsorted(ts[first_new:], side="left") - 1

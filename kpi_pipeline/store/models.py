@@ -101,11 +101,18 @@ def load_latest_models(
     return {row["kpi"]: _record(row) for row in rows}
 
 
-def load_model_versions(engine: sa.Engine, kpi: str, kind: str) -> list[ModelRecord]:
-    """Every version of one KPI's ``kind`` model, oldest training cutoff first."""
+def load_model_versions(
+    engine: sa.Engine, kpi: str, kind: str, artifacts: bool = True
+) -> list[ModelRecord]:
+    """Every version of one KPI's ``kind`` model, oldest training cutoff first.
+
+    ``artifacts=False`` leaves the pickled models out (``artifact`` None): a KPI retrained daily
+    has hundreds of versions, and choosing which ones apply needs only their training windows.
+    """
     table = kpi_models
+    columns = [c for c in table.c if artifacts or c.name != "artifact"]
     query = (
-        sa.select(table)
+        sa.select(*columns)
         .where(table.c.kpi == kpi, table.c.kind == kind)
         .order_by(table.c.train_end.asc().nulls_first(), table.c.trained_at.asc())
     )
@@ -128,7 +135,7 @@ def _record(row: Any) -> ModelRecord:
         n_points=row["n_points"],
         params=row["params"] or {},
         metrics=row["metrics"] or {},
-        artifact=None if row["artifact"] is None else bytes(row["artifact"]),
+        artifact=None if row.get("artifact") is None else bytes(row["artifact"]),
     )
 
 

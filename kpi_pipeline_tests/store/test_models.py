@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import pickle
 
 import numpy as np
@@ -55,6 +56,16 @@ def test_walk_forward_versions_are_ordered_by_training_cutoff(migrated_engine):
     assert [v.version for v in versions] == ["early", "late"]
     assert versions[0].train_end == pd.Timestamp("2024-02-01", tz="UTC")
     assert load_model_versions(migrated_engine, "orders", "ensemble") == []
+
+
+def test_model_versions_without_artifacts_carry_everything_else(migrated_engine):
+    save(migrated_engine, "sales", "ensemble", "v1", "2024-05-01T00:00:00Z", train_end="2024-04-01T00:00:00Z")
+    save(migrated_engine, "sales", "ensemble", "v2", "2024-05-02T00:00:00Z", train_end="2024-04-02T00:00:00Z")
+    full = load_model_versions(migrated_engine, "sales", "ensemble")
+    light = load_model_versions(migrated_engine, "sales", "ensemble", artifacts=False)
+    assert all(record.artifact for record in full)
+    assert all(record.artifact is None for record in light)
+    assert light == [dataclasses.replace(record, artifact=None) for record in full]
 
 
 def test_saving_the_same_version_again_replaces_it(migrated_engine):
