@@ -196,7 +196,7 @@ class EnsembleDetector(BaseEstimator):
         self.residual_scale_ = max(
             float(np.nanmedian(np.abs(adapted[usable]))) * 1.4826, self.scale_floor_
         )
-        _, adapted, ratio = self._deviation(residual)
+        _, adapted, ratio, _ = self._deviation(residual)
         self.deviation_tail_ = self._tail().fit(
             ratio[usable]
         )
@@ -274,12 +274,16 @@ class EnsembleDetector(BaseEstimator):
         recent = np.where(np.isfinite(recent), recent, training_scale)
         return np.maximum(recent, max(0.1 * training_scale, self.scale_floor_))
 
-    def _deviation(self, residual: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Recent level, adapted residual, and the judged deviation in units of recent scale."""
+    def _deviation(
+        self, residual: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Recent level, adapted residual, the judged deviation in units of recent scale, and
+        that recent scale."""
         level = _past_rolling_median(residual, self._config.level_window)
         adapted = residual - level
         judged = np.fmin(np.abs(residual), np.abs(adapted))
-        return level, adapted, judged / self._recent_scale(adapted)
+        scale = self._recent_scale(adapted)
+        return level, adapted, judged / scale, scale
 
     def _sustained_shift(
         self, residual: np.ndarray
@@ -354,7 +358,7 @@ class EnsembleDetector(BaseEstimator):
         y_model = self._to_model(y)
         yhat = self.prophet_.predict(ts)
         residual = y_model - yhat
-        level, adapted, ratio = self._deviation(residual)
+        level, adapted, ratio, recent_scale = self._deviation(residual)
         prophet_surprise = np.nan_to_num(self.deviation_tail_.surprise(ratio), nan=0.0)
         # The forest is the costly part and context points are not returned: judge only the new
         # ones (and those the smoothing window reaches back to).
@@ -385,14 +389,17 @@ class EnsembleDetector(BaseEstimator):
             )
         score = score_from_surprise(combined, cfg.threshold)
         is_anomaly = combined >= cfg.threshold
-        flagged_by = [
-            ",".join(name for name, s in components.items() if s[i] >= cfg.threshold) or None
-            for i in range(len(y))
+        # Named for the returned points only (the context's are sliced off below).
+        names = list(components)
+        flagged_by = np.full(len(y), None, dtype=object)
+        flagged_by[n_context:] = [
+            ",".join(name for name, hit in zip(names, row) if hit) or None
+            for row in (surprises[n_context:] >= cfg.threshold).tolist()
         ]
 
         score = np.where(gap, cfg.gap_score, score)
         is_anomaly = np.where(gap, True, is_anomaly & np.isfinite(y))
-        flagged_by = np.where(gap, "gap", np.array(flagged_by, dtype=object))
+        flagged_by = np.where(gap, "gap", flagged_by)
         # An anomalous point always names a component, even when only smoothing pushed it over.
         flagged_by = np.where(is_anomaly & (flagged_by == None), "ensemble", flagged_by)  # noqa: E711
 
@@ -403,7 +410,6 @@ class EnsembleDetector(BaseEstimator):
             by_sustained = is_anomaly & (strongest == list(components).index("sustained"))
             level = np.where(by_sustained, sustained_reference, level)
         expected = yhat + level
-        recent_scale = self._recent_scale(adapted)
         half_width = self.deviation_tail_.quantile(cfg.band_coverage) * recent_scale
         lower, upper = self._from_model(expected - half_width), self._from_model(expected + half_width)
         expected = self._from_model(expected)

@@ -44,30 +44,47 @@ def regularize(
 
     The grid runs through ``origin`` (default: the first timestamp). Duplicate timestamps are
     averaged. Off-grid timestamps snap to the nearest grid point.
+
+    Written with numpy (real-time scoring cleans a few rows per request, where pandas' fixed
+    costs were most of the time), with the arithmetic of the pandas formulation it replaces:
+    pandas' grouped mean for duplicates and ``np.interp`` on the nanosecond timestamps, as
+    ``interpolate(method="time", limit_area="inside")`` does (tests compare the two exactly).
     """
-    frame = series[["ts", "value"]].copy()
-    start = frame["ts"].min() if origin is None else origin
-    frame["ts"] = start + pd.Index(Grid(start, freq).slots(frame["ts"])) * freq
-    values = frame.groupby("ts")["value"].mean()
-    grid = pd.date_range(values.index.min(), values.index.max(), freq=freq)
-    values = values.reindex(grid)
+    ts = pd.DatetimeIndex(series["ts"])
+    values = series["value"].to_numpy(dtype=float)
+    if len(ts) == 0:
+        return pd.DataFrame({"ts": ts, "value": values, "filled": np.zeros(0, dtype=bool),
+                             "gap": np.zeros(0, dtype=bool)})
+    start = ts.min() if origin is None else origin
+    slots = Grid(start, freq).slots(ts)
+    order = np.argsort(slots, kind="stable")
+    slots, values = slots[order], values[order]
+    occupied, first_row, counts = np.unique(slots, return_index=True, return_counts=True)
+    if (counts > 1).any():
+        means = pd.Series(values).groupby(slots, sort=True).mean().to_numpy(dtype=float)
+    else:
+        means = values[first_row]
+    first_slot = int(occupied[0])
+    n = int(occupied[-1]) - first_slot + 1
+    grid = pd.date_range(start + first_slot * freq, periods=n, freq=freq)
+    value = np.full(n, np.nan)
+    value[occupied - first_slot] = means
 
-    missing = values.isna()
-    run_id = (missing != missing.shift()).cumsum()
-    run_length = missing.groupby(run_id).transform("size")
-    short_gap = missing & (run_length <= config.max_fill_periods)
-    long_gap = missing & ~short_gap
-
-    filled_values = values.interpolate(method="time", limit_area="inside")
-    values = values.where(~short_gap, filled_values)
-    return pd.DataFrame(
-        {
-            "ts": grid,
-            "value": values.to_numpy(dtype=float),
-            "filled": short_gap.to_numpy(),
-            "gap": long_gap.to_numpy(),
-        }
-    )
+    missing = np.isnan(value)
+    short_gap = np.zeros(n, dtype=bool)
+    long_gap = np.zeros(n, dtype=bool)
+    if missing.any():
+        edges = np.flatnonzero(np.diff(np.concatenate(([0], missing.view(np.int8), [0]))))
+        for run_start, run_end in zip(edges[::2], edges[1::2]):
+            short = run_end - run_start <= config.max_fill_periods
+            (short_gap if short else long_gap)[run_start:run_end] = True
+        valid = np.flatnonzero(~missing)
+        if len(valid):
+            inside = short_gap.copy()
+            inside[: valid[0]] = inside[valid[-1] + 1 :] = False
+            x = grid.asi8
+            value[inside] = np.interp(x[inside], x[valid], value[valid])
+    return pd.DataFrame({"ts": grid, "value": value, "filled": short_gap, "gap": long_gap})
 
 
 @dataclass(frozen=True)

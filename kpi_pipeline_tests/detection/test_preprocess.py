@@ -180,3 +180,46 @@ def test_without_the_series_grid_a_window_starting_off_grid_lands_on_another_gri
     off_grid = int(np.flatnonzero(raw["ts"].dt.second != 17)[5])
     cleaned, _ = clean_observations(raw.iloc[off_grid:])
     assert not cleaned["ts"].isin(whole["ts"]).any()
+
+
+def _regularize_with_pandas(series, freq, config=PreprocessConfig(), origin=None):
+    """The pandas formulation ``regularize`` replaced: the oracle it must match exactly."""
+    frame = series[["ts", "value"]].copy()
+    start = frame["ts"].min() if origin is None else origin
+    frame["ts"] = start + pd.Index(Grid(start, freq).slots(frame["ts"])) * freq
+    values = frame.groupby("ts")["value"].mean()
+    grid = pd.date_range(values.index.min(), values.index.max(), freq=freq)
+    values = values.reindex(grid)
+    missing = values.isna()
+    run_id = (missing != missing.shift()).cumsum()
+    run_length = missing.groupby(run_id).transform("size")
+    short_gap = missing & (run_length <= config.max_fill_periods)
+    long_gap = missing & ~short_gap
+    filled_values = values.interpolate(method="time", limit_area="inside")
+    values = values.where(~short_gap, filled_values)
+    return pd.DataFrame({"ts": grid, "value": values.to_numpy(dtype=float),
+                         "filled": short_gap.to_numpy(), "gap": long_gap.to_numpy()})
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_regularize_matches_the_pandas_formulation_exactly(seed):
+    rng = np.random.default_rng(seed)
+    raw = _messy_hourly_series(int(rng.integers(5, 400)), seed)[["ts", "value"]]
+    if seed % 2:  # unique slots only: the path without a grouped mean
+        raw = raw.loc[~pd.Series(Grid(raw["ts"].min(), HOUR).slots(raw["ts"])).duplicated().to_numpy()]
+    if seed == 4:  # a missing value at either end, and one inside
+        raw = raw.copy()
+        raw.iloc[[0, len(raw) // 2, -1], raw.columns.get_loc("value")] = np.nan
+    origin = raw["ts"].min() - 3 * HOUR if seed == 5 else None
+    for config in (PreprocessConfig(), PreprocessConfig(max_fill_periods=1)):
+        pd.testing.assert_frame_equal(
+            regularize(raw, HOUR, config, origin=origin),
+            _regularize_with_pandas(raw, HOUR, config, origin=origin),
+            check_exact=True,
+        )
+
+
+def test_regularize_of_nothing_is_empty():
+    empty = pd.DataFrame({"ts": pd.DatetimeIndex([], tz="UTC"), "value": np.zeros(0)})
+    out = regularize(empty, HOUR)
+    assert out.empty and list(out.columns) == ["ts", "value", "filled", "gap"]
