@@ -31,11 +31,15 @@ class ExceedanceTail:
     traffic) a power law, so neither case turns ordinary extremes into alarms.
 
     A smooth tail cannot follow a pattern that recurs far out (a batch job's spike every few
-    hours): it would call each repeat a one-in-a-million event. So where training values came
-    close to a value (within ``recurrence_margin`` of its distance beyond the tail threshold) at
-    least ``min_recurrences`` times, the value is no more surprising than that observed rate.
-    A value beyond anything seen, or seen fewer times (one past incident left in training), is
-    judged by the fitted tail alone. ``min_recurrences=0`` turns this off.
+    hours): it would call each repeat a one-in-a-million event. So where at least
+    ``min_recurrences`` separate training episodes came close to a value (their peak within
+    ``recurrence_margin`` of its distance beyond the tail threshold), the value is no more
+    surprising than that observed rate. An episode is a run of consecutive training values
+    beyond the tail threshold, runs at most ``episode_gap`` values apart counting as one (as the
+    event logic merges flags), so one long past incident counts once, not once per row. A value
+    beyond anything seen, or seen in fewer episodes (a past incident or two left in training), is
+    judged by the fitted tail alone. ``min_recurrences=0`` turns this off. ``fit`` takes the
+    values in time order.
     """
 
     def __init__(
@@ -45,20 +49,26 @@ class ExceedanceTail:
         scale_floor: float = 1e-9,
         min_recurrences: int = 3,
         recurrence_margin: float = 0.8,
+        episode_gap: int = 2,
     ):
         self.tail_quantile = tail_quantile
         self.max_shape = max_shape
         self.scale_floor = scale_floor
         self.min_recurrences = min_recurrences
         self.recurrence_margin = recurrence_margin
+        self.episode_gap = episode_gap
 
     def fit(self, values: np.ndarray) -> "ExceedanceTail":
-        v = np.asarray(values, dtype=float)
-        v = np.sort(v[np.isfinite(v)])
+        if not 0.0 < self.recurrence_margin <= 1.0:
+            raise ValueError(f"recurrence_margin must be in (0, 1], not {self.recurrence_margin}")
+        ordered = np.asarray(values, dtype=float)
+        ordered = ordered[np.isfinite(ordered)]
+        v = np.sort(ordered)
         if len(v) == 0:
             raise ValueError("cannot fit a tail to no values")
         self.sorted_ = v
         self.threshold_ = float(np.quantile(v, self.tail_quantile))
+        self.episode_peaks_ = _episode_peaks(ordered, self.threshold_, self.episode_gap)
         excess = v[v > self.threshold_] - self.threshold_
         self.shape_ = 0.0
         self.scale_ = float(excess.mean()) if len(excess) else 0.0
@@ -90,13 +100,14 @@ class ExceedanceTail:
         # Past the threshold the fitted tail takes over: the empirical rate there is too coarse
         # (every value beyond the training maximum would get the same -log10(1/(n+1))).
         # ... unless training values came this close often enough: then the observed rate holds.
-        recurrences = getattr(self, "min_recurrences", 0)  # 0: models pickled before it existed
-        if recurrences > 0:
-            margin = getattr(self, "recurrence_margin", 1.0)
-            near = self.threshold_ + margin * (np.nan_to_num(v, nan=-np.inf) - self.threshold_)
-            seen = n - np.searchsorted(self.sorted_, near, side="left")
+        peaks = getattr(self, "episode_peaks_", None)  # None: pickled before it existed
+        if peaks is not None and self.min_recurrences > 0:
+            near = self.threshold_ + self.recurrence_margin * (
+                np.nan_to_num(v, nan=-np.inf) - self.threshold_
+            )
+            seen = len(peaks) - np.searchsorted(peaks, near, side="left")
             seen_rate = -np.log10((seen + 1.0) / (n + 1.0))
-            tail = np.where(seen >= recurrences, np.fmin(tail, seen_rate), tail)
+            tail = np.where(seen >= self.min_recurrences, np.fmin(tail, seen_rate), tail)
         out = np.where(v > self.threshold_, tail, empirical)
         return np.where(np.isnan(v), np.nan, np.clip(out, 0.0, None))
 
@@ -108,3 +119,13 @@ class ExceedanceTail:
         if self.shape_ > 1e-9:
             return self.threshold_ + self.scale_ / self.shape_ * (ratio ** -self.shape_ - 1.0)
         return self.threshold_ - self.scale_ * np.log(ratio)
+
+
+def _episode_peaks(ordered: np.ndarray, threshold: float, gap: int) -> np.ndarray:
+    """The peak of each episode of ``ordered`` (time order) beyond ``threshold``, sorted: runs of
+    values above it, runs at most ``gap`` values apart merged."""
+    beyond = np.flatnonzero(ordered > threshold)
+    if len(beyond) == 0:
+        return np.zeros(0)
+    starts = np.concatenate(([0], np.flatnonzero(np.diff(beyond) > gap + 1) + 1))
+    return np.sort(np.maximum.reduceat(ordered[beyond], starts))

@@ -101,10 +101,12 @@ class DetectorConfig:
     max_tail_shape: float = 0.5
     """Upper bound of the fitted tail's shape (0 = exponential tail, 0.5 = heavy power law)."""
     tail_min_recurrences: int = 3
-    """Training values that must have come close to a value before its observed rate caps its
-    surprise: a pattern that keeps recurring is normal (``calibration.ExceedanceTail``; 0 = off)."""
+    """Separate training episodes that must have come close to a value before their observed
+    rate caps its surprise: a pattern that keeps recurring is normal (0 = off; episodes are
+    merged like events, see ``calibration.ExceedanceTail``)."""
     tail_recurrence_margin: float = 0.8
-    """How close counts: at least this share of the value's distance beyond the tail threshold."""
+    """How close counts: a peak at least this share of the value's distance beyond the tail
+    threshold, in (0, 1]."""
     log_transform: bool = True
     """Model KPIs whose training values are all positive in log space."""
     band_coverage: float = 0.99
@@ -121,6 +123,10 @@ class DetectorConfig:
     little history drifts away from the data, which would read as one long sustained deviation."""
     event_merge_gap: int = 2
     """Quiet points allowed inside one event."""
+    opening_margin: float = 1.0
+    """Decades of surprise by which a point must beat the openings in the merge window before it
+    to open an episode of its own in ``events.opening_scores`` (``kpi-pipeline evaluate``'s
+    ``anomaly_score``)."""
     gap_score: float = 0.6
     """Score given to a long missing-data gap (flagged by 'gap')."""
     prophet: ProphetConfig = field(default_factory=ProphetConfig)
@@ -197,9 +203,7 @@ class EnsembleDetector(BaseEstimator):
             float(np.nanmedian(np.abs(adapted[usable]))) * 1.4826, self.scale_floor_
         )
         _, adapted, ratio, _ = self._deviation(residual)
-        self.deviation_tail_ = self._tail().fit(
-            ratio[usable]
-        )
+        self.deviation_tail_ = self._tail().fit(ratio[usable])
 
         for name in ("sustained_scale_", "sustained_tail_"):
             self.__dict__.pop(name, None)
@@ -224,6 +228,7 @@ class EnsembleDetector(BaseEstimator):
             random_state=self.random_state,
             min_recurrences=cfg.tail_min_recurrences,
             recurrence_margin=cfg.tail_recurrence_margin,
+            episode_gap=cfg.event_merge_gap,
         ).fit(features)
 
         # How often a value exactly repeats its predecessor in normal data (Laplace-smoothed),
@@ -252,6 +257,7 @@ class EnsembleDetector(BaseEstimator):
             cfg.max_tail_shape,
             min_recurrences=cfg.tail_min_recurrences,
             recurrence_margin=cfg.tail_recurrence_margin,
+            episode_gap=cfg.event_merge_gap,
         )
 
     def _to_model(self, y: np.ndarray) -> np.ndarray:

@@ -90,26 +90,24 @@ def summarize_events(scores: pd.DataFrame) -> pd.DataFrame:
     return summary[columns].sort_values("start", ascending=False, ignore_index=True)
 
 
-OPENING_MARGIN = 1.0
-"""How much more surprising (in decades of tail probability) than everything in the merge window
-before it a point must be to open an event of its own in ``opening_scores``."""
-
-
 def opening_scores(
-    score: np.ndarray, merge_gap: int = 0, threshold: float = 3.5, margin: float = OPENING_MARGIN
+    score: np.ndarray, merge_gap: int, threshold: float, margin: float
 ) -> np.ndarray:
     """Per point, the score at which it opens an anomaly episode of its own, else 0.
 
     Scores map to surprise (``calibration.surprise_from_score`` with ``threshold``). A point
-    opens where its surprise beats every point in the ``merge_gap + 1`` before it, and beats the
-    openings among them by at least ``margin`` decades: evidence that climbs point by point
-    within one incident (a stuck value, a sustained shift) registers once per decade of
-    surprise instead of once per row, and an incident that flares up out of a quiet stretch
-    always registers at its first point.
+    opens where its surprise beats every point of the ``merge_gap + 1`` before it, and beats
+    the openings among them by at least ``margin`` decades. So an incident that flares up out
+    of a quiet stretch (its window more than ``margin`` decades below it) registers at its first
+    point, and evidence that climbs row by row inside one incident (a stuck value, a sustained
+    shift) registers once per ``margin`` decades, or once per ``merge_gap + 2`` rows where it
+    climbs slower than that, instead of once per row.
 
-    No decision threshold is built in, so a threshold sweep (NAB's "best threshold") stays a
-    test of the score. At every threshold, each point that passes either opens an event there
-    or lies within an event already open (tested).
+    No decision threshold is built in (the threshold only converts scores to surprise), so a
+    threshold sweep (NAB's "best threshold") stays a test of the score. The price: at a given
+    threshold, an event whose first point lies less than ``margin`` decades above an opening
+    just below the threshold in its window may have no passing point (tested; the README counts
+    them on NAB).
     """
     score = np.nan_to_num(np.asarray(score, dtype=float), nan=0.0)
     surprise = surprise_from_score(score, threshold)

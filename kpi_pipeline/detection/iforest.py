@@ -25,12 +25,14 @@ class IsolationForestDetector(BaseEstimator):
         random_state: int | None = 0,
         min_recurrences: int = 3,
         recurrence_margin: float = 0.8,
+        episode_gap: int = 2,
     ):
         self.n_estimators = n_estimators
         self.max_samples = max_samples
         self.tail_quantile = tail_quantile
         self.min_recurrences = min_recurrences
         self.recurrence_margin = recurrence_margin
+        self.episode_gap = episode_gap
         self.random_state = random_state
 
     def fit(self, X: np.ndarray, y=None) -> "IsolationForestDetector":
@@ -44,6 +46,7 @@ class IsolationForestDetector(BaseEstimator):
             self.tail_quantile,
             min_recurrences=self.min_recurrences,
             recurrence_margin=self.recurrence_margin,
+            episode_gap=self.episode_gap,
         ).fit(self._raw(X))
         self.n_features_in_ = X.shape[1]
         return self

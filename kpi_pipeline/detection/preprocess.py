@@ -57,10 +57,9 @@ def regularize(
                              "gap": np.zeros(0, dtype=bool)})
     start = ts.min() if origin is None else origin
     slots = Grid(start, freq).slots(ts)
-    order = np.argsort(slots, kind="stable")
-    slots, values = slots[order], values[order]
     occupied, first_row, counts = np.unique(slots, return_index=True, return_counts=True)
     if (counts > 1).any():
+        # In the rows' own order: the order of a sum decides its last bit.
         means = pd.Series(values).groupby(slots, sort=True).mean().to_numpy(dtype=float)
     else:
         means = values[first_row]

@@ -60,7 +60,8 @@ def _run_series(task: SeriesTask, config: DetectorConfig, out_dir: Path) -> Seri
     )
     scores = result.scores
     opening = opening_scores(
-        scores["score"].to_numpy(), config.event_merge_gap, config.threshold
+        scores["score"].to_numpy(), config.event_merge_gap, config.threshold,
+        config.opening_margin,
     )
     path = out_dir / f"{task.name}.csv"
     path.parent.mkdir(parents=True, exist_ok=True)

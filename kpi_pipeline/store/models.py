@@ -118,10 +118,10 @@ def load_model_versions(
     )
     with engine.connect() as connection:
         rows = connection.execute(query).mappings().all()
-    return [_record(row) for row in rows]
+    return [_record(row, artifacts) for row in rows]
 
 
-def _record(row: Any) -> ModelRecord:
+def _record(row: Any, artifact: bool = True) -> ModelRecord:
     def utc_or_none(value: Any) -> pd.Timestamp | None:
         return None if value is None else to_utc(value)
 
@@ -135,7 +135,7 @@ def _record(row: Any) -> ModelRecord:
         n_points=row["n_points"],
         params=row["params"] or {},
         metrics=row["metrics"] or {},
-        artifact=None if row.get("artifact") is None else bytes(row["artifact"]),
+        artifact=None if not artifact or row["artifact"] is None else bytes(row["artifact"]),
     )
 
 

@@ -124,12 +124,15 @@ def test_score_and_surprise_are_inverses():
     np.testing.assert_allclose(score_from_surprise(surprise_from_score(score, 5.0), 5.0), score)
 
 
-def recurring_spikes(n_spikes: int) -> np.ndarray:
-    """Light-tailed normal values plus ``n_spikes`` spikes of 150-190: a recurring pattern (a
-    batch job's load spike) that the smooth fitted tail cannot follow."""
+def recurring_spikes(n_spikes: int, rows_each: int = 1) -> np.ndarray:
+    """Light-tailed normal values (in time order) plus ``n_spikes`` separate spikes of 150-190,
+    each ``rows_each`` rows long: a recurring pattern (a batch job's load spike) that the smooth
+    fitted tail cannot follow."""
     rng = np.random.default_rng(3)
     values = np.abs(rng.normal(size=N_TRAIN))
-    values[rng.choice(N_TRAIN, n_spikes, replace=False)] = rng.uniform(150, 190, n_spikes)
+    starts = np.linspace(20, N_TRAIN - 20 - rows_each, n_spikes).astype(int)
+    for start in starts:
+        values[start : start + rows_each] = rng.uniform(150, 190, rows_each)
     return values
 
 
@@ -139,21 +142,37 @@ def test_a_pattern_that_recurred_in_training_is_as_common_as_it_was_seen_to_be()
     smooth = ExceedanceTail(min_recurrences=0).fit(values)
     spike = np.array([185.0])  # beyond all but a few training spikes
     assert smooth.surprise(spike)[0] > 5  # the fitted tail alone calls it a one-in-100,000 event
-    # Training values came within the margin (>= 0.8 of its excess) 40 times in 2,000: p ~ 2%.
+    # Spikes came within the margin (>= 0.8 of its excess) in this many separate episodes:
     near = np.sum(values >= fitted.threshold_ + 0.8 * (185.0 - fitted.threshold_))
+    assert near >= 30
     assert fitted.surprise(spike)[0] == pytest.approx(-np.log10((near + 1) / (N_TRAIN + 1)))
     assert fitted.surprise(spike)[0] < 2
     # Far beyond anything seen, the fitted tail still judges: a spike twice as high is extreme.
-    assert fitted.surprise(np.array([400.0]))[0] == pytest.approx(smooth.surprise(np.array([400.0]))[0])
-    assert fitted.surprise(np.array([400.0]))[0] > 5
+    far = np.array([400.0])
+    assert fitted.surprise(far)[0] == pytest.approx(smooth.surprise(far)[0])
+    assert fitted.surprise(far)[0] > 5
 
 
-def test_a_single_past_incident_does_not_make_its_repeat_normal():
-    values = recurring_spikes(2)  # seen twice: fewer than min_recurrences
+@pytest.mark.parametrize("n_spikes, rows_each", [(2, 1), (1, 12), (2, 6)])
+def test_a_past_incident_or_two_does_not_make_a_repeat_normal(n_spikes, rows_each):
+    # Fewer than three episodes, however many rows each lasted (one long incident counts once).
+    values = recurring_spikes(n_spikes, rows_each)
     fitted = ExceedanceTail(min_recurrences=3, recurrence_margin=0.8).fit(values)
     smooth = ExceedanceTail(min_recurrences=0).fit(values)
     spike = np.array([185.0])
     assert fitted.surprise(spike)[0] == pytest.approx(smooth.surprise(spike)[0])
+    assert fitted.surprise(spike)[0] > 5
+
+
+def test_runs_a_few_values_apart_are_one_episode():
+    values = recurring_spikes(0)
+    values[495:512] = 0.0  # quiet around the runs, so only the spikes are beyond the threshold
+    for start in (500, 503, 506, 1500):  # three runs two values apart, and one more
+        values[start] = 180.0
+    merged = ExceedanceTail(episode_gap=2).fit(values)
+    separate = ExceedanceTail(episode_gap=1).fit(values)
+    assert np.sum(merged.episode_peaks_ >= 150) == 2
+    assert np.sum(separate.episode_peaks_ >= 150) == 4
 
 
 def test_recurrences_keep_the_surprise_monotone():
@@ -163,10 +182,15 @@ def test_recurrences_keep_the_surprise_monotone():
 
 
 def test_tails_pickled_before_recurrences_existed_score_as_they_did():
-    fitted = ExceedanceTail().fit(recurring_spikes(40))
-    old = ExceedanceTail.__new__(ExceedanceTail)
-    old.__dict__.update({k: v for k, v in fitted.__dict__.items()
-                         if k not in ("min_recurrences", "recurrence_margin")})
-    smooth = ExceedanceTail(min_recurrences=0).fit(recurring_spikes(40))
+    values = recurring_spikes(40)
+    old = ExceedanceTail().fit(values)
+    del old.__dict__["episode_peaks_"]  # what a tail fitted by the previous code carries
+    smooth = ExceedanceTail(min_recurrences=0).fit(values)
     grid = np.linspace(0, 500, 501)
     np.testing.assert_array_equal(old.surprise(grid), smooth.surprise(grid))
+
+
+@pytest.mark.parametrize("margin", [0.0, -0.5, 1.5])
+def test_a_recurrence_margin_outside_0_1_is_refused(margin):
+    with pytest.raises(ValueError, match="recurrence_margin"):
+        ExceedanceTail(recurrence_margin=margin).fit(recurring_spikes(3))

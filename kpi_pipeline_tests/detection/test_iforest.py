@@ -11,6 +11,7 @@ PARAMS = {
     "random_state": 3,
     "min_recurrences": 3,
     "recurrence_margin": 0.8,
+    "episode_gap": 2,
 }
 
 

@@ -50,7 +50,9 @@ def test_evaluate_nab_writes_one_row_per_input_and_scores_all_profiles(tmp_path)
     assert spiky["anomaly_score"].between(0, 1).all()
     # anomaly_score is the opening score of the point scores (events.opening_scores), the
     # spike's row among the openings: a point keeps its score or gets 0.
-    opening = opening_scores(spiky["point_score"].to_numpy(), merge_gap=2, threshold=3.5)
+    opening = opening_scores(
+        spiky["point_score"].to_numpy(), merge_gap=2, threshold=3.5, margin=1.0
+    )
     np.testing.assert_allclose(spiky["anomaly_score"], opening, atol=2e-6)
     kept = spiky["anomaly_score"] > 0
     assert (spiky.loc[kept, "anomaly_score"] == spiky.loc[kept, "point_score"]).all()
