@@ -211,12 +211,14 @@ def test_regularize_matches_the_pandas_formulation_exactly(seed):
         raw = raw.copy()
         raw.iloc[[0, len(raw) // 2, -1], raw.columns.get_loc("value")] = np.nan
     origin = raw["ts"].min() - 3 * HOUR if seed == 5 else None
-    for config in (PreprocessConfig(), PreprocessConfig(max_fill_periods=1)):
-        pd.testing.assert_frame_equal(
-            regularize(raw, HOUR, config, origin=origin),
-            _regularize_with_pandas(raw, HOUR, config, origin=origin),
-            check_exact=True,
-        )
+    shuffled = raw.sample(frac=1.0, random_state=seed)  # rows in any order, duplicates included
+    for rows in (raw, shuffled):
+        for config in (PreprocessConfig(), PreprocessConfig(max_fill_periods=1)):
+            pd.testing.assert_frame_equal(
+                regularize(rows, HOUR, config, origin=origin),
+                _regularize_with_pandas(rows, HOUR, config, origin=origin),
+                check_exact=True,
+            )
 
 
 def test_regularize_of_nothing_is_empty():
