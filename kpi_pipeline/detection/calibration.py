@@ -58,6 +58,11 @@ class ExceedanceTail:
         self.recurrence_margin = recurrence_margin
         self.episode_gap = episode_gap
 
+    def __setstate__(self, state: dict) -> None:
+        # Tails pickled before recurrences existed keep judging as they did: no cap.
+        self.__dict__.update({"min_recurrences": 0, "recurrence_margin": 1.0, "episode_gap": 0})
+        self.__dict__.update(state)
+
     def fit(self, values: np.ndarray) -> "ExceedanceTail":
         if not 0.0 < self.recurrence_margin <= 1.0:
             raise ValueError(f"recurrence_margin must be in (0, 1], not {self.recurrence_margin}")
@@ -100,7 +105,7 @@ class ExceedanceTail:
         # Past the threshold the fitted tail takes over: the empirical rate there is too coarse
         # (every value beyond the training maximum would get the same -log10(1/(n+1))).
         # ... unless training values came this close often enough: then the observed rate holds.
-        peaks = getattr(self, "episode_peaks_", None)  # None: pickled before it existed
+        peaks = getattr(self, "episode_peaks_", None)  # None: fitted before recurrences existed
         if peaks is not None and self.min_recurrences > 0:
             near = self.threshold_ + self.recurrence_margin * (
                 np.nan_to_num(v, nan=-np.inf) - self.threshold_

@@ -35,6 +35,11 @@ class IsolationForestDetector(BaseEstimator):
         self.episode_gap = episode_gap
         self.random_state = random_state
 
+    def __setstate__(self, state: dict) -> None:
+        # Detectors pickled before recurrences existed: their calibration has no cap.
+        self.__dict__.update({"min_recurrences": 0, "recurrence_margin": 1.0, "episode_gap": 0})
+        super().__setstate__(state)
+
     def fit(self, X: np.ndarray, y=None) -> "IsolationForestDetector":
         X = _finite_rows(X)
         self.forest_ = IsolationForest(

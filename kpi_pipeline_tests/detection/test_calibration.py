@@ -1,3 +1,5 @@
+import pickle
+
 import numpy as np
 import pytest
 
@@ -183,11 +185,16 @@ def test_recurrences_keep_the_surprise_monotone():
 
 def test_tails_pickled_before_recurrences_existed_score_as_they_did():
     values = recurring_spikes(40)
-    old = ExceedanceTail().fit(values)
-    del old.__dict__["episode_peaks_"]  # what a tail fitted by the previous code carries
+    fitted = ExceedanceTail().fit(values)
+    state = {k: v for k, v in fitted.__dict__.items()
+             if k not in ("min_recurrences", "recurrence_margin", "episode_gap", "episode_peaks_")}
+    old = ExceedanceTail.__new__(ExceedanceTail)
+    old.__setstate__(state)  # what unpickling a tail fitted by the previous code does
+    assert old.min_recurrences == 0
     smooth = ExceedanceTail(min_recurrences=0).fit(values)
     grid = np.linspace(0, 500, 501)
     np.testing.assert_array_equal(old.surprise(grid), smooth.surprise(grid))
+    assert pickle.loads(pickle.dumps(fitted)).episode_peaks_.tolist() == fitted.episode_peaks_.tolist()
 
 
 @pytest.mark.parametrize("margin", [0.0, -0.5, 1.5])

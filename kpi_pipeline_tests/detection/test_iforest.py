@@ -95,3 +95,13 @@ def test_raw_scores_are_exactly_sklearns(rows):
     X = rng.standard_normal((rows, 3)) * 3
 
     np.testing.assert_array_equal(detector._raw(X), -detector.forest_.score_samples(X))
+
+
+def test_a_detector_pickled_before_recurrences_existed_still_reports_its_parameters():
+    detector = IsolationForestDetector(**PARAMS).fit(training_features())
+    state = {k: v for k, v in detector.__getstate__().items()
+             if k not in ("min_recurrences", "recurrence_margin", "episode_gap")}
+    old = IsolationForestDetector.__new__(IsolationForestDetector)
+    old.__setstate__(state)
+    assert old.get_params()["min_recurrences"] == 0  # its calibration has no cap either
+    clone(old)
