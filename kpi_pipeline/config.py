@@ -9,7 +9,7 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import NonNegativeFloat, PositiveInt, SecretStr
+from pydantic import NonNegativeFloat, NonNegativeInt, PositiveInt, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 # The embedded default database lives beside the checkout so a new user needs no server.
@@ -126,6 +126,16 @@ class Settings(BaseSettings):
     """Seconds: ``GET /v1/scores/latest`` answers from each worker's in-memory snapshot of every
     KPI's latest score, never older than this (counted from when its read started); 0: read
     the database on every request."""
+
+    api_series_cache_points: NonNegativeInt = 720
+    """Newest scored points of each KPI that each API worker keeps in memory for
+    ``GET /v1/kpis/{kpi}/scores`` (720: 30 days hourly); requests those points answer are
+    served from memory, others read the database. Kept current by Postgres notifications of
+    every score write; off on SQLite. 0: read the database on every request."""
+
+    api_series_cache_mb: NonNegativeFloat = 256.0
+    """Most memory (MiB) each API worker spends on that cache; the least recently read KPIs
+    are dropped first. A KPI's 720 points take about 0.2 MiB."""
 
     # -- dashboard (``kpi-pipeline dashboard``) -----------------------------------------------
     dashboard_cache_seconds: PositiveInt = 30

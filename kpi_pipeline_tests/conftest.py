@@ -80,13 +80,23 @@ def store_url(request: pytest.FixtureRequest) -> str:
     return request.getfixturevalue("pg_url" if request.param == "postgres" else "sqlite_url")
 
 
-@pytest.fixture
-def migrated_engine(store_url: str) -> Iterator[sa.Engine]:
-    """An engine on ``store_url`` with the current schema; disposed after the test."""
+def _migrated(url: str) -> Iterator[sa.Engine]:
     # Imported here so suites that never touch the store do not depend on it importing.
     from kpi_pipeline.store import make_engine, migrate
 
-    engine = make_engine(store_url)
+    engine = make_engine(url)
     migrate(engine)
     yield engine
     engine.dispose()
+
+
+@pytest.fixture
+def migrated_engine(store_url: str) -> Iterator[sa.Engine]:
+    """An engine on ``store_url`` with the current schema; disposed after the test."""
+    yield from _migrated(store_url)
+
+
+@pytest.fixture
+def migrated_pg_engine(pg_url: str) -> Iterator[sa.Engine]:
+    """An engine on a fresh Postgres database with the current schema (Postgres-only tests)."""
+    yield from _migrated(pg_url)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from functools import partial
 
 import sqlalchemy as sa
 from fastapi import FastAPI, Security
@@ -18,9 +19,11 @@ from kpi_pipeline import store
 from kpi_pipeline.api import errors, routes
 from kpi_pipeline.api.auth import ApiKeys, require_key
 from kpi_pipeline.api.middleware import REQUEST_ID_HEADER, RequestContext
+from kpi_pipeline.api.series_cache import ScoreWriteWatcher
 from kpi_pipeline.api.state import ApiState
 from kpi_pipeline.config import Settings, get_settings
 from kpi_pipeline.pipeline import ScoringCache
+from kpi_pipeline.store import notifications
 
 logger = logging.getLogger("kpi_pipeline.api")
 
@@ -90,5 +93,15 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         logger.warning("database not ready at startup: %s", errors.first_line(error))
     if not state.keys:
         logger.warning("no API keys configured (KPI_API_KEYS): every POST will be refused")
-    yield
-    state.engine.dispose()
+    watcher = None
+    if state.series.enabled and notifications.can_listen(state.engine):
+        watcher = ScoreWriteWatcher(
+            state.series, partial(notifications.ScoreWriteListener, state.engine)
+        )
+        watcher.start()
+    try:
+        yield
+    finally:
+        if watcher is not None:
+            await run_in_threadpool(watcher.stop)
+        state.engine.dispose()

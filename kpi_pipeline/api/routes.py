@@ -46,6 +46,7 @@ from kpi_pipeline.api.schemas import (
     checked_timestamp,
     plain_text,
 )
+from kpi_pipeline.api.series_cache import CachedSeries
 from kpi_pipeline.api.snapshot import latest_scores_json
 from kpi_pipeline.api.state import FRESHNESS_TTL_S, ApiState, get_state
 from kpi_pipeline.ingestion import validate_records
@@ -197,10 +198,27 @@ async def score_series(
     ] = DEFAULT_SERIES_POINTS,
 ) -> Response:
     _check_window(start, end, "start", "end", api.settings.api_max_range_days)
+    cached = await _cached_series(api, kpi)
+    body = None if cached is None else cached.answer(start, end, limit)
+    if body is not None:
+        if not cached.size:
+            await _require_kpi(api, kpi)
+        return _json(body)
     rows, truncated = await api.db(serving.score_series, api.engine, kpi, start, end, limit)
     if not rows:
         await _require_kpi(api, kpi)
     return _json(SCORE_SERIES_JSON({"kpi": kpi, "points": rows, "truncated": truncated}))
+
+
+async def _cached_series(api: ApiState, kpi: str) -> CachedSeries | None:
+    """``kpi``'s newest points from the worker's cache, loaded on a miss; None while the cache
+    is off (see ``series_cache``)."""
+    if not api.series.live:
+        return None
+    cached = api.series.get(kpi)
+    if cached is None:
+        cached = await api.db(api.series.load, kpi, partial(serving.score_series, api.engine))
+    return cached
 
 
 @reads.get("/anomalies", summary="Anomalous points, newest first, page by page")

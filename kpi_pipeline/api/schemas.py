@@ -178,6 +178,9 @@ class ScoreSeries(BaseModel):
 LATEST_SCORE_JSON = RowSerializer(row_schema(LatestScore))
 """One ``serving.latest_scores`` row as a ``LatestScore`` object."""
 MISSING_JSON = RowSerializer(list[str])
+TEXT_JSON = RowSerializer(str)
+SCORED_POINT_JSON = RowSerializer(row_schema(ScoredPoint))
+"""One ``serving.score_series`` row as a ``ScoredPoint`` object, as in ``SCORE_SERIES_JSON``."""
 SCORE_SERIES_JSON = RowSerializer(row_schema(ScoreSeries, points=list[row_schema(ScoredPoint)]))
 """``{"kpi", "points": serving.score_series rows, "truncated"}`` as a ``ScoreSeries``."""
 

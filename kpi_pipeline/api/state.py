@@ -13,6 +13,7 @@ import sqlalchemy as sa
 from fastapi import Request
 
 from kpi_pipeline.api.auth import ApiKeys
+from kpi_pipeline.api.series_cache import SeriesCache
 from kpi_pipeline.api.snapshot import LatestScoreSnapshot
 from kpi_pipeline.config import Settings
 from kpi_pipeline.pipeline import ScoringCache
@@ -23,6 +24,8 @@ T = TypeVar("T")
 SCORING_SLOTS = 2
 """Real-time scorings one worker runs at once: they are CPU-bound, so more would only slow
 the reads sharing the process, not finish sooner."""
+
+MIB = 1 << 20
 
 
 FRESHNESS_TTL_S = 10.0
@@ -61,6 +64,8 @@ class ApiState:
     freshness: FreshnessProbe = field(default_factory=FreshnessProbe)
     latest: LatestScoreSnapshot = field(init=False)
     """Every KPI's latest score; per state, so a state on another engine has its own."""
+    series: SeriesCache = field(init=False)
+    """Each KPI's newest scored points; dark until ``app``'s lifespan starts its watcher."""
     _database_slots: anyio.CapacityLimiter = field(init=False)
     _scoring_slots: anyio.CapacityLimiter = field(init=False)
 
@@ -68,6 +73,9 @@ class ApiState:
         object.__setattr__(
             self, "latest", LatestScoreSnapshot(self.settings.api_latest_max_age)
         )
+        object.__setattr__(self, "series", SeriesCache(
+            self.settings.api_series_cache_points, int(self.settings.api_series_cache_mb * MIB)
+        ))
         # One slot per pooled connection: a burst of requests waits for a connection instead
         # of opening, and on return closing, an overflow connection per request. Requests wait
         # for a slot in the event loop, not as blocked threads: a few busy threads contend for

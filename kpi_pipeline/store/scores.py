@@ -10,6 +10,7 @@ import sqlalchemy as sa
 from kpi_pipeline.store._convert import Kind, TimeLike, coerce, to_records, to_utc, utc_now
 from kpi_pipeline.store._sql import read_frame, ts_span_of_every_kpi, upsert, window
 from kpi_pipeline.store.database import write_transaction
+from kpi_pipeline.store.notifications import notify_scores_written
 from kpi_pipeline.store.schema import (
     FEEDBACK_LABELS,
     SEVERITIES,
@@ -49,6 +50,7 @@ def upsert_scores(engine: sa.Engine, df: pd.DataFrame) -> int:
 
     kpi, ts and is_anomaly are required; other columns may be absent or NaN (stored as NULL),
     and ``scored_at`` defaults to now. Duplicate keys: the last row wins. Returns rows written.
+    On Postgres, the commit also notifies the KPIs written (``notifications``).
     """
     frame = _score_frame(df)
     with write_transaction(engine) as connection:
@@ -58,6 +60,7 @@ def upsert_scores(engine: sa.Engine, df: pd.DataFrame) -> int:
             to_records(frame, list(SCORE_COLUMNS)),
             update=[name for name in SCORE_COLUMNS if name not in _KEY],
         )
+        notify_scores_written(connection, frame["kpi"].unique())
     return len(frame)
 
 

@@ -1,0 +1,151 @@
+"""Notifications of score writes (Postgres ``LISTEN`` / ``NOTIFY``), for caches of scored series.
+
+Every write to ``anomaly_scores`` (``scores.upsert_scores``, the only one) also sends one
+notification per KPI written on ``SCORES_CHANNEL``, the KPI's name as payload, in the same
+transaction. Postgres delivers notifications only when, and if, their transaction commits, so a
+listener that hears about a KPI can already read its new rows. An empty payload (``ANY_KPI``)
+means any KPI may have changed: it is sent for a KPI name too long for a payload, and an
+operator who edits ``anomaly_scores`` by hand can send it too (``NOTIFY kpi_scores_written``).
+
+SQLite has no notifications: nothing is sent there, and ``can_listen`` is False.
+"""
+
+from __future__ import annotations
+
+import selectors
+import socket
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+
+import sqlalchemy as sa
+
+SCORES_CHANNEL = "kpi_scores_written"
+ANY_KPI = ""
+"""The payload meaning "any KPI's scores may have changed"."""
+
+MAX_PAYLOAD_BYTES = 8000
+"""Postgres refuses a payload of this many bytes or more (and with it the transaction)."""
+
+LISTENER_NAME = "kpi-api-score-listener"
+"""``application_name`` of the listening connection, to find it in ``pg_stat_activity``."""
+
+CONNECT_TIMEOUT_S = 10
+KEEPALIVE_IDLE_S = 30
+"""A listener sends no queries, so only TCP keepalives notice a peer that vanished silently:
+after this long idle, then within ``KEEPALIVE_IDLE_S`` more (3 probes)."""
+
+_NOTIFY = sa.text(
+    "SELECT pg_notify(:channel, kpi) FROM unnest(CAST(:kpis AS text[])) AS kpi"
+)
+
+
+def notify_scores_written(connection: sa.Connection, kpis: Iterable[str]) -> None:
+    """Tell listeners, when ``connection``'s transaction commits, that the scores of ``kpis``
+    changed (one statement; on Postgres only)."""
+    if connection.dialect.name != "postgresql":
+        return
+    names = sorted(set(kpis))
+    if any(len(name.encode()) >= MAX_PAYLOAD_BYTES for name in names):
+        names = [ANY_KPI]
+    if names:
+        connection.execute(_NOTIFY, {"channel": SCORES_CHANNEL, "kpis": names})
+
+
+def can_listen(engine: sa.Engine) -> bool:
+    """Whether ``engine``'s database sends score notifications that ``ScoreWriteListener``
+    can receive: Postgres through psycopg 3 (what ``make_engine`` builds)."""
+    return engine.dialect.name == "postgresql" and engine.dialect.driver == "psycopg"
+
+
+class ScoreWriteListener:
+    """A dedicated connection (autocommit, outside ``engine``'s pool) that listens to
+    ``SCORES_CHANNEL``; blocking, for one thread, except ``interrupt``.
+
+    Use it as a context manager: it connects and listens on entry, closes on exit. Connection
+    failures, on entry or in ``wait``, raise ``sqlalchemy.exc.DBAPIError``.
+    """
+
+    def __init__(self, engine: sa.Engine) -> None:
+        if not can_listen(engine):
+            raise ValueError(f"no score notifications on {engine.dialect.name}"
+                             f"+{engine.dialect.driver}")
+        self._engine = engine
+        self._connection = None
+        self._selector = selectors.DefaultSelector()
+        # A byte on this pair wakes ``wait`` from another thread.
+        self._wake_in, self._wake_out = socket.socketpair()
+        self._wake_in.setblocking(False)
+        self._wake_out.setblocking(False)
+
+    def __enter__(self) -> ScoreWriteListener:
+        dbapi = self._engine.dialect.loaded_dbapi
+        args, options = self._engine.dialect.create_connect_args(self._engine.url)
+        try:
+            with _sqlalchemy_errors(self._engine):
+                self._connection = dbapi.connect(
+                    *args,
+                    **options,
+                    autocommit=True,
+                    application_name=LISTENER_NAME,
+                    connect_timeout=CONNECT_TIMEOUT_S,
+                    keepalives=1,
+                    keepalives_idle=KEEPALIVE_IDLE_S,
+                    keepalives_interval=KEEPALIVE_IDLE_S // 3,
+                    keepalives_count=3,
+                )
+                self._connection.execute(f'LISTEN "{SCORES_CHANNEL}"')
+            self._selector.register(self._connection.fileno(), selectors.EVENT_READ)
+            self._selector.register(self._wake_in, selectors.EVENT_READ)
+        except BaseException:
+            self.__exit__()
+            raise
+        return self
+
+    def __exit__(self, *_exc) -> None:
+        self._selector.close()
+        if self._connection is not None:
+            self._connection.close()
+        self._wake_in.close()
+        self._wake_out.close()
+
+    @property
+    def backend_pid(self) -> int:
+        """The listening session's server process ID."""
+        return self._connection.info.backend_pid
+
+    def wait(self, timeout: float | None = None) -> list[str]:
+        """The KPIs whose scores were committed since the previous call (``ANY_KPI``: any),
+        waiting up to ``timeout`` seconds (None: no limit) for the first one; ``[]`` when
+        the wait timed out or was interrupted."""
+        for key, _ in self._selector.select(timeout):
+            if key.fileobj is self._wake_in:
+                self._drain_wake()
+        with _sqlalchemy_errors(self._engine):
+            # Also returns what arrived while LISTEN ran (psycopg keeps it aside).
+            return [notice.payload for notice in self._connection.notifies(timeout=0)]
+
+    def interrupt(self) -> None:
+        """Make the current (or next) ``wait`` return at once; from any thread."""
+        try:
+            self._wake_out.send(b"\0")
+        except OSError:  # already woken (the pair is full), or closed
+            pass
+
+    def _drain_wake(self) -> None:
+        try:
+            while self._wake_in.recv(4096):
+                pass
+        except BlockingIOError:
+            pass
+
+
+@contextmanager
+def _sqlalchemy_errors(engine: sa.Engine) -> Iterator[None]:
+    """The driver's errors re-raised as SQLAlchemy's, as the rest of the store raises them."""
+    dbapi_error = engine.dialect.loaded_dbapi.Error
+    try:
+        yield
+    except dbapi_error as error:
+        raise sa.exc.DBAPIError.instance(
+            None, None, error, dbapi_error, connection_invalidated=True
+        ) from error

@@ -1,0 +1,121 @@
+"""Notifications of score writes (kpi_pipeline/store/notifications.py): sent by every score
+write when it commits, received by a dedicated listening connection; none on SQLite."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pandas as pd
+import pytest
+import sqlalchemy as sa
+
+from kpi_pipeline.store import load_scores, make_engine, migrate, upsert_scores
+from kpi_pipeline.store.database import write_transaction
+from kpi_pipeline.store.notifications import (
+    ANY_KPI,
+    LISTENER_NAME,
+    MAX_PAYLOAD_BYTES,
+    ScoreWriteListener,
+    can_listen,
+    notify_scores_written,
+)
+
+T0 = pd.Timestamp("2025-05-01", tz="UTC")
+WAIT_S = 5.0
+
+
+def scores(*kpis: str) -> pd.DataFrame:
+    return pd.DataFrame({
+        "kpi": list(kpis),
+        "ts": [T0 + pd.Timedelta(hours=hour) for hour in range(len(kpis))],
+        "score": 0.1,
+        "is_anomaly": False,
+    })
+
+
+def received(listener: ScoreWriteListener, count: int) -> list[str]:
+    """The next ``count`` payloads (or fewer, if they do not all arrive within WAIT_S)."""
+    payloads, deadline = [], time.monotonic() + WAIT_S
+    while len(payloads) < count and (left := deadline - time.monotonic()) > 0:
+        payloads += listener.wait(left)
+    return payloads
+
+
+@pytest.mark.postgres
+def test_a_score_write_notifies_each_kpi_it_wrote_once_when_it_commits(migrated_pg_engine):
+    with ScoreWriteListener(migrated_pg_engine) as listener:
+        assert listener.wait(0) == []
+
+        upsert_scores(migrated_pg_engine, scores("sales", "orders", "sales"))
+
+        assert sorted(received(listener, 2)) == ["orders", "sales"]
+        assert listener.wait(0.2) == []
+
+
+@pytest.mark.postgres
+def test_nothing_is_notified_before_the_commit_nor_by_a_rolled_back_write(migrated_pg_engine):
+    class Abort(Exception):
+        pass
+
+    with ScoreWriteListener(migrated_pg_engine) as listener:
+        with pytest.raises(Abort), write_transaction(migrated_pg_engine) as connection:
+            notify_scores_written(connection, ["sales"])
+            raise Abort
+        assert listener.wait(0.2) == []
+
+        with write_transaction(migrated_pg_engine) as connection:
+            notify_scores_written(connection, ["sales"])
+            assert listener.wait(0.2) == []  # not committed yet
+        assert received(listener, 1) == ["sales"]
+
+
+@pytest.mark.postgres
+def test_a_kpi_name_too_long_for_a_payload_notifies_any_kpi_and_the_write_lands(migrated_pg_engine):
+    long_name = "k" * MAX_PAYLOAD_BYTES
+    with ScoreWriteListener(migrated_pg_engine) as listener:
+        upsert_scores(migrated_pg_engine, scores(long_name, "sales"))
+
+        assert received(listener, 1) == [ANY_KPI]
+    assert len(load_scores(migrated_pg_engine, [long_name])) == 1
+
+
+@pytest.mark.postgres
+def test_the_listener_is_its_own_session_and_reports_losing_it(migrated_pg_engine):
+    with ScoreWriteListener(migrated_pg_engine) as listener:
+        with migrated_pg_engine.connect() as connection:
+            pid = connection.scalar(
+                sa.text("SELECT pid FROM pg_stat_activity WHERE application_name = :name "
+                        "AND datname = current_database()"),
+                {"name": LISTENER_NAME},
+            )
+            assert pid == listener.backend_pid
+            connection.execute(sa.text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+
+        with pytest.raises(sa.exc.OperationalError):
+            deadline = time.monotonic() + WAIT_S
+            while time.monotonic() < deadline:
+                listener.wait(deadline - time.monotonic())
+
+
+@pytest.mark.postgres
+def test_interrupt_ends_a_wait_from_another_thread(migrated_pg_engine):
+    with ScoreWriteListener(migrated_pg_engine) as listener:
+        threading.Timer(0.1, listener.interrupt).start()
+        started = time.monotonic()
+
+        assert listener.wait(WAIT_S) == []
+        assert time.monotonic() - started < WAIT_S / 2
+
+
+def test_sqlite_writes_scores_without_notifications_and_cannot_be_listened_to(sqlite_url):
+    engine = make_engine(sqlite_url)
+    migrate(engine)
+
+    upsert_scores(engine, scores("sales"))
+
+    assert len(load_scores(engine, ["sales"])) == 1
+    assert not can_listen(engine)
+    with pytest.raises(ValueError):
+        ScoreWriteListener(engine)
+    engine.dispose()
