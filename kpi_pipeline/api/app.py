@@ -23,7 +23,7 @@ from kpi_pipeline.api.series_cache import ScoreWriteWatcher
 from kpi_pipeline.api.state import ApiState
 from kpi_pipeline.config import Settings, get_settings
 from kpi_pipeline.pipeline import ScoringCache
-from kpi_pipeline.store import notifications
+from kpi_pipeline.store import notifications, serving
 
 logger = logging.getLogger("kpi_pipeline.api")
 
@@ -96,7 +96,10 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     watcher = None
     if state.series.enabled and notifications.can_listen(state.engine):
         watcher = ScoreWriteWatcher(
-            state.series, partial(notifications.ScoreWriteListener, state.engine)
+            state.series,
+            partial(notifications.ScoreWriteListener, state.engine),
+            warm=partial(store.last_scored_ts, state.engine),  # every scored KPI, by name
+            read=partial(serving.score_series, state.engine),
         )
         watcher.start()
     try:

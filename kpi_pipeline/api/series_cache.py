@@ -28,6 +28,7 @@ import bisect
 import datetime as dt
 import logging
 import threading
+import time
 from array import array
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
@@ -241,15 +242,28 @@ RETRY_MAX_S = 30.0
 STOP_TIMEOUT_S = 5.0
 
 
+WARM_SHARE = 0.9
+"""Share of the cache's bound that warming fills, leaving room for the KPIs requests bring."""
+
+
 class ScoreWriteWatcher:
     """The thread that keeps a ``SeriesCache`` in step with the store: it listens to score
     writes (``listen()``: a context manager giving a connected ``Listener``) and forgets each
-    KPI written; without a listener the cache is dark. Reconnects with exponential backoff."""
+    KPI written; without a listener the cache is dark. Reconnects with exponential backoff.
+
+    Each time it starts listening, it first warms the (empty) cache: it loads the newest points
+    of each KPI ``warm()`` names with ``read``, up to ``WARM_SHARE`` of the bound, handling the
+    writes notified between loads, so that requests after a start or a reconnection find their
+    KPIs in memory instead of each worker loading them one request at a time."""
 
     def __init__(self, cache: SeriesCache,
-                 listen: Callable[[], AbstractContextManager[Listener]]) -> None:
+                 listen: Callable[[], AbstractContextManager[Listener]],
+                 warm: Callable[[], Iterable[str]] | None = None,
+                 read: SeriesRead | None = None) -> None:
         self._cache = cache
         self._listen = listen
+        self._warm_kpis = warm if read is not None else None
+        self._read = read
         self._stopping = threading.Event()
         self._listener: Listener | None = None
         self._thread = threading.Thread(target=self._run, name="score-write-watcher",
@@ -278,6 +292,7 @@ class ScoreWriteWatcher:
                     logger.info("series cache on: %s score writes",
                                 "listening again to" if lost else "listening to")
                     delay, lost = RETRY_FIRST_S, False
+                    self._warm(listener)
                     while not self._stopping.is_set():
                         self._cache.written(listener.wait())
             except Exception as error:  # whatever it is: serve from the store, and retry
@@ -291,3 +306,26 @@ class ScoreWriteWatcher:
             if self._stopping.wait(delay):
                 break
             delay = min(2 * delay, RETRY_MAX_S)
+
+    def _warm(self, listener: Listener) -> None:
+        if self._warm_kpis is None:
+            return
+        started, loaded, largest = time.monotonic(), 0, 0
+        try:
+            for kpi in self._warm_kpis():
+                if self._stopping.is_set() or not self._cache.live:
+                    return
+                # Stop before a load could push out one loaded earlier (the bound is an LRU).
+                if self._cache.nbytes + largest > WARM_SHARE * self._cache.max_bytes:
+                    break
+                self._cache.written(listener.wait(0))  # writes committed meanwhile come first
+                if self._cache.get(kpi) is None:
+                    entry = self._cache.load(kpi, self._read)
+                    loaded += 1
+                    largest = max(largest, entry.nbytes if entry is not None else 0)
+        except Exception as error:  # the database path still serves; requests fill the rest
+            logger.warning("series cache: warming stopped after %d KPIs: %s", loaded,
+                           first_line(error))
+            return
+        logger.info("series cache warmed: %d KPIs, %.1f MiB in %.1f s", loaded,
+                    self._cache.nbytes / (1 << 20), time.monotonic() - started)

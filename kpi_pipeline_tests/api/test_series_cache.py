@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import datetime as dt
 import itertools
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -189,6 +190,66 @@ def test_memory_is_bounded_least_recently_read_out_first():
 # -- the endpoint on Postgres ---------------------------------------------------------------
 
 
+class QueuedListener:
+    """A stand-in listener: hands out queued notifications, blocks (until interrupted) when
+    there are none and no timeout is given."""
+
+    def __init__(self, queued: list[list[str]] | None = None) -> None:
+        self.queued = list(queued or [])
+        self.woken = threading.Event()
+
+    def __enter__(self) -> QueuedListener:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        return None
+
+    def wait(self, timeout: float | None = None) -> list[str]:
+        if self.queued:
+            return self.queued.pop(0)
+        if timeout is None:
+            self.woken.wait()
+        return []
+
+    def interrupt(self) -> None:
+        self.woken.set()
+
+
+def watched(cache: SeriesCache, listener: QueuedListener, kpis: list[str], read) -> Iterator:
+    watcher = series_cache.ScoreWriteWatcher(cache, lambda: listener, warm=lambda: kpis,
+                                             read=read)
+    watcher.start()
+    return watcher
+
+
+def test_on_connecting_the_watcher_warms_the_cache_with_every_kpi_named():
+    cache, read = SeriesCache(10, 1 << 20), Reads()
+    watcher = watched(cache, QueuedListener(), ["a", "b", "c"], read)
+    try:
+        wait_until(lambda: all(cache.get(kpi) for kpi in "abc"), "every KPI is warm")
+        assert read.calls == 3  # one read each, before any request
+    finally:
+        watcher.stop()
+    assert not cache.live and cache.get("a") is None
+
+
+def test_warming_stops_short_of_the_bound_and_handles_writes_notified_meanwhile():
+    one = CachedSeries.of("x", Reads()("x", 10)[0], older=True).nbytes
+    cache, read = SeriesCache(10, int(4.5 * one)), Reads()
+    # Before warming's second load, a write of "a" (loaded first) is notified.
+    listener = QueuedListener([[], ["a"]])
+    watcher = watched(cache, listener, [*"abcdefgh"], read)
+    try:
+        wait_until(lambda: read.calls >= 4, "warming loads")
+        time.sleep(0.2)
+        assert read.calls == 5  # a..e: loads stop once 0.9 of the bound is used
+        assert cache.get("a") is None  # forgotten: its write came after its load
+        assert [kpi for kpi in "bcde" if cache.get(kpi)] == [*"bcde"]
+        assert cache.nbytes <= cache.max_bytes
+    finally:
+        watcher.stop()
+
+
 def api_state(client: TestClient) -> ApiState:
     return client.app.state.api
 
@@ -355,3 +416,15 @@ def test_on_sqlite_the_cache_stays_off_and_series_are_read_from_the_store(sqlite
         series = api_state(client).series
         assert series.enabled and not series.live and series.get("sales") is None
     engine.dispose()
+
+
+def test_the_app_warms_every_scored_kpi_before_any_request(seeded, monkeypatch):
+    reads = CountedReads(monkeypatch)
+    with live_client(seeded.engine) as client, direct_client(seeded.engine) as direct:
+        series = api_state(client).series
+        wait_until(lambda: series.get("sales") is not None, "sales is warm")
+        warmed = reads.calls
+        assert warmed >= 1
+        assert client.get("/v1/kpis/sales/scores?limit=24").content == \
+            direct.get("/v1/kpis/sales/scores?limit=24").content
+        assert reads.calls == warmed + 1  # only the direct client read the store
