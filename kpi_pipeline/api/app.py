@@ -94,7 +94,10 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     if not state.keys:
         logger.warning("no API keys configured (KPI_API_KEYS): every POST will be refused")
     watcher = None
-    if state.series.enabled and notifications.can_listen(state.engine):
+    if state.series.enabled and not notifications.can_listen(state.engine):
+        logger.info("series cache off: %s+%s sends no score notifications (series are read "
+                    "from the database)", state.engine.dialect.name, state.engine.dialect.driver)
+    elif state.series.enabled:
         watcher = ScoreWriteWatcher(
             state.series,
             partial(notifications.ScoreWriteListener, state.engine),

@@ -204,7 +204,8 @@ class SeriesCache:
     def _clear(self) -> None:
         self._entries.clear()
         self._bytes = 0
-        self._epoch += 1
+        self._epoch += 1  # every token taken before is stale, whatever its KPI's version
+        self._versions.clear()
 
     def written(self, kpis: Iterable[str]) -> None:
         """Scores of ``kpis`` were committed (``ANY_KPI``: of any KPI): forget them."""
@@ -312,20 +313,28 @@ class ScoreWriteWatcher:
             return
         started, loaded, largest = time.monotonic(), 0, 0
         try:
-            for kpi in self._warm_kpis():
-                if self._stopping.is_set() or not self._cache.live:
-                    return
-                # Stop before a load could push out one loaded earlier (the bound is an LRU).
-                if self._cache.nbytes + largest > WARM_SHARE * self._cache.max_bytes:
-                    break
-                self._cache.written(listener.wait(0))  # writes committed meanwhile come first
-                if self._cache.get(kpi) is None:
-                    entry = self._cache.load(kpi, self._read)
-                    loaded += 1
-                    largest = max(largest, entry.nbytes if entry is not None else 0)
-        except Exception as error:  # the database path still serves; requests fill the rest
-            logger.warning("series cache: warming stopped after %d KPIs: %s", loaded,
-                           first_line(error))
+            kpis = list(self._warm_kpis())
+        except Exception as error:  # the database path still serves; requests fill the cache
+            logger.warning("series cache: not warmed: %s", first_line(error))
             return
+        for kpi in kpis:
+            if self._stopping.is_set() or not self._cache.live:
+                return
+            # Stop before a load could push out one loaded earlier (the bound is an LRU).
+            if self._cache.nbytes + largest > WARM_SHARE * self._cache.max_bytes:
+                break
+            # Writes committed meanwhile come first. A lost listener raises here, out of the
+            # warming, so that ``_run`` darkens the cache and reconnects.
+            self._cache.written(listener.wait(0))
+            if self._cache.get(kpi) is not None:
+                continue
+            try:
+                entry = self._cache.load(kpi, self._read)
+            except Exception as error:  # the database path still serves the rest
+                logger.warning("series cache: warming stopped after %d KPIs: %s", loaded,
+                               first_line(error))
+                return
+            loaded += 1
+            largest = max(largest, entry.nbytes if entry is not None else 0)
         logger.info("series cache warmed: %d KPIs, %.1f MiB in %.1f s", loaded,
                     self._cache.nbytes / (1 << 20), time.monotonic() - started)

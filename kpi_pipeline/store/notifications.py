@@ -82,17 +82,18 @@ class ScoreWriteListener:
         args, options = self._engine.dialect.create_connect_args(self._engine.url)
         try:
             with _sqlalchemy_errors(self._engine):
-                self._connection = dbapi.connect(
-                    *args,
+                # The URL's own query options (its connect_timeout, keepalives...) win over
+                # these defaults; the listener's name and autocommit always hold.
+                self._connection = dbapi.connect(*args, **{
+                    "connect_timeout": CONNECT_TIMEOUT_S,
+                    "keepalives": 1,
+                    "keepalives_idle": KEEPALIVE_IDLE_S,
+                    "keepalives_interval": KEEPALIVE_IDLE_S // 3,
+                    "keepalives_count": 3,
                     **options,
-                    autocommit=True,
-                    application_name=LISTENER_NAME,
-                    connect_timeout=CONNECT_TIMEOUT_S,
-                    keepalives=1,
-                    keepalives_idle=KEEPALIVE_IDLE_S,
-                    keepalives_interval=KEEPALIVE_IDLE_S // 3,
-                    keepalives_count=3,
-                )
+                    "autocommit": True,
+                    "application_name": LISTENER_NAME,
+                })
                 self._connection.execute(f'LISTEN "{SCORES_CHANNEL}"')
             self._selector.register(self._connection.fileno(), selectors.EVENT_READ)
             self._selector.register(self._wake_in, selectors.EVENT_READ)
@@ -117,6 +118,10 @@ class ScoreWriteListener:
         """The KPIs whose scores were committed since the previous call (``ANY_KPI``: any),
         waiting up to ``timeout`` seconds (None: no limit) for the first one; ``[]`` when
         the wait timed out or was interrupted."""
+        if self._connection.closed or self._connection.broken:
+            # A closed socket drops out of the selector silently: waiting would never end.
+            raise sa.exc.OperationalError("LISTEN", None, ConnectionError(
+                "the score-write listener's connection is closed"))
         for key, _ in self._selector.select(timeout):
             if key.fileobj is self._wake_in:
                 self._drain_wake()

@@ -418,6 +418,66 @@ def test_on_sqlite_the_cache_stays_off_and_series_are_read_from_the_store(sqlite
     engine.dispose()
 
 
+class LostListener(QueuedListener):
+    """A listener whose connection is lost at its ``lose_after``-th wait: that wait raises, and
+    like a closed socket in a selector, later ones hear nothing (block until interrupted)."""
+
+    def __init__(self, lose_after: int) -> None:
+        super().__init__()
+        self.lose_after = lose_after
+
+    def wait(self, timeout: float | None = None) -> list[str]:
+        self.lose_after -= 1
+        if self.lose_after == -1:
+            raise sa.exc.OperationalError("LISTEN", None, ConnectionError("lost"))
+        return super().wait(timeout)
+
+
+def test_a_listener_lost_while_warming_darkens_the_cache_and_reconnects(monkeypatch):
+    monkeypatch.setattr(series_cache, "RETRY_FIRST_S", 0.05)
+    cache, read = SeriesCache(10, 1 << 20), Reads()
+    listeners = [LostListener(lose_after=2), QueuedListener()]
+    connects = []
+
+    def listen():
+        connects.append(len(connects))
+        return listeners[min(len(connects) - 1, 1)]
+
+    watcher = series_cache.ScoreWriteWatcher(cache, listen, warm=lambda: [*"abcdef"], read=read)
+    watcher.start()
+    try:
+        # The first listener is lost at the third KPI: the cache goes dark (dropping a and b),
+        # and the second connection warms every KPI again.
+        wait_until(lambda: len(connects) == 2 and all(cache.get(k) for k in "abcdef"),
+                   "reconnected and warm")
+        assert read.calls == 2 + 6
+    finally:
+        watcher.stop()
+
+
+@pytest.mark.postgres
+def test_a_listener_killed_while_warming_darkens_the_cache(seeded):
+    from kpi_pipeline.store.notifications import ScoreWriteListener
+
+    cache = SeriesCache(48, 1 << 20)
+    slow = Reads(during=lambda: time.sleep(0.05))
+    watcher = series_cache.ScoreWriteWatcher(
+        cache, lambda: ScoreWriteListener(seeded.engine), warm=lambda: [f"k{i}" for i in range(400)],
+        read=slow,
+    )
+    watcher.start()
+    try:
+        wait_until(lambda: cache.live and slow.calls >= 2, "warming under way")
+        pid = listener_pid(seeded.engine)
+        with seeded.engine.connect() as connection:
+            connection.execute(sa.text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+        wait_until(lambda: listener_pid(seeded.engine) not in (None, pid),
+                   "the watcher noticed and reconnected")
+        assert slow.calls < 400  # the first warming did not run to its end deaf
+    finally:
+        watcher.stop()
+
+
 def test_the_app_warms_every_scored_kpi_before_any_request(seeded, monkeypatch):
     reads = CountedReads(monkeypatch)
     with live_client(seeded.engine) as client, direct_client(seeded.engine) as direct:

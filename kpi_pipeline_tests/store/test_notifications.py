@@ -119,3 +119,36 @@ def test_sqlite_writes_scores_without_notifications_and_cannot_be_listened_to(sq
     with pytest.raises(ValueError):
         ScoreWriteListener(engine)
     engine.dispose()
+
+
+@pytest.mark.postgres
+def test_a_lost_listener_keeps_raising_instead_of_waiting_forever(migrated_pg_engine):
+    with ScoreWriteListener(migrated_pg_engine) as listener:
+        with migrated_pg_engine.connect() as connection:
+            connection.execute(sa.text("SELECT pg_terminate_backend(:pid)"),
+                               {"pid": listener.backend_pid})
+        with pytest.raises(sa.exc.OperationalError):
+            deadline = time.monotonic() + WAIT_S
+            while time.monotonic() < deadline:
+                listener.wait(0.05)
+        # psycopg closed its socket, which the selector drops silently: the next wait must not
+        # block on it for good.
+        started = time.monotonic()
+        with pytest.raises(sa.exc.OperationalError):
+            listener.wait(None)
+        assert time.monotonic() - started < 1.0
+
+
+@pytest.mark.postgres
+def test_connection_options_in_the_database_url_do_not_clash_with_the_listeners(pg_url):
+    url = sa.make_url(pg_url).update_query_dict(
+        {"application_name": "my-api", "connect_timeout": "3", "keepalives_idle": "30"}
+    )
+    engine = make_engine(url.render_as_string(hide_password=False))
+    migrate(engine)
+    try:
+        with ScoreWriteListener(engine) as listener:
+            upsert_scores(engine, scores("sales"))
+            assert received(listener, 1) == ["sales"]
+    finally:
+        engine.dispose()
