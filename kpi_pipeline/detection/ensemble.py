@@ -409,6 +409,11 @@ class EnsembleDetector(BaseEstimator):
         # An anomalous point always names a component, even when only smoothing pushed it over.
         flagged_by = np.where(is_anomaly & (flagged_by == None), "ensemble", flagged_by)  # noqa: E711
 
+        # A point is explained against the reference it is judged against: the recent level
+        # where that is at least as close to it as the model alone (a drift, a lasting new
+        # level), else the model. So once an incident ends, ``expected`` does not stay at the
+        # incident's level until the level window has passed it (NaN: the level stays).
+        level = np.where(np.abs(adapted) > np.abs(residual), 0.0, level)
         if "sustained" in components:
             # A point judged by its sustained deviation is explained against what that deviation
             # is measured from, not against the recent level, which has already followed it.

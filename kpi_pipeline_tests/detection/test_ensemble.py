@@ -401,3 +401,21 @@ def test_a_sustained_anomaly_is_explained_against_the_undisturbed_expectation(
     np.testing.assert_allclose(
         flagged["expected"], clean.iloc[during][by_sustained]["expected"], atol=0.6 * NOISE_SIGMA
     )
+
+
+def test_once_an_incident_ends_expected_is_not_left_at_the_incidents_level(detector, series):
+    # Six points far above normal: the recent level (median of the last 8 residuals) follows
+    # them, and for a few points after the incident it still sits at the incident's level.
+    ts, y = series
+    start, length = N_TRAIN + 40, 6
+    raised = y.copy()
+    raised[start : start + length] *= 4.0
+    scores = score_after_training(detector, ts, raised)
+    clean = score_after_training(detector, ts, y)
+    after = slice(start + length - N_TRAIN, start + length + 8 - N_TRAIN)
+    # Back to normal values, explained against the model (not 4x above them), inside the band.
+    np.testing.assert_allclose(scores["expected"].iloc[after], clean["expected"].iloc[after],
+                               rtol=0.1)
+    back = scores.iloc[after]
+    assert ((back["lower"] <= back["value"]) & (back["value"] <= back["upper"])).mean() >= 0.75
+    assert not back["is_anomaly"].any()
