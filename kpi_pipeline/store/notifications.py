@@ -14,12 +14,17 @@ from __future__ import annotations
 
 import selectors
 import socket
+import time
+import uuid
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 
 import sqlalchemy as sa
 
 SCORES_CHANNEL = "kpi_scores_written"
+PROBE_CHANNEL = "kpi_scores_probe"
+"""Where a listener sends itself a test notification when it connects (see ``_probe``)."""
+PROBE_TIMEOUT_S = 5.0
 ANY_KPI = ""
 """The payload meaning "any KPI's scores may have changed"."""
 
@@ -71,6 +76,8 @@ class ScoreWriteListener:
                              f"+{engine.dialect.driver}")
         self._engine = engine
         self._connection = None
+        self._pending: list[str] = []
+        """Score notifications that arrived while the probe was awaited."""
         self._selector = selectors.DefaultSelector()
         # A byte on this pair wakes ``wait`` from another thread.
         self._wake_in, self._wake_out = socket.socketpair()
@@ -95,8 +102,10 @@ class ScoreWriteListener:
                     "application_name": LISTENER_NAME,
                 })
                 self._connection.execute(f'LISTEN "{SCORES_CHANNEL}"')
+                self._connection.execute(f'LISTEN "{PROBE_CHANNEL}"')
             self._selector.register(self._connection.fileno(), selectors.EVENT_READ)
             self._selector.register(self._wake_in, selectors.EVENT_READ)
+            self._probe()
         except BaseException:
             self.__exit__()
             raise
@@ -118,6 +127,13 @@ class ScoreWriteListener:
         """The KPIs whose scores were committed since the previous call (``ANY_KPI``: any),
         waiting up to ``timeout`` seconds (None: no limit) for the first one; ``[]`` when
         the wait timed out or was interrupted."""
+        if self._pending:
+            pending, self._pending = self._pending, []
+            return pending + [n.payload for n in self._receive(0) if n.channel == SCORES_CHANNEL]
+        return [n.payload for n in self._receive(timeout) if n.channel == SCORES_CHANNEL]
+
+    def _receive(self, timeout: float | None) -> list:
+        """Every notification received, waiting up to ``timeout`` for the first one."""
         if self._connection.closed or self._connection.broken:
             # A closed socket drops out of the selector silently: waiting would never end.
             raise sa.exc.OperationalError("LISTEN", None, ConnectionError(
@@ -127,7 +143,26 @@ class ScoreWriteListener:
                 self._drain_wake()
         with _sqlalchemy_errors(self._engine):
             # Also returns what arrived while LISTEN ran (psycopg keeps it aside).
-            return [notice.payload for notice in self._connection.notifies(timeout=0)]
+            return list(self._connection.notifies(timeout=0))
+
+    def _probe(self) -> None:
+        """Check that notifications reach this session: send one from another connection (as a
+        writer would) and wait for it. Behind a pooler in transaction mode (PgBouncer's
+        ``pool_mode = transaction``) LISTEN holds no session, nothing would ever arrive, and a
+        cache trusting this listener would serve stale rows forever."""
+        token = uuid.uuid4().hex
+        _send_probe(self._engine, token)
+        deadline = time.monotonic() + PROBE_TIMEOUT_S
+        while (left := deadline - time.monotonic()) > 0:
+            for notice in self._receive(left):
+                if notice.channel == PROBE_CHANNEL and notice.payload == token:
+                    return
+                if notice.channel == SCORES_CHANNEL:
+                    self._pending.append(notice.payload)
+        raise sa.exc.OperationalError("LISTEN", None, ConnectionError(
+            f"a test notification did not reach the listening session within "
+            f"{PROBE_TIMEOUT_S:g} s: notifications are not delivered to it (a connection pooler "
+            f"in transaction mode?); series are read from the database"))
 
     def interrupt(self) -> None:
         """Make the current (or next) ``wait`` return at once; from any thread."""
@@ -154,3 +189,9 @@ def _sqlalchemy_errors(engine: sa.Engine) -> Iterator[None]:
         raise sa.exc.DBAPIError.instance(
             None, None, error, dbapi_error, connection_invalidated=True
         ) from error
+
+
+def _send_probe(engine: sa.Engine, token: str) -> None:
+    with engine.begin() as connection:
+        connection.execute(sa.text("SELECT pg_notify(:channel, :token)"),
+                           {"channel": PROBE_CHANNEL, "token": token})

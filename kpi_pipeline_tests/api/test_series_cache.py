@@ -488,3 +488,17 @@ def test_the_app_warms_every_scored_kpi_before_any_request(seeded, monkeypatch):
         assert client.get("/v1/kpis/sales/scores?limit=24").content == \
             direct.get("/v1/kpis/sales/scores?limit=24").content
         assert reads.calls == warmed + 1  # only the direct client read the store
+
+
+def test_where_notifications_do_not_arrive_the_cache_stays_off(seeded, monkeypatch):
+    from kpi_pipeline.store import notifications
+
+    monkeypatch.setattr(notifications, "_send_probe", lambda engine, token: None)
+    monkeypatch.setattr(notifications, "PROBE_TIMEOUT_S", 0.2)
+    with make_client(seeded.engine, api_series_cache_points=CACHED_POINTS) as client, \
+            direct_client(seeded.engine) as direct:
+        time.sleep(1.0)  # several probes fail meanwhile
+        series = api_state(client).series
+        assert not series.live
+        assert newest_points(client) == newest_points(direct)
+        assert series.get("sales") is None

@@ -11,6 +11,7 @@ import pytest
 import sqlalchemy as sa
 
 from kpi_pipeline.store import load_scores, make_engine, migrate, upsert_scores
+from kpi_pipeline.store import notifications
 from kpi_pipeline.store.database import write_transaction
 from kpi_pipeline.store.notifications import (
     ANY_KPI,
@@ -152,3 +153,29 @@ def test_connection_options_in_the_database_url_do_not_clash_with_the_listeners(
             assert received(listener, 1) == ["sales"]
     finally:
         engine.dispose()
+
+
+@pytest.mark.postgres
+def test_a_listener_that_notifications_do_not_reach_refuses_to_start(migrated_pg_engine,
+                                                                      monkeypatch):
+    # As behind a pooler in transaction mode: the test notification never arrives.
+    monkeypatch.setattr(notifications, "_send_probe", lambda engine, token: None)
+    monkeypatch.setattr(notifications, "PROBE_TIMEOUT_S", 0.3)
+    with pytest.raises(sa.exc.OperationalError, match="not delivered"):
+        with ScoreWriteListener(migrated_pg_engine):
+            pass
+
+
+@pytest.mark.postgres
+def test_score_writes_notified_while_the_probe_is_awaited_are_kept(migrated_pg_engine,
+                                                                   monkeypatch):
+    send = notifications._send_probe
+
+    def write_then_probe(engine, token):
+        upsert_scores(engine, scores("orders"))  # lands before the probe's notification
+        send(engine, token)
+
+    monkeypatch.setattr(notifications, "_send_probe", write_then_probe)
+    with ScoreWriteListener(migrated_pg_engine) as listener:
+        assert listener.wait(0) == ["orders"]
+        assert listener.wait(0) == []
