@@ -532,19 +532,23 @@ class ScoringCache:
 class _StoredTail:
     """A KPI's newest stored observations, read and cleaned once for many scorings.
 
-    ``raw`` holds the observations from the last one at or before ``since`` (the newest one
-    minus ``scoring_reach``), ``cleaned`` the rows of cleaning them on ``grid``: from the slack
-    on, the whole series' rows, as ``load_scoring_window`` reads them. Both carry each row's
-    grid slot. Valid while the observations from ``since`` on still match ``watermark``.
+    The observations from the last one at or before ``since`` (the newest one minus
+    ``scoring_reach``) are cleaned on ``grid``: from the slack on, the whole series' rows, as
+    ``load_scoring_window`` reads them. Points after the newest observation can only change the
+    cleaned rows from a few slots before it on (the short gap before it, interpolated towards
+    it, and its own slot, which a point may share), so the rows are split once, at an observed
+    slot ``SCORING_SLACK_POINTS`` before the newest: ``settled`` rows stay as cleaned, and the
+    observations from that slot on (``redo``) are cleaned again with the points. Valid while the
+    observations from ``since`` on still match ``watermark``.
     """
 
     watermark: serving.ObservationWatermark
     since: pd.Timestamp | None
     grid: Grid | None
-    raw: pd.DataFrame
-    raw_slots: np.ndarray
-    cleaned: pd.DataFrame
-    cleaned_slots: np.ndarray
+    last_slot: int
+    """The newest observation's grid slot."""
+    settled: pd.DataFrame
+    redo: pd.DataFrame
 
 
 class _KpiScorer:
@@ -596,36 +600,36 @@ class _KpiScorer:
         return tail
 
     def _read_tail(self, engine: sa.Engine) -> _StoredTail:
-        whole = serving.observation_watermark(engine, self.kpi)
-        if whole.last_ts is None:
+        newest = serving.newest_observation_ts(engine, self.kpi)
+        if newest is None:
             nothing = pd.DataFrame(columns=["kpi", "ts", "value"])
-            empty = np.zeros(0, dtype=np.int64)
-            return _StoredTail(whole, None, None, nothing, empty, nothing, empty)
-        since = pd.Timestamp(whole.last_ts) - scoring_reach(self.detector)
+            return _StoredTail(
+                serving.ObservationWatermark(None, 0, None, None), None, None, -1, nothing, nothing
+            )
+        since = pd.Timestamp(newest) - scoring_reach(self.detector)
         # The watermark is read before the rows: a write in between makes it stale, not wrong.
         watermark = serving.observation_watermark(engine, self.kpi, since)
         raw = store.load_observations_from(engine, self.kpi, since)
         grid = Grid(pd.Timestamp(watermark.first_ts), self.detector.freq_)
+        raw_slots = grid.slots(raw["ts"])
+        last_slot = int(raw_slots[-1])
+        settled_slots = raw_slots[raw_slots <= last_slot - SCORING_SLACK_POINTS]
+        redo_from = settled_slots[-1] if len(settled_slots) else raw_slots[0]
         cleaned = clean_series(raw, grid)
         return _StoredTail(
-            watermark, since, grid, raw, grid.slots(raw["ts"]), cleaned,
-            grid.slots(cleaned["ts"]),
+            watermark, since, grid, last_slot,
+            settled=cleaned[grid.slots(cleaned["ts"]) < redo_from],
+            redo=raw[raw_slots >= redo_from],
         )
 
     def _after_stored(self, tail: _StoredTail, points: pd.DataFrame) -> pd.DataFrame:
-        """The cleaned series up to the points, all later than every stored observation.
-
-        Points can only change the cleaned rows from a few slots before the newest stored
-        observation on (the short gap before it, interpolated towards it, and its own slot,
-        which a point may share), so the cached rows are kept up to an observed slot
-        ``SCORING_SLACK_POINTS`` earlier and only the rest is cleaned again with the points.
-        """
+        """The cleaned series up to the points, all later than every stored observation: the
+        tail's settled rows, then its last observations cleaned again with the points."""
         if tail.grid is None:  # no history: the points alone, on their own grid
             return clean_series(points, Grid(points["ts"].iloc[0], self.detector.freq_))
         context = self.detector.context_points
         first_slot = int(tail.grid.slots(points["ts"].iloc[:1])[0])
-        last_stored = tail.raw_slots[-1]
-        if first_slot - last_stored > context:
+        if first_slot - tail.last_slot > context:
             # Silent for longer than the context: every context slot is part of one long gap.
             start = tail.grid.origin + (first_slot - context) * tail.grid.step
             silence = pd.DataFrame(
@@ -637,11 +641,8 @@ class _KpiScorer:
                 }
             )
             return pd.concat([silence, clean_series(points, tail.grid)], ignore_index=True)
-        settled = tail.raw_slots[tail.raw_slots <= last_stored - SCORING_SLACK_POINTS]
-        redo_from = settled[-1] if len(settled) else tail.raw_slots[0]
-        fresh = clean_series(pd.concat([tail.raw[tail.raw_slots >= redo_from], points]), tail.grid)
-        kept = tail.cleaned[tail.cleaned_slots < redo_from]
-        return pd.concat([kept, fresh], ignore_index=True)
+        fresh = clean_series(pd.concat([tail.redo, points]), tail.grid)
+        return pd.concat([tail.settled, fresh], ignore_index=True)
 
     def _among_stored(
         self, engine: sa.Engine, tail: _StoredTail, points: pd.DataFrame
@@ -778,5 +779,5 @@ def _grid_collisions(ts: pd.Series, frequency: pd.Timedelta | None) -> int:
     """Timestamps that snap to a grid slot already taken (the grid cleaning puts them on)."""
     if frequency is None:
         return 0
-    slots = ((ts - ts.min()) / frequency).round()
-    return int(len(slots) - slots.nunique())
+    slots = Grid(ts.min(), frequency).slots(ts)
+    return int(len(slots) - len(np.unique(slots)))

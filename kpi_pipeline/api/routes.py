@@ -201,13 +201,14 @@ async def score_series(
     cached = await _cached_series(api, kpi)
     body = None if cached is None else cached.answer(start, end, limit)
     if body is not None:
-        if not cached.size:
-            await _require_kpi(api, kpi)
-        return _json(body)
-    rows, truncated = await api.db(serving.score_series, api.engine, kpi, start, end, limit)
-    if not rows:
-        await _require_kpi(api, kpi)
-    return _json(SCORE_SERIES_JSON({"kpi": kpi, "points": rows, "truncated": truncated}))
+        empty = not cached.size
+    else:
+        rows, truncated = await api.db(serving.score_series, api.engine, kpi, start, end, limit)
+        body = SCORE_SERIES_JSON({"kpi": kpi, "points": rows, "truncated": truncated})
+        empty = not rows
+    if empty:
+        await _require_kpi(api, kpi)  # no scores at all: an unknown KPI is a 404
+    return _json(body)
 
 
 async def _cached_series(api: ApiState, kpi: str) -> CachedSeries | None:

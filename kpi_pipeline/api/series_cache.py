@@ -259,11 +259,10 @@ class ScoreWriteWatcher:
 
     def __init__(self, cache: SeriesCache,
                  listen: Callable[[], AbstractContextManager[Listener]],
-                 warm: Callable[[], Iterable[str]] | None = None,
-                 read: SeriesRead | None = None) -> None:
+                 warm: Callable[[], Iterable[str]], read: SeriesRead) -> None:
         self._cache = cache
         self._listen = listen
-        self._warm_kpis = warm if read is not None else None
+        self._warm_kpis = warm
         self._read = read
         self._stopping = threading.Event()
         self._listener: Listener | None = None
@@ -309,8 +308,6 @@ class ScoreWriteWatcher:
             delay = min(2 * delay, RETRY_MAX_S)
 
     def _warm(self, listener: Listener) -> None:
-        if self._warm_kpis is None:
-            return
         started, loaded, largest = time.monotonic(), 0, 0
         try:
             kpis = list(self._warm_kpis())

@@ -25,6 +25,7 @@ from typing import Any
 
 from starlette.concurrency import run_in_threadpool
 
+from kpi_pipeline.api.errors import first_line
 from kpi_pipeline.api.schemas import LATEST_SCORE_JSON, MISSING_JSON
 
 logger = logging.getLogger("kpi_pipeline.api")
@@ -95,7 +96,8 @@ class LatestScoreSnapshot:
         try:
             await run_in_threadpool(self._fresh, read, REFRESH_AHEAD * self.max_age)
         except Exception as error:  # the next request past max_age reads again, and reports
-            logger.warning("background re-read of the latest scores failed: %s", error)
+            logger.warning("background re-read of the latest scores failed: %s",
+                           first_line(error))
 
     def _fresh(self, read: Callable[[], list[dict[str, Any]]], younger_than: float | None = None
                ) -> Snapshot:

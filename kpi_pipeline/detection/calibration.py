@@ -22,6 +22,10 @@ def surprise_from_score(score: np.ndarray | float, threshold: float) -> np.ndarr
     return threshold * s / (1.0 - s)
 
 
+NO_RECURRENCE_CAP = {"min_recurrences": 0, "recurrence_margin": 1.0, "episode_gap": 0}
+"""The recurrence settings of a tail (or forest) pickled before the cap existed: off."""
+
+
 class ExceedanceTail:
     """Tail probability of an "how extreme" statistic, learned from normal training points.
 
@@ -60,7 +64,7 @@ class ExceedanceTail:
 
     def __setstate__(self, state: dict) -> None:
         # Tails pickled before recurrences existed keep judging as they did: no cap.
-        self.__dict__.update({"min_recurrences": 0, "recurrence_margin": 1.0, "episode_gap": 0})
+        self.__dict__.update(NO_RECURRENCE_CAP)
         self.__dict__.update(state)
 
     def fit(self, values: np.ndarray) -> "ExceedanceTail":
@@ -105,7 +109,9 @@ class ExceedanceTail:
         # Past the threshold the fitted tail takes over: the empirical rate there is too coarse
         # (every value beyond the training maximum would get the same -log10(1/(n+1))).
         # ... unless training values came this close often enough: then the observed rate holds.
-        peaks = getattr(self, "episode_peaks_", None)  # None: fitted before recurrences existed
+        # Tails pickled before recurrences existed have min_recurrences 0 (``__setstate__``);
+        # those fitted by the first, row-counting version of the cap (17f9ca5) have no peaks.
+        peaks = getattr(self, "episode_peaks_", None)
         if peaks is not None and self.min_recurrences > 0:
             near = self.threshold_ + self.recurrence_margin * (
                 np.nan_to_num(v, nan=-np.inf) - self.threshold_

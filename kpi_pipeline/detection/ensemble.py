@@ -136,8 +136,9 @@ class DetectorConfig:
         return asdict(self)
 
 
-def _past_rolling_median(values: np.ndarray, window: int) -> np.ndarray:
-    level = pd.Series(values).shift(1).rolling(window, min_periods=1).median().to_numpy()
+def _past_rolling_median(values: np.ndarray, window: int, lag: int = 1) -> np.ndarray:
+    """Median of the ``window`` values ending ``lag`` points before each point (0 before any)."""
+    level = pd.Series(values).shift(lag).rolling(window, min_periods=1).median().to_numpy()
     return np.nan_to_num(level, nan=0.0)
 
 
@@ -308,8 +309,7 @@ class EnsembleDetector(BaseEstimator):
         series = pd.Series(residual)
         # A missing value or two (a short gap) must not switch the evidence off for k points.
         recent = series.rolling(k, min_periods=k // 2 + 1).median().to_numpy()
-        base = series.shift(k).rolling(cfg.sustained_level_window, min_periods=1).median()
-        base = np.nan_to_num(base.to_numpy(), nan=0.0)
+        base = _past_rolling_median(residual, cfg.sustained_level_window, lag=k)
         shifted = recent - base
         current = np.clip(residual * np.sign(recent), 0.0, None)
         judged = np.fmin(np.fmin(np.abs(recent), np.abs(shifted)), current)

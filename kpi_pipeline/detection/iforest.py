@@ -11,7 +11,7 @@ import numpy as np
 from sklearn.base import BaseEstimator
 from sklearn.ensemble import IsolationForest
 
-from kpi_pipeline.detection.calibration import ExceedanceTail
+from kpi_pipeline.detection.calibration import NO_RECURRENCE_CAP, ExceedanceTail
 
 
 class IsolationForestDetector(BaseEstimator):
@@ -37,7 +37,7 @@ class IsolationForestDetector(BaseEstimator):
 
     def __setstate__(self, state: dict) -> None:
         # Detectors pickled before recurrences existed: their calibration has no cap.
-        self.__dict__.update({"min_recurrences": 0, "recurrence_margin": 1.0, "episode_gap": 0})
+        self.__dict__.update(NO_RECURRENCE_CAP)
         super().__setstate__(state)
 
     def fit(self, X: np.ndarray, y=None) -> "IsolationForestDetector":

@@ -134,8 +134,7 @@ def clean_observations(
             part = rows[["ts", "value"]].assign(filled=False, gap=False)
         else:
             frequencies[str(kpi)] = freq
-            origin = grid.origin if grid is not None else None
-            part = regularize(rows, freq, config, origin=origin)
+            part = clean_series(rows, grid or Grid(rows["ts"].min(), freq), config)
         parts.append(part.assign(kpi=str(kpi)))
     if not parts:
         return pd.DataFrame(columns=CLEANED_COLUMNS), frequencies

@@ -101,16 +101,30 @@ def every_kpi(table: sa.Table) -> sa.CTE:
     return found.union_all(sa.select(following).where(found.c.kpi.is_not(None)))
 
 
+def edge_ts(table: sa.Table, kpi: sa.ColumnElement[str], edge=sa.func.max) -> sa.ScalarSelect:
+    """The newest (``edge=sa.func.min``: first) ``ts`` of ``kpi`` in ``table``: one probe of the
+    primary key."""
+    rows = table.alias()
+    return sa.select(edge(rows.c.ts)).where(rows.c.kpi == kpi).scalar_subquery()
+
+
 def ts_span_of_every_kpi(table: sa.Table) -> sa.Select:
     """(kpi, first ts, last ts) of every KPI of ``table``: two index probes per KPI, no scan."""
     names = every_kpi(table)
-
-    def probe(edge) -> sa.ScalarSelect:
-        rows = table.alias()
-        return sa.select(edge(rows.c.ts)).where(rows.c.kpi == names.c.kpi).scalar_subquery()
-
     return (
-        sa.select(names.c.kpi, probe(sa.func.min), probe(sa.func.max))
+        sa.select(
+            names.c.kpi, edge_ts(table, names.c.kpi, sa.func.min), edge_ts(table, names.c.kpi)
+        )
+        .where(names.c.kpi.is_not(None))
+        .order_by(names.c.kpi)
+    )
+
+
+def newest_ts_of_every_kpi(table: sa.Table) -> sa.Select:
+    """(kpi, newest ts) of every KPI of ``table``: one index probe per KPI, no scan."""
+    names = every_kpi(table)
+    return (
+        sa.select(names.c.kpi, edge_ts(table, names.c.kpi).label("ts"))
         .where(names.c.kpi.is_not(None))
         .order_by(names.c.kpi)
     )

@@ -120,3 +120,29 @@ def table_counts(engine: sa.Engine) -> dict[str, int]:
             source.name: connection.scalar(sa.select(sa.func.count()).select_from(source))
             for source in (*TABLES, anomalies)
         }
+
+
+@contextmanager
+def driver_errors(
+    engine: sa.Engine,
+    connection: sa.Connection | None = None,
+    statement: str | None = None,
+    params: object = None,
+) -> Iterator[None]:
+    """Errors of code that talks to the driver directly, re-raised as SQLAlchemy's (as the rest
+    of the store raises them). With ``connection``, a lost connection is invalidated (not
+    returned to the pool); without one, the driver connection is a private one, treated as lost.
+    """
+    dbapi_error = engine.dialect.loaded_dbapi.Error
+    try:
+        yield
+    except dbapi_error as error:
+        lost = True
+        if connection is not None:
+            lost = engine.dialect.is_disconnect(error, connection.connection.driver_connection, None)
+            if lost:
+                connection.invalidate(error)
+        raise sa.exc.DBAPIError.instance(
+            statement, params, error, dbapi_error, connection_invalidated=lost,
+            dialect=engine.dialect,
+        ) from error

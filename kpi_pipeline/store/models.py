@@ -69,6 +69,15 @@ def save_model(
         upsert(connection, kpi_models, [row], update=[name for name in row if name not in keys])
 
 
+NEWEST_FIRST = (
+    kpi_models.c.train_end.desc().nulls_last(),
+    kpi_models.c.trained_at.desc(),
+    kpi_models.c.version.desc(),
+)
+"""Model recency: latest training cutoff first, then latest trained (the serving reads use it too,
+so they pick the same version)."""
+
+
 def load_latest_models(
     engine: sa.Engine, kind: str, kpis: Iterable[str] | None = None
 ) -> dict[str, ModelRecord]:
@@ -79,16 +88,7 @@ def load_latest_models(
     """
     table = kpi_models
     recency = (
-        sa.func.row_number()
-        .over(
-            partition_by=table.c.kpi,
-            order_by=(
-                table.c.train_end.desc().nulls_last(),
-                table.c.trained_at.desc(),
-                table.c.version.desc(),
-            ),
-        )
-        .label("recency")
+        sa.func.row_number().over(partition_by=table.c.kpi, order_by=NEWEST_FIRST).label("recency")
     )
     ranked = (
         sa.select(table, recency).where(table.c.kind == kind, *window(table, kpis)).subquery()

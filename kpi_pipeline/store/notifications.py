@@ -16,10 +16,11 @@ import selectors
 import socket
 import time
 import uuid
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Iterable
 
 import sqlalchemy as sa
+
+from kpi_pipeline.store.database import driver_errors
 
 SCORES_CHANNEL = "kpi_scores_written"
 PROBE_CHANNEL = "kpi_scores_probe"
@@ -88,7 +89,7 @@ class ScoreWriteListener:
         dbapi = self._engine.dialect.loaded_dbapi
         args, options = self._engine.dialect.create_connect_args(self._engine.url)
         try:
-            with _sqlalchemy_errors(self._engine):
+            with driver_errors(self._engine):
                 # The URL's own query options (its connect_timeout, keepalives...) win over
                 # these defaults; the listener's name and autocommit always hold.
                 self._connection = dbapi.connect(*args, **{
@@ -141,7 +142,7 @@ class ScoreWriteListener:
         for key, _ in self._selector.select(timeout):
             if key.fileobj is self._wake_in:
                 self._drain_wake()
-        with _sqlalchemy_errors(self._engine):
+        with driver_errors(self._engine):
             # Also returns what arrived while LISTEN ran (psycopg keeps it aside).
             return list(self._connection.notifies(timeout=0))
 
@@ -177,18 +178,6 @@ class ScoreWriteListener:
                 pass
         except BlockingIOError:
             pass
-
-
-@contextmanager
-def _sqlalchemy_errors(engine: sa.Engine) -> Iterator[None]:
-    """The driver's errors re-raised as SQLAlchemy's, as the rest of the store raises them."""
-    dbapi_error = engine.dialect.loaded_dbapi.Error
-    try:
-        yield
-    except dbapi_error as error:
-        raise sa.exc.DBAPIError.instance(
-            None, None, error, dbapi_error, connection_invalidated=True
-        ) from error
 
 
 def _send_probe(engine: sa.Engine, token: str) -> None:

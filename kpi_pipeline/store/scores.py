@@ -8,7 +8,7 @@ import pandas as pd
 import sqlalchemy as sa
 
 from kpi_pipeline.store._convert import Kind, TimeLike, coerce, to_records, to_utc, utc_now
-from kpi_pipeline.store._sql import read_frame, ts_span_of_every_kpi, upsert, window
+from kpi_pipeline.store._sql import newest_ts_of_every_kpi, read_frame, upsert, window
 from kpi_pipeline.store.database import write_transaction
 from kpi_pipeline.store.notifications import notify_scores_written
 from kpi_pipeline.store.schema import (
@@ -85,8 +85,8 @@ def last_scored_ts(engine: sa.Engine) -> dict[str, pd.Timestamp]:
     """The newest scored timestamp of each KPI."""
     # Index probes per KPI: a GROUP BY would read every score ever written.
     with engine.connect() as connection:
-        rows = connection.execute(ts_span_of_every_kpi(anomaly_scores))
-        return {kpi: to_utc(last) for kpi, _first, last in rows}
+        rows = connection.execute(newest_ts_of_every_kpi(anomaly_scores))
+        return {kpi: to_utc(last) for kpi, last in rows}
 
 
 def load_scores(

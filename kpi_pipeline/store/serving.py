@@ -23,13 +23,15 @@ import pandas as pd
 import sqlalchemy as sa
 
 from kpi_pipeline.store._convert import TimeLike, to_utc
-from kpi_pipeline.store._sql import every_kpi
+from kpi_pipeline.store._sql import edge_ts, every_kpi, newest_ts_of_every_kpi
 from kpi_pipeline.store.schema import (
     anomalies,
     anomaly_scores,
     kpi_models,
     kpi_observations,
 )
+from kpi_pipeline.store.database import driver_errors
+from kpi_pipeline.store.models import NEWEST_FIRST
 from kpi_pipeline.store.scores import anomalies_query
 
 Row = dict[str, Any]
@@ -71,20 +73,9 @@ class ScoreFreshness:
     latest_scored_at: dt.datetime | None
 
 
-def _newest_ts(table: sa.Table, kpi: sa.ColumnElement[str]) -> sa.ScalarSelect:
-    """The newest ``ts`` of ``kpi`` in ``table``: one backward probe of the primary key."""
-    probe = table.alias()
-    return sa.select(sa.func.max(probe.c.ts)).where(probe.c.kpi == kpi).scalar_subquery()
-
-
 def _newest_of_every_kpi(table: sa.Table) -> sa.Subquery:
     """(kpi, ts) of the newest row of every KPI of ``table``."""
-    names = every_kpi(table)
-    return (
-        sa.select(names.c.kpi, _newest_ts(table, names.c.kpi).label("ts"))
-        .where(names.c.kpi.is_not(None))
-        .subquery()
-    )
+    return newest_ts_of_every_kpi(table).order_by(None).subquery()
 
 
 def _newest_of_given_kpis(table: sa.Table) -> sa.Subquery:
@@ -110,21 +101,12 @@ def _latest_scores(newest: sa.Subquery) -> sa.Select:
     )
 
 
-def _recency(table: sa.Table) -> tuple[sa.ColumnElement, ...]:
-    """Newest model first, as ``models.load_latest_models``: latest training cutoff first."""
-    return (
-        table.c.train_end.desc().nulls_last(),
-        table.c.trained_at.desc(),
-        table.c.version.desc(),
-    )
-
-
 def _newest_model_version() -> sa.Select:
     table = kpi_models
     return (
         sa.select(table.c.version)
         .where(table.c.kpi == sa.bindparam("kpi"), table.c.kind == sa.bindparam("kind"))
-        .order_by(*_recency(table))
+        .order_by(*NEWEST_FIRST)
         .limit(1)
     )
 
@@ -135,7 +117,7 @@ def _newest_models(kind: str) -> sa.Subquery:
     "Newest" is the order of ``models.load_latest_models``: latest training cutoff first.
     """
     table = kpi_models
-    recency = sa.func.row_number().over(partition_by=table.c.kpi, order_by=_recency(table))
+    recency = sa.func.row_number().over(partition_by=table.c.kpi, order_by=NEWEST_FIRST)
     ranked = (
         sa.select(
             table.c.kpi,
@@ -159,8 +141,8 @@ def _kpi_overview() -> sa.Select:
     newest = (
         sa.select(
             names.c.kpi,
-            _newest_ts(kpi_observations, names.c.kpi).label("observed_ts"),
-            _newest_ts(anomaly_scores, names.c.kpi).label("score_ts"),
+            edge_ts(kpi_observations, names.c.kpi).label("observed_ts"),
+            edge_ts(anomaly_scores, names.c.kpi).label("score_ts"),
         )
         .where(names.c.kpi.is_not(None))
         .subquery()
@@ -255,18 +237,9 @@ def _hot_rows(engine: sa.Engine, query: sa.Select, **params: Any) -> list[Row]:
     with engine.connect() as connection:
         connection.execution_options(isolation_level="AUTOCOMMIT")
         driver = connection.connection.driver_connection
-        try:
-            with driver.cursor(binary=True) as cursor:
-                cursor.execute(sql, params)
-                return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
-        except engine.dialect.loaded_dbapi.Error as error:
-            lost = engine.dialect.is_disconnect(error, driver, None)
-            if lost:
-                connection.invalidate(error)
-            raise sa.exc.DBAPIError.instance(
-                sql, params, error, engine.dialect.loaded_dbapi.Error,
-                connection_invalidated=lost, dialect=engine.dialect,
-            ) from error
+        with driver_errors(engine, connection, sql, params), driver.cursor(binary=True) as cursor:
+            cursor.execute(sql, params)
+            return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
 
 
 def _utc_datetime(value: TimeLike) -> dt.datetime:
@@ -384,10 +357,9 @@ class ObservationWatermark:
 
 
 def _observation_watermark() -> sa.Select:
-    table, first = kpi_observations, kpi_observations.alias()
+    table = kpi_observations
     return sa.select(
-        sa.select(sa.func.min(first.c.ts)).where(first.c.kpi == sa.bindparam("kpi"))
-        .scalar_subquery().label("first_ts"),
+        edge_ts(table, sa.bindparam("kpi"), sa.func.min).label("first_ts"),
         sa.func.count().label("rows"),
         sa.func.max(table.c.ts).label("last_ts"),
         sa.func.max(table.c.ingested_at).label("last_ingested_at"),
@@ -406,6 +378,15 @@ def observation_watermark(
     since = _EARLIEST if since is None else _utc_datetime(since)
     (row,) = _hot_rows(engine, _OBSERVATION_WATERMARK, kpi=kpi, since=since)
     return ObservationWatermark(**row)
+
+
+_NEWEST_OBSERVATION_TS = sa.select(edge_ts(kpi_observations, sa.bindparam("kpi")).label("ts"))
+
+
+def newest_observation_ts(engine: sa.Engine, kpi: str) -> dt.datetime | None:
+    """``kpi``'s newest observation's ``ts`` (None without any): one probe of the index."""
+    (row,) = _hot_rows(engine, _NEWEST_OBSERVATION_TS, kpi=kpi)
+    return None if row["ts"] is None else _utc_datetime(row["ts"])
 
 
 def ping(engine: sa.Engine) -> None:
