@@ -201,3 +201,15 @@ def test_tails_pickled_before_recurrences_existed_score_as_they_did():
 def test_a_recurrence_margin_outside_0_1_is_refused(margin):
     with pytest.raises(ValueError, match="recurrence_margin"):
         ExceedanceTail(recurrence_margin=margin).fit(recurring_spikes(3))
+
+
+def test_tails_fitted_by_the_row_counting_cap_score_uncapped():
+    # Commit 17f9ca5 stored the cap's settings but counted rows, and kept no episode peaks.
+    values = recurring_spikes(40)
+    fitted = ExceedanceTail().fit(values)
+    state = {k: v for k, v in fitted.__dict__.items() if k not in ("episode_gap", "episode_peaks_")}
+    row_counting = ExceedanceTail.__new__(ExceedanceTail)
+    row_counting.__setstate__(state)
+    smooth = ExceedanceTail(min_recurrences=0).fit(values)
+    grid = np.linspace(0, 500, 501)
+    np.testing.assert_array_equal(row_counting.surprise(grid), smooth.surprise(grid))
