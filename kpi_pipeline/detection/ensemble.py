@@ -160,6 +160,67 @@ def _stuck_run_lengths(values: np.ndarray) -> np.ndarray:
     return runs
 
 
+def _window_medians(values: np.ndarray, ends: np.ndarray, window: int, min_periods: int = 1
+                    ) -> np.ndarray:
+    """Per end ``e``, the median of the non-missing values among ``values[e - window:e]`` (NaN if
+    fewer than ``min_periods``): pandas' ``rolling(window, min_periods).median()`` at ``e - 1``,
+    evaluated at a few points only (``score_after``)."""
+    out = np.full(len(ends), np.nan)
+    for j, end in enumerate(ends.tolist()):
+        part = values[max(0, end - window):max(0, end)]
+        part = part[~np.isnan(part)]
+        if len(part) and len(part) >= min_periods:
+            out[j] = np.median(part)
+    return out
+
+
+def _window_stds(values: np.ndarray, ends: np.ndarray, window: int, min_periods: int) -> np.ndarray:
+    """As ``_window_medians``, the sample standard deviation (pandas' rolling ``std()``)."""
+    out = np.full(len(ends), np.nan)
+    for j, end in enumerate(ends.tolist()):
+        part = values[max(0, end - window):max(0, end)]
+        part = part[~np.isnan(part)]
+        if len(part) >= max(min_periods, 2):
+            out[j] = np.std(part, ddof=1)
+    return out
+
+
+@dataclass(frozen=True)
+class ScoringState:
+    """A stretch of one KPI's cleaned series as ``score`` saw it, kept so that points after it
+    are scored without judging the stretch again (``EnsembleDetector.prepare`` and
+    ``score_after``): per point, what the windows of later points read."""
+
+    y: np.ndarray
+    y_model: np.ndarray
+    residual: np.ndarray
+    adapted: np.ndarray
+    shifted: np.ndarray | None
+    """The sustained shift (None: the model judges no sustained deviations)."""
+    combined: np.ndarray
+    """The combined surprise before smoothing, where later points' smoothing reads it."""
+    runs: np.ndarray
+    memo: dict = field(default_factory=dict, compare=False, repr=False)
+    """What later points read that depends on these points alone, computed on first use:
+    windows that end within them, and forecasts of the slots after them."""
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+
+@dataclass
+class _Judged:
+    """Per judged point: the numbers ``_finish`` turns into the score columns."""
+
+    yhat: np.ndarray
+    residual: np.ndarray
+    level: np.ndarray
+    adapted: np.ndarray
+    recent_scale: np.ndarray
+    components: dict[str, np.ndarray]
+    sustained_reference: np.ndarray | None
+
+
 class EnsembleDetector(BaseEstimator):
     """Isolation Forest + Prophet ensemble for one KPI, following scikit-learn conventions."""
 
@@ -274,8 +335,12 @@ class EnsembleDetector(BaseEstimator):
     def _recent_scale(self, values: np.ndarray, training_scale: float | None = None) -> np.ndarray:
         """Robust scale of the ``scale_window`` values before each point (adapted residuals
         unless told otherwise, with their training scale)."""
+        return self._bounded_scale(
+            _past_rolling_scale(values, self._config.scale_window), training_scale
+        )
+
+    def _bounded_scale(self, recent: np.ndarray, training_scale: float | None = None) -> np.ndarray:
         training_scale = self.residual_scale_ if training_scale is None else training_scale
-        recent = _past_rolling_scale(values, self._config.scale_window)
         # Early points (no history yet) fall back to the training scale; a quiet stretch must not
         # shrink the scale to nothing, so it never drops below a tenth of the training scale.
         recent = np.where(np.isfinite(recent), recent, training_scale)
@@ -311,9 +376,7 @@ class EnsembleDetector(BaseEstimator):
         recent = series.rolling(k, min_periods=k // 2 + 1).median().to_numpy()
         base = _past_rolling_median(residual, cfg.sustained_level_window, lag=k)
         shifted = recent - base
-        current = np.clip(residual * np.sign(recent), 0.0, None)
-        judged = np.fmin(np.fmin(np.abs(recent), np.abs(shifted)), current)
-        reference = np.where(np.abs(shifted) < np.abs(recent), base, 0.0)
+        judged, reference = self._sustained_terms(residual, recent, base, shifted)
         return judged, shifted, reference
 
     def _sustained_ratio(self, judged: np.ndarray, shifted: np.ndarray) -> np.ndarray:
@@ -326,20 +389,26 @@ class EnsembleDetector(BaseEstimator):
         A value stuck for much longer than it took to alert becomes the new normal (like a level
         shift), so the evidence stops after ``level_window`` more points: one incident, one event.
         """
+        return self._stuck_evidence(_stuck_run_lengths(y))
+
+    def _stuck_evidence(self, runs: np.ndarray) -> np.ndarray:
+        """``_stuck_surprise`` from each point's run length (``_stuck_run_lengths``)."""
         cfg = self._config
         per_repeat = -np.log10(self.repeat_rate_)
-        beyond = _stuck_run_lengths(y) - self.longest_run_
+        beyond = runs - self.longest_run_
         needed = np.ceil(cfg.threshold / per_repeat) if per_repeat > 0 else np.inf
         evidence = np.clip(beyond, 0, None) * per_repeat
         return np.where(beyond > needed + cfg.level_window, 0.0, evidence)
 
     def _iforest_features(self, residual, adapted, y) -> np.ndarray:
         cfg = self._config
-        scale = self.residual_scale_
         volatility = (
             pd.Series(adapted).rolling(cfg.volatility_window, min_periods=2).std().to_numpy()
         )
-        step = np.diff(y, prepend=np.nan)
+        return self._features(adapted, np.diff(y, prepend=np.nan), volatility)
+
+    def _features(self, adapted, step, volatility) -> np.ndarray:
+        scale = self.residual_scale_
         return np.column_stack(
             [
                 adapted / scale,
@@ -356,53 +425,197 @@ class EnsembleDetector(BaseEstimator):
         volatility and smoothing; they are not returned. ``gap`` marks points inside a long
         missing-data gap (value NaN): they are reported as anomalies flagged by ``gap``.
         """
-        cfg = self._config
         ts = pd.DatetimeIndex(ts)
         y = np.asarray(values, dtype=float)
         gap = np.zeros(len(y), dtype=bool) if gap is None else np.asarray(gap, dtype=bool)
+        # The forest is the costly part and context points are not returned: judge only the new
+        # ones (and those the smoothing window reaches back to).
+        first_judged = max(0, n_context - (self._config.smoothing_window - 1))
+        judged, _ = self._judge_all(ts, y, first_judged)
+        combined = np.max(np.column_stack(list(judged.components.values())), axis=1)
+        columns = self._finish(judged, combined, n_context, ts, y, gap)
+        return pd.DataFrame(columns)[SCORE_COLUMNS]
 
+    def prepare(self, ts, values, ahead: int = 0) -> ScoringState:
+        """Judge a stretch of cleaned series once, for ``score_after`` to score later points;
+        ``ahead``: forecast that many slots after it (on the model's step) in one go."""
+        ts = pd.DatetimeIndex(ts)
+        y = np.asarray(values, dtype=float)
+        # Only the last points' combined surprise is read again (by the smoothing window).
+        first_judged = max(0, len(y) - (self._config.smoothing_window - 1))
+        judged, state = self._judge_all(ts, y, first_judged)
+        if ahead and len(ts):
+            self._forecast(state, pd.date_range(ts[-1] + self.freq_, periods=ahead,
+                                                freq=self.freq_))
+        return state
+
+    def score_after(
+        self, state: ScoringState, ts, values, gap: np.ndarray | None = None,
+        keep: int | None = None,
+    ) -> dict[str, np.ndarray]:
+        """Score the points that follow the first ``keep`` points of ``state`` (default: all of
+        them), as ``score`` would with those points as context, without judging them again.
+
+        The rolling windows are evaluated at the new points only, so the cost does not grow with
+        the context. Returns the ``SCORE_COLUMNS`` as arrays. The numbers equal ``score``'s up to
+        the last bits of the rolling mean and standard deviation, which pandas accumulates along
+        the whole window.
+        """
+        cfg = self._config
+        keep = len(state) if keep is None else keep
+        ts = pd.DatetimeIndex(ts)
+        fresh = np.asarray(values, dtype=float)
+        gap = np.zeros(len(fresh), dtype=bool) if gap is None else np.asarray(gap, dtype=bool)
+        at = np.arange(keep, keep + len(fresh))
+
+        def medians(name, values, ends, window, min_periods=1):
+            # Windows ending within the kept points read the state's values only: memoised.
+            if ends[-1] > keep:
+                return _window_medians(values, ends, window, min_periods)
+            out = np.empty(len(ends))
+            for j, end in enumerate(ends.tolist()):
+                key = (name, window, min_periods, end)
+                found = state.memo.get(key)
+                if found is None:
+                    found = state.memo[key] = _window_medians(
+                        values, np.array([end]), window, min_periods
+                    )[0]
+                out[j] = found
+            return out
+
+        y = np.concatenate([state.y[:keep], fresh])
+        y_model = np.concatenate([state.y_model[:keep], self._to_model(fresh)])
+        yhat = self._forecast(state, ts)
+        residual = np.concatenate([state.residual[:keep], y_model[keep:] - yhat])
+        new_residual = residual[keep:]
+        level = np.nan_to_num(medians("residual", residual, at, cfg.level_window), nan=0.0)
+        new_adapted = new_residual - level
+        adapted = np.concatenate([state.adapted[:keep], new_adapted])
+        window = cfg.scale_window
+        recent_scale = self._bounded_scale(
+            1.4826 * medians("|adapted|", np.abs(adapted), at, window, min(window, 24))
+        )
+        ratio = np.fmin(np.abs(new_residual), np.abs(new_adapted)) / recent_scale
+
+        previous = y_model[at - 1] if keep else np.concatenate([[np.nan], y_model[at[1:] - 1]])
+        features = self._features(
+            new_adapted,
+            y_model[keep:] - previous,
+            _window_stds(adapted, at + 1, cfg.volatility_window, 2),
+        )
+        runs = np.empty(len(fresh))
+        run, last = (state.runs[keep - 1], state.y[keep - 1]) if keep else (0.0, np.nan)
+        for j, value in enumerate(fresh.tolist()):
+            run = run + 1 if value == last else 0.0
+            runs[j], last = run, value
+
+        sustained = None
+        if hasattr(self, "sustained_tail_"):
+            k = cfg.sustained_window
+            recent = medians("residual", residual, at + 1, k, k // 2 + 1)
+            base = np.nan_to_num(
+                medians("residual", residual, at - k + 1, cfg.sustained_level_window), nan=0.0
+            )
+            shifted = recent - base
+            sustained = self._sustained_terms(new_residual, recent, base, shifted)
+            shifted_all = np.abs(np.concatenate([state.shifted[:keep], shifted]))
+            sustained_scale = self._bounded_scale(
+                1.4826 * medians("|shifted|", shifted_all, at, window, min(window, 24)),
+                self.sustained_scale_,
+            )
+            sustained = (sustained[0] / sustained_scale, sustained[1])
+        judged = self._judged(
+            yhat, new_residual, level, new_adapted, recent_scale, ratio,
+            self.iforest_.surprise(features), runs, sustained,
+        )
+        combined = np.max(np.column_stack(list(judged.components.values())), axis=1)
+        before = max(0, keep - (cfg.smoothing_window - 1))
+        combined = np.concatenate([state.combined[before:keep], combined])
+        return self._finish(judged, combined, keep - before, ts, fresh, gap)
+
+    def _forecast(self, state: ScoringState, ts: pd.DatetimeIndex) -> np.ndarray:
+        """Prophet's ``yhat`` at ``ts``, each timestamp forecast once per state."""
+        keys = [("yhat", stamp) for stamp in ts.as_unit("ns").asi8.tolist()]
+        found = [state.memo.get(key) for key in keys]
+        if None not in found:
+            return np.array(found, dtype=float)
+        yhat = self.prophet_.predict(ts)
+        state.memo.update(zip(keys, yhat.tolist()))
+        return yhat
+
+    def _sustained_terms(self, residual, recent, base, shifted) -> tuple[np.ndarray, np.ndarray]:
+        """The judged sustained deviation and the residual level it is measured from (see
+        ``_sustained_shift``)."""
+        current = np.clip(residual * np.sign(recent), 0.0, None)
+        judged = np.fmin(np.fmin(np.abs(recent), np.abs(shifted)), current)
+        return judged, np.where(np.abs(shifted) < np.abs(recent), base, 0.0)
+
+    def _judge_all(self, ts: pd.DatetimeIndex, y: np.ndarray, first_judged: int
+                   ) -> tuple[_Judged, ScoringState]:
+        """Every point judged with whole-series rolling windows; the forest from
+        ``first_judged`` on (before it, its surprise is 0)."""
         y_model = self._to_model(y)
         yhat = self.prophet_.predict(ts)
         residual = y_model - yhat
         level, adapted, ratio, recent_scale = self._deviation(residual)
-        prophet_surprise = np.nan_to_num(self.deviation_tail_.surprise(ratio), nan=0.0)
-        # The forest is the costly part and context points are not returned: judge only the new
-        # ones (and those the smoothing window reaches back to).
-        first_judged = max(0, n_context - (cfg.smoothing_window - 1))
         iforest_surprise = np.zeros(len(y))
         iforest_surprise[first_judged:] = self.iforest_.surprise(
             self._iforest_features(residual, adapted, y_model)[first_judged:]
         )
-        stuck_surprise = self._stuck_surprise(y)
-
-        components = {
-            "prophet": prophet_surprise,
-            "iforest": iforest_surprise,
-            "flatline": stuck_surprise,
-        }
+        runs = _stuck_run_lengths(y)
+        sustained = shifted = None
         # Off for models fitted on little history, and for those registered before it existed.
         if hasattr(self, "sustained_tail_"):
-            judged_shift, shifted, sustained_reference = self._sustained_shift(residual)
+            judged_shift, shifted, reference = self._sustained_shift(residual)
+            sustained = (self._sustained_ratio(judged_shift, shifted), reference)
+        judged = self._judged(
+            yhat, residual, level, adapted, recent_scale, ratio, iforest_surprise, runs, sustained
+        )
+        combined = np.max(np.column_stack(list(judged.components.values())), axis=1)
+        state = ScoringState(y, y_model, residual, adapted, shifted, combined, runs)
+        return judged, state
+
+    def _judged(self, yhat, residual, level, adapted, recent_scale, ratio, iforest_surprise,
+                runs, sustained) -> _Judged:
+        components = {
+            "prophet": np.nan_to_num(self.deviation_tail_.surprise(ratio), nan=0.0),
+            "iforest": iforest_surprise,
+            "flatline": self._stuck_evidence(runs),
+        }
+        reference = None
+        if sustained is not None:
+            sustained_ratio, reference = sustained
             components["sustained"] = np.nan_to_num(
-                self.sustained_tail_.surprise(self._sustained_ratio(judged_shift, shifted)),
-                nan=0.0,
+                self.sustained_tail_.surprise(sustained_ratio), nan=0.0
             )
-        surprises = np.column_stack(list(components.values()))
-        combined = np.max(surprises, axis=1)
+        return _Judged(yhat, residual, level, adapted, recent_scale, components, reference)
+
+    def _finish(self, judged: _Judged, combined: np.ndarray, offset: int, ts, y, gap
+                ) -> dict[str, np.ndarray]:
+        """The score columns of the points from ``offset`` on (``combined``: the combined
+        surprise of every judged point, whose first ``offset`` only feed the smoothing)."""
+        cfg = self._config
         if cfg.smoothing_window > 1:
             combined = (
                 pd.Series(combined).rolling(cfg.smoothing_window, min_periods=1).mean().to_numpy()
             )
+        n = len(combined) - offset
+        combined = combined[offset:]
+        # The judged arrays cover the returned points (and, from ``score``, the context before).
+        cut = len(judged.yhat) - n
+        surprises = np.column_stack([c[cut:] for c in judged.components.values()])
+        ts, y, gap = ts[cut:], y[cut:], gap[cut:]
+        residual, adapted = judged.residual[cut:], judged.adapted[cut:]
+        level, recent_scale = judged.level[cut:], judged.recent_scale[cut:]
+
         score = score_from_surprise(combined, cfg.threshold)
         is_anomaly = combined >= cfg.threshold
-        # Named for the returned points only (the context's are sliced off below).
-        names = list(components)
-        flagged_by = np.full(len(y), None, dtype=object)
-        flagged_by[n_context:] = [
-            ",".join(name for name, hit in zip(names, row) if hit) or None
-            for row in (surprises[n_context:] >= cfg.threshold).tolist()
-        ]
-
+        names = list(judged.components)
+        flagged_by = np.array(
+            [",".join(name for name, hit in zip(names, row) if hit) or None
+             for row in (surprises >= cfg.threshold).tolist()] if n else [],
+            dtype=object,
+        )
         score = np.where(gap, cfg.gap_score, score)
         is_anomaly = np.where(gap, True, is_anomaly & np.isfinite(y))
         flagged_by = np.where(gap, "gap", flagged_by)
@@ -414,33 +627,28 @@ class EnsembleDetector(BaseEstimator):
         # level), else the model. So once an incident ends, ``expected`` does not stay at the
         # incident's level until the level window has passed it (NaN: the level stays).
         level = np.where(np.abs(adapted) > np.abs(residual), 0.0, level)
-        if "sustained" in components:
+        if judged.sustained_reference is not None:
             # A point judged by its sustained deviation is explained against what that deviation
             # is measured from, not against the recent level, which has already followed it.
             strongest = np.argmax(surprises, axis=1)
-            by_sustained = is_anomaly & (strongest == list(components).index("sustained"))
-            level = np.where(by_sustained, sustained_reference, level)
-        expected = yhat + level
+            by_sustained = is_anomaly & (strongest == names.index("sustained"))
+            level = np.where(by_sustained, judged.sustained_reference[cut:], level)
+        expected = judged.yhat[cut:] + level
         half_width = self.deviation_tail_.quantile(cfg.band_coverage) * recent_scale
         lower, upper = self._from_model(expected - half_width), self._from_model(expected + half_width)
-        expected = self._from_model(expected)
-        columns = {
+        return {
             "ts": ts,
             "value": y,
-            "expected": expected,
+            "expected": self._from_model(expected),
             "lower": lower,
             "upper": upper,
-            "prophet_score": score_from_surprise(prophet_surprise, cfg.threshold),
-            "iforest_score": score_from_surprise(iforest_surprise, cfg.threshold),
+            "prophet_score": score_from_surprise(judged.components["prophet"][cut:], cfg.threshold),
+            "iforest_score": score_from_surprise(judged.components["iforest"][cut:], cfg.threshold),
             "score": score,
             "is_anomaly": is_anomaly.astype(bool),
             "severity": self._severity(score, is_anomaly),
             "flagged_by": np.where(is_anomaly, flagged_by, None),
         }
-        # Slice before building the frame: column types then depend on the returned points only.
-        return pd.DataFrame({name: values[n_context:] for name, values in columns.items()})[
-            SCORE_COLUMNS
-        ]
 
     def _severity(self, score: np.ndarray, is_anomaly: np.ndarray) -> np.ndarray:
         cutoffs = np.asarray(self._config.severity_scores)
