@@ -31,10 +31,16 @@ from kpi_pipeline.detection.ensemble import (
     DetectorConfig,
     EnsembleDetector,
     InsufficientHistory,
+    ScoringState,
 )
 from kpi_pipeline.detection.events import assign_events, open_event_from, summarize_events
 from kpi_pipeline.detection.features import build_features
-from kpi_pipeline.detection.preprocess import Grid, clean_observations, clean_series
+from kpi_pipeline.detection.preprocess import (
+    Grid,
+    clean_observations,
+    clean_series,
+    fill_slots,
+)
 from kpi_pipeline.detection.walkforward import (
     initial_training_points,
     retrain_every_points,
@@ -83,6 +89,11 @@ SCORING_SLACK_POINTS = 24
 """Grid points read before the context a scoring window needs. Cleaning a window differs from
 cleaning the whole series only in its first ``max_fill_periods + 1`` slots (see
 ``clean_observations``); the slack keeps those out of the context."""
+
+
+SCORING_AHEAD_SLOTS = 48
+"""Slots after a KPI's newest observation that real-time scoring forecasts in one go when it
+reads the observations (the points it is asked about next)."""
 
 
 def scoring_reach(detector: EnsembleDetector) -> pd.Timedelta:
@@ -462,9 +473,26 @@ class PointsTooSpread(ValueError):
 class RealtimeScores:
     kpi: str
     model_version: str
-    scores: pd.DataFrame
-    """One row per submitted point, in time order: the submitted ``ts`` and ``value``, then the
+    columns: dict[str, np.ndarray]
+    """Per submitted point, in time order: the submitted ``ts`` and ``value``, then the
     detector's ``SCORE_COLUMNS``."""
+
+    @property
+    def scores(self) -> pd.DataFrame:
+        """``columns`` as a frame."""
+        return pd.DataFrame(self.columns)[SCORE_COLUMNS]
+
+    def records(self) -> list[dict]:
+        """One dict per point, plain Python values, missing numbers as None (JSON has no NaN)."""
+        names = SCORE_COLUMNS
+        ts = pd.DatetimeIndex(self.columns["ts"]).to_pydatetime()
+        listed = [ts] + [
+            np.asarray(self.columns[name]).tolist() for name in names[1:]
+        ]
+        return [
+            {name: (None if value != value else value) for name, value in zip(names, row)}
+            for row in zip(*listed)
+        ]
 
 
 def score_points(
@@ -549,6 +577,13 @@ class _StoredTail:
     """The newest observation's grid slot."""
     settled: pd.DataFrame
     redo: pd.DataFrame
+    judged: ScoringState | None = None
+    """The detector's state after the whole cleaned tail (settled rows, then the redo rows
+    cleaned alone, which is what they stay while points come after the newest observation)."""
+    last_value: float = np.nan
+    """The cleaned value in the newest observation's slot."""
+    grid_ints: tuple[str, int, int] | None = None
+    """``grid`` as its datetime unit, origin and step as integers of that unit."""
 
 
 class _KpiScorer:
@@ -569,6 +604,9 @@ class _KpiScorer:
             )
         tail = self._stored_tail(engine)
         if tail.watermark.last_ts is None or first > tail.watermark.last_ts:
+            quick = self._next_points(tail, points)
+            if quick is not None:
+                return RealtimeScores(self.kpi, self.version, quick)
             cleaned = self._after_stored(tail, points)
         else:
             cleaned = self._among_stored(engine, tail, points)
@@ -584,8 +622,43 @@ class _KpiScorer:
             end,
         )
         chosen = scored.iloc[positions - start].reset_index(drop=True)
-        scores = chosen[SCORE_COLUMNS].assign(ts=points["ts"], value=points["value"])
-        return RealtimeScores(self.kpi, self.version, scores)
+        columns = {name: chosen[name].to_numpy() for name in SCORE_COLUMNS}
+        columns.update(ts=points["ts"].to_numpy(), value=points["value"].to_numpy(dtype=float))
+        return RealtimeScores(self.kpi, self.version, columns)
+
+    def _next_points(self, tail: _StoredTail, points: pd.DataFrame) -> dict | None:
+        """The common case, scored from the tail's judged state: points after the newest
+        observation, on distinct grid slots, within the context of it. Only the slots from the
+        newest observation's on are cleaned (its value, the points, short gaps between them
+        interpolated) and only the new slots judged (``EnsembleDetector.score_after``), with the
+        numbers the general path gives (tested). None: take the general path."""
+        if tail.judged is None or tail.grid_ints is None:
+            return None
+        values = points["value"].to_numpy(dtype=float)
+        slots = tail.grid.slots(points["ts"])
+        if (
+            not np.isfinite(values).all()
+            or slots[0] <= tail.last_slot
+            or slots[0] - tail.last_slot > self.detector.context_points
+            or (len(slots) > 1 and not (np.diff(slots) > 0).all())
+        ):
+            return None
+        unit, origin, step = tail.grid_ints
+        occupied = np.concatenate([[tail.last_slot], slots])
+        x = origin + np.arange(tail.last_slot, slots[-1] + 1, dtype=np.int64) * step
+        value, _, gap = fill_slots(
+            occupied, np.concatenate([[tail.last_value], values]), x
+        )
+        scored = self.detector.score_after(
+            tail.judged,
+            pd.DatetimeIndex(x[1:].astype(f"datetime64[{unit}]"), tz="UTC"),
+            value[1:],
+            gap[1:],
+        )
+        chosen = slots - tail.last_slot - 1
+        columns = {name: scored[name][chosen] for name in SCORE_COLUMNS}
+        columns.update(ts=points["ts"].to_numpy(), value=values)
+        return columns
 
     def _stored_tail(self, engine: sa.Engine) -> _StoredTail:
         """The cached tail if no observation from its ``since`` on was added or changed since
@@ -616,10 +689,20 @@ class _KpiScorer:
         settled_slots = raw_slots[raw_slots <= last_slot - SCORING_SLACK_POINTS]
         redo_from = settled_slots[-1] if len(settled_slots) else raw_slots[0]
         cleaned = clean_series(raw, grid)
+        unit = pd.DatetimeIndex(cleaned["ts"]).unit
         return _StoredTail(
             watermark, since, grid, last_slot,
             settled=cleaned[grid.slots(cleaned["ts"]) < redo_from],
             redo=raw[raw_slots >= redo_from],
+            judged=self.detector.prepare(
+                cleaned["ts"], cleaned["value"].to_numpy(dtype=float), ahead=SCORING_AHEAD_SLOTS
+            ),
+            last_value=float(cleaned["value"].iloc[-1]),
+            grid_ints=(
+                unit,
+                int(pd.DatetimeIndex([grid.origin]).as_unit(unit).asi8[0]),
+                int(pd.TimedeltaIndex([grid.step]).as_unit(unit).asi8[0]),
+            ),
         )
 
     def _after_stored(self, tail: _StoredTail, points: pd.DataFrame) -> pd.DataFrame:

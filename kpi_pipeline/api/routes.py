@@ -19,7 +19,7 @@ from fastapi import APIRouter, Depends, Path, Query
 from fastapi.responses import JSONResponse, Response
 
 from kpi_pipeline import pipeline, store
-from kpi_pipeline.api import errors, scoring
+from kpi_pipeline.api import errors
 from kpi_pipeline.api.context import current_request_id
 from kpi_pipeline.api.errors import AUTH_RESPONSES, ERROR_RESPONSES, ApiError, InvalidInput
 from kpi_pipeline.api.schemas import (
@@ -356,7 +356,7 @@ async def score(api: State, request: ScoreRequest) -> ScoreResponse:
         {
             "kpi": result.kpi,
             "model_version": result.model_version,
-            "points": scoring.as_records(result.scores),
+            "points": result.records(),
             "persisted": persisted,
         }
     )

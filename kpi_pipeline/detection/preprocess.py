@@ -64,11 +64,28 @@ def regularize(
     else:
         means = values[first_row]
     first_slot = int(occupied[0])
+    grid = pd.date_range(
+        start + first_slot * freq, periods=int(occupied[-1]) - first_slot + 1, freq=freq
+    )
+    value, short_gap, long_gap = fill_slots(occupied, means, grid.asi8, config)
+    return pd.DataFrame({"ts": grid, "value": value, "filled": short_gap, "gap": long_gap})
+
+
+def fill_slots(
+    occupied: np.ndarray,
+    means: np.ndarray,
+    x: np.ndarray,
+    config: PreprocessConfig = PreprocessConfig(),
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``regularize``'s grid filling on plain arrays: the values of the increasing grid slots
+    ``occupied`` laid out from the first to the last slot, short gaps interpolated in time,
+    long ones left NaN. ``x``: those slots' timestamps as integers (``DatetimeIndex.asi8`` of
+    the grid, in its unit: interpolation's last bits depend on it). Returns the values and the
+    ``filled`` and ``gap`` flags."""
+    first_slot = int(occupied[0])
     n = int(occupied[-1]) - first_slot + 1
-    grid = pd.date_range(start + first_slot * freq, periods=n, freq=freq)
     value = np.full(n, np.nan)
     value[occupied - first_slot] = means
-
     missing = np.isnan(value)
     short_gap = np.zeros(n, dtype=bool)
     long_gap = np.zeros(n, dtype=bool)
@@ -81,9 +98,8 @@ def regularize(
         if len(valid):
             inside = short_gap.copy()
             inside[: valid[0]] = inside[valid[-1] + 1 :] = False
-            x = grid.asi8
             value[inside] = np.interp(x[inside], x[valid], value[valid])
-    return pd.DataFrame({"ts": grid, "value": value, "filled": short_gap, "gap": long_gap})
+    return value, short_gap, long_gap
 
 
 @dataclass(frozen=True)

@@ -1,5 +1,5 @@
 """Real-time scoring as the API runs it (``pipeline.score_points`` with a ``ScoringCache``,
-kpi_pipeline/api/scoring.py): the newest model, cached per version with its KPI's newest
+routes.py): the newest model, cached per version with its KPI's newest
 observations. That the scores equal the pipeline's is tested in test_routes.py and
 kpi_pipeline_tests/test_pipeline.py.
 
@@ -7,11 +7,11 @@ Tests that register models get their own database (``seeded``); the others share
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 import pytest
 
 from kpi_pipeline import pipeline, store
-from kpi_pipeline.api import scoring
 from kpi_pipeline_tests.api.conftest import VERSION, register
 
 HOUR = pd.Timedelta(hours=1)
@@ -146,9 +146,78 @@ def test_cached_observations_are_read_again_once_new_or_corrected_ones_land(seed
 
 
 def test_records_have_plain_values_and_none_for_missing_ones():
-    scores = pd.DataFrame({"score": [0.25, float("nan")], "severity": [None, "high"]})
+    ts = pd.Timestamp("2025-01-01", tz="UTC")
+    columns = {name: [None, None] for name in pipeline.SCORE_COLUMNS}
+    columns.update(ts=pd.DatetimeIndex([ts, ts + HOUR]).to_numpy(), value=[1.5, 2.0],
+                   score=[0.25, float("nan")], severity=[None, "high"], is_anomaly=[False, True])
+    columns = {name: np.asarray(value) for name, value in columns.items()}
 
-    assert scoring.as_records(scores) == [
-        {"score": 0.25, "severity": None},
-        {"score": None, "severity": "high"},
-    ]
+    records = pipeline.RealtimeScores("sales", VERSION, columns).records()
+
+    assert [list(record) for record in records] == [pipeline.SCORE_COLUMNS] * 2
+    assert records[0]["ts"] == ts.to_pydatetime() and records[1]["ts"] == (ts + HOUR).to_pydatetime()
+    assert [r["score"] for r in records] == [0.25, None]
+    assert [r["severity"] for r in records] == [None, "high"]
+    assert [r["is_anomaly"] for r in records] == [False, True]
+    assert all(type(r["value"]) is float and type(r["is_anomaly"]) is bool for r in records)
+
+
+NEXT_POINT_SHAPES = {
+    "the next slot": [(1, 0.0)],
+    "a few slots on": [(3, 0.0)],
+    "after a long gap": [(9, 0.0)],
+    "a run with gaps": [(1, 0.0), (2, 0.0), (4, 0.0), (9, 0.0), (10, 0.0)],
+    "off the grid": [(1, 20.0), (2, -25.0)],
+    "a spike after a gap": [(2, 0.0), (3, 0.0)],
+}
+
+
+@pytest.mark.parametrize("shape", NEXT_POINT_SHAPES)
+def test_points_after_the_newest_observation_score_as_the_general_path_does(
+    module_seeded, monkeypatch, shape
+):
+    """Points after the newest observation are scored from the cached tail's judged state
+    (``_KpiScorer._next_points``): every number equals what cleaning the tail again with the
+    points and scoring the whole window gives."""
+    engine, last = module_seeded.engine, module_seeded.ts[-1]
+    offsets = NEXT_POINT_SHAPES[shape]
+    values = [130.0 if shape == "a spike after a gap" and i == 1 else 100.0 + 3 * i
+              for i in range(len(offsets))]
+    request = points(*[
+        (last + hours * HOUR + pd.Timedelta(minutes=minutes), value)
+        for (hours, minutes), value in zip(offsets, values)
+    ])
+    quick_calls = []
+    quick = pipeline._KpiScorer._next_points
+
+    def spy(self, tail, submitted):
+        quick_calls.append(result := quick(self, tail, submitted))
+        return result
+
+    monkeypatch.setattr(pipeline._KpiScorer, "_next_points", spy)
+    fast = pipeline.score_points(engine, "sales", request, MAX_POINTS, pipeline.ScoringCache(1))
+    monkeypatch.setattr(pipeline._KpiScorer, "_next_points", lambda *_: None)
+    general = pipeline.score_points(engine, "sales", request, MAX_POINTS,
+                                    pipeline.ScoringCache(1))
+
+    assert quick_calls and quick_calls[0] is not None  # the fast path answered
+    pd.testing.assert_frame_equal(fast.scores, general.scores, check_exact=True)
+    if shape == "a spike after a gap":
+        assert fast.scores["is_anomaly"].tolist() == [False, True]
+
+
+def test_points_the_fast_path_cannot_take_go_the_general_way(module_seeded, monkeypatch):
+    """Two points on one slot, and points among the stored ones: cleaned with the tail again."""
+    engine, last = module_seeded.engine, module_seeded.ts[-1]
+    answers = []
+    quick = pipeline._KpiScorer._next_points
+    monkeypatch.setattr(pipeline._KpiScorer, "_next_points",
+                        lambda self, tail, p: answers.append(quick(self, tail, p)) or answers[-1])
+    cache = pipeline.ScoringCache(1)
+    same_slot = points((last + HOUR, 100.0), (last + HOUR + pd.Timedelta(minutes=10), 104.0))
+    shared = pipeline.score_points(engine, "sales", same_slot, MAX_POINTS, cache)
+    among = pipeline.score_points(engine, "sales", points((last - 5 * HOUR, 100.0)), 10, cache)
+
+    assert answers == [None]  # asked once (points after the newest one), declined
+    assert shared.scores["expected"].nunique() == 1  # one slot, one expectation
+    assert len(among.scores) == 1
