@@ -1,4 +1,4 @@
-"""Notifications of score writes (Postgres ``LISTEN`` / ``NOTIFY``), for caches of scored series.
+"""Notifications of writes (Postgres ``LISTEN`` / ``NOTIFY``), for the API's caches.
 
 Every write to ``anomaly_scores`` (``scores.upsert_scores``, the only one) also sends one
 notification per KPI written on ``SCORES_CHANNEL``, the KPI's name as payload, in the same
@@ -6,6 +6,9 @@ transaction. Postgres delivers notifications only when, and if, their transactio
 listener that hears about a KPI can already read its new rows. An empty payload (``ANY_KPI``)
 means any KPI may have changed: it is sent for a KPI name too long for a payload, and an
 operator who edits ``anomaly_scores`` by hand can send it too (``NOTIFY kpi_scores_written``).
+
+Writes to ``kpi_observations`` and ``kpi_models`` notify ``INPUTS_CHANNEL`` the same way, from
+triggers (migration 0004), so that rows a loader inserts directly are announced too.
 
 SQLite has no notifications: nothing is sent there, and ``can_listen`` is False.
 """
@@ -23,6 +26,8 @@ import sqlalchemy as sa
 from kpi_pipeline.store.database import driver_errors
 
 SCORES_CHANNEL = "kpi_scores_written"
+INPUTS_CHANNEL = "kpi_inputs_written"
+"""Observations or models of the KPI named were written (what real-time scoring reads)."""
 PROBE_CHANNEL = "kpi_scores_probe"
 """Where a listener sends itself a test notification when it connects (see ``_probe``)."""
 PROBE_TIMEOUT_S = 5.0
@@ -34,6 +39,8 @@ MAX_PAYLOAD_BYTES = 8000
 
 LISTENER_NAME = "kpi-api-score-listener"
 """``application_name`` of the listening connection, to find it in ``pg_stat_activity``."""
+INPUTS_LISTENER_NAME = "kpi-api-input-listener"
+"""The same for the listener on ``INPUTS_CHANNEL``."""
 
 CONNECT_TIMEOUT_S = 10
 KEEPALIVE_IDLE_S = 30
@@ -65,17 +72,19 @@ def can_listen(engine: sa.Engine) -> bool:
 
 class ScoreWriteListener:
     """A dedicated connection (autocommit, outside ``engine``'s pool) that listens to
-    ``SCORES_CHANNEL``; blocking, for one thread, except ``interrupt``.
+    ``channel`` (default ``SCORES_CHANNEL``); blocking, for one thread, except ``interrupt``.
 
     Use it as a context manager: it connects and listens on entry, closes on exit. Connection
     failures, on entry or in ``wait``, raise ``sqlalchemy.exc.DBAPIError``.
     """
 
-    def __init__(self, engine: sa.Engine) -> None:
+    def __init__(self, engine: sa.Engine, channel: str = SCORES_CHANNEL,
+                 name: str = LISTENER_NAME) -> None:
         if not can_listen(engine):
             raise ValueError(f"no score notifications on {engine.dialect.name}"
                              f"+{engine.dialect.driver}")
         self._engine = engine
+        self.channel, self.name = channel, name
         self._connection = None
         self._pending: list[str] = []
         """Score notifications that arrived while the probe was awaited."""
@@ -100,9 +109,9 @@ class ScoreWriteListener:
                     "keepalives_count": 3,
                     **options,
                     "autocommit": True,
-                    "application_name": LISTENER_NAME,
+                    "application_name": self.name,
                 })
-                self._connection.execute(f'LISTEN "{SCORES_CHANNEL}"')
+                self._connection.execute(f'LISTEN "{self.channel}"')
                 self._connection.execute(f'LISTEN "{PROBE_CHANNEL}"')
             self._selector.register(self._connection.fileno(), selectors.EVENT_READ)
             self._selector.register(self._wake_in, selectors.EVENT_READ)
@@ -125,13 +134,13 @@ class ScoreWriteListener:
         return self._connection.info.backend_pid
 
     def wait(self, timeout: float | None = None) -> list[str]:
-        """The KPIs whose scores were committed since the previous call (``ANY_KPI``: any),
+        """The KPIs written (on ``channel``) and committed since the previous call (``ANY_KPI``: any),
         waiting up to ``timeout`` seconds (None: no limit) for the first one; ``[]`` when
         the wait timed out or was interrupted."""
         if self._pending:
             pending, self._pending = self._pending, []
-            return pending + [n.payload for n in self._receive(0) if n.channel == SCORES_CHANNEL]
-        return [n.payload for n in self._receive(timeout) if n.channel == SCORES_CHANNEL]
+            return pending + [n.payload for n in self._receive(0) if n.channel == self.channel]
+        return [n.payload for n in self._receive(timeout) if n.channel == self.channel]
 
     def _receive(self, timeout: float | None) -> list:
         """Every notification received, waiting up to ``timeout`` for the first one."""
@@ -158,7 +167,7 @@ class ScoreWriteListener:
             for notice in self._receive(left):
                 if notice.channel == PROBE_CHANNEL and notice.payload == token:
                     return
-                if notice.channel == SCORES_CHANNEL:
+                if notice.channel == self.channel:
                     self._pending.append(notice.payload)
         raise sa.exc.OperationalError("LISTEN", None, ConnectionError(
             f"a test notification did not reach the listening session within "

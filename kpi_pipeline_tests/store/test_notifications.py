@@ -1,5 +1,6 @@
-"""Notifications of score writes (kpi_pipeline/store/notifications.py): sent by every score
-write when it commits, received by a dedicated listening connection; none on SQLite."""
+"""Notifications of writes (kpi_pipeline/store/notifications.py): sent by every score write
+when it commits (and by every write of observations and models, from triggers), received by a
+dedicated listening connection; none on SQLite."""
 
 from __future__ import annotations
 
@@ -10,7 +11,14 @@ import pandas as pd
 import pytest
 import sqlalchemy as sa
 
-from kpi_pipeline.store import load_scores, make_engine, migrate, upsert_scores
+from kpi_pipeline.store import (
+    load_scores,
+    make_engine,
+    migrate,
+    save_model,
+    upsert_observations,
+    upsert_scores,
+)
 from kpi_pipeline.store import notifications
 from kpi_pipeline.store.database import write_transaction
 from kpi_pipeline.store.notifications import (
@@ -179,3 +187,47 @@ def test_score_writes_notified_while_the_probe_is_awaited_are_kept(migrated_pg_e
     with ScoreWriteListener(migrated_pg_engine) as listener:
         assert listener.wait(0) == ["orders"]
         assert listener.wait(0) == []
+
+
+# -- writes of observations and models (migration 0004's triggers) ----------------------------
+
+
+def observations(*kpis: str, value: float = 1.0) -> pd.DataFrame:
+    return scores(*kpis).drop(columns=["score", "is_anomaly"]).assign(value=value)
+
+
+@pytest.mark.postgres
+def test_every_write_of_observations_or_models_notifies_its_kpis_whoever_writes_it(
+    migrated_pg_engine,
+):
+    engine = migrated_pg_engine
+    with ScoreWriteListener(engine, notifications.INPUTS_CHANNEL, "test-inputs") as listener:
+        upsert_observations(engine, observations("sales", "orders", "sales"), "test")
+        assert sorted(received(listener, 2)) == ["orders", "sales"]
+        upsert_observations(engine, observations("sales", "orders", "sales"), "test")
+        assert listener.wait(0.3) == []  # nothing changed: nothing to hear
+
+        with engine.begin() as connection:  # a loader writing the table directly
+            connection.execute(sa.text(
+                "INSERT INTO kpi_observations (kpi, ts, value, ingested_at, source) "
+                "VALUES ('visits', now(), 3, now(), 'loader')"))
+            connection.execute(sa.text("UPDATE kpi_observations SET value = 2 WHERE kpi = 'orders'"))
+        assert sorted(received(listener, 2)) == ["orders", "visits"]
+        with engine.begin() as connection:
+            connection.execute(sa.text("UPDATE kpi_observations SET kpi = 'renamed' "
+                                       "WHERE kpi = 'visits'"))
+        assert sorted(received(listener, 2)) == ["renamed", "visits"]
+        with engine.begin() as connection:
+            connection.execute(sa.text("DELETE FROM kpi_observations WHERE kpi = 'renamed'"))
+        assert received(listener, 1) == ["renamed"]
+
+        save_model(engine, kpi="signups", kind="ensemble", version="v1", trained_at=T0,
+                   train_start=T0, train_end=T0, n_points=1, params={}, metrics={},
+                   artifact=b"x")
+        assert received(listener, 1) == ["signups"]
+        with engine.begin() as connection:
+            connection.execute(sa.text("TRUNCATE kpi_observations"))
+        assert received(listener, 1) == [ANY_KPI]
+
+        upsert_scores(engine, scores("sales"))  # scores have their own channel
+        assert listener.wait(0.3) == []
