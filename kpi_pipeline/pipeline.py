@@ -49,6 +49,7 @@ from kpi_pipeline.detection.walkforward import (
 )
 from kpi_pipeline.ingestion import IngestResult
 from kpi_pipeline.store import serving
+from kpi_pipeline.store.notifications import ANY_KPI
 
 VERSION_FORMAT = "%Y%m%dT%H%M%SZ"
 
@@ -485,7 +486,9 @@ class RealtimeScores:
     def records(self) -> list[dict]:
         """One dict per point, plain Python values, missing numbers as None (JSON has no NaN)."""
         names = SCORE_COLUMNS
-        ts = pd.DatetimeIndex(self.columns["ts"]).to_pydatetime()
+        ts = self.columns["ts"]
+        if not isinstance(ts, list):
+            ts = pd.DatetimeIndex(ts).to_pydatetime()
         listed = [ts] + [
             np.asarray(self.columns[name]).tolist() for name in names[1:]
         ]
@@ -512,18 +515,40 @@ def score_points(
     older than its training window is in-sample. ``cache`` keeps detectors and the cleaned
     newest observations between calls. Raises ``UnknownKpi``, ``NoModel``, or
     ``PointsTooSpread`` when the points span more than ``2 * (max_points + context)`` steps.
+
+    While ``cache`` hears every write of observations and models (``ScoringCache.go_live``),
+    a KPI scored once is scored again without reading the database until one is written.
     """
+    points = _in_time_order(points)
+    token = None
+    if cache is not None:
+        scorer = cache.current(kpi)
+        if scorer is not None:
+            return scorer.score(engine, points, max_points, trusted=True)
+        token = cache.token(kpi)  # before the reads: a write after it withholds the trust
     version = serving.newest_model_version(engine, kpi)
     if version is None:
         if serving.kpi_exists(engine, kpi):
             raise NoModel(f"no trained model for {kpi!r} yet (too little history, or training "
                           "has not run)")
         raise UnknownKpi(f"unknown KPI {kpi!r}")
-    if cache is not None:
-        scorer = cache.scorer(engine, kpi, version)
-    else:
-        scorer = _KpiScorer(kpi, version, load_detector(engine, kpi, version))
-    return scorer.score(engine, points.sort_values("ts", ignore_index=True), max_points)
+    if cache is None:
+        return _KpiScorer(kpi, version, load_detector(engine, kpi, version)).score(
+            engine, points, max_points
+        )
+    scorer = cache.scorer(engine, kpi, version)
+    result = scorer.score(engine, points, max_points)
+    cache.trust(kpi, scorer, token)
+    return result
+
+
+def _in_time_order(points: pd.DataFrame) -> pd.DataFrame:
+    if points["ts"].is_monotonic_increasing:
+        return points.reset_index(drop=True)
+    return points.sort_values("ts", ignore_index=True)
+
+
+Token = tuple[int, int]
 
 
 class ScoringCache:
@@ -532,12 +557,25 @@ class ScoringCache:
 
     A retrain makes a new version, whose entry is built on first use while the old one ages
     out; the observations are re-read when new or changed ones land (see ``_KpiScorer``).
+
+    Each call checks that the KPI's newest model and observations are still those cached (two
+    probes of the database), unless the cache is live: a thread listening to the writes of
+    observations and models (``api.series_cache.ScoreWriteWatcher`` on
+    ``store.notifications.INPUTS_CHANNEL``) calls ``go_live`` once it hears every write, and
+    ``written`` with the KPIs of each write as it commits. Then the scorer a call checked is
+    trusted for the KPI's next calls (``current``) until a write of that KPI is heard, unless
+    one was heard while the call read (``token``). ``go_dark`` (the listener lost) ends all
+    trust.
     """
 
     def __init__(self, size: int) -> None:
         self.size = size
         self._scorers: OrderedDict[tuple[str, str], _KpiScorer] = OrderedDict()
         self._lock = threading.Lock()
+        self._live = False
+        self._epoch = 0
+        self._versions: dict[str, int] = {}
+        self._current: dict[str, _KpiScorer] = {}
 
     def __len__(self) -> int:
         return len(self._scorers)
@@ -552,8 +590,61 @@ class ScoringCache:
         with self._lock:
             self._scorers[key] = scorer
             while len(self._scorers) > self.size:
-                self._scorers.popitem(last=False)
+                (old_kpi, _), old = self._scorers.popitem(last=False)
+                if self._current.get(old_kpi) is old:
+                    del self._current[old_kpi]
         return scorer
+
+    def current(self, kpi: str) -> _KpiScorer | None:
+        """The scorer trusted to hold ``kpi``'s newest model and observations, if any."""
+        return self._current.get(kpi)
+
+    def score_current(self, kpi: str, ns: np.ndarray, values: np.ndarray, stamps,
+                      max_points: int) -> RealtimeScores | None:
+        """``score_points`` with no database at all: points after the newest observation of a
+        KPI with a trusted scorer (``current``); None for anything else. For a caller that
+        must not block, such as an event loop: CPU only, well under a millisecond. The points
+        as arrays in time order: ``ns`` their timestamps in nanoseconds since the epoch,
+        ``stamps`` as the answer reports them."""
+        scorer = self._current.get(kpi)
+        if scorer is None:
+            return None
+        return scorer.score_next(ns, values, stamps, max_points)
+
+    def token(self, kpi: str) -> Token | None:
+        with self._lock:
+            return (self._epoch, self._versions.get(kpi, 0)) if self._live else None
+
+    def trust(self, kpi: str, scorer: _KpiScorer, token: Token | None) -> None:
+        """Trust ``scorer`` for ``kpi`` if no write of it was heard since ``token``."""
+        with self._lock:
+            if self._live and token == (self._epoch, self._versions.get(kpi, 0)):
+                self._current[kpi] = scorer
+
+    def written(self, kpis) -> None:
+        """Observations or models of ``kpis`` were committed (``ANY_KPI``: of any KPI)."""
+        with self._lock:
+            for kpi in kpis:
+                if kpi == ANY_KPI:
+                    self._forget()
+                else:
+                    self._versions[kpi] = self._versions.get(kpi, 0) + 1
+                    self._current.pop(kpi, None)
+
+    def go_live(self) -> None:
+        with self._lock:
+            self._forget()
+            self._live = True
+
+    def go_dark(self) -> None:
+        with self._lock:
+            self._live = False
+            self._forget()
+
+    def _forget(self) -> None:
+        self._current.clear()
+        self._versions.clear()
+        self._epoch += 1
 
 
 @dataclass(frozen=True)
@@ -582,8 +673,11 @@ class _StoredTail:
     cleaned alone, which is what they stay while points come after the newest observation)."""
     last_value: float = np.nan
     """The cleaned value in the newest observation's slot."""
-    grid_ints: tuple[str, int, int] | None = None
-    """``grid`` as its datetime unit, origin and step as integers of that unit."""
+    grid_ints: tuple[str, int, int, int, int] | None = None
+    """``grid`` as its datetime unit, origin and step as integers of that unit, and origin and
+    step in nanoseconds."""
+    last_ns: int = 0
+    """The newest observation's ``ts`` in nanoseconds since the epoch."""
 
 
 class _KpiScorer:
@@ -593,24 +687,23 @@ class _KpiScorer:
         self.kpi, self.version, self.detector = kpi, version, detector
         self._tail: _StoredTail | None = None
 
-    def score(self, engine: sa.Engine, points: pd.DataFrame, max_points: int) -> RealtimeScores:
-        step, context = self.detector.freq_, self.detector.context_points
-        first, last = points["ts"].iloc[0], points["ts"].iloc[-1]
-        steps, limit = int((last - first) / step) + 1, 2 * (max_points + context)
-        if steps > limit:
-            raise PointsTooSpread(
-                f"the points span {steps} steps of {step}, more than {limit}: "
-                "send points closer together"
-            )
-        tail = self._stored_tail(engine)
+    def score(self, engine: sa.Engine, points: pd.DataFrame, max_points: int,
+              trusted: bool = False) -> RealtimeScores:
+        """Score ``points`` (in time order); ``trusted``: the cached tail is known current."""
+        ns = pd.DatetimeIndex(points["ts"]).as_unit("ns").asi8
+        values = points["value"].to_numpy(dtype=float)
+        self._check_spread(int(ns[0]), int(ns[-1]), max_points)
+        first = points["ts"].iloc[0]
+        tail = self._tail if trusted and self._tail is not None else self._stored_tail(engine)
         if tail.watermark.last_ts is None or first > tail.watermark.last_ts:
-            quick = self._next_points(tail, points)
+            quick = self._next_points(tail, ns, values)
             if quick is not None:
+                quick.update(ts=points["ts"].to_numpy(), value=values)
                 return RealtimeScores(self.kpi, self.version, quick)
             cleaned = self._after_stored(tail, points)
         else:
             cleaned = self._among_stored(engine, tail, points)
-        grid = Grid(cleaned["ts"].iloc[0], step)
+        grid = Grid(cleaned["ts"].iloc[0], self.detector.freq_)
         positions = grid.slots(points["ts"])
         start, end = int(positions[0]), int(positions[-1]) + 1
         scored = score_segment(
@@ -626,39 +719,60 @@ class _KpiScorer:
         columns.update(ts=points["ts"].to_numpy(), value=points["value"].to_numpy(dtype=float))
         return RealtimeScores(self.kpi, self.version, columns)
 
-    def _next_points(self, tail: _StoredTail, points: pd.DataFrame) -> dict | None:
+    def score_next(self, ns: np.ndarray, values: np.ndarray, stamps, max_points: int
+                   ) -> RealtimeScores | None:
+        """``score`` from the cached tail alone, if the points (``ns``: their timestamps as
+        nanoseconds since the epoch, increasing; ``stamps``: as the answer reports them) come
+        after it; no database, no pandas. None: use ``score``."""
+        tail = self._tail
+        if tail is None or tail.watermark.last_ts is None:
+            return None
+        self._check_spread(int(ns[0]), int(ns[-1]), max_points)
+        quick = self._next_points(tail, ns, values)
+        if quick is None:
+            return None
+        quick.update(ts=stamps, value=values)
+        return RealtimeScores(self.kpi, self.version, quick)
+
+    def _check_spread(self, first_ns: int, last_ns: int, max_points: int) -> None:
+        step, context = self.detector.freq_, self.detector.context_points
+        steps = int((last_ns - first_ns) / step.value) + 1
+        limit = 2 * (max_points + context)
+        if steps > limit:
+            raise PointsTooSpread(
+                f"the points span {steps} steps of {step}, more than {limit}: "
+                "send points closer together"
+            )
+
+    def _next_points(self, tail: _StoredTail, ns: np.ndarray, values: np.ndarray
+                     ) -> dict | None:
         """The common case, scored from the tail's judged state: points after the newest
         observation, on distinct grid slots, within the context of it. Only the slots from the
         newest observation's on are cleaned (its value, the points, short gaps between them
         interpolated) and only the new slots judged (``EnsembleDetector.score_after``), with the
-        numbers the general path gives (tested). None: take the general path."""
+        numbers the general path gives (tested). Returns the score columns but ``ts`` and
+        ``value``; None: take the general path."""
         if tail.judged is None or tail.grid_ints is None:
             return None
-        values = points["value"].to_numpy(dtype=float)
-        slots = tail.grid.slots(points["ts"])
+        unit, origin, step, origin_ns, step_ns = tail.grid_ints
+        # Grid.slots' arithmetic: a float quotient rounded half to even.
+        slots = np.round((ns - origin_ns) / step_ns).astype(np.int64)
         if (
-            not np.isfinite(values).all()
+            ns[0] <= tail.last_ns
+            or not np.isfinite(values).all()
             or slots[0] <= tail.last_slot
             or slots[0] - tail.last_slot > self.detector.context_points
             or (len(slots) > 1 and not (np.diff(slots) > 0).all())
         ):
             return None
-        unit, origin, step = tail.grid_ints
         occupied = np.concatenate([[tail.last_slot], slots])
         x = origin + np.arange(tail.last_slot, slots[-1] + 1, dtype=np.int64) * step
-        value, _, gap = fill_slots(
-            occupied, np.concatenate([[tail.last_value], values]), x
-        )
+        value, _, gap = fill_slots(occupied, np.concatenate([[tail.last_value], values]), x)
         scored = self.detector.score_after(
-            tail.judged,
-            pd.DatetimeIndex(x[1:].astype(f"datetime64[{unit}]"), tz="UTC"),
-            value[1:],
-            gap[1:],
+            tail.judged, x[1:].astype(f"datetime64[{unit}]"), value[1:], gap[1:]
         )
         chosen = slots - tail.last_slot - 1
-        columns = {name: scored[name][chosen] for name in SCORE_COLUMNS}
-        columns.update(ts=points["ts"].to_numpy(), value=values)
-        return columns
+        return {name: scored[name][chosen] for name in SCORE_COLUMNS[2:]}
 
     def _stored_tail(self, engine: sa.Engine) -> _StoredTail:
         """The cached tail if no observation from its ``since`` on was added or changed since
@@ -702,7 +816,10 @@ class _KpiScorer:
                 unit,
                 int(pd.DatetimeIndex([grid.origin]).as_unit(unit).asi8[0]),
                 int(pd.TimedeltaIndex([grid.step]).as_unit(unit).asi8[0]),
+                pd.Timestamp(grid.origin).value,
+                pd.Timedelta(grid.step).value,
             ),
+            last_ns=pd.Timestamp(watermark.last_ts).value,
         )
 
     def _after_stored(self, tail: _StoredTail, points: pd.DataFrame) -> pd.DataFrame:

@@ -93,21 +93,33 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         logger.warning("database not ready at startup: %s", errors.first_line(error))
     if not state.keys:
         logger.warning("no API keys configured (KPI_API_KEYS): every POST will be refused")
-    watcher = None
-    if state.series.enabled and not notifications.can_listen(state.engine):
+    watchers = []
+    listens = notifications.can_listen(state.engine)
+    if state.series.enabled and not listens:
         logger.info("series cache off: %s+%s sends no score notifications (series are read "
                     "from the database)", state.engine.dialect.name, state.engine.dialect.driver)
     elif state.series.enabled:
-        watcher = ScoreWriteWatcher(
+        watchers.append(ScoreWriteWatcher(
             state.series,
             partial(notifications.ScoreWriteListener, state.engine),
             warm=partial(store.last_scored_ts, state.engine),  # every scored KPI, by name
             read=partial(serving.score_series, state.engine),
-        )
+        ))
+    if listens:
+        # Real-time scoring checks its cached models and observations without the database
+        # while this listener hears their writes (see pipeline.ScoringCache).
+        watchers.append(ScoreWriteWatcher(
+            state.scorers,
+            partial(notifications.ScoreWriteListener, state.engine,
+                    notifications.INPUTS_CHANNEL, notifications.INPUTS_LISTENER_NAME),
+            name="real-time scoring cache",
+            source="each scoring checks the database for new observations and models",
+        ))
+    for watcher in watchers:
         watcher.start()
     try:
         yield
     finally:
-        if watcher is not None:
+        for watcher in watchers:
             await run_in_threadpool(watcher.stop)
         state.engine.dispose()

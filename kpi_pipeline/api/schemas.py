@@ -307,6 +307,13 @@ class ScoreResponse(BaseModel):
     persisted: IngestCounts | None = Field(None, description="Set when persist was true.")
 
 
+SCORE_RESPONSE_JSON = RowSerializer(
+    row_schema(ScoreResponse, points=list[row_schema(RealtimePoint)])
+)
+"""``{"kpi", "model_version", "points": pipeline.RealtimeScores.records(), "persisted"}`` as a
+``ScoreResponse``."""
+
+
 # -- feedback -------------------------------------------------------------------------------
 
 

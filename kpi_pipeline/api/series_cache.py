@@ -247,23 +247,39 @@ WARM_SHARE = 0.9
 """Share of the cache's bound that warming fills, leaving room for the KPIs requests bring."""
 
 
+class WrittenKpis(Protocol):
+    """What a watcher keeps in step with the store: ``SeriesCache``, ``pipeline.ScoringCache``."""
+
+    def written(self, kpis: Iterable[str]) -> None: ...
+
+    def go_live(self) -> None: ...
+
+    def go_dark(self) -> None: ...
+
+
 class ScoreWriteWatcher:
     """The thread that keeps a ``SeriesCache`` in step with the store: it listens to score
     writes (``listen()``: a context manager giving a connected ``Listener``) and forgets each
     KPI written; without a listener the cache is dark. Reconnects with exponential backoff.
+    (The same for any ``WrittenKpis`` and channel: ``pipeline.ScoringCache`` follows the
+    writes of observations and models; ``name`` and ``source`` word its log lines.)
 
-    Each time it starts listening, it first warms the (empty) cache: it loads the newest points
-    of each KPI ``warm()`` names with ``read``, up to ``WARM_SHARE`` of the bound, handling the
-    writes notified between loads, so that requests after a start or a reconnection find their
-    KPIs in memory instead of each worker loading them one request at a time."""
+    Each time it starts listening, it first warms the (empty) cache, if given ``warm``: it loads
+    the newest points of each KPI ``warm()`` names with ``read``, up to ``WARM_SHARE`` of the
+    bound, handling the writes notified between loads, so that requests after a start or a
+    reconnection find their KPIs in memory instead of each worker loading them one request at
+    a time."""
 
-    def __init__(self, cache: SeriesCache,
+    def __init__(self, cache: SeriesCache | WrittenKpis,
                  listen: Callable[[], AbstractContextManager[Listener]],
-                 warm: Callable[[], Iterable[str]], read: SeriesRead) -> None:
+                 warm: Callable[[], Iterable[str]] | None = None, read: SeriesRead | None = None,
+                 name: str = "series cache", source: str = "series read from the database"
+                 ) -> None:
         self._cache = cache
         self._listen = listen
         self._warm_kpis = warm
         self._read = read
+        self._name, self._source = name, source
         self._stopping = threading.Event()
         self._listener: Listener | None = None
         self._thread = threading.Thread(target=self._run, name="score-write-watcher",
@@ -289,16 +305,17 @@ class ScoreWriteWatcher:
                     if self._stopping.is_set():
                         break
                     self._cache.go_live()
-                    logger.info("series cache on: %s score writes",
+                    logger.info("%s on: %s writes", self._name,
                                 "listening again to" if lost else "listening to")
                     delay, lost = RETRY_FIRST_S, False
-                    self._warm(listener)
+                    if self._warm_kpis is not None:
+                        self._warm(listener)
                     while not self._stopping.is_set():
                         self._cache.written(listener.wait())
             except Exception as error:  # whatever it is: serve from the store, and retry
                 log = logger.debug if lost else logger.warning
-                log("series cache off (series read from the database) until the score-write "
-                    "listener reconnects: %s; retrying in %.1f s", first_line(error), delay)
+                log("%s off (%s) until the write listener reconnects: %s; retrying in %.1f s",
+                    self._name, self._source, first_line(error), delay)
                 lost = True
             finally:
                 self._listener = None

@@ -6,14 +6,20 @@ from __future__ import annotations
 import datetime as dt
 import json
 
+import numpy as np
 import pytest
 
 from kpi_pipeline.api.schemas import (
     LATEST_SCORE_JSON,
+    SCORE_RESPONSE_JSON,
     SCORE_SERIES_JSON,
+    IngestCounts,
     LatestScore,
+    ScoreResponse,
     ScoreSeries,
 )
+from kpi_pipeline.detection.ensemble import SCORE_COLUMNS
+from kpi_pipeline.pipeline import RealtimeScores
 
 UTC = dt.timezone.utc
 
@@ -43,3 +49,16 @@ def test_rows_serialise_as_the_response_models_do(changes):
     assert SCORE_SERIES_JSON(series) == ScoreSeries.model_validate(series).model_dump_json(
     ).encode()
     assert list(json.loads(LATEST_SCORE_JSON(latest))) == list(LatestScore.model_fields)
+
+
+@pytest.mark.parametrize("persisted", [None, IngestCounts(inserted=1, updated=0, unchanged=2)])
+def test_realtime_scores_serialise_as_the_response_model_does(persisted):
+    rows = [point(), point(expected=float("nan"), severity=None, is_anomaly=False)]
+    columns = {name: np.array([row.get(name, 0.25) for row in rows]) for name in SCORE_COLUMNS}
+    columns["ts"] = [row["ts"] for row in rows]
+    # With the detector's components, which are not reported.
+    records = RealtimeScores("sales", "v1", columns).records()
+    answer = {"kpi": "sales", "model_version": "v1", "points": records, "persisted": persisted}
+
+    assert SCORE_RESPONSE_JSON(answer) == ScoreResponse.model_validate(answer).model_dump_json(
+    ).encode()

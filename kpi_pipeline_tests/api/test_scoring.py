@@ -7,15 +7,27 @@ Tests that register models get their own database (``seeded``); the others share
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pandas as pd
 import pytest
+import sqlalchemy as sa
 
 from kpi_pipeline import pipeline, store
-from kpi_pipeline_tests.api.conftest import VERSION, register
+from kpi_pipeline.store import serving
+from kpi_pipeline.store.notifications import ANY_KPI
+from kpi_pipeline_tests.api.conftest import VERSION, make_client, register
 
 HOUR = pd.Timedelta(hours=1)
 MAX_POINTS = 100
+
+
+def wait_until(condition, what: str, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"not within {timeout:g} s: {what}"
+        time.sleep(0.01)
 
 
 def points(*pairs: tuple[pd.Timestamp, float]) -> pd.DataFrame:
@@ -190,8 +202,8 @@ def test_points_after_the_newest_observation_score_as_the_general_path_does(
     quick_calls = []
     quick = pipeline._KpiScorer._next_points
 
-    def spy(self, tail, submitted):
-        quick_calls.append(result := quick(self, tail, submitted))
+    def spy(self, tail, ns, values):
+        quick_calls.append(result := quick(self, tail, ns, values))
         return result
 
     monkeypatch.setattr(pipeline._KpiScorer, "_next_points", spy)
@@ -212,7 +224,7 @@ def test_points_the_fast_path_cannot_take_go_the_general_way(module_seeded, monk
     answers = []
     quick = pipeline._KpiScorer._next_points
     monkeypatch.setattr(pipeline._KpiScorer, "_next_points",
-                        lambda self, tail, p: answers.append(quick(self, tail, p)) or answers[-1])
+                        lambda self, *a: answers.append(quick(self, *a)) or answers[-1])
     cache = pipeline.ScoringCache(1)
     same_slot = points((last + HOUR, 100.0), (last + HOUR + pd.Timedelta(minutes=10), 104.0))
     shared = pipeline.score_points(engine, "sales", same_slot, MAX_POINTS, cache)
@@ -221,3 +233,99 @@ def test_points_the_fast_path_cannot_take_go_the_general_way(module_seeded, monk
     assert answers == [None]  # asked once (points after the newest one), declined
     assert shared.scores["expected"].nunique() == 1  # one slot, one expectation
     assert len(among.scores) == 1
+
+
+# -- trusted while listening: no database per call --------------------------------------------
+
+
+class Probes:
+    """Counts the per-call checks of the database (newest model, observations unchanged)."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, during=None) -> None:
+        self.calls = 0
+        for name in ("newest_model_version", "observation_watermark"):
+            probe = getattr(serving, name)
+
+            def counted(*args, _probe=probe, **kwargs):
+                self.calls += 1
+                if during is not None:
+                    during()
+                return _probe(*args, **kwargs)
+
+            monkeypatch.setattr(serving, name, counted)
+
+
+def test_a_live_cache_trusts_a_checked_kpi_until_a_write_of_it_is_heard(seeded, monkeypatch):
+    cache = pipeline.ScoringCache(size=2)
+    request = points((seeded.ts[-1] + HOUR, 100.0))
+    ns = pd.DatetimeIndex(request["ts"]).as_unit("ns").asi8
+    values, stamps = request["value"].to_numpy(), list(request["ts"])
+
+    def score() -> pd.DataFrame:
+        return pipeline.score_points(seeded.engine, "sales", request, MAX_POINTS, cache).scores
+
+    probes = Probes(monkeypatch)
+    first = score()
+    probes.calls = 0
+    score()
+    assert cache.current("sales") is None and probes.calls == 2  # dark: checked every time
+    cache.go_live()
+    score()
+    assert cache.current("sales") is not None
+    probes.calls = 0
+    trusted = score()
+    answered = cache.score_current("sales", ns, values, stamps, MAX_POINTS)
+    assert probes.calls == 0  # neither call reached the database
+    pd.testing.assert_frame_equal(trusted, first, check_exact=True)
+    pd.testing.assert_frame_equal(answered.scores, first, check_exact=True)
+
+    cache.written(["orders"])
+    assert cache.current("sales") is not None  # another KPI's write
+    cache.written(["sales"])
+    assert cache.current("sales") is None
+    assert cache.score_current("sales", ns, values, stamps, MAX_POINTS) is None
+    score()
+    assert probes.calls == 2 and cache.current("sales") is not None
+    cache.written([ANY_KPI])
+    assert cache.current("sales") is None
+    score()
+    cache.go_dark()
+    assert cache.current("sales") is None and cache.token("sales") is None
+
+
+def test_a_write_heard_while_a_call_reads_withholds_the_trust(seeded, monkeypatch):
+    cache = pipeline.ScoringCache(size=2)
+    cache.go_live()
+    Probes(monkeypatch, during=lambda: cache.written(["sales"]))
+
+    pipeline.score_points(seeded.engine, "sales", points((seeded.ts[-1] + HOUR, 1.0)),
+                          MAX_POINTS, cache)
+
+    assert cache.current("sales") is None
+
+
+def test_the_api_scores_without_the_database_until_a_loader_writes_the_kpi(seeded):
+    """End to end, with the app's listener on kpi_inputs_written: an observation inserted by
+    plain SQL is in the context of the next real-time score."""
+    last, engine = seeded.ts[-1], seeded.engine
+    body = {"kpi": "sales", "points": [{"timestamp": (last + 2 * HOUR).isoformat(),
+                                        "value": 100.0}]}
+    with make_client(engine) as client:
+        scorers = client.app.state.api.scorers
+        wait_until(lambda: scorers.token("sales") is not None, "the scoring cache listens")
+        before = client.post("/v1/score", json=body).json()
+        assert scorers.current("sales") is not None
+        assert client.post("/v1/score", json=body).json() == before
+
+        with engine.begin() as connection:
+            connection.execute(sa.text(
+                "INSERT INTO kpi_observations (kpi, ts, value, ingested_at, source) "
+                "VALUES ('sales', :ts, 400, now(), 'loader')"), {"ts": last + HOUR})
+        wait_until(lambda: scorers.current("sales") is None, "the write is heard")
+        after = client.post("/v1/score", json=body).json()
+
+    fresh = pipeline.score_points(engine, "sales", points((last + 2 * HOUR, 100.0)), MAX_POINTS)
+    (expected,) = fresh.records()
+    for name in ("expected", "lower", "upper", "score"):
+        assert after["points"][0][name] == pytest.approx(expected[name], rel=1e-12), name
+    assert after["points"][0]["score"] != pytest.approx(before["points"][0]["score"])
