@@ -7,7 +7,8 @@
    (Prophet + Isolation Forest, fitted once) registered for the first ``--model-kpis`` KPIs;
    then VACUUM ANALYZE and CHECKPOINT, so it is measured as a settled database. (``--database``
    reuses one kept by ``--keep-database`` instead.)
-2. Starts ``kpi-pipeline api`` with ``--workers`` uvicorn workers on a free loopback port.
+2. Starts ``kpi-pipeline api`` with ``--workers`` uvicorn workers on a free loopback port, and
+   waits until every worker has warmed its series cache (its log says so).
 3. From a second process, drives each endpoint for ``--duration`` seconds (after a
    ``--warmup``) with ``--clients`` concurrent keep-alive connections, each sending its next
    request as soon as the previous answer arrives, and reports requests/s and p50/p99 latency
@@ -295,6 +296,25 @@ def wait_until_up(port: int, server: subprocess.Popen, timeout: float = 120) -> 
     raise RuntimeError(f"the API did not answer within {timeout:.0f} s")
 
 
+SETTLED_LINES = ("series cache warmed", "series cache: not warmed", "warming stopped")
+
+
+def wait_until_settled(log_path: Path, workers: int, log, timeout: float = 300) -> None:
+    """Wait until every worker has warmed its series cache (or given up warming): warming
+    loads every KPI's newest scores, seconds of CPU per worker, which would otherwise slow
+    down whichever endpoint is measured first (the trivial one, the baseline of the ratios)."""
+    started = deadline = time.monotonic()
+    deadline += timeout
+    while time.monotonic() < deadline:
+        text = log_path.read_text(errors="replace")
+        done = sum(text.count(line) for line in SETTLED_LINES)
+        if done >= workers or "series cache off" in text:
+            log(f"workers settled (series caches warmed) after {time.monotonic() - started:.1f} s")
+            return
+        time.sleep(0.5)
+    log(f"workers not settled after {timeout:.0f} s: measuring anyway")
+
+
 def start_api(url: str, port: int, workers: int, log_path: Path) -> subprocess.Popen:
     command = [
         sys.executable, "-c", "from kpi_pipeline.cli import app; app()",
@@ -365,6 +385,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         log_path = Path(tempfile.gettempdir()) / f"{name}.log"
         server = start_api(url, port, args.workers, log_path)
         wait_until_up(port, server)
+        wait_until_settled(log_path, args.workers, log)
         log(f"API up on 127.0.0.1:{port} with {args.workers} workers (log: {log_path}); "
             f"{args.clients} clients, {args.duration:.0f} s per endpoint")
 

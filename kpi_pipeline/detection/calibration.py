@@ -13,7 +13,7 @@ import numpy as np
 from scipy import stats
 
 def score_from_surprise(surprise: np.ndarray | float, threshold: float) -> np.ndarray:
-    s = np.clip(np.asarray(surprise, dtype=float), 0.0, None)
+    s = np.maximum(np.asarray(surprise, dtype=float), 0.0)
     return s / (s + threshold)
 
 
@@ -103,9 +103,11 @@ class ExceedanceTail:
         """-log10 P(normal value >= v); NaN where the input is NaN."""
         v = np.asarray(values, dtype=float)
         n = len(self.sorted_)
-        exceed = n - np.searchsorted(self.sorted_, np.nan_to_num(v, nan=-np.inf), side="left")
+        # NaN sorts below everything (np.nan_to_num is the identity on finite values).
+        ordered = v if np.isfinite(v).all() else np.nan_to_num(v, nan=-np.inf)
+        exceed = n - np.searchsorted(self.sorted_, ordered, side="left")
         empirical = -np.log10((exceed + 1.0) / (n + 1.0))
-        tail = -self._log10_tail(np.clip(v - self.threshold_, 0.0, None))
+        tail = -self._log10_tail(np.maximum(v - self.threshold_, 0.0))
         # Past the threshold the fitted tail takes over: the empirical rate there is too coarse
         # (every value beyond the training maximum would get the same -log10(1/(n+1))).
         # ... unless training values came this close often enough: then the observed rate holds.
@@ -113,14 +115,12 @@ class ExceedanceTail:
         # those fitted by the first, row-counting version of the cap (17f9ca5) have no peaks.
         peaks = getattr(self, "episode_peaks_", None)
         if peaks is not None and self.min_recurrences > 0:
-            near = self.threshold_ + self.recurrence_margin * (
-                np.nan_to_num(v, nan=-np.inf) - self.threshold_
-            )
+            near = self.threshold_ + self.recurrence_margin * (ordered - self.threshold_)
             seen = len(peaks) - np.searchsorted(peaks, near, side="left")
             seen_rate = -np.log10((seen + 1.0) / (n + 1.0))
             tail = np.where(seen >= self.min_recurrences, np.fmin(tail, seen_rate), tail)
         out = np.where(v > self.threshold_, tail, empirical)
-        return np.where(np.isnan(v), np.nan, np.clip(out, 0.0, None))
+        return np.where(np.isnan(v), np.nan, np.maximum(out, 0.0))
 
     def quantile(self, probability: float) -> float:
         """The value that normal points exceed with probability ``1 - probability``."""

@@ -139,7 +139,7 @@ class DetectorConfig:
 def _past_rolling_median(values: np.ndarray, window: int, lag: int = 1) -> np.ndarray:
     """Median of the ``window`` values ending ``lag`` points before each point (0 before any)."""
     level = pd.Series(values).shift(lag).rolling(window, min_periods=1).median().to_numpy()
-    return np.nan_to_num(level, nan=0.0)
+    return _nan_to_zero(level)
 
 
 def _past_rolling_scale(values: np.ndarray, window: int) -> np.ndarray:
@@ -160,6 +160,22 @@ def _stuck_run_lengths(values: np.ndarray) -> np.ndarray:
     return runs
 
 
+def _nan_to_zero(values) -> np.ndarray:
+    """``np.nan_to_num(values, nan=0.0)``, without its cost when there is nothing to replace."""
+    values = np.asarray(values, dtype=float)
+    return values if np.isfinite(values).all() else np.nan_to_num(values, nan=0.0)
+
+
+def _median(part: np.ndarray) -> float:
+    """``np.median`` of a few values without its fixed cost: the middle value, or the mean of
+    the two middle values, with numpy's arithmetic ((a + b) / 2)."""
+    if len(part) > 32:
+        return float(np.median(part))
+    ordered = sorted(part.tolist())
+    middle = len(ordered) // 2
+    return ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
+
+
 def _window_medians(values: np.ndarray, ends: np.ndarray, window: int, min_periods: int = 1
                     ) -> np.ndarray:
     """Per end ``e``, the median of the non-missing values among ``values[e - window:e]`` (NaN if
@@ -170,7 +186,7 @@ def _window_medians(values: np.ndarray, ends: np.ndarray, window: int, min_perio
         part = values[max(0, end - window):max(0, end)]
         part = part[~np.isnan(part)]
         if len(part) and len(part) >= min_periods:
-            out[j] = np.median(part)
+            out[j] = _median(part)
     return out
 
 
@@ -397,7 +413,7 @@ class EnsembleDetector(BaseEstimator):
         per_repeat = -np.log10(self.repeat_rate_)
         beyond = runs - self.longest_run_
         needed = np.ceil(cfg.threshold / per_repeat) if per_repeat > 0 else np.inf
-        evidence = np.clip(beyond, 0, None) * per_repeat
+        evidence = np.maximum(beyond, 0) * per_repeat
         return np.where(beyond > needed + cfg.level_window, 0.0, evidence)
 
     def _iforest_features(self, residual, adapted, y) -> np.ndarray:
@@ -413,7 +429,7 @@ class EnsembleDetector(BaseEstimator):
             [
                 adapted / scale,
                 step / max(getattr(self, "step_scale_", scale), 1e-12),
-                np.log(np.clip(volatility / scale, 1e-3, None)),
+                np.log(np.maximum(volatility / scale, 1e-3)),
             ]
         )
 
@@ -459,36 +475,37 @@ class EnsembleDetector(BaseEstimator):
         The rolling windows are evaluated at the new points only, so the cost does not grow with
         the context. Returns the ``SCORE_COLUMNS`` as arrays. The numbers equal ``score``'s up to
         the last bits of the rolling mean and standard deviation, which pandas accumulates along
-        the whole window.
+        the whole window. ``ts``: aware timestamps, or naive UTC ``datetime64``; the ``ts``
+        column gives them back as they came.
         """
         cfg = self._config
         keep = len(state) if keep is None else keep
-        ts = pd.DatetimeIndex(ts)
         fresh = np.asarray(values, dtype=float)
         gap = np.zeros(len(fresh), dtype=bool) if gap is None else np.asarray(gap, dtype=bool)
         at = np.arange(keep, keep + len(fresh))
 
         def medians(name, values, ends, window, min_periods=1):
             # Windows ending within the kept points read the state's values only: memoised.
-            if ends[-1] > keep:
-                return _window_medians(values, ends, window, min_periods)
-            out = np.empty(len(ends))
-            for j, end in enumerate(ends.tolist()):
+            out = _window_medians(values, ends[ends > keep], window, min_periods)
+            if len(out) == len(ends):
+                return out
+            fixed = []
+            for end in ends[ends <= keep].tolist():
                 key = (name, window, min_periods, end)
                 found = state.memo.get(key)
                 if found is None:
                     found = state.memo[key] = _window_medians(
                         values, np.array([end]), window, min_periods
                     )[0]
-                out[j] = found
-            return out
+                fixed.append(found)
+            return np.concatenate([fixed, out])  # ends increase: the kept ones come first
 
         y = np.concatenate([state.y[:keep], fresh])
         y_model = np.concatenate([state.y_model[:keep], self._to_model(fresh)])
         yhat = self._forecast(state, ts)
         residual = np.concatenate([state.residual[:keep], y_model[keep:] - yhat])
         new_residual = residual[keep:]
-        level = np.nan_to_num(medians("residual", residual, at, cfg.level_window), nan=0.0)
+        level = _nan_to_zero(medians("residual", residual, at, cfg.level_window))
         new_adapted = new_residual - level
         adapted = np.concatenate([state.adapted[:keep], new_adapted])
         window = cfg.scale_window
@@ -513,8 +530,8 @@ class EnsembleDetector(BaseEstimator):
         if hasattr(self, "sustained_tail_"):
             k = cfg.sustained_window
             recent = medians("residual", residual, at + 1, k, k // 2 + 1)
-            base = np.nan_to_num(
-                medians("residual", residual, at - k + 1, cfg.sustained_level_window), nan=0.0
+            base = _nan_to_zero(
+                medians("residual", residual, at - k + 1, cfg.sustained_level_window)
             )
             shifted = recent - base
             sustained = self._sustained_terms(new_residual, recent, base, shifted)
@@ -533,20 +550,24 @@ class EnsembleDetector(BaseEstimator):
         combined = np.concatenate([state.combined[before:keep], combined])
         return self._finish(judged, combined, keep - before, ts, fresh, gap)
 
-    def _forecast(self, state: ScoringState, ts: pd.DatetimeIndex) -> np.ndarray:
-        """Prophet's ``yhat`` at ``ts``, each timestamp forecast once per state."""
-        keys = [("yhat", stamp) for stamp in ts.as_unit("ns").asi8.tolist()]
+    def _forecast(self, state: ScoringState, ts) -> np.ndarray:
+        """Prophet's ``yhat`` at ``ts`` (aware, or naive UTC ``datetime64``), each timestamp
+        forecast once per state."""
+        if isinstance(ts, pd.DatetimeIndex) and ts.tz is not None:
+            ts = ts.tz_convert("UTC").tz_localize(None)
+        ns = np.asarray(ts, dtype="datetime64[ns]")
+        keys = [("yhat", stamp) for stamp in ns.view(np.int64).tolist()]
         found = [state.memo.get(key) for key in keys]
         if None not in found:
             return np.array(found, dtype=float)
-        yhat = self.prophet_.predict(ts)
+        yhat = self.prophet_.predict(pd.DatetimeIndex(ns).tz_localize("UTC"))
         state.memo.update(zip(keys, yhat.tolist()))
         return yhat
 
     def _sustained_terms(self, residual, recent, base, shifted) -> tuple[np.ndarray, np.ndarray]:
         """The judged sustained deviation and the residual level it is measured from (see
         ``_sustained_shift``)."""
-        current = np.clip(residual * np.sign(recent), 0.0, None)
+        current = np.maximum(residual * np.sign(recent), 0.0)
         judged = np.fmin(np.fmin(np.abs(recent), np.abs(shifted)), current)
         return judged, np.where(np.abs(shifted) < np.abs(recent), base, 0.0)
 
@@ -578,16 +599,15 @@ class EnsembleDetector(BaseEstimator):
     def _judged(self, yhat, residual, level, adapted, recent_scale, ratio, iforest_surprise,
                 runs, sustained) -> _Judged:
         components = {
-            "prophet": np.nan_to_num(self.deviation_tail_.surprise(ratio), nan=0.0),
+            "prophet": _nan_to_zero(self.deviation_tail_.surprise(ratio)),
             "iforest": iforest_surprise,
             "flatline": self._stuck_evidence(runs),
         }
         reference = None
         if sustained is not None:
             sustained_ratio, reference = sustained
-            components["sustained"] = np.nan_to_num(
-                self.sustained_tail_.surprise(sustained_ratio), nan=0.0
-            )
+            components["sustained"] = _nan_to_zero(
+                self.sustained_tail_.surprise(sustained_ratio))
         return _Judged(yhat, residual, level, adapted, recent_scale, components, reference)
 
     def _finish(self, judged: _Judged, combined: np.ndarray, offset: int, ts, y, gap
@@ -653,7 +673,9 @@ class EnsembleDetector(BaseEstimator):
     def _severity(self, score: np.ndarray, is_anomaly: np.ndarray) -> np.ndarray:
         cutoffs = np.asarray(self._config.severity_scores)
         rank = np.searchsorted(cutoffs, score, side="right") - 1
-        labels = np.array(SEVERITY_ORDER, dtype=object)[np.clip(rank, 0, len(SEVERITY_ORDER) - 1)]
+        labels = np.array(SEVERITY_ORDER, dtype=object)[
+            np.minimum(np.maximum(rank, 0), len(SEVERITY_ORDER) - 1)
+        ]
         return np.where(is_anomaly & (rank >= 0), labels, None)
 
     # -- model registry ---------------------------------------------------------------------

@@ -95,12 +95,13 @@ def _finite_rows(X: np.ndarray) -> np.ndarray:
 
 
 class _FlatForest:
-    """A fitted ``IsolationForest``'s trees as padded arrays (tree x node), walked for all trees
-    at once: a few numpy operations per level instead of a call per tree."""
+    """A fitted ``IsolationForest``'s trees in flat arrays (every tree's nodes one after the
+    other), walked for all trees at once: a few numpy operations per level instead of a call
+    per tree."""
 
-    def __init__(self, feature, threshold, left, right, leaf_depth, max_depth, denominator):
-        self.feature, self.threshold = feature, threshold
-        self.left, self.right, self.leaf_depth = left, right, leaf_depth
+    def __init__(self, roots, feature, threshold, children, leaf_depth, max_depth, denominator):
+        self.roots, self.feature, self.threshold = roots, feature, threshold
+        self.children, self.leaf_depth = children, leaf_depth
         self.max_depth, self.denominator = max_depth, denominator
 
     @classmethod
@@ -111,39 +112,42 @@ class _FlatForest:
         from sklearn.ensemble._iforest import _average_path_length
 
         trees = [estimator.tree_ for estimator in forest.estimators_]
-        n_trees, width = len(trees), max(tree.node_count for tree in trees)
-        # Leaves point to themselves, so a walk that has reached one stays there.
-        own = np.broadcast_to(np.arange(width), (n_trees, width))
-        feature = np.zeros((n_trees, width), dtype=np.intp)
-        threshold = np.zeros((n_trees, width))
-        left, right = own.copy(), own.copy()
-        leaf_depth = np.zeros((n_trees, width))
-        for t, (tree, features, path_lengths, leaf_lengths) in enumerate(zip(
-            trees, forest.estimators_features_, forest._decision_path_lengths,
+        sizes = np.array([tree.node_count for tree in trees], dtype=np.intp)
+        roots = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.intp)
+        feature, threshold, right, left, leaf_depth = [], [], [], [], []
+        for root, tree, features, path_lengths, leaf_lengths in zip(
+            roots, trees, forest.estimators_features_, forest._decision_path_lengths,
             forest._average_path_length_per_tree, strict=True,
-        )):
+        ):
             n = tree.node_count
             split = tree.children_left[:n] >= 0
-            feature[t, :n] = np.where(split, np.asarray(features)[np.where(split, tree.feature, 0)], 0)
-            threshold[t, :n] = tree.threshold
-            left[t, :n] = np.where(split, tree.children_left, np.arange(n))
-            right[t, :n] = np.where(split, tree.children_right, np.arange(n))
-            leaf_depth[t, :n] = path_lengths + leaf_lengths - 1.0
-        max_depth = max(tree.max_depth for tree in trees)
-        denominator = n_trees * _average_path_length([forest._max_samples])
-        return cls(feature, threshold, left, right, leaf_depth, max_depth, denominator)
+            own = root + np.arange(n)
+            feature.append(np.where(split, np.asarray(features)[np.where(split, tree.feature, 0)], 0))
+            threshold.append(tree.threshold[:n])
+            # Leaves lead to themselves, so a walk that has reached one stays there.
+            left.append(np.where(split, root + tree.children_left[:n], own))
+            right.append(np.where(split, root + tree.children_right[:n], own))
+            leaf_depth.append(path_lengths + leaf_lengths - 1.0)
+        # children[2 * node + went_left]: the next node.
+        children = np.empty(2 * int(sizes.sum()), dtype=np.intp)
+        children[0::2], children[1::2] = np.concatenate(right), np.concatenate(left)
+        return cls(
+            roots[:, None], np.concatenate(feature).astype(np.intp), np.concatenate(threshold),
+            children, np.concatenate(leaf_depth), max(tree.max_depth for tree in trees),
+            len(trees) * _average_path_length([forest._max_samples]),
+        )
 
     def raw(self, X: np.ndarray) -> np.ndarray:
         # sklearn compares float32 inputs with float64 thresholds.
         X = np.asarray(X, dtype=np.float32).astype(float)
-        n_trees = self.feature.shape[0]
-        tree = np.arange(n_trees)[:, None]
-        row = np.arange(len(X))[None, :]
-        node = np.zeros((n_trees, len(X)), dtype=np.intp)
+        n_rows, n_features = X.shape
+        values = X.ravel()
+        offsets = np.arange(n_rows, dtype=np.intp)[None, :] * n_features
+        node = np.repeat(self.roots, n_rows, axis=1)  # (tree, row)
         for _ in range(self.max_depth):
-            go_left = X[row, self.feature[tree, node]] <= self.threshold[tree, node]
-            node = np.where(go_left, self.left[tree, node], self.right[tree, node])
+            went_left = values[offsets + self.feature[node]] <= self.threshold[node]
+            node = self.children[2 * node + went_left]
         # Summed tree by tree (cumsum is sequential), as sklearn adds each tree's path lengths.
-        depths = np.cumsum(self.leaf_depth[tree, node], axis=0)[-1] if n_trees else np.zeros(len(X))
+        depths = np.cumsum(self.leaf_depth[node], axis=0)[-1] if len(node) else np.zeros(n_rows)
         return 2 ** -np.divide(depths, self.denominator, out=np.ones_like(depths),
                                where=self.denominator != 0)
