@@ -97,6 +97,12 @@ SCORING_AHEAD_SLOTS = 48
 reads the observations (the points it is asked about next)."""
 
 
+INCREMENTAL_MAX_SLOTS = 48
+"""Real-time scoring judges the slots after a KPI's newest observation one by one (from the
+judged tail) up to this many; more are judged with whole-window arithmetic, which is faster
+for long stretches."""
+
+
 def scoring_reach(detector: EnsembleDetector) -> pd.Timedelta:
     """How far before the first point to score a scoring window reads: the detector's context
     and ``SCORING_SLACK_POINTS``, in steps of its grid."""
@@ -761,7 +767,7 @@ class _KpiScorer:
             ns[0] <= tail.last_ns
             or not np.isfinite(values).all()
             or slots[0] <= tail.last_slot
-            or slots[0] - tail.last_slot > self.detector.context_points
+            or slots[-1] - tail.last_slot > INCREMENTAL_MAX_SLOTS
             or (len(slots) > 1 and not (np.diff(slots) > 0).all())
         ):
             return None

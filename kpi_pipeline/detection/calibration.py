@@ -107,6 +107,9 @@ class ExceedanceTail:
         ordered = v if np.isfinite(v).all() else np.nan_to_num(v, nan=-np.inf)
         exceed = n - np.searchsorted(self.sorted_, ordered, side="left")
         empirical = -np.log10((exceed + 1.0) / (n + 1.0))
+        above = v > self.threshold_
+        if not above.any():  # the common case, worth skipping the tail for (real-time scoring)
+            return np.where(np.isnan(v), np.nan, np.maximum(empirical, 0.0))
         tail = -self._log10_tail(np.maximum(v - self.threshold_, 0.0))
         # Past the threshold the fitted tail takes over: the empirical rate there is too coarse
         # (every value beyond the training maximum would get the same -log10(1/(n+1))).
@@ -119,7 +122,7 @@ class ExceedanceTail:
             seen = len(peaks) - np.searchsorted(peaks, near, side="left")
             seen_rate = -np.log10((seen + 1.0) / (n + 1.0))
             tail = np.where(seen >= self.min_recurrences, np.fmin(tail, seen_rate), tail)
-        out = np.where(v > self.threshold_, tail, empirical)
+        out = np.where(above, tail, empirical)
         return np.where(np.isnan(v), np.nan, np.maximum(out, 0.0))
 
     def quantile(self, probability: float) -> float:

@@ -31,6 +31,7 @@ How a point is judged (higher score = more anomalous, in [0, 1]; 0.5 = the decis
 from __future__ import annotations
 
 import copy
+import math
 import pickle
 from dataclasses import asdict, dataclass, field
 
@@ -57,6 +58,9 @@ SCORE_COLUMNS = [
     "severity",
     "flagged_by",
 ]
+
+
+_SEVERITY_LABELS = np.array(SEVERITY_ORDER, dtype=object)
 
 
 class InsufficientHistory(ValueError):
@@ -191,13 +195,14 @@ def _window_medians(values: np.ndarray, ends: np.ndarray, window: int, min_perio
 
 
 def _window_stds(values: np.ndarray, ends: np.ndarray, window: int, min_periods: int) -> np.ndarray:
-    """As ``_window_medians``, the sample standard deviation (pandas' rolling ``std()``)."""
+    """As ``_window_medians``, the sample standard deviation (pandas' rolling ``std()``, up to
+    the last bits, which pandas' running sums decide)."""
     out = np.full(len(ends), np.nan)
     for j, end in enumerate(ends.tolist()):
-        part = values[max(0, end - window):max(0, end)]
-        part = part[~np.isnan(part)]
+        part = [v for v in values[max(0, end - window):max(0, end)].tolist() if v == v]
         if len(part) >= max(min_periods, 2):
-            out[j] = np.std(part, ddof=1)
+            mean = sum(part) / len(part)
+            out[j] = math.sqrt(sum((v - mean) ** 2 for v in part) / (len(part) - 1))
     return out
 
 
@@ -673,7 +678,7 @@ class EnsembleDetector(BaseEstimator):
     def _severity(self, score: np.ndarray, is_anomaly: np.ndarray) -> np.ndarray:
         cutoffs = np.asarray(self._config.severity_scores)
         rank = np.searchsorted(cutoffs, score, side="right") - 1
-        labels = np.array(SEVERITY_ORDER, dtype=object)[
+        labels = _SEVERITY_LABELS[
             np.minimum(np.maximum(rank, 0), len(SEVERITY_ORDER) - 1)
         ]
         return np.where(is_anomaly & (rank >= 0), labels, None)
