@@ -219,7 +219,8 @@ def test_points_after_the_newest_observation_score_as_the_general_path_does(
 
 
 def test_points_the_fast_path_cannot_take_go_the_general_way(module_seeded, monkeypatch):
-    """Two points on one slot, and points among the stored ones: cleaned with the tail again."""
+    """Two points on one slot, a point further ahead than the incremental path judges, and
+    points among the stored ones: cleaned with the tail again."""
     engine, last = module_seeded.engine, module_seeded.ts[-1]
     answers = []
     quick = pipeline._KpiScorer._next_points
@@ -227,11 +228,14 @@ def test_points_the_fast_path_cannot_take_go_the_general_way(module_seeded, monk
                         lambda self, *a: answers.append(quick(self, *a)) or answers[-1])
     cache = pipeline.ScoringCache(1)
     same_slot = points((last + HOUR, 100.0), (last + HOUR + pd.Timedelta(minutes=10), 104.0))
+    far = points((last + (pipeline.INCREMENTAL_MAX_SLOTS + 1) * HOUR, 100.0))
     shared = pipeline.score_points(engine, "sales", same_slot, MAX_POINTS, cache)
+    far_ahead = pipeline.score_points(engine, "sales", far, MAX_POINTS, cache)
     among = pipeline.score_points(engine, "sales", points((last - 5 * HOUR, 100.0)), 10, cache)
 
-    assert answers == [None]  # asked once (points after the newest one), declined
+    assert answers == [None, None]  # asked for the points after the newest one, declined
     assert shared.scores["expected"].nunique() == 1  # one slot, one expectation
+    assert len(far_ahead.scores) == 1 and far_ahead.scores["expected"].notna().all()
     assert len(among.scores) == 1
 
 

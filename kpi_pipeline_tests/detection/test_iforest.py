@@ -1,3 +1,5 @@
+import pickle
+
 import numpy as np
 import pytest
 from sklearn.base import clone
@@ -105,3 +107,17 @@ def test_a_detector_pickled_before_recurrences_existed_still_reports_its_paramet
     old.__setstate__(state)
     assert old.get_params()["min_recurrences"] == 0  # its calibration has no cap either
     clone(old)
+
+
+def test_the_flattened_forest_is_not_pickled_and_is_rebuilt_alike():
+    rng = np.random.default_rng(4)
+    detector = IsolationForestDetector(random_state=2).fit(rng.standard_normal((300, 3)))
+    X = rng.standard_normal((7, 3)) * 2
+    before = detector._raw(X)
+
+    copy = pickle.loads(pickle.dumps(detector))
+
+    assert "flat_" in detector.__dict__ and "flat_" not in pickle.loads(
+        pickle.dumps(detector)).__dict__
+    np.testing.assert_array_equal(copy._raw(X), before)
+    np.testing.assert_array_equal(before, -detector.forest_.score_samples(X))
