@@ -16,7 +16,6 @@ retraining on the same data rewrites the same registry rows instead of adding ne
 from __future__ import annotations
 
 import pickle
-import threading
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -49,7 +48,7 @@ from kpi_pipeline.detection.walkforward import (
 )
 from kpi_pipeline.ingestion import IngestResult
 from kpi_pipeline.store import serving
-from kpi_pipeline.store.notifications import ANY_KPI
+from kpi_pipeline.store.notifications import HeardWrites, Token
 
 VERSION_FORMAT = "%Y%m%dT%H%M%SZ"
 
@@ -554,10 +553,7 @@ def _in_time_order(points: pd.DataFrame) -> pd.DataFrame:
     return points.sort_values("ts", ignore_index=True)
 
 
-Token = tuple[int, int]
-
-
-class ScoringCache:
+class ScoringCache(HeardWrites):
     """What ``score_points`` keeps between calls, per (KPI, model version), least recently used
     out first: the rebuilt detector and its KPI's newest observations, cleaned. Thread-safe.
 
@@ -575,13 +571,10 @@ class ScoringCache:
     """
 
     def __init__(self, size: int) -> None:
+        super().__init__()
         self.size = size
         self._scorers: OrderedDict[tuple[str, str], _KpiScorer] = OrderedDict()
-        self._lock = threading.Lock()
-        self._live = False
-        self._epoch = 0
-        self._versions: dict[str, int] = {}
-        self._current: dict[str, _KpiScorer] = {}
+        self._trusted: dict[str, _KpiScorer] = {}
 
     def __len__(self) -> int:
         return len(self._scorers)
@@ -597,13 +590,13 @@ class ScoringCache:
             self._scorers[key] = scorer
             while len(self._scorers) > self.size:
                 (old_kpi, _), old = self._scorers.popitem(last=False)
-                if self._current.get(old_kpi) is old:
-                    del self._current[old_kpi]
+                if self._trusted.get(old_kpi) is old:
+                    del self._trusted[old_kpi]
         return scorer
 
     def current(self, kpi: str) -> _KpiScorer | None:
         """The scorer trusted to hold ``kpi``'s newest model and observations, if any."""
-        return self._current.get(kpi)
+        return self._trusted.get(kpi)
 
     def score_current(self, kpi: str, ns: np.ndarray, values: np.ndarray, stamps,
                       max_points: int) -> RealtimeScores | None:
@@ -612,45 +605,22 @@ class ScoringCache:
         must not block, such as an event loop: CPU only, well under a millisecond. The points
         as arrays in time order: ``ns`` their timestamps in nanoseconds since the epoch,
         ``stamps`` as the answer reports them."""
-        scorer = self._current.get(kpi)
+        scorer = self._trusted.get(kpi)
         if scorer is None:
             return None
         return scorer.score_next(ns, values, stamps, max_points)
 
-    def token(self, kpi: str) -> Token | None:
-        with self._lock:
-            return (self._epoch, self._versions.get(kpi, 0)) if self._live else None
-
     def trust(self, kpi: str, scorer: _KpiScorer, token: Token | None) -> None:
         """Trust ``scorer`` for ``kpi`` if no write of it was heard since ``token``."""
         with self._lock:
-            if self._live and token == (self._epoch, self._versions.get(kpi, 0)):
-                self._current[kpi] = scorer
+            if self._unchanged_since(kpi, token):
+                self._trusted[kpi] = scorer
 
-    def written(self, kpis) -> None:
-        """Observations or models of ``kpis`` were committed (``ANY_KPI``: of any KPI)."""
-        with self._lock:
-            for kpi in kpis:
-                if kpi == ANY_KPI:
-                    self._forget()
-                else:
-                    self._versions[kpi] = self._versions.get(kpi, 0) + 1
-                    self._current.pop(kpi, None)
-
-    def go_live(self) -> None:
-        with self._lock:
-            self._forget()
-            self._live = True
-
-    def go_dark(self) -> None:
-        with self._lock:
-            self._live = False
-            self._forget()
-
-    def _forget(self) -> None:
-        self._current.clear()
-        self._versions.clear()
-        self._epoch += 1
+    def _forget(self, kpi: str | None) -> None:
+        if kpi is None:
+            self._trusted.clear()
+        else:
+            self._trusted.pop(kpi, None)
 
 
 @dataclass(frozen=True)

@@ -39,7 +39,7 @@ from typing import Any, Protocol
 
 from kpi_pipeline.api.errors import first_line
 from kpi_pipeline.api.schemas import SCORED_POINT_JSON, TEXT_JSON
-from kpi_pipeline.store.notifications import ANY_KPI
+from kpi_pipeline.store.notifications import HeardWrites, Token
 
 logger = logging.getLogger("kpi_pipeline.api")
 
@@ -125,35 +125,23 @@ class CachedSeries:
         return score_series_json(self.kpi_json, points, truncated)
 
 
-Token = tuple[int, int]
-
-
-class SeriesCache:
+class SeriesCache(HeardWrites):
     """Per KPI its newest ``points`` scored rows, least recently used out first beyond
     ``max_bytes``; served only while ``live`` (a listener hears every score write).
     Thread-safe: requests read it in the event loop, fills run in worker threads and
     invalidations in the listener's thread."""
 
     def __init__(self, points: int, max_bytes: int) -> None:
+        super().__init__()
         self.points = points
         self.max_bytes = max_bytes
-        self._lock = threading.Lock()
         self._entries: OrderedDict[str, CachedSeries] = OrderedDict()
         self._bytes = 0
-        self._live = False
-        self._epoch = 0
-        """Bumped whenever the whole cache is dropped: a fill begun before is not kept."""
-        self._versions: dict[str, int] = {}
-        """Per KPI, bumped by each notification: a fill begun before one is not kept."""
 
     @property
     def enabled(self) -> bool:
         """Configured on (it still needs a listener to be ``live``)."""
         return self.points > 0 and self.max_bytes > 0
-
-    @property
-    def live(self) -> bool:
-        return self._live
 
     @property
     def nbytes(self) -> int:
@@ -171,7 +159,7 @@ class SeriesCache:
         """``kpi``'s newest rows read with ``read`` (blocking) and cached, unless a write of
         ``kpi`` was notified, or the listener dropped, while they were read; None (nothing
         read) if the cache is not live."""
-        token = self._token(kpi)
+        token = self.token(kpi)
         if token is None:
             return None
         rows, older = read(kpi, limit=self.points)
@@ -180,54 +168,26 @@ class SeriesCache:
             self._put(kpi, entry, token)
         return entry
 
-    def _token(self, kpi: str) -> Token | None:
-        with self._lock:
-            return (self._epoch, self._versions.get(kpi, 0)) if self._live else None
-
     def _put(self, kpi: str, entry: CachedSeries, token: Token) -> None:
         with self._lock:
-            if not self._live or token != (self._epoch, self._versions.get(kpi, 0)):
+            if not self._unchanged_since(kpi, token):
                 return  # the rows may predate a write: the next request reads again
             if entry.nbytes > self.max_bytes:
                 return
-            self._drop(kpi)
+            self._forget(kpi)
             self._entries[kpi] = entry
             self._bytes += entry.nbytes
             while self._bytes > self.max_bytes:
-                self._drop(next(iter(self._entries)))
+                self._forget(next(iter(self._entries)))
 
-    def _drop(self, kpi: str) -> None:
+    def _forget(self, kpi: str | None) -> None:
+        if kpi is None:
+            self._entries.clear()
+            self._bytes = 0
+            return
         entry = self._entries.pop(kpi, None)
         if entry is not None:
             self._bytes -= entry.nbytes
-
-    def _clear(self) -> None:
-        self._entries.clear()
-        self._bytes = 0
-        self._epoch += 1  # every token taken before is stale, whatever its KPI's version
-        self._versions.clear()
-
-    def written(self, kpis: Iterable[str]) -> None:
-        """Scores of ``kpis`` were committed (``ANY_KPI``: of any KPI): forget them."""
-        with self._lock:
-            for kpi in kpis:
-                if kpi == ANY_KPI:
-                    self._clear()
-                else:
-                    self._versions[kpi] = self._versions.get(kpi, 0) + 1
-                    self._drop(kpi)
-
-    def go_live(self) -> None:
-        """A listener now hears every write: serve from an empty cache."""
-        with self._lock:
-            self._clear()
-            self._live = True
-
-    def go_dark(self) -> None:
-        """No listener: serve nothing from memory, and forget everything."""
-        with self._lock:
-            self._live = False
-            self._clear()
 
 
 class Listener(Protocol):

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import selectors
 import socket
+import threading
 import time
 import uuid
 from collections.abc import Iterable
@@ -62,6 +63,69 @@ def notify_scores_written(connection: sa.Connection, kpis: Iterable[str]) -> Non
         names = [ANY_KPI]
     if names:
         connection.execute(_NOTIFY, {"channel": SCORES_CHANNEL, "kpis": names})
+
+
+Token = tuple[int, int]
+
+
+class HeardWrites:
+    """The bookkeeping of a cache kept current by a listener (``api.series_cache``'s watcher):
+    ``live`` while the listener hears every write; per KPI, a version bumped by each write
+    heard, so that what is read for a KPI is kept only if no write of it was heard since the
+    read began (a ``token`` taken before it, checked with ``_unchanged_since``). Subclasses drop
+    what they hold of a KPI in ``_forget`` (``None``: of every KPI), called with ``_lock`` held.
+    Thread-safe."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._live = False
+        self._epoch = 0
+        """Bumped whenever everything is dropped: a read begun before is not kept."""
+        self._versions: dict[str, int] = {}
+        """Per KPI, bumped by each write heard: a read begun before one is not kept."""
+
+    @property
+    def live(self) -> bool:
+        return self._live
+
+    def token(self, kpi: str) -> Token | None:
+        """Take before reading ``kpi``; None while not live (keep nothing)."""
+        with self._lock:
+            return (self._epoch, self._versions.get(kpi, 0)) if self._live else None
+
+    def _unchanged_since(self, kpi: str, token: Token | None) -> bool:
+        """With ``_lock`` held: still live, and no write of ``kpi`` heard since ``token``."""
+        return self._live and token == (self._epoch, self._versions.get(kpi, 0))
+
+    def written(self, kpis: Iterable[str]) -> None:
+        """Writes of ``kpis`` were committed (``ANY_KPI``: of any KPI): forget them."""
+        with self._lock:
+            for kpi in kpis:
+                if kpi == ANY_KPI:
+                    self._reset()
+                else:
+                    self._versions[kpi] = self._versions.get(kpi, 0) + 1
+                    self._forget(kpi)
+
+    def go_live(self) -> None:
+        """A listener now hears every write: start from nothing."""
+        with self._lock:
+            self._reset()
+            self._live = True
+
+    def go_dark(self) -> None:
+        """No listener: keep nothing, forget everything."""
+        with self._lock:
+            self._live = False
+            self._reset()
+
+    def _reset(self) -> None:
+        self._forget(None)
+        self._epoch += 1  # every token taken before is stale, whatever its KPI's version
+        self._versions.clear()
+
+    def _forget(self, kpi: str | None) -> None:
+        raise NotImplementedError
 
 
 def can_listen(engine: sa.Engine) -> bool:
