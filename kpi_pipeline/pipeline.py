@@ -16,6 +16,7 @@ retraining on the same data rewrites the same registry rows instead of adding ne
 from __future__ import annotations
 
 import pickle
+import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -91,15 +92,11 @@ cleaning the whole series only in its first ``max_fill_periods + 1`` slots (see
 ``clean_observations``); the slack keeps those out of the context."""
 
 
-SCORING_AHEAD_SLOTS = 48
-"""Slots after a KPI's newest observation that real-time scoring forecasts in one go when it
-reads the observations (the points it is asked about next)."""
-
-
 INCREMENTAL_MAX_SLOTS = 48
 """Real-time scoring judges the slots after a KPI's newest observation one by one (from the
 judged tail) up to this many; more are judged with whole-window arithmetic, which is faster
-for long stretches."""
+for long stretches. It forecasts these slots in one go when it reads the observations, so that
+scoring them needs no forecast (which can take milliseconds)."""
 
 
 def scoring_reach(detector: EnsembleDetector) -> pd.Timedelta:
@@ -527,9 +524,9 @@ def score_points(
     points = _in_time_order(points)
     token = None
     if cache is not None:
-        scorer = cache.current(kpi)
-        if scorer is not None:
-            return scorer.score(engine, points, max_points, trusted=True)
+        trusted = cache.trusted(kpi)
+        if trusted is not None:
+            return trusted.scorer.score(engine, points, max_points, trusted.tail)[0]
         token = cache.token(kpi)  # before the reads: a write after it withholds the trust
     version = serving.newest_model_version(engine, kpi)
     if version is None:
@@ -540,10 +537,10 @@ def score_points(
     if cache is None:
         return _KpiScorer(kpi, version, load_detector(engine, kpi, version)).score(
             engine, points, max_points
-        )
+        )[0]
     scorer = cache.scorer(engine, kpi, version)
-    result = scorer.score(engine, points, max_points)
-    cache.trust(kpi, scorer, token)
+    result, tail = scorer.score(engine, points, max_points)
+    cache.trust(kpi, scorer, tail, token)
     return result
 
 
@@ -564,17 +561,19 @@ class ScoringCache(HeardWrites):
     probes of the database), unless the cache is live: a thread listening to the writes of
     observations and models (``api.series_cache.ScoreWriteWatcher`` on
     ``store.notifications.INPUTS_CHANNEL``) calls ``go_live`` once it hears every write, and
-    ``written`` with the KPIs of each write as it commits. Then the scorer a call checked is
-    trusted for the KPI's next calls (``current``) until a write of that KPI is heard, unless
-    one was heard while the call read (``token``). ``go_dark`` (the listener lost) ends all
-    trust.
+    ``written`` with the KPIs of each write as it commits. Then the scorer a call checked, with
+    the observations it checked, is trusted for the KPI's next calls (``trusted``) until a
+    write of that KPI is heard (which also drops the KPI's scorers: a retrain can rewrite the
+    same version, an update need not move the probed watermark), unless one was heard while
+    the call read (``token``), and for at most ``TRUST_MAX_AGE_S``, a safety net for writes no
+    notification announces. ``go_dark`` (the listener lost) ends all trust.
     """
 
     def __init__(self, size: int) -> None:
         super().__init__()
         self.size = size
         self._scorers: OrderedDict[tuple[str, str], _KpiScorer] = OrderedDict()
-        self._trusted: dict[str, _KpiScorer] = {}
+        self._trusted: dict[str, _Trusted] = {}
 
     def __len__(self) -> int:
         return len(self._scorers)
@@ -590,13 +589,24 @@ class ScoringCache(HeardWrites):
             self._scorers[key] = scorer
             while len(self._scorers) > self.size:
                 (old_kpi, _), old = self._scorers.popitem(last=False)
-                if self._trusted.get(old_kpi) is old:
+                if old_kpi in self._trusted and self._trusted[old_kpi].scorer is old:
                     del self._trusted[old_kpi]
         return scorer
 
-    def current(self, kpi: str) -> _KpiScorer | None:
-        """The scorer trusted to hold ``kpi``'s newest model and observations, if any."""
-        return self._trusted.get(kpi)
+    def trusted(self, kpi: str) -> _Trusted | None:
+        """The scorer and observations trusted to be ``kpi``'s newest, if any (a use, for the
+        least-recently-used order)."""
+        with self._lock:
+            entry = self._trusted.get(kpi)
+            if entry is None:
+                return None
+            if time.monotonic() - entry.since > TRUST_MAX_AGE_S:
+                del self._trusted[kpi]
+                return None
+            key = (kpi, entry.scorer.version)
+            if key in self._scorers:
+                self._scorers.move_to_end(key)
+            return entry
 
     def score_current(self, kpi: str, ns: np.ndarray, values: np.ndarray, stamps,
                       max_points: int) -> RealtimeScores | None:
@@ -605,22 +615,43 @@ class ScoringCache(HeardWrites):
         must not block, such as an event loop: CPU only, well under a millisecond. The points
         as arrays in time order: ``ns`` their timestamps in nanoseconds since the epoch,
         ``stamps`` as the answer reports them."""
-        scorer = self._trusted.get(kpi)
-        if scorer is None:
+        entry = self.trusted(kpi)
+        if entry is None:
             return None
-        return scorer.score_next(ns, values, stamps, max_points)
+        return entry.scorer.score_next(entry.tail, ns, values, stamps, max_points)
 
-    def trust(self, kpi: str, scorer: _KpiScorer, token: Token | None) -> None:
-        """Trust ``scorer`` for ``kpi`` if no write of it was heard since ``token``."""
+    def trust(self, kpi: str, scorer: _KpiScorer, tail: _StoredTail, token: Token | None
+              ) -> None:
+        """Trust ``scorer`` with ``tail`` (the observations a call checked) for ``kpi``, if no
+        write of it was heard since ``token`` and the scorer is still cached."""
         with self._lock:
-            if self._unchanged_since(kpi, token):
-                self._trusted[kpi] = scorer
+            if (self._unchanged_since(kpi, token)
+                    and self._scorers.get((kpi, scorer.version)) is scorer):
+                self._trusted[kpi] = _Trusted(scorer, tail, time.monotonic())
 
     def _forget(self, kpi: str | None) -> None:
         if kpi is None:
             self._trusted.clear()
-        else:
-            self._trusted.pop(kpi, None)
+            self._scorers.clear()
+            return
+        self._trusted.pop(kpi, None)
+        for key in [key for key in self._scorers if key[0] == kpi]:
+            del self._scorers[key]
+
+
+TRUST_MAX_AGE_S = 60.0
+"""How long a live ``ScoringCache`` trusts a KPI's checked model and observations without
+checking again, even if no write was heard: a bound for writes that no notification announces
+(triggers disabled after the listener checked them) and for a listener whose connection died
+silently (noticed within about a minute by TCP keepalives)."""
+
+
+@dataclass(frozen=True)
+class _Trusted:
+    scorer: _KpiScorer
+    tail: _StoredTail
+    """The observations the trusting call checked (the scorer's own may be replaced since)."""
+    since: float
 
 
 @dataclass(frozen=True)
@@ -664,18 +695,19 @@ class _KpiScorer:
         self._tail: _StoredTail | None = None
 
     def score(self, engine: sa.Engine, points: pd.DataFrame, max_points: int,
-              trusted: bool = False) -> RealtimeScores:
-        """Score ``points`` (in time order); ``trusted``: the cached tail is known current."""
+              tail: _StoredTail | None = None) -> tuple[RealtimeScores, _StoredTail]:
+        """Score ``points`` (in time order) after ``tail`` (known current; default: the cached
+        tail, checked); also returns the tail used."""
         ns = pd.DatetimeIndex(points["ts"]).as_unit("ns").asi8
         values = points["value"].to_numpy(dtype=float)
         self._check_spread(int(ns[0]), int(ns[-1]), max_points)
         first = points["ts"].iloc[0]
-        tail = self._tail if trusted and self._tail is not None else self._stored_tail(engine)
+        tail = tail or self._stored_tail(engine)
         if tail.watermark.last_ts is None or first > tail.watermark.last_ts:
             quick = self._next_points(tail, ns, values)
             if quick is not None:
                 quick.update(ts=points["ts"].to_numpy(), value=values)
-                return RealtimeScores(self.kpi, self.version, quick)
+                return RealtimeScores(self.kpi, self.version, quick), tail
             cleaned = self._after_stored(tail, points)
         else:
             cleaned = self._among_stored(engine, tail, points)
@@ -693,15 +725,14 @@ class _KpiScorer:
         chosen = scored.iloc[positions - start].reset_index(drop=True)
         columns = {name: chosen[name].to_numpy() for name in SCORE_COLUMNS}
         columns.update(ts=points["ts"].to_numpy(), value=points["value"].to_numpy(dtype=float))
-        return RealtimeScores(self.kpi, self.version, columns)
+        return RealtimeScores(self.kpi, self.version, columns), tail
 
-    def score_next(self, ns: np.ndarray, values: np.ndarray, stamps, max_points: int
-                   ) -> RealtimeScores | None:
-        """``score`` from the cached tail alone, if the points (``ns``: their timestamps as
+    def score_next(self, tail: _StoredTail, ns: np.ndarray, values: np.ndarray, stamps,
+                   max_points: int) -> RealtimeScores | None:
+        """``score`` from ``tail`` alone, if the points (``ns``: their timestamps as
         nanoseconds since the epoch, increasing; ``stamps``: as the answer reports them) come
         after it; no database, no pandas. None: use ``score``."""
-        tail = self._tail
-        if tail is None or tail.watermark.last_ts is None:
+        if tail.watermark.last_ts is None:
             return None
         self._check_spread(int(ns[0]), int(ns[-1]), max_points)
         quick = self._next_points(tail, ns, values)
@@ -785,7 +816,7 @@ class _KpiScorer:
             settled=cleaned[grid.slots(cleaned["ts"]) < redo_from],
             redo=raw[raw_slots >= redo_from],
             judged=self.detector.prepare(
-                cleaned["ts"], cleaned["value"].to_numpy(dtype=float), ahead=SCORING_AHEAD_SLOTS
+                cleaned["ts"], cleaned["value"].to_numpy(dtype=float), ahead=INCREMENTAL_MAX_SLOTS
             ),
             last_value=float(cleaned["value"].iloc[-1]),
             grid_ints=(

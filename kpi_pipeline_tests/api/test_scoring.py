@@ -7,6 +7,7 @@ Tests that register models get their own database (``seeded``); the others share
 
 from __future__ import annotations
 
+import dataclasses
 import time
 
 import numpy as np
@@ -272,10 +273,10 @@ def test_a_live_cache_trusts_a_checked_kpi_until_a_write_of_it_is_heard(seeded, 
     first = score()
     probes.calls = 0
     score()
-    assert cache.current("sales") is None and probes.calls == 2  # dark: checked every time
+    assert cache.trusted("sales") is None and probes.calls == 2  # dark: checked every time
     cache.go_live()
     score()
-    assert cache.current("sales") is not None
+    assert cache.trusted("sales") is not None
     probes.calls = 0
     trusted = score()
     answered = cache.score_current("sales", ns, values, stamps, MAX_POINTS)
@@ -284,17 +285,17 @@ def test_a_live_cache_trusts_a_checked_kpi_until_a_write_of_it_is_heard(seeded, 
     pd.testing.assert_frame_equal(answered.scores, first, check_exact=True)
 
     cache.written(["orders"])
-    assert cache.current("sales") is not None  # another KPI's write
+    assert cache.trusted("sales") is not None  # another KPI's write
     cache.written(["sales"])
-    assert cache.current("sales") is None
+    assert cache.trusted("sales") is None
     assert cache.score_current("sales", ns, values, stamps, MAX_POINTS) is None
     score()
-    assert probes.calls == 2 and cache.current("sales") is not None
+    assert probes.calls == 2 and cache.trusted("sales") is not None
     cache.written([ANY_KPI])
-    assert cache.current("sales") is None
+    assert cache.trusted("sales") is None
     score()
     cache.go_dark()
-    assert cache.current("sales") is None and cache.token("sales") is None
+    assert cache.trusted("sales") is None and cache.token("sales") is None
 
 
 def test_a_write_heard_while_a_call_reads_withholds_the_trust(seeded, monkeypatch):
@@ -305,7 +306,7 @@ def test_a_write_heard_while_a_call_reads_withholds_the_trust(seeded, monkeypatc
     pipeline.score_points(seeded.engine, "sales", points((seeded.ts[-1] + HOUR, 1.0)),
                           MAX_POINTS, cache)
 
-    assert cache.current("sales") is None
+    assert cache.trusted("sales") is None
 
 
 def test_the_api_scores_without_the_database_until_a_loader_writes_the_kpi(seeded):
@@ -318,14 +319,14 @@ def test_the_api_scores_without_the_database_until_a_loader_writes_the_kpi(seede
         scorers = client.app.state.api.scorers
         wait_until(lambda: scorers.token("sales") is not None, "the scoring cache listens")
         before = client.post("/v1/score", json=body).json()
-        assert scorers.current("sales") is not None
+        assert scorers.trusted("sales") is not None
         assert client.post("/v1/score", json=body).json() == before
 
         with engine.begin() as connection:
             connection.execute(sa.text(
                 "INSERT INTO kpi_observations (kpi, ts, value, ingested_at, source) "
                 "VALUES ('sales', :ts, 400, now(), 'loader')"), {"ts": last + HOUR})
-        wait_until(lambda: scorers.current("sales") is None, "the write is heard")
+        wait_until(lambda: scorers.trusted("sales") is None, "the write is heard")
         after = client.post("/v1/score", json=body).json()
 
     fresh = pipeline.score_points(engine, "sales", points((last + 2 * HOUR, 100.0)), MAX_POINTS)
@@ -333,3 +334,38 @@ def test_the_api_scores_without_the_database_until_a_loader_writes_the_kpi(seede
     for name in ("expected", "lower", "upper", "score"):
         assert after["points"][0][name] == pytest.approx(expected[name], rel=1e-12), name
     assert after["points"][0]["score"] != pytest.approx(before["points"][0]["score"])
+
+
+def test_trusted_calls_use_the_observations_the_trusting_call_checked(seeded, monkeypatch):
+    """A slower read finishing after the trust cannot put older observations under it."""
+    cache = pipeline.ScoringCache(size=2)
+    cache.go_live()
+    request = points((seeded.ts[-1] + 2 * HOUR, 100.0))  # the slot between is interpolated
+    checked = pipeline.score_points(seeded.engine, "sales", request, MAX_POINTS, cache).scores
+    trusted = cache.trusted("sales")
+    older = dataclasses.replace(trusted.tail, last_value=trusted.tail.last_value + 500.0)
+    trusted.scorer._tail = older  # as a read begun before the last write would leave it
+    ns = pd.DatetimeIndex(request["ts"]).as_unit("ns").asi8
+
+    again = pipeline.score_points(seeded.engine, "sales", request, MAX_POINTS, cache).scores
+    inline = cache.score_current("sales", ns, request["value"].to_numpy(), list(request["ts"]),
+                                 MAX_POINTS).scores
+
+    pd.testing.assert_frame_equal(again, checked, check_exact=True)
+    pd.testing.assert_frame_equal(inline, checked, check_exact=True)
+
+
+def test_a_heard_write_drops_the_kpis_model_and_trust_expires(seeded, loads, monkeypatch):
+    cache = pipeline.ScoringCache(size=4)
+    cache.go_live()
+    request = points((seeded.ts[-1] + HOUR, 100.0))
+    for _ in range(2):
+        pipeline.score_points(seeded.engine, "sales", request, MAX_POINTS, cache)
+    assert loads == [("sales", VERSION)]
+
+    cache.written(["sales"])  # a retrain may rewrite the same version: read it again
+    pipeline.score_points(seeded.engine, "sales", request, MAX_POINTS, cache)
+    assert loads == [("sales", VERSION)] * 2 and cache.trusted("sales") is not None
+
+    monkeypatch.setattr(pipeline, "TRUST_MAX_AGE_S", 0.0)
+    assert cache.trusted("sales") is None  # checked again after at most TRUST_MAX_AGE_S
