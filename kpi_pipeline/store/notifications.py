@@ -29,6 +29,12 @@ from kpi_pipeline.store.database import driver_errors
 SCORES_CHANNEL = "kpi_scores_written"
 INPUTS_CHANNEL = "kpi_inputs_written"
 """Observations or models of the KPI named were written (what real-time scoring reads)."""
+INPUT_TRIGGERS = tuple(
+    f"{table}_{event}_notify"
+    for table in ("kpi_observations", "kpi_models")
+    for event in ("inserted", "updated", "deleted", "truncated")
+)
+"""The triggers (migration 0004) that notify ``INPUTS_CHANNEL``."""
 PROBE_CHANNEL = "kpi_scores_probe"
 """Where a listener sends itself a test notification when it connects (see ``_probe``)."""
 PROBE_TIMEOUT_S = 5.0
@@ -180,6 +186,8 @@ class ScoreWriteListener:
             self._selector.register(self._connection.fileno(), selectors.EVENT_READ)
             self._selector.register(self._wake_in, selectors.EVENT_READ)
             self._probe()
+            if self.channel == INPUTS_CHANNEL:
+                _check_input_triggers(self._engine)
         except BaseException:
             self.__exit__()
             raise
@@ -251,6 +259,28 @@ class ScoreWriteListener:
                 pass
         except BlockingIOError:
             pass
+
+
+_ENABLED_TRIGGERS = sa.text(
+    "SELECT count(*) FROM pg_trigger WHERE tgname = ANY(CAST(:names AS text[])) "
+    "AND tgenabled IN ('O', 'A') AND NOT tgisinternal"
+)
+
+
+def input_triggers_enabled(engine: sa.Engine) -> bool:
+    """Whether every trigger that announces writes of observations and models is there and
+    enabled (a listener on ``INPUTS_CHANNEL`` hears nothing otherwise)."""
+    with engine.connect() as connection, driver_errors(engine):
+        found = connection.execute(_ENABLED_TRIGGERS, {"names": list(INPUT_TRIGGERS)}).scalar()
+    return found == len(INPUT_TRIGGERS)
+
+
+def _check_input_triggers(engine: sa.Engine) -> None:
+    if not input_triggers_enabled(engine):
+        raise sa.exc.OperationalError("LISTEN", None, ConnectionError(
+            "the triggers that announce writes of observations and models are missing or "
+            "disabled (migration 0004: run `kpi-pipeline init`; or ALTER TABLE ... ENABLE "
+            f"ALWAYS TRIGGER for {', '.join(INPUT_TRIGGERS)})"))
 
 
 def _send_probe(engine: sa.Engine, token: str) -> None:

@@ -231,3 +231,46 @@ def test_every_write_of_observations_or_models_notifies_its_kpis_whoever_writes_
 
         upsert_scores(engine, scores("sales"))  # scores have their own channel
         assert listener.wait(0.3) == []
+
+
+@pytest.mark.postgres
+def test_statements_that_change_nothing_are_silent_and_long_names_mean_any_kpi(
+    migrated_pg_engine,
+):
+    engine = migrated_pg_engine
+    long_name = "k" * MAX_PAYLOAD_BYTES
+    save_model(engine, kpi="signups", kind="ensemble", version="v1", trained_at=T0,
+               train_start=T0, train_end=T0, n_points=1, params={}, metrics={}, artifact=b"x")
+    with ScoreWriteListener(engine, notifications.INPUTS_CHANNEL, "test-inputs") as listener:
+        with engine.begin() as connection:  # the statement triggers fire, with no rows
+            connection.execute(sa.text("UPDATE kpi_observations SET value = 1 WHERE kpi = 'x'"))
+            connection.execute(sa.text("DELETE FROM kpi_models WHERE kpi = 'x'"))
+        assert listener.wait(0.3) == []
+
+        with engine.begin() as connection:
+            connection.execute(sa.text("UPDATE kpi_models SET n_points = 2"))
+        assert received(listener, 1) == ["signups"]
+        upsert_observations(engine, observations(long_name), "test")
+        assert received(listener, 1) == [ANY_KPI]
+
+
+@pytest.mark.postgres
+def test_a_listener_on_inputs_refuses_to_start_while_a_trigger_is_missing_or_disabled(
+    migrated_pg_engine,
+):
+    engine = migrated_pg_engine
+    assert notifications.input_triggers_enabled(engine)
+    with engine.connect() as connection:  # fire in replica sessions too (replication, restores)
+        states = connection.execute(sa.text(
+            "SELECT DISTINCT tgenabled FROM pg_trigger WHERE tgname LIKE '%_notify'")).scalars()
+        assert list(states) == ["A"]
+    with engine.begin() as connection:
+        connection.execute(sa.text(
+            "ALTER TABLE kpi_models DISABLE TRIGGER kpi_models_inserted_notify"))
+
+    assert not notifications.input_triggers_enabled(engine)
+    with pytest.raises(sa.exc.OperationalError, match="missing or disabled"):
+        with ScoreWriteListener(engine, notifications.INPUTS_CHANNEL, "test-inputs"):
+            pass
+    with ScoreWriteListener(engine) as listener:  # score notifications need no trigger
+        assert listener.wait(0) == []

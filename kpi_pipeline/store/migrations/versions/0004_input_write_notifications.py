@@ -10,8 +10,8 @@ These statement-level triggers send one notification per KPI written on
 ``kpi_inputs_written`` (payload: the KPI's name; empty: any KPI, for ``TRUNCATE`` or a name
 too long for a payload), delivered when the writing transaction commits, whoever writes:
 ``kpi-pipeline ingest``, the API, or a loader inserting rows directly. An API worker listening
-to them needs no probe while it listens (``store.notifications``). SQLite has no
-notifications: nothing changes there.
+to them needs no probe while it listens (``store.notifications``), after checking on connecting
+that these triggers are there and enabled. SQLite has no notifications: nothing changes there.
 """
 
 from __future__ import annotations
@@ -67,6 +67,9 @@ def upgrade() -> None:
             op.execute(f"""
                 CREATE TRIGGER {table}_{event}_notify {when} ON {table} {referencing}
                 FOR EACH STATEMENT EXECUTE FUNCTION {function}()""")
+            # Also in sessions with session_replication_role = replica (logical replication,
+            # pg_restore --disable-triggers): a write there must be announced too.
+            op.execute(f"ALTER TABLE {table} ENABLE ALWAYS TRIGGER {table}_{event}_notify")
 
 
 def downgrade() -> None:
