@@ -202,7 +202,8 @@ def _window_stds(values: np.ndarray, ends: np.ndarray, window: int, min_periods:
         part = [v for v in values[max(0, end - window):max(0, end)].tolist() if v == v]
         if len(part) >= max(min_periods, 2):
             mean = sum(part) / len(part)
-            out[j] = math.sqrt(sum((v - mean) ** 2 for v in part) / (len(part) - 1))
+            # d * d, not d ** 2: a huge deviation squares to inf, as in numpy, not an error.
+            out[j] = math.sqrt(sum((v - mean) * (v - mean) for v in part) / (len(part) - 1))
     return out
 
 
@@ -475,7 +476,8 @@ class EnsembleDetector(BaseEstimator):
         keep: int | None = None,
     ) -> dict[str, np.ndarray]:
         """Score the points that follow the first ``keep`` points of ``state`` (default: all of
-        them), as ``score`` would with those points as context, without judging them again.
+        them; all of them with a smoothing window), as ``score`` would with those points as
+        context, without judging them again.
 
         The rolling windows are evaluated at the new points only, so the cost does not grow with
         the context. Returns the ``SCORE_COLUMNS`` as arrays. The numbers equal ``score``'s up to
@@ -485,6 +487,9 @@ class EnsembleDetector(BaseEstimator):
         """
         cfg = self._config
         keep = len(state) if keep is None else keep
+        if cfg.smoothing_window > 1 and keep != len(state):
+            # ``prepare`` judged the forest on the state's last points only, for smoothing.
+            raise ValueError("with a smoothing window, score_after keeps every point of the state")
         fresh = np.asarray(values, dtype=float)
         gap = np.zeros(len(fresh), dtype=bool) if gap is None else np.asarray(gap, dtype=bool)
         at = np.arange(keep, keep + len(fresh))

@@ -112,6 +112,8 @@ class _FlatForest:
         from sklearn.ensemble._iforest import _average_path_length
 
         trees = [estimator.tree_ for estimator in forest.estimators_]
+        # As sklearn: trees see a subset of the columns only when features were sampled.
+        subsets = forest.bootstrap_features or forest._max_features != forest.n_features_in_
         sizes = np.array([tree.node_count for tree in trees], dtype=np.intp)
         roots = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.intp)
         feature, threshold, right, left, leaf_depth = [], [], [], [], []
@@ -122,7 +124,8 @@ class _FlatForest:
             n = tree.node_count
             split = tree.children_left[:n] >= 0
             own = root + np.arange(n)
-            feature.append(np.where(split, np.asarray(features)[np.where(split, tree.feature, 0)], 0))
+            columns = np.asarray(features) if subsets else np.arange(forest.n_features_in_)
+            feature.append(np.where(split, columns[np.where(split, tree.feature, 0)], 0))
             threshold.append(tree.threshold[:n])
             # Leaves lead to themselves, so a walk that has reached one stays there.
             left.append(np.where(split, root + tree.children_left[:n], own))

@@ -121,3 +121,16 @@ def test_the_flattened_forest_is_not_pickled_and_is_rebuilt_alike():
         pickle.dumps(detector)).__dict__
     np.testing.assert_array_equal(copy._raw(X), before)
     np.testing.assert_array_equal(before, -detector.forest_.score_samples(X))
+
+
+def test_a_forest_whose_trees_see_a_subset_of_the_features_walks_alike():
+    from sklearn.ensemble import IsolationForest
+
+    from kpi_pipeline.detection.iforest import _FlatForest
+
+    rng = np.random.default_rng(5)
+    forest = IsolationForest(n_estimators=30, max_features=2, random_state=0).fit(
+        rng.standard_normal((200, 4)))
+    X = rng.standard_normal((9, 4)) * 2
+
+    np.testing.assert_array_equal(_FlatForest.of(forest).raw(X), -forest.score_samples(X))

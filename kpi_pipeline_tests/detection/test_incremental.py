@@ -131,3 +131,20 @@ def test_one_state_scores_request_after_request_alike(case):
         got = detector.score_after(state, ts[start : split + ahead], values,
                                    gap[start : split + ahead], keep=context - keep_back)
         assert_same(got, reference(detector, ts, shifted, gap, start, split + ahead))
+
+
+def test_with_smoothing_every_point_of_the_state_is_kept(case):
+    detector, ts, y, gap = case
+    smoothed = EnsembleDetector(dataclasses.replace(detector.config, smoothing_window=3))
+    smoothed.__dict__.update({k: v for k, v in detector.__dict__.items() if k.endswith("_")})
+    state = smoothed.prepare(ts[TRAIN - 100 : TRAIN], y[TRAIN - 100 : TRAIN])
+
+    with pytest.raises(ValueError, match="keeps every point"):
+        smoothed.score_after(state, ts[TRAIN - 1 : TRAIN + 1], y[TRAIN - 1 : TRAIN + 1], keep=99)
+
+
+def test_a_huge_deviation_gives_an_infinite_spread_not_an_error():
+    from kpi_pipeline.detection.ensemble import _window_stds
+
+    values = np.array([1.0, 2.0, 1e200, 3.0])
+    assert np.isinf(_window_stds(values, np.array([4]), 7, 2)[0])
