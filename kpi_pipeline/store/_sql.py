@@ -34,31 +34,81 @@ def upsert(
     updated only when one of those columns differs, so untouched rows keep their timestamps.
     With ``count``, returns how many rows were inserted or updated; this uses RETURNING, which
     makes large batches several times slower on psycopg, so bulk writers count in pandas.
+    Repeated keys in ``rows``: the last row wins when updating, the first otherwise.
     """
     try:
-        insert = _INSERTS[connection.dialect.name](table)
+        insert = _INSERTS[connection.dialect.name]
     except KeyError:
         raise NotImplementedError(f"unsupported database: {connection.dialect.name}") from None
-    index_elements = list(conflict or (column.name for column in table.primary_key))
-    if update:
+    keys = list(conflict or (column.name for column in table.primary_key))
+
+    def on_conflict(statement):
+        if not update:
+            return statement.on_conflict_do_nothing(index_elements=keys)
         changed = sa.or_(
-            *(table.c[name].is_distinct_from(insert.excluded[name]) for name in only_if_changed)
+            *(table.c[name].is_distinct_from(statement.excluded[name]) for name in only_if_changed)
         )
-        statement = insert.on_conflict_do_update(
-            index_elements=index_elements,
-            set_={name: insert.excluded[name] for name in update},
+        return statement.on_conflict_do_update(
+            index_elements=keys,
+            set_={name: statement.excluded[name] for name in update},
             where=changed if only_if_changed else None,
         )
-    else:
-        statement = insert.on_conflict_do_nothing(index_elements=index_elements)
+
+    if not count and _unnestable(connection, table, rows):
+        # One statement of arrays per batch: psycopg's executemany sends one statement per row,
+        # so statement triggers (migration 0004's notifications) would fire per row, and every
+        # row would cost a round trip. One statement may not touch a key twice: repeated keys
+        # keep the row executemany would have left.
+        rows = _unique(rows, keys, keep_last=bool(update))
+        names = list(rows[0])
+        arrays = sa.select(*(
+            sa.func.unnest(sa.bindparam(name, type_=postgresql.ARRAY(table.c[name].type)))
+            .label(name)
+            for name in names
+        ))
+        statement = on_conflict(insert(table).from_select(names, arrays))
+        for start in range(0, len(rows), BATCH_SIZE):
+            batch = rows[start : start + BATCH_SIZE]
+            connection.execute(statement, {name: [row[name] for row in batch] for name in names})
+        return None
+    statement = on_conflict(insert(table))
     if count:
         # executemany's rowcount is not reliable on every driver (psycopg reports -1).
-        statement = statement.returning(*(table.c[name] for name in index_elements))
+        statement = statement.returning(*(table.c[name] for name in keys))
     written = 0
     for start in range(0, len(rows), BATCH_SIZE):
         result = connection.execute(statement, rows[start : start + BATCH_SIZE])
         written += len(result.all()) if count else 0
     return written if count else None
+
+
+_ARRAY_TYPES = (sa.String, sa.Float, sa.Integer, sa.Boolean, sa.DateTime)
+
+
+def _unnestable(connection: sa.Connection, table: sa.Table, rows: Sequence[dict[str, Any]]
+                ) -> bool:
+    """Whether ``rows`` can go to Postgres as arrays: several rows, plain column types."""
+    if connection.dialect.name != "postgresql" or len(rows) < 2:
+        return False
+    for name in rows[0]:
+        kind = table.c[name].type
+        kind = kind.impl if isinstance(kind, sa.TypeDecorator) else kind
+        if not isinstance(kind, _ARRAY_TYPES):
+            return False
+    return True
+
+
+def _unique(rows: Sequence[dict[str, Any]], keys: Sequence[str], keep_last: bool
+            ) -> list[dict[str, Any]]:
+    unique: dict[tuple, dict[str, Any]] = {}
+    for row in rows:
+        key = tuple(row[name] for name in keys)
+        if keep_last:
+            unique.pop(key, None)
+            unique[key] = row
+        elif key not in unique:
+            unique[key] = row
+    return list(unique.values())
 
 
 def window(

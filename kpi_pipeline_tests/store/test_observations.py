@@ -19,7 +19,7 @@ from kpi_pipeline.store import (
     table_counts,
     upsert_observations,
 )
-from kpi_pipeline.store._sql import BATCH_SIZE
+from kpi_pipeline.store._sql import BATCH_SIZE, upsert
 from kpi_pipeline.store.schema import kpi_observations
 
 
@@ -177,3 +177,22 @@ def test_rejections_are_recorded_once(migrated_engine):
     assert insert_rejections(migrated_engine, [missing_value | {"source": "b.csv"}]) == 1
     assert insert_rejections(migrated_engine, []) == 0
     assert table_counts(migrated_engine)["rejected_observations"] == 3
+
+
+@pytest.mark.parametrize(("update", "kept"), [(True, [3.0, 5.0]), (False, [1.0, 5.0])])
+def test_a_batch_repeating_a_key_keeps_what_row_by_row_writes_would(migrated_engine, update,
+                                                                    kept):
+    """``_sql.upsert`` writes a batch as one statement of arrays on Postgres, where a key may
+    not be touched twice: the last row of a repeated key wins when updating, the first when
+    not, as row-by-row statements (SQLite, executemany) leave it."""
+    ts = [pd.Timestamp("2024-01-01", tz="UTC").to_pydatetime(),
+          pd.Timestamp("2024-01-02", tz="UTC").to_pydatetime()]
+    now = ts[0]
+    rows = [{"kpi": "sales", "ts": ts[0], "value": value, "ingested_at": now, "source": "t"}
+            for value in (1.0, 2.0, 3.0)]
+    rows.append({"kpi": "sales", "ts": ts[1], "value": 5.0, "ingested_at": now, "source": "t"})
+    with migrated_engine.begin() as connection:
+        upsert(connection, kpi_observations, rows,
+               update=["value"] if update else (), only_if_changed=["value"] if update else ())
+
+    assert load_observations(migrated_engine)["value"].tolist() == kept
