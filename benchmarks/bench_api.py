@@ -10,8 +10,8 @@
 2. Starts ``kpi-pipeline api`` with ``--workers`` uvicorn workers on a free loopback port, and
    waits until every worker has warmed its series cache (its log says so).
 3. From a second process, drives each endpoint for ``--duration`` seconds (after sending each
-   distinct request 3 times and a ``--warmup``) with ``--clients`` concurrent keep-alive
-   connections, each sending its next
+   distinct request 3 times and a ``--warmup``, during whose first half the connections open
+   one by one) with ``--clients`` concurrent keep-alive connections, each sending its next
    request as soon as the previous answer arrives, and reports requests/s and p50/p99 latency
    per endpoint, and each endpoint's throughput as a ratio of the trivial ``GET /health/live``
    measured in the same run.
@@ -216,13 +216,20 @@ async def _read_response(reader: asyncio.StreamReader) -> int:
     raise RuntimeError(f"response without Content-Length: {head[:200]!r}")
 
 
-async def _drive(port: int, scenario: Scenario, clients: int, seconds: float):
-    """Latencies (s) and statuses of every answer that arrived within ``seconds``."""
+async def _drive(port: int, scenario: Scenario, clients: int, warmup: float, seconds: float):
+    """Latencies (s) and statuses of every answer to a request sent in the ``seconds`` after
+    ``warmup``, and the time measured. The connections open one by one over the first half of
+    the warm-up and are kept for the measurement: a burst of connections opened together is
+    split between the workers by whichever accepts first, often unevenly, while one opened
+    under load tends to go to the less busy worker."""
     latencies: list[float] = []
     statuses: list[int] = []
-    deadline = time.perf_counter() + seconds
+    began = time.perf_counter()
+    measured_from = began + warmup
+    deadline = measured_from + seconds
 
     async def client(offset: int) -> None:
+        await asyncio.sleep(offset * warmup / 2 / clients)
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         sent = offset
         try:
@@ -233,14 +240,14 @@ async def _drive(port: int, scenario: Scenario, clients: int, seconds: float):
                 writer.write(scenario.requests[sent % len(scenario.requests)])
                 sent += clients
                 status = await _read_response(reader)
-                latencies.append(time.perf_counter() - started)
-                statuses.append(status)
+                if started >= measured_from:
+                    latencies.append(time.perf_counter() - started)
+                    statuses.append(status)
         finally:
             writer.close()
 
-    began = time.perf_counter()
     await asyncio.gather(*(client(offset) for offset in range(clients)))
-    return latencies, statuses, time.perf_counter() - began
+    return latencies, statuses, time.perf_counter() - measured_from
 
 
 PRIMING_ROUNDS = 3
@@ -269,8 +276,7 @@ async def _prime(port: int, scenario: Scenario, clients: int, rounds: int) -> No
 def run_scenario(port: int, scenario: Scenario, clients: int, seconds: float,
                  warmup: float) -> Result:
     asyncio.run(_prime(port, scenario, clients, PRIMING_ROUNDS))
-    asyncio.run(_drive(port, scenario, clients, warmup))
-    latencies, statuses, elapsed = asyncio.run(_drive(port, scenario, clients, seconds))
+    latencies, statuses, elapsed = asyncio.run(_drive(port, scenario, clients, warmup, seconds))
     milliseconds = np.asarray(latencies) * 1000
     counted = pd.Series(statuses).value_counts()
     return Result(
