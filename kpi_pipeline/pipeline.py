@@ -611,7 +611,7 @@ class ScoringCache(HeardWrites):
     def score_current(self, kpi: str, ns: np.ndarray, values: np.ndarray, stamps,
                       max_points: int) -> RealtimeScores | None:
         """``score_points`` with no database at all: points after the newest observation of a
-        KPI with a trusted scorer (``current``); None for anything else. For a caller that
+        KPI with a trusted scorer (``trusted``); None for anything else. For a caller that
         must not block, such as an event loop: CPU only, well under a millisecond. The points
         as arrays in time order: ``ns`` their timestamps in nanoseconds since the epoch,
         ``stamps`` as the answer reports them."""
@@ -677,14 +677,8 @@ class _StoredTail:
     redo: pd.DataFrame
     judged: ScoringState | None = None
     """The detector's state after the whole cleaned tail (settled rows, then the redo rows
-    cleaned alone, which is what they stay while points come after the newest observation)."""
-    last_value: float = np.nan
-    """The cleaned value in the newest observation's slot."""
-    grid_ints: tuple[str, int, int, int, int] | None = None
-    """``grid`` as its datetime unit, origin and step as integers of that unit, and origin and
-    step in nanoseconds."""
-    last_ns: int = 0
-    """The newest observation's ``ts`` in nanoseconds since the epoch."""
+    cleaned alone, which is what they stay while points come after the newest observation);
+    its last value is the cleaned value in the newest observation's slot."""
 
 
 class _KpiScorer:
@@ -704,10 +698,9 @@ class _KpiScorer:
         first = points["ts"].iloc[0]
         tail = tail or self._stored_tail(engine)
         if tail.watermark.last_ts is None or first > tail.watermark.last_ts:
-            quick = self._next_points(tail, ns, values)
+            quick = self._quick(tail, ns, values, points["ts"].to_numpy())
             if quick is not None:
-                quick.update(ts=points["ts"].to_numpy(), value=values)
-                return RealtimeScores(self.kpi, self.version, quick), tail
+                return quick, tail
             cleaned = self._after_stored(tail, points)
         else:
             cleaned = self._among_stored(engine, tail, points)
@@ -724,7 +717,7 @@ class _KpiScorer:
         )
         chosen = scored.iloc[positions - start].reset_index(drop=True)
         columns = {name: chosen[name].to_numpy() for name in SCORE_COLUMNS}
-        columns.update(ts=points["ts"].to_numpy(), value=points["value"].to_numpy(dtype=float))
+        columns.update(ts=points["ts"].to_numpy(), value=values)
         return RealtimeScores(self.kpi, self.version, columns), tail
 
     def score_next(self, tail: _StoredTail, ns: np.ndarray, values: np.ndarray, stamps,
@@ -732,14 +725,16 @@ class _KpiScorer:
         """``score`` from ``tail`` alone, if the points (``ns``: their timestamps as
         nanoseconds since the epoch, increasing; ``stamps``: as the answer reports them) come
         after it; no database, no pandas. None: use ``score``."""
-        if tail.watermark.last_ts is None:
-            return None
         self._check_spread(int(ns[0]), int(ns[-1]), max_points)
-        quick = self._next_points(tail, ns, values)
-        if quick is None:
+        return self._quick(tail, ns, values, stamps)
+
+    def _quick(self, tail: _StoredTail, ns: np.ndarray, values: np.ndarray, stamps
+               ) -> RealtimeScores | None:
+        columns = self._next_points(tail, ns, values)
+        if columns is None:
             return None
-        quick.update(ts=stamps, value=values)
-        return RealtimeScores(self.kpi, self.version, quick)
+        columns.update(ts=stamps, value=values)
+        return RealtimeScores(self.kpi, self.version, columns)
 
     def _check_spread(self, first_ns: int, last_ns: int, max_points: int) -> None:
         step, context = self.detector.freq_, self.detector.context_points
@@ -759,25 +754,24 @@ class _KpiScorer:
         interpolated) and only the new slots judged (``EnsembleDetector.score_after``), with the
         numbers the general path gives (tested). Returns the score columns but ``ts`` and
         ``value``; None: take the general path."""
-        if tail.judged is None or tail.grid_ints is None:
+        if tail.judged is None:
             return None
-        unit, origin, step, origin_ns, step_ns = tail.grid_ints
-        # Grid.slots' arithmetic: a float quotient rounded half to even.
-        slots = np.round((ns - origin_ns) / step_ns).astype(np.int64)
+        slots = tail.grid.slots_ns(ns)
+        # A point on a later slot is later than the newest observation (slots never decrease).
         if (
-            ns[0] <= tail.last_ns
-            or not np.isfinite(values).all()
+            not np.isfinite(values).all()
             or slots[0] <= tail.last_slot
             or slots[-1] - tail.last_slot > INCREMENTAL_MAX_SLOTS
-            or (len(slots) > 1 and not (np.diff(slots) > 0).all())
+            or not (np.diff(slots) > 0).all()
         ):
             return None
         occupied = np.concatenate([[tail.last_slot], slots])
-        x = origin + np.arange(tail.last_slot, slots[-1] + 1, dtype=np.int64) * step
-        value, _, gap = fill_slots(occupied, np.concatenate([[tail.last_value], values]), x)
-        scored = self.detector.score_after(
-            tail.judged, x[1:].astype(f"datetime64[{unit}]"), value[1:], gap[1:]
+        stamps = tail.grid.stamps(tail.last_slot, slots[-1])
+        newest = tail.judged.y[-1]
+        value, _, gap = fill_slots(
+            occupied, np.concatenate([[newest], values]), stamps.view(np.int64)
         )
+        scored = self.detector.score_after(tail.judged, stamps[1:], value[1:], gap[1:])
         chosen = slots - tail.last_slot - 1
         return {name: scored[name][chosen] for name in SCORE_COLUMNS[2:]}
 
@@ -810,7 +804,6 @@ class _KpiScorer:
         settled_slots = raw_slots[raw_slots <= last_slot - SCORING_SLACK_POINTS]
         redo_from = settled_slots[-1] if len(settled_slots) else raw_slots[0]
         cleaned = clean_series(raw, grid)
-        unit = pd.DatetimeIndex(cleaned["ts"]).unit
         return _StoredTail(
             watermark, since, grid, last_slot,
             settled=cleaned[grid.slots(cleaned["ts"]) < redo_from],
@@ -818,15 +811,6 @@ class _KpiScorer:
             judged=self.detector.prepare(
                 cleaned["ts"], cleaned["value"].to_numpy(dtype=float), ahead=INCREMENTAL_MAX_SLOTS
             ),
-            last_value=float(cleaned["value"].iloc[-1]),
-            grid_ints=(
-                unit,
-                int(pd.DatetimeIndex([grid.origin]).as_unit(unit).asi8[0]),
-                int(pd.TimedeltaIndex([grid.step]).as_unit(unit).asi8[0]),
-                pd.Timestamp(grid.origin).value,
-                pd.Timedelta(grid.step).value,
-            ),
-            last_ns=pd.Timestamp(watermark.last_ts).value,
         )
 
     def _after_stored(self, tail: _StoredTail, points: pd.DataFrame) -> pd.DataFrame:

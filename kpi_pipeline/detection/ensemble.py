@@ -146,18 +146,28 @@ def _past_rolling_median(values: np.ndarray, window: int, lag: int = 1) -> np.nd
     return _nan_to_zero(level)
 
 
+ROBUST_SCALE = 1.4826
+"""Median absolute value x this = standard deviation, for normal values."""
+MIN_SCALE_POINTS = 24
+"""Values a recent scale needs (fewer: the training scale is used)."""
+
+
 def _past_rolling_scale(values: np.ndarray, window: int) -> np.ndarray:
-    """Robust scale (1.4826 x median absolute value) of the ``window`` values before each point."""
+    """Robust scale (``ROBUST_SCALE`` x median absolute value) of the ``window`` values before
+    each point."""
     magnitude = pd.Series(np.abs(values)).shift(1)
-    return 1.4826 * magnitude.rolling(window, min_periods=min(window, 24)).median().to_numpy()
+    return ROBUST_SCALE * magnitude.rolling(
+        window, min_periods=min(window, MIN_SCALE_POINTS)
+    ).median().to_numpy()
 
 
-def _stuck_run_lengths(values: np.ndarray) -> np.ndarray:
-    """Per point, how many consecutive previous values it exactly repeats."""
-    same = np.zeros(len(values), dtype=bool)
-    same[1:] = values[1:] == values[:-1]
+def _stuck_run_lengths(values: np.ndarray, previous: float = np.nan, run: float = 0.0
+                       ) -> np.ndarray:
+    """Per point, how many consecutive previous values it exactly repeats (the values follow
+    ``previous``, which repeated its own predecessors ``run`` times)."""
+    same = values == np.concatenate([[previous], values[:-1]])
     runs = np.zeros(len(values))
-    count = 0
+    count = run
     for i, repeated in enumerate(same):
         count = count + 1 if repeated else 0
         runs[i] = count
@@ -189,7 +199,7 @@ def _window_medians(values: np.ndarray, ends: np.ndarray, window: int, min_perio
     for j, end in enumerate(ends.tolist()):
         part = values[max(0, end - window):max(0, end)]
         part = part[~np.isnan(part)]
-        if len(part) and len(part) >= min_periods:
+        if len(part) >= max(min_periods, 1):
             out[j] = _median(part)
     return out
 
@@ -241,6 +251,14 @@ class _Judged:
     recent_scale: np.ndarray
     components: dict[str, np.ndarray]
     sustained_reference: np.ndarray | None
+    surprises: np.ndarray = field(init=False)
+    """The components side by side (point x component)."""
+    combined: np.ndarray = field(init=False)
+    """The largest component's surprise, before smoothing."""
+
+    def __post_init__(self) -> None:
+        self.surprises = np.column_stack(list(self.components.values()))
+        self.combined = np.max(self.surprises, axis=1)
 
 
 class EnsembleDetector(BaseEstimator):
@@ -405,16 +423,13 @@ class EnsembleDetector(BaseEstimator):
         """The judged sustained deviation in units of the recent typical size of the shifts."""
         return judged / self._recent_scale(shifted, self.sustained_scale_)
 
-    def _stuck_surprise(self, y: np.ndarray) -> np.ndarray:
-        """Evidence of a stuck sensor: each repeat beyond the longest normal run adds surprise.
+    def _stuck_evidence(self, runs: np.ndarray) -> np.ndarray:
+        """Evidence of a stuck sensor, from each point's run length (``_stuck_run_lengths``):
+        each repeat beyond the longest normal run adds surprise.
 
         A value stuck for much longer than it took to alert becomes the new normal (like a level
         shift), so the evidence stops after ``level_window`` more points: one incident, one event.
         """
-        return self._stuck_evidence(_stuck_run_lengths(y))
-
-    def _stuck_evidence(self, runs: np.ndarray) -> np.ndarray:
-        """``_stuck_surprise`` from each point's run length (``_stuck_run_lengths``)."""
         cfg = self._config
         per_repeat = -np.log10(self.repeat_rate_)
         beyond = runs - self.longest_run_
@@ -454,8 +469,7 @@ class EnsembleDetector(BaseEstimator):
         # ones (and those the smoothing window reaches back to).
         first_judged = max(0, n_context - (self._config.smoothing_window - 1))
         judged, _ = self._judge_all(ts, y, first_judged)
-        combined = np.max(np.column_stack(list(judged.components.values())), axis=1)
-        columns = self._finish(judged, combined, n_context, ts, y, gap)
+        columns = self._finish(judged, judged.combined, n_context, ts, y, gap)
         return pd.DataFrame(columns)[SCORE_COLUMNS]
 
     def prepare(self, ts, values, ahead: int = 0) -> ScoringState:
@@ -510,31 +524,31 @@ class EnsembleDetector(BaseEstimator):
                 fixed.append(found)
             return np.concatenate([fixed, out])  # ends increase: the kept ones come first
 
-        y = np.concatenate([state.y[:keep], fresh])
-        y_model = np.concatenate([state.y_model[:keep], self._to_model(fresh)])
+        def scale(name, values, training_scale=None):  # as _recent_scale, at the new points
+            window = cfg.scale_window
+            recent = medians(name, np.abs(values), at, window, min(window, MIN_SCALE_POINTS))
+            return self._bounded_scale(ROBUST_SCALE * recent, training_scale)
+
+        fresh_model = self._to_model(fresh)
         yhat = self._forecast(state, ts)
-        residual = np.concatenate([state.residual[:keep], y_model[keep:] - yhat])
+        residual = np.concatenate([state.residual[:keep], fresh_model - yhat])
         new_residual = residual[keep:]
         level = _nan_to_zero(medians("residual", residual, at, cfg.level_window))
         new_adapted = new_residual - level
         adapted = np.concatenate([state.adapted[:keep], new_adapted])
-        window = cfg.scale_window
-        recent_scale = self._bounded_scale(
-            1.4826 * medians("|adapted|", np.abs(adapted), at, window, min(window, 24))
-        )
+        recent_scale = scale("|adapted|", adapted)
         ratio = np.fmin(np.abs(new_residual), np.abs(new_adapted)) / recent_scale
 
-        previous = y_model[at - 1] if keep else np.concatenate([[np.nan], y_model[at[1:] - 1]])
+        before_fresh = state.y_model[keep - 1] if keep else np.nan
         features = self._features(
             new_adapted,
-            y_model[keep:] - previous,
+            np.diff(fresh_model, prepend=before_fresh),
             _window_stds(adapted, at + 1, cfg.volatility_window, 2),
         )
-        runs = np.empty(len(fresh))
-        run, last = (state.runs[keep - 1], state.y[keep - 1]) if keep else (0.0, np.nan)
-        for j, value in enumerate(fresh.tolist()):
-            run = run + 1 if value == last else 0.0
-            runs[j], last = run, value
+        runs = (
+            _stuck_run_lengths(fresh, state.y[keep - 1], state.runs[keep - 1]) if keep
+            else _stuck_run_lengths(fresh)
+        )
 
         sustained = None
         if hasattr(self, "sustained_tail_"):
@@ -544,20 +558,17 @@ class EnsembleDetector(BaseEstimator):
                 medians("residual", residual, at - k + 1, cfg.sustained_level_window)
             )
             shifted = recent - base
-            sustained = self._sustained_terms(new_residual, recent, base, shifted)
-            shifted_all = np.abs(np.concatenate([state.shifted[:keep], shifted]))
-            sustained_scale = self._bounded_scale(
-                1.4826 * medians("|shifted|", shifted_all, at, window, min(window, 24)),
-                self.sustained_scale_,
+            judged_shift, reference = self._sustained_terms(new_residual, recent, base, shifted)
+            shifted_scale = scale(
+                "|shifted|", np.concatenate([state.shifted[:keep], shifted]), self.sustained_scale_
             )
-            sustained = (sustained[0] / sustained_scale, sustained[1])
+            sustained = (judged_shift / shifted_scale, reference)
         judged = self._judged(
             yhat, new_residual, level, new_adapted, recent_scale, ratio,
             self.iforest_.surprise(features), runs, sustained,
         )
-        combined = np.max(np.column_stack(list(judged.components.values())), axis=1)
         before = max(0, keep - (cfg.smoothing_window - 1))
-        combined = np.concatenate([state.combined[before:keep], combined])
+        combined = np.concatenate([state.combined[before:keep], judged.combined])
         return self._finish(judged, combined, keep - before, ts, fresh, gap)
 
     def _forecast(self, state: ScoringState, ts) -> np.ndarray:
@@ -602,8 +613,7 @@ class EnsembleDetector(BaseEstimator):
         judged = self._judged(
             yhat, residual, level, adapted, recent_scale, ratio, iforest_surprise, runs, sustained
         )
-        combined = np.max(np.column_stack(list(judged.components.values())), axis=1)
-        state = ScoringState(y, y_model, residual, adapted, shifted, combined, runs)
+        state = ScoringState(y, y_model, residual, adapted, shifted, judged.combined, runs)
         return judged, state
 
     def _judged(self, yhat, residual, level, adapted, recent_scale, ratio, iforest_surprise,
@@ -633,7 +643,7 @@ class EnsembleDetector(BaseEstimator):
         combined = combined[offset:]
         # The judged arrays cover the returned points (and, from ``score``, the context before).
         cut = len(judged.yhat) - n
-        surprises = np.column_stack([c[cut:] for c in judged.components.values()])
+        surprises = judged.surprises[cut:]
         ts, y, gap = ts[cut:], y[cut:], gap[cut:]
         residual, adapted = judged.residual[cut:], judged.adapted[cut:]
         level, recent_scale = judged.level[cut:], judged.recent_scale[cut:]

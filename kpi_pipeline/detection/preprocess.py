@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 import pandas as pd
@@ -113,6 +114,23 @@ class Grid:
     def slots(self, ts) -> np.ndarray:
         """The slot ``k`` each timestamp snaps to (the nearest grid point)."""
         return ((pd.DatetimeIndex(ts) - self.origin) / self.step).round().to_numpy(dtype=np.int64)
+
+    def slots_ns(self, ns: np.ndarray) -> np.ndarray:
+        """``slots`` of timestamps given as nanoseconds since the epoch, without pandas: the same
+        arithmetic, a float quotient rounded half to even."""
+        return np.round((ns - self.origin.value) / self.step.value).astype(np.int64)
+
+    def stamps(self, first: int, last: int) -> np.ndarray:
+        """The grid points of slots ``first`` to ``last`` as naive UTC ``datetime64``, in the
+        unit of the grids ``regularize`` builds (whose integers its interpolation uses)."""
+        unit, origin, step = self._in_unit
+        slots = np.arange(first, last + 1, dtype=np.int64)
+        return (origin + slots * step).astype(f"datetime64[{unit}]")
+
+    @cached_property
+    def _in_unit(self) -> tuple[str, int, int]:
+        grid = pd.date_range(self.origin, periods=2, freq=self.step)
+        return grid.unit, int(grid.asi8[0]), int(grid.asi8[1] - grid.asi8[0])
 
 
 def clean_series(

@@ -343,7 +343,9 @@ def test_trusted_calls_use_the_observations_the_trusting_call_checked(seeded, mo
     request = points((seeded.ts[-1] + 2 * HOUR, 100.0))  # the slot between is interpolated
     checked = pipeline.score_points(seeded.engine, "sales", request, MAX_POINTS, cache).scores
     trusted = cache.trusted("sales")
-    older = dataclasses.replace(trusted.tail, last_value=trusted.tail.last_value + 500.0)
+    y = trusted.tail.judged.y.copy()
+    y[-1] += 500.0  # the newest observation's value, as an older read had it
+    older = dataclasses.replace(trusted.tail, judged=dataclasses.replace(trusted.tail.judged, y=y))
     trusted.scorer._tail = older  # as a read begun before the last write would leave it
     ns = pd.DatetimeIndex(request["ts"]).as_unit("ns").asi8
 
