@@ -327,19 +327,19 @@ def wait_until_up(port: int, server: subprocess.Popen, timeout: float = 120) -> 
     raise RuntimeError(f"the API did not answer within {timeout:.0f} s")
 
 
-SETTLED_LINES = ("series cache warmed", "series cache: not warmed", "warming stopped")
-
-
 def wait_until_settled(log_path: Path, workers: int, log, timeout: float = 60) -> None:
     """Wait until every worker has warmed its series cache (or given up warming): warming
     loads every KPI's newest scores, seconds of CPU per worker, which would otherwise slow
     down whichever endpoint is measured first (the trivial one, the baseline of the ratios).
     With the series cache configured off nothing is logged: this waits ``timeout`` s."""
-    started = deadline = time.monotonic()
-    deadline += timeout
+    from kpi_pipeline.api import series_cache
+
+    settled_lines = (series_cache.WARMED, series_cache.NOT_WARMED, series_cache.WARMING_STOPPED)
+    started = time.monotonic()
+    deadline = started + timeout
     while time.monotonic() < deadline:
         text = log_path.read_text(errors="replace")
-        done = sum(text.count(line) for line in SETTLED_LINES)
+        done = sum(text.count(line) for line in settled_lines)
         if done >= workers or "series cache off" in text:
             log(f"workers settled (series caches warmed) after {time.monotonic() - started:.1f} s")
             return

@@ -1,6 +1,6 @@
-"""The endpoints. Each one checks its input, calls ``store`` / ``pipeline`` / ``scoring``, and
-shapes the answer; the database and the detector run in worker threads so the event loop only
-ever parses and serialises."""
+"""The endpoints. Each one checks its input, calls ``store`` / ``pipeline``, and shapes the
+answer; the database and the detector run in worker threads so the event loop only parses and
+serialises, and scores points of a KPI the scoring cache trusts (well under a millisecond)."""
 
 from __future__ import annotations
 
@@ -46,6 +46,7 @@ from kpi_pipeline.api.schemas import (
     Severity,
     Timestamp,
     checked_timestamp,
+    epoch_micros,
     plain_text,
 )
 from kpi_pipeline.api.series_cache import CachedSeries
@@ -342,6 +343,7 @@ async def score(api: State, request: ScoreRequest) -> Response:
         # Points after the newest observation of a KPI whose model and observations the cache
         # knows to be current are scored right here, in well under a millisecond of CPU;
         # anything else reads the database, in a worker thread.
+        points = None
         result = api.scorers.score_current(request.kpi, ns, values, stamps, limit)
         if result is None:
             points = pd.DataFrame({"ts": pd.DatetimeIndex(stamps).as_unit("us"), "value": values})
@@ -356,9 +358,9 @@ async def score(api: State, request: ScoreRequest) -> Response:
         raise InvalidInput(str(error), ["body", "points"]) from None
     persisted = None
     if request.persist:
-        observations = pd.DataFrame(
-            {"kpi": request.kpi, "ts": pd.DatetimeIndex(stamps).as_unit("us"), "value": values}
-        )
+        if points is None:
+            points = pd.DataFrame({"ts": pd.DatetimeIndex(stamps).as_unit("us"), "value": values})
+        observations = points.assign(kpi=request.kpi)
         counts = await api.db(store.upsert_observations, api.engine, observations, "api")
         persisted = IngestCounts(
             inserted=counts.inserted, updated=counts.updated, unchanged=counts.unchanged
@@ -371,15 +373,11 @@ async def score(api: State, request: ScoreRequest) -> Response:
     }))
 
 
-_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
-_MICROSECOND = dt.timedelta(microseconds=1)
-
-
 def _points_arrays(request: ScoreRequest) -> tuple[list[dt.datetime], np.ndarray, np.ndarray]:
     """The points in time order: their timestamps (aware), as nanoseconds since the epoch,
     and their values; a repeated timestamp is refused."""
     points = request.points
-    micros = [(point.timestamp - _EPOCH) // _MICROSECOND for point in points]
+    micros = [epoch_micros(point.timestamp) for point in points]
     order = sorted(range(len(points)), key=micros.__getitem__)
     for before, after in zip(order, order[1:]):
         if micros[before] == micros[after]:

@@ -53,6 +53,15 @@ def checked_timestamp(value: dt.datetime) -> dt.datetime:
     return value
 
 
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = dt.timedelta(microseconds=1)
+
+
+def epoch_micros(ts: dt.datetime) -> int:
+    """An aware ``datetime`` as microseconds since the epoch (exact)."""
+    return (ts - _EPOCH) // _MICROSECOND
+
+
 Timestamp = Annotated[
     dt.datetime, BeforeValidator(_iso_8601), AfterValidator(checked_timestamp)
 ]

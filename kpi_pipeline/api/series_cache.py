@@ -38,13 +38,11 @@ from itertools import accumulate
 from typing import Any, Protocol
 
 from kpi_pipeline.api.errors import first_line
-from kpi_pipeline.api.schemas import SCORED_POINT_JSON, TEXT_JSON
+from kpi_pipeline.api.schemas import SCORED_POINT_JSON, TEXT_JSON, epoch_micros
 from kpi_pipeline.store.notifications import HeardWrites, Token
 
 logger = logging.getLogger("kpi_pipeline.api")
 
-_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
-_MICROSECOND = dt.timedelta(microseconds=1)
 ENTRY_OVERHEAD_BYTES = 400
 """Memory of a cached KPI besides its rows' JSON and timestamps (objects, dict slot)."""
 
@@ -52,11 +50,6 @@ Rows = list[dict[str, Any]]
 SeriesRead = Callable[..., tuple[Rows, bool]]
 """``serving.score_series`` on an engine: ``read(kpi, limit=n)`` -> (newest n rows oldest
 first, whether older rows exist)."""
-
-
-def _micros(ts: dt.datetime) -> int:
-    """An aware ``datetime`` as microseconds since the epoch (exact)."""
-    return (ts - _EPOCH) // _MICROSECOND
 
 
 def score_series_json(kpi_json: bytes, points: bytes | memoryview, truncated: bool) -> bytes:
@@ -87,7 +80,7 @@ class CachedSeries:
         parts = [SCORED_POINT_JSON(row) for row in rows]
         return cls(
             kpi_json=TEXT_JSON(kpi),
-            ts=array("q", (_micros(row["ts"]) for row in rows)),
+            ts=array("q", (epoch_micros(row["ts"]) for row in rows)),
             points=b",".join(parts) + b",",
             offsets=array("q", accumulate((len(part) + 1 for part in parts), initial=0)),
             older=older,
@@ -110,9 +103,9 @@ class CachedSeries:
                ) -> bytes | None:
         """The body of the request for the newest ``limit`` rows with ``start <= ts <= end``
         (open if None), or None if these rows do not determine it."""
-        since = None if start is None else _micros(start)
+        since = None if start is None else epoch_micros(start)
         first = 0 if since is None else bisect.bisect_left(self.ts, since)
-        stop = self.size if end is None else bisect.bisect_right(self.ts, _micros(end))
+        stop = self.size if end is None else bisect.bisect_right(self.ts, epoch_micros(end))
         found = stop - first
         if found > limit:  # the newest ``limit`` are here, and older ones of the window too
             first, truncated = stop - limit, True
@@ -203,6 +196,11 @@ RETRY_MAX_S = 30.0
 STOP_TIMEOUT_S = 5.0
 
 
+WARMED, NOT_WARMED, WARMING_STOPPED = (
+    "series cache warmed", "series cache: not warmed", "series cache: warming stopped"
+)
+"""How each warming ends in the log (``benchmarks/bench_api.py`` waits for one per worker)."""
+
 WARM_SHARE = 0.9
 """Share of the cache's bound that warming fills, leaving room for the KPIs requests bring."""
 
@@ -289,7 +287,7 @@ class ScoreWriteWatcher:
         try:
             kpis = list(self._warm_kpis())
         except Exception as error:  # the database path still serves; requests fill the cache
-            logger.warning("series cache: not warmed: %s", first_line(error))
+            logger.warning("%s: %s", NOT_WARMED, first_line(error))
             return
         for kpi in kpis:
             if self._stopping.is_set() or not self._cache.live:
@@ -305,10 +303,10 @@ class ScoreWriteWatcher:
             try:
                 entry = self._cache.load(kpi, self._read)
             except Exception as error:  # the database path still serves the rest
-                logger.warning("series cache: warming stopped after %d KPIs: %s", loaded,
+                logger.warning("%s after %d KPIs: %s", WARMING_STOPPED, loaded,
                                first_line(error))
                 return
             loaded += 1
             largest = max(largest, entry.nbytes if entry is not None else 0)
-        logger.info("series cache warmed: %d KPIs, %.1f MiB in %.1f s", loaded,
+        logger.info("%s: %d KPIs, %.1f MiB in %.1f s", WARMED, loaded,
                     self._cache.nbytes / (1 << 20), time.monotonic() - started)

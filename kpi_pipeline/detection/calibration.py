@@ -63,8 +63,9 @@ class ExceedanceTail:
         self.episode_gap = episode_gap
 
     def __setstate__(self, state: dict) -> None:
-        # Tails pickled before recurrences existed keep judging as they did: no cap.
-        self.__dict__.update(NO_RECURRENCE_CAP)
+        # Tails pickled before recurrences existed keep judging as they did: no cap; those
+        # fitted by the first, row-counting version of the cap (17f9ca5) have no peaks.
+        self.__dict__.update(NO_RECURRENCE_CAP, episode_peaks_=None)
         self.__dict__.update(state)
 
     def fit(self, values: np.ndarray) -> "ExceedanceTail":
@@ -114,9 +115,9 @@ class ExceedanceTail:
         # Past the threshold the fitted tail takes over: the empirical rate there is too coarse
         # (every value beyond the training maximum would get the same -log10(1/(n+1))).
         # ... unless training values came this close often enough: then the observed rate holds.
-        # Tails pickled before recurrences existed have min_recurrences 0 (``__setstate__``);
-        # those fitted by the first, row-counting version of the cap (17f9ca5) have no peaks.
-        peaks = getattr(self, "episode_peaks_", None)
+        # Tails pickled before recurrences existed have min_recurrences 0, those fitted by
+        # the first, row-counting version of the cap no peaks (``__setstate__``).
+        peaks = self.episode_peaks_
         if peaks is not None and self.min_recurrences > 0:
             near = self.threshold_ + self.recurrence_margin * (ordered - self.threshold_)
             seen = len(peaks) - np.searchsorted(peaks, near, side="left")

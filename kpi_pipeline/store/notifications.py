@@ -35,6 +35,9 @@ INPUT_TRIGGERS = tuple(
     for event in ("inserted", "updated", "deleted", "truncated")
 )
 """The triggers (migration 0004) that notify ``INPUTS_CHANNEL``."""
+CHANNEL_TRIGGERS = {INPUTS_CHANNEL: INPUT_TRIGGERS}
+"""Per channel, the triggers that send its notifications: a listener starts only when they
+are all there and enabled (score writes notify from Python: no trigger)."""
 PROBE_CHANNEL = "kpi_scores_probe"
 """Where a listener sends itself a test notification when it connects (see ``_probe``)."""
 PROBE_TIMEOUT_S = 5.0
@@ -186,8 +189,7 @@ class ScoreWriteListener:
             self._selector.register(self._connection.fileno(), selectors.EVENT_READ)
             self._selector.register(self._wake_in, selectors.EVENT_READ)
             self._probe()
-            if self.channel == INPUTS_CHANNEL:
-                _check_input_triggers(self._engine)
+            self._check_senders()
         except BaseException:
             self.__exit__()
             raise
@@ -209,10 +211,9 @@ class ScoreWriteListener:
         """The KPIs written (on ``channel``) and committed since the previous call (``ANY_KPI``: any),
         waiting up to ``timeout`` seconds (None: no limit) for the first one; ``[]`` when
         the wait timed out or was interrupted."""
-        if self._pending:
-            pending, self._pending = self._pending, []
-            return pending + [n.payload for n in self._receive(0) if n.channel == self.channel]
-        return [n.payload for n in self._receive(timeout) if n.channel == self.channel]
+        pending, self._pending = self._pending, []
+        received = self._receive(0 if pending else timeout)
+        return pending + [n.payload for n in received if n.channel == self.channel]
 
     def _receive(self, timeout: float | None) -> list:
         """Every notification received, waiting up to ``timeout`` for the first one."""
@@ -246,6 +247,16 @@ class ScoreWriteListener:
             f"{PROBE_TIMEOUT_S:g} s: notifications are not delivered to it (a connection pooler "
             f"in transaction mode?); series are read from the database"))
 
+    def _check_senders(self) -> None:
+        """Refuse to listen to a channel whose triggers are missing or disabled: nothing would
+        arrive, and a cache trusting this listener would serve stale data."""
+        names = CHANNEL_TRIGGERS.get(self.channel, ())
+        if names and not triggers_enabled(self._engine, names):
+            raise sa.exc.OperationalError("LISTEN", None, ConnectionError(
+                f"the triggers that notify {self.channel} are missing or disabled (migration "
+                "0004: run `kpi-pipeline init`; or ALTER TABLE ... ENABLE ALWAYS TRIGGER for "
+                f"{', '.join(names)})"))
+
     def interrupt(self) -> None:
         """Make the current (or next) ``wait`` return at once; from any thread."""
         try:
@@ -267,20 +278,11 @@ _ENABLED_TRIGGERS = sa.text(
 )
 
 
-def input_triggers_enabled(engine: sa.Engine) -> bool:
-    """Whether every trigger that announces writes of observations and models is there and
-    enabled (a listener on ``INPUTS_CHANNEL`` hears nothing otherwise)."""
-    with engine.connect() as connection, driver_errors(engine):
-        found = connection.execute(_ENABLED_TRIGGERS, {"names": list(INPUT_TRIGGERS)}).scalar()
-    return found == len(INPUT_TRIGGERS)
-
-
-def _check_input_triggers(engine: sa.Engine) -> None:
-    if not input_triggers_enabled(engine):
-        raise sa.exc.OperationalError("LISTEN", None, ConnectionError(
-            "the triggers that announce writes of observations and models are missing or "
-            "disabled (migration 0004: run `kpi-pipeline init`; or ALTER TABLE ... ENABLE "
-            f"ALWAYS TRIGGER for {', '.join(INPUT_TRIGGERS)})"))
+def triggers_enabled(engine: sa.Engine, names: tuple[str, ...]) -> bool:
+    """Whether every trigger named is there and enabled."""
+    with engine.connect() as connection:
+        found = connection.execute(_ENABLED_TRIGGERS, {"names": list(names)}).scalar()
+    return found == len(names)
 
 
 def _send_probe(engine: sa.Engine, token: str) -> None:

@@ -259,7 +259,7 @@ def test_a_listener_on_inputs_refuses_to_start_while_a_trigger_is_missing_or_dis
     migrated_pg_engine,
 ):
     engine = migrated_pg_engine
-    assert notifications.input_triggers_enabled(engine)
+    assert notifications.triggers_enabled(engine, notifications.INPUT_TRIGGERS)
     with engine.connect() as connection:  # fire in replica sessions too (replication, restores)
         states = connection.execute(sa.text(
             "SELECT DISTINCT tgenabled FROM pg_trigger WHERE tgname LIKE '%_notify'")).scalars()
@@ -268,7 +268,7 @@ def test_a_listener_on_inputs_refuses_to_start_while_a_trigger_is_missing_or_dis
         connection.execute(sa.text(
             "ALTER TABLE kpi_models DISABLE TRIGGER kpi_models_inserted_notify"))
 
-    assert not notifications.input_triggers_enabled(engine)
+    assert not notifications.triggers_enabled(engine, notifications.INPUT_TRIGGERS)
     with pytest.raises(sa.exc.OperationalError, match="missing or disabled"):
         with ScoreWriteListener(engine, notifications.INPUTS_CHANNEL, "test-inputs"):
             pass
