@@ -771,9 +771,9 @@ class _KpiScorer:
         value, _, gap = fill_slots(
             occupied, np.concatenate([[newest], values]), stamps.view(np.int64)
         )
-        scored = self.detector.score_after(tail.judged, stamps[1:], value[1:], gap[1:])
-        chosen = slots - tail.last_slot - 1
-        return {name: scored[name][chosen] for name in SCORE_COLUMNS[2:]}
+        scored = self.detector.score_after(tail.judged, stamps[1:], value[1:], gap[1:],
+                                           report=slots - tail.last_slot - 1)
+        return {name: scored[name] for name in SCORE_COLUMNS[2:]}
 
     def _stored_tail(self, engine: sa.Engine) -> _StoredTail:
         """The cached tail if no observation from its ``since`` on was added or changed since

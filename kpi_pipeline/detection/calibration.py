@@ -9,6 +9,8 @@ is exactly the default decision threshold.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 from scipy import stats
 
@@ -21,6 +23,10 @@ def surprise_from_score(score: np.ndarray | float, threshold: float) -> np.ndarr
     s = np.clip(np.asarray(score, dtype=float), 0.0, 1.0 - 1e-12)
     return threshold * s / (1.0 - s)
 
+
+SCALAR_MAX_VALUES = 4
+"""Up to this many values, ``ExceedanceTail.surprise`` judges them one by one (``surprise_one``):
+cheaper than numpy's cost per call (real-time scoring judges a point or a few at a time)."""
 
 NO_RECURRENCE_CAP = {"min_recurrences": 0, "recurrence_margin": 1.0, "episode_gap": 0}
 """The recurrence settings of a tail (or forest) pickled before the cap existed: off."""
@@ -103,6 +109,8 @@ class ExceedanceTail:
     def surprise(self, values: np.ndarray) -> np.ndarray:
         """-log10 P(normal value >= v); NaN where the input is NaN."""
         v = np.asarray(values, dtype=float)
+        if v.ndim == 1 and len(v) <= SCALAR_MAX_VALUES:
+            return np.array([self.surprise_one(value) for value in v.tolist()], dtype=float)
         n = len(self.sorted_)
         # NaN sorts below everything (np.nan_to_num is the identity on finite values).
         ordered = v if np.isfinite(v).all() else np.nan_to_num(v, nan=-np.inf)
@@ -125,6 +133,26 @@ class ExceedanceTail:
             tail = np.where(seen >= self.min_recurrences, np.fmin(tail, seen_rate), tail)
         out = np.where(above, tail, empirical)
         return np.where(np.isnan(v), np.nan, np.maximum(out, 0.0))
+
+    def surprise_one(self, value: float) -> float:
+        """``surprise`` of one value, in scalar arithmetic (without numpy's cost per call, which
+        dwarfs the arithmetic of a value or a few): the same numbers (tested)."""
+        if value != value:
+            return math.nan
+        n = len(self.sorted_)
+        exceed = n - int(np.searchsorted(self.sorted_, value, side="left"))
+        empirical = float(-np.log10((exceed + 1.0) / (n + 1.0)))
+        if not value > self.threshold_:
+            return empirical if empirical >= 0.0 else 0.0
+        tail = float(-self._log10_tail(max(value - self.threshold_, 0.0)))
+        peaks = self.episode_peaks_
+        if peaks is not None and self.min_recurrences > 0:
+            near = self.threshold_ + self.recurrence_margin * (value - self.threshold_)
+            seen = len(peaks) - int(np.searchsorted(peaks, near, side="left"))
+            if seen >= self.min_recurrences:
+                seen_rate = float(-np.log10((seen + 1.0) / (n + 1.0)))
+                tail = seen_rate if tail != tail or seen_rate < tail else tail  # np.fmin
+        return tail if tail != tail or tail >= 0.0 else 0.0
 
     def quantile(self, probability: float) -> float:
         """The value that normal points exceed with probability ``1 - probability``."""

@@ -30,6 +30,7 @@ How a point is judged (higher score = more anomalous, in [0, 1]; 0.5 = the decis
 
 from __future__ import annotations
 
+import bisect
 import copy
 import math
 import pickle
@@ -180,41 +181,88 @@ def _nan_to_zero(values) -> np.ndarray:
     return values if np.isfinite(values).all() else np.nan_to_num(values, nan=0.0)
 
 
-def _median(part: np.ndarray) -> float:
-    """``np.median`` of a few values without its fixed cost: the middle value, or the mean of
-    the two middle values, with numpy's arithmetic ((a + b) / 2)."""
-    if len(part) > 32:
-        return float(np.median(part))
-    ordered = sorted(part.tolist())
-    middle = len(ordered) // 2
-    return ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
+def _fmin(a: float, b: float) -> float:
+    """``np.fmin`` of two floats: the smaller, ignoring a NaN."""
+    if a != a:
+        return b
+    return a if b != b or a <= b else b
 
 
-def _window_medians(values: np.ndarray, ends: np.ndarray, window: int, min_periods: int = 1
-                    ) -> np.ndarray:
-    """Per end ``e``, the median of the non-missing values among ``values[e - window:e]`` (NaN if
-    fewer than ``min_periods``): pandas' ``rolling(window, min_periods).median()`` at ``e - 1``,
-    evaluated at a few points only (``score_after``)."""
-    out = np.full(len(ends), np.nan)
-    for j, end in enumerate(ends.tolist()):
-        part = values[max(0, end - window):max(0, end)]
-        part = part[~np.isnan(part)]
-        if len(part) >= max(min_periods, 1):
-            out[j] = _median(part)
-    return out
+def _at_least(a: float, floor: float) -> float:
+    """``np.maximum(a, floor)`` of two floats: NaN stays NaN (and -0.0 stays -0.0)."""
+    return a if a != a or a >= floor else floor
 
 
-def _window_stds(values: np.ndarray, ends: np.ndarray, window: int, min_periods: int) -> np.ndarray:
-    """As ``_window_medians``, the sample standard deviation (pandas' rolling ``std()``, up to
-    the last bits, which pandas' running sums decide)."""
-    out = np.full(len(ends), np.nan)
-    for j, end in enumerate(ends.tolist()):
-        part = [v for v in values[max(0, end - window):max(0, end)].tolist() if v == v]
-        if len(part) >= max(min_periods, 2):
-            mean = sum(part) / len(part)
-            # d * d, not d ** 2: a huge deviation squares to inf, as in numpy, not an error.
-            out[j] = math.sqrt(sum((v - mean) * (v - mean) for v in part) / (len(part) - 1))
-    return out
+def _sample_std(values: list[float]) -> float:
+    """The sample standard deviation of a few values, NaN ones ignored (NaN if fewer than two):
+    pandas' rolling ``std()`` of a window, up to the last bits, which pandas' running sums
+    decide."""
+    part = [v for v in values if v == v]
+    if len(part) < 2:
+        return math.nan
+    mean = sum(part) / len(part)
+    # d * d, not d ** 2: a huge deviation squares to inf, as in numpy, not an error.
+    return math.sqrt(sum((v - mean) * (v - mean) for v in part) / (len(part) - 1))
+
+
+class _Sequence:
+    """One of a ``ScoringState``'s series, its first ``keep`` values followed by the values of
+    new points, appended one at a time as ``score_after`` judges them."""
+
+    __slots__ = ("kept", "keep", "new")
+
+    def __init__(self, kept: list[float], keep: int) -> None:
+        self.kept, self.keep, self.new = kept, keep, []
+
+    def __getitem__(self, i: int) -> float:
+        return self.kept[i] if i < self.keep else self.new[i - self.keep]
+
+    def append(self, value: float) -> None:
+        self.new.append(value)
+
+    def window(self, start: int, end: int) -> list[float]:
+        return [self[i] for i in range(max(0, start), end)]
+
+
+class _RollingMedian:
+    """The median of the non-missing values among the ``window`` values of a ``_Sequence``
+    before ``end``, for ends that only move on: pandas' ``rolling(window, min_periods).median()``
+    (at ``end - 1``), one point at a time. The window's values are kept sorted, each step
+    removing the value that leaves and inserting the one that enters; the sorted window at the
+    first end is memoised on the state (``seed``), since every request starts there."""
+
+    __slots__ = ("seq", "window", "min_periods", "end", "ordered", "owned")
+
+    def __init__(self, seq: _Sequence, window: int, min_periods: int, end: int, memo: dict,
+                 name: str) -> None:
+        end = min(end, seq.keep)
+        key = ("sorted", name, window, end)
+        ordered = memo.get(key)
+        if ordered is None:
+            ordered = memo[key] = sorted(v for v in seq.window(end - window, end) if v == v)
+        self.seq, self.window, self.min_periods = seq, window, max(min_periods, 1)
+        self.end, self.ordered, self.owned = end, ordered, False
+
+    def at(self, end: int) -> float:
+        """The median of the window before ``end`` (no earlier than the last one asked)."""
+        if self.end < end and not self.owned:
+            self.ordered, self.owned = list(self.ordered), True  # the seed stays as it is
+        ordered, seq, window = self.ordered, self.seq, self.window
+        while self.end < end:
+            if self.end >= window:
+                leaving = seq[self.end - window]
+                if leaving == leaving:
+                    del ordered[bisect.bisect_left(ordered, leaving)]
+            entering = seq[self.end] if self.end >= 0 else math.nan  # before the first: none
+            if entering == entering:
+                bisect.insort(ordered, entering)
+            self.end += 1
+        n = len(ordered)
+        if n < self.min_periods:
+            return math.nan
+        middle = n // 2
+        # np.median's arithmetic: the middle value, or the mean of the two middle values.
+        return ordered[middle] if n % 2 else (ordered[middle - 1] + ordered[middle]) / 2
 
 
 @dataclass(frozen=True)
@@ -487,17 +535,24 @@ class EnsembleDetector(BaseEstimator):
 
     def score_after(
         self, state: ScoringState, ts, values, gap: np.ndarray | None = None,
-        keep: int | None = None,
+        keep: int | None = None, report: np.ndarray | None = None,
     ) -> dict[str, np.ndarray]:
         """Score the points that follow the first ``keep`` points of ``state`` (default: all of
         them; all of them with a smoothing window), as ``score`` would with those points as
-        context, without judging them again.
+        context, without judging them again. ``report``: the positions of the points whose
+        scores are wanted (default: all), in order; the others (short gaps filled between
+        points, say) still feed the windows of later points, but skip the forest and the
+        finishing unless a smoothing window reads their surprise.
 
-        The rolling windows are evaluated at the new points only, so the cost does not grow with
-        the context. Returns the ``SCORE_COLUMNS`` as arrays. The numbers equal ``score``'s up to
-        the last bits of the rolling mean and standard deviation, which pandas accumulates along
-        the whole window. ``ts``: aware timestamps, or naive UTC ``datetime64``; the ``ts``
-        column gives them back as they came.
+        Real-time scoring judges a point or a few at a time, where numpy's cost per call
+        outweighs its arithmetic, so the points are judged one by one in plain float
+        arithmetic: ``score``'s steps (``_deviation``, ``_sustained_shift``, ``_judged``,
+        ``_finish``) point by point, the rolling windows kept sorted as they move on (numpy
+        does the logarithms, so their last bits match too). The forest judges all the points in
+        one call. The numbers equal ``score``'s up to the last bits of the rolling mean and
+        standard deviation, which pandas accumulates along the whole window (tested). Returns
+        the ``SCORE_COLUMNS`` as arrays; ``ts``: aware timestamps, or naive UTC ``datetime64``;
+        the ``ts`` column gives them back as they came.
         """
         cfg = self._config
         keep = len(state) if keep is None else keep
@@ -506,70 +561,176 @@ class EnsembleDetector(BaseEstimator):
             raise ValueError("with a smoothing window, score_after keeps every point of the state")
         fresh = np.asarray(values, dtype=float)
         gap = np.zeros(len(fresh), dtype=bool) if gap is None else np.asarray(gap, dtype=bool)
-        at = np.arange(keep, keep + len(fresh))
+        memo = state.memo
+        yhat = self._forecast(state, ts).tolist()
+        fresh_model = self._to_model(fresh).tolist()
+        sustained = hasattr(self, "sustained_tail_")
 
-        def medians(name, values, ends, window, min_periods=1):
-            # Windows ending within the kept points read the state's values only: memoised.
-            out = _window_medians(values, ends[ends > keep], window, min_periods)
-            if len(out) == len(ends):
-                return out
-            fixed = []
-            for end in ends[ends <= keep].tolist():
-                key = (name, window, min_periods, end)
-                found = state.memo.get(key)
-                if found is None:
-                    found = state.memo[key] = _window_medians(
-                        values, np.array([end]), window, min_periods
-                    )[0]
-                fixed.append(found)
-            return np.concatenate([fixed, out])  # ends increase: the kept ones come first
+        def sequence(name: str) -> _Sequence:  # "residual", "adapted", "|adapted|", ...
+            kept = memo.get(("list", name))
+            if kept is None:
+                series = getattr(state, name.strip("|"))
+                kept = memo["list", name] = (np.abs(series) if "|" in name else series).tolist()
+            return _Sequence(kept, keep)
 
-        def scale(name, values, training_scale=None):  # as _recent_scale, at the new points
-            window = cfg.scale_window
-            recent = medians(name, np.abs(values), at, window, min(window, MIN_SCALE_POINTS))
-            return self._bounded_scale(ROBUST_SCALE * recent, training_scale)
-
-        fresh_model = self._to_model(fresh)
-        yhat = self._forecast(state, ts)
-        residual = np.concatenate([state.residual[:keep], fresh_model - yhat])
-        new_residual = residual[keep:]
-        level = _nan_to_zero(medians("residual", residual, at, cfg.level_window))
-        new_adapted = new_residual - level
-        adapted = np.concatenate([state.adapted[:keep], new_adapted])
-        recent_scale = scale("|adapted|", adapted)
-        ratio = np.fmin(np.abs(new_residual), np.abs(new_adapted)) / recent_scale
-
-        before_fresh = state.y_model[keep - 1] if keep else np.nan
-        features = self._features(
-            new_adapted,
-            np.diff(fresh_model, prepend=before_fresh),
-            _window_stds(adapted, at + 1, cfg.volatility_window, 2),
-        )
-        runs = (
-            _stuck_run_lengths(fresh, state.y[keep - 1], state.runs[keep - 1]) if keep
-            else _stuck_run_lengths(fresh)
-        )
-
-        sustained = None
-        if hasattr(self, "sustained_tail_"):
+        residuals, adapted = sequence("residual"), sequence("adapted")
+        abs_adapted = sequence("|adapted|")
+        window, scale_min = cfg.scale_window, min(cfg.scale_window, MIN_SCALE_POINTS)
+        level_at = _RollingMedian(residuals, cfg.level_window, 1, keep, memo, "residual")
+        scale_at = _RollingMedian(abs_adapted, window, scale_min, keep, memo, "|adapted|")
+        if sustained:
             k = cfg.sustained_window
-            recent = medians("residual", residual, at + 1, k, k // 2 + 1)
-            base = _nan_to_zero(
-                medians("residual", residual, at - k + 1, cfg.sustained_level_window)
-            )
-            shifted = recent - base
-            judged_shift, reference = self._sustained_terms(new_residual, recent, base, shifted)
-            shifted_scale = scale(
-                "|shifted|", np.concatenate([state.shifted[:keep], shifted]), self.sustained_scale_
-            )
-            sustained = (judged_shift / shifted_scale, reference)
-        judged = self._judged(
-            yhat, new_residual, level, new_adapted, recent_scale, ratio,
-            self.iforest_.surprise(features), runs, sustained,
+            abs_shifted = sequence("|shifted|")
+            recent_at = _RollingMedian(residuals, k, k // 2 + 1, keep + 1, memo, "residual")
+            base_at = _RollingMedian(residuals, cfg.sustained_level_window, 1, keep - k + 1,
+                                     memo, "residual")
+            shift_scale_at = _RollingMedian(abs_shifted, window, scale_min, keep, memo,
+                                            "|shifted|")
+
+        def bounded(median: float, training_scale: float) -> float:  # as _bounded_scale
+            recent = ROBUST_SCALE * median
+            recent = recent if math.isfinite(recent) else training_scale
+            return max(recent, max(0.1 * training_scale, self.scale_floor_))
+
+        residual_scale = self.residual_scale_
+        step_scale = max(getattr(self, "step_scale_", residual_scale), 1e-12)
+        previous = float(state.y_model[keep - 1]) if keep else math.nan
+        last_y = float(state.y[keep - 1]) if keep else math.nan
+        run = float(state.runs[keep - 1]) if keep else 0.0
+        judged, features = [], []
+        for j, (value, model_value, expected) in enumerate(
+            zip(fresh.tolist(), fresh_model, yhat)
+        ):
+            i = keep + j
+            residual = model_value - expected
+            level = level_at.at(i)
+            level = 0.0 if level != level else level
+            deviation = residual - level  # the adapted residual
+            residuals.append(residual)
+            recent_scale = bounded(scale_at.at(i), residual_scale)
+            adapted.append(deviation)
+            abs_adapted.append(abs(deviation))
+            ratio = _fmin(abs(residual), abs(deviation)) / recent_scale
+            volatility = _sample_std(adapted.window(i + 1 - cfg.volatility_window, i + 1))
+            features.append([
+                deviation / residual_scale,
+                (model_value - previous) / step_scale,
+                float(np.log(_at_least(volatility / residual_scale, 1e-3))),
+            ])
+            previous = model_value
+            run = run + 1 if value == last_y else 0.0
+            last_y = value
+            point = [expected, residual, level, deviation, recent_scale, ratio, run]
+            if sustained:  # as _sustained_shift and _sustained_terms
+                recent = recent_at.at(i + 1)
+                base = base_at.at(i + 1 - k)
+                base = 0.0 if base != base else base
+                shifted = recent - base
+                sign = recent if recent != recent else (recent > 0) - (recent < 0)
+                current = _at_least(residual * sign, 0.0)
+                judged_shift = _fmin(_fmin(abs(recent), abs(shifted)), current)
+                reference = base if abs(shifted) < abs(recent) else 0.0
+                shift_scale = bounded(shift_scale_at.at(i), self.sustained_scale_)
+                abs_shifted.append(abs(shifted))
+                point += [judged_shift / shift_scale, reference]
+            judged.append(point)
+        wanted = np.arange(len(fresh)) if report is None else np.asarray(report, dtype=np.intp)
+        judged_points = wanted if cfg.smoothing_window == 1 else np.arange(len(fresh))
+        forest = np.zeros(len(fresh))
+        forest[judged_points] = self.iforest_.surprise(
+            np.array(features, dtype=float).reshape(-1, 3)[judged_points]
         )
-        before = max(0, keep - (cfg.smoothing_window - 1))
-        combined = np.concatenate([state.combined[before:keep], judged.combined])
-        return self._finish(judged, combined, keep - before, ts, fresh, gap)
+        columns = self._finish_points(state, keep, fresh, gap, judged, forest.tolist(),
+                                      judged_points.tolist(), wanted.tolist())
+        columns.update(ts=ts if report is None else ts[wanted], value=fresh[wanted])
+        return columns
+
+    def _finish_points(self, state: ScoringState, keep: int, fresh: np.ndarray,
+                       gap: np.ndarray, judged: list[list[float]], forest: list[float],
+                       judged_points: list[int], wanted: list[int]) -> dict[str, np.ndarray]:
+        """``_judged`` and ``_finish`` for ``score_after``, point by point: the score columns
+        but ``ts`` and ``value`` of the ``wanted`` points among points judged as ``[yhat,
+        residual, level, adapted, recent scale, ratio, stuck run]`` (then, with the sustained
+        component, its ratio and reference); ``forest``: their forest surprises, known for the
+        ``judged_points`` (every point whose combined surprise is read)."""
+        cfg = self._config
+        threshold = cfg.threshold
+        band = state.memo.get("band")
+        if band is None:
+            band = state.memo["band"] = self.deviation_tail_.quantile(cfg.band_coverage)
+        per_repeat = float(-np.log10(self.repeat_rate_))
+        needed = math.ceil(threshold / per_repeat) if per_repeat > 0 else math.inf
+        names = ["prophet", "iforest", "flatline"]
+        if hasattr(self, "sustained_tail_"):
+            names.append("sustained")
+        smoothing = cfg.smoothing_window
+        combined_all = state.combined[max(0, keep - (smoothing - 1)):keep].tolist()
+
+        def score_of(surprise: float) -> float:  # score_from_surprise
+            surprise = _at_least(surprise, 0.0)
+            return surprise / (surprise + threshold)
+
+        def nan_to_zero(value: float) -> float:
+            return 0.0 if value != value else value
+
+        columns = {name: [] for name in SCORE_COLUMNS[2:]}
+        reported = set(wanted)
+        values, gaps = fresh.tolist(), gap.tolist()
+        for j in judged_points:
+            point, surprise_forest, value, in_gap = judged[j], forest[j], values[j], gaps[j]
+            yhat, residual, level, adapted, recent_scale, ratio, run = point[:7]
+            beyond = run - self.longest_run_  # as _stuck_evidence
+            stuck = 0.0 if beyond > needed + cfg.level_window else max(beyond, 0) * per_repeat
+            surprises = [nan_to_zero(self.deviation_tail_.surprise_one(ratio)),
+                         surprise_forest, stuck]
+            if len(names) == 4:
+                surprises.append(nan_to_zero(self.sustained_tail_.surprise_one(point[7])))
+            strongest = max(surprises)
+            combined_all.append(strongest)
+            combined = strongest
+            if smoothing > 1:  # the rolling mean, with min_periods=1
+                recent = combined_all[-smoothing:]
+                combined = sum(recent) / len(recent)
+            if j not in reported:
+                continue
+            flagged = ",".join(
+                name for name, surprise in zip(names, surprises) if surprise >= threshold
+            ) or None
+            if in_gap:
+                score, is_anomaly, flagged = cfg.gap_score, True, "gap"
+            else:
+                score = score_of(combined)
+                is_anomaly = combined >= threshold and math.isfinite(value)
+            if is_anomaly and flagged is None:
+                flagged = "ensemble"
+            if abs(adapted) > abs(residual):
+                level = 0.0
+            if len(names) == 4 and is_anomaly and surprises.index(strongest) == 3:
+                level = point[8]
+            expected = yhat + level
+            half_width = band * recent_scale
+            rank = bisect.bisect_right(cfg.severity_scores, score) - 1
+            columns["expected"].append(expected)
+            columns["lower"].append(expected - half_width)
+            columns["upper"].append(expected + half_width)
+            columns["prophet_score"].append(score_of(surprises[0]))
+            columns["iforest_score"].append(score_of(surprise_forest))
+            columns["score"].append(score)
+            columns["is_anomaly"].append(is_anomaly)
+            columns["severity"].append(
+                SEVERITY_ORDER[min(rank, len(SEVERITY_ORDER) - 1)]
+                if is_anomaly and rank >= 0 else None
+            )
+            columns["flagged_by"].append(flagged if is_anomaly else None)
+        out = {}
+        for name in ("expected", "lower", "upper"):
+            out[name] = self._from_model(np.array(columns[name], dtype=float))
+        for name in ("prophet_score", "iforest_score", "score"):
+            out[name] = np.array(columns[name], dtype=float)
+        out["is_anomaly"] = np.array(columns["is_anomaly"], dtype=bool)
+        for name in ("severity", "flagged_by"):
+            out[name] = np.array(columns[name], dtype=object)
+        return out
 
     def _forecast(self, state: ScoringState, ts) -> np.ndarray:
         """Prophet's ``yhat`` at ``ts`` (aware, or naive UTC ``datetime64``), each timestamp

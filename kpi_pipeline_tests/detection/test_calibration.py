@@ -213,3 +213,22 @@ def test_tails_fitted_by_the_row_counting_cap_score_uncapped():
     smooth = ExceedanceTail(min_recurrences=0).fit(values)
     grid = np.linspace(0, 500, 501)
     np.testing.assert_array_equal(row_counting.surprise(grid), smooth.surprise(grid))
+
+
+@pytest.mark.parametrize("min_recurrences", [0, 3])
+def test_one_value_at_a_time_gives_the_surprise_of_many(min_recurrences):
+    """``surprise_one`` (and ``surprise`` of a few values, which uses it) equals the array
+    path bit for bit: in the body, at the threshold, in the fitted tail, capped by recurrences,
+    below every training value, and for NaN and infinities."""
+    for values in (training_values("light"), training_values("heavy"), recurring_spikes(40)):
+        fitted = ExceedanceTail(min_recurrences=min_recurrences).fit(values)
+        probes = np.concatenate([
+            values[:300], np.linspace(-1.0, 3 * values.max(), 700), fitted.sorted_[-50:],
+            [fitted.threshold_, np.nan, np.inf, -np.inf, 0.0],
+        ])
+        many = fitted.surprise(probes)
+        one = np.array([fitted.surprise_one(float(value)) for value in probes])
+        np.testing.assert_array_equal(one, many)
+        few = np.concatenate([fitted.surprise(probes[i : i + 3]) for i in range(0, len(probes), 3)])
+        np.testing.assert_array_equal(few, many)
+        assert (many[np.isfinite(probes)] >= 0).all()

@@ -134,3 +134,29 @@ def test_a_forest_whose_trees_see_a_subset_of_the_features_walks_alike():
     X = rng.standard_normal((9, 4)) * 2
 
     np.testing.assert_array_equal(_FlatForest.of(forest).raw(X), -forest.score_samples(X))
+
+
+@pytest.mark.parametrize("max_features", [1.0, 2])
+def test_one_row_at_a_time_walks_as_sklearn_even_on_a_threshold(max_features):
+    """The single-row walk compares float32 values with float32 floors of the thresholds:
+    values at a threshold, a float32 step either side of it and far out go where sklearn's do."""
+    from sklearn.ensemble import IsolationForest
+
+    from kpi_pipeline.detection.iforest import _FlatForest
+
+    rng = np.random.default_rng(6)
+    forest = IsolationForest(n_estimators=40, max_features=max_features, random_state=0).fit(
+        rng.standard_normal((300, 4)))
+    thresholds = np.concatenate([tree.tree_.threshold[tree.tree_.feature >= 0]
+                                 for tree in forest.estimators_]).astype(np.float32)
+    near = np.concatenate([thresholds, np.nextafter(thresholds, np.float32(np.inf)),
+                           np.nextafter(thresholds, np.float32(-np.inf))])
+    rows = rng.standard_normal((300, 4)) * 2
+    on = rng.random(rows.shape) < 0.7  # most values on or next to a threshold
+    rows[on] = rng.choice(near, on.sum())
+    rows[:5] = [[np.inf, 0, 0, 0], [-np.inf, 0, 0, 0], [1e30, -1e30, 0, 0], [0, 0, 0, 0],
+                [3e38, 3e38, -3e38, 1]]
+    flat = _FlatForest.of(forest)
+    single = np.concatenate([flat.raw(row[None, :]) for row in rows])
+    np.testing.assert_array_equal(single, -forest.score_samples(rows))
+    np.testing.assert_array_equal(single, flat.raw(rows))

@@ -144,7 +144,55 @@ def test_with_smoothing_every_point_of_the_state_is_kept(case):
 
 
 def test_a_huge_deviation_gives_an_infinite_spread_not_an_error():
-    from kpi_pipeline.detection.ensemble import _window_stds
+    from kpi_pipeline.detection.ensemble import _sample_std
 
-    values = np.array([1.0, 2.0, 1e200, 3.0])
-    assert np.isinf(_window_stds(values, np.array([4]), 7, 2)[0])
+    assert np.isinf(_sample_std([1.0, 2.0, 1e200, 3.0]))
+    assert np.isnan(_sample_std([1.0, np.nan])) and _sample_std([1.0, np.nan, 3.0]) == np.std(
+        [1.0, 3.0], ddof=1)
+
+
+def test_many_points_after_a_state_slide_every_window_past_it(case):
+    """Sixty points: every window (the sustained baseline's too) ends up over new points only,
+    incidents included."""
+    detector, ts, y, gap = case
+    context, split = detector.context_points, TRAIN + 2
+    state = detector.prepare(ts[split - context : split], y[split - context : split])
+    at = slice(split, split + 60)
+    got = detector.score_after(state, ts[at], y[at], gap[at])
+    assert_same(got, reference(detector, ts, y, gap, split, split + 60))
+
+
+@pytest.mark.parametrize("window, min_periods", [(1, 1), (4, 1), (8, 3), (48, 1), (1000, 24)])
+def test_rolling_medians_match_pandas(window, min_periods):
+    from kpi_pipeline.detection.ensemble import _RollingMedian, _Sequence
+
+    rng = np.random.default_rng(window)
+    values = rng.normal(size=300).round(1)  # ties, too
+    values[rng.choice(300, 40, replace=False)] = np.nan
+    expected = pd.Series(values).rolling(window, min_periods=min_periods).median().to_numpy()
+    for keep in (0, 5, 150):
+        for first_end in (keep - 20, keep, keep + 1):
+            sequence = _Sequence(values[:keep].tolist(), keep)
+            for value in values[keep:].tolist():
+                sequence.append(value)
+            medians = _RollingMedian(sequence, window, min_periods, first_end, {}, "x")
+            for end in range(max(first_end, 1), 300, 7):
+                np.testing.assert_equal(medians.at(end), expected[end - 1], err_msg=str(end))
+
+
+@pytest.mark.parametrize("smoothing", [1, 3])
+def test_reported_points_score_as_when_every_point_is_reported(case, smoothing):
+    detector, ts, y, gap = case
+    if smoothing > 1:
+        smoothed = EnsembleDetector(dataclasses.replace(detector.config, smoothing_window=3))
+        smoothed.__dict__.update({k: v for k, v in detector.__dict__.items() if k.endswith("_")})
+        detector = smoothed
+    context = detector.context_points
+    for split in (TRAIN + 2, TRAIN + 28, TRAIN + 47):
+        state = detector.prepare(ts[split - context : split], y[split - context : split])
+        at = slice(split, split + 9)
+        every = detector.score_after(state, ts[at], y[at], gap[at])
+        report = np.array([1, 4, 5, 8])
+        some = detector.score_after(state, ts[at], y[at], gap[at], report=report)
+        assert_same(some, pd.DataFrame({name: np.asarray(column)[report]
+                                        for name, column in every.items()}))
