@@ -39,7 +39,7 @@ from kpi_pipeline.detection.preprocess import (
     Grid,
     clean_observations,
     clean_series,
-    fill_slots,
+    fill_between,
 )
 from kpi_pipeline.detection.walkforward import (
     initial_training_points,
@@ -757,22 +757,25 @@ class _KpiScorer:
         if tail.judged is None:
             return None
         slots = tail.grid.slots_ns(ns)
+        first, last = int(slots[0]), int(slots[-1])
         # A point on a later slot is later than the newest observation (slots never decrease).
         if (
-            not np.isfinite(values).all()
-            or slots[0] <= tail.last_slot
-            or slots[-1] - tail.last_slot > INCREMENTAL_MAX_SLOTS
-            or not (np.diff(slots) > 0).all()
+            first <= tail.last_slot
+            or last - tail.last_slot > INCREMENTAL_MAX_SLOTS
+            or not np.isfinite(values).all()
+            or (len(slots) > 1 and not (slots[1:] > slots[:-1]).all())
         ):
             return None
-        occupied = np.concatenate([[tail.last_slot], slots])
-        stamps = tail.grid.stamps(tail.last_slot, slots[-1])
-        newest = tail.judged.y[-1]
-        value, _, gap = fill_slots(
-            occupied, np.concatenate([[newest], values]), stamps.view(np.int64)
-        )
-        scored = self.detector.score_after(tail.judged, stamps[1:], value[1:], gap[1:],
-                                           report=slots - tail.last_slot - 1)
+        stamps = tail.grid.stamps(tail.last_slot, last)  # from the newest observation's slot
+        if len(slots) == last - tail.last_slot:  # every slot after it taken: nothing to fill
+            scored = self.detector.score_after(tail.judged, stamps[1:], values)
+        else:  # gaps between them, cleaned as the general path would (from the newest value)
+            value, gap = fill_between(
+                [tail.last_slot, *slots.tolist()], [float(tail.judged.y[-1]), *values.tolist()],
+                stamps.view(np.int64).tolist(),
+            )
+            scored = self.detector.score_after(tail.judged, stamps[1:], value[1:], gap[1:],
+                                               report=slots - tail.last_slot - 1)
         return {name: scored[name] for name in SCORE_COLUMNS[2:]}
 
     def _stored_tail(self, engine: sa.Engine) -> _StoredTail:

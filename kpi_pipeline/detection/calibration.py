@@ -140,7 +140,7 @@ class ExceedanceTail:
         if value != value:
             return math.nan
         n = len(self.sorted_)
-        exceed = n - int(np.searchsorted(self.sorted_, value, side="left"))
+        exceed = n - int(self.sorted_.searchsorted(value, side="left"))
         empirical = float(-np.log10((exceed + 1.0) / (n + 1.0)))
         if not value > self.threshold_:
             return empirical if empirical >= 0.0 else 0.0
@@ -148,7 +148,7 @@ class ExceedanceTail:
         peaks = self.episode_peaks_
         if peaks is not None and self.min_recurrences > 0:
             near = self.threshold_ + self.recurrence_margin * (value - self.threshold_)
-            seen = len(peaks) - int(np.searchsorted(peaks, near, side="left"))
+            seen = len(peaks) - int(peaks.searchsorted(near, side="left"))
             if seen >= self.min_recurrences:
                 seen_rate = float(-np.log10((seen + 1.0) / (n + 1.0)))
                 tail = seen_rate if tail != tail or seen_rate < tail else tail  # np.fmin

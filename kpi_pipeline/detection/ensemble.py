@@ -563,7 +563,11 @@ class EnsembleDetector(BaseEstimator):
         gap = np.zeros(len(fresh), dtype=bool) if gap is None else np.asarray(gap, dtype=bool)
         memo = state.memo
         yhat = self._forecast(state, ts).tolist()
-        fresh_model = self._to_model(fresh).tolist()
+        if self.log_space_:  # _to_model, value by value
+            floor = self.log_floor_
+            fresh_model = [float(np.log(_at_least(v, floor))) for v in fresh.tolist()]
+        else:
+            fresh_model = fresh.tolist()
         sustained = hasattr(self, "sustained_tail_")
 
         def sequence(name: str) -> _Sequence:  # "residual", "adapted", "|adapted|", ...
@@ -634,32 +638,34 @@ class EnsembleDetector(BaseEstimator):
                 abs_shifted.append(abs(shifted))
                 point += [judged_shift / shift_scale, reference]
             judged.append(point)
-        wanted = np.arange(len(fresh)) if report is None else np.asarray(report, dtype=np.intp)
-        judged_points = wanted if cfg.smoothing_window == 1 else np.arange(len(fresh))
-        forest = np.zeros(len(fresh))
-        forest[judged_points] = self.iforest_.surprise(
-            np.array(features, dtype=float).reshape(-1, 3)[judged_points]
-        )
-        columns = self._finish_points(state, keep, fresh, gap, judged, forest.tolist(),
-                                      judged_points.tolist(), wanted.tolist())
+        every = list(range(len(fresh)))
+        wanted = every if report is None else np.asarray(report, dtype=np.intp).tolist()
+        judged_points = wanted if cfg.smoothing_window == 1 else every
+        rows = np.array([features[j] for j in judged_points], dtype=float).reshape(-1, 3)
+        forest = dict(zip(judged_points, self.iforest_.surprise(rows).tolist()))
+        columns = self._finish_points(state, keep, fresh, gap, judged, forest, wanted)
         columns.update(ts=ts if report is None else ts[wanted], value=fresh[wanted])
         return columns
 
     def _finish_points(self, state: ScoringState, keep: int, fresh: np.ndarray,
-                       gap: np.ndarray, judged: list[list[float]], forest: list[float],
-                       judged_points: list[int], wanted: list[int]) -> dict[str, np.ndarray]:
+                       gap: np.ndarray, judged: list[list[float]], forest: dict[int, float],
+                       wanted: list[int]) -> dict[str, np.ndarray]:
         """``_judged`` and ``_finish`` for ``score_after``, point by point: the score columns
         but ``ts`` and ``value`` of the ``wanted`` points among points judged as ``[yhat,
         residual, level, adapted, recent scale, ratio, stuck run]`` (then, with the sustained
-        component, its ratio and reference); ``forest``: their forest surprises, known for the
-        ``judged_points`` (every point whose combined surprise is read)."""
+        component, its ratio and reference); ``forest``: the forest surprise of every point
+        whose combined surprise is read, by position."""
         cfg = self._config
         threshold = cfg.threshold
-        band = state.memo.get("band")
-        if band is None:
-            band = state.memo["band"] = self.deviation_tail_.quantile(cfg.band_coverage)
-        per_repeat = float(-np.log10(self.repeat_rate_))
-        needed = math.ceil(threshold / per_repeat) if per_repeat > 0 else math.inf
+        constants = state.memo.get("finish")
+        if constants is None:
+            per_repeat = float(-np.log10(self.repeat_rate_))
+            constants = state.memo["finish"] = (
+                self.deviation_tail_.quantile(cfg.band_coverage),
+                per_repeat,
+                math.ceil(threshold / per_repeat) if per_repeat > 0 else math.inf,
+            )
+        band, per_repeat, needed = constants
         names = ["prophet", "iforest", "flatline"]
         if hasattr(self, "sustained_tail_"):
             names.append("sustained")
@@ -673,11 +679,11 @@ class EnsembleDetector(BaseEstimator):
         def nan_to_zero(value: float) -> float:
             return 0.0 if value != value else value
 
-        columns = {name: [] for name in SCORE_COLUMNS[2:]}
+        bands, scores, is_anomalies, severities, flagged_bys = [], [], [], [], []
         reported = set(wanted)
         values, gaps = fresh.tolist(), gap.tolist()
-        for j in judged_points:
-            point, surprise_forest, value, in_gap = judged[j], forest[j], values[j], gaps[j]
+        for j, surprise_forest in forest.items():  # in time order
+            point, value, in_gap = judged[j], values[j], gaps[j]
             yhat, residual, level, adapted, recent_scale, ratio, run = point[:7]
             beyond = run - self.longest_run_  # as _stuck_evidence
             stuck = 0.0 if beyond > needed + cfg.level_window else max(beyond, 0) * per_repeat
@@ -710,27 +716,24 @@ class EnsembleDetector(BaseEstimator):
             expected = yhat + level
             half_width = band * recent_scale
             rank = bisect.bisect_right(cfg.severity_scores, score) - 1
-            columns["expected"].append(expected)
-            columns["lower"].append(expected - half_width)
-            columns["upper"].append(expected + half_width)
-            columns["prophet_score"].append(score_of(surprises[0]))
-            columns["iforest_score"].append(score_of(surprise_forest))
-            columns["score"].append(score)
-            columns["is_anomaly"].append(is_anomaly)
-            columns["severity"].append(
+            bands.append((expected, expected - half_width, expected + half_width))
+            scores.append((score_of(surprises[0]), score_of(surprise_forest), score))
+            is_anomalies.append(is_anomaly)
+            severities.append(
                 SEVERITY_ORDER[min(rank, len(SEVERITY_ORDER) - 1)]
                 if is_anomaly and rank >= 0 else None
             )
-            columns["flagged_by"].append(flagged if is_anomaly else None)
-        out = {}
-        for name in ("expected", "lower", "upper"):
-            out[name] = self._from_model(np.array(columns[name], dtype=float))
-        for name in ("prophet_score", "iforest_score", "score"):
-            out[name] = np.array(columns[name], dtype=float)
-        out["is_anomaly"] = np.array(columns["is_anomaly"], dtype=bool)
-        for name in ("severity", "flagged_by"):
-            out[name] = np.array(columns[name], dtype=object)
-        return out
+            flagged_bys.append(flagged if is_anomaly else None)
+        # A few numpy calls for all the points: model space back to values, then columns.
+        expected, lower, upper = self._from_model(np.array(bands, dtype=float).reshape(-1, 3)).T
+        prophet_score, iforest_score, score = np.array(scores, dtype=float).reshape(-1, 3).T
+        return {
+            "expected": expected, "lower": lower, "upper": upper,
+            "prophet_score": prophet_score, "iforest_score": iforest_score, "score": score,
+            "is_anomaly": np.array(is_anomalies, dtype=bool),
+            "severity": np.array(severities, dtype=object),
+            "flagged_by": np.array(flagged_bys, dtype=object),
+        }
 
     def _forecast(self, state: ScoringState, ts) -> np.ndarray:
         """Prophet's ``yhat`` at ``ts`` (aware, or naive UTC ``datetime64``), each timestamp

@@ -82,9 +82,9 @@ class IsolationForestDetector(BaseEstimator):
     def surprise(self, X: np.ndarray) -> np.ndarray:
         """-log10 tail probability per row; rows with a missing feature get 0 (no evidence)."""
         X = np.asarray(X, dtype=float)
-        ok = np.isfinite(X).all(axis=1)
-        if ok.all():
+        if np.isfinite(X).all():
             return self.calibration_.surprise(self._raw(X))
+        ok = np.isfinite(X).all(axis=1)
         out = np.zeros(len(X))
         if ok.any():
             out[ok] = self.calibration_.surprise(self._raw(X[ok]))

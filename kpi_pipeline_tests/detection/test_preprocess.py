@@ -225,3 +225,22 @@ def test_regularize_of_nothing_is_empty():
     empty = pd.DataFrame({"ts": pd.DatetimeIndex([], tz="UTC"), "value": np.zeros(0)})
     out = regularize(empty, HOUR)
     assert out.empty and list(out.columns) == ["ts", "value", "filled", "gap"]
+
+
+def test_filling_between_known_slots_in_python_gives_fill_slots_bits():
+    from kpi_pipeline.detection.preprocess import fill_between, fill_slots
+
+    rng = np.random.default_rng(8)
+    origin = pd.Timestamp("2025-03-01T00:17:00Z")
+    for unit, step in [("ns", pd.Timedelta(minutes=5)), ("us", pd.Timedelta(hours=1)),
+                       ("s", pd.Timedelta(days=1))]:
+        for _ in range(200):
+            slots = np.cumsum(rng.integers(1, 7, size=rng.integers(1, 8)))
+            slots = np.concatenate([[0], slots]) + int(rng.integers(0, 10_000))
+            values = rng.lognormal(5, 2, len(slots)) * rng.choice([-1, 1], len(slots))
+            x = pd.date_range(origin + slots[0] * step, periods=int(slots[-1] - slots[0]) + 1,
+                              freq=step).as_unit(unit).asi8
+            value, _, gap = fill_slots(slots, values, x)
+            got, got_gap = fill_between(slots.tolist(), values.tolist(), x.tolist())
+            np.testing.assert_array_equal(np.array(got), value)
+            assert got_gap == gap.tolist()
