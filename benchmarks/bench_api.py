@@ -9,12 +9,15 @@
    reuses one kept by ``--keep-database`` instead.)
 2. Starts ``kpi-pipeline api`` with ``--workers`` uvicorn workers on a free loopback port, and
    waits until every worker has warmed its series cache (its log says so).
-3. From a second process, drives each endpoint for ``--duration`` seconds (after sending each
-   distinct request 3 times and a ``--warmup``, during whose first half the connections open
-   one by one) with ``--clients`` concurrent keep-alive connections, each sending its next
-   request as soon as the previous answer arrives, and reports requests/s and p50/p99 latency
-   per endpoint, and each endpoint's throughput as a ratio of the trivial ``GET /health/live``
-   measured in the same run.
+3. From a second process, drives each endpoint for ``--duration`` seconds in all (after
+   sending each distinct request 3 times) with ``--clients`` concurrent keep-alive
+   connections, each sending its next request as soon as the previous answer arrives, and
+   reports requests/s and p50/p99 latency per endpoint, and each endpoint's throughput as a
+   ratio of the trivial ``GET /health/live`` measured in the same run. The endpoints take
+   turns in ``--rounds`` rounds of ``duration / rounds`` seconds each (every turn after a
+   ``--warmup``, during whose first half the connections open one by one), so that a slow
+   spell of a shared machine falls on all of them alike rather than on one; the report gives
+   the ratio over all rounds and its range over the rounds.
 
 The load generator speaks HTTP/1.1 over raw asyncio streams, so that on a small machine the
 client costs far less CPU than the server it measures; client and server still share the CPUs.
@@ -170,6 +173,8 @@ class Result:
     p50_ms: float
     p99_ms: float
     statuses: dict[str, int]
+    round_rps: list[float]
+    """Requests/s in each round."""
 
 
 def http_request(method: str, path: str, body: dict | None = None) -> bytes:
@@ -273,12 +278,14 @@ async def _prime(port: int, scenario: Scenario, clients: int, rounds: int) -> No
     await asyncio.gather(*(client() for _ in range(clients)))
 
 
-def run_scenario(port: int, scenario: Scenario, clients: int, seconds: float,
-                 warmup: float) -> Result:
-    asyncio.run(_prime(port, scenario, clients, PRIMING_ROUNDS))
-    latencies, statuses, elapsed = asyncio.run(_drive(port, scenario, clients, warmup, seconds))
+def summarise(scenario: Scenario, turns: list[tuple[list[float], list[int], float]]
+              ) -> Result:
+    """One scenario's turns (latencies, statuses, seconds measured) as one Result."""
+    latencies = [latency for turn in turns for latency in turn[0]]
+    statuses = [status for turn in turns for status in turn[1]]
+    elapsed = sum(turn[2] for turn in turns)
     milliseconds = np.asarray(latencies) * 1000
-    counted = pd.Series(statuses).value_counts()
+    counted = pd.Series(statuses, dtype=int).value_counts()
     return Result(
         name=scenario.name,
         requests=len(latencies),
@@ -288,12 +295,14 @@ def run_scenario(port: int, scenario: Scenario, clients: int, seconds: float,
         p50_ms=float(np.percentile(milliseconds, 50)) if len(latencies) else float("nan"),
         p99_ms=float(np.percentile(milliseconds, 99)) if len(latencies) else float("nan"),
         statuses={str(status): int(count) for status, count in counted.items()},
+        round_rps=[len(turn[0]) / turn[2] for turn in turns],
     )
 
 
 def load_generator(port: int, plan: list[Scenario], clients: int, seconds: float,
-                   warmup: float, results) -> None:
-    """The second process: runs the scenarios one after another, puts each Result."""
+                   warmup: float, rounds: int, results) -> None:
+    """The second process: primes every scenario, then runs them in turn, ``rounds`` times,
+    ``seconds / rounds`` each; puts each scenario's Result, then None."""
     try:
         import uvloop
 
@@ -301,7 +310,16 @@ def load_generator(port: int, plan: list[Scenario], clients: int, seconds: float
     except ImportError:
         pass
     for scenario in plan:
-        results.put(run_scenario(port, scenario, clients, seconds, warmup))
+        asyncio.run(_prime(port, scenario, clients, PRIMING_ROUNDS))
+    turns: dict[str, list] = {scenario.name: [] for scenario in plan}
+    for round_number in range(1, rounds + 1):
+        for scenario in plan:
+            turns[scenario.name].append(
+                asyncio.run(_drive(port, scenario, clients, warmup, seconds / rounds))
+            )
+        print(f"round {round_number}/{rounds} done", file=sys.stderr, flush=True)
+    for scenario in plan:
+        results.put(summarise(scenario, turns[scenario.name]))
     results.put(None)
 
 
@@ -359,13 +377,16 @@ def start_api(url: str, port: int, workers: int, log_path: Path) -> subprocess.P
 
 def report(results: list[Result], trivial: Result) -> str:
     lines = [
-        "| endpoint | requests | errors | req/s | p50 ms | p99 ms | throughput vs trivial |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        "| endpoint | requests | errors | req/s | p50 ms | p99 ms | throughput vs trivial "
+        "| range over rounds |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for result in results:
+        per_round = [mine / theirs for mine, theirs in zip(result.round_rps, trivial.round_rps)]
         lines.append(
             f"| `{result.name}` | {result.requests:,} | {result.errors} | {result.rps:,.0f} | "
-            f"{result.p50_ms:.1f} | {result.p99_ms:.1f} | {result.rps / trivial.rps:.2f} |"
+            f"{result.p50_ms:.1f} | {result.p99_ms:.1f} | {result.rps / trivial.rps:.2f} "
+            f"| {min(per_round):.2f}–{max(per_round):.2f} |"
         )
     return "\n".join(lines)
 
@@ -379,8 +400,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--model-kpis", type=int, default=20,
                         help="KPIs that get a trained model, for POST /v1/score")
     parser.add_argument("--clients", type=int, default=50)
-    parser.add_argument("--duration", type=float, default=10.0, help="seconds per endpoint")
-    parser.add_argument("--warmup", type=float, default=2.0, help="seconds per endpoint")
+    parser.add_argument("--duration", type=float, default=10.0,
+                        help="seconds per endpoint, over all rounds")
+    parser.add_argument("--warmup", type=float, default=2.0,
+                        help="seconds before each endpoint's turn in each round")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="rounds in which the endpoints take turns (default: %(default)s)")
     parser.add_argument("--workers", type=int, default=2, help="uvicorn worker processes")
     parser.add_argument("--series-limit", type=int, action="append",
                         help="limit= of the series request; repeatable (default: 168 and 720)")
@@ -395,6 +420,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                         "and the same --kpis/--days/--model-kpis, instead of seeding a new one; "
                         "it is kept")
     args = parser.parse_args(argv)
+    if args.rounds < 1:
+        parser.error("--rounds must be at least 1")
 
     def log(message: str) -> None:
         print(message, file=sys.stderr, flush=True)
@@ -419,7 +446,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         wait_until_up(port, server)
         wait_until_settled(log_path, args.workers, log)
         log(f"API up on 127.0.0.1:{port} with {args.workers} workers (log: {log_path}); "
-            f"{args.clients} clients, {args.duration:.0f} s per endpoint")
+            f"{args.clients} clients, {args.duration:.0f} s per endpoint in {args.rounds} "
+            "rounds")
 
         plan = [
             scenario
@@ -433,7 +461,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         queue = spawn.Queue()
         driver = spawn.Process(
             target=load_generator,
-            args=(port, plan, args.clients, args.duration, args.warmup, queue),
+            args=(port, plan, args.clients, args.duration, args.warmup, args.rounds, queue),
         )
         driver.start()
         results = []
@@ -455,8 +483,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     trivial = next(result for result in results if result.name == TRIVIAL)
     print(f"\n{args.kpis} KPIs x {args.days} days hourly, {args.clients} clients, "
-          f"{args.duration:.0f} s per endpoint, {args.workers} API workers, "
-          f"{os.cpu_count()} CPUs\n")
+          f"{args.duration:.0f} s per endpoint in {args.rounds} rounds, "
+          f"{args.workers} API workers, {os.cpu_count()} CPUs\n")
     print(report(results, trivial))
     if args.json:
         args.json.write_text(json.dumps([asdict(result) for result in results], indent=2))

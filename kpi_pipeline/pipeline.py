@@ -15,6 +15,7 @@ retraining on the same data rewrites the same registry rows instead of adding ne
 
 from __future__ import annotations
 
+import math
 import pickle
 import time
 from collections import OrderedDict
@@ -756,14 +757,15 @@ class _KpiScorer:
         ``value``; None: take the general path."""
         if tail.judged is None:
             return None
-        slots = tail.grid.slots_ns(ns)
-        first, last = int(slots[0]), int(slots[-1])
+        slots = tail.grid.slots_ns(ns.tolist())
+        first, last = slots[0], slots[-1]
+        listed = values.tolist()
         # A point on a later slot is later than the newest observation (slots never decrease).
         if (
             first <= tail.last_slot
             or last - tail.last_slot > INCREMENTAL_MAX_SLOTS
-            or not np.isfinite(values).all()
-            or (len(slots) > 1 and not (slots[1:] > slots[:-1]).all())
+            or not all(map(math.isfinite, listed))
+            or any(later <= earlier for earlier, later in zip(slots, slots[1:]))
         ):
             return None
         stamps = tail.grid.stamps(tail.last_slot, last)  # from the newest observation's slot
@@ -771,11 +773,13 @@ class _KpiScorer:
             scored = self.detector.score_after(tail.judged, stamps[1:], values)
         else:  # gaps between them, cleaned as the general path would (from the newest value)
             value, gap = fill_between(
-                [tail.last_slot, *slots.tolist()], [float(tail.judged.y[-1]), *values.tolist()],
+                [tail.last_slot, *slots], [float(tail.judged.y[-1]), *listed],
                 stamps.view(np.int64).tolist(),
             )
-            scored = self.detector.score_after(tail.judged, stamps[1:], value[1:], gap[1:],
-                                               report=slots - tail.last_slot - 1)
+            scored = self.detector.score_after(
+                tail.judged, stamps[1:], value[1:], gap[1:],
+                report=[slot - tail.last_slot - 1 for slot in slots],
+            )
         return {name: scored[name] for name in SCORE_COLUMNS[2:]}
 
     def _stored_tail(self, engine: sa.Engine) -> _StoredTail:

@@ -34,6 +34,7 @@ import bisect
 import copy
 import math
 import pickle
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -535,7 +536,7 @@ class EnsembleDetector(BaseEstimator):
 
     def score_after(
         self, state: ScoringState, ts, values, gap: np.ndarray | None = None,
-        keep: int | None = None, report: np.ndarray | None = None,
+        keep: int | None = None, report: Sequence[int] | None = None,
     ) -> dict[str, np.ndarray]:
         """Score the points that follow the first ``keep`` points of ``state`` (default: all of
         them; all of them with a smoothing window), as ``score`` would with those points as
@@ -639,7 +640,7 @@ class EnsembleDetector(BaseEstimator):
                 point += [judged_shift / shift_scale, reference]
             judged.append(point)
         every = list(range(len(fresh)))
-        wanted = every if report is None else np.asarray(report, dtype=np.intp).tolist()
+        wanted = every if report is None else [int(position) for position in report]
         judged_points = wanted if cfg.smoothing_window == 1 else every
         rows = np.array([features[j] for j in judged_points], dtype=float).reshape(-1, 3)
         forest = dict(zip(judged_points, self.iforest_.surprise(rows).tolist()))

@@ -147,11 +147,12 @@ class Grid:
         """The slot ``k`` each timestamp snaps to (the nearest grid point)."""
         return ((pd.DatetimeIndex(ts) - self.origin) / self.step).round().to_numpy(dtype=np.int64)
 
-    def slots_ns(self, ns: np.ndarray) -> np.ndarray:
-        """``slots`` of timestamps given as nanoseconds since the epoch, without pandas: the same
-        arithmetic, a float quotient rounded half to even."""
+    def slots_ns(self, ns: list[int]) -> list[int]:
+        """``slots`` of timestamps given as nanoseconds since the epoch, in plain Python (for
+        the few points of real-time scoring): the same arithmetic, the integers' difference as
+        a float divided by the step, rounded half to even."""
         origin, step = self._ns
-        return np.round((ns - origin) / step).astype(np.int64)
+        return [round(float(stamp - origin) / step) for stamp in ns]
 
     def stamps(self, first: int, last: int) -> np.ndarray:
         """The grid points of slots ``first`` to ``last`` as naive UTC ``datetime64``, in the

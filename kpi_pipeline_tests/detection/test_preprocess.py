@@ -244,3 +244,13 @@ def test_filling_between_known_slots_in_python_gives_fill_slots_bits():
             got, got_gap = fill_between(slots.tolist(), values.tolist(), x.tolist())
             np.testing.assert_array_equal(np.array(got), value)
             assert got_gap == gap.tolist()
+
+
+def test_slots_of_integer_timestamps_are_the_slots_of_timestamps():
+    rng = np.random.default_rng(9)
+    for step in (pd.Timedelta(minutes=5), pd.Timedelta(hours=1), pd.Timedelta(days=1)):
+        grid = Grid(pd.Timestamp("2024-02-29T00:17:00Z"), step)
+        offsets = rng.integers(-400, 40_000, 300) * step.value // 2  # half-way points, too
+        offsets = np.concatenate([offsets, rng.integers(-10**16, 10**18, 300)])
+        ts = pd.DatetimeIndex(grid.origin.value + offsets, tz="UTC")
+        assert grid.slots_ns(ts.asi8.tolist()) == grid.slots(ts).tolist()
