@@ -11,13 +11,13 @@ from contextlib import asynccontextmanager
 from functools import partial
 
 import sqlalchemy as sa
-from fastapi import FastAPI, Security
+from fastapi import Depends, FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from starlette.concurrency import run_in_threadpool
 
 from kpi_pipeline import store
 from kpi_pipeline.api import errors, routes
-from kpi_pipeline.api.auth import ApiKeys, require_key
+from kpi_pipeline.api.auth import ApiKeys, document_keys, require_key
 from kpi_pipeline.api.middleware import REQUEST_ID_HEADER, RequestContext
 from kpi_pipeline.api.series_cache import ScoreWriteWatcher
 from kpi_pipeline.api.state import ApiState
@@ -59,11 +59,12 @@ def create_app(settings: Settings | None = None, engine: sa.Engine | None = None
     )
     app.state.api = state
     errors.install(app)
-    keyed = [Security(require_key)]
+    keyed = [Depends(require_key)]
     reads_keyed = bool(state.keys) and not settings.api_public_reads
     app.include_router(routes.health)
     app.include_router(routes.reads, dependencies=keyed if reads_keyed else [])
     app.include_router(routes.writes, dependencies=keyed)
+    document_keys(app, [routes.reads, routes.writes] if reads_keyed else [routes.writes])
 
     origins = [origin.strip() for origin in settings.api_cors_origins.split(",") if origin.strip()]
     if origins:

@@ -10,18 +10,25 @@ from __future__ import annotations
 
 import hmac
 
-from fastapi import Request, Security
-from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
+from typing import Any
+
+from fastapi import APIRouter, FastAPI, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.routing import APIRoute
+from fastapi.security import APIKeyHeader, HTTPBearer
+from fastapi.security.utils import get_authorization_scheme_param
 from pydantic import SecretStr
 
 from kpi_pipeline.api.errors import ApiError
 
 _CHALLENGE = {"WWW-Authenticate": "Bearer"}
 
+# The two ways to send a key, as OpenAPI documents them (see ``document_keys``).
 _api_key_header = APIKeyHeader(
     name="X-API-Key", auto_error=False, description="One of the keys in KPI_API_KEYS."
 )
 _bearer = HTTPBearer(auto_error=False, description="Authorization: Bearer <one of KPI_API_KEYS>")
+_SCHEMES = (_api_key_header, _bearer)
 
 
 class ApiKeys:
@@ -45,12 +52,15 @@ class ApiKeys:
         return any(matches)
 
 
-async def require_key(
-    request: Request,
-    api_key: str | None = Security(_api_key_header),
-    bearer: HTTPAuthorizationCredentials | None = Security(_bearer),
-) -> None:
-    """Refuse the request (401) unless it carries an accepted key."""
+async def require_key(request: Request) -> None:
+    """Refuse the request (401) unless it carries an accepted key, as an ``X-API-Key`` header
+    or as ``Authorization: Bearer <key>``.
+
+    One dependency that reads both headers itself, rather than one per header
+    (``Security(APIKeyHeader)``, ``Security(HTTPBearer)``): FastAPI solves every dependency of
+    every request, and those two cost more than the check itself. ``document_keys`` puts the
+    two schemes in the OpenAPI document, as FastAPI would have.
+    """
     keys: ApiKeys = request.app.state.api.keys
     if not keys:
         raise ApiError(
@@ -58,7 +68,11 @@ async def require_key(
             "this server has no API keys configured (KPI_API_KEYS), so it accepts no writes",
             headers=_CHALLENGE,
         )
-    presented = api_key or (bearer.credentials if bearer is not None else None)
+    headers = request.headers
+    presented = headers.get("x-api-key")
+    if not presented:  # as HTTPBearer(auto_error=False) reads the header
+        scheme, credentials = get_authorization_scheme_param(headers.get("authorization"))
+        presented = credentials if scheme.lower() == "bearer" else None
     if not presented:
         raise ApiError(
             401,
@@ -67,3 +81,29 @@ async def require_key(
         )
     if not keys.accepts(presented):
         raise ApiError(401, "invalid API key", headers=_CHALLENGE)
+
+
+def document_keys(app: FastAPI, keyed: list[APIRouter]) -> None:
+    """Make ``app``'s OpenAPI document list the key schemes and require one of them on every
+    operation of the ``keyed`` routers (those included with ``require_key``): FastAPI documents
+    only the schemes of ``Security`` dependencies (see ``require_key``)."""
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is not None:
+            return app.openapi_schema
+        schema = generate()
+        schemes = schema.setdefault("components", {}).setdefault("securitySchemes", {})
+        for scheme in _SCHEMES:
+            schemes[scheme.scheme_name] = jsonable_encoder(
+                scheme.model, by_alias=True, exclude_none=True
+            )
+        required = [{scheme.scheme_name: []} for scheme in _SCHEMES]
+        for router in keyed:
+            for route in router.routes:
+                if isinstance(route, APIRoute) and route.include_in_schema:
+                    for method in route.methods:
+                        schema["paths"][route.path_format][method.lower()]["security"] = required
+        return schema
+
+    app.openapi = openapi

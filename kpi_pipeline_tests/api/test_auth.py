@@ -95,6 +95,24 @@ def test_the_openapi_schema_declares_both_ways_to_send_a_key(client):
     assert schemes["HTTPBearer"]["scheme"] == "bearer"
 
 
+def test_the_openapi_schema_requires_a_key_exactly_where_one_is_checked(module_seeded, client):
+    either = [{"APIKeyHeader": []}, {"HTTPBearer": []}]
+
+    def security(spec):
+        return {(path, method): operation.get("security")
+                for path, operations in spec["paths"].items()
+                for method, operation in operations.items()}
+
+    keyed = security(client.get("/openapi.json").json())
+    with make_client(module_seeded.engine, module_seeded.url, api_public_reads=True) as public:
+        opened = security(public.get("/openapi.json").json())
+
+    assert keyed[("/v1/score", "post")] == either and keyed[("/v1/kpis", "get")] == either
+    for (path, method), required in keyed.items():
+        assert required == (None if path.startswith("/health") else either), (path, method)
+        assert opened[path, method] == (either if method == "post" else None), (path, method)
+
+
 def test_keys_are_compared_in_constant_time_against_every_key(monkeypatch):
     compared, compare = [], hmac.compare_digest
 
