@@ -688,6 +688,8 @@ class _KpiScorer:
     def __init__(self, kpi: str, version: str, detector: EnsembleDetector) -> None:
         self.kpi, self.version, self.detector = kpi, version, detector
         self._tail: _StoredTail | None = None
+        self._step_ns = detector.freq_.value
+        self._context = detector.context_points
 
     def score(self, engine: sa.Engine, points: pd.DataFrame, max_points: int,
               tail: _StoredTail | None = None) -> tuple[RealtimeScores, _StoredTail]:
@@ -738,12 +740,11 @@ class _KpiScorer:
         return RealtimeScores(self.kpi, self.version, columns)
 
     def _check_spread(self, first_ns: int, last_ns: int, max_points: int) -> None:
-        step, context = self.detector.freq_, self.detector.context_points
-        steps = int((last_ns - first_ns) / step.value) + 1
-        limit = 2 * (max_points + context)
+        steps = int((last_ns - first_ns) / self._step_ns) + 1
+        limit = 2 * (max_points + self._context)
         if steps > limit:
             raise PointsTooSpread(
-                f"the points span {steps} steps of {step}, more than {limit}: "
+                f"the points span {steps} steps of {self.detector.freq_}, more than {limit}: "
                 "send points closer together"
             )
 

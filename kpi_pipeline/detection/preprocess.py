@@ -157,18 +157,18 @@ class Grid:
     def stamps(self, first: int, last: int) -> np.ndarray:
         """The grid points of slots ``first`` to ``last`` as naive UTC ``datetime64``, in the
         unit of the grids ``regularize`` builds (whose integers its interpolation uses)."""
-        unit, origin, step = self._in_unit
-        slots = np.arange(first, last + 1, dtype=np.int64)
-        return (origin + slots * step).astype(f"datetime64[{unit}]")
+        dtype, origin, step = self._in_unit
+        return np.array([origin + slot * step for slot in range(first, last + 1)], dtype=dtype)
 
     @cached_property
     def _ns(self) -> tuple[int, int]:
         return self.origin.value, self.step.value
 
     @cached_property
-    def _in_unit(self) -> tuple[str, int, int]:
+    def _in_unit(self) -> tuple[np.dtype, int, int]:
         grid = pd.date_range(self.origin, periods=2, freq=self.step)
-        return grid.unit, int(grid.asi8[0]), int(grid.asi8[1] - grid.asi8[0])
+        unit = np.dtype(f"datetime64[{grid.unit}]")
+        return unit, int(grid.asi8[0]), int(grid.asi8[1] - grid.asi8[0])
 
 
 def clean_series(
