@@ -65,6 +65,7 @@ def create_app(settings: Settings | None = None, engine: sa.Engine | None = None
     app.include_router(routes.reads, dependencies=keyed if reads_keyed else [])
     app.include_router(routes.writes, dependencies=keyed)
     document_keys(app, [routes.reads, routes.writes] if reads_keyed else [routes.writes])
+    routes.document_json_bodies(app)
 
     origins = [origin.strip() for origin in settings.api_cors_origins.split(",") if origin.strip()]
     if origins:

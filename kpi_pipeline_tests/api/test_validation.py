@@ -7,8 +7,10 @@ import json
 from collections.abc import Iterator
 
 import pytest
+from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
+from kpi_pipeline.api.schemas import ScoreRequest
 from kpi_pipeline_tests.api.conftest import Seeded, make_client
 
 MAX_POINTS = 5
@@ -206,3 +208,39 @@ def test_validation_messages_do_not_echo_the_input(client):
     response = client.post("/v1/score", json=score_body(points=[point(value=secret)]))
 
     assert secret not in json.dumps(assert_readable_422(response))
+
+
+@pytest.mark.parametrize(
+    ("content", "headers", "status", "where"),
+    [
+        (b"", {"Content-Type": "application/json"}, 422, "body: Field required"),
+        (b'{"kpi": "sales", "points": []}', {"Content-Type": "text/plain"}, 422, "body"),
+        (b'{"kpi": "sales", "points": []}', {}, 422, "body"),
+        ('{"kpi": "s\u00e9"}'.encode("latin-1"), {"Content-Type": "application/json"}, 400,
+         "error parsing the body"),
+        (b'{"kpi": "sales", "points": [{"timestamp": "2025-03-18T00:00:00Z"}]}',
+         {"Content-Type": "application/json; charset=utf-8"}, 422, "body.points.0.value"),
+        (b'{"kpi": "sales", "points": [{"timestamp": "2025-03-18T00:00:00Z"}]}',
+         {"Content-Type": "application/vnd.api+json"}, 422, "body.points.0.value"),
+    ],
+)
+def test_a_score_body_is_read_as_fastapi_reads_a_body_parameter(client, content, headers,
+                                                                 status, where):
+    response = client.post("/v1/score", content=content, headers=headers)
+
+    assert response.status_code == status, response.text
+    assert where in response.json()["message"]
+
+
+def test_the_score_body_is_documented_as_fastapi_documents_a_body_parameter(client):
+    reference = FastAPI()
+
+    @reference.post("/v1/score")
+    def declared(body: ScoreRequest) -> None: ...
+
+    expected, ours = reference.openapi(), client.get("/openapi.json").json()
+    assert ours["paths"]["/v1/score"]["post"]["requestBody"] == (
+        expected["paths"]["/v1/score"]["post"]["requestBody"]
+    )
+    for name in ("ScoreRequest", "PointIn"):
+        assert ours["components"]["schemas"][name] == expected["components"]["schemas"][name]
