@@ -30,6 +30,7 @@ import asyncio
 import json
 import multiprocessing
 import os
+import queue
 import socket
 import subprocess
 import sys
@@ -221,6 +222,35 @@ async def _read_response(reader: asyncio.StreamReader) -> int:
     raise RuntimeError(f"response without Content-Length: {head[:200]!r}")
 
 
+STALL_S = 60.0
+"""No answer to any connection for this long: the API stalled, and the benchmark stops."""
+
+
+async def _watch(answers: list, what: str) -> None:
+    """Raise if ``answers`` stops growing for ``STALL_S`` (cancel it when done). A check every
+    few seconds, rather than a timeout per request, which would cost the client CPU time."""
+    seen, since = -1, time.monotonic()
+    while True:
+        await asyncio.sleep(min(5.0, STALL_S / 4))
+        if len(answers) != seen:
+            seen, since = len(answers), time.monotonic()
+        elif time.monotonic() - since > STALL_S:
+            raise RuntimeError(f"{what}: no answer for {STALL_S:.0f} s; the API stalled")
+
+
+async def _watched(answers: list, what: str, *clients) -> None:
+    watchdog = asyncio.ensure_future(_watch(answers, what))
+    try:
+        done = asyncio.gather(*clients)
+        finished, _ = await asyncio.wait({done, watchdog}, return_when=asyncio.FIRST_COMPLETED)
+        if watchdog in finished:
+            done.cancel()
+            watchdog.result()  # raises
+        await done
+    finally:
+        watchdog.cancel()
+
+
 async def _drive(port: int, scenario: Scenario, clients: int, warmup: float, seconds: float):
     """Latencies (s) and statuses of every answer to a request sent in the ``seconds`` after
     ``warmup``, and the time measured. The connections open one by one over the first half of
@@ -245,13 +275,15 @@ async def _drive(port: int, scenario: Scenario, clients: int, warmup: float, sec
                 writer.write(scenario.requests[sent % len(scenario.requests)])
                 sent += clients
                 status = await _read_response(reader)
+                answered.append(None)
                 if started >= measured_from:
                     latencies.append(time.perf_counter() - started)
                     statuses.append(status)
         finally:
             writer.close()
 
-    await asyncio.gather(*(client(offset) for offset in range(clients)))
+    answered: list[None] = []
+    await _watched(answered, scenario.name, *(client(offset) for offset in range(clients)))
     return latencies, statuses, time.perf_counter() - measured_from
 
 
@@ -265,6 +297,7 @@ async def _prime(port: int, scenario: Scenario, clients: int, rounds: int) -> No
     of 3 x 3 times with probability 0.2%), so the timed phases measure the steady state. The
     first load of a KPI is measured apart (see the README)."""
     pending = iter(list(scenario.requests) * rounds)
+    answered: list[None] = []
 
     async def client() -> None:
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
@@ -272,10 +305,11 @@ async def _prime(port: int, scenario: Scenario, clients: int, rounds: int) -> No
             for request in pending:
                 writer.write(request)
                 await _read_response(reader)
+                answered.append(None)
         finally:
             writer.close()
 
-    await asyncio.gather(*(client() for _ in range(clients)))
+    await _watched(answered, f"priming {scenario.name}", *(client() for _ in range(clients)))
 
 
 def summarise(scenario: Scenario, turns: list[tuple[list[float], list[int], float]]
@@ -375,6 +409,19 @@ def start_api(url: str, port: int, workers: int, log_path: Path) -> subprocess.P
         return subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
 
 
+def _next_result(results, driver) -> Result | None:
+    """The load generator's next Result (None: it is done); an error if it died instead."""
+    while True:
+        try:
+            return results.get(timeout=2.0)
+        except queue.Empty:
+            if not driver.is_alive():
+                raise RuntimeError(
+                    f"the load generator exited with status {driver.exitcode} (its error is "
+                    "above)"
+                ) from None
+
+
 def report(results: list[Result], trivial: Result) -> str:
     lines = [
         "| endpoint | requests | errors | req/s | p50 ms | p99 ms | throughput vs trivial "
@@ -458,14 +505,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             or any(text in scenario.name for text in args.only)
         ]
         spawn = multiprocessing.get_context("spawn")
-        queue = spawn.Queue()
+        results_queue = spawn.Queue()
         driver = spawn.Process(
             target=load_generator,
-            args=(port, plan, args.clients, args.duration, args.warmup, args.rounds, queue),
+            args=(port, plan, args.clients, args.duration, args.warmup, args.rounds,
+                  results_queue),
         )
         driver.start()
         results = []
-        while (result := queue.get()) is not None:
+        while (result := _next_result(results_queue, driver)) is not None:
             log(f"{result.name}: {result.rps:,.0f} req/s, p50 {result.p50_ms:.1f} ms, "
                 f"p99 {result.p99_ms:.1f} ms, statuses {result.statuses}")
             results.append(result)
