@@ -642,8 +642,11 @@ class EnsembleDetector(BaseEstimator):
         every = list(range(len(fresh)))
         wanted = every if report is None else [int(position) for position in report]
         judged_points = wanted if cfg.smoothing_window == 1 else every
-        rows = np.array([features[j] for j in judged_points], dtype=float).reshape(-1, 3)
-        forest = dict(zip(judged_points, self.iforest_.surprise(rows).tolist()))
+        if len(judged_points) == 1:  # the usual case: one row, without the array checks
+            forest = {judged_points[0]: self.iforest_.surprise_one(features[judged_points[0]])}
+        else:
+            rows = np.array([features[j] for j in judged_points], dtype=float).reshape(-1, 3)
+            forest = dict(zip(judged_points, self.iforest_.surprise(rows).tolist()))
         columns = self._finish_points(state, keep, fresh, gap, judged, forest, wanted)
         columns.update(ts=ts if report is None else ts[wanted], value=fresh[wanted])
         return columns

@@ -7,6 +7,8 @@ scores on training points and report how rare a new point's raw score is (``Exce
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 from sklearn.base import BaseEstimator
 from sklearn.ensemble import IsolationForest
@@ -89,6 +91,12 @@ class IsolationForestDetector(BaseEstimator):
         if ok.any():
             out[ok] = self.calibration_.surprise(self._raw(X[ok]))
         return out
+
+    def surprise_one(self, row: list[float]) -> float:
+        """``surprise`` of one row, as plain floats (real-time scoring's usual case)."""
+        if not all(map(math.isfinite, row)):
+            return 0.0
+        return self.calibration_.surprise_one(float(self._raw(np.array([row], dtype=float))[0]))
 
 
 def _finite_rows(X: np.ndarray) -> np.ndarray:

@@ -160,3 +160,14 @@ def test_one_row_at_a_time_walks_as_sklearn_even_on_a_threshold(max_features):
     single = np.concatenate([flat.raw(row[None, :]) for row in rows])
     np.testing.assert_array_equal(single, -forest.score_samples(rows))
     np.testing.assert_array_equal(single, flat.raw(rows))
+
+
+def test_one_row_as_floats_gets_the_surprise_of_the_array_path():
+    rng = np.random.default_rng(10)
+    detector = IsolationForestDetector(random_state=3).fit(rng.standard_normal((400, 3)))
+    rows = rng.standard_normal((200, 3)) * 3
+    rows[:3] = [[np.nan, 0, 0], [0, np.inf, 0], [5, 5, -5]]
+    expected = detector.surprise(rows)
+    got = np.array([detector.surprise_one(row) for row in rows.tolist()])
+    np.testing.assert_array_equal(got, expected)
+    assert got[0] == got[1] == 0.0 and got[2] > 0
