@@ -416,6 +416,10 @@ def _next_result(results, driver) -> Result | None:
             return results.get(timeout=2.0)
         except queue.Empty:
             if not driver.is_alive():
+                try:  # it may have put its last results just before exiting
+                    return results.get(timeout=0.5)
+                except queue.Empty:
+                    pass
                 raise RuntimeError(
                     f"the load generator exited with status {driver.exitcode} (its error is "
                     "above)"
@@ -429,7 +433,8 @@ def report(results: list[Result], trivial: Result) -> str:
         "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for result in results:
-        per_round = [mine / theirs for mine, theirs in zip(result.round_rps, trivial.round_rps)]
+        per_round = [mine / theirs for mine, theirs in zip(result.round_rps, trivial.round_rps)
+                     if theirs] or [float("nan")]
         lines.append(
             f"| `{result.name}` | {result.requests:,} | {result.errors} | {result.rps:,.0f} | "
             f"{result.p50_ms:.1f} | {result.p99_ms:.1f} | {result.rps / trivial.rps:.2f} "

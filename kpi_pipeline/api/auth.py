@@ -9,7 +9,6 @@ or an error message.
 from __future__ import annotations
 
 import hmac
-
 from typing import Any
 
 from fastapi import APIRouter, FastAPI, Request
@@ -90,20 +89,18 @@ def document_keys(app: FastAPI, keyed: list[APIRouter]) -> None:
     generate = app.openapi
 
     def openapi() -> dict[str, Any]:
-        if app.openapi_schema is not None:
-            return app.openapi_schema
-        schema = generate()
+        schema = generate()  # FastAPI's, cached until a route is added; editing it is idempotent
         schemes = schema.setdefault("components", {}).setdefault("securitySchemes", {})
         for scheme in _SCHEMES:
             schemes[scheme.scheme_name] = jsonable_encoder(
                 scheme.model, by_alias=True, exclude_none=True
             )
-        required = [{scheme.scheme_name: []} for scheme in _SCHEMES]
         for router in keyed:
             for route in router.routes:
                 if isinstance(route, APIRoute) and route.include_in_schema:
                     for method in route.methods:
-                        schema["paths"][route.path_format][method.lower()]["security"] = required
+                        operation = schema["paths"][route.path_format][method.lower()]
+                        operation["security"] = [{scheme.scheme_name: []} for scheme in _SCHEMES]
         return schema
 
     app.openapi = openapi

@@ -8,9 +8,9 @@ import asyncio
 import base64
 import binascii
 import datetime as dt
+import email.message
 import json
 import logging
-import re
 from functools import partial
 from typing import Annotated, Any, TypeVar
 
@@ -20,6 +20,7 @@ import sqlalchemy as sa
 from fastapi import APIRouter, Depends, FastAPI, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from starlette.requests import ClientDisconnect
 from pydantic import BaseModel, ValidationError
 
 from kpi_pipeline import pipeline, store
@@ -387,55 +388,69 @@ JSON_BODIES: dict[tuple[str, str], type[BaseModel]] = {("/v1/score", "post"): Sc
 """The operations whose body ``json_body`` reads, and its model: ``document_json_bodies``
 documents them as FastAPI documents a body parameter."""
 
-_JSON_MEDIA = re.compile(r"application/(?:[^;]*\+)?json\s*(?:;.*)?", re.IGNORECASE | re.DOTALL)
 _SCHEMA_REF = "#/components/schemas/{model}"
 
 
 async def json_body(http: Request, model: type[Body]) -> Body:
-    """The request's JSON body as ``model``, with the answers FastAPI gives for a body
-    parameter: 422 when it is missing, not declared as JSON, not JSON or not valid (the
-    problems located under ``body``), 400 when it is not UTF-8 text."""
-    raw = await http.body()
+    """The request's body as ``model``, read the way FastAPI reads a body parameter, with its
+    answers: the body is JSON only if declared so (``application/json`` or ``+json``), parsed by
+    ``json.loads`` (which also takes UTF-16/32 and a byte order mark) and validated from the
+    parsed value; 422 when it is missing, not JSON or not valid (the problems located under
+    ``body``), 400 when it cannot be read or decoded. (Unlike a body parameter, it is read after
+    the key check: a request without a key gets its 401 first.)"""
     try:
+        raw = await http.body()
         if not raw:
             raise RequestValidationError(
                 [{"type": "missing", "loc": ("body",), "msg": "Field required", "input": None}]
             )
-        if not _JSON_MEDIA.fullmatch(http.headers.get("content-type", "").strip()):
-            return model.model_validate(raw)  # not declared as JSON: bytes, which is invalid
-        try:
-            raw.decode("utf-8")
-        except UnicodeDecodeError:
-            raise ApiError(400, "There was an error parsing the body") from None
-        return model.model_validate_json(raw)
+        media = email.message.Message()
+        media["content-type"] = http.headers.get("content-type", "")
+        subtype = media.get_content_subtype()
+        if media.get_content_maintype() == "application" and (
+            subtype == "json" or subtype.endswith("+json")
+        ):
+            try:
+                value = json.loads(raw)
+            except json.JSONDecodeError as error:
+                raise RequestValidationError([{
+                    "type": "json_invalid", "loc": ("body", error.pos), "msg": "JSON decode error",
+                    "input": {}, "ctx": {"error": error.msg},
+                }]) from None
+        else:
+            value = raw  # not declared as JSON: the bytes, which no model accepts
+        return model.model_validate(value, from_attributes=True)
     except ValidationError as error:
         raise RequestValidationError([
             {**problem, "loc": ("body", *problem["loc"])}
             for problem in error.errors(include_url=False)
         ]) from None
+    except (ClientDisconnect, UnicodeDecodeError):
+        raise ApiError(400, "There was an error parsing the body") from None
 
 
 def document_json_bodies(app: FastAPI) -> None:
     """Document the bodies of ``JSON_BODIES`` in ``app``'s OpenAPI document as FastAPI would:
-    a required ``application/json`` body referring to the model's schema in the components."""
+    a required ``application/json`` body referring to the model's schema in the components
+    (which stay sorted by name, as FastAPI sorts them)."""
     generate = app.openapi
 
     def openapi() -> dict[str, Any]:
-        if app.openapi_schema is not None:
-            return app.openapi_schema
-        schema = generate()
-        components = schema.setdefault("components", {}).setdefault("schemas", {})
+        schema = generate()  # FastAPI's, cached until a route is added; editing it is idempotent
+        components = schema.setdefault("components", {})
+        schemas = components.setdefault("schemas", {})
         for (path, method), model in JSON_BODIES.items():
             body = model.model_json_schema(ref_template=_SCHEMA_REF)
-            for name, definition in body.pop("$defs", {}).items():
-                components.setdefault(name, definition)
-            components.setdefault(model.__name__, body)
+            for name, definition in {**body.pop("$defs", {}), model.__name__: body}.items():
+                if schemas.setdefault(name, definition) != definition:
+                    raise ValueError(f"two different schemas named {name!r} in the API")
             schema["paths"][path][method]["requestBody"] = {
                 "content": {"application/json": {"schema": {
                     "$ref": _SCHEMA_REF.format(model=model.__name__)
                 }}},
                 "required": True,
             }
+        components["schemas"] = dict(sorted(schemas.items()))
         return schema
 
     app.openapi = openapi

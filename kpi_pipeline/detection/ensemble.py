@@ -282,8 +282,9 @@ class ScoringState:
     """The combined surprise before smoothing, where later points' smoothing reads it."""
     runs: np.ndarray
     memo: dict = field(default_factory=dict, compare=False, repr=False)
-    """What later points read that depends on these points alone, computed on first use:
-    windows that end within them, and forecasts of the slots after them."""
+    """What ``score_after`` reads that depends on these points (and the detector) alone,
+    computed on first use: the series as lists, the sorted windows that end within them, the
+    forecasts of the slots after them, and the detector's constants for finishing."""
 
     def __len__(self) -> int:
         return len(self.y)
@@ -541,7 +542,7 @@ class EnsembleDetector(BaseEstimator):
         """Score the points that follow the first ``keep`` points of ``state`` (default: all of
         them; all of them with a smoothing window), as ``score`` would with those points as
         context, without judging them again. ``report``: the positions of the points whose
-        scores are wanted (default: all), in order; the others (short gaps filled between
+        scores are wanted (default: all), increasing; the others (short gaps filled between
         points, say) still feed the windows of later points, but skip the forest and the
         finishing unless a smoothing window reads their surprise.
 
@@ -549,8 +550,9 @@ class EnsembleDetector(BaseEstimator):
         outweighs its arithmetic, so the points are judged one by one in plain float
         arithmetic: ``score``'s steps (``_deviation``, ``_sustained_shift``, ``_judged``,
         ``_finish``) point by point, the rolling windows kept sorted as they move on (numpy
-        does the logarithms, so their last bits match too). The forest judges all the points in
-        one call. The numbers equal ``score``'s up to the last bits of the rolling mean and
+        does the logarithms, so their last bits match too). The forest judges the reported
+        points (all of them with a smoothing window) in one call, or one row without the array
+        checks. The numbers equal ``score``'s up to the last bits of the rolling mean and
         standard deviation, which pandas accumulates along the whole window (tested). Returns
         the ``SCORE_COLUMNS`` as arrays; ``ts``: aware timestamps, or naive UTC ``datetime64``;
         the ``ts`` column gives them back as they came.
@@ -641,6 +643,8 @@ class EnsembleDetector(BaseEstimator):
             judged.append(point)
         every = list(range(len(fresh)))
         wanted = every if report is None else [int(position) for position in report]
+        if any(later <= earlier for earlier, later in zip(wanted, wanted[1:])):
+            raise ValueError("report: positions must increase")
         judged_points = wanted if cfg.smoothing_window == 1 else every
         if len(judged_points) == 1:  # the usual case: one row, without the array checks
             forest = {judged_points[0]: self.iforest_.surprise_one(features[judged_points[0]])}
@@ -648,7 +652,9 @@ class EnsembleDetector(BaseEstimator):
             rows = np.array([features[j] for j in judged_points], dtype=float).reshape(-1, 3)
             forest = dict(zip(judged_points, self.iforest_.surprise(rows).tolist()))
         columns = self._finish_points(state, keep, fresh, gap, judged, forest, wanted)
-        columns.update(ts=ts if report is None else ts[wanted], value=fresh[wanted])
+        if report is not None:
+            ts = [ts[j] for j in wanted] if isinstance(ts, list) else ts[wanted]
+        columns.update(ts=ts, value=fresh[wanted])
         return columns
 
     def _finish_points(self, state: ScoringState, keep: int, fresh: np.ndarray,
@@ -742,6 +748,8 @@ class EnsembleDetector(BaseEstimator):
     def _forecast(self, state: ScoringState, ts) -> np.ndarray:
         """Prophet's ``yhat`` at ``ts`` (aware, or naive UTC ``datetime64``), each timestamp
         forecast once per state."""
+        if not isinstance(ts, (pd.DatetimeIndex, np.ndarray)):
+            ts = pd.DatetimeIndex(ts)
         if isinstance(ts, pd.DatetimeIndex) and ts.tz is not None:
             ts = ts.tz_convert("UTC").tz_localize(None)
         ns = np.asarray(ts, dtype="datetime64[ns]")

@@ -84,7 +84,7 @@ class IsolationForestDetector(BaseEstimator):
     def surprise(self, X: np.ndarray) -> np.ndarray:
         """-log10 tail probability per row; rows with a missing feature get 0 (no evidence)."""
         X = np.asarray(X, dtype=float)
-        if np.isfinite(X).all():
+        if len(X) and np.isfinite(X).all():
             return self.calibration_.surprise(self._raw(X))
         ok = np.isfinite(X).all(axis=1)
         out = np.zeros(len(X))

@@ -171,3 +171,11 @@ def test_one_row_as_floats_gets_the_surprise_of_the_array_path():
     got = np.array([detector.surprise_one(row) for row in rows.tolist()])
     np.testing.assert_array_equal(got, expected)
     assert got[0] == got[1] == 0.0 and got[2] > 0
+
+
+def test_no_rows_get_no_surprises_even_on_sklearns_own_path():
+    detector = IsolationForestDetector(random_state=3).fit(
+        np.random.default_rng(11).standard_normal((100, 3)))
+    detector.flat_ = None  # as when sklearn's internals differ: its score_samples is used
+    assert detector.surprise(np.zeros((0, 3))).shape == (0,)
+    assert detector.surprise(np.ones((2, 3))).shape == (2,)

@@ -196,3 +196,14 @@ def test_reported_points_score_as_when_every_point_is_reported(case, smoothing):
         some = detector.score_after(state, ts[at], y[at], gap[at], report=report)
         assert_same(some, pd.DataFrame({name: np.asarray(column)[report]
                                         for name, column in every.items()}))
+
+
+def test_reported_positions_must_increase(case):
+    detector, ts, y, gap = case
+    state = detector.prepare(ts[TRAIN - 100 : TRAIN], y[TRAIN - 100 : TRAIN])
+    at = slice(TRAIN, TRAIN + 3)
+    for report in ([2, 1], [1, 1]):
+        with pytest.raises(ValueError, match="must increase"):
+            detector.score_after(state, ts[at], y[at], gap[at], report=report)
+    listed = detector.score_after(state, list(ts[at]), y[at], gap[at], report=[0, 2])
+    assert listed["ts"] == [ts[TRAIN], ts[TRAIN + 2]]
