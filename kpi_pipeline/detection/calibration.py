@@ -19,6 +19,12 @@ def score_from_surprise(surprise: np.ndarray | float, threshold: float) -> np.nd
     return s / (s + threshold)
 
 
+def score_from_surprise_one(surprise: float, threshold: float) -> float:
+    """``score_from_surprise`` of one float, without numpy's cost per call (same bits)."""
+    surprise = surprise if surprise != surprise or surprise >= 0.0 else 0.0  # np.maximum
+    return surprise / (surprise + threshold)
+
+
 def surprise_from_score(score: np.ndarray | float, threshold: float) -> np.ndarray:
     s = np.clip(np.asarray(score, dtype=float), 0.0, 1.0 - 1e-12)
     return threshold * s / (1.0 - s)
@@ -117,21 +123,22 @@ class ExceedanceTail:
         exceed = n - np.searchsorted(self.sorted_, ordered, side="left")
         empirical = -np.log10((exceed + 1.0) / (n + 1.0))
         above = v > self.threshold_
-        if not above.any():  # the common case, worth skipping the tail for (real-time scoring)
-            return np.where(np.isnan(v), np.nan, np.maximum(empirical, 0.0))
-        tail = -self._log10_tail(np.maximum(v - self.threshold_, 0.0))
-        # Past the threshold the fitted tail takes over: the empirical rate there is too coarse
-        # (every value beyond the training maximum would get the same -log10(1/(n+1))).
-        # ... unless training values came this close often enough: then the observed rate holds.
-        # Tails pickled before recurrences existed have min_recurrences 0, those fitted by
-        # the first, row-counting version of the cap no peaks (``__setstate__``).
-        peaks = self.episode_peaks_
-        if peaks is not None and self.min_recurrences > 0:
-            near = self.threshold_ + self.recurrence_margin * (ordered - self.threshold_)
-            seen = len(peaks) - np.searchsorted(peaks, near, side="left")
-            seen_rate = -np.log10((seen + 1.0) / (n + 1.0))
-            tail = np.where(seen >= self.min_recurrences, np.fmin(tail, seen_rate), tail)
-        out = np.where(above, tail, empirical)
+        out = empirical
+        if above.any():  # most values are not: then the tail is skipped
+            tail = -self._log10_tail(np.maximum(v - self.threshold_, 0.0))
+            # Past the threshold the fitted tail takes over: the empirical rate there is too
+            # coarse (every value beyond the training maximum would get the same
+            # -log10(1/(n+1))) ... unless training values came this close often enough: then
+            # the observed rate holds. Tails pickled before recurrences existed have
+            # min_recurrences 0, those fitted by the first, row-counting version of the cap no
+            # peaks (``__setstate__``).
+            peaks = self.episode_peaks_
+            if peaks is not None and self.min_recurrences > 0:
+                near = self.threshold_ + self.recurrence_margin * (ordered - self.threshold_)
+                seen = len(peaks) - np.searchsorted(peaks, near, side="left")
+                seen_rate = -np.log10((seen + 1.0) / (n + 1.0))
+                tail = np.where(seen >= self.min_recurrences, np.fmin(tail, seen_rate), tail)
+            out = np.where(above, tail, empirical)
         return np.where(np.isnan(v), np.nan, np.maximum(out, 0.0))
 
     def surprise_one(self, value: float) -> float:
@@ -144,7 +151,7 @@ class ExceedanceTail:
         empirical = float(-np.log10((exceed + 1.0) / (n + 1.0)))
         if not value > self.threshold_:
             return empirical if empirical >= 0.0 else 0.0
-        tail = float(-self._log10_tail(max(value - self.threshold_, 0.0)))
+        tail = float(-self._log10_tail(value - self.threshold_))
         peaks = self.episode_peaks_
         if peaks is not None and self.min_recurrences > 0:
             near = self.threshold_ + self.recurrence_margin * (value - self.threshold_)

@@ -41,7 +41,11 @@ import numpy as np
 import pandas as pd
 from sklearn.base import BaseEstimator
 
-from kpi_pipeline.detection.calibration import ExceedanceTail, score_from_surprise
+from kpi_pipeline.detection.calibration import (
+    ExceedanceTail,
+    score_from_surprise,
+    score_from_surprise_one,
+)
 from kpi_pipeline.detection.events import SEVERITY_ORDER
 from kpi_pipeline.detection.iforest import IsolationForestDetector
 from kpi_pipeline.detection.preprocess import infer_frequency
@@ -163,13 +167,11 @@ def _past_rolling_scale(values: np.ndarray, window: int) -> np.ndarray:
     ).median().to_numpy()
 
 
-def _stuck_run_lengths(values: np.ndarray, previous: float = np.nan, run: float = 0.0
-                       ) -> np.ndarray:
-    """Per point, how many consecutive previous values it exactly repeats (the values follow
-    ``previous``, which repeated its own predecessors ``run`` times)."""
-    same = values == np.concatenate([[previous], values[:-1]])
+def _stuck_run_lengths(values: np.ndarray) -> np.ndarray:
+    """Per point, how many consecutive previous values it exactly repeats."""
+    same = values == np.concatenate([[np.nan], values[:-1]])
     runs = np.zeros(len(values))
-    count = run
+    count = 0.0
     for i, repeated in enumerate(same):
         count = count + 1 if repeated else 0
         runs[i] = count
@@ -187,6 +189,10 @@ def _fmin(a: float, b: float) -> float:
     if a != a:
         return b
     return a if b != b or a <= b else b
+
+
+def _zero_if_nan(value: float) -> float:
+    return 0.0 if value != value else value
 
 
 def _at_least(a: float, floor: float) -> float:
@@ -352,7 +358,7 @@ class EnsembleDetector(BaseEstimator):
         self.scale_floor_ = max(1e-6 * typical, 1e-9)
         adapted = residual - _past_rolling_median(residual, cfg.level_window)
         self.residual_scale_ = max(
-            float(np.nanmedian(np.abs(adapted[usable]))) * 1.4826, self.scale_floor_
+            float(np.nanmedian(np.abs(adapted[usable]))) * ROBUST_SCALE, self.scale_floor_
         )
         _, adapted, ratio, _ = self._deviation(residual)
         self.deviation_tail_ = self._tail().fit(ratio[usable])
@@ -363,7 +369,7 @@ class EnsembleDetector(BaseEstimator):
             judged, shifted, _ = self._sustained_shift(residual)
             shifts = np.abs(shifted[usable & np.isfinite(shifted)])
             self.sustained_scale_ = max(
-                float(np.median(shifts)) * 1.4826 if shifts.size else 0.0, self.scale_floor_
+                float(np.median(shifts)) * ROBUST_SCALE if shifts.size else 0.0, self.scale_floor_
             )
             sustained = self._sustained_ratio(judged, shifted)
             self.sustained_tail_ = self._tail().fit(
@@ -371,7 +377,7 @@ class EnsembleDetector(BaseEstimator):
             )
         step = np.diff(y_train[usable])
         self.step_scale_ = max(
-            float(np.median(np.abs(step - np.median(step)))) * 1.4826 if len(step) else 0.0,
+            float(np.median(np.abs(step - np.median(step)))) * ROBUST_SCALE if len(step) else 0.0,
             self.residual_scale_,
         )
         features = self._iforest_features(residual, adapted, y_train)
@@ -480,12 +486,19 @@ class EnsembleDetector(BaseEstimator):
         A value stuck for much longer than it took to alert becomes the new normal (like a level
         shift), so the evidence stops after ``level_window`` more points: one incident, one event.
         """
-        cfg = self._config
-        per_repeat = -np.log10(self.repeat_rate_)
+        per_repeat, last_beyond = self._stuck_limits()
         beyond = runs - self.longest_run_
-        needed = np.ceil(cfg.threshold / per_repeat) if per_repeat > 0 else np.inf
         evidence = np.maximum(beyond, 0) * per_repeat
-        return np.where(beyond > needed + cfg.level_window, 0.0, evidence)
+        return np.where(beyond > last_beyond, 0.0, evidence)
+
+    def _stuck_limits(self) -> tuple[float, float]:
+        """``_stuck_evidence``'s constants: the surprise per repeat beyond the longest normal
+        run, and how far beyond it the evidence ends (the repeats needed to alert, then
+        ``level_window`` more)."""
+        cfg = self._config
+        per_repeat = float(-np.log10(self.repeat_rate_))
+        needed = math.ceil(cfg.threshold / per_repeat) if per_repeat > 0 else math.inf
+        return per_repeat, needed + cfg.level_window
 
     def _iforest_features(self, residual, adapted, y) -> np.ndarray:
         cfg = self._config
@@ -519,7 +532,7 @@ class EnsembleDetector(BaseEstimator):
         # ones (and those the smoothing window reaches back to).
         first_judged = max(0, n_context - (self._config.smoothing_window - 1))
         judged, _ = self._judge_all(ts, y, first_judged)
-        columns = self._finish(judged, judged.combined, n_context, ts, y, gap)
+        columns = self._finish(judged, n_context, ts, y, gap)
         return pd.DataFrame(columns)[SCORE_COLUMNS]
 
     def prepare(self, ts, values, ahead: int = 0) -> ScoringState:
@@ -611,7 +624,7 @@ class EnsembleDetector(BaseEstimator):
             i = keep + j
             residual = model_value - expected
             level = level_at.at(i)
-            level = 0.0 if level != level else level
+            level = _zero_if_nan(level)
             deviation = residual - level  # the adapted residual
             residuals.append(residual)
             recent_scale = bounded(scale_at.at(i), residual_scale)
@@ -631,7 +644,7 @@ class EnsembleDetector(BaseEstimator):
             if sustained:  # as _sustained_shift and _sustained_terms
                 recent = recent_at.at(i + 1)
                 base = base_at.at(i + 1 - k)
-                base = 0.0 if base != base else base
+                base = _zero_if_nan(base)
                 shifted = recent - base
                 sign = recent if recent != recent else (recent > 0) - (recent < 0)
                 current = _at_least(residual * sign, 0.0)
@@ -669,25 +682,15 @@ class EnsembleDetector(BaseEstimator):
         threshold = cfg.threshold
         constants = state.memo.get("finish")
         if constants is None:
-            per_repeat = float(-np.log10(self.repeat_rate_))
             constants = state.memo["finish"] = (
-                self.deviation_tail_.quantile(cfg.band_coverage),
-                per_repeat,
-                math.ceil(threshold / per_repeat) if per_repeat > 0 else math.inf,
+                self.deviation_tail_.quantile(cfg.band_coverage), *self._stuck_limits()
             )
-        band, per_repeat, needed = constants
+        band, per_repeat, last_beyond = constants
         names = ["prophet", "iforest", "flatline"]
         if hasattr(self, "sustained_tail_"):
             names.append("sustained")
         smoothing = cfg.smoothing_window
         combined_all = state.combined[max(0, keep - (smoothing - 1)):keep].tolist()
-
-        def score_of(surprise: float) -> float:  # score_from_surprise
-            surprise = _at_least(surprise, 0.0)
-            return surprise / (surprise + threshold)
-
-        def nan_to_zero(value: float) -> float:
-            return 0.0 if value != value else value
 
         bands, scores, is_anomalies, severities, flagged_bys = [], [], [], [], []
         reported = set(wanted)
@@ -696,11 +699,11 @@ class EnsembleDetector(BaseEstimator):
             point, value, in_gap = judged[j], values[j], gaps[j]
             yhat, residual, level, adapted, recent_scale, ratio, run = point[:7]
             beyond = run - self.longest_run_  # as _stuck_evidence
-            stuck = 0.0 if beyond > needed + cfg.level_window else max(beyond, 0) * per_repeat
-            surprises = [nan_to_zero(self.deviation_tail_.surprise_one(ratio)),
+            stuck = 0.0 if beyond > last_beyond else max(beyond, 0) * per_repeat
+            surprises = [_zero_if_nan(self.deviation_tail_.surprise_one(ratio)),
                          surprise_forest, stuck]
             if len(names) == 4:
-                surprises.append(nan_to_zero(self.sustained_tail_.surprise_one(point[7])))
+                surprises.append(_zero_if_nan(self.sustained_tail_.surprise_one(point[7])))
             strongest = max(surprises)
             combined_all.append(strongest)
             combined = strongest
@@ -715,7 +718,7 @@ class EnsembleDetector(BaseEstimator):
             if in_gap:
                 score, is_anomaly, flagged = cfg.gap_score, True, "gap"
             else:
-                score = score_of(combined)
+                score = score_from_surprise_one(combined, threshold)
                 is_anomaly = combined >= threshold and math.isfinite(value)
             if is_anomaly and flagged is None:
                 flagged = "ensemble"
@@ -727,7 +730,8 @@ class EnsembleDetector(BaseEstimator):
             half_width = band * recent_scale
             rank = bisect.bisect_right(cfg.severity_scores, score) - 1
             bands.append((expected, expected - half_width, expected + half_width))
-            scores.append((score_of(surprises[0]), score_of(surprise_forest), score))
+            scores.append((score_from_surprise_one(surprises[0], threshold),
+                           score_from_surprise_one(surprise_forest, threshold), score))
             is_anomalies.append(is_anomaly)
             severities.append(
                 SEVERITY_ORDER[min(rank, len(SEVERITY_ORDER) - 1)]
@@ -806,19 +810,17 @@ class EnsembleDetector(BaseEstimator):
                 self.sustained_tail_.surprise(sustained_ratio))
         return _Judged(yhat, residual, level, adapted, recent_scale, components, reference)
 
-    def _finish(self, judged: _Judged, combined: np.ndarray, offset: int, ts, y, gap
-                ) -> dict[str, np.ndarray]:
-        """The score columns of the points from ``offset`` on (``combined``: the combined
-        surprise of every judged point, whose first ``offset`` only feed the smoothing)."""
+    def _finish(self, judged: _Judged, cut: int, ts, y, gap) -> dict[str, np.ndarray]:
+        """The score columns of the judged points from ``cut`` on (the points before it only
+        feed the smoothing)."""
         cfg = self._config
+        combined = judged.combined
         if cfg.smoothing_window > 1:
             combined = (
                 pd.Series(combined).rolling(cfg.smoothing_window, min_periods=1).mean().to_numpy()
             )
-        n = len(combined) - offset
-        combined = combined[offset:]
-        # The judged arrays cover the returned points (and, from ``score``, the context before).
-        cut = len(judged.yhat) - n
+        combined = combined[cut:]
+        n = len(combined)
         surprises = judged.surprises[cut:]
         ts, y, gap = ts[cut:], y[cut:], gap[cut:]
         residual, adapted = judged.residual[cut:], judged.adapted[cut:]

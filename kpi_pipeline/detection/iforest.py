@@ -84,9 +84,9 @@ class IsolationForestDetector(BaseEstimator):
     def surprise(self, X: np.ndarray) -> np.ndarray:
         """-log10 tail probability per row; rows with a missing feature get 0 (no evidence)."""
         X = np.asarray(X, dtype=float)
-        if len(X) and np.isfinite(X).all():
-            return self.calibration_.surprise(self._raw(X))
         ok = np.isfinite(X).all(axis=1)
+        if len(X) and ok.all():
+            return self.calibration_.surprise(self._raw(X))
         out = np.zeros(len(X))
         if ok.any():
             out[ok] = self.calibration_.surprise(self._raw(X[ok]))
@@ -164,8 +164,7 @@ class _FlatForest:
             node = self.children[2 * node + went_left]
         # Summed tree by tree (cumsum is sequential), as sklearn adds each tree's path lengths.
         depths = np.cumsum(self.leaf_depth[node], axis=0)[-1] if len(node) else np.zeros(n_rows)
-        return 2 ** -np.divide(depths, self.denominator, out=np.ones_like(depths),
-                               where=self.denominator != 0)
+        return self._score(depths)
 
     def _raw_row(self, x: np.ndarray) -> np.ndarray:
         """``raw`` of one row (float32 values as float64): the same walk with the fewest
@@ -173,6 +172,9 @@ class _FlatForest:
         node, feature, threshold = self.roots[:, 0], self.feature, self.threshold
         for _ in range(self.max_depth):
             node = self.children[2 * node + (x[feature[node]] <= threshold[node])]
-        depth = np.cumsum(self.leaf_depth[node])[-1:]  # summed tree by tree, as sklearn does
-        return 2 ** -np.divide(depth, self.denominator, out=np.ones_like(depth),
+        return self._score(np.cumsum(self.leaf_depth[node])[-1:])  # as sklearn sums them
+
+    def _score(self, depths: np.ndarray) -> np.ndarray:
+        """``2 ** -(summed path length / c(max_samples))``, 1 where that is 0."""
+        return 2 ** -np.divide(depths, self.denominator, out=np.ones_like(depths),
                                where=self.denominator != 0)
