@@ -392,7 +392,7 @@ def wait_until_settled(log_path: Path, workers: int, log, timeout: float = 60) -
     while time.monotonic() < deadline:
         text = log_path.read_text(errors="replace")
         done = sum(text.count(line) for line in settled_lines)
-        if done >= workers or "series cache off" in text:
+        if done >= workers or series_cache.CONFIGURED_OFF in text:
             log(f"workers settled (series caches warmed) after {time.monotonic() - started:.1f} s")
             return
         time.sleep(0.5)

@@ -9,6 +9,7 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from functools import partial
+from typing import Any
 
 import sqlalchemy as sa
 from fastapi import Depends, FastAPI
@@ -19,7 +20,7 @@ from kpi_pipeline import store
 from kpi_pipeline.api import errors, routes
 from kpi_pipeline.api.auth import ApiKeys, document_keys, require_key
 from kpi_pipeline.api.middleware import REQUEST_ID_HEADER, RequestContext
-from kpi_pipeline.api.series_cache import ScoreWriteWatcher
+from kpi_pipeline.api.series_cache import CONFIGURED_OFF, ScoreWriteWatcher
 from kpi_pipeline.api.state import ApiState
 from kpi_pipeline.config import Settings, get_settings
 from kpi_pipeline.pipeline import ScoringCache
@@ -64,8 +65,18 @@ def create_app(settings: Settings | None = None, engine: sa.Engine | None = None
     app.include_router(routes.health)
     app.include_router(routes.reads, dependencies=keyed if reads_keyed else [])
     app.include_router(routes.writes, dependencies=keyed)
-    document_keys(app, [routes.reads, routes.writes] if reads_keyed else [routes.writes])
-    routes.document_json_bodies(app)
+    keyed_routers = [routes.reads, routes.writes] if reads_keyed else [routes.writes]
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        # FastAPI's document (cached until a route is added), completed where it cannot see
+        # what the routes do; editing it again is harmless.
+        schema = generate()
+        document_keys(schema, keyed_routers)
+        routes.document_json_bodies(schema)
+        return schema
+
+    app.openapi = openapi
 
     origins = [origin.strip() for origin in settings.api_cors_origins.split(",") if origin.strip()]
     if origins:
@@ -98,8 +109,9 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     watchers = []
     listens = notifications.can_listen(state.engine)
     if state.series.enabled and not listens:
-        logger.info("series cache off: %s+%s sends no score notifications (series are read "
-                    "from the database)", state.engine.dialect.name, state.engine.dialect.driver)
+        logger.info("%s %s+%s sends no score notifications (series are read "
+                    "from the database)", CONFIGURED_OFF, state.engine.dialect.name,
+                    state.engine.dialect.driver)
     elif state.series.enabled:
         watchers.append(ScoreWriteWatcher(
             state.series,

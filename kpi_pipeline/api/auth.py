@@ -11,7 +11,7 @@ from __future__ import annotations
 import hmac
 from typing import Any
 
-from fastapi import APIRouter, FastAPI, Request
+from fastapi import APIRouter, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.routing import APIRoute
 from fastapi.security import APIKeyHeader, HTTPBearer
@@ -82,25 +82,18 @@ async def require_key(request: Request) -> None:
         raise ApiError(401, "invalid API key", headers=_CHALLENGE)
 
 
-def document_keys(app: FastAPI, keyed: list[APIRouter]) -> None:
-    """Make ``app``'s OpenAPI document list the key schemes and require one of them on every
-    operation of the ``keyed`` routers (those included with ``require_key``): FastAPI documents
-    only the schemes of ``Security`` dependencies (see ``require_key``)."""
-    generate = app.openapi
-
-    def openapi() -> dict[str, Any]:
-        schema = generate()  # FastAPI's, cached until a route is added; editing it is idempotent
-        schemes = schema.setdefault("components", {}).setdefault("securitySchemes", {})
-        for scheme in _SCHEMES:
-            schemes[scheme.scheme_name] = jsonable_encoder(
-                scheme.model, by_alias=True, exclude_none=True
-            )
-        for router in keyed:
-            for route in router.routes:
-                if isinstance(route, APIRoute) and route.include_in_schema:
-                    for method in route.methods:
-                        operation = schema["paths"][route.path_format][method.lower()]
-                        operation["security"] = [{scheme.scheme_name: []} for scheme in _SCHEMES]
-        return schema
-
-    app.openapi = openapi
+def document_keys(schema: dict[str, Any], keyed: list[APIRouter]) -> None:
+    """Complete an OpenAPI document (in place): list the key schemes and require one of them on
+    every operation of the ``keyed`` routers (those included with ``require_key``). FastAPI
+    documents only the schemes of ``Security`` dependencies (see ``require_key``)."""
+    schemes = schema.setdefault("components", {}).setdefault("securitySchemes", {})
+    for scheme in _SCHEMES:
+        schemes[scheme.scheme_name] = jsonable_encoder(
+            scheme.model, by_alias=True, exclude_none=True
+        )
+    for router in keyed:
+        for route in router.routes:
+            if isinstance(route, APIRoute) and route.include_in_schema:
+                for method in route.methods:
+                    operation = schema["paths"][route.path_format][method.lower()]
+                    operation["security"] = [{scheme.scheme_name: []} for scheme in _SCHEMES]

@@ -17,11 +17,11 @@ from typing import Annotated, Any, TypeVar
 import numpy as np
 import pandas as pd
 import sqlalchemy as sa
-from fastapi import APIRouter, Depends, FastAPI, Path, Query, Request
+from fastapi import APIRouter, Depends, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
-from starlette.requests import ClientDisconnect
 from pydantic import BaseModel, ValidationError
+from starlette.requests import ClientDisconnect
 
 from kpi_pipeline import pipeline, store
 from kpi_pipeline.api import errors
@@ -357,7 +357,7 @@ async def score(http: Request) -> Response:
         points = None
         result = api.scorers.score_current(request.kpi, ns, values, stamps, limit)
         if result is None:
-            points = pd.DataFrame({"ts": pd.DatetimeIndex(stamps).as_unit("us"), "value": values})
+            points = _points_frame(stamps, values)
             result = await api.scoring(
                 pipeline.score_points, api.engine, request.kpi, points, limit, api.scorers
             )
@@ -369,9 +369,9 @@ async def score(http: Request) -> Response:
         raise InvalidInput(str(error), ["body", "points"]) from None
     persisted = None
     if request.persist:
-        if points is None:
-            points = pd.DataFrame({"ts": pd.DatetimeIndex(stamps).as_unit("us"), "value": values})
-        observations = points.assign(kpi=request.kpi)
+        observations = (_points_frame(stamps, values) if points is None else points).assign(
+            kpi=request.kpi
+        )
         counts = await api.db(store.upsert_observations, api.engine, observations, "api")
         persisted = IngestCounts(
             inserted=counts.inserted, updated=counts.updated, unchanged=counts.unchanged
@@ -429,31 +429,28 @@ async def json_body(http: Request, model: type[Body]) -> Body:
         raise ApiError(400, "There was an error parsing the body") from None
 
 
-def document_json_bodies(app: FastAPI) -> None:
-    """Document the bodies of ``JSON_BODIES`` in ``app``'s OpenAPI document as FastAPI would:
-    a required ``application/json`` body referring to the model's schema in the components
-    (which stay sorted by name, as FastAPI sorts them)."""
-    generate = app.openapi
+def document_json_bodies(schema: dict[str, Any]) -> None:
+    """Complete an OpenAPI document (in place): the bodies of ``JSON_BODIES`` as FastAPI
+    documents a body parameter, a required ``application/json`` body referring to the model's
+    schema in the components (which stay sorted by name, as FastAPI sorts them)."""
+    components = schema.setdefault("components", {})
+    schemas = components.setdefault("schemas", {})
+    for (path, method), model in JSON_BODIES.items():
+        body = model.model_json_schema(ref_template=_SCHEMA_REF)
+        for name, definition in {**body.pop("$defs", {}), model.__name__: body}.items():
+            if schemas.setdefault(name, definition) != definition:
+                raise ValueError(f"two different schemas named {name!r} in the API")
+        schema["paths"][path][method]["requestBody"] = {
+            "content": {"application/json": {"schema": {
+                "$ref": _SCHEMA_REF.format(model=model.__name__)
+            }}},
+            "required": True,
+        }
+    components["schemas"] = dict(sorted(schemas.items()))
 
-    def openapi() -> dict[str, Any]:
-        schema = generate()  # FastAPI's, cached until a route is added; editing it is idempotent
-        components = schema.setdefault("components", {})
-        schemas = components.setdefault("schemas", {})
-        for (path, method), model in JSON_BODIES.items():
-            body = model.model_json_schema(ref_template=_SCHEMA_REF)
-            for name, definition in {**body.pop("$defs", {}), model.__name__: body}.items():
-                if schemas.setdefault(name, definition) != definition:
-                    raise ValueError(f"two different schemas named {name!r} in the API")
-            schema["paths"][path][method]["requestBody"] = {
-                "content": {"application/json": {"schema": {
-                    "$ref": _SCHEMA_REF.format(model=model.__name__)
-                }}},
-                "required": True,
-            }
-        components["schemas"] = dict(sorted(schemas.items()))
-        return schema
 
-    app.openapi = openapi
+def _points_frame(stamps: list[dt.datetime], values: np.ndarray) -> pd.DataFrame:
+    return pd.DataFrame({"ts": pd.DatetimeIndex(stamps).as_unit("us"), "value": values})
 
 
 def _points_arrays(request: ScoreRequest) -> tuple[list[dt.datetime], np.ndarray, np.ndarray]:

@@ -201,25 +201,18 @@ WARMED, NOT_WARMED, WARMING_STOPPED = (
 )
 """How each warming ends in the log (``benchmarks/bench_api.py`` waits for one per worker)."""
 
+CONFIGURED_OFF = "series cache off:"
+"""How the log says a worker runs without the series cache at all (no warming to wait for)."""
+
 WARM_SHARE = 0.9
 """Share of the cache's bound that warming fills, leaving room for the KPIs requests bring."""
-
-
-class WrittenKpis(Protocol):
-    """What a watcher keeps in step with the store: ``SeriesCache``, ``pipeline.ScoringCache``."""
-
-    def written(self, kpis: Iterable[str]) -> None: ...
-
-    def go_live(self) -> None: ...
-
-    def go_dark(self) -> None: ...
 
 
 class ScoreWriteWatcher:
     """The thread that keeps a ``SeriesCache`` in step with the store: it listens to score
     writes (``listen()``: a context manager giving a connected ``Listener``) and forgets each
     KPI written; without a listener the cache is dark. Reconnects with exponential backoff.
-    (The same for any ``WrittenKpis`` and channel: ``pipeline.ScoringCache`` follows the
+    (The same for any ``HeardWrites`` and channel: ``pipeline.ScoringCache`` follows the
     writes of observations and models; ``name`` and ``source`` word its log lines.)
 
     Each time it starts listening, it first warms the (empty) cache, if given ``warm``: it loads
@@ -228,7 +221,7 @@ class ScoreWriteWatcher:
     reconnection find their KPIs in memory instead of each worker loading them one request at
     a time."""
 
-    def __init__(self, cache: SeriesCache | WrittenKpis,
+    def __init__(self, cache: HeardWrites,
                  listen: Callable[[], AbstractContextManager[Listener]],
                  warm: Callable[[], Iterable[str]] | None = None, read: SeriesRead | None = None,
                  name: str = "series cache", source: str = "series read from the database"
@@ -240,8 +233,7 @@ class ScoreWriteWatcher:
         self._name, self._source = name, source
         self._stopping = threading.Event()
         self._listener: Listener | None = None
-        self._thread = threading.Thread(target=self._run, name="score-write-watcher",
-                                        daemon=True)
+        self._thread = threading.Thread(target=self._run, name=f"{name} watcher", daemon=True)
 
     def start(self) -> None:
         self._thread.start()
