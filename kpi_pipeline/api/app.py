@@ -19,7 +19,7 @@ from starlette.concurrency import run_in_threadpool
 from kpi_pipeline import store
 from kpi_pipeline.api import errors, routes
 from kpi_pipeline.api.auth import ApiKeys, document_keys, require_key
-from kpi_pipeline.api.middleware import REQUEST_ID_HEADER, RequestContext
+from kpi_pipeline.api.middleware import REQUEST_ID_HEADER, DirectRoutes, RequestContext
 from kpi_pipeline.api.series_cache import CONFIGURED_OFF, ScoreWriteWatcher
 from kpi_pipeline.api.state import ApiState
 from kpi_pipeline.config import Settings, get_settings
@@ -78,6 +78,11 @@ def create_app(settings: Settings | None = None, engine: sa.Engine | None = None
 
     app.openapi = openapi
 
+    # Added first, so innermost: the hot writes skip FastAPI's routing, not CORS or the ID.
+    app.add_middleware(DirectRoutes, operations={
+        operation: ((require_key,), endpoint)
+        for operation, endpoint in routes.DIRECT_WRITES.items()
+    })
     origins = [origin.strip() for origin in settings.api_cors_origins.split(",") if origin.strip()]
     if origins:
         app.add_middleware(

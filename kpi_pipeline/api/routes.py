@@ -11,7 +11,8 @@ import datetime as dt
 import email.message
 import json
 import logging
-from functools import partial
+from collections.abc import Awaitable, Callable
+from functools import lru_cache, partial
 from typing import Annotated, Any, TypeVar
 
 import numpy as np
@@ -341,10 +342,11 @@ def _validate_and_store(engine: sa.Engine, records: list[dict], source: str):
 async def score(http: Request) -> Response:
     """Points are judged exactly as the pipeline would judge them next, after the KPI's stored
     observations; they are not stored unless ``persist`` is true."""
-    # The body (a ScoreRequest) is read by json_body rather than declared as a parameter, and
-    # the state taken from the request rather than from State: FastAPI's body and dependency
-    # handling cost more per request than scoring a point does here, on the endpoint business
-    # applications call in a loop. The answers and the OpenAPI document are the same (tested).
+    # The body (a ScoreRequest) is read by json_body rather than declared as a parameter, the
+    # state taken from the request rather than from State, and the route served by
+    # DirectRoutes (DIRECT_WRITES): FastAPI's routing, body and dependency handling cost more
+    # per request than scoring a point does here, on the endpoint business applications call
+    # in a loop. The answers and the OpenAPI document are the same (tested).
     api: ApiState = http.app.state.api
     request = await json_body(http, ScoreRequest)
     limit = api.settings.api_max_batch_points
@@ -384,6 +386,12 @@ async def score(http: Request) -> Response:
     }))
 
 
+DIRECT_WRITES: dict[tuple[str, str], Callable[[Request], Awaitable[Response]]] = {
+    ("POST", "/v1/score"): score,
+}
+"""Write operations served by ``middleware.DirectRoutes`` (after the key check every write
+gets), each its route's endpoint: endpoints that take only the request, on the hot path."""
+
 JSON_BODIES: dict[tuple[str, str], type[BaseModel]] = {("/v1/score", "post"): ScoreRequest}
 """The operations whose body ``json_body`` reads, and its model: ``document_json_bodies``
 documents them as FastAPI documents a body parameter."""
@@ -404,12 +412,7 @@ async def json_body(http: Request, model: type[Body]) -> Body:
             raise RequestValidationError(
                 [{"type": "missing", "loc": ("body",), "msg": "Field required", "input": None}]
             )
-        media = email.message.Message()
-        media["content-type"] = http.headers.get("content-type", "")
-        subtype = media.get_content_subtype()
-        if media.get_content_maintype() == "application" and (
-            subtype == "json" or subtype.endswith("+json")
-        ):
+        if _declares_json(http.headers.get("content-type", "")):
             try:
                 value = json.loads(raw)
             except json.JSONDecodeError as error:
@@ -427,6 +430,18 @@ async def json_body(http: Request, model: type[Body]) -> Body:
         ]) from None
     except (ClientDisconnect, UnicodeDecodeError):
         raise ApiError(400, "There was an error parsing the body") from None
+
+
+@lru_cache(maxsize=64)
+def _declares_json(content_type: str) -> bool:
+    """Whether a Content-Type header declares JSON, as FastAPI reads it (``application/json``
+    or ``application/...+json``); remembered, as clients send the same header every time."""
+    media = email.message.Message()
+    media["content-type"] = content_type
+    subtype = media.get_content_subtype()
+    return media.get_content_maintype() == "application" and (
+        subtype == "json" or subtype.endswith("+json")
+    )
 
 
 def document_json_bodies(schema: dict[str, Any]) -> None:

@@ -1,0 +1,146 @@
+"""``POST /v1/score`` is served by ``middleware.DirectRoutes``, ahead of FastAPI's routing, and
+answers every request exactly as its FastAPI route does."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import ExitStack
+
+import pytest
+from fastapi.testclient import TestClient
+
+from kpi_pipeline import pipeline, store
+from kpi_pipeline.api import routes
+from kpi_pipeline.api.app import create_app
+from kpi_pipeline.api.auth import require_key
+from kpi_pipeline.api.middleware import DirectRoutes
+from kpi_pipeline.config import Settings
+from kpi_pipeline_tests.api.conftest import API_KEY, OTHER_KEY, Seeded
+
+MAX_POINTS = 3
+
+
+def build(seeded_or_url: Seeded | str, direct: bool) -> TestClient:
+    """A client of the API on a seeded database (or on ``url``), with or without
+    ``DirectRoutes`` (without it, FastAPI's route serves ``POST /v1/score``)."""
+    if isinstance(seeded_or_url, str):
+        url, engine = seeded_or_url, store.make_engine(seeded_or_url)
+    else:
+        url, engine = seeded_or_url.url, seeded_or_url.engine
+    settings = Settings(database_url=url, api_keys=f"{API_KEY},{OTHER_KEY}",
+                        api_max_batch_points=MAX_POINTS)
+    app = create_app(settings, engine=engine)
+    if not direct:
+        app.user_middleware = [m for m in app.user_middleware if m.cls is not DirectRoutes]
+    return TestClient(app, raise_server_exceptions=False)
+
+
+@pytest.fixture(scope="module")
+def clients(module_seeded: Seeded) -> Iterator[tuple[TestClient, TestClient]]:
+    with ExitStack() as stack:
+        yield tuple(stack.enter_context(build(module_seeded, direct)) for direct in (True, False))
+
+
+def answer(response) -> tuple:
+    """What a caller sees, but the request ID (new on every request)."""
+    body = response.json() if response.content else None
+    if isinstance(body, dict):
+        body.pop("request_id", None)
+    headers = {name: response.headers.get(name)
+               for name in ("content-type", "www-authenticate", "location")}
+    return response.status_code, body, headers
+
+
+def point(hour: int, value: float = 100.0) -> dict:
+    return {"timestamp": f"2025-03-18T{hour:02d}:00:00Z", "value": value}
+
+
+KEY = {"X-API-Key": API_KEY}
+REQUESTS = {  # case: (method, path, headers, body), the status both answer
+    "scored": (("POST", "/v1/score", KEY, {"kpi": "sales", "points": [point(0), point(2, 1e6)]}),
+               200),
+    "bearer key": (("POST", "/v1/score", {"Authorization": f"Bearer {OTHER_KEY}"},
+                    {"kpi": "sales", "points": [point(1)]}), 200),
+    "no key": (("POST", "/v1/score", {}, {"kpi": "sales", "points": [point(0)]}), 401),
+    "wrong key": (("POST", "/v1/score", {"X-API-Key": "nope"}, {"kpi": "sales", "points": []}),
+                  401),
+    "other scheme": (("POST", "/v1/score", {"Authorization": f"Basic {API_KEY}"}, {}), 401),
+    "unknown KPI": (("POST", "/v1/score", KEY, {"kpi": "nope", "points": [point(0)]}), 404),
+    "no model": (("POST", "/v1/score", KEY, {"kpi": "orders", "points": [point(0)]}), 409),
+    "invalid body": (("POST", "/v1/score", KEY, {"kpi": "sales", "points": [{"value": "x"}]}),
+                     422),
+    "too many points": (("POST", "/v1/score", KEY, {
+        "kpi": "sales", "points": [point(h) for h in range(MAX_POINTS + 1)]}), 422),
+    "repeated time": (("POST", "/v1/score", KEY, {"kpi": "sales", "points": [point(0)] * 2}),
+                      422),
+    "long ago": (("POST", "/v1/score", KEY,
+                  {"kpi": "sales", "points": [{"timestamp": "2020-01-01", "value": 1.0}]}), 200),
+    "trailing slash": (("POST", "/v1/score/", KEY, {"kpi": "sales", "points": [point(0)]}),
+                       307),
+    "other method": (("GET", "/v1/score", KEY, None), 405),
+}
+
+
+@pytest.mark.parametrize("case", REQUESTS)
+def test_the_direct_route_answers_as_fastapis_route_does(clients, case):
+    (method, path, headers, body), status = REQUESTS[case]
+
+    direct, routed = (
+        client.request(method, path, headers=headers, json=body, follow_redirects=False)
+        for client in clients
+    )
+
+    assert direct.status_code == status, direct.text
+    assert answer(direct) == answer(routed)
+
+
+def test_the_direct_route_answers_errors_as_fastapis_route_does(module_seeded, monkeypatch):
+    """A database outage is a 503 and a bug a 500, with the same bodies either way."""
+    closed = "postgresql+psycopg://postgres@127.0.0.1:1/closed"
+    body = {"kpi": "sales", "points": [point(0)]}
+    with build(closed, True) as direct, build(closed, False) as routed:
+        outage = [client.post("/v1/score", headers=KEY, json=body) for client in (direct, routed)]
+
+    def broken(*_args, **_kwargs):
+        raise RuntimeError("bug in scoring")
+
+    monkeypatch.setattr(pipeline, "score_points", broken)
+    with build(module_seeded, True) as direct, build(module_seeded, False) as routed:
+        bug = [client.post("/v1/score", headers=KEY, json=body) for client in (direct, routed)]
+
+    assert [r.status_code for r in outage] == [503, 503]
+    assert answer(outage[0]) == answer(outage[1])
+    assert [r.status_code for r in bug] == [500, 500]
+    assert answer(bug[0]) == answer(bug[1])
+
+
+def test_the_direct_route_is_the_one_that_answers(clients):
+    """FastAPI's dependency overrides do not reach it: without a key, the route with its key
+    check overridden lets the request through, the direct route refuses it."""
+    direct, routed = clients
+    body = {"kpi": "sales", "points": [point(3)]}
+    for client in clients:
+        client.app.dependency_overrides[require_key] = lambda: None
+    try:
+        answers = [client.post("/v1/score", json=body).status_code for client in (direct, routed)]
+    finally:
+        for client in clients:
+            client.app.dependency_overrides.clear()
+
+    assert answers == [401, 200]
+
+
+def test_direct_writes_are_their_routes_endpoints_with_only_the_writers_key_check():
+    """What ``DirectRoutes`` serves is what the route would run: the same endpoint, and no
+    dependency of the route's own beyond the key check its router gets in ``create_app``."""
+    for (method, path), endpoint in routes.DIRECT_WRITES.items():
+        [route] = [route for route in routes.writes.routes
+                   if route.path == path and method in route.methods]
+        assert route.endpoint is endpoint
+        assert route.dependencies == []
+        # The endpoint takes the request and nothing FastAPI would have to solve.
+        dependant = route.dependant
+        assert dependant.request_param_name is not None
+        assert not (dependant.path_params or dependant.query_params or dependant.header_params
+                    or dependant.cookie_params or dependant.body_params
+                    or dependant.dependencies)
