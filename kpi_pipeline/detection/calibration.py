@@ -9,6 +9,8 @@ is exactly the default decision threshold.
 
 from __future__ import annotations
 
+import array
+import bisect
 import math
 
 import numpy as np
@@ -74,6 +76,11 @@ class ExceedanceTail:
         self.recurrence_margin = recurrence_margin
         self.episode_gap = episode_gap
 
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        state.pop("_scalar", None)  # rebuilt on first use
+        return state
+
     def __setstate__(self, state: dict) -> None:
         # Tails pickled before recurrences existed keep judging as they did: no cap; those
         # fitted by the first, row-counting version of the cap (17f9ca5) have no peaks.
@@ -88,6 +95,7 @@ class ExceedanceTail:
         v = np.sort(ordered)
         if len(v) == 0:
             raise ValueError("cannot fit a tail to no values")
+        self.__dict__.pop("_scalar", None)  # surprise_one's tables of an earlier fit
         self.sorted_ = v
         self.threshold_ = float(np.quantile(v, self.tail_quantile))
         self.episode_peaks_ = _episode_peaks(ordered, self.threshold_, self.episode_gap)
@@ -146,9 +154,12 @@ class ExceedanceTail:
         dwarfs the arithmetic of a value or a few): the same numbers (tested)."""
         if value != value:
             return math.nan
-        n = len(self.sorted_)
-        exceed = n - int(self.sorted_.searchsorted(value, side="left"))
-        empirical = float(-np.log10((exceed + 1.0) / (n + 1.0)))
+        scalar = self.__dict__.get("_scalar")
+        if scalar is None:
+            scalar = self._scalar = self._scalar_tables()
+        ordered, empirical_by_exceedances = scalar
+        exceed = len(ordered) - bisect.bisect_left(ordered, value)  # searchsorted, side="left"
+        empirical = empirical_by_exceedances[exceed]
         if not value > self.threshold_:
             return empirical if empirical >= 0.0 else 0.0
         tail = float(-self._log10_tail(value - self.threshold_))
@@ -157,9 +168,17 @@ class ExceedanceTail:
             near = self.threshold_ + self.recurrence_margin * (value - self.threshold_)
             seen = len(peaks) - int(peaks.searchsorted(near, side="left"))
             if seen >= self.min_recurrences:
-                seen_rate = float(-np.log10((seen + 1.0) / (n + 1.0)))
+                seen_rate = float(-np.log10((seen + 1.0) / (len(ordered) + 1.0)))
                 tail = seen_rate if tail != tail or seen_rate < tail else tail  # np.fmin
         return tail if tail != tail or tail >= 0.0 else 0.0
+
+    def _scalar_tables(self) -> tuple[array.array, array.array]:
+        """For ``surprise_one``: the training values, sorted, as plain floats (bisected without
+        numpy), and the empirical surprise for each possible count of exceedances, computed as
+        ``surprise`` computes it."""
+        n = len(self.sorted_)
+        empirical = -np.log10((np.arange(n + 1) + 1.0) / (n + 1.0))
+        return array.array("d", self.sorted_.tolist()), array.array("d", empirical.tolist())
 
     def quantile(self, probability: float) -> float:
         """The value that normal points exceed with probability ``1 - probability``."""

@@ -232,3 +232,19 @@ def test_one_value_at_a_time_gives_the_surprise_of_many(min_recurrences):
         few = np.concatenate([fitted.surprise(probes[i : i + 3]) for i in range(0, len(probes), 3)])
         np.testing.assert_array_equal(few, many)
         assert (many[np.isfinite(probes)] >= 0).all()
+
+
+def test_one_value_at_a_time_follows_a_refit_and_pickles_without_its_tables():
+    light, heavy = training_values("light"), training_values("heavy")
+    tail = ExceedanceTail().fit(light)
+    before = tail.surprise_one(float(np.median(light)))
+    tail.fit(heavy)  # refit in place: the tables of the first fit must go
+
+    probes = np.concatenate([heavy[:50], [np.median(light)]])
+    np.testing.assert_array_equal([tail.surprise_one(float(v)) for v in probes],
+                                  ExceedanceTail().fit(heavy).surprise(probes))
+    assert before != tail.surprise_one(float(np.median(light)))
+    copy = pickle.loads(pickle.dumps(tail))
+    assert "_scalar" not in copy.__dict__
+    np.testing.assert_array_equal([copy.surprise_one(float(v)) for v in probes],
+                                  tail.surprise(probes))
