@@ -4,16 +4,16 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import re
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from functools import partial
 
-from starlette.concurrency import run_in_threadpool
+from starlette.applications import Starlette
 from starlette.datastructures import Headers, MutableHeaders
-from starlette.exceptions import HTTPException
+from starlette.middleware.exceptions import ExceptionMiddleware
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -97,69 +97,63 @@ class DirectRoutes:
 
     Each operation is its FastAPI route's endpoint (which takes only the request and returns a
     response) after the checks the route's router applies (its request-only dependencies), so
-    the answers are the route's own; an error either raises is answered by the app's exception
-    handlers, as FastAPI's exception middleware would answer it, and any other error goes on
-    to ``RequestContext``'s 500. FastAPI keeps documenting the route and answers every other
+    the answers are the route's own: errors go through Starlette's ``ExceptionMiddleware`` with
+    the app's exception handlers, as they do on the route, and any other error on to
+    ``RequestContext``'s 500. FastAPI keeps documenting the route and answers every other
     request (another method, a trailing slash) as before. Added innermost, so ``RequestContext``
-    and CORS apply. (FastAPI's ``dependency_overrides`` do not reach these operations.)
+    and CORS apply. What FastAPI's routing would add does not happen for these operations:
+    ``dependency_overrides`` do not reach them, and FastAPI's OpenTelemetry spans (when a
+    tracer provider is configured) do not name their route.
     """
 
     def __init__(self, app: ASGIApp,
                  operations: Mapping[tuple[str, str], tuple[Sequence[Check], Endpoint]]) -> None:
         self.app = app
         self.operations = dict(operations)
+        self._served: dict[tuple[str, str], ASGIApp] | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
-            operation = self.operations.get((scope["method"], _route_path(scope)))
-            if operation is not None:
-                await self._serve(*operation, scope, receive, send)
+            operation = (scope["method"], _route_path(scope))
+            if operation in self.operations:
+                served = self._served or self._serve(scope["app"])
+                await served[operation](scope, receive, send)
                 return
         await self.app(scope, receive, send)
 
-    @staticmethod
-    async def _serve(checks: Sequence[Check], endpoint: Endpoint, scope: Scope,
-                     receive: Receive, send: Send) -> None:
-        request = Request(scope, receive, send)
-        try:
-            for check in checks:
-                await check(request)
-            response = await endpoint(request)
-        except Exception as error:
-            handler = _exception_handler(scope["app"].exception_handlers, error)
-            if handler is None:
-                raise
-            if asyncio.iscoroutinefunction(handler):
-                response = await handler(request, error)
-            else:
-                response = await run_in_threadpool(handler, request, error)
-        await response(scope, receive, send)
+    def _serve(self, app: Starlette) -> dict[tuple[str, str], ASGIApp]:
+        # Built on the first request, as Starlette builds its own stack: the app's handlers
+        # are final by then. Those for 500 and Exception are the server-error middleware's.
+        handlers = {key: handler for key, handler in app.exception_handlers.items()
+                    if key not in (500, Exception)}
+        self._served = {
+            operation: ExceptionMiddleware(partial(_run, checks, endpoint), handlers,
+                                           debug=app.debug)
+            for operation, (checks, endpoint) in self.operations.items()
+        }
+        return self._served
+
+
+async def _run(checks: Sequence[Check], endpoint: Endpoint, scope: Scope, receive: Receive,
+               send: Send) -> None:
+    request = Request(scope, receive, send)
+    for check in checks:
+        await check(request)
+    response = await endpoint(request)
+    await response(scope, receive, send)
 
 
 def _route_path(scope: Scope) -> str:
-    """The path routes are matched against: without the ``root_path`` a proxy mounts the app
-    under, as Starlette's router matches it."""
+    """The path routes are matched against, as Starlette's router reads it
+    (``starlette._utils.get_route_path``): without the ``root_path`` a proxy mounts the app
+    under."""
     path: str = scope["path"]
     root = scope.get("root_path", "")
-    if root and path.startswith(root) and path[len(root):len(root) + 1] == "/":
-        return path[len(root):]
-    return path
-
-
-def _exception_handler(handlers: Mapping, error: Exception):
-    """The handler Starlette's exception middleware would pick for ``error``: by status for an
-    ``HTTPException``, else by the nearest class in its MRO; None if there is none. (A handler
-    for 500 or ``Exception`` is the server-error middleware's, not that one's.)"""
-    if isinstance(error, HTTPException) and error.status_code != 500:
-        handler = handlers.get(error.status_code)
-        if handler is not None:
-            return handler
-    for cls in type(error).__mro__:
-        if cls is Exception:
-            break
-        if cls in handlers:
-            return handlers[cls]
-    return None
+    if not root or not path.startswith(root):
+        return path
+    if path == root:
+        return ""
+    return path[len(root):] if path[len(root)] == "/" else path
 
 
 def _content_length(headers: Headers) -> int:

@@ -21,6 +21,7 @@ import sqlalchemy as sa
 from fastapi import APIRouter, Depends, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from fastapi.routing import APIRoute
 from pydantic import BaseModel, ValidationError
 from starlette.requests import ClientDisconnect
 
@@ -391,6 +392,24 @@ DIRECT_WRITES: dict[tuple[str, str], Callable[[Request], Awaitable[Response]]] =
 }
 """Write operations served by ``middleware.DirectRoutes`` (after the key check every write
 gets), each its route's endpoint: endpoints that take only the request, on the hot path."""
+
+
+def direct_writes() -> dict[tuple[str, str], Callable[[Request], Awaitable[Response]]]:
+    """``DIRECT_WRITES``, each checked to be the endpoint of its route in ``writes`` with
+    nothing for FastAPI to solve (no parameter but the request, no dependency of the route's
+    own), so that what ``DirectRoutes`` runs after the key check is what the route runs."""
+    for (method, path), endpoint in DIRECT_WRITES.items():
+        found = [route for route in writes.routes
+                 if isinstance(route, APIRoute) and route.path == path and method in route.methods]
+        needs = found[0].dependant if len(found) == 1 else None
+        if needs is None or found[0].endpoint is not endpoint:
+            raise RuntimeError(f"{method} {path} is not a route of {endpoint.__name__}")
+        if (found[0].dependencies or needs.request_param_name is None or needs.dependencies
+                or needs.path_params or needs.query_params or needs.header_params
+                or needs.cookie_params or needs.body_params):
+            raise RuntimeError(f"{method} {path} cannot be served directly: its endpoint must "
+                               "take the request only, with no dependency of its own")
+    return DIRECT_WRITES
 
 JSON_BODIES: dict[tuple[str, str], type[BaseModel]] = {("/v1/score", "post"): ScoreRequest}
 """The operations whose body ``json_body`` reads, and its model: ``document_json_bodies``

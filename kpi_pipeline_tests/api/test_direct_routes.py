@@ -20,7 +20,8 @@ from kpi_pipeline_tests.api.conftest import API_KEY, OTHER_KEY, Seeded
 MAX_POINTS = 3
 
 
-def build(seeded_or_url: Seeded | str, direct: bool) -> TestClient:
+def build(seeded_or_url: Seeded | str, direct: bool, root_path: str = "",
+          **settings) -> TestClient:
     """A client of the API on a seeded database (or on ``url``), with or without
     ``DirectRoutes`` (without it, FastAPI's route serves ``POST /v1/score``)."""
     if isinstance(seeded_or_url, str):
@@ -28,11 +29,11 @@ def build(seeded_or_url: Seeded | str, direct: bool) -> TestClient:
     else:
         url, engine = seeded_or_url.url, seeded_or_url.engine
     settings = Settings(database_url=url, api_keys=f"{API_KEY},{OTHER_KEY}",
-                        api_max_batch_points=MAX_POINTS)
+                        api_max_batch_points=MAX_POINTS, **settings)
     app = create_app(settings, engine=engine)
     if not direct:
         app.user_middleware = [m for m in app.user_middleware if m.cls is not DirectRoutes]
-    return TestClient(app, raise_server_exceptions=False)
+    return TestClient(app, raise_server_exceptions=False, root_path=root_path)
 
 
 @pytest.fixture(scope="module")
@@ -42,13 +43,19 @@ def clients(module_seeded: Seeded) -> Iterator[tuple[TestClient, TestClient]]:
 
 
 def answer(response) -> tuple:
-    """What a caller sees, but the request ID (new on every request)."""
+    """What a caller sees, but the request ID and the date (new on every request)."""
     body = response.json() if response.content else None
     if isinstance(body, dict):
         body.pop("request_id", None)
-    headers = {name: response.headers.get(name)
-               for name in ("content-type", "www-authenticate", "location")}
+    headers = sorted((name, value) for name, value in response.headers.multi_items()
+                     if name not in ("x-request-id", "date"))
     return response.status_code, body, headers
+
+
+def send(client: TestClient, method: str, path: str, headers: dict, body: dict | bytes | None):
+    content = body if isinstance(body, bytes) else None
+    return client.request(method, path, headers=headers, follow_redirects=False,
+                          json=None if isinstance(body, bytes) else body, content=content)
 
 
 def point(hour: int, value: float = 100.0) -> dict:
@@ -78,6 +85,13 @@ REQUESTS = {  # case: (method, path, headers, body), the status both answer
     "trailing slash": (("POST", "/v1/score/", KEY, {"kpi": "sales", "points": [point(0)]}),
                        307),
     "other method": (("GET", "/v1/score", KEY, None), 405),
+    "not declared JSON": (("POST", "/v1/score", {**KEY, "Content-Type": "text/plain"},
+                           b'{"kpi": "sales", "points": []}'), 422),
+    "malformed JSON": (("POST", "/v1/score", {**KEY, "Content-Type": "application/json"},
+                        b'{"kpi": '), 422),
+    "empty body": (("POST", "/v1/score", KEY, b""), 422),
+    "not UTF-8": (("POST", "/v1/score", {**KEY, "Content-Type": "application/json"},
+                   '{"kpi": "\u00e9"}'.encode("latin-1")), 400),
 }
 
 
@@ -85,10 +99,7 @@ REQUESTS = {  # case: (method, path, headers, body), the status both answer
 def test_the_direct_route_answers_as_fastapis_route_does(clients, case):
     (method, path, headers, body), status = REQUESTS[case]
 
-    direct, routed = (
-        client.request(method, path, headers=headers, json=body, follow_redirects=False)
-        for client in clients
-    )
+    direct, routed = (send(client, method, path, headers, body) for client in clients)
 
     assert direct.status_code == status, direct.text
     assert answer(direct) == answer(routed)
@@ -130,17 +141,50 @@ def test_the_direct_route_is_the_one_that_answers(clients):
     assert answers == [401, 200]
 
 
-def test_direct_writes_are_their_routes_endpoints_with_only_the_writers_key_check():
-    """What ``DirectRoutes`` serves is what the route would run: the same endpoint, and no
-    dependency of the route's own beyond the key check its router gets in ``create_app``."""
-    for (method, path), endpoint in routes.DIRECT_WRITES.items():
-        [route] = [route for route in routes.writes.routes
-                   if route.path == path and method in route.methods]
-        assert route.endpoint is endpoint
-        assert route.dependencies == []
-        # The endpoint takes the request and nothing FastAPI would have to solve.
-        dependant = route.dependant
-        assert dependant.request_param_name is not None
-        assert not (dependant.path_params or dependant.query_params or dependant.header_params
-                    or dependant.cookie_params or dependant.body_params
-                    or dependant.dependencies)
+def test_behind_a_root_path_and_with_cors_the_answers_are_the_same(module_seeded):
+    body = {"kpi": "sales", "points": [point(4)]}
+    origin = {**KEY, "Origin": "https://dash.example"}
+    answers = []
+    for direct in (True, False):
+        with build(module_seeded, direct, root_path="/api",
+                   api_cors_origins="https://dash.example") as client:
+            client.app.dependency_overrides[require_key] = lambda: None  # see below
+            answers.append([
+                send(client, "POST", "/v1/score", origin, body),
+                send(client, "POST", "/v1/score", {"Origin": "https://dash.example"}, body),
+            ])
+
+    (direct_keyed, direct_keyless), (routed_keyed, routed_keyless) = answers
+    assert direct_keyed.status_code == 200
+    assert direct_keyed.headers["access-control-allow-origin"] == "https://dash.example"
+    assert answer(direct_keyed) == answer(routed_keyed)
+    # Served directly under the root path too: the override does not reach it.
+    assert (direct_keyless.status_code, routed_keyless.status_code) == (401, 200)
+
+
+def test_persisted_points_are_counted_the_same(seeded):
+    answers = []
+    for direct, hour in ((True, 5), (False, 6)):
+        with build(seeded, direct) as client:
+            answers.append(send(client, "POST", "/v1/score", KEY,
+                                {"kpi": "sales", "points": [point(hour)], "persist": True}))
+
+    assert [r.status_code for r in answers] == [200, 200]
+    assert [r.json()["persisted"] for r in answers] == [
+        {"inserted": 1, "updated": 0, "unchanged": 0}
+    ] * 2
+
+
+def test_direct_writes_are_their_routes_endpoints_with_nothing_for_fastapi_to_solve(
+    monkeypatch,
+):
+    """``direct_writes`` refuses an operation whose route would run something the direct path
+    does not: another endpoint, parameters or dependencies of its own."""
+    assert routes.direct_writes() == {("POST", "/v1/score"): routes.score}
+
+    for wrong in ({("POST", "/v1/score"): routes.ingest},
+                  {("POST", "/v1/observations"): routes.ingest},
+                  {("POST", "/v1/nothing"): routes.score}):
+        monkeypatch.setattr(routes, "DIRECT_WRITES", wrong)
+        with pytest.raises(RuntimeError):
+            routes.direct_writes()
