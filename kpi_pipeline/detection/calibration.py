@@ -17,13 +17,13 @@ import numpy as np
 from scipy import stats
 
 def score_from_surprise(surprise: np.ndarray | float, threshold: float) -> np.ndarray:
-    s = np.maximum(np.asarray(surprise, dtype=float), 0.0)
+    s = np.maximum(np.asarray(surprise, dtype=float), 0.0) + 0.0  # + 0.0: never -0.0
     return s / (s + threshold)
 
 
 def score_from_surprise_one(surprise: float, threshold: float) -> float:
     """``score_from_surprise`` of one float, without numpy's cost per call (same bits)."""
-    surprise = surprise if surprise != surprise or surprise >= 0.0 else 0.0  # np.maximum
+    surprise = surprise if surprise != surprise or surprise > 0.0 else 0.0  # never -0.0
     return surprise / (surprise + threshold)
 
 
@@ -95,7 +95,6 @@ class ExceedanceTail:
         v = np.sort(ordered)
         if len(v) == 0:
             raise ValueError("cannot fit a tail to no values")
-        self.__dict__.pop("_scalar", None)  # surprise_one's tables of an earlier fit
         self.sorted_ = v
         self.threshold_ = float(np.quantile(v, self.tail_quantile))
         self.episode_peaks_ = _episode_peaks(ordered, self.threshold_, self.episode_gap)
@@ -147,7 +146,8 @@ class ExceedanceTail:
                 seen_rate = -np.log10((seen + 1.0) / (n + 1.0))
                 tail = np.where(seen >= self.min_recurrences, np.fmin(tail, seen_rate), tail)
             out = np.where(above, tail, empirical)
-        return np.where(np.isnan(v), np.nan, np.maximum(out, 0.0))
+        # + 0.0: a zero is +0.0 (np.maximum may keep -0.0, which -log10(1) is).
+        return np.where(np.isnan(v), np.nan, np.maximum(out, 0.0) + 0.0)
 
     def surprise_one(self, value: float) -> float:
         """``surprise`` of one value, in scalar arithmetic (without numpy's cost per call, which
@@ -155,13 +155,13 @@ class ExceedanceTail:
         if value != value:
             return math.nan
         scalar = self.__dict__.get("_scalar")
-        if scalar is None:
+        if scalar is None or scalar[0] is not self.sorted_:  # first use, or refitted
             scalar = self._scalar = self._scalar_tables()
-        ordered, empirical_by_exceedances = scalar
+        _, ordered, empirical_by_exceedances = scalar
         exceed = len(ordered) - bisect.bisect_left(ordered, value)  # searchsorted, side="left"
         empirical = empirical_by_exceedances[exceed]
         if not value > self.threshold_:
-            return empirical if empirical >= 0.0 else 0.0
+            return empirical if empirical > 0.0 else 0.0
         tail = float(-self._log10_tail(value - self.threshold_))
         peaks = self.episode_peaks_
         if peaks is not None and self.min_recurrences > 0:
@@ -170,15 +170,20 @@ class ExceedanceTail:
             if seen >= self.min_recurrences:
                 seen_rate = float(-np.log10((seen + 1.0) / (len(ordered) + 1.0)))
                 tail = seen_rate if tail != tail or seen_rate < tail else tail  # np.fmin
-        return tail if tail != tail or tail >= 0.0 else 0.0
+        return tail if tail != tail or tail > 0.0 else 0.0
 
-    def _scalar_tables(self) -> tuple[array.array, array.array]:
-        """For ``surprise_one``: the training values, sorted, as plain floats (bisected without
-        numpy), and the empirical surprise for each possible count of exceedances, computed as
-        ``surprise`` computes it."""
-        n = len(self.sorted_)
+    def _scalar_tables(self) -> tuple[np.ndarray, array.array, array.array]:
+        """For ``surprise_one``: the training values they were built from, those values as
+        plain floats (bisected without numpy), and the empirical surprise for each possible
+        count of exceedances, computed as ``surprise`` computes it."""
+        ordered = self.sorted_
+        n = len(ordered)
         empirical = -np.log10((np.arange(n + 1) + 1.0) / (n + 1.0))
-        return array.array("d", self.sorted_.tolist()), array.array("d", empirical.tolist())
+        as_floats = array.array("d")
+        as_floats.frombytes(np.ascontiguousarray(ordered, dtype=np.float64).tobytes())
+        table = array.array("d")
+        table.frombytes(empirical.tobytes())
+        return ordered, as_floats, table
 
     def quantile(self, probability: float) -> float:
         """The value that normal points exceed with probability ``1 - probability``."""

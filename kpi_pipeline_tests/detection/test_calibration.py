@@ -6,6 +6,7 @@ import pytest
 from kpi_pipeline.detection.calibration import (
     ExceedanceTail,
     score_from_surprise,
+    score_from_surprise_one,
     surprise_from_score,
 )
 
@@ -228,9 +229,9 @@ def test_one_value_at_a_time_gives_the_surprise_of_many(min_recurrences):
         ])
         many = fitted.surprise(probes)
         one = np.array([fitted.surprise_one(float(value)) for value in probes])
-        np.testing.assert_array_equal(one, many)
+        assert_same_bits(one, many)
         few = np.concatenate([fitted.surprise(probes[i : i + 3]) for i in range(0, len(probes), 3)])
-        np.testing.assert_array_equal(few, many)
+        assert_same_bits(few, many)
         assert (many[np.isfinite(probes)] >= 0).all()
 
 
@@ -248,3 +249,29 @@ def test_one_value_at_a_time_follows_a_refit_and_pickles_without_its_tables():
     assert "_scalar" not in copy.__dict__
     np.testing.assert_array_equal([copy.surprise_one(float(v)) for v in probes],
                                   tail.surprise(probes))
+
+
+def assert_same_bits(got: np.ndarray, expected: np.ndarray) -> None:
+    """Equal bit for bit: NaN where NaN, and the sign of a zero too."""
+    got, expected = np.asarray(got, dtype=float), np.asarray(expected, dtype=float)
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(expected))
+    ok = ~np.isnan(expected)
+    np.testing.assert_array_equal(got[ok].view(np.int64), expected[ok].view(np.int64))
+
+
+def test_no_surprise_or_score_is_negative_zero():
+    """-log10(1) is -0.0: a value at or below every training value has surprise +0.0 and
+    score +0.0 (an API answer never shows ``-0.0``), one at a time or many."""
+    values = training_values("light")
+    tail = ExceedanceTail().fit(values)
+    low = np.array([values.min(), values.min() - 1.0, -np.inf])
+
+    for surprises in (tail.surprise(low), tail.surprise(np.repeat(low, 3)),
+                      [tail.surprise_one(float(v)) for v in low]):
+        assert not np.signbit(surprises).any()
+    assert not np.signbit(score_from_surprise(np.array([-0.0, 0.0] * 3), 3.0)).any()
+    assert not np.signbit([score_from_surprise_one(-0.0, 3.0), score_from_surprise_one(0.0, 3.0)]
+                          ).any()
+    surprises = [-1.0, -0.0, 0.0, 0.5, 40.0, np.nan]
+    assert_same_bits([score_from_surprise_one(s, 3.0) for s in surprises],
+                     score_from_surprise(np.array(surprises), 3.0))
