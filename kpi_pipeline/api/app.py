@@ -80,7 +80,7 @@ def create_app(settings: Settings | None = None, engine: sa.Engine | None = None
 
     # Added first, so innermost: the hot writes skip FastAPI's routing, not CORS or the ID.
     app.add_middleware(DirectRoutes, operations={
-        operation: ((require_key,), endpoint)
+        operation: (tuple(depends.dependency for depends in keyed), endpoint)
         for operation, endpoint in routes.direct_writes().items()
     })
     origins = [origin.strip() for origin in settings.api_cors_origins.split(",") if origin.strip()]

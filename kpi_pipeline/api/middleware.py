@@ -113,17 +113,18 @@ class DirectRoutes:
         self._served: dict[tuple[str, str], ASGIApp] | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        # Built on the first call (the lifespan's, when there is one) with the handlers the
+        # app has then, as Starlette builds its own stack.
+        served = self._served or self._serve(scope["app"])
         if scope["type"] == "http":
             operation = (scope["method"], _route_path(scope))
-            if operation in self.operations:
-                served = self._served or self._serve(scope["app"])
+            if operation in served:
                 await served[operation](scope, receive, send)
                 return
         await self.app(scope, receive, send)
 
     def _serve(self, app: Starlette) -> dict[tuple[str, str], ASGIApp]:
-        # Built on the first request, as Starlette builds its own stack: the app's handlers
-        # are final by then. Those for 500 and Exception are the server-error middleware's.
+        # Those for 500 and Exception are the server-error middleware's.
         handlers = {key: handler for key, handler in app.exception_handlers.items()
                     if key not in (500, Exception)}
         self._served = {

@@ -9,6 +9,7 @@ import base64
 import binascii
 import datetime as dt
 import email.message
+import inspect
 import json
 import logging
 from collections.abc import Awaitable, Callable
@@ -396,19 +397,26 @@ gets), each its route's endpoint: endpoints that take only the request, on the h
 
 def direct_writes() -> dict[tuple[str, str], Callable[[Request], Awaitable[Response]]]:
     """``DIRECT_WRITES``, each checked to be the endpoint of its route in ``writes`` with
-    nothing for FastAPI to solve (no parameter but the request, no dependency of the route's
-    own), so that what ``DirectRoutes`` runs after the key check is what the route runs."""
+    nothing for FastAPI to do around it: an async endpoint whose one parameter is the request,
+    on a route with no dependency and no body limit of its own. What ``DirectRoutes`` runs
+    after the key check is then what the route runs."""
     for (method, path), endpoint in DIRECT_WRITES.items():
         found = [route for route in writes.routes
                  if isinstance(route, APIRoute) and route.path == path and method in route.methods]
-        needs = found[0].dependant if len(found) == 1 else None
-        if needs is None or found[0].endpoint is not endpoint:
+        if len(found) != 1 or found[0].endpoint is not endpoint:
             raise RuntimeError(f"{method} {path} is not a route of {endpoint.__name__}")
-        if (found[0].dependencies or needs.request_param_name is None or needs.dependencies
-                or needs.path_params or needs.query_params or needs.header_params
-                or needs.cookie_params or needs.body_params):
-            raise RuntimeError(f"{method} {path} cannot be served directly: its endpoint must "
-                               "take the request only, with no dependency of its own")
+        route, needs = found[0], found[0].dependant
+        solved = (needs.path_params, needs.query_params, needs.header_params,
+                  needs.cookie_params, needs.body_params, needs.dependencies)
+        special = (needs.websocket_param_name, needs.http_connection_param_name,
+                   needs.response_param_name, needs.background_tasks_param_name,
+                   needs.security_scopes_param_name)
+        if (route.dependencies or route.max_body_size is not None or any(solved)
+                or any(name is not None for name in special) or needs.request_param_name is None
+                or not inspect.iscoroutinefunction(endpoint)):
+            raise RuntimeError(f"{method} {path} cannot be served directly: its endpoint must be "
+                               "async and take the request only, on a route with no "
+                               "dependency or body limit of its own")
     return DIRECT_WRITES
 
 JSON_BODIES: dict[tuple[str, str], type[BaseModel]] = {("/v1/score", "post"): ScoreRequest}

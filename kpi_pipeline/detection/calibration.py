@@ -95,6 +95,7 @@ class ExceedanceTail:
         v = np.sort(ordered)
         if len(v) == 0:
             raise ValueError("cannot fit a tail to no values")
+        self.__dict__.pop("_scalar", None)  # surprise_one's tables of an earlier fit
         self.sorted_ = v
         self.threshold_ = float(np.quantile(v, self.tail_quantile))
         self.episode_peaks_ = _episode_peaks(ordered, self.threshold_, self.episode_gap)

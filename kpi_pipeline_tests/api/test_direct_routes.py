@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from contextlib import ExitStack
 
 import pytest
+from fastapi import BackgroundTasks, Depends, Request, Response
 from fastapi.testclient import TestClient
 
 from kpi_pipeline import pipeline, store
@@ -28,8 +29,8 @@ def build(seeded_or_url: Seeded | str, direct: bool, root_path: str = "",
         url, engine = seeded_or_url, store.make_engine(seeded_or_url)
     else:
         url, engine = seeded_or_url.url, seeded_or_url.engine
-    settings = Settings(database_url=url, api_keys=f"{API_KEY},{OTHER_KEY}",
-                        api_max_batch_points=MAX_POINTS, **settings)
+    options = {"api_keys": f"{API_KEY},{OTHER_KEY}", "api_max_batch_points": MAX_POINTS}
+    settings = Settings(database_url=url, **(options | settings))
     app = create_app(settings, engine=engine)
     if not direct:
         app.user_middleware = [m for m in app.user_middleware if m.cls is not DirectRoutes]
@@ -150,16 +151,33 @@ def test_behind_a_root_path_and_with_cors_the_answers_are_the_same(module_seeded
                    api_cors_origins="https://dash.example") as client:
             client.app.dependency_overrides[require_key] = lambda: None  # see below
             answers.append([
-                send(client, "POST", "/v1/score", origin, body),
-                send(client, "POST", "/v1/score", {"Origin": "https://dash.example"}, body),
+                send(client, "POST", path, origin, body)
+                for path in ("/v1/score", "/api/v1/score")  # without and with the root path
+            ] + [
+                send(client, "POST", path, {"Origin": "https://dash.example"}, body)
+                for path in ("/v1/score", "/api/v1/score")
             ])
 
-    (direct_keyed, direct_keyless), (routed_keyed, routed_keyless) = answers
-    assert direct_keyed.status_code == 200
-    assert direct_keyed.headers["access-control-allow-origin"] == "https://dash.example"
-    assert answer(direct_keyed) == answer(routed_keyed)
+    direct, routed = answers
+    for keyed_direct, keyed_routed in zip(direct[:2], routed[:2]):
+        assert keyed_direct.status_code == 200
+        assert keyed_direct.headers["access-control-allow-origin"] == "https://dash.example"
+        assert answer(keyed_direct) == answer(keyed_routed)
     # Served directly under the root path too: the override does not reach it.
-    assert (direct_keyless.status_code, routed_keyless.status_code) == (401, 200)
+    assert [r.status_code for r in direct[2:]] == [401, 401]
+    assert [r.status_code for r in routed[2:]] == [200, 200]
+
+
+def test_without_configured_keys_both_refuse_the_write(module_seeded):
+    body = {"kpi": "sales", "points": [point(0)]}
+    answers = []
+    for direct in (True, False):
+        with build(module_seeded, direct, api_keys="") as client:
+            answers.append(send(client, "POST", "/v1/score", KEY, body))
+
+    assert answers[0].status_code == 401
+    assert "no API keys configured" in answers[0].json()["message"]
+    assert answer(answers[0]) == answer(answers[1])
 
 
 def test_persisted_points_are_counted_the_same(seeded):
@@ -188,3 +206,28 @@ def test_direct_writes_are_their_routes_endpoints_with_nothing_for_fastapi_to_so
         monkeypatch.setattr(routes, "DIRECT_WRITES", wrong)
         with pytest.raises(RuntimeError):
             routes.direct_writes()
+
+
+def _sync(request: Request) -> Response: ...
+async def _background(request: Request, tasks: BackgroundTasks) -> Response: ...
+async def _response(request: Request, response: Response) -> Response: ...
+async def _plain(request: Request) -> Response: ...
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "options"),
+    [(_sync, {}), (_background, {}), (_response, {}), (_plain, {"max_body_size": 10}),
+     (_plain, {"dependencies": [Depends(require_key)]})],
+)
+def test_direct_writes_refuse_what_fastapi_would_do_around_an_endpoint(monkeypatch, endpoint,
+                                                                       options):
+    monkeypatch.setattr(routes.writes, "routes", list(routes.writes.routes))  # restored after
+    routes.writes.add_api_route("/direct-test", endpoint, methods=["POST"], **options)
+    monkeypatch.setattr(routes, "DIRECT_WRITES", {("POST", "/v1/direct-test"): endpoint})
+
+    with pytest.raises(RuntimeError, match="cannot be served directly"):
+        routes.direct_writes()
+    if not options:  # the same endpoint shape, but async and taking the request only: fine
+        routes.writes.add_api_route("/direct-ok", _plain, methods=["POST"])
+        monkeypatch.setattr(routes, "DIRECT_WRITES", {("POST", "/v1/direct-ok"): _plain})
+        assert routes.direct_writes() == {("POST", "/v1/direct-ok"): _plain}
