@@ -11,6 +11,7 @@ import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from functools import partial
 
+from starlette._utils import get_route_path
 from starlette.applications import Starlette
 from starlette.datastructures import Headers, MutableHeaders
 from starlette.middleware.exceptions import ExceptionMiddleware
@@ -117,7 +118,7 @@ class DirectRoutes:
         # app has then, as Starlette builds its own stack.
         served = self._served or self._serve(scope["app"])
         if scope["type"] == "http":
-            operation = (scope["method"], _route_path(scope))
+            operation = (scope["method"], get_route_path(scope))  # as the router reads it
             if operation in served:
                 await served[operation](scope, receive, send)
                 return
@@ -142,19 +143,6 @@ async def _run(checks: Sequence[Check], endpoint: Endpoint, scope: Scope, receiv
         await check(request)
     response = await endpoint(request)
     await response(scope, receive, send)
-
-
-def _route_path(scope: Scope) -> str:
-    """The path routes are matched against, as Starlette's router reads it
-    (``starlette._utils.get_route_path``): without the ``root_path`` a proxy mounts the app
-    under."""
-    path: str = scope["path"]
-    root = scope.get("root_path", "")
-    if not root or not path.startswith(root):
-        return path
-    if path == root:
-        return ""
-    return path[len(root):] if path[len(root)] == "/" else path
 
 
 def _content_length(headers: Headers) -> int:

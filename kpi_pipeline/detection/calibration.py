@@ -78,7 +78,7 @@ class ExceedanceTail:
 
     def __getstate__(self) -> dict:
         state = dict(self.__dict__)
-        state.pop("_scalar", None)  # rebuilt on first use
+        state.pop("_scalar", None)  # derived from sorted_: rebuilt when unpickled
         return state
 
     def __setstate__(self, state: dict) -> None:
@@ -86,6 +86,8 @@ class ExceedanceTail:
         # fitted by the first, row-counting version of the cap (17f9ca5) have no peaks.
         self.__dict__.update(NO_RECURRENCE_CAP, episode_peaks_=None)
         self.__dict__.update(state)
+        if "sorted_" in state:
+            self._scalar = self._scalar_tables()
 
     def fit(self, values: np.ndarray) -> "ExceedanceTail":
         if not 0.0 < self.recurrence_margin <= 1.0:
@@ -95,8 +97,8 @@ class ExceedanceTail:
         v = np.sort(ordered)
         if len(v) == 0:
             raise ValueError("cannot fit a tail to no values")
-        self.__dict__.pop("_scalar", None)  # surprise_one's tables of an earlier fit
         self.sorted_ = v
+        self._scalar = self._scalar_tables()
         self.threshold_ = float(np.quantile(v, self.tail_quantile))
         self.episode_peaks_ = _episode_peaks(ordered, self.threshold_, self.episode_gap)
         excess = v[v > self.threshold_] - self.threshold_
@@ -155,10 +157,7 @@ class ExceedanceTail:
         dwarfs the arithmetic of a value or a few): the same numbers (tested)."""
         if value != value:
             return math.nan
-        scalar = self.__dict__.get("_scalar")
-        if scalar is None or scalar[0] is not self.sorted_:  # first use, or refitted
-            scalar = self._scalar = self._scalar_tables()
-        _, ordered, empirical_by_exceedances = scalar
+        ordered, empirical_by_exceedances = self._scalar
         exceed = len(ordered) - bisect.bisect_left(ordered, value)  # searchsorted, side="left"
         empirical = empirical_by_exceedances[exceed]
         if not value > self.threshold_:
@@ -173,18 +172,18 @@ class ExceedanceTail:
                 tail = seen_rate if tail != tail or seen_rate < tail else tail  # np.fmin
         return tail if tail != tail or tail > 0.0 else 0.0
 
-    def _scalar_tables(self) -> tuple[np.ndarray, array.array, array.array]:
-        """For ``surprise_one``: the training values they were built from, those values as
-        plain floats (bisected without numpy), and the empirical surprise for each possible
-        count of exceedances, computed as ``surprise`` computes it."""
-        ordered = self.sorted_
-        n = len(ordered)
+    def _scalar_tables(self) -> tuple[array.array, array.array]:
+        """For ``surprise_one``, built when the tail is fitted or unpickled (not while
+        scoring): the training values as plain floats (bisected without numpy), and the
+        empirical surprise for each possible count of exceedances, computed as ``surprise``
+        computes it."""
+        n = len(self.sorted_)
         empirical = -np.log10((np.arange(n + 1) + 1.0) / (n + 1.0))
         as_floats = array.array("d")
-        as_floats.frombytes(np.ascontiguousarray(ordered, dtype=np.float64).tobytes())
+        as_floats.frombytes(np.ascontiguousarray(self.sorted_, dtype=np.float64).tobytes())
         table = array.array("d")
         table.frombytes(empirical.tobytes())
-        return ordered, as_floats, table
+        return as_floats, table
 
     def quantile(self, probability: float) -> float:
         """The value that normal points exceed with probability ``1 - probability``."""
