@@ -33,6 +33,7 @@ from kpi_pipeline.detection.ensemble import (
     EnsembleDetector,
     InsufficientHistory,
     ScoringState,
+    confident_anomalies,
 )
 from kpi_pipeline.detection.events import assign_events, open_event_from, summarize_events
 from kpi_pipeline.detection.features import build_features
@@ -42,20 +43,13 @@ from kpi_pipeline.detection.preprocess import (
     clean_series,
     fill_between,
 )
-from kpi_pipeline.detection.walkforward import (
-    initial_training_points,
-    retrain_every_points,
-    score_segment,
-    training_cutoffs,
-)
+from kpi_pipeline.detection.walkforward import history_cutoffs, score_segment, walk_forward
 from kpi_pipeline.ingestion import IngestResult
 from kpi_pipeline.store import serving
 from kpi_pipeline.store.notifications import HeardWrites, Token
 
 VERSION_FORMAT = "%Y%m%dT%H%M%SZ"
 
-CONFIDENT_SEVERITIES = store.SEVERITIES[store.SEVERITIES.index("high") :]
-"""Anomalies this severe are kept out of later training sets, unless marked false positives."""
 
 Progress = Callable[[str], None]
 
@@ -182,115 +176,126 @@ def train_models(
 ) -> list[KpiTraining]:
     """Train and register models for every KPI of ``cleaned``.
 
-    A KPI without models gets walk-forward versions (one per training cutoff, each trained on
-    the points before it), so its history can be scored without look-ahead. A KPI with models
-    gets one new version (the nightly retrain) on every point scored so far, once points newer
-    than its newest model have been scored. Training only on scored points means the skipped
-    points (confident anomalies, confirmed incidents) are known for every point it uses; new
-    points are scored by the newest earlier version either way. A KPI with too little history
-    is reported, not raised.
+    A KPI without models has its history walked forward exactly as ``evaluate`` walks a series
+    (``walkforward.walk_forward``): a version per training cutoff, each trained on the points
+    before it without the confident anomalies that earlier versions found; all of its versions
+    are registered in one transaction. A KPI with models gets one new version (the nightly
+    retrain) on every point scored so far, once points newer than its newest model have been
+    scored. Training only on scored points means the skipped points (confident anomalies,
+    confirmed incidents) are known for every point it uses; new points are scored by the newest
+    earlier version either way. A KPI with too little history is reported, not raised.
     """
     trained_at = trained_at if trained_at is not None else pd.Timestamp.now("UTC")
     newest_models = store.load_latest_models(engine, "ensemble")
     last_scored = store.last_scored_ts(engine)
-    excluded = training_exclusions(engine)
+    excluded = training_exclusions(engine, config)
     results = []
     for kpi, rows in cleaned.groupby("kpi", sort=True):
         kpi = str(kpi)
         ts = pd.DatetimeIndex(rows["ts"])
+        exclude = ts.isin(excluded[kpi]) if kpi in excluded else np.zeros(len(ts), dtype=bool)
         newest = newest_models.get(kpi)
         if newest is None:
-            cutoffs = _walk_forward_cutoffs(ts, config)
+            result = _train_history(engine, kpi, rows, exclude, config, trained_at)
         else:
-            cutoffs = _retrain_cutoff(ts, newest, last_scored.get(kpi))
-        if cutoffs:
-            result = _train_kpi(engine, kpi, rows, cutoffs, excluded.get(kpi), config, trained_at)
-        elif newest is None:
-            shortfall = f"{len(ts)} points, need more than {config.min_train_points}"
-            result = KpiTraining(kpi, "insufficient history", detail=shortfall)
-        else:
-            result = KpiTraining(kpi, "up to date")
+            cutoff = _retrain_cutoff(ts, newest, last_scored.get(kpi))
+            if cutoff:
+                result = _retrain(engine, kpi, rows, cutoff, exclude, config, trained_at)
+            else:
+                result = KpiTraining(kpi, "up to date")
         progress(f"{kpi}: {_describe_training(result)}")
         results.append(result)
     return results
 
 
-def training_exclusions(engine: sa.Engine) -> dict[str, pd.DatetimeIndex]:
-    """Per KPI, the points training skips: confident anomalies and points confirmed as incidents.
+def training_exclusions(
+    engine: sa.Engine, config: DetectorConfig
+) -> dict[str, pd.DatetimeIndex]:
+    """Per KPI, the points training skips: confident anomalies (``confident_anomalies``, as the
+    walk-forward decides them) and points confirmed as incidents.
 
     An analyst's ``false_positive`` label puts a confident anomaly back into training.
     """
     flagged = store.load_anomalies(engine)
-    confident = flagged["severity"].isin(CONFIDENT_SEVERITIES) & (
+    confident = confident_anomalies(flagged, config) & (
         flagged["feedback"] != "false_positive"
-    )
-    confirmed = flagged["feedback"] == "true_positive"
+    ).to_numpy()
+    confirmed = (flagged["feedback"] == "true_positive").to_numpy()
     skipped = flagged[confident | confirmed]
     return {str(kpi): pd.DatetimeIndex(rows["ts"]) for kpi, rows in skipped.groupby("kpi")}
 
 
-def _train_kpi(
+def _train_history(
     engine: sa.Engine,
     kpi: str,
     rows: pd.DataFrame,
-    cutoffs: list[int],
-    excluded: pd.DatetimeIndex | None,
+    exclude: np.ndarray,
     config: DetectorConfig,
     trained_at: pd.Timestamp,
 ) -> KpiTraining:
-    """Train and register a version at each cutoff of one KPI."""
+    """Walk a new KPI's history forward and register every version it fitted, atomically."""
     ts = pd.DatetimeIndex(rows["ts"])
-    values = rows["value"].to_numpy(dtype=float)
-    exclude = ts.isin(excluded) if excluded is not None else np.zeros(len(ts), dtype=bool)
-    versions, shortfall = [], ""
-    for end in cutoffs:
-        detector = EnsembleDetector(config)
-        try:
-            detector.fit(ts[:end], values[:end], exclude=exclude[:end])
-        except InsufficientHistory as error:
-            shortfall = str(error)
-            continue
-        versions.append(_register(engine, kpi, detector, ts[end - 1], trained_at))
-    if not versions:
+    cutoffs = history_cutoffs(ts, config)
+    if not cutoffs:
+        shortfall = f"{len(ts)} points, need more than {config.min_train_points}"
         return KpiTraining(kpi, "insufficient history", detail=shortfall)
-    return KpiTraining(kpi, "trained", tuple(versions))
+    walked = walk_forward(
+        ts, rows["value"].to_numpy(dtype=float), cutoffs, config,
+        gap=rows["gap"].to_numpy(dtype=bool), exclude=exclude,
+    )
+    if not walked.models:
+        return KpiTraining(kpi, "insufficient history", detail=walked.skipped[-1][1])
+    versions = _register(
+        engine, kpi, [(detector, ts[end - 1]) for end, detector in walked.models], trained_at
+    )
+    return KpiTraining(kpi, "trained", versions)
 
 
-def _walk_forward_cutoffs(ts: pd.DatetimeIndex, config: DetectorConfig) -> list[int]:
-    """Positions p at which a new KPI gets a version trained on points ``[0, p)``."""
-    initial = initial_training_points(len(ts), config.min_train_points)
-    return training_cutoffs(len(ts), initial, retrain_every_points(ts))
+def _retrain(
+    engine: sa.Engine,
+    kpi: str,
+    rows: pd.DataFrame,
+    end: int,
+    exclude: np.ndarray,
+    config: DetectorConfig,
+    trained_at: pd.Timestamp,
+) -> KpiTraining:
+    """The nightly retrain of a KPI with models: one version on its first ``end`` points."""
+    ts = pd.DatetimeIndex(rows["ts"])
+    detector = EnsembleDetector(config)
+    try:
+        detector.fit(ts[:end], rows["value"].to_numpy(dtype=float)[:end], exclude=exclude[:end])
+    except InsufficientHistory as error:
+        return KpiTraining(kpi, "insufficient history", detail=str(error))
+    return KpiTraining(kpi, "trained", _register(engine, kpi, [(detector, ts[end - 1])], trained_at))
 
 
 def _retrain_cutoff(
     ts: pd.DatetimeIndex, newest: store.ModelRecord, last_scored: pd.Timestamp | None
-) -> list[int]:
-    """The nightly retrain's cutoff: every scored point, if some are newer than ``newest``."""
+) -> int:
+    """The nightly retrain's cutoff: every scored point, if some are newer than ``newest``
+    (0: nothing to retrain)."""
     scored = 0 if last_scored is None else int(ts.searchsorted(last_scored, side="right"))
-    return [scored] if scored and ts[scored - 1] > newest.train_end else []
+    return scored if scored and ts[scored - 1] > newest.train_end else 0
 
 
 def _register(
     engine: sa.Engine,
     kpi: str,
-    detector: EnsembleDetector,
-    train_end: pd.Timestamp,
+    fitted: list[tuple[EnsembleDetector, pd.Timestamp]],
     trained_at: pd.Timestamp,
-) -> str:
-    """Save each artifact of ``detector`` as a registry row; returns the version.
+) -> tuple[str, ...]:
+    """Save each artifact of each ``(detector, train_end)`` as registry rows in one
+    transaction; returns the versions.
 
     ``train_end`` is the end of the training window rather than the last point actually used,
     so excluded or missing trailing points can never let a model score a point it could see.
     """
-    version = train_end.strftime(VERSION_FORMAT)
-    # to_artifacts yields the ensemble row last; scoring looks versions up by it, so a version
-    # only becomes visible once all of its rows are written.
-    for kind, artifact in detector.to_artifacts().items():
-        store.save_model(
-            engine,
+    rows = [
+        dict(
             kpi=kpi,
             kind=kind,
-            version=version,
+            version=train_end.strftime(VERSION_FORMAT),
             trained_at=trained_at,
             train_start=detector.train_start_,
             train_end=train_end,
@@ -299,7 +304,11 @@ def _register(
             metrics=detector.metrics_,
             artifact=artifact,
         )
-    return version
+        for detector, train_end in fitted
+        for kind, artifact in detector.to_artifacts().items()
+    ]
+    store.save_models(engine, rows)
+    return tuple(train_end.strftime(VERSION_FORMAT) for _, train_end in fitted)
 
 
 def _describe_training(result: KpiTraining) -> str:

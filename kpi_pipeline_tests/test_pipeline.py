@@ -147,6 +147,7 @@ def test_training_skips_confident_anomalies_and_confirmed_incidents(migrated_eng
                 "kpi": "orders",
                 "ts": ts,
                 "is_anomaly": True,
+                "score": [0.5, 0.6, 0.7, 0.9, 0.7],
                 "severity": ["low", "medium", "high", "critical", "high"],
             }
         ),
@@ -154,7 +155,7 @@ def test_training_skips_confident_anomalies_and_confirmed_incidents(migrated_eng
     store.set_feedback(migrated_engine, "orders", ts[0], "true_positive")
     store.set_feedback(migrated_engine, "orders", ts[4], "false_positive")
 
-    excluded = pipeline.training_exclusions(migrated_engine)
+    excluded = pipeline.training_exclusions(migrated_engine, DetectorConfig(exclude_score=0.7))
 
     assert list(excluded) == ["orders"]
     assert sorted(excluded["orders"]) == [ts[0], ts[2], ts[3]]

@@ -99,6 +99,8 @@ class DetectorConfig:
     """Surprise (-log10 tail probability) at which a point is anomalous; score 0.5."""
     severity_scores: tuple[float, float, float, float] = (0.5, 0.6, 0.7, 0.8)
     """Score at which severity becomes low, medium, high, critical."""
+    exclude_score: float = 0.7
+    """Score at or above which an anomalous point is left out of later training sets."""
     level_window: int = 8
     """Points over which the recent level is taken (how fast a level shift is absorbed)."""
     smoothing_window: int = 1
@@ -144,6 +146,15 @@ class DetectorConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def confident_anomalies(scores: pd.DataFrame, config: DetectorConfig) -> np.ndarray:
+    """The scored points later training sets leave out: anomalies scored at least
+    ``config.exclude_score`` (a missing-data gap has no value to leave out)."""
+    return (
+        scores["is_anomaly"].to_numpy(dtype=bool)
+        & (scores["score"].to_numpy(dtype=float) >= config.exclude_score)
+    )
 
 
 def _past_rolling_median(values: np.ndarray, window: int, lag: int = 1) -> np.ndarray:

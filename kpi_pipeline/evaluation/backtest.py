@@ -1,8 +1,9 @@
 """Streaming backtest: replay a series as production would see it.
 
-Train on the first ``initial`` points, then walk forward: score each block of new points only with
-models trained on earlier points, retrain after every block (the nightly training of production),
-and exclude points already flagged with high confidence from later training sets.
+Train on the first ``initial`` points, then walk forward (``walkforward.walk_forward``, the loop
+the pipeline runs over a new KPI's history): score each block of new points only with models
+trained on earlier points, retrain after every block, and exclude points already flagged with high
+confidence from later training sets.
 """
 
 from __future__ import annotations
@@ -12,9 +13,16 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from kpi_pipeline.detection.ensemble import DetectorConfig, EnsembleDetector, InsufficientHistory
+from kpi_pipeline.detection.ensemble import DetectorConfig
 from kpi_pipeline.detection.events import assign_events
-from kpi_pipeline.detection.walkforward import retrain_every_points, score_segment, training_cutoffs
+from kpi_pipeline.detection.walkforward import (
+    history_cutoffs,
+    initial_training_points,
+    retrain_every_points,
+    training_cutoffs,
+    walk_forward,
+)
+
 
 @dataclass
 class BacktestResult:
@@ -26,56 +34,30 @@ class BacktestResult:
 def stream_scores(
     ts,
     values,
-    initial: int,
+    initial: int | None = None,
     config: DetectorConfig | None = None,
     retrain_every: int | None = None,
     gap: np.ndarray | None = None,
     kpi: str = "series",
 ) -> BacktestResult:
-    """Score every point at or after ``initial`` with models fitted on earlier points only."""
+    """Score every point at or after ``initial`` with models fitted on earlier points only
+    (``walkforward.walk_forward``), then group the anomalies into events as the pipeline does.
+
+    By default the schedule is the one the pipeline gives a new KPI's history
+    (``walkforward.history_cutoffs``); ``initial`` and ``retrain_every`` override it.
+    """
     config = config or DetectorConfig()
     ts = pd.DatetimeIndex(ts)
-    y = np.asarray(values, dtype=float)
-    gap = np.zeros(len(y), dtype=bool) if gap is None else np.asarray(gap, dtype=bool)
-    retrain_every = retrain_every or retrain_every_points(ts)
-    high_confidence = config.severity_scores[2]
-
-    cutoffs = training_cutoffs(len(y), initial, retrain_every)
-    blocks = [_unscored(ts[: min(initial, len(y))], y[: min(initial, len(y))])]
-    score_so_far = np.zeros(len(y))
-    retrains = 0
-    for start, end in zip(cutoffs, [*cutoffs[1:], len(y)]):
-        detector = EnsembleDetector(config)
-        try:
-            detector.fit(ts[:start], y[:start], exclude=score_so_far[:start] >= high_confidence)
-            retrains += 1
-        except InsufficientHistory:
-            blocks.append(_unscored(ts[start:end], y[start:end]))
-            continue
-        block = score_segment(detector, ts, y, gap, start, end)
-        score_so_far[start:end] = block["score"].to_numpy()
-        blocks.append(block)
-
-    scores = pd.concat(blocks, ignore_index=True)
+    if initial is None and retrain_every is None:
+        cutoffs = history_cutoffs(ts, config)
+    else:
+        initial = initial if initial is not None else initial_training_points(
+            len(ts), config.min_train_points)
+        retrain_every = retrain_every or retrain_every_points(ts)
+        cutoffs = training_cutoffs(len(ts), initial, retrain_every)
+    result = walk_forward(ts, values, cutoffs, config, gap=gap)
+    scores = result.scores
     event_ids, alert = assign_events(kpi, ts, scores["is_anomaly"].to_numpy(), config.event_merge_gap)
     scores["event_id"] = event_ids
     scores["alert"] = alert
-    return BacktestResult(scores=scores, retrains=retrains)
-
-
-def _unscored(ts: pd.DatetimeIndex, y: np.ndarray) -> pd.DataFrame:
-    return pd.DataFrame(
-        {
-            "ts": ts,
-            "value": y,
-            "expected": np.nan,
-            "lower": np.nan,
-            "upper": np.nan,
-            "prophet_score": 0.0,
-            "iforest_score": 0.0,
-            "score": 0.0,
-            "is_anomaly": False,
-            "severity": None,
-            "flagged_by": None,
-        }
-    )
+    return BacktestResult(scores=scores, retrains=len(result.models))

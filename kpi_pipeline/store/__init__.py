@@ -40,6 +40,7 @@ from kpi_pipeline.store.models import (
     load_latest_models,
     load_model_versions,
     save_model,
+    save_models,
 )
 from kpi_pipeline.store.observations import (
     UpsertCounts,
@@ -107,6 +108,7 @@ __all__ = [
     "observations_ingested_since",
     "observations_version",
     "save_model",
+    "save_models",
     "set_feedback",
     "table_counts",
     "upsert_observations",

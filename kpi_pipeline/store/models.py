@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -52,21 +52,32 @@ def save_model(
 
     ``params`` and ``metrics`` may hold numpy scalars and timestamps; NaN is stored as null.
     """
-    row = {
-        "kpi": kpi,
-        "kind": kind,
-        "version": version,
-        "trained_at": to_utc(trained_at),
-        "train_start": None if train_start is None else to_utc(train_start),
-        "train_end": None if train_end is None else to_utc(train_end),
-        "n_points": None if n_points is None else int(n_points),
-        "params": _jsonable(params),
-        "metrics": _jsonable(metrics),
-        "artifact": artifact,
-    }
+    save_models(engine, [dict(
+        kpi=kpi, kind=kind, version=version, trained_at=trained_at, train_start=train_start,
+        train_end=train_end, n_points=n_points, params=params, metrics=metrics, artifact=artifact,
+    )])
+
+
+def save_models(engine: sa.Engine, models: Sequence[dict[str, Any]]) -> None:
+    """Store several models (each with ``save_model``'s arguments) in one transaction: all of
+    them, or none if the write fails (a KPI's walk-forward versions are never half written)."""
+    rows = [
+        {
+            **model,
+            "trained_at": to_utc(model["trained_at"]),
+            "train_start": None if model["train_start"] is None else to_utc(model["train_start"]),
+            "train_end": None if model["train_end"] is None else to_utc(model["train_end"]),
+            "n_points": None if model["n_points"] is None else int(model["n_points"]),
+            "params": _jsonable(model["params"]),
+            "metrics": _jsonable(model["metrics"]),
+        }
+        for model in models
+    ]
+    if not rows:
+        return
     keys = {column.name for column in kpi_models.primary_key}
     with write_transaction(engine) as connection:
-        upsert(connection, kpi_models, [row], update=[name for name in row if name not in keys])
+        upsert(connection, kpi_models, rows, update=[name for name in rows[0] if name not in keys])
 
 
 NEWEST_FIRST = (

@@ -17,7 +17,7 @@ from kpi_pipeline_tests.detection.synthetic import daily_sine
     [
         ("5min", 288),  # a day of 5-minute points
         ("h", 288),  # hourly: 12 days, not a single day of 24 points
-        ("D", 288),
+        ("D", 28),  # daily: every four weeks, not every 288 days
     ],
 )
 def test_retrain_every_points(freq, expected):

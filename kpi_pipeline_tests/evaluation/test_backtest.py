@@ -3,7 +3,7 @@ import pandas as pd
 import pytest
 
 from kpi_pipeline.detection.ensemble import SCORE_COLUMNS, DetectorConfig, EnsembleDetector
-from kpi_pipeline.evaluation import backtest
+from kpi_pipeline.detection import walkforward
 from kpi_pipeline.evaluation.backtest import stream_scores
 from kpi_pipeline_tests.detection.synthetic import NOISE_SIGMA, daily_sine
 
@@ -51,7 +51,7 @@ class RecordingDetector(EnsembleDetector):
 def recorded():
     RecordingDetector.log = []
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(backtest, "EnsembleDetector", RecordingDetector)
+        patch.setattr(walkforward, "EnsembleDetector", RecordingDetector)
         result = run()
     return result, list(RecordingDetector.log)
 
