@@ -298,8 +298,11 @@ def _text(value: object) -> str:
 @app.command()
 @_friendly_errors
 def evaluate(
-    data: Annotated[Path, typer.Option(help="NAB data directory (<category>/<file>.csv) or "
-                                        "a KPI CSV file.", show_default=False)],
+    data: Annotated[list[str], typer.Option(help="NAB data directory (<category>/<file>.csv) or "
+                                             "a KPI CSV file; repeat it to evaluate several as "
+                                             "folds (a KPI file's labels are then kpi_labels.csv "
+                                             "beside it). NAME=PATH names a fold.",
+                                        show_default=False)],
     out: Annotated[Path, typer.Option(help="Directory for per-series scores and the summary.",
                                        show_default=False)],
     windows: Annotated[Path | None, typer.Option(help="NAB windows.json. Default: "
@@ -308,25 +311,41 @@ def evaluate(
                                                  "KPI CSV file.")] = None,
     workers: Annotated[int | None, typer.Option(min=1, help="Parallel processes. "
                                                  "Default: one per CPU.")] = None,
+    baseline: Annotated[Path | None, typer.Option(help="An earlier folds.json: the fold report "
+                                                  "shows each figure's change.")] = None,
 ) -> None:
-    """Backtest the detector on a labelled corpus and print precision, recall and NAB scores."""
-    from kpi_pipeline.evaluation.runner import evaluate_dataset, evaluate_nab
+    """Backtest the detector on labelled corpora and print NAB scores, precision and recall,
+    per fold (each NAB category, each KPI file)."""
+    from kpi_pipeline.evaluation.runner import evaluate_dataset, evaluate_folds, evaluate_nab
 
+    sources = [_fold_source(item) for item in data]
+    for _, path in sources:
+        if not path.exists():
+            _fail(f"not found: {path}")
     out.mkdir(parents=True, exist_ok=True)
-    if data.is_dir():
+    if len(sources) > 1:
+        evaluate_folds(sources, out, workers=workers, baseline=baseline, progress=typer.echo)
+        typer.echo((out / "folds.md").read_text())
+        return
+    name, path = sources[0]
+    if path.is_dir():
         windows = windows or next(
-            (p for p in (data / "windows.json", data.parent / "windows.json") if p.is_file()), None
+            (p for p in (path / "windows.json", path.parent / "windows.json") if p.is_file()), None
         )
         if windows is None:
-            _fail(f"no windows.json beside or inside {data}: pass --windows")
-        evaluate_nab(data, windows, out, workers=workers, progress=typer.echo)
-    elif data.is_file():
+            _fail(f"no windows.json beside or inside {path}: pass --windows")
+        evaluate_nab(path, windows, out, workers=workers, progress=typer.echo)
+    else:
         if labels is None:
             _fail("a KPI CSV file needs --labels")
-        evaluate_dataset(data, labels, out, workers=workers, progress=typer.echo)
-    else:
-        _fail(f"not found: {data}")
+        evaluate_dataset(path, labels, out, workers=workers, progress=typer.echo, fold=name)
     typer.echo((out / "summary.md").read_text())
+
+
+def _fold_source(item: str) -> tuple[str | None, Path]:
+    """``NAME=PATH`` or ``PATH``."""
+    name, separator, path = item.partition("=")
+    return (name, Path(path)) if separator and "/" not in name else (None, Path(item))
 
 
 @app.command()

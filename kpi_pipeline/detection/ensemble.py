@@ -135,10 +135,6 @@ class DetectorConfig:
     little history drifts away from the data, which would read as one long sustained deviation."""
     event_merge_gap: int = 2
     """Quiet points allowed inside one event."""
-    opening_margin: float = 1.0
-    """Decades of surprise by which a point must beat the openings in the merge window before it
-    to open an episode of its own in ``events.opening_scores`` (``kpi-pipeline evaluate``'s
-    ``anomaly_score``)."""
     gap_score: float = 0.6
     """Score given to a long missing-data gap (flagged by 'gap')."""
     prophet: ProphetConfig = field(default_factory=ProphetConfig)

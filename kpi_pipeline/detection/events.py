@@ -12,7 +12,6 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from kpi_pipeline.detection.calibration import surprise_from_score
 
 SEVERITY_ORDER = ("low", "medium", "high", "critical")
 
@@ -88,35 +87,3 @@ def summarize_events(scores: pd.DataFrame) -> pd.DataFrame:
     ).reset_index()
     summary["severity"] = summary["_rank"].map(lambda r: SEVERITY_ORDER[int(r)] if r >= 0 else None)
     return summary[columns].sort_values("start", ascending=False, ignore_index=True)
-
-
-def opening_scores(
-    score: np.ndarray, merge_gap: int, threshold: float, margin: float
-) -> np.ndarray:
-    """Per point, the score at which it opens an anomaly episode of its own, else 0.
-
-    Scores map to surprise (``calibration.surprise_from_score`` with ``threshold``). A point
-    opens where its surprise beats every point of the ``merge_gap + 1`` before it, and beats
-    the openings among them by at least ``margin`` decades. So an incident that flares up out
-    of a quiet stretch (its window more than ``margin`` decades below it) registers at its first
-    point, and evidence that climbs row by row inside one incident (a stuck value, a sustained
-    shift) registers once per ``margin`` decades, or once per ``merge_gap + 2`` rows where it
-    climbs slower than that, instead of once per row.
-
-    No decision threshold is built in (the threshold only converts scores to surprise), so a
-    threshold sweep (NAB's "best threshold") stays a test of the score. The price: at a given
-    threshold, an event whose first point lies less than ``margin`` decades above an opening
-    just below the threshold in its window may have no passing point (tested; the README counts
-    them on NAB).
-    """
-    score = np.nan_to_num(np.asarray(score, dtype=float), nan=0.0)
-    surprise = surprise_from_score(score, threshold)
-    window = merge_gap + 1
-    earlier = pd.Series(surprise).shift(1).rolling(window, min_periods=1).max()
-    beats = surprise > earlier.fillna(-np.inf).to_numpy()
-    opens = np.zeros(len(score), dtype=bool)
-    for i in np.flatnonzero(beats):
-        before = slice(max(0, i - window), i)
-        opened = surprise[before][opens[before]]
-        opens[i] = opened.size == 0 or surprise[i] >= opened.max() + margin
-    return np.where(opens, score, 0.0)

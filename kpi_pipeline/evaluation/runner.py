@@ -19,9 +19,9 @@ import numpy as np
 import pandas as pd
 
 from kpi_pipeline.detection.ensemble import DetectorConfig
-from kpi_pipeline.detection.events import opening_scores
 from kpi_pipeline.detection.preprocess import clean_observations
 from kpi_pipeline.evaluation.backtest import stream_scores
+from kpi_pipeline.evaluation.folds import FoldScore, FoldSeries, score_fold, write_fold_report
 from kpi_pipeline.evaluation.metrics import EventMetrics, combine, event_metrics, windows_from_labels
 from kpi_pipeline.evaluation.nab import PROFILES, NabFile, best_threshold, load_corpus, probation_length, score_corpus
 from kpi_pipeline.ingestion import read_observations_csv
@@ -43,9 +43,7 @@ class SeriesTask:
 class SeriesResult:
     name: str
     score: np.ndarray
-    """The opening score (``events.opening_scores``): the score at which a point opens an event."""
-    point_score: np.ndarray
-    """Each point's own anomaly score, as stored in ``anomaly_scores``."""
+    """Each point's anomaly score, as the pipeline stores it in ``anomaly_scores``."""
     is_anomaly: np.ndarray
     alert: np.ndarray
     seconds: float
@@ -58,26 +56,20 @@ def _run_series(task: SeriesTask, config: DetectorConfig, out_dir: Path) -> Seri
     # learns on NAB's probation: 15% of the file, at most 750 points).
     result = stream_scores(task.ts, task.values, config=config, gap=task.gap, kpi=task.name)
     scores = result.scores
-    opening = opening_scores(
-        scores["score"].to_numpy(), config.event_merge_gap, config.threshold,
-        config.opening_margin,
-    )
     path = out_dir / f"{task.name}.csv"
     path.parent.mkdir(parents=True, exist_ok=True)
     pd.DataFrame(
         {
             "timestamp": task.ts.strftime("%Y-%m-%d %H:%M:%S"),
             "value": task.values,
-            "anomaly_score": np.round(opening, 6),
+            "anomaly_score": scores["score"].to_numpy(),  # unrounded: the stored score
             "is_anomaly": scores["is_anomaly"].astype(int).to_numpy(),
             "alert": scores["alert"].astype(int).to_numpy(),
-            "point_score": scores["score"].to_numpy(),  # unrounded: the stored score
         }
     ).to_csv(path, index=False)
     return SeriesResult(
         name=task.name,
-        score=opening,
-        point_score=scores["score"].to_numpy(dtype=float),
+        score=scores["score"].to_numpy(dtype=float),
         is_anomaly=scores["is_anomaly"].to_numpy(dtype=bool),
         alert=scores["alert"].to_numpy(dtype=bool),
         seconds=time.perf_counter() - started,
@@ -134,23 +126,24 @@ def _finish(
         "workers": workers,
         "config": config.to_dict(),
     }
-    _write_summary(out_dir, summary)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    folds = write_fold_report(out_dir, [FoldScore(**row) for row in summary["folds"]])
+    _write_summary(out_dir, summary, folds)
     return summary
 
 
-def _write_summary(out_dir: Path, summary: dict) -> None:
+def _write_summary(out_dir: Path, summary: dict, folds: str) -> None:
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
     lines = [f"# Evaluation: {summary['corpus']}", ""]
     if "nab" in summary:
         lines += [
-            "| profile | own alerts | best threshold | threshold | best threshold, point scores |",
-            "|---|---|---|---|---|",
+            "| profile | own alerts | best threshold on the score | threshold |",
+            "|---|---|---|---|",
         ]
         for name, row in summary["nab"].items():
             lines.append(
                 f"| {name} | {row['own_alerts']['normalised']:.1f} | "
-                f"{row['best_threshold']['normalised']:.1f} | {row['threshold']:.4f} | "
-                f"{row['best_point_threshold']['normalised']:.1f} at {row['point_threshold']:.4f} |"
+                f"{row['best_threshold']['normalised']:.1f} | {row['threshold']:.4f} |"
             )
         lines.append("")
     events = summary["events"]
@@ -161,6 +154,7 @@ def _write_summary(out_dir: Path, summary: dict) -> None:
     )
     lines.append(f"Series: {summary['series']}, points: {summary['points']:,}, "
                  f"wall time: {summary['wall_seconds']:.1f}s on {summary['workers']} workers")
+    lines += ["", "Per fold (the product's own alerts):", "", folds.rstrip("\n")]
     (out_dir / "summary.md").write_text("\n".join(lines) + "\n")
 
 
@@ -197,18 +191,23 @@ def evaluate_nab(
     nab = {}
     for name, profile in PROFILES.items():
         own = score_corpus({k: r.alert for k, r in by_path.items()}, corpus, profile)
+        # The sweep is over the stored score itself: the headline is the product's own alerts.
         threshold, tuned = best_threshold({k: r.score for k, r in by_path.items()}, corpus, profile)
-        point_threshold, point_tuned = best_threshold(
-            {k: r.point_score for k, r in by_path.items()}, corpus, profile
-        )
         nab[name] = {
             "own_alerts": asdict(own),
             "best_threshold": asdict(tuned),
             "threshold": threshold,
-            "best_point_threshold": asdict(point_tuned),
-            "point_threshold": point_threshold,
         }
-    return _finish(out_dir, data_dir, tasks, results, started, workers, config, nab=nab)
+    categories = sorted({task.name.split("/")[0] for task in tasks})
+    folds = [
+        asdict(score_fold(category, [
+            _fold_series(task, results[task.name]) for task in tasks
+            if task.name.split("/")[0] == category
+        ]))
+        for category in categories
+    ]
+    return _finish(out_dir, data_dir, tasks, results, started, workers, config, nab=nab,
+                   folds=folds)
 
 
 def dataset_tasks(data_csv: Path, labels_csv: Path) -> list[SeriesTask]:
@@ -240,6 +239,7 @@ def evaluate_dataset(
     config: DetectorConfig | None = None,
     workers: int | None = None,
     progress: Progress = print,
+    fold: str | None = None,
 ) -> dict:
     """Backtest every KPI of a labelled KPI file and report event precision / recall / F1."""
     config = config or DetectorConfig()
@@ -252,4 +252,54 @@ def evaluate_dataset(
         t.name: asdict(event_metrics(results[t.name].is_anomaly, t.windows, probation_length(len(t.values))))
         for t in tasks
     }
-    return _finish(out_dir, data_csv, tasks, results, started, workers, config, per_kpi=per_kpi)
+    fold_score = score_fold(
+        fold or _dataset_name(data_csv), [_fold_series(t, results[t.name]) for t in tasks]
+    )
+    return _finish(out_dir, data_csv, tasks, results, started, workers, config, per_kpi=per_kpi,
+                   folds=[asdict(fold_score)])
+
+
+def _fold_series(task: SeriesTask, result: SeriesResult) -> FoldSeries:
+    return FoldSeries(task.windows, result.alert, result.is_anomaly)
+
+
+def _dataset_name(data_csv: Path) -> str:
+    """A dataset's fold name: its file's name, or its folder's for the generator's file name."""
+    return data_csv.parent.name if data_csv.name == "kpi_data.csv" else data_csv.stem
+
+
+LABELS_FILE = "kpi_labels.csv"
+
+
+def evaluate_folds(
+    sources: list[tuple[str | None, Path]],
+    out_dir: Path,
+    config: DetectorConfig | None = None,
+    workers: int | None = None,
+    baseline: Path | None = None,
+    progress: Progress = print,
+) -> list[FoldScore]:
+    """Evaluate several corpora, each into its own folder of ``out_dir``, and write the fold
+    report over all of them (``folds.md``): every NAB category is a fold, every labelled KPI
+    file (its labels in ``kpi_labels.csv`` beside it) one more. ``sources`` pairs an optional
+    fold name with a path."""
+    folds = []
+    for name, path in sources:
+        if path.is_dir():
+            target = out_dir / (name or path.name)
+            summary = evaluate_nab(path, _windows_of(path), target, config, workers, progress)
+        else:
+            name = name or _dataset_name(path)
+            summary = evaluate_dataset(path, path.parent / LABELS_FILE, out_dir / name, config,
+                                       workers, progress, fold=name)
+        folds += [FoldScore(**row) for row in summary["folds"]]
+    write_fold_report(out_dir, folds, baseline)
+    return folds
+
+
+def _windows_of(data_dir: Path) -> Path:
+    """A NAB corpus' ``windows.json``: inside its data directory or beside it."""
+    for candidate in (data_dir / "windows.json", data_dir.parent / "windows.json"):
+        if candidate.is_file():
+            return candidate
+    raise FileNotFoundError(f"no windows.json inside or beside {data_dir}")

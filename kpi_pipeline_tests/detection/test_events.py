@@ -2,9 +2,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from kpi_pipeline.detection.calibration import score_from_surprise, surprise_from_score
 from kpi_pipeline.detection.events import (
-    opening_scores,
     OpenEvent,
     assign_events,
     event_id_for,
@@ -131,72 +129,3 @@ def test_summarize_events_without_anomalies_is_empty():
     rows = scored("....", merge_gap=0).assign(score=0.0, severity=None, flagged_by=None, kpi="k")
     summary = summarize_events(rows)
     assert summary.empty and "event_id" in summary.columns
-
-
-def scores_of(surprise) -> np.ndarray:
-    return score_from_surprise(np.asarray(surprise, dtype=float), 3.5)
-
-
-def opening(surprise, margin: float = 1.0) -> np.ndarray:
-    return opening_scores(scores_of(surprise), merge_gap=2, threshold=3.5, margin=margin)
-
-
-def test_opening_scores_keep_points_a_decade_above_the_openings_in_the_merge_window_before():
-    surprise = [0.5, 2.0, 1.0, 4.0, 4.5, 6.0, 2.0, 1.0, 0.2, 0.2, 0.2, 1.5, 1.1]
-    # 0.5 opens (nothing before); 2.0 is 1.5 above it; 1.0 does not beat 2.0; 4.0 is 2 above
-    # the opening 2.0; 4.5 beats the three before it but is less than a decade above the
-    # opening 4.0 among them; 6.0 is 2 above it; the points after it do not beat the three
-    # before them until 1.5 (no opening among its three 0.2s); 1.1 does not beat 1.5.
-    opens = [True, True, False, True, False, True, False, False, False, False, False, True, False]
-    np.testing.assert_array_equal(opening(surprise), np.where(opens, scores_of(surprise), 0.0))
-
-
-@pytest.mark.parametrize("step, every", [(0.4, {3}), (1.5, {1}), (0.1, {4})])
-def test_evidence_that_climbs_row_by_row_registers_once_per_decade_or_per_window(step, every):
-    # A stuck value gathers evidence row by row, `step` decades more each row, up to ~8: a climb
-    # registers once per decade, or once per merge window + 1 rows when it is slower than that.
-    climb = 1.0 + step * np.arange(int(7.0 / step))
-    surprise = np.array([0.3, 0.2, 0.4, *climb, 0.2, 0.1])
-    passes = np.flatnonzero(opening(surprise)[3:] > 0)
-    assert passes[0] == 1  # the window before the climb's first row holds the opening 0.3
-    assert set(np.diff(passes)) == every
-    # At any threshold up to a decade below its peak, the climb passes within a decade (or one
-    # step, if steeper) of first reaching it.
-    for level in climb[climb <= climb.max() - 1.0]:
-        reached = np.flatnonzero(climb >= level)[0]
-        assert climb[passes[passes >= reached][0]] <= level + max(1.0, step)
-
-
-def test_a_flare_up_after_a_quiet_window_opens_again():
-    surprise = [5.0, 5.2, 0.3, 0.2, 0.3, 4.6, 0.1]
-    assert np.flatnonzero(opening(surprise)).tolist() == [0, 5]
-
-
-@pytest.mark.parametrize("threshold", [0.2, 0.35, 0.5, 0.6, 0.8, 0.95])
-def test_at_any_threshold_every_event_passes_unless_an_opening_just_below_it_covers_it(threshold):
-    rng = np.random.default_rng(3)
-    # Quiet stretches with bursts of high scores, so events open and run at every threshold.
-    score = np.where(rng.uniform(size=600) < 0.1, rng.uniform(0.5, 1.0, 600), rng.uniform(0, 0.5, 600))
-    opened = opening_scores(score, merge_gap=2, threshold=3.5, margin=1.0)
-    surprise = surprise_from_score(score, 3.5)
-    window_max = pd.Series(surprise).shift(1).rolling(3, min_periods=1).max().fillna(-np.inf)
-    flagged = score >= threshold
-    ts = pd.date_range("2025-01-01", periods=len(score), freq="h")
-    ids, alert = assign_events("k", ts, flagged, merge_gap=2)
-    passes = opened >= threshold
-    assert (passes <= flagged).all()
-    # Events from a quiet window (more than a decade below their first point) always pass there.
-    from_quiet = alert & (surprise >= window_max.to_numpy() + 1.0)
-    assert from_quiet.any() and passes[from_quiet].all()
-    # Any other event that no point of passes starts less than a decade above an opening in the
-    # merge window before it (the one price of counting a climb once per decade).
-    events = pd.Series(np.arange(len(score)))[flagged].groupby(ids[flagged]).agg(["min", "max"])
-    dropped = 0
-    for first, last in events.itertuples(index=False):
-        if passes[first : last + 1].any():
-            continue
-        dropped += 1
-        before = np.arange(max(0, first - 3), first)
-        openings = surprise[before][opened[before] > 0]
-        assert len(openings) and surprise[first] < openings.max() + 1.0
-    assert dropped < len(events) / 4

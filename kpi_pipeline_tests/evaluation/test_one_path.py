@@ -51,8 +51,8 @@ def test_run_stores_the_scores_and_flags_that_evaluate_reports(dataset, sqlite_u
         # evaluate reports every point; the store holds the points a model scored.
         scored = evaluated.tail(len(ours)).reset_index(drop=True)
         assert len(ours) > 0.8 * len(evaluated)
-        assert (evaluated["point_score"].head(len(evaluated) - len(ours)) == 0).all()
-        np.testing.assert_allclose(ours["score"], scored["point_score"], rtol=0, atol=1e-9)
+        assert (evaluated["anomaly_score"].head(len(evaluated) - len(ours)) == 0).all()
+        np.testing.assert_allclose(ours["score"], scored["anomaly_score"], rtol=0, atol=1e-9)
         assert (ours["is_anomaly"].astype(bool) == scored["is_anomaly"].astype(bool)).all()
     orders = stored[stored["kpi"] == "orders"].set_index("ts")
     assert orders.loc[list(SPIKES), "is_anomaly"].all()
