@@ -66,7 +66,6 @@ SCORE_COLUMNS = [
 ]
 
 
-_SEVERITY_LABELS = np.array(SEVERITY_ORDER, dtype=object)
 
 
 class InsufficientHistory(ValueError):
@@ -98,7 +97,13 @@ class DetectorConfig:
     threshold: float = 3.5
     """Surprise (-log10 tail probability) at which a point is anomalous; score 0.5."""
     severity_scores: tuple[float, float, float, float] = (0.5, 0.6, 0.7, 0.8)
-    """Score at which severity becomes low, medium, high, critical."""
+    """Score at which the evidence reads low, medium, high, critical (see ``severity_of``)."""
+    severity_factors: tuple[float, float, float] = (1.2, 1.5, 2.0)
+    """How many times above or below its expected value a positive KPI must be for its size
+    to read medium, high, critical (2.0: double or half)."""
+    severity_spreads: tuple[float, float, float] = (3.0, 6.0, 12.0)
+    """How many of its normal spreads (robust standard deviations of recent residuals) a point
+    must be off for its size to read medium, high, critical."""
     exclude_score: float = 0.7
     """Score at or above which an anomalous point is left out of later training sets."""
     level_window: int = 8
@@ -142,6 +147,27 @@ class DetectorConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def severity_of(score: float, log_ratio: float, spreads: float, config: DetectorConfig) -> str:
+    """The severity of an anomalous point: how unlikely it is and how far it is off.
+
+    The evidence rank comes from the score (``severity_scores``); the size rank from how far the
+    value is from what was expected, both as a factor (``log_ratio`` = |ln(value / expected)|,
+    NaN for a KPI that is not modelled in log space) and in units of the KPI's normal spread
+    (``severity_spreads``): a point is large only if it is large both ways. The severity is the
+    size rank, or the evidence rank minus one where that is higher: a gross deviation is critical
+    however the calibration judges it, and a small one needs overwhelming evidence (a stuck value
+    that lasts) to reach high.
+    """
+    evidence = bisect.bisect_right(config.severity_scores, score) - 1
+    if spreads != spreads:  # no value (a missing-data gap): the evidence alone
+        return SEVERITY_ORDER[min(max(evidence, 0), len(SEVERITY_ORDER) - 1)]
+    size = bisect.bisect_right(config.severity_spreads, spreads)
+    if log_ratio == log_ratio:  # not NaN
+        factor_rank = bisect.bisect_right([math.log(f) for f in config.severity_factors], log_ratio)
+        size = min(size, factor_rank)
+    return SEVERITY_ORDER[min(max(size, evidence - 1, 0), len(SEVERITY_ORDER) - 1)]
 
 
 def confident_anomalies(scores: pd.DataFrame, config: DetectorConfig) -> np.ndarray:
@@ -735,14 +761,12 @@ class EnsembleDetector(BaseEstimator):
                 level = point[8]
             expected = yhat + level
             half_width = band * recent_scale
-            rank = bisect.bisect_right(cfg.severity_scores, score) - 1
             bands.append((expected, expected - half_width, expected + half_width))
             scores.append((score_from_surprise_one(surprises[0], threshold),
                            score_from_surprise_one(surprise_forest, threshold), score))
             is_anomalies.append(is_anomaly)
             severities.append(
-                SEVERITY_ORDER[min(rank, len(SEVERITY_ORDER) - 1)]
-                if is_anomaly and rank >= 0 else None
+                self._severity_one(score, residual - level, recent_scale) if is_anomaly else None
             )
             flagged_bys.append(flagged if is_anomaly else None)
         # A few numpy calls for all the points: model space back to values, then columns.
@@ -871,17 +895,26 @@ class EnsembleDetector(BaseEstimator):
             "iforest_score": score_from_surprise(judged.components["iforest"][cut:], cfg.threshold),
             "score": score,
             "is_anomaly": is_anomaly.astype(bool),
-            "severity": self._severity(score, is_anomaly),
+            "severity": self._severity(score, is_anomaly, residual - level, recent_scale),
             "flagged_by": np.where(is_anomaly, flagged_by, None),
         }
 
-    def _severity(self, score: np.ndarray, is_anomaly: np.ndarray) -> np.ndarray:
-        cutoffs = np.asarray(self._config.severity_scores)
-        rank = np.searchsorted(cutoffs, score, side="right") - 1
-        labels = _SEVERITY_LABELS[
-            np.minimum(np.maximum(rank, 0), len(SEVERITY_ORDER) - 1)
-        ]
-        return np.where(is_anomaly & (rank >= 0), labels, None)
+    def _severity(self, score: np.ndarray, is_anomaly: np.ndarray, deviation: np.ndarray,
+                  recent_scale: np.ndarray) -> np.ndarray:
+        """``severity_of`` each anomalous point (None elsewhere), from its score and its
+        deviation from the expected value in model space."""
+        severity = np.full(len(score), None, dtype=object)
+        for i in np.flatnonzero(is_anomaly).tolist():
+            severity[i] = self._severity_one(float(score[i]), float(deviation[i]),
+                                             float(recent_scale[i]))
+        return severity
+
+    def _severity_one(self, score: float, deviation: float, recent_scale: float) -> str:
+        """``severity_of`` one point: ``deviation`` (model space) is a log ratio for a KPI
+        modelled in log space, and ``recent_scale`` its normal spread."""
+        size = abs(deviation)
+        log_ratio = size if self.log_space_ else math.nan
+        return severity_of(score, log_ratio, size / recent_scale, self._config)
 
     # -- model registry ---------------------------------------------------------------------
     COMPONENT_KINDS = ("prophet", "iforest")

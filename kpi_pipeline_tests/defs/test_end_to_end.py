@@ -135,6 +135,26 @@ def test_a_spike_is_alerted_once_per_channel_and_an_outage_only_delays_email(
     assert set(deliveries["status"]) == {"sent"} and len(deliveries) == 6
 
 
+def test_a_gross_spike_is_critical_and_alerted_on_every_channel_under_the_default_routing(
+    automation, servers, pg_url
+):
+    engine = KpiStore(database_url=pg_url).engine()
+    _land(engine, HISTORY_HOURS)
+    _score_new_rows(automation)
+
+    # 574 times the usual value: however the calibration judges it, its size makes it critical.
+    rows = orders(START, HISTORY_HOURS + 24)
+    rows.loc[rows["ts"] == FIRST_SPIKE, "value"] *= 574
+    store.upsert_observations(engine, rows, "test")
+    _score_new_rows(automation)
+    automation.tick("anomaly_check_sensor")
+
+    flagged = store.load_anomalies(engine, kpi="orders", since=START + HISTORY_HOURS * HOUR)
+    assert list(flagged["ts"]) == [FIRST_SPIKE]
+    assert flagged["severity"].iloc[0] == "critical"
+    assert _counts(servers) == (1, 1, 1)
+
+
 def _wait_until_due(engine, timeout: float = 5.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -10,6 +10,7 @@ from kpi_pipeline.detection.ensemble import (
     DetectorConfig,
     EnsembleDetector,
     InsufficientHistory,
+    severity_of,
 )
 from kpi_pipeline.detection.events import SEVERITY_ORDER, assign_events
 from kpi_pipeline_tests.detection.synthetic import LEVEL, NOISE_SIGMA, daily_sine
@@ -419,3 +420,43 @@ def test_once_an_incident_ends_expected_is_not_left_at_the_incidents_level(detec
     back = scores.iloc[after]
     assert ((back["lower"] <= back["value"]) & (back["value"] <= back["upper"])).mean() >= 0.75
     assert not back["is_anomaly"].any()
+
+
+# -- severity: how unlikely and how large ------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "score, factor, spreads, expected",
+    [
+        (0.598, 574.0, 5000.0, "critical"),  # a 574x spike the calibration only calls low
+        (0.52, 18.0, 60.0, "critical"),  # +1,700% revenue
+        (0.72, 1 / 0.89, 1.5, "medium"),  # a short -11% stuck value: strong evidence, small
+        (0.85, 1 / 0.89, 1.5, "high"),  # the same value stuck for long: overwhelming evidence
+        (0.52, 1.1, 4.0, "low"),  # barely over the threshold and small
+        (0.55, 3.0, 2.0, "low"),  # three times the expected value, but within normal spread
+        (0.55, 1.6, 8.0, "high"),
+    ],
+)
+def test_severity_weighs_how_far_a_point_is_off_with_how_unlikely_it_is(
+    score, factor, spreads, expected
+):
+    assert severity_of(score, abs(np.log(factor)), spreads, DetectorConfig()) == expected
+
+
+def test_severity_of_a_kpi_not_in_log_space_reads_its_size_in_normal_spreads():
+    config = DetectorConfig()
+    assert severity_of(0.55, np.nan, 13.0, config) == "critical"
+    assert severity_of(0.55, np.nan, 2.0, config) == "low"
+    # No value at all (a missing-data gap): the evidence alone.
+    assert severity_of(0.6, np.nan, np.nan, config) == "medium"
+
+
+def test_a_gross_spike_is_critical_and_its_score_keeps_rising_with_its_size(detector, series):
+    ts, y = series
+    scored = {}
+    for factor in (3.0, 30.0, 574.0):
+        spiked = y.copy()
+        spiked[SPIKE] *= factor
+        scored[factor] = row(score_after_training(detector, ts, spiked), SPIKE)
+    assert all(row["severity"] == "critical" for row in scored.values())
+    assert scored[3.0]["score"] < scored[30.0]["score"] < scored[574.0]["score"]
