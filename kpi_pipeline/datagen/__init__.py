@@ -3,6 +3,7 @@
 Profiles (``python -m kpi_pipeline.datagen --profile NAME``):
 
 - ``hourly``: the sample in ``dataset/``, a year of hourly shop KPIs (``hourly.py``).
+- ``daily``: four years of daily shop KPIs with incidents throughout (``daily.py``).
 
 Each writes ``kpi_data.csv`` (wide: ``date`` and one column per KPI) and ``kpi_labels.csv``
 (``kpi,start,end,kind``), the files ``kpi-pipeline evaluate --data ... --labels ...`` reads. The
@@ -18,7 +19,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from kpi_pipeline.datagen import hourly
+from kpi_pipeline.datagen import daily, hourly
 from kpi_pipeline.datagen.common import DATA_FILE, DEFAULT_SEED, LABELS_FILE, write_csvs
 from kpi_pipeline.datagen.hourly import ANOMALY_KINDS, DECIMALS, KPIS, generate, write_dataset
 
@@ -49,6 +50,7 @@ class Profile:
 
 PROFILES = {
     "hourly": Profile(hourly.generate, hourly.DECIMALS, Path("dataset")),
+    "daily": Profile(daily.generate, daily.DECIMALS, Path("dataset/daily")),
 }
 
 
