@@ -4,6 +4,8 @@ Profiles (``python -m kpi_pipeline.datagen --profile NAME``):
 
 - ``hourly``: the sample in ``dataset/``, a year of hourly shop KPIs (``hourly.py``).
 - ``daily``: four years of daily shop KPIs with incidents throughout (``daily.py``).
+- ``minute`` and ``five-minute``: a web service's operational KPIs with outages
+  (``service.py``).
 
 Each writes ``kpi_data.csv`` (wide: ``date`` and one column per KPI) and ``kpi_labels.csv``
 (``kpi,start,end,kind``), the files ``kpi-pipeline evaluate --data ... --labels ...`` reads. The
@@ -15,11 +17,12 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import pandas as pd
 
-from kpi_pipeline.datagen import daily, hourly
+from kpi_pipeline.datagen import daily, hourly, service
 from kpi_pipeline.datagen.common import DATA_FILE, DEFAULT_SEED, LABELS_FILE, write_csvs
 from kpi_pipeline.datagen.hourly import ANOMALY_KINDS, DECIMALS, KPIS, generate, write_dataset
 
@@ -51,6 +54,14 @@ class Profile:
 PROFILES = {
     "hourly": Profile(hourly.generate, hourly.DECIMALS, Path("dataset")),
     "daily": Profile(daily.generate, daily.DECIMALS, Path("dataset/daily")),
+    "minute": Profile(
+        partial(service.generate, config=service.MINUTE), service.DECIMALS, Path("dataset/minute")
+    ),
+    "five-minute": Profile(
+        partial(service.generate, config=service.FIVE_MINUTE),
+        service.DECIMALS,
+        Path("dataset/five_minute"),
+    ),
 }
 
 
