@@ -110,7 +110,8 @@ def delay_point_metrics(
     one of its first ``k`` rows (offsets ``0 .. k-1`` from its first row) is detected and all its
     rows are true positives; any other window, even one flagged later, has all its rows false
     negatives. A late alarm is worth nothing to on-call, which is what the rule encodes. Flagged
-    rows outside every window are false positives, one per row.
+    rows outside every window are false positives, one per row. The benchmarks' reference code,
+    ``get_range_proba(predict, label, delay)``, looks at rows ``0 .. delay``: ``k = delay + 1``.
 
     As in ``event_metrics``, rows before ``ignore_before`` count for nothing: their flags are
     dropped, and a window starting before it is cut to start there (so its first ``k`` rows are
