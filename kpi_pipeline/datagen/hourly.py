@@ -132,6 +132,7 @@ class AnomalyInjection:
     """Least distance between two anomalies on the same KPI, so their windows stay distinct."""
 
     magnitudes: Magnitudes = Magnitudes()
+    """How strong spikes, dips, level shifts and variance bursts are."""
 
     spike_hours: tuple[int, int] = (1, 3)
     dip_hours: tuple[int, int] = (1, 4)
