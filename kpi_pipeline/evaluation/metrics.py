@@ -1,8 +1,12 @@
-"""Event-level detection metrics: did we catch each labelled incident, and how many false alarms?
+"""Detection metrics: did we catch each labelled incident, and how many false alarms?
 
 Rows are addressed by position, so series with duplicate timestamps (DST) need no special care.
-A label window is one event however many rows it spans; a false alarm is one maximal run of
-consecutive flagged rows outside every window, because that is what a person on call receives.
+Windows are inclusive ``(first_row, last_row)`` pairs, as ``windows_from_labels`` returns them.
+
+``event_metrics`` counts events: a label window is one event however many rows it spans; a false
+alarm is one maximal run of consecutive flagged rows outside every window, because that is what a
+person on call receives. ``delay_point_metrics`` counts points the way the KPI anomaly detection
+benchmarks on minute-level web-service KPIs do, so our figures compare with published ones.
 """
 
 from __future__ import annotations
@@ -26,19 +30,41 @@ class EventMetrics:
     f1: float
 
 
-def _from_counts(tp_events: int, fn_events: int, fp_events: int) -> EventMetrics:
+@dataclass(frozen=True)
+class PointMetrics:
+    tp_points: int
+    """Rows of detected windows (all of a window's rows once it is caught in time)."""
+    fn_points: int
+    """Rows of windows not caught in time."""
+    fp_points: int
+    """Flagged rows outside every window."""
+    precision: float
+    recall: float
+    f1: float
+
+
+def _ratios(tp: int, fn: int, fp: int) -> tuple[float, float, float]:
+    """Precision, recall and F1 of true-positive, false-negative and false-positive counts."""
     # Empty denominators: a detector that raised nothing when there was nothing to catch made no
     # mistake (precision 1); one that raised nothing while incidents happened must not look
     # precise (precision 0). With nothing to catch, nothing was missed (recall 1).
-    flagged = tp_events + fp_events
+    flagged = tp + fp
     if flagged:
-        precision = tp_events / flagged
+        precision = tp / flagged
     else:
-        precision = 1.0 if fn_events == 0 else 0.0
-    to_catch = tp_events + fn_events
-    recall = tp_events / to_catch if to_catch else 1.0
+        precision = 1.0 if fn == 0 else 0.0
+    to_catch = tp + fn
+    recall = tp / to_catch if to_catch else 1.0
     f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-    return EventMetrics(tp_events, fn_events, fp_events, precision, recall, f1)
+    return precision, recall, f1
+
+
+def _from_counts(tp_events: int, fn_events: int, fp_events: int) -> EventMetrics:
+    return EventMetrics(tp_events, fn_events, fp_events, *_ratios(tp_events, fn_events, fp_events))
+
+
+def _points_from_counts(tp_points: int, fn_points: int, fp_points: int) -> PointMetrics:
+    return PointMetrics(tp_points, fn_points, fp_points, *_ratios(tp_points, fn_points, fp_points))
 
 
 def event_metrics(
@@ -72,6 +98,50 @@ def combine(per_series: list[EventMetrics]) -> EventMetrics:
         sum(m.tp_events for m in per_series),
         sum(m.fn_events for m in per_series),
         sum(m.fp_events for m in per_series),
+    )
+
+
+def delay_point_metrics(
+    flags: np.ndarray, windows: list[tuple[int, int]], k: int = 7, ignore_before: int = 0
+) -> PointMetrics:
+    """Score row flags point by point; a window counts only if caught within its first ``k`` rows.
+
+    This is the delay adjustment of the KPI anomaly detection benchmarks: a window with a flag on
+    one of its first ``k`` rows (offsets ``0 .. k-1`` from its first row) is detected and all its
+    rows are true positives; any other window, even one flagged later, has all its rows false
+    negatives. A late alarm is worth nothing to on-call, which is what the rule encodes. Flagged
+    rows outside every window are false positives, one per row. The benchmarks' reference code,
+    ``get_range_proba(predict, label, delay)``, looks at rows ``0 .. delay``: ``k = delay + 1``.
+
+    As in ``event_metrics``, rows before ``ignore_before`` count for nothing: their flags are
+    dropped, and a window starting before it is cut to start there (so its first ``k`` rows are
+    counted from ``ignore_before``); a window lying wholly before it is neither caught nor missed.
+    """
+    if k < 1:
+        raise ValueError(f"k must be at least 1, got {k}")
+    flags = np.asarray(flags, dtype=bool).copy()
+    flags[:ignore_before] = False
+    in_window = np.zeros(len(flags), dtype=bool)
+    tp_points = fn_points = 0
+    for first, last in windows:
+        in_window[first : last + 1] = True
+        first = max(first, ignore_before)
+        if last < first:
+            continue
+        rows = last - first + 1
+        if flags[first : min(first + k, last + 1)].any():
+            tp_points += rows
+        else:
+            fn_points += rows
+    return _points_from_counts(tp_points, fn_points, int((flags & ~in_window).sum()))
+
+
+def combine_points(per_series: list[PointMetrics]) -> PointMetrics:
+    """Pool several series' points (micro-average): the benchmarks report one F1 over all KPIs."""
+    return _points_from_counts(
+        sum(m.tp_points for m in per_series),
+        sum(m.fn_points for m in per_series),
+        sum(m.fp_points for m in per_series),
     )
 
 

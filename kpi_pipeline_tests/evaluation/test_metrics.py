@@ -4,7 +4,10 @@ import pytest
 
 from kpi_pipeline.evaluation.metrics import (
     EventMetrics,
+    PointMetrics,
     combine,
+    combine_points,
+    delay_point_metrics,
     event_metrics,
     windows_from_labels,
 )
@@ -69,6 +72,69 @@ def test_combine_pools_counts_rather_than_averaging_ratios():
     assert pooled.precision == pytest.approx(1 / 4)
     assert pooled.recall == pytest.approx(1 / 3)
     assert pooled.f1 == pytest.approx(2 * (1 / 4) * (1 / 3) / (1 / 4 + 1 / 3))
+
+
+# A ten-row window: long enough for the first k = 7 rows to be a strict part of it.
+LONG_WINDOW = [(5, 14)]
+
+
+@pytest.mark.parametrize(("offset", "caught"), [(0, True), (6, True), (7, False), (9, False)])
+def test_delay_metric_counts_a_window_only_if_caught_within_its_first_k_rows(offset, caught):
+    metrics = delay_point_metrics(flags_at(5 + offset), LONG_WINDOW, k=7)
+
+    # A late flag inside the window is no false positive either: the window is simply missed.
+    expected = (10, 0, 0) if caught else (0, 10, 0)
+    assert (metrics.tp_points, metrics.fn_points, metrics.fp_points) == expected
+
+
+def test_delay_metric_counts_every_row_of_a_caught_window_and_each_false_row():
+    # Window 5-7 is caught on its second row (all 3 rows count); window 12-14 is missed; rows 2,
+    # 3 and 19 are three false positives although 2-3 is one run.
+    metrics = delay_point_metrics(flags_at(2, 3, 6, 19), WINDOWS, k=7)
+
+    assert metrics == PointMetrics(
+        tp_points=3, fn_points=3, fp_points=3, precision=0.5, recall=0.5, f1=0.5
+    )
+
+
+def test_delay_metric_with_k_one_needs_the_first_row():
+    assert delay_point_metrics(flags_at(5), LONG_WINDOW, k=1).tp_points == 10
+    assert delay_point_metrics(flags_at(6), LONG_WINDOW, k=1).fn_points == 10
+
+
+def test_delay_metric_cuts_windows_at_ignore_before():
+    # Rows 8-14 remain of the window; its first 3 rows are now 8, 9 and 10. The flag at 6 is
+    # dropped, so it neither catches the window nor counts as a false positive.
+    caught = delay_point_metrics(flags_at(6, 10), LONG_WINDOW, k=3, ignore_before=8)
+    missed = delay_point_metrics(flags_at(6, 11), LONG_WINDOW, k=3, ignore_before=8)
+    wholly_before = delay_point_metrics(flags_at(3), [(2, 4)], k=3, ignore_before=8)
+
+    assert (caught.tp_points, caught.fn_points, caught.fp_points) == (7, 0, 0)
+    assert (missed.tp_points, missed.fn_points, missed.fp_points) == (0, 7, 0)
+    assert (wholly_before.tp_points, wholly_before.fn_points, wholly_before.fp_points) == (0, 0, 0)
+
+
+def test_delay_metric_empty_denominators_match_the_event_metric():
+    silent_on_quiet = delay_point_metrics(flags_at(), [])
+    silent_on_incidents = delay_point_metrics(flags_at(), WINDOWS)
+
+    assert (silent_on_quiet.precision, silent_on_quiet.recall, silent_on_quiet.f1) == (1, 1, 1)
+    assert (silent_on_incidents.precision, silent_on_incidents.recall) == (0.0, 0.0)
+
+
+def test_delay_metric_rejects_a_k_below_one():
+    with pytest.raises(ValueError, match="k must be at least 1"):
+        delay_point_metrics(flags_at(5), LONG_WINDOW, k=0)
+
+
+def test_combine_points_pools_counts_rather_than_averaging_ratios():
+    caught = delay_point_metrics(flags_at(5), LONG_WINDOW)  # tp 10
+    noisy = delay_point_metrics(flags_at(1, 2), WINDOWS)  # fn 6, fp 2
+    pooled = combine_points([caught, noisy])
+
+    assert (pooled.tp_points, pooled.fn_points, pooled.fp_points) == (10, 6, 2)
+    assert pooled.precision == pytest.approx(10 / 12)
+    assert pooled.recall == pytest.approx(10 / 16)
 
 
 def labels(*spans: tuple[str, str]) -> pd.DataFrame:

@@ -16,13 +16,21 @@ holiday features computed on UTC timestamps line up with the generated seasonali
 
 from __future__ import annotations
 
-import argparse
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import holidays
 import numpy as np
 import pandas as pd
+
+from kpi_pipeline.datagen.common import (
+    DEFAULT_SEED,
+    Anomaly,
+    Magnitudes,
+    inject,
+    labels_frame,
+    write_csvs,
+)
 
 KPIS = ("sales", "revenue", "sessions", "orders", "conversion_rate")
 """Columns of the wide data frame after ``date``, in output order."""
@@ -40,11 +48,6 @@ ANOMALY_KINDS = (
 
 DECIMALS = {"sales": 2, "revenue": 2, "sessions": 0, "orders": 0, "conversion_rate": 5}
 """Rounding per KPI: counts are whole numbers, money is in cents."""
-
-DEFAULT_SEED = 42
-TIMESTAMP_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
-DATA_FILE = "kpi_data.csv"
-LABELS_FILE = "kpi_labels.csv"
 
 
 @dataclass(frozen=True)
@@ -128,22 +131,13 @@ class AnomalyInjection:
     min_gap_hours: int = 72
     """Least distance between two anomalies on the same KPI, so their windows stay distinct."""
 
+    magnitudes: Magnitudes = Magnitudes()
+    """How strong spikes, dips, level shifts and variance bursts are."""
+
     spike_hours: tuple[int, int] = (1, 3)
-    spike_lift: tuple[float, float] = (0.6, 1.5)
-    """A spike adds this fraction of the normal value."""
-
     dip_hours: tuple[int, int] = (1, 4)
-    dip_drop: tuple[float, float] = (0.5, 0.8)
-    """A dip removes this fraction of the normal value."""
-
     level_shift_hours: tuple[int, int] = (24, 72)
-    level_shift_size: tuple[float, float] = (0.25, 0.40)
-    """A level shift moves the value up or down by this fraction for its whole window."""
-
     variance_burst_hours: tuple[int, int] = (6, 24)
-    variance_burst_noise_factor: float = 5.0
-    """A variance burst multiplies the KPI's noise (its log-deviation from expected) by this."""
-
     flatline_hours: tuple[int, int] = (6, 12)
     missing_gap_hours: tuple[int, int] = (8, 24)
 
@@ -162,16 +156,6 @@ class AnomalyInjection:
 class DatagenConfig:
     normal: NormalBehaviour = field(default_factory=NormalBehaviour)
     anomalies: AnomalyInjection = field(default_factory=AnomalyInjection)
-
-
-@dataclass(frozen=True)
-class _Anomaly:
-    kpi: str
-    kind: str
-    start: int
-    """Row position of the first anomalous hour."""
-    stop: int
-    """Row position just after the last anomalous hour."""
 
 
 def generate(
@@ -209,26 +193,12 @@ def generate(
         values[dropped] = np.nan
         data[kpi] = values
 
-    labels = pd.DataFrame(
-        {
-            "kpi": [anomaly.kpi for anomaly in anomalies],
-            "start": index[[anomaly.start for anomaly in anomalies]],
-            "end": index[[anomaly.stop - 1 for anomaly in anomalies]],
-            "kind": [anomaly.kind for anomaly in anomalies],
-        }
-    )
-    return data, labels.sort_values(["start", "kpi"], ignore_index=True)
+    return data, labels_frame(anomalies, index)
 
 
 def write_dataset(out_dir: Path, seed: int = DEFAULT_SEED) -> tuple[Path, Path]:
     """Write ``generate(seed)`` as ``kpi_data.csv`` and ``kpi_labels.csv``; return their paths."""
-    data, labels = generate(seed)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    data_path, labels_path = out_dir / DATA_FILE, out_dir / LABELS_FILE
-    counts = {kpi: "Int64" for kpi in KPIS if DECIMALS[kpi] == 0}
-    data.astype(counts).to_csv(data_path, index=False, date_format=TIMESTAMP_FORMAT)
-    labels.to_csv(labels_path, index=False, date_format=TIMESTAMP_FORMAT)
-    return data_path, labels_path
+    return write_csvs(out_dir, *generate(seed), DECIMALS)
 
 
 def _normal_kpis(
@@ -292,7 +262,7 @@ def _is_us_holiday(index: pd.DatetimeIndex) -> np.ndarray:
 
 def _place_anomalies(
     index: pd.DatetimeIndex, is_holiday: np.ndarray, rng: np.random.Generator, cfg: AnomalyInjection
-) -> list[_Anomaly]:
+) -> list[Anomaly]:
     """Choose kind and window of every anomaly, at least ``min_gap_hours`` apart per KPI.
 
     The span after the clean history is cut into one slot per anomaly and each window is drawn
@@ -330,12 +300,12 @@ def _place_anomalies(
                     f"no room for a {kind} anomaly on {kpi} in rows {slot_start}..{slot_stop}"
                 )
             start = int(rng.choice(starts[allowed]))
-            anomalies.append(_Anomaly(kpi, kind, start, start + duration))
+            anomalies.append(Anomaly(kpi, kind, start, start + duration))
     return anomalies
 
 
 def _inject(
-    anomaly: _Anomaly,
+    anomaly: Anomaly,
     values: np.ndarray,
     expected: np.ndarray,
     hour_of_day: np.ndarray,
@@ -343,37 +313,8 @@ def _inject(
     cfg: AnomalyInjection,
 ) -> None:
     """Overwrite ``values`` (one KPI's observed series) inside the anomaly's window."""
-    window = slice(anomaly.start, anomaly.stop)
-    match anomaly.kind:
-        case "spike":
-            values[window] *= 1 + rng.uniform(*cfg.spike_lift)
-        case "dip":
-            values[window] *= 1 - rng.uniform(*cfg.dip_drop)
-        case "level_shift":
-            values[window] *= 1 + rng.choice((-1, 1)) * rng.uniform(*cfg.level_shift_size)
-        case "variance_burst":
-            # Scaling the log-deviation keeps the burst centred on the expected value.
-            deviation = values[window] / expected[window]
-            values[window] = expected[window] * deviation**cfg.variance_burst_noise_factor
-        case "flatline":
-            values[window] = values[anomaly.start]
-        case "missing_gap":
-            values[window] = np.nan
-        case "seasonal":
-            source = anomaly.start - hour_of_day[anomaly.start] + cfg.seasonal_source_hour
-            values[window] = values[source : source + anomaly.stop - anomaly.start]
-        case _:
-            raise ValueError(f"unknown anomaly kind {anomaly.kind!r}")
-
-
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Write the seeded sample KPI dataset and labels.")
-    parser.add_argument("--out", type=Path, default=Path("dataset"), help="output directory")
-    parser.add_argument("--seed", type=int, default=DEFAULT_SEED, help="random seed")
-    args = parser.parse_args(argv)
-    for path in write_dataset(args.out, args.seed):
-        print(path)
-
-
-if __name__ == "__main__":
-    main()
+    if anomaly.kind != "seasonal":
+        inject(anomaly, values, expected, rng, cfg.magnitudes)
+        return
+    source = anomaly.start - hour_of_day[anomaly.start] + cfg.seasonal_source_hour
+    values[anomaly.start : anomaly.stop] = values[source : source + anomaly.stop - anomaly.start]

@@ -1,0 +1,3 @@
+from kpi_pipeline.datagen import main
+
+main()
