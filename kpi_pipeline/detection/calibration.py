@@ -36,6 +36,12 @@ SCALAR_MAX_VALUES = 4
 """Up to this many values, ``ExceedanceTail.surprise`` judges them one by one (``surprise_one``):
 cheaper than numpy's cost per call (real-time scoring judges a point or a few at a time)."""
 
+MAX_TRIM_ROUNDS = 5
+"""Refits a trimmed tail may take to settle (it settles in two or three)."""
+MIN_KEPT_SHARE = 0.9
+"""A trimmed fit keeps at least this share of the values: past incidents are a few percent of
+a history; when more look extreme, they are the series' own heavy tail, and nothing is trimmed."""
+
 NO_RECURRENCE_CAP = {"min_recurrences": 0, "recurrence_margin": 1.0, "episode_gap": 0}
 """The recurrence settings of a tail (or forest) pickled before the cap existed: off."""
 
@@ -58,6 +64,14 @@ class ExceedanceTail:
     beyond anything seen, or seen in fewer episodes (a past incident or two left in training), is
     judged by the fitted tail alone. ``min_recurrences=0`` turns this off. ``fit`` takes the
     values in time order.
+
+    Training history holds past incidents. With ``trim_at`` (a surprise), the tail is not
+    fitted on the values it should flag: a first, robust judgement (an exponential tail above
+    the median, its scale from the median excess, which incidents up to a few percent of the
+    values cannot move) marks the values at least ``trim_at`` surprising; the tail is fitted on
+    the others and every value is judged again under it, until the marked set no longer changes
+    (``MAX_TRIM_ROUNDS`` at most). What stays marked is left out of the fit, of the empirical
+    rates and of the recurrences (``trimmed_`` counts it).
     """
 
     def __init__(
@@ -68,6 +82,7 @@ class ExceedanceTail:
         min_recurrences: int = 3,
         recurrence_margin: float = 0.8,
         episode_gap: int = 2,
+        trim_at: float | None = None,
     ):
         self.tail_quantile = tail_quantile
         self.max_shape = max_shape
@@ -75,6 +90,7 @@ class ExceedanceTail:
         self.min_recurrences = min_recurrences
         self.recurrence_margin = recurrence_margin
         self.episode_gap = episode_gap
+        self.trim_at = trim_at
 
     def __getstate__(self) -> dict:
         state = dict(self.__dict__)
@@ -84,7 +100,7 @@ class ExceedanceTail:
     def __setstate__(self, state: dict) -> None:
         # Tails pickled before recurrences existed keep judging as they did: no cap; those
         # fitted by the first, row-counting version of the cap (17f9ca5) have no peaks.
-        self.__dict__.update(NO_RECURRENCE_CAP, episode_peaks_=None)
+        self.__dict__.update(NO_RECURRENCE_CAP, episode_peaks_=None, trim_at=None)
         self.__dict__.update(state)
         if "sorted_" in state:
             self._scalar = self._scalar_tables()
@@ -94,9 +110,28 @@ class ExceedanceTail:
             raise ValueError(f"recurrence_margin must be in (0, 1], not {self.recurrence_margin}")
         ordered = np.asarray(values, dtype=float)
         ordered = ordered[np.isfinite(ordered)]
-        v = np.sort(ordered)
-        if len(v) == 0:
+        if len(ordered) == 0:
             raise ValueError("cannot fit a tail to no values")
+        kept = np.ones(len(ordered), dtype=bool)
+        if self.trim_at is not None:
+            surprise = _robust_exponential_surprise(ordered, self.scale_floor)
+            for round_ in range(MAX_TRIM_ROUNDS):
+                judged = surprise < self.trim_at
+                if judged.sum() < MIN_KEPT_SHARE * len(ordered):
+                    judged[:] = True  # not an incident or two: what normal looks like here
+                if round_ and (judged == kept).all():
+                    break
+                kept = judged
+                self._fit_values(ordered[kept])
+                surprise = self.surprise(ordered)
+        else:
+            self._fit_values(ordered)
+        self.trimmed_ = int((~kept).sum())
+        return self
+
+    def _fit_values(self, ordered: np.ndarray) -> None:
+        """Fit the empirical part, the recurrences and the tail to ``ordered`` (time order)."""
+        v = np.sort(ordered)
         self.sorted_ = v
         self._scalar = self._scalar_tables()
         self.threshold_ = float(np.quantile(v, self.tail_quantile))
@@ -114,7 +149,6 @@ class ExceedanceTail:
             if np.isfinite(shape) and np.isfinite(scale) and scale > 0:
                 self.shape_, self.scale_ = float(shape), float(scale)
         self.scale_ = max(self.scale_, self.scale_floor)
-        return self
 
     def _log10_tail(self, excess: np.ndarray) -> np.ndarray:
         tail_mass = np.log10(1.0 - self.tail_quantile)
@@ -193,6 +227,17 @@ class ExceedanceTail:
         if self.shape_ > 1e-9:
             return self.threshold_ + self.scale_ / self.shape_ * (ratio ** -self.shape_ - 1.0)
         return self.threshold_ - self.scale_ * np.log(ratio)
+
+
+def _robust_exponential_surprise(values: np.ndarray, scale_floor: float) -> np.ndarray:
+    """-log10 of the tail probability of each value under an exponential tail above the
+    median whose scale is the median excess over it / ln 2 (its maximum-likelihood estimate
+    would follow the largest values; the median does not)."""
+    median = float(np.median(values))
+    excess = values - median
+    above = excess > 0
+    scale = max(float(np.median(excess[above])) / np.log(2.0), scale_floor) if above.any() else scale_floor
+    return np.where(above, np.log10(2.0) + excess / scale / np.log(10.0), 0.0)
 
 
 def _episode_peaks(ordered: np.ndarray, threshold: float, gap: int) -> np.ndarray:

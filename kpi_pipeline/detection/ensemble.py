@@ -117,6 +117,9 @@ class DetectorConfig:
     """Quantile of training deviations above which the extreme-value tail is fitted."""
     max_tail_shape: float = 0.5
     """Upper bound of the fitted tail's shape (0 = exponential tail, 0.5 = heavy power law)."""
+    robust_calibration: bool = True
+    """Fit each component's tail without the training points it would flag itself (past
+    incidents in the history), see ``calibration.ExceedanceTail``'s ``trim_at``."""
     tail_min_recurrences: int = 3
     """Separate training episodes that must have come close to a value before their observed
     rate caps its surprise: a pattern that keeps recurring is normal (0 = off; episodes are
@@ -420,6 +423,7 @@ class EnsembleDetector(BaseEstimator):
             min_recurrences=cfg.tail_min_recurrences,
             recurrence_margin=cfg.tail_recurrence_margin,
             episode_gap=cfg.event_merge_gap,
+            trim_at=self._trim_at,
         ).fit(features)
 
         # How often a value exactly repeats its predecessor in normal data (Laplace-smoothed),
@@ -449,7 +453,13 @@ class EnsembleDetector(BaseEstimator):
             min_recurrences=cfg.tail_min_recurrences,
             recurrence_margin=cfg.tail_recurrence_margin,
             episode_gap=cfg.event_merge_gap,
+            trim_at=self._trim_at,
         )
+
+    @property
+    def _trim_at(self) -> float | None:
+        cfg = self._config
+        return cfg.threshold if cfg.robust_calibration else None
 
     def _to_model(self, y: np.ndarray) -> np.ndarray:
         if not self.log_space_:

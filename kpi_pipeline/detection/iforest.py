@@ -28,7 +28,9 @@ class IsolationForestDetector(BaseEstimator):
         min_recurrences: int = 3,
         recurrence_margin: float = 0.8,
         episode_gap: int = 2,
+        trim_at: float | None = None,
     ):
+        self.trim_at = trim_at
         self.n_estimators = n_estimators
         self.max_samples = max_samples
         self.tail_quantile = tail_quantile
@@ -39,7 +41,7 @@ class IsolationForestDetector(BaseEstimator):
 
     def __setstate__(self, state: dict) -> None:
         # Detectors pickled before recurrences existed: their calibration has no cap.
-        self.__dict__.update(NO_RECURRENCE_CAP)
+        self.__dict__.update(NO_RECURRENCE_CAP, trim_at=None)
         super().__setstate__(state)
 
     def fit(self, X: np.ndarray, y=None) -> "IsolationForestDetector":
@@ -55,6 +57,7 @@ class IsolationForestDetector(BaseEstimator):
             min_recurrences=self.min_recurrences,
             recurrence_margin=self.recurrence_margin,
             episode_gap=self.episode_gap,
+            trim_at=self.trim_at,
         ).fit(self._raw(X))
         self.n_features_in_ = X.shape[1]
         return self

@@ -275,3 +275,37 @@ def test_no_surprise_or_score_is_negative_zero():
     surprises = [-1.0, -0.0, 0.0, 0.5, 40.0, np.nan]
     assert_same_bits([score_from_surprise_one(s, 3.0) for s in surprises],
                      score_from_surprise(np.array(surprises), 3.0))
+
+
+# -- a tail fitted on a history that holds past incidents --------------------------------------
+
+
+def contaminated(n: int = 2000, share: float = 0.05, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Half-normal deviations with ``share`` of them incidents 8 to 20 times the normal size."""
+    rng = np.random.default_rng(seed)
+    values = np.abs(rng.standard_normal(n))
+    incident = rng.random(n) < share
+    values[incident] = rng.uniform(8.0, 20.0, incident.sum())
+    return values, incident
+
+
+def test_a_trimmed_tail_still_calls_the_incidents_in_its_history_surprising():
+    values, incident = contaminated()
+    plain = ExceedanceTail().fit(values)
+    trimmed = ExceedanceTail(trim_at=3.5).fit(values)
+    # Fitted on them, the plain tail learns that incidents are normal: most pass unflagged.
+    assert np.mean(plain.surprise(values[incident]) >= 3.5) < 0.5
+    assert (trimmed.surprise(values[incident]) >= 3.5).all()
+    assert trimmed.trimmed_ == incident.sum()
+    # ... and normal values stay unsurprising.
+    assert np.mean(trimmed.surprise(values[~incident]) >= 3.5) < 0.002
+
+
+def test_trimming_leaves_a_heavy_tail_that_is_the_series_own_alone():
+    values = np.abs(np.random.default_rng(1).standard_t(df=2, size=3000))
+    plain = ExceedanceTail().fit(values)
+    trimmed = ExceedanceTail(trim_at=3.5).fit(values)
+    assert trimmed.trimmed_ < 0.01 * len(values)
+    assert trimmed.shape_ > 0.2  # still a power law
+    flagged_plain = np.mean(plain.surprise(values) >= 3.5)
+    assert np.mean(trimmed.surprise(values) >= 3.5) <= flagged_plain + 0.003

@@ -14,6 +14,7 @@ PARAMS = {
     "min_recurrences": 3,
     "recurrence_margin": 0.8,
     "episode_gap": 2,
+    "trim_at": 3.5,
 }
 
 
