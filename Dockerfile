@@ -2,7 +2,9 @@
 # One image for every role of kpi-pipeline; the command picks the role (docker-compose.yml):
 #   kpi-pipeline init | api | dashboard, dagster code-server start, dagster-webserver,
 #   dagster-daemon run, dagster-celery worker start.
-# Build: docker build -t kpi-pipeline .   (EXTRAS="" leaves out the celery worker's libraries)
+# Build: docker build -t kpi-pipeline .
+#   EXTRAS (default celery,k8s) picks the optional extras: the celery worker's libraries and
+#   dagster-k8s, which run pods launched by Dagster's Helm chart need; EXTRAS="" drops both.
 
 # -- builder: resolve and install the package and its dependencies into a virtual environment
 FROM python:3.11-slim-bookworm AS builder
@@ -19,7 +21,7 @@ WORKDIR /src
 # Metadata first: the dependency layer is rebuilt only when pyproject.toml changes.
 COPY pyproject.toml README.md ./
 COPY kpi_pipeline ./kpi_pipeline
-ARG EXTRAS=celery
+ARG EXTRAS=celery,k8s
 # The project is installed from its own pyproject.toml (Dagster pinned there), not by name.
 # hadolint ignore=DL3013
 RUN pip install --prefer-binary ".${EXTRAS:+[$EXTRAS]}" \
