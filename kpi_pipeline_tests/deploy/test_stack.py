@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import time
@@ -257,7 +258,10 @@ def test_compose_stack_scores_alerts_and_serves_a_new_anomaly(stack):
 
     def succeeded(job: str) -> Callable[[], list[dict]]:
         def runs() -> list[dict]:
-            found = [run for run in _runs(webserver) if run["jobName"] == job]
+            try:
+                found = [run for run in _runs(webserver) if run["jobName"] == job]
+            except AssertionError as error:
+                running.fail(str(error))  # with every service's log
             failed = [run for run in found if run["status"] in {"FAILURE", "CANCELED"}]
             if failed:
                 running.fail(f"{job} run {failed[0]['runId']} ended {failed[0]['status']}")
@@ -307,3 +311,10 @@ def test_compose_stack_scores_alerts_and_serves_a_new_anomaly(stack):
     status, body = _get(f"{dashboard}/")
     assert status == 200 and b"<html" in body.lower()
     assert _get(f"{dashboard}/_stcore/health") == (200, b"ok")
+
+    # Dagster logs storage and launch errors with their stack and carries on: none may have
+    # happened (a daemon error is logged as "Caught error: ... Stack Trace:").
+    for name in ("dagster-code", "dagster-daemon", "dagster-webserver"):
+        service = running.services[name]
+        log = service.log.read_text(errors="replace")
+        assert not re.search(r"Traceback|Stack Trace:", log), service.tail(60)
