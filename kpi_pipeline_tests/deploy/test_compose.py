@@ -101,7 +101,7 @@ def test_interpolation_follows_compose_rules():
 
 
 def test_every_service_runs_an_image(compose):
-    image = "${KPI_IMAGE:-kpi-pipeline:latest}"
+    image = "${APP_IMAGE:-kpi-pipeline:latest}"
     for name, service in raw_compose()["services"].items():
         assert service.get("image"), f"{name} names no image"
         if "build" in service:
