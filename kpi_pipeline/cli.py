@@ -7,6 +7,7 @@ Failures print one ``error: ...`` line on stderr and exit with status 1, never a
 from __future__ import annotations
 
 import logging
+import os
 import warnings
 from enum import Enum
 from pathlib import Path
@@ -136,6 +137,17 @@ def run(ctx: typer.Context) -> None:
     console.print(f"insufficient history: {', '.join(short) if short else 'none'}", markup=False)
     database = " --database-url URL" if ctx.obj else ""
     console.print(f"open the dashboard: kpi-pipeline{database} dashboard", markup=False)
+    home = dagster_home()
+    console.print(
+        f"run recorded in the Dagster instance at {home} (DAGSTER_HOME)" if home
+        else "run not recorded in Dagster: DAGSTER_HOME is not set (make run sets it)",
+        markup=False,
+    )
+
+
+def dagster_home() -> str | None:
+    """The Dagster instance directory runs are recorded in (``DAGSTER_HOME``), if set."""
+    return os.environ.get("DAGSTER_HOME") or None
 
 
 @app.command()
@@ -204,15 +216,19 @@ def _materialize_all(url: str) -> dict:
     handler = _ConsoleHandler()
     progress.addHandler(handler)
     progress.setLevel(logging.INFO)
+    # Recorded in the instance at DAGSTER_HOME when it is set (make run sets it), so that the
+    # Dagster UI on the same home shows what this run materialized; else nothing is recorded.
+    instance = dg.DagsterInstance.get() if dagster_home() else dg.DagsterInstance.ephemeral()
     try:
-        # The default instance is ephemeral: this one-off run leaves no Dagster history. Its
-        # console logger stays quiet; a failure is reported below in one line.
-        result = dg.materialize(
-            ASSETS,
-            resources={"store": KpiStore(database_url=url)},
-            run_config={"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}},
-            raise_on_error=False,
-        )
+        with instance:
+            # The console logger stays quiet; a failure is reported below in one line.
+            result = dg.materialize(
+                ASSETS,
+                resources={"store": KpiStore(database_url=url)},
+                run_config={"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}},
+                instance=instance,
+                raise_on_error=False,
+            )
     finally:
         progress.removeHandler(handler)
     if not result.success:

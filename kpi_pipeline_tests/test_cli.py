@@ -2,12 +2,14 @@
 
 import json
 
+import dagster as dg
 import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
 from kpi_pipeline import pipeline, store
 from kpi_pipeline.cli import app
+from kpi_pipeline.config import PROJECT_ROOT
 from kpi_pipeline_tests.defs.synthetic import START, hourly_kpis, to_wide_csv
 
 HOUR = pd.Timedelta(hours=1)
@@ -225,13 +227,21 @@ def test_feedback_on_an_unscored_point_or_without_a_label_fails(invoke, scored):
     _assert_one_line_error(invoke("feedback", "orders", scored[3].isoformat()), "exactly one")
 
 
-def test_run_trains_scores_and_summarises(invoke, engine):
+def test_run_trains_scores_and_summarises(invoke, engine, tmp_path, monkeypatch):
     spike = START + 200 * HOUR
     store.upsert_observations(engine, hourly_kpis(days=10, spike_at=spike), "test")
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    (home / "dagster.yaml").write_text((PROJECT_ROOT / "dagster.yaml").read_text())
+    monkeypatch.setenv("DAGSTER_HOME", str(home))
 
     result = invoke("run")
 
     assert result.exit_code == 0, result.output
+    assert f"run recorded in the Dagster instance at {home}" in result.output
+    with dg.DagsterInstance.get() as instance:  # what `dagster dev` on that home shows
+        for asset in ("cleaned_kpis", "kpi_models", "anomaly_scores"):
+            assert instance.get_latest_materialization_event(dg.AssetKey(asset)) is not None
     assert "kpi_models: orders: trained version" in result.output
     assert "anomaly_scores: orders: scored 192 points" in result.output
     assert "KPIs scored: 2, points scored: 384" in result.output
