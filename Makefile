@@ -2,7 +2,8 @@
 #   make run    creates/reuses .venv, installs, runs the main job on the embedded SQLite database
 #               and records it in the Dagster instance at .dagster_home (what `make dev` shows)
 #   make test   creates/reuses .venv, installs with test extras, makes sure Postgres is up and the
-#               system Chromium is installed (for the dashboard's browser test), runs the suite
+#               system Chromium is installed (for the dashboard's browser test), lints (ruff),
+#               runs the suite
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -51,7 +52,11 @@ postgres:
 chromium:
 	bash scripts/ensure-chromium.sh
 
-test: $(VENV)/.installed-test postgres chromium
+# Lint only: formatting is not enforced (see [tool.ruff] in pyproject.toml).
+lint: $(VENV)/.installed-test
+	$(BIN)/ruff check kpi_pipeline kpi_pipeline_tests
+
+test: $(VENV)/.installed-test postgres chromium lint
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 dashboard: $(VENV)/.installed

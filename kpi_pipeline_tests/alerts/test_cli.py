@@ -7,7 +7,7 @@ from typer.testing import CliRunner
 
 from kpi_pipeline import pipeline, store
 from kpi_pipeline.cli import app
-from kpi_pipeline_tests.defs.synthetic import START, hourly_kpis
+from kpi_pipeline_tests.defs.synthetic import START
 
 HOUR = pd.Timedelta(hours=1)
 SPIKE = START + 170 * HOUR
