@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Annotated
 
 import pandas as pd
+import sqlalchemy as sa
 import typer
 from rich.table import Table
 
@@ -27,6 +28,7 @@ from kpi_pipeline.cli_common import (
     fail,
     friendly_errors,
     masked,
+    one_line,
     open_engine,
     require_known_kpis,
     utc_timestamp,
@@ -101,7 +103,14 @@ def ingest(
 ) -> None:
     """Load observations from a CSV file; rows that fail validation are stored as rejections."""
     result = read_observations_csv(file, tz=tz)
-    counts = pipeline.store_ingested(open_engine(ctx), result, source or file.name)
+    try:
+        counts = pipeline.store_ingested(open_engine(ctx), result, source or file.name)
+    except sa.exc.DBAPIError as error:
+        if not error.connection_invalidated:
+            raise
+        # Writes are idempotent upserts, so the same command finishes the job.
+        fail(f"lost the database connection while storing {file} ({one_line(error)}); "
+             "run the same command again once the database is back: no row is stored twice")
     loaded = counts.inserted + counts.updated + counts.unchanged
     console.print(
         f"{file}: {loaded} observations of {result.observations['kpi'].nunique()} KPIs "
