@@ -146,7 +146,7 @@ def run(ctx: typer.Context) -> None:
     console.print(f"insufficient history: {', '.join(short) if short else 'none'}", markup=False)
     database = " --database-url URL" if ctx.obj else ""
     console.print(f"open the dashboard: kpi-pipeline{database} dashboard", markup=False)
-    home = dagster_home()
+    home = _dagster_home()
     console.print(
         f"run recorded in the Dagster instance at {home} (DAGSTER_HOME)" if home
         else "run not recorded in Dagster: DAGSTER_HOME is not set (make run sets it)",
@@ -154,7 +154,7 @@ def run(ctx: typer.Context) -> None:
     )
 
 
-def dagster_home() -> str | None:
+def _dagster_home() -> str | None:
     """The Dagster instance directory runs are recorded in (``DAGSTER_HOME``), if set."""
     return os.environ.get("DAGSTER_HOME") or None
 
@@ -227,7 +227,7 @@ def _materialize_all(url: str) -> dict:
     progress.setLevel(logging.INFO)
     # Recorded in the instance at DAGSTER_HOME when it is set (make run sets it), so that the
     # Dagster UI on the same home shows what this run materialized; else nothing is recorded.
-    instance = dg.DagsterInstance.get() if dagster_home() else dg.DagsterInstance.ephemeral()
+    instance = dg.DagsterInstance.get() if _dagster_home() else dg.DagsterInstance.ephemeral()
     try:
         with instance:
             # The console logger stays quiet; a failure is reported below in one line.

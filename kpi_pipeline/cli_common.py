@@ -19,6 +19,7 @@ import typer
 from rich.console import Console
 
 from kpi_pipeline import pipeline, store
+from kpi_pipeline.store import serving
 from kpi_pipeline.config import get_settings
 
 # Piped or captured output (make run, CI logs) gets a wide table instead of rich's 80 columns.
@@ -82,19 +83,17 @@ def utc_timestamp(text: str) -> pd.Timestamp:
 
 
 def require_known_kpis(engine: sa.Engine, kpis: Iterable[str]) -> None:
-    """Fail, naming the closest known KPIs, if any of ``kpis`` has no observations.
+    """Fail, naming the closest known KPIs, if any of ``kpis`` has no observation, score or
+    model (what the API answers 404 for).
 
     An unknown name is almost always a typo; answering it with an empty result would read as
     "nothing happened to that KPI".
     """
-    wanted = list(dict.fromkeys(kpis))
-    if not wanted:
-        return
-    known = store.list_kpis(engine)
-    known_names = set(known)
-    unknown = [kpi for kpi in wanted if kpi not in known_names]
+    # One indexed probe per name; the full list of names is read only to suggest some.
+    unknown = [kpi for kpi in dict.fromkeys(kpis) if not serving.kpi_exists(engine, kpi)]
     if not unknown:
         return
+    known = store.list_kpis(engine)
     close = sorted({name for kpi in unknown
                     for name in difflib.get_close_matches(kpi, known, n=CLOSE_NAMES)})
     if close:
