@@ -144,14 +144,14 @@ def run(ctx: typer.Context) -> None:
     )
     short = summary["insufficient_history"]
     console.print(f"insufficient history: {', '.join(short) if short else 'none'}", markup=False)
-    database = " --database-url URL" if ctx.obj else ""
-    console.print(f"open the dashboard: kpi-pipeline{database} dashboard", markup=False)
     home = _dagster_home()
     console.print(
         f"run recorded in the Dagster instance at {home} (DAGSTER_HOME)" if home
         else "run not recorded in Dagster: DAGSTER_HOME is not set (make run sets it)",
         markup=False,
     )
+    database = " --database-url URL" if ctx.obj else ""
+    console.print(f"open the dashboard: kpi-pipeline{database} dashboard", markup=False)
 
 
 def _dagster_home() -> str | None:
