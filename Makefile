@@ -1,14 +1,18 @@
 # Two commands do all the set-up on a fresh machine:
 #   make run    creates/reuses .venv, installs, runs the main job on the embedded SQLite database
+#               and records it in the Dagster instance at .dagster_home (what `make dev` shows)
 #   make test   creates/reuses .venv, installs with test extras, makes sure Postgres is up and the
 #               system Chromium (the dashboard's browser test) and docker-compose (the deployment
-#               test) are installed, runs the suite
+#               test) are installed, lints (ruff), runs the suite
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 PYTEST_ARGS ?= -n 2
+# The Dagster instance `make run` records its runs in and `make dev` serves; an absolute path,
+# as Dagster requires. Set DAGSTER_HOME in the environment to use another one.
+DAGSTER_HOME ?= $(CURDIR)/.dagster_home
 
-.PHONY: run test postgres chromium docker-compose dashboard screenshots dataset evaluate-nab evaluate-sample clean
+.PHONY: run dev test lint postgres chromium docker-compose dashboard screenshots dataset evaluate-nab evaluate-sample clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -23,11 +27,23 @@ $(VENV)/.installed-test: pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e ".[test]"
 	touch $@ $(VENV)/.installed
 
-run: $(VENV)/.installed
+# The instance configuration is the repository's dagster.yaml (run storage, the one-scoring-run
+# limit); it is copied again when that file changes.
+$(DAGSTER_HOME)/dagster.yaml: dagster.yaml
+	mkdir -p $(DAGSTER_HOME)
+	cp dagster.yaml $@
+
+run: $(VENV)/.installed $(DAGSTER_HOME)/dagster.yaml
 	$(BIN)/kpi-pipeline init
 	$(BIN)/kpi-pipeline ingest dataset/kpi_data.csv
-	$(BIN)/kpi-pipeline run
+	DAGSTER_HOME=$(DAGSTER_HOME) $(BIN)/kpi-pipeline run
 	$(BIN)/kpi-pipeline anomalies --limit 40
+
+# The Dagster UI and daemon (schedules, sensors) on http://127.0.0.1:3000, on the instance
+# `make run` records in. It starts in DAGSTER_HOME because `dagster dev` warns about (and
+# ignores) a dagster.yaml in its working directory, and the repository's root holds one.
+dev: $(VENV)/.installed $(DAGSTER_HOME)/dagster.yaml
+	cd $(DAGSTER_HOME) && DAGSTER_HOME=$(DAGSTER_HOME) $(CURDIR)/$(BIN)/dagster dev -w $(CURDIR)/workspace.yaml
 
 postgres:
 	bash scripts/ensure-postgres.sh
@@ -41,7 +57,11 @@ chromium:
 docker-compose:
 	bash scripts/ensure-docker-compose.sh
 
-test: $(VENV)/.installed-test postgres chromium docker-compose
+# Lint only: formatting is not enforced (see [tool.ruff] in pyproject.toml).
+lint: $(VENV)/.installed-test
+	$(BIN)/ruff check kpi_pipeline kpi_pipeline_tests
+
+test: $(VENV)/.installed-test postgres chromium docker-compose lint
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 dashboard: $(VENV)/.installed

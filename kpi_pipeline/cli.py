@@ -6,23 +6,35 @@ Failures print one ``error: ...`` line on stderr and exit with status 1, never a
 
 from __future__ import annotations
 
-import functools
 import logging
-import sys
+import os
 import warnings
 from enum import Enum
 from pathlib import Path
 from typing import Annotated
 
-import click
 import pandas as pd
 import sqlalchemy as sa
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from kpi_pipeline import pipeline, store
+from kpi_pipeline.alerts.cli import register as register_alerts
+from kpi_pipeline.api.cli import register as register_api
+from kpi_pipeline.cli_common import (
+    console,
+    database_url,
+    errors,
+    fail,
+    friendly_errors,
+    masked,
+    one_line,
+    open_engine,
+    require_known_kpis,
+    utc_timestamp,
+)
 from kpi_pipeline.config import get_settings
+from kpi_pipeline.dashboard.cli import register as register_dashboard
 from kpi_pipeline.ingestion import read_observations_csv
 
 app = typer.Typer(
@@ -31,12 +43,14 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-# Piped or captured output (make run, CI logs) gets a wide table instead of rich's 80 columns.
-console = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 160)
-errors = Console(stderr=True, highlight=False, soft_wrap=True)
-
 SHOWN_REJECTIONS = 5
 """Rejection reasons ``ingest`` prints; all of them are stored."""
+
+COMPACT_FROM = 1e9
+"""Numbers this large or larger are shown in scientific notation in tables."""
+
+MAX_NAME_WIDTH = 40
+"""Table columns of free text (KPI names, feedback) fold onto more lines beyond this width."""
 
 Severity = Enum("Severity", {level: level for level in store.SEVERITIES}, type=str)
 
@@ -45,46 +59,6 @@ class OutputFormat(str, Enum):
     table = "table"
     json = "json"
     csv = "csv"
-
-
-def _one_line(error: Exception) -> str:
-    """What went wrong, in one line, without the SQL or stack a library attached."""
-    if isinstance(error, sa.exc.DBAPIError) and error.orig is not None:
-        error = error.orig
-    text = str(error).strip().splitlines()
-    return text[0] if text else type(error).__name__
-
-
-def _friendly_errors(command):
-    """Turn any failure of ``command`` into one ``error:`` line and exit status 1."""
-
-    @functools.wraps(command)
-    def wrapper(*args, **kwargs):
-        try:
-            return command(*args, **kwargs)
-        except (typer.Exit, click.exceptions.ClickException, click.exceptions.Abort):
-            raise
-        except Exception as error:
-            _fail(_one_line(error))
-
-    return wrapper
-
-
-def _fail(message: str) -> None:
-    errors.print(f"error: {message}", markup=False)
-    raise typer.Exit(1)
-
-
-def _database_url(ctx: typer.Context) -> str:
-    return ctx.obj or get_settings().resolved_database_url()
-
-
-def _engine(ctx: typer.Context) -> sa.Engine:
-    return pipeline.open_store(_database_url(ctx))
-
-
-def _masked(url: str) -> str:
-    return sa.make_url(url).render_as_string(hide_password=True)
 
 
 @app.callback()
@@ -105,11 +79,11 @@ def main(
 
 
 @app.command()
-@_friendly_errors
+@friendly_errors
 def init(ctx: typer.Context) -> None:
     """Create or upgrade the database schema. Safe to run again."""
-    url = _database_url(ctx)
-    console.print(f"database: {_masked(url)}", markup=False)
+    url = database_url(ctx)
+    console.print(f"database: {masked(url)}", markup=False)
     applied = store.migrate(url)
     console.print(
         f"applied migrations: {', '.join(applied)}" if applied else "schema already up to date"
@@ -117,7 +91,7 @@ def init(ctx: typer.Context) -> None:
 
 
 @app.command()
-@_friendly_errors
+@friendly_errors
 def ingest(
     ctx: typer.Context,
     file: Annotated[Path, typer.Argument(help="CSV file, wide (timestamp + one column per KPI) "
@@ -129,7 +103,14 @@ def ingest(
 ) -> None:
     """Load observations from a CSV file; rows that fail validation are stored as rejections."""
     result = read_observations_csv(file, tz=tz)
-    counts = pipeline.store_ingested(_engine(ctx), result, source or file.name)
+    try:
+        counts = pipeline.store_ingested(open_engine(ctx), result, source or file.name)
+    except sa.exc.DBAPIError as error:
+        if not error.connection_invalidated:
+            raise
+        # Writes are idempotent upserts, so the same command finishes the job.
+        fail(f"lost the database connection while storing {file} ({one_line(error)}); "
+             "run the same command again once the database is back: no row is stored twice")
     loaded = counts.inserted + counts.updated + counts.unchanged
     console.print(
         f"{file}: {loaded} observations of {result.observations['kpi'].nunique()} KPIs "
@@ -146,14 +127,14 @@ def ingest(
         console.print(f"  ... and {len(result.rejections) - SHOWN_REJECTIONS} more "
                       "(all stored in rejected_observations)")
     if loaded == 0:
-        _fail(f"no valid observations in {file}")
+        fail(f"no valid observations in {file}")
 
 
 @app.command()
-@_friendly_errors
+@friendly_errors
 def run(ctx: typer.Context) -> None:
     """Clean, train, score and summarise anomalies once, in this process."""
-    url = _database_url(ctx)
+    url = database_url(ctx)
     # Reaching and migrating the database first reports its problems in one line.
     pipeline.open_store(url).dispose()
     summary = _materialize_all(url)
@@ -163,8 +144,70 @@ def run(ctx: typer.Context) -> None:
     )
     short = summary["insufficient_history"]
     console.print(f"insufficient history: {', '.join(short) if short else 'none'}", markup=False)
+    home = _dagster_home()
+    console.print(
+        f"run recorded in the Dagster instance at {home} (DAGSTER_HOME)" if home
+        else "run not recorded in Dagster: DAGSTER_HOME is not set (make run sets it)",
+        markup=False,
+    )
     database = " --database-url URL" if ctx.obj else ""
     console.print(f"open the dashboard: kpi-pipeline{database} dashboard", markup=False)
+
+
+def _dagster_home() -> str | None:
+    """The Dagster instance directory runs are recorded in (``DAGSTER_HOME``), if set."""
+    return os.environ.get("DAGSTER_HOME") or None
+
+
+@app.command()
+@friendly_errors
+def backfill(
+    ctx: typer.Context,
+    since: Annotated[str, typer.Option(help="First timestamp to score (ISO 8601; naive = UTC).",
+                                       show_default=False)],
+    until: Annotated[str | None, typer.Option(help="Last timestamp to score (ISO 8601; naive = "
+                                              "UTC). Default: the newest observation.")] = None,
+    kpi: Annotated[list[str] | None, typer.Option(help="Only this KPI; repeat for several.",
+                                                  show_default=False)] = None,
+    retrain_every: Annotated[str, typer.Option(
+        help="Retrain after every step of this length (e.g. 1d, 12h), as the daily schedule would."
+    )] = "1d",
+    alert: Annotated[bool, typer.Option("--alert/--no-alert", help="Alert the anomalies found "
+                                        "like new ones (default: record them silently).")] = False,
+) -> None:
+    """Train and score a historical range, e.g. after loading a year of history.
+
+    The range is replayed as the schedules would have run it, without look-ahead. Its anomalies
+    are recorded but, unless --alert, silenced, so loading history never floods anyone.
+    """
+    from kpi_pipeline.detection.ensemble import DetectorConfig, ProphetConfig
+
+    engine = open_engine(ctx)
+    require_known_kpis(engine, kpi or [])
+    first = utc_timestamp(since)
+    newest = store.load_observations(engine, kpis=kpi or None, since=first)["ts"].max()
+    if pd.isna(newest):
+        raise ValueError(f"no observations{' of ' + ', '.join(kpi) if kpi else ''} after {first}")
+    last = min(utc_timestamp(until), newest) if until else newest
+    if last < first:
+        raise ValueError(f"--until ({last}) is before --since ({first})")
+    settings = get_settings()
+    if not (alert or settings.alert_on_history):
+        # Silence only the range that exists now, so live points landing later still alert.
+        for pattern in kpi or ["*"]:
+            store.add_silence(engine, pattern, first, last, "backfill")
+    config = DetectorConfig(prophet=ProphetConfig(holidays_country=settings.holiday_country))
+    results = pipeline.backfill(
+        engine, config, first, last, kpis=kpi or None, retrain_every=pd.Timedelta(retrain_every),
+        progress=lambda line: console.print(line, markup=False),
+    )
+    scored = sum(r.scored for r in results)
+    found = sum(r.anomalies for r in results)
+    console.print(
+        f"backfill {first:%Y-%m-%d %H:%M} .. {last:%Y-%m-%d %H:%M} UTC: {len(results)} KPIs, "
+        f"{scored} points scored, {found} anomalous"
+        + ("" if alert or settings.alert_on_history else " (recorded without alerts)")
+    )
 
 
 def _materialize_all(url: str) -> dict:
@@ -182,20 +225,24 @@ def _materialize_all(url: str) -> dict:
     handler = _ConsoleHandler()
     progress.addHandler(handler)
     progress.setLevel(logging.INFO)
+    # Recorded in the instance at DAGSTER_HOME when it is set (make run sets it), so that the
+    # Dagster UI on the same home shows what this run materialized; else nothing is recorded.
+    instance = dg.DagsterInstance.get() if _dagster_home() else dg.DagsterInstance.ephemeral()
     try:
-        # The default instance is ephemeral: this one-off run leaves no Dagster history. Its
-        # console logger stays quiet; a failure is reported below in one line.
-        result = dg.materialize(
-            ASSETS,
-            resources={"store": KpiStore(database_url=url)},
-            run_config={"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}},
-            raise_on_error=False,
-        )
+        with instance:
+            # The console logger stays quiet; a failure is reported below in one line.
+            result = dg.materialize(
+                ASSETS,
+                resources={"store": KpiStore(database_url=url)},
+                run_config={"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}},
+                instance=instance,
+                raise_on_error=False,
+            )
     finally:
         progress.removeHandler(handler)
     if not result.success:
         failure = result.get_step_failure_events()[0]
-        _fail(f"{failure.step_key} failed: {_root_cause(failure.step_failure_data.error)}")
+        fail(f"{failure.step_key} failed: {_root_cause(failure.step_failure_data.error)}")
     metadata = {
         event.asset_key.to_user_string(): {
             key: value.value for key, value in event.materialization.metadata.items()
@@ -223,7 +270,7 @@ class _ConsoleHandler(logging.Handler):
 
 
 @app.command()
-@_friendly_errors
+@friendly_errors
 def anomalies(
     ctx: typer.Context,
     kpi: Annotated[list[str] | None, typer.Option(help="Only this KPI; repeat for several.",
@@ -238,12 +285,18 @@ def anomalies(
     limit: Annotated[int, typer.Option(min=1, help="Newest N anomalies.")] = 50,
 ) -> None:
     """List detected anomalies, newest first, with any feedback."""
+    engine = open_engine(ctx)
+    require_known_kpis(engine, kpi or [])
     found = store.load_anomalies(
-        _engine(ctx),
+        engine,
         kpi=kpi or None,
         since=since,
         min_severity=severity.value if severity else None,
     )
+    if len(found) > limit:
+        # On stderr, so that JSON and CSV output stays machine-readable.
+        errors.print(f"showing the newest {limit} of {len(found)} anomalies; "
+                     f"pass --limit {len(found)} to see them all", markup=False)
     found = found.head(limit)
     if output is OutputFormat.json:
         typer.echo(found.to_json(orient="records", date_format="iso", indent=2))
@@ -256,13 +309,17 @@ def anomalies(
 
 
 def _anomaly_table(found: pd.DataFrame) -> Table:
-    """The columns a person reads first; ``--format json/csv`` give them all."""
+    """The columns a person reads first; ``--format json/csv`` give them all.
+
+    Every cell has a bounded width (numbers are compact, long names fold), so no value can
+    push other columns out of the table.
+    """
     table = Table(box=None)
-    for header in ("kpi", "time (UTC)", "value", "expected", "deviation", "band", "score",
-                   "severity"):
+    table.add_column("kpi", max_width=MAX_NAME_WIDTH, overflow="fold")
+    for header in ("time (UTC)", "value", "expected", "deviation", "band", "score", "severity"):
         table.add_column(header, no_wrap=True)
-    table.add_column("flagged by", overflow="fold")
-    table.add_column("feedback", overflow="fold")
+    table.add_column("flagged by", max_width=MAX_NAME_WIDTH, overflow="fold")
+    table.add_column("feedback", max_width=MAX_NAME_WIDTH, overflow="fold")
     for row in found.itertuples(index=False):
         table.add_row(
             row.kpi,
@@ -280,15 +337,19 @@ def _anomaly_table(found: pd.DataFrame) -> Table:
 
 
 def _number(value: float) -> str:
+    """At most about ten characters: thousands separators up to a billion, then 1.235e+12."""
     if pd.isna(value):
         return ""
+    if abs(value) >= COMPACT_FROM:
+        return f"{value:.4g}"
     return f"{value:,.0f}" if abs(value) >= 1000 else f"{value:.4g}"
 
 
 def _deviation(value: float, expected: float) -> str:
     if pd.isna(value) or pd.isna(expected) or expected == 0:
         return ""
-    return f"{(value - expected) / abs(expected):+.0%}"
+    percent = (value - expected) / abs(expected) * 100
+    return f"{percent:+.3g}%" if abs(percent) >= COMPACT_FROM else f"{percent:+.0f}%"
 
 
 def _text(value: object) -> str:
@@ -296,7 +357,7 @@ def _text(value: object) -> str:
 
 
 @app.command()
-@_friendly_errors
+@friendly_errors
 def evaluate(
     data: Annotated[list[str], typer.Option(help="NAB data directory (<category>/<file>.csv) or "
                                              "a KPI CSV file; repeat it to evaluate several as "
@@ -321,7 +382,7 @@ def evaluate(
     sources = [_fold_source(item) for item in data]
     for _, path in sources:
         if not path.exists():
-            _fail(f"not found: {path}")
+            fail(f"not found: {path}")
     out.mkdir(parents=True, exist_ok=True)
     if len(sources) > 1:
         evaluate_folds(sources, out, workers=workers, baseline=baseline, progress=typer.echo)
@@ -333,11 +394,11 @@ def evaluate(
             (p for p in (path / "windows.json", path.parent / "windows.json") if p.is_file()), None
         )
         if windows is None:
-            _fail(f"no windows.json beside or inside {path}: pass --windows")
+            fail(f"no windows.json beside or inside {path}: pass --windows")
         evaluate_nab(path, windows, out, workers=workers, progress=typer.echo)
     else:
         if labels is None:
-            _fail("a KPI CSV file needs --labels")
+            fail("a KPI CSV file needs --labels")
         evaluate_dataset(path, labels, out, workers=workers, progress=typer.echo, fold=name)
     typer.echo((out / "summary.md").read_text())
 
@@ -349,7 +410,7 @@ def _fold_source(item: str) -> tuple[str | None, Path]:
 
 
 @app.command()
-@_friendly_errors
+@friendly_errors
 def feedback(
     ctx: typer.Context,
     kpi: Annotated[str, typer.Argument(help="KPI name.", show_default=False)],
@@ -363,10 +424,10 @@ def feedback(
 ) -> None:
     """Label a scored point as a real incident or a false alarm (used by later training)."""
     if false_positive == true_positive:
-        _fail("pass exactly one of --false-positive and --true-positive")
-    engine = _engine(ctx)
+        fail("pass exactly one of --false-positive and --true-positive")
+    engine = open_engine(ctx)
     if store.load_scores(engine, [kpi], since=ts, until=ts).empty:
-        _fail(f"no scored point of {kpi!r} at {ts}")
+        fail(f"no scored point of {kpi!r} at {ts}")
     label = "true_positive" if true_positive else "false_positive"
     store.set_feedback(engine, kpi, ts, label, note)
     console.print(f"recorded {label} for {kpi} at {ts}", markup=False)
@@ -375,14 +436,6 @@ def feedback(
         console.print(f"suppressed {suppressed} pending alerts of false positives")
 
 
-from kpi_pipeline.dashboard.cli import register as register_dashboard  # noqa: E402
-
 register_dashboard(app)
-
-from kpi_pipeline.api.cli import register as register_api  # noqa: E402
-
 register_api(app)
-
-from kpi_pipeline.alerts.cli import register as register_alerts  # noqa: E402
-
 register_alerts(app)

@@ -6,10 +6,11 @@ receives a ``Settings`` instance (or the value it needs) instead of reading the 
 
 from __future__ import annotations
 
+import datetime as dt
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import NonNegativeFloat, NonNegativeInt, PositiveInt, SecretStr
+from pydantic import NonNegativeFloat, NonNegativeInt, PositiveInt, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 # The embedded default database lives beside the checkout so a new user needs no server.
@@ -27,6 +28,19 @@ class Settings(BaseSettings):
 
     holiday_country: str = "US"
     """Country code for the ``holidays`` package (holiday features and Prophet holidays)."""
+
+    # -- ingestion (``kpi-pipeline ingest``, ``POST /v1/observations``) ----------------------------
+    # A timestamp outside these bounds is a typo or a placeholder (0001-01-01, 9999-12-31); a
+    # KPI carrying one would make cleaning span centuries. Such rows are rejected with a reason.
+    ingest_earliest_year: PositiveInt = 1900
+    """Timestamps before 1 January of this year (UTC) are rejected."""
+
+    ingest_latest_year: PositiveInt = 2199
+    """Timestamps after 31 December of this year (UTC) are rejected."""
+
+    ingest_max_ahead: dt.timedelta = dt.timedelta(days=7)
+    """Timestamps further than this ahead of the moment of ingestion are rejected; forecasts and
+    plans are not observations. An ISO 8601 duration (``P7D``, ``PT12H``) or ``HH:MM:SS``."""
 
     # -- automation: schedules and sensors (``dagster dev`` runs them) ---------------------------
     scoring_cron: str = "5 * * * *"
@@ -144,6 +158,15 @@ class Settings(BaseSettings):
     backtest_dir: Path = PROJECT_ROOT / "out"
     """Where the dashboard looks for ``kpi-pipeline evaluate --out`` results: every directory
     below it holding a ``summary.json`` is a backtest run, and ``<run>/<kpi>.csv`` its scores."""
+
+    @model_validator(mode="after")
+    def _ingest_years_in_order(self) -> Settings:
+        if self.ingest_earliest_year > self.ingest_latest_year:
+            raise ValueError(
+                f"KPI_INGEST_EARLIEST_YEAR ({self.ingest_earliest_year}) is after "
+                f"KPI_INGEST_LATEST_YEAR ({self.ingest_latest_year})"
+            )
+        return self
 
     def resolved_database_url(self) -> str:
         if self.database_url:

@@ -2,9 +2,10 @@
 
 Pure: text or records in, a DataFrame of clean observations out; no database, no Dagster. Bad
 input never aborts the whole input and is never dropped silently: each bad row becomes a
-``Rejection`` with its raw cells and a short, stable reason, and the good rows still land.
-Only problems with the input as a whole (unreadable, not CSV text, no usable header, bad time
-zone) raise ``IngestError``.
+``Rejection`` with its raw cells and a short, stable reason, and the good rows still land. That
+includes timestamps outside the plausible range (``PlausibleTimes``, from the settings) and a
+last line without a line ending, which may be half-written. Only problems with the input as a
+whole (unreadable, not CSV text, no usable header, bad time zone) raise ``IngestError``.
 
 Two CSV layouts are accepted:
 
@@ -12,6 +13,8 @@ Two CSV layouts are accepted:
   timestamp column, one observation per row; other columns are ignored;
 - wide: a timestamp column plus one column per KPI, one observation per non-empty cell.
 """
+
+from __future__ import annotations
 
 import csv
 import io
@@ -25,6 +28,8 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import numpy as np
 import pandas as pd
+
+from kpi_pipeline.config import Settings, get_settings
 
 Layout = Literal["wide", "long"]
 
@@ -76,6 +81,53 @@ class IngestResult:
     """Rows dropped because another row had the same kpi, ts and value."""
 
 
+UNTERMINATED_LAST_LINE = (
+    "last line has no line ending, so it may be half-written; "
+    "end the file with a newline if the line is complete"
+)
+
+
+@dataclass(frozen=True)
+class PlausibleTimes:
+    """The timestamps an input may carry: in the years ``earliest_year`` to ``latest_year``
+    (UTC) and no further than ``max_ahead`` after the moment the input is validated."""
+
+    earliest_year: int
+    latest_year: int
+    max_ahead: pd.Timedelta
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> PlausibleTimes:
+        return cls(
+            settings.ingest_earliest_year,
+            settings.ingest_latest_year,
+            pd.Timedelta(settings.ingest_max_ahead),
+        )
+
+    def reasons(self, instant: pd.Series, text: pd.Series) -> pd.Series:
+        """Why each of the aware ``instant`` (written as ``text``) is implausible; None where
+        it is plausible or NaT."""
+        now = pd.Timestamp.now("UTC")
+        year = instant.dt.year
+        out_of_years = (year < self.earliest_year) | (year > self.latest_year)
+        ahead = ~out_of_years & (instant > now + self.max_ahead)
+        horizon = str(self.max_ahead).removesuffix(" 00:00:00")
+        reason = pd.Series(None, index=text.index, dtype=object)
+        reason[out_of_years] = (
+            "timestamp '" + text[out_of_years]
+            + f"' outside the plausible years {self.earliest_year} to {self.latest_year}"
+        )
+        reason[ahead] = (
+            "timestamp '" + text[ahead]
+            + f"' more than {horizon} ahead of now ({now:%Y-%m-%d %H:%M} UTC)"
+        )
+        return reason
+
+
+def _plausible(times: PlausibleTimes | None) -> PlausibleTimes:
+    return PlausibleTimes.from_settings(get_settings()) if times is None else times
+
+
 _RawCells = Callable[[int, str], dict[str, str]]
 """Rebuilds the raw cells of a rejected candidate from its row position and KPI name."""
 
@@ -90,9 +142,15 @@ class _CsvTable:
     """Line in the file where each row starts."""
 
 
-def read_observations_csv(path: str | PathLike[str], tz: str | None = None) -> IngestResult:
-    """Read a wide or long KPI CSV; naive timestamps are wall-clock times in ``tz`` (default UTC)."""
+def read_observations_csv(
+    path: str | PathLike[str], tz: str | None = None, times: PlausibleTimes | None = None
+) -> IngestResult:
+    """Read a wide or long KPI CSV; naive timestamps are wall-clock times in ``tz`` (default UTC).
+
+    Timestamps outside ``times`` (default: the configured ``PlausibleTimes``) are rejected.
+    """
     zone = _time_zone(tz)
+    times = _plausible(times)
     source = Path(path)
     table, rejections = _read_table(source)
     header = list(table.raw.columns)
@@ -112,6 +170,7 @@ def read_observations_csv(path: str | PathLike[str], tz: str | None = None) -> I
             table.cells[value_column],
             table.lines,
             zone,
+            times,
         )
         return _assemble_result(
             candidates,
@@ -127,7 +186,7 @@ def read_observations_csv(path: str | PathLike[str], tz: str | None = None) -> I
     if len(header) == 1:
         raise IngestError(f"{source}: no value columns, only the timestamp column '{timestamp_column}'")
 
-    candidates, bad_timestamp_rows = _wide_candidates(table, timestamp_column, zone)
+    candidates, bad_timestamp_rows = _wide_candidates(table, timestamp_column, zone, times)
     return _assemble_result(
         candidates,
         lambda row, kpi: {
@@ -140,21 +199,30 @@ def read_observations_csv(path: str | PathLike[str], tz: str | None = None) -> I
 
 
 def validate_records(
-    records: Iterable[Mapping[str, object]], tz: str | None = None
+    records: Iterable[Mapping[str, object]],
+    tz: str | None = None,
+    times: PlausibleTimes | None = None,
 ) -> IngestResult:
     """Validate long-shape records ``{"kpi", "timestamp", "value"}`` with the CSV rules.
 
     Values are validated through their text form, so ``"12.5"`` and ``12.5`` behave alike and a
-    float NaN or infinity is rejected like its CSV spelling.
+    float NaN or infinity is rejected like its CSV spelling. Timestamps outside ``times``
+    (default: the configured ``PlausibleTimes``) are rejected.
     """
     zone = _time_zone(tz)
+    times = _plausible(times)
     rows = list(records)
 
     def column(name: str) -> pd.Series:
         return pd.Series([_as_text(row.get(name)) for row in rows], dtype=str).str.strip()
 
     candidates = _long_candidates(
-        column("kpi"), column("timestamp"), column("value"), np.arange(1, len(rows) + 1), zone
+        column("kpi"),
+        column("timestamp"),
+        column("value"),
+        np.arange(1, len(rows) + 1),
+        zone,
+        times,
     )
     return _assemble_result(
         candidates,
@@ -199,7 +267,8 @@ def _read_table(path: Path) -> tuple[_CsvTable, list[Rejection]]:
     across blank lines and quoted line breaks, and lets one ragged row be rejected on its own
     instead of failing the whole file.
     """
-    reader = csv.reader(io.StringIO(_read_text(path), newline=""))
+    text = _read_text(path)
+    reader = csv.reader(io.StringIO(text, newline=""))
     rows: list[list[str]] = []
     lines: list[int] = []
     rejections: list[Rejection] = []
@@ -208,7 +277,7 @@ def _read_table(path: Path) -> tuple[_CsvTable, list[Rejection]]:
         if header is None:
             raise IngestError(f"{path} is empty")
         names = _checked_header(header, path)
-        next_line = reader.line_num + 1
+        next_line = line = reader.line_num + 1
         for cells in reader:
             line, next_line = next_line, reader.line_num + 1
             if len(cells) == len(names):
@@ -224,6 +293,10 @@ def _read_table(path: Path) -> tuple[_CsvTable, list[Rejection]]:
                 )
     except csv.Error as error:
         raise IngestError(f"{path} is not a valid CSV (line {reader.line_num}): {error}") from None
+    # A writer appending to the file may have stopped mid-line: "1692" of a coming "1692.25".
+    if lines and lines[-1] == line and not text.endswith(("\n", "\r")):
+        lines.pop()
+        rejections.append(Rejection(line, dict(zip(names, rows.pop())), UNTERMINATED_LAST_LINE))
 
     raw = pd.DataFrame(rows, columns=names, dtype=str)
     cells = pd.DataFrame({name: column.str.strip() for name, column in raw.items()})
@@ -265,10 +338,15 @@ def _as_text(value: object) -> str:
 
 
 def _long_candidates(
-    kpi: pd.Series, timestamp: pd.Series, value: pd.Series, lines: np.ndarray, zone: ZoneInfo
+    kpi: pd.Series,
+    timestamp: pd.Series,
+    value: pd.Series,
+    lines: np.ndarray,
+    zone: ZoneInfo,
+    times: PlausibleTimes,
 ) -> pd.DataFrame:
     """One candidate per row; ``reason`` holds the row's first failed check, or None."""
-    ts, timestamp_reason = _parse_timestamps(timestamp, zone)
+    ts, timestamp_reason = _parse_timestamps(timestamp, zone, times)
     values, value_reason = _parse_values(value)
     reason = _kpi_name_reasons(kpi).combine_first(timestamp_reason).combine_first(value_reason)
     return pd.DataFrame(
@@ -284,13 +362,13 @@ def _long_candidates(
 
 
 def _wide_candidates(
-    table: _CsvTable, timestamp_column: str, zone: ZoneInfo
+    table: _CsvTable, timestamp_column: str, zone: ZoneInfo, times: PlausibleTimes
 ) -> tuple[pd.DataFrame, list[Rejection]]:
     """One candidate per non-empty KPI cell of a row with a valid timestamp.
 
     A row whose timestamp is bad is rejected once, whole, rather than once per cell.
     """
-    ts, timestamp_reason = _parse_timestamps(table.cells[timestamp_column], zone)
+    ts, timestamp_reason = _parse_timestamps(table.cells[timestamp_column], zone, times)
     bad_rows = np.flatnonzero(timestamp_reason.notna().to_numpy())
     row_rejections = [
         Rejection(int(table.lines[row]), table.raw.iloc[row].to_dict(), timestamp_reason.iat[row])
@@ -319,8 +397,11 @@ def _wide_candidates(
     return candidates, row_rejections
 
 
-def _parse_timestamps(text: pd.Series, zone: ZoneInfo) -> tuple[pd.Series, pd.Series]:
-    """Parse ISO 8601 text to UTC; naive values are wall-clock times in ``zone``.
+def _parse_timestamps(
+    text: pd.Series, zone: ZoneInfo, times: PlausibleTimes
+) -> tuple[pd.Series, pd.Series]:
+    """Parse ISO 8601 text to UTC; naive values are wall-clock times in ``zone``; implausible
+    ones (outside ``times``) get a reason.
 
     Returns the timestamps (NaT where invalid) and a reason per element (None where valid).
     Everything is parsed with ``utc=True`` so that rows with different offsets, or with and
@@ -348,7 +429,7 @@ def _parse_timestamps(text: pd.Series, zone: ZoneInfo) -> tuple[pd.Series, pd.Se
     reason[unparsable] = "unparsable timestamp '" + text[unparsable] + "'"
     reason[nonexistent] = "nonexistent local time '" + text[nonexistent] + f"' in {zone.key} (DST gap)"
     reason[ambiguous] = "ambiguous local time '" + text[ambiguous] + f"' in {zone.key} (DST overlap)"
-    return instant, reason
+    return instant, reason.combine_first(times.reasons(instant, text))
 
 
 def _parse_values(text: pd.Series) -> tuple[pd.Series, pd.Series]:

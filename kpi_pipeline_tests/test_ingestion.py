@@ -6,9 +6,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from kpi_pipeline.config import Settings
 from kpi_pipeline.ingestion import (
+    UNTERMINATED_LAST_LINE,
     IngestError,
     IngestResult,
+    PlausibleTimes,
     Rejection,
     read_observations_csv,
     validate_records,
@@ -440,6 +443,82 @@ def test_validate_records_accepts_python_values_and_rejects_missing_ones() -> No
         "value": "1",
         "note": "x",
     }
+
+
+def test_timestamps_outside_the_plausible_range_are_rejected_on_both_paths(tmp_path: Path) -> None:
+    now = pd.Timestamp.now("UTC")
+    rows = [
+        ("sales", "0001-01-01T00:00:00Z", "outside the plausible years 1900 to 2199"),
+        ("sales", "1899-12-31T23:59:59Z", "outside the plausible years 1900 to 2199"),
+        ("sales", "9999-12-31T23:00:00Z", "outside the plausible years 1900 to 2199"),
+        ("sales", "2199-12-31T23:00:00Z", "more than 7 days ahead of now"),
+        ("sales", (now + pd.Timedelta(days=8)).isoformat(), "more than 7 days ahead of now"),
+        ("sales", "1900-01-01T00:00:00Z", None),
+        ("sales", (now + pd.Timedelta(days=6)).isoformat(), None),
+    ]
+    path = write_csv(tmp_path, "kpi,timestamp,value\n" + "".join(f"{k},{t},1\n" for k, t, _ in rows))
+
+    for result in (read_observations_csv(path), validate_records(
+        [{"kpi": k, "timestamp": t, "value": 1} for k, t, _ in rows]
+    )):
+        assert len(result.observations) == 2
+        rejected = [(r.raw["timestamp"], r.reason) for r in result.rejections]
+        assert [timestamp for timestamp, _ in rejected] == [t for _, t, why in rows if why]
+        for (timestamp, reason), why in zip(rejected, [why for *_, why in rows if why]):
+            assert reason.startswith(f"timestamp '{timestamp}' {why}")
+
+
+def test_wide_rows_with_an_implausible_timestamp_are_rejected_once(tmp_path: Path) -> None:
+    path = write_csv(tmp_path, "date,sales,visits\n9999-01-01,1,2\n2025-01-01,3,4\n")
+
+    result = read_observations_csv(path)
+
+    assert len(result.observations) == 2
+    assert [(r.line, r.raw) for r in result.rejections] == [
+        (2, {"date": "9999-01-01", "sales": "1", "visits": "2"})
+    ]
+
+
+def test_the_plausible_range_is_configurable() -> None:
+    settings = Settings(ingest_earliest_year=2000, ingest_latest_year=2100,
+                        ingest_max_ahead="P400D")
+    times = PlausibleTimes.from_settings(settings)
+    soon = (pd.Timestamp.now("UTC") + pd.Timedelta(days=300)).isoformat()
+    records = [{"kpi": "sales", "timestamp": t, "value": 1} for t in ("1999-12-31", "2000-01-01", soon)]
+
+    result = validate_records(records, times=times)
+
+    assert len(result.observations) == 2
+    assert reasons(result) == ["timestamp '1999-12-31' outside the plausible years 2000 to 2100"]
+    with pytest.raises(ValueError, match="KPI_INGEST_EARLIEST_YEAR"):
+        Settings(ingest_earliest_year=2101, ingest_latest_year=2100)
+
+
+@pytest.mark.parametrize("ending", ["\n", "\r\n", "\r"])
+def test_a_last_line_without_a_line_ending_is_rejected_as_maybe_half_written(
+    tmp_path: Path, ending: str
+) -> None:
+    # A writer appending "sales,2025-01-01T02:00:00Z,1692.25" was read after "...,1692".
+    lines = ["kpi,timestamp,value", "sales,2025-01-01T00:00:00Z,10", "sales,2025-01-01T01:00:00Z,11"]
+    partial = write_csv(tmp_path, ending.join([*lines, "sales,2025-01-01T02:00:00Z,1692"]))
+    complete = write_csv(tmp_path, ending.join([*lines, ""]), name="complete.csv")
+
+    result = read_observations_csv(partial)
+
+    assert [value for *_, value in observed(result)] == [10.0, 11.0]
+    assert [(r.line, r.raw["value"], r.reason) for r in result.rejections] == [
+        (4, "1692", UNTERMINATED_LAST_LINE)
+    ]
+    assert read_observations_csv(complete).rejections == []
+
+
+def test_a_ragged_unterminated_last_line_keeps_its_width_reason(tmp_path: Path) -> None:
+    path = write_csv(tmp_path, "kpi,timestamp,value\nsales,2025-01-01T00:00:00Z,10\nsales,2025-01")
+
+    result = read_observations_csv(path)
+
+    assert len(result.observations) == 1
+    assert reasons(result) == ["expected 3 fields, got 2"]
 
 
 def test_a_year_of_hourly_wide_data_parses_quickly(tmp_path: Path) -> None:

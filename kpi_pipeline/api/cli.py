@@ -12,6 +12,7 @@ from typing import Annotated
 
 import typer
 
+from kpi_pipeline.cli_common import console, database_url, friendly_errors, masked
 from kpi_pipeline.config import PROJECT_ROOT, get_settings
 
 BENCHMARK_SCRIPT = PROJECT_ROOT / "benchmarks" / "bench_api.py"
@@ -62,12 +63,10 @@ def serve(database_url: str, host: str | None, port: int | None, workers: int | 
 
 
 def register(app: typer.Typer) -> None:
-    """Add the API commands to the ``kpi-pipeline`` app. Called at the end of ``cli.py``, so
-    its helpers are defined by then."""
-    from kpi_pipeline.cli import _database_url, _friendly_errors, _masked, console
+    """Add the API commands to the ``kpi-pipeline`` app."""
 
     @app.command()
-    @_friendly_errors
+    @friendly_errors
     def api(
         ctx: typer.Context,
         host: Annotated[str | None, typer.Option(help="Address to listen on. Default: "
@@ -82,8 +81,8 @@ def register(app: typer.Typer) -> None:
 
         Keys come from KPI_API_KEYS (comma-separated); OpenAPI docs are at /docs.
         """
-        url = _database_url(ctx)
-        console.print(f"database: {_masked(url)}", markup=False)
+        url = database_url(ctx)
+        console.print(f"database: {masked(url)}", markup=False)
         serve(url, host, port, workers, log_level)
 
     @app.command(

@@ -59,7 +59,7 @@ from kpi_pipeline.api.schemas import (
 from kpi_pipeline.api.series_cache import CachedSeries
 from kpi_pipeline.api.snapshot import latest_scores_json
 from kpi_pipeline.api.state import FRESHNESS_TTL_S, ApiState, get_state
-from kpi_pipeline.ingestion import validate_records
+from kpi_pipeline.ingestion import PlausibleTimes, validate_records
 from kpi_pipeline.store import serving
 
 logger = logging.getLogger("kpi_pipeline.api")
@@ -314,7 +314,7 @@ async def ingest(api: State, batch: ObservationBatch) -> IngestResponse:
     ``rejected_observations``) while the good rows land; the new-data sensor picks them up."""
     _check_batch(len(batch.observations), api.settings.api_max_batch_points, "observations")
     records = [row.model_dump() for row in batch.observations]
-    result, counts = await api.db(_validate_and_store, api.engine, records, batch.source)
+    result, counts = await api.db(_validate_and_store, api, records, batch.source)
     rejected_rows = {rejection.line for rejection in result.rejections}
     return IngestResponse(
         inserted=counts.inserted,
@@ -330,9 +330,9 @@ async def ingest(api: State, batch: ObservationBatch) -> IngestResponse:
     )
 
 
-def _validate_and_store(engine: sa.Engine, records: list[dict], source: str):
-    result = validate_records(records)
-    return result, pipeline.store_ingested(engine, result, source)
+def _validate_and_store(api: ApiState, records: list[dict], source: str):
+    result = validate_records(records, times=PlausibleTimes.from_settings(api.settings))
+    return result, pipeline.store_ingested(api.engine, result, source)
 
 
 @writes.post(

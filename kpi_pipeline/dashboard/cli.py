@@ -7,9 +7,9 @@ import sys
 from pathlib import Path
 from typing import Annotated
 
-import sqlalchemy as sa
 import typer
 
+from kpi_pipeline.cli_common import database_url, masked
 from kpi_pipeline.config import get_settings
 
 APP = Path(__file__).resolve().parent / "app.py"
@@ -34,11 +34,11 @@ def dashboard(
     settings = get_settings()
     # The main callback keeps --database-url in ctx.obj; Streamlit runs in a new process, so
     # the choice travels in the environment the settings are read from.
-    url = ctx.obj or settings.resolved_database_url()
+    url = database_url(ctx)
     env = {**os.environ, "KPI_DATABASE_URL": url}
     env["KPI_BACKTEST_DIR"] = str((backtest_dir or settings.backtest_dir).resolve())
     shown = "localhost" if address in {"127.0.0.1", "0.0.0.0"} else address
-    typer.echo(f"dashboard on http://{shown}:{port} for {_masked(url)} (Ctrl+C stops it)")
+    typer.echo(f"dashboard on http://{shown}:{port} for {masked(url)} (Ctrl+C stops it)")
     command = [
         sys.executable, "-m", "streamlit", "run", str(APP),
         "--server.port", str(port),
@@ -51,7 +51,3 @@ def dashboard(
     sys.stdout.flush()
     # Become the server: Ctrl+C and a supervisor's signals reach Streamlit directly.
     os.execve(sys.executable, command, env)
-
-
-def _masked(url: str) -> str:
-    return sa.make_url(url).render_as_string(hide_password=True)

@@ -1,5 +1,5 @@
-"""``kpi-pipeline backfill``, ``silence`` (kpi_pipeline/alerts/cli.py) and what
-``feedback --false-positive`` does to pending alerts."""
+"""``kpi-pipeline silence`` (kpi_pipeline/alerts/cli.py) and what ``feedback --false-positive``
+does to pending alerts."""
 
 import pandas as pd
 import pytest
@@ -7,7 +7,7 @@ from typer.testing import CliRunner
 
 from kpi_pipeline import pipeline, store
 from kpi_pipeline.cli import app
-from kpi_pipeline_tests.defs.synthetic import START, hourly_kpis
+from kpi_pipeline_tests.defs.synthetic import START
 
 HOUR = pd.Timedelta(hours=1)
 SPIKE = START + 170 * HOUR
@@ -38,49 +38,9 @@ def _pending_alert(engine, kpi: str, ts: pd.Timestamp) -> None:
     }])
 
 
-@pytest.mark.parametrize("command", ["backfill", "silence"])
-def test_new_commands_have_help(command):
-    result = CliRunner().invoke(app, [command, "--help"])
+def test_silence_has_help():
+    result = CliRunner().invoke(app, ["silence", "--help"])
     assert result.exit_code == 0 and "Usage" in result.output
-
-
-def test_backfill_scores_only_its_range_without_look_ahead_and_silences_it(invoke, engine):
-    observations = hourly_kpis(days=10, spike_at=SPIKE)
-    store.upsert_observations(engine, observations[observations["kpi"] == "orders"], "history")
-    since, until = START + 120 * HOUR, START + 191 * HOUR
-
-    result = invoke("backfill", "--since", since.isoformat(), "--until", until.isoformat(),
-                    "--retrain-every", "1d")
-
-    assert result.exit_code == 0, result.output
-    summary = "backfill 2025-03-08 00:00 .. 2025-03-10 23:00 UTC: 1 KPIs, 72 points scored"
-    assert summary in result.output
-    assert "(recorded without alerts)" in result.output
-    scores = store.load_scores(engine)
-    assert (scores["ts"].min(), scores["ts"].max(), len(scores)) == (since, until, 72)
-    versions = pd.to_datetime(scores["model_version"], format=pipeline.VERSION_FORMAT, utc=True)
-    assert (versions < scores["ts"]).all()  # each point scored by a model trained before it
-    assert len(set(scores["model_version"])) >= 3  # retrained along the way, once a day
-    assert SPIKE in set(store.load_anomalies(engine, min_severity="high")["ts"])
-    [silence] = store.load_silences(engine).itertuples()
-    assert (silence.kpi_pattern, silence.since, silence.until, silence.reason) == (
-        "*", since, until, "backfill")
-
-    again = invoke("backfill", "--since", since.isoformat(), "--until", until.isoformat())
-    assert "0 points scored" in again.output
-
-
-def test_backfill_until_defaults_to_the_newest_point_and_bad_ranges_are_one_line(invoke, engine):
-    store.upsert_observations(engine, hourly_kpis(days=3), "history")
-
-    assert "error: --until" in invoke("backfill", "--since", "2025-03-05", "--until",
-                                      "2025-03-04").stderr
-    assert "error: no observations of nope" in invoke("backfill", "--since", "2025-03-03",
-                                                      "--kpi", "nope").stderr
-    result = invoke("backfill", "--since", "2025-03-04", "--kpi", "sessions", "--alert")
-    assert result.exit_code == 0, result.output
-    assert ".. 2025-03-05 23:00 UTC" in result.output and "without alerts" not in result.output
-    assert store.load_silences(engine).empty
 
 
 def test_marking_a_false_positive_suppresses_its_pending_alerts(invoke, engine):
