@@ -42,6 +42,9 @@ MIN_KEPT_SHARE = 0.9
 """A trimmed fit keeps at least this share of the values: past incidents are a few percent of
 a history; when more look extreme, they are the series' own heavy tail, and nothing is trimmed."""
 
+ROBUST_SPREAD = 1.4826
+"""Median absolute deviation x this = standard deviation, for normal values."""
+
 NO_RECURRENCE_CAP = {"min_recurrences": 0, "recurrence_margin": 1.0, "episode_gap": 0}
 """The recurrence settings of a tail (or forest) pickled before the cap existed: off."""
 
@@ -66,12 +69,14 @@ class ExceedanceTail:
     values in time order.
 
     Training history holds past incidents. With ``trim_at`` (a surprise), the tail is not
-    fitted on the values it should flag: a first, robust judgement (an exponential tail above
-    the median, its scale from the median excess, which incidents up to a few percent of the
-    values cannot move) marks the values at least ``trim_at`` surprising; the tail is fitted on
-    the others and every value is judged again under it, until the marked set no longer changes
-    (``MAX_TRIM_ROUNDS`` at most). What stays marked is left out of the fit, of the empirical
-    rates and of the recurrences (``trimmed_`` counts it).
+    fitted on the values it should flag: a first, robust judgement (a normal distribution from
+    the median and the median absolute deviation, which incidents cannot move) marks the values
+    at least ``trim_at`` surprising; the tail is fitted on the others and every value is judged
+    again under it, so a value the first judgement over-marked comes back, until the marked set
+    no longer changes (``MAX_TRIM_ROUNDS`` at most). What stays marked is left out of the fit,
+    of the empirical rates and of the recurrences (``trimmed_`` counts it). More than
+    ``1 - MIN_KEPT_SHARE`` of the values marked is no incident: it is the series' own heavy
+    tail, and nothing is trimmed.
     """
 
     def __init__(
@@ -114,7 +119,7 @@ class ExceedanceTail:
             raise ValueError("cannot fit a tail to no values")
         kept = np.ones(len(ordered), dtype=bool)
         if self.trim_at is not None:
-            surprise = _robust_exponential_surprise(ordered, self.scale_floor)
+            surprise = _robust_gaussian_surprise(ordered, self.scale_floor)
             for round_ in range(MAX_TRIM_ROUNDS):
                 judged = surprise < self.trim_at
                 if judged.sum() < MIN_KEPT_SHARE * len(ordered):
@@ -229,15 +234,15 @@ class ExceedanceTail:
         return self.threshold_ - self.scale_ * np.log(ratio)
 
 
-def _robust_exponential_surprise(values: np.ndarray, scale_floor: float) -> np.ndarray:
-    """-log10 of the tail probability of each value under an exponential tail above the
-    median whose scale is the median excess over it / ln 2 (its maximum-likelihood estimate
-    would follow the largest values; the median does not)."""
+def _robust_gaussian_surprise(values: np.ndarray, scale_floor: float) -> np.ndarray:
+    """-log10 of each value's upper tail probability under a normal distribution centred on the
+    median with the median absolute deviation's spread: a judgement that incidents, up to a
+    good share of the values, cannot move (a maximum-likelihood tail would follow them)."""
     median = float(np.median(values))
-    excess = values - median
-    above = excess > 0
-    scale = max(float(np.median(excess[above])) / np.log(2.0), scale_floor) if above.any() else scale_floor
-    return np.where(above, np.log10(2.0) + excess / scale / np.log(10.0), 0.0)
+    spread = max(ROBUST_SPREAD * float(np.median(np.abs(values - median))), scale_floor)
+    z = (values - median) / spread
+    with np.errstate(divide="ignore"):
+        return np.where(z > 0, -np.log10(stats.norm.sf(z)), 0.0)
 
 
 def _episode_peaks(ordered: np.ndarray, threshold: float, gap: int) -> np.ndarray:
