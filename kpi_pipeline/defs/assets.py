@@ -65,9 +65,13 @@ class ModelTrainingConfig(dg.Config):
         default=_DEFAULTS.min_train_points,
         description="Usable points a KPI needs before its first model is trained.",
     )
-    max_train_points: int = Field(
-        default=_DEFAULTS.max_train_points,
-        description="Most recent points a model learns from.",
+    train_window_days: float = Field(
+        default=_DEFAULTS.train_window_days,
+        description="Training looks back at least this many days from the newest usable point.",
+    )
+    train_window_steps: int = Field(
+        default=_DEFAULTS.train_window_steps,
+        description="... and at least this many steps of the KPI's grid (the longer wins).",
     )
     event_merge_gap: int = Field(
         default=_DEFAULTS.event_merge_gap,
@@ -78,7 +82,8 @@ class ModelTrainingConfig(dg.Config):
         return DetectorConfig(
             threshold=self.threshold,
             min_train_points=self.min_train_points,
-            max_train_points=self.max_train_points,
+            train_window_days=self.train_window_days,
+            train_window_steps=self.train_window_steps,
             event_merge_gap=self.event_merge_gap,
             prophet=ProphetConfig(holidays_country=get_settings().holiday_country),
         )

@@ -132,8 +132,17 @@ class DetectorConfig:
     band_coverage: float = 0.99
     """Share of normal points inside the reported lower/upper band."""
     min_train_points: int = 48
-    max_train_points: int = 4032
-    """Training uses at most this many most recent points (keeps fits fast and recent)."""
+    """Usable points (observed, not excluded) a model needs inside its training window."""
+    train_window_days: float = 28.0
+    """Training looks back at least this long from the newest usable point: four weeks, so
+    that a minute-level KPI's weekly pattern is seen (see also ``train_window_steps``)."""
+    train_window_steps: int = 4032
+    """... and at least this many steps of the series' grid (168 days of an hourly KPI, 11
+    years of a daily one): the window is the longer of the two."""
+    prophet_max_points: int = 4032
+    """Prophet fits on the medians of consecutive usable points when the window holds more
+    than this many (a minute-level KPI's four weeks: 10-minute medians), keeping its cost
+    bounded; residuals are still taken at full resolution."""
     sustained_window: int = 12
     """Points whose median residual is judged as one sustained deviation (0 or 1 = off)."""
     sustained_level_window: int = 48
@@ -143,8 +152,10 @@ class DetectorConfig:
     little history drifts away from the data, which would read as one long sustained deviation."""
     event_merge_gap: int = 2
     """Quiet points allowed inside one event."""
-    gap_score: float = 0.6
-    """Score given to a long missing-data gap (flagged by 'gap')."""
+    gap_score: float = 0.7
+    """Score of the first missing slot of a long missing-data gap (an outage): one anomaly per
+    outage, flagged by 'gap', severity high (a KPI that stops reporting is urgent); its other
+    slots are missing data, not anomalies."""
     prophet: ProphetConfig = field(default_factory=ProphetConfig)
     iforest: IForestConfig = field(default_factory=IForestConfig)
 
@@ -180,6 +191,19 @@ def confident_anomalies(scores: pd.DataFrame, config: DetectorConfig) -> np.ndar
         scores["is_anomaly"].to_numpy(dtype=bool)
         & (scores["score"].to_numpy(dtype=float) >= config.exclude_score)
     )
+
+
+def _medians_of_runs(ts: pd.DatetimeIndex, values: np.ndarray, most: int
+                     ) -> tuple[pd.DatetimeIndex, np.ndarray]:
+    """At most ``most`` points: the median time and value of each run of consecutive points
+    (all of them, if there are no more than ``most``)."""
+    size = -(-len(values) // most)  # ceiling division
+    if size <= 1:
+        return ts, values
+    runs = np.arange(len(values)) // size
+    stamps = pd.Series(ts.asi8).groupby(runs).median().to_numpy().astype("int64")
+    medians = pd.Series(values).groupby(runs).median().to_numpy()
+    return pd.DatetimeIndex(stamps, tz=ts.tz), medians
 
 
 def _past_rolling_median(values: np.ndarray, window: int, lag: int = 1) -> np.ndarray:
@@ -373,22 +397,33 @@ class EnsembleDetector(BaseEstimator):
         usable = np.isfinite(y)
         if exclude is not None:
             usable &= ~np.asarray(exclude, dtype=bool)
+        if not usable.any():
+            raise InsufficientHistory("insufficient history: no usable points")
+        # The window ends at the newest usable point, so a KPI whose latest stretch is an outage
+        # learns from the data before it; it is the longer of a time span and a number of steps.
+        freq = infer_frequency(ts[usable])
+        reach = pd.Timedelta(days=cfg.train_window_days)
+        if freq is not None:
+            reach = max(reach, cfg.train_window_steps * freq)
+        newest = ts[usable][-1]
+        start = int(ts.searchsorted(newest - reach, side="right"))
+        end = int(ts.searchsorted(newest, side="right"))
+        ts, y, usable = ts[start:end], y[start:end], usable[start:end]
         if usable.sum() < cfg.min_train_points:
             raise InsufficientHistory(
-                f"insufficient history: {int(usable.sum())} usable points, "
-                f"need at least {cfg.min_train_points}"
+                f"insufficient history: {int(usable.sum())} usable points in the training "
+                f"window, need at least {cfg.min_train_points}"
             )
-        # Keep the most recent points; the window is positional so excluded points stay as gaps.
-        start = max(0, len(y) - cfg.max_train_points)
-        ts, y, usable = ts[start:], y[start:], usable[start:]
         y_train = np.where(usable, y, np.nan)
 
-        self.freq_ = infer_frequency(ts[usable])
+        self.freq_ = freq
         self.log_space_ = bool(cfg.log_transform and np.min(y[usable]) > 0)
         # A later value at or below zero is extreme for a positive KPI; clamp it to stay finite.
         self.log_floor_ = float(np.min(y[usable])) / 10.0 if self.log_space_ else 0.0
         y_train = self._to_model(y_train)
-        self.prophet_ = ProphetDetector(**asdict(cfg.prophet)).fit(ts[usable], y_train[usable])
+        self.prophet_ = ProphetDetector(**asdict(cfg.prophet)).fit(
+            *_medians_of_runs(ts[usable], y_train[usable], cfg.prophet_max_points)
+        )
         residual = y_train - self.prophet_.predict(ts)
         typical = float(np.nanmedian(np.abs(y_train[usable])))
         self.scale_floor_ = max(1e-6 * typical, 1e-9)
@@ -738,8 +773,10 @@ class EnsembleDetector(BaseEstimator):
         bands, scores, is_anomalies, severities, flagged_bys = [], [], [], [], []
         reported = set(wanted)
         values, gaps = fresh.tolist(), gap.tolist()
+        before = [float(state.y[keep - 1]) if keep else 0.0, *values[:-1]]
         for j, surprise_forest in forest.items():  # in time order
             point, value, in_gap = judged[j], values[j], gaps[j]
+            opens_outage = in_gap and before[j] == before[j]  # the value before is not NaN
             yhat, residual, level, adapted, recent_scale, ratio, run = point[:7]
             beyond = run - self.longest_run_  # as _stuck_evidence
             stuck = 0.0 if beyond > last_beyond else max(beyond, 0) * per_repeat
@@ -759,7 +796,8 @@ class EnsembleDetector(BaseEstimator):
                 name for name, surprise in zip(names, surprises) if surprise >= threshold
             ) or None
             if in_gap:
-                score, is_anomaly, flagged = cfg.gap_score, True, "gap"
+                score, is_anomaly, flagged = (cfg.gap_score, True, "gap") if opens_outage else (
+                    0.0, False, None)
             else:
                 score = score_from_surprise_one(combined, threshold)
                 is_anomaly = combined >= threshold and math.isfinite(value)
@@ -862,6 +900,7 @@ class EnsembleDetector(BaseEstimator):
             )
         combined = combined[cut:]
         n = len(combined)
+        before = np.concatenate([[0.0], np.asarray(y, dtype=float)[:-1]])[cut:]
         surprises = judged.surprises[cut:]
         ts, y, gap = ts[cut:], y[cut:], gap[cut:]
         residual, adapted = judged.residual[cut:], judged.adapted[cut:]
@@ -875,9 +914,12 @@ class EnsembleDetector(BaseEstimator):
              for row in (surprises >= cfg.threshold).tolist()] if n else [],
             dtype=object,
         )
-        score = np.where(gap, cfg.gap_score, score)
-        is_anomaly = np.where(gap, True, is_anomaly & np.isfinite(y))
-        flagged_by = np.where(gap, "gap", flagged_by)
+        # An outage is one event: its first missing slot is the anomaly (flagged "gap"), the
+        # slots after it are missing data, not anomalies.
+        opens_outage = gap & np.isfinite(before)
+        score = np.where(opens_outage, cfg.gap_score, np.where(gap, 0.0, score))
+        is_anomaly = np.where(gap, opens_outage, is_anomaly & np.isfinite(y))
+        flagged_by = np.where(gap, np.where(opens_outage, "gap", None), flagged_by)
         # An anomalous point always names a component, even when only smoothing pushed it over.
         flagged_by = np.where(is_anomaly & (flagged_by == None), "ensemble", flagged_by)  # noqa: E711
 

@@ -149,16 +149,19 @@ def test_a_stuck_value_is_flagged(detector, series):
     assert during["flagged_by"].dropna().str.contains("flatline").any()
 
 
-def test_a_long_gap_is_reported_as_an_anomaly_flagged_by_gap(detector, series):
+def test_an_outage_is_one_anomaly_at_its_first_missing_slot_flagged_by_gap(detector, series):
     ts, y = series
     gap = np.zeros(N_POINTS, dtype=bool)
     gap[N_TRAIN + 30 : N_TRAIN + 40] = True
+    gap[N_TRAIN + 60 : N_TRAIN + 90] = True
     with_gap = np.where(gap, np.nan, y)
     scores = score_after_training(detector, ts, with_gap, gap=gap)
     in_gap = scores[gap[N_TRAIN:]]
-    assert len(in_gap) == 10
-    assert in_gap["is_anomaly"].all()
-    assert (in_gap["flagged_by"] == "gap").all()
+    assert len(in_gap) == 40
+    flagged = in_gap[in_gap["is_anomaly"]]
+    assert list(flagged.index) == [30, 60]  # one per outage, where it starts
+    assert (flagged["flagged_by"] == "gap").all() and (flagged["severity"] == "high").all()
+    assert (in_gap.drop(flagged.index)["score"] == 0).all()
     assert scores.loc[~gap[N_TRAIN:], "is_anomaly"].mean() <= 0.01
 
 
