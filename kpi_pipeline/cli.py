@@ -140,10 +140,13 @@ def run(ctx: typer.Context) -> None:
     summary = _materialize_all(url)
     console.print(
         f"KPIs scored: {len(summary['kpis_scored'])}, points scored: {summary['points_scored']}, "
-        f"anomalies found: {summary['anomalies']}"
+        f"anomalies found: {summary['anomalies']}, outages (data missing): {summary['outages']}"
     )
     short = summary["insufficient_history"]
     console.print(f"insufficient history: {', '.join(short) if short else 'none'}", markup=False)
+    for kpi, reason in summary["failed"].items():
+        console.print(f"failed: {kpi}: {reason} (every other KPI completed; the next run "
+                      "tries it again)", markup=False, style="bold red")
     home = _dagster_home()
     console.print(
         f"run recorded in the Dagster instance at {home} (DAGSTER_HOME)" if home
@@ -251,7 +254,8 @@ def _materialize_all(url: str) -> dict:
     }
     scores = metadata["anomaly_scores"]
     short = {*metadata["kpi_models"]["insufficient_history"], *scores["insufficient_history"]}
-    return {**scores, "insufficient_history": sorted(short)}
+    failed = {**scores["failed"], **metadata["kpi_models"]["failed"]}
+    return {**scores, "insufficient_history": sorted(short), "failed": failed}
 
 
 def _root_cause(error) -> str:

@@ -44,6 +44,7 @@ from kpi_pipeline.detection.preprocess import (
     fill_between,
 )
 from kpi_pipeline.detection.walkforward import history_cutoffs, score_segment, walk_forward
+from kpi_pipeline.errors import describe_error
 from kpi_pipeline.ingestion import IngestResult
 from kpi_pipeline.store import serving
 from kpi_pipeline.store.notifications import HeardWrites, Token
@@ -159,8 +160,9 @@ class KpiTraining:
 
     kpi: str
     status: str
-    """``trained``, ``up to date`` (no scored point newer than its newest model) or
-    ``insufficient history``."""
+    """``trained``, ``up to date`` (no scored point newer than its newest model),
+    ``insufficient history`` or ``failed`` (an unexpected error, in ``detail``; the next run
+    tries again)."""
     versions: tuple[str, ...] = ()
     """Versions written in this run, oldest first."""
     detail: str = ""
@@ -195,14 +197,17 @@ def train_models(
         ts = pd.DatetimeIndex(rows["ts"])
         exclude = ts.isin(excluded[kpi]) if kpi in excluded else np.zeros(len(ts), dtype=bool)
         newest = newest_models.get(kpi)
-        if newest is None:
-            result = _train_history(engine, kpi, rows, exclude, config, trained_at)
-        else:
-            cutoff = _retrain_cutoff(ts, newest, last_scored.get(kpi))
-            if cutoff:
-                result = _retrain(engine, kpi, rows, cutoff, exclude, config, trained_at)
+        try:
+            if newest is None:
+                result = _train_history(engine, kpi, rows, exclude, config, trained_at)
             else:
-                result = KpiTraining(kpi, "up to date")
+                cutoff = _retrain_cutoff(ts, newest, last_scored.get(kpi))
+                if cutoff:
+                    result = _retrain(engine, kpi, rows, cutoff, exclude, config, trained_at)
+                else:
+                    result = KpiTraining(kpi, "up to date")
+        except Exception as error:  # noqa: BLE001 - one KPI's failure must not stop the others
+            result = KpiTraining(kpi, "failed", detail=describe_error(error))
         progress(f"{kpi}: {_describe_training(result)}")
         results.append(result)
     return results
@@ -331,10 +336,16 @@ class KpiScoring:
     scored: int
     """New points scored and written."""
     anomalies: int
+    """Anomalous points among them, outages apart."""
     unscored: int
     """New points left unscored because no model was trained before them."""
     versions: tuple[str, ...] = ()
     """Model versions that scored them."""
+    error: str = ""
+    """Why scoring this KPI failed (nothing was written for it; the next run tries again)."""
+    outages: int = 0
+    """Outages that began among them (long stretches of missing data, one anomalous point
+    flagged ``gap`` each)."""
 
 
 def score_new_points(
@@ -362,7 +373,10 @@ def score_new_points(
         first_new = 0 if kpi not in last_scored else int(ts.searchsorted(last_scored[kpi], "right"))
         if since is not None:
             first_new = max(first_new, int(ts.searchsorted(since, "left")))
-        result = _score_kpi(engine, kpi, rows, first_new, scored_at)
+        try:
+            result = _score_kpi(engine, kpi, rows, first_new, scored_at)
+        except Exception as error:  # noqa: BLE001 - one KPI's failure must not stop the others
+            result = KpiScoring(kpi, 0, 0, len(rows) - first_new, error=describe_error(error))
         progress(f"{kpi}: {_describe_scoring(result)}")
         results.append(result)
     return results
@@ -385,12 +399,14 @@ def _score_kpi(
         kpi, pd.DatetimeIndex(scores["ts"]), scores["is_anomaly"].to_numpy(), merge_gap, open_event
     )
     store.upsert_scores(engine, scores.assign(kpi=kpi, scored_at=scored_at))
+    outages = int((scores["flagged_by"] == "gap").sum())
     return KpiScoring(
         kpi,
         scored=len(scores),
-        anomalies=int(scores["is_anomaly"].sum()),
+        anomalies=int(scores["is_anomaly"].sum()) - outages,
         unscored=new_points - len(scores),
         versions=tuple(scores["model_version"].unique()),
+        outages=outages,
     )
 
 
@@ -457,11 +473,15 @@ def _recent_scores(
 
 
 def _describe_scoring(result: KpiScoring) -> str:
+    if result.error:
+        return f"failed ({result.error}); {result.unscored} points left for the next run"
     if result.scored == 0 and result.unscored == 0:
         return "no new points"
     parts = []
     if result.scored:
         parts.append(f"scored {result.scored} points, {result.anomalies} anomalous")
+    if result.outages:
+        parts.append(f"{result.outages} outages (data missing)")
     if result.unscored:
         parts.append(f"{result.unscored} points unscored (insufficient history)")
     return "; ".join(parts)
@@ -939,6 +959,8 @@ def _add_scoring(total: KpiScoring | None, step: KpiScoring) -> KpiScoring:
         anomalies=total.anomalies + step.anomalies,
         unscored=total.unscored + step.unscored,
         versions=versions,
+        error=step.error or total.error,
+        outages=total.outages + step.outages,
     )
 
 

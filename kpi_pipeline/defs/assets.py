@@ -161,6 +161,11 @@ def kpi_features(store: KpiStore) -> dg.MaterializeResult:
     owners=OWNERS,
     tags=_tags("gold"),
     metadata=_table(tables.kpi_models),
+    check_specs=[dg.AssetCheckSpec(
+        "every_kpi_trained_without_error", asset="kpi_models",
+        description="No KPI's training failed with an error in this run (each failure is "
+        "recorded with its reason; every other KPI is trained, and the next run tries again).",
+    )],
 )
 def kpi_models(store: KpiStore, config: ModelTrainingConfig) -> dg.MaterializeResult:
     """The model registry (``kpi_models``): a Prophet + Isolation Forest ensemble per KPI.
@@ -173,15 +178,29 @@ def kpi_models(store: KpiStore, config: ModelTrainingConfig) -> dg.MaterializeRe
     results = pipeline.train_models(
         engine, cleaned, config.detector_config(), progress=_progress("kpi_models")
     )
+    failed = {r.kpi: r.detail for r in results if r.status == "failed"}
     return dg.MaterializeResult(
         metadata={
             "versions_trained": sum(len(r.versions) for r in results),
             "kpis_trained": _kpis(results, "trained"),
             "kpis_up_to_date": _kpis(results, "up to date"),
             "insufficient_history": _kpis(results, "insufficient history"),
+            "failed": dg.MetadataValue.json(failed),
             "summary": _summary(results),
             "models": _model_table(engine, results),
-        }
+        },
+        check_results=[_failures_check("every_kpi_trained_without_error", failed)],
+    )
+
+
+def _failures_check(name: str, failed: dict[str, str]) -> dg.AssetCheckResult:
+    """Passes when no KPI failed; otherwise names each failed KPI with its reason."""
+    return dg.AssetCheckResult(
+        check_name=name,
+        passed=not failed,
+        severity=dg.AssetCheckSeverity.ERROR,
+        metadata={"failed_kpis": len(failed), "threshold": 0,
+                  "failures": dg.MetadataValue.json(failed)},
     )
 
 
@@ -192,6 +211,11 @@ def kpi_models(store: KpiStore, config: ModelTrainingConfig) -> dg.MaterializeRe
     owners=OWNERS,
     tags=_tags("gold"),
     metadata=_table(tables.anomaly_scores),
+    check_specs=[dg.AssetCheckSpec(
+        "every_kpi_scored_without_error", asset="anomaly_scores",
+        description="No KPI's scoring failed with an error in this run (its points stay "
+        "unscored and the next run tries again; every other KPI is scored).",
+    )],
 )
 def anomaly_scores(store: KpiStore) -> dg.MaterializeResult:
     """Scores of every point (``anomaly_scores``), each by the newest model trained before it.
@@ -207,10 +231,12 @@ def anomaly_scores(store: KpiStore) -> dg.MaterializeResult:
         engine, cleaned, scored_at=scored_at, progress=_progress("anomaly_scores")
     )
     new_by_severity = kpi_store.severity_counts(engine, scored_since=scored_at)
+    failed = {r.kpi: r.error for r in results if r.error}
     return dg.MaterializeResult(
         metadata={
             "points_scored": sum(r.scored for r in results),
             "anomalies": sum(r.anomalies for r in results),
+            "outages": sum(r.outages for r in results),
             # One number per severity, so the UI plots each across runs.
             **{f"{level}_anomalies": new_by_severity[level] for level in SEVERITIES},
             "unscored_points": sum(r.unscored for r in results),
@@ -225,7 +251,9 @@ def anomaly_scores(store: KpiStore) -> dg.MaterializeResult:
             ))),
             "last_score_per_kpi": _last_scores(engine),
             "dagster/row_count": kpi_store.table_counts(engine)["anomaly_scores"],
-        }
+            "failed": dg.MetadataValue.json(failed),
+        },
+        check_results=[_failures_check("every_kpi_scored_without_error", failed)],
     )
 
 

@@ -23,6 +23,7 @@ from kpi_pipeline.detection.preprocess import clean_observations
 from kpi_pipeline.evaluation.backtest import stream_scores
 from kpi_pipeline.evaluation.folds import FoldScore, FoldSeries, score_fold, write_fold_report
 from kpi_pipeline.evaluation.metrics import EventMetrics, combine, event_metrics, windows_from_labels
+from kpi_pipeline.errors import describe_error
 from kpi_pipeline.evaluation.nab import PROFILES, NabFile, best_threshold, load_corpus, probation_length, score_corpus
 from kpi_pipeline.ingestion import read_observations_csv
 
@@ -48,6 +49,8 @@ class SeriesResult:
     alert: np.ndarray
     seconds: float
     retrains: int
+    error: str = ""
+    """Why the series could not be backtested; it then counts as never alerting."""
 
 
 def _run_series(task: SeriesTask, config: DetectorConfig, out_dir: Path) -> SeriesResult:
@@ -86,14 +89,26 @@ def _run_all(
     with ProcessPoolExecutor(max_workers=workers) as pool:
         futures = {pool.submit(_run_series, t, config, out_dir): t for t in ordered}
         for done, future in enumerate(as_completed(futures), start=1):
-            result = future.result()
-            results[result.name] = result
             task = futures[future]
-            progress(
-                f"[{done}/{len(tasks)}] {task.name}: {len(task.values):,} points, "
-                f"{result.retrains} retrains, {int(result.alert.sum())} alerts, {result.seconds:.1f}s"
-            )
+            try:
+                result = future.result()
+            except Exception as error:  # noqa: BLE001 - one series must not stop the others
+                result = _failed(task, describe_error(error))
+                progress(f"[{done}/{len(tasks)}] {task.name}: FAILED ({result.error}); "
+                         "counted as never alerting")
+            else:
+                progress(
+                    f"[{done}/{len(tasks)}] {task.name}: {len(task.values):,} points, "
+                    f"{result.retrains} retrains, {int(result.alert.sum())} alerts, "
+                    f"{result.seconds:.1f}s"
+                )
+            results[task.name] = result
     return results
+
+
+def _failed(task: SeriesTask, error: str) -> SeriesResult:
+    none = np.zeros(len(task.values), dtype=bool)
+    return SeriesResult(task.name, np.zeros(len(task.values)), none, none, 0.0, 0, error=error)
 
 
 def _event_summary(results: dict[str, SeriesResult], tasks: list[SeriesTask]) -> EventMetrics:
@@ -121,6 +136,7 @@ def _finish(
         **figures,
         "events": asdict(_event_summary(results, tasks)),
         "series": len(tasks),
+        "failed": {name: r.error for name, r in results.items() if r.error},
         "points": int(sum(len(t.values) for t in tasks)),
         "wall_seconds": time.perf_counter() - started,
         "workers": workers,
@@ -152,6 +168,8 @@ def _write_summary(out_dir: Path, summary: dict, folds: str) -> None:
         f"F1 {events['f1']:.3f} (TP {events['tp_events']}, FN {events['fn_events']}, "
         f"FP {events['fp_events']})"
     )
+    for name, error in summary["failed"].items():
+        lines.append(f"FAILED: {name}: {error} (counted as never alerting)")
     lines.append(f"Series: {summary['series']}, points: {summary['points']:,}, "
                  f"wall time: {summary['wall_seconds']:.1f}s on {summary['workers']} workers")
     lines += ["", "Per fold (the product's own alerts):", "", folds.rstrip("\n")]

@@ -1,0 +1,201 @@
+"""One KPI can never stop the others: its failure is recorded with its reason and every other KPI
+completes, in training, scoring, backfill, a Dagster materialisation, ``run`` and ``evaluate``;
+and a minute-level KPI with a multi-day outage is trained on its usable points, its later spike
+is caught, and the outage is one event."""
+
+import dagster as dg
+import numpy as np
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from kpi_pipeline import pipeline, store
+from kpi_pipeline.cli import app
+from kpi_pipeline.defs.assets import ASSETS
+from kpi_pipeline.defs.resources import KpiStore
+from kpi_pipeline.detection.ensemble import DetectorConfig
+from kpi_pipeline.evaluation import runner
+from kpi_pipeline.ingestion import read_observations_csv
+from kpi_pipeline_tests.defs.synthetic import START, hourly_kpis, to_wide_csv
+
+HOUR = pd.Timedelta(hours=1)
+CONFIG = DetectorConfig(scale_window=96)
+
+
+def fail_for(monkeypatch, name: str, kpi: str) -> None:
+    """Make ``pipeline.<name>`` raise for ``kpi`` (its second argument) only."""
+    real = getattr(pipeline, name)
+
+    def broken(engine, this_kpi, *args, **kwargs):
+        if this_kpi == kpi:
+            raise RuntimeError(f"{kpi} is broken")
+        return real(engine, this_kpi, *args, **kwargs)
+
+    monkeypatch.setattr(pipeline, name, broken)
+
+
+@pytest.fixture
+def engine(sqlite_url):
+    engine = pipeline.open_store(sqlite_url)
+    store.upsert_observations(engine, hourly_kpis(days=10), "test")
+    yield engine
+    engine.dispose()
+
+
+def scored_kpis(engine) -> set[str]:
+    return set(store.load_scores(engine)["kpi"])
+
+
+def test_a_kpi_whose_training_fails_is_reported_and_the_others_train_and_score(
+    engine, monkeypatch
+):
+    fail_for(monkeypatch, "_train_history", "orders")
+    cleaned, _ = pipeline.load_cleaned(engine)
+
+    results = {r.kpi: r for r in pipeline.train_models(engine, cleaned, CONFIG)}
+    pipeline.score_new_points(engine, pipeline.load_scoring_window(engine))
+
+    assert results["orders"].status == "failed"
+    assert results["orders"].detail == "RuntimeError: orders is broken"
+    assert results["sessions"].status == "trained" and scored_kpis(engine) == {"sessions"}
+
+    monkeypatch.undo()  # the next run tries it again
+    retried = {r.kpi: r for r in pipeline.train_models(engine, cleaned, CONFIG)}
+    assert retried["orders"].status == "trained"
+
+
+def test_a_kpi_whose_scoring_fails_keeps_its_points_for_the_next_run(engine, monkeypatch):
+    cleaned, _ = pipeline.load_cleaned(engine)
+    pipeline.train_models(engine, cleaned, CONFIG)
+    fail_for(monkeypatch, "_score_kpi", "sessions")
+
+    results = {r.kpi: r for r in pipeline.score_new_points(
+        engine, pipeline.load_scoring_window(engine))}
+
+    assert results["sessions"].error == "RuntimeError: sessions is broken"
+    assert results["sessions"].unscored == 240 and scored_kpis(engine) == {"orders"}
+    monkeypatch.undo()
+    pipeline.score_new_points(engine, pipeline.load_scoring_window(engine))
+    assert scored_kpis(engine) == {"orders", "sessions"}
+
+
+def test_backfill_goes_on_past_a_failing_kpi(engine, monkeypatch):
+    fail_for(monkeypatch, "_score_kpi", "orders")
+    results = {r.kpi: r for r in pipeline.backfill(
+        engine, CONFIG, START + 150 * HOUR, START + 239 * HOUR)}
+    assert results["orders"].error and results["sessions"].scored == 90
+    assert scored_kpis(engine) == {"sessions"}
+
+
+def test_a_materialisation_succeeds_and_a_per_kpi_check_names_the_failure(
+    engine, sqlite_url, monkeypatch
+):
+    fail_for(monkeypatch, "_train_history", "orders")
+    result = dg.materialize(ASSETS, resources={"store": KpiStore(database_url=sqlite_url)})
+
+    assert result.success
+    [check] = [c for c in result.get_asset_check_evaluations()
+               if c.check_name == "every_kpi_trained_without_error"]
+    assert not check.passed
+    assert check.metadata["failures"].value == {"orders": "RuntimeError: orders is broken"}
+    scoring = [c for c in result.get_asset_check_evaluations()
+               if c.check_name == "every_kpi_scored_without_error"]
+    assert scoring[0].passed and scored_kpis(engine) == {"sessions"}
+
+
+def test_run_completes_the_other_kpis_and_names_the_failed_one(engine, sqlite_url, monkeypatch):
+    fail_for(monkeypatch, "_train_history", "sessions")
+    result = CliRunner().invoke(app, ["--database-url", sqlite_url, "run"])
+    assert result.exit_code == 0, result.output
+    assert "failed: sessions: RuntimeError: sessions is broken" in result.output
+    assert scored_kpis(engine) == {"orders"}
+
+
+def test_evaluate_reports_a_failed_series_and_writes_its_summary(tmp_path, monkeypatch):
+    observations = hourly_kpis(days=12)
+    (tmp_path / "kpis.csv").write_text(to_wide_csv(observations))
+    pd.DataFrame({"kpi": ["orders"], "start": [(START + 250 * HOUR).isoformat()],
+                  "end": [(START + 251 * HOUR).isoformat()]}).to_csv(
+        tmp_path / "labels.csv", index=False)
+    real = runner.stream_scores
+
+    def broken(ts, values, **kwargs):
+        if kwargs["kpi"] == "orders":
+            raise ValueError("zero-size array")
+        return real(ts, values, **kwargs)
+
+    monkeypatch.setattr(runner, "stream_scores", broken)  # forked workers inherit it
+    summary = runner.evaluate_dataset(tmp_path / "kpis.csv", tmp_path / "labels.csv",
+                                      tmp_path / "out", workers=1, progress=lambda _: None)
+
+    assert summary["failed"] == {"orders": "ValueError: zero-size array"}
+    assert summary["events"]["fn_events"] == 1  # its window counts as missed
+    assert (tmp_path / "out" / "sessions.csv").is_file()
+    assert "FAILED: orders" in (tmp_path / "out" / "summary.md").read_text()
+
+
+# -- a minute-level KPI with a multi-day outage ------------------------------------------------
+
+MINUTE = pd.Timedelta(minutes=1)
+DAY = pd.Timedelta(days=1)
+OUTAGE = (START + 3 * DAY, START + 5.5 * DAY)  # no rows at all
+SPIKE_AT = START + 6.25 * DAY
+
+
+def rpm(kpi: str, days: float, seed: int) -> pd.DataFrame:
+    ts = pd.date_range(START, START + days * DAY, freq="min", inclusive="left")
+    minutes = (ts - START) / MINUTE
+    rng = np.random.default_rng(seed)
+    rate = 200 * (1 + 0.4 * np.sin(2 * np.pi * minutes / 1440))
+    return pd.DataFrame({"kpi": kpi, "ts": ts, "value": rng.poisson(rate).astype(float)})
+
+
+@pytest.fixture(scope="module")
+def minute_csv(tmp_path_factory):
+    checkout = rpm("checkout_rpm", 7, seed=2)
+    checkout = checkout[(checkout["ts"] < OUTAGE[0]) | (checkout["ts"] >= OUTAGE[1])].copy()
+    checkout.loc[checkout["ts"] == SPIKE_AT, "value"] *= 4
+    rows = pd.concat([rpm("healthy_rpm", 7, seed=1), checkout])
+    path = tmp_path_factory.mktemp("minute") / "kpi.csv"
+    rows.assign(timestamp=rows["ts"].dt.strftime("%Y-%m-%dT%H:%M:%SZ"))[
+        ["kpi", "timestamp", "value"]].to_csv(path, index=False)
+    return path
+
+
+def assert_outage_is_one_event_and_the_spike_is_caught(engine) -> None:
+    scores = store.load_scores(engine)
+    healthy = scores[scores["kpi"] == "healthy_rpm"]
+    assert len(healthy) > 0.85 * 7 * 1440  # all but the first model's training points
+    checkout = scores[scores["kpi"] == "checkout_rpm"].set_index("ts")
+    spike = checkout.loc[SPIKE_AT]
+    assert spike["is_anomaly"] and spike["severity"] in ("high", "critical")
+    during = checkout[(checkout.index >= OUTAGE[0]) & (checkout.index < OUTAGE[1])]
+    assert len(during) == (OUTAGE[1] - OUTAGE[0]) / MINUTE  # every missing slot accounted for
+    flagged = during[during["is_anomaly"]]
+    assert list(flagged.index) == [OUTAGE[0]] and flagged["flagged_by"].iloc[0] == "gap"
+    assert flagged["severity"].iloc[0] == "high"
+
+
+def test_a_minute_level_outage_through_the_cli(minute_csv, sqlite_url):
+    runner_ = CliRunner()
+    for command in (["init"], ["ingest", str(minute_csv)], ["run"]):
+        result = runner_.invoke(app, ["--database-url", sqlite_url, *command])
+        assert result.exit_code == 0, result.output
+    assert "outages (data missing): 1" in result.output
+    engine = pipeline.open_store(sqlite_url)
+    try:
+        assert_outage_is_one_event_and_the_spike_is_caught(engine)
+    finally:
+        engine.dispose()
+
+
+def test_a_minute_level_outage_through_a_materialisation(minute_csv, sqlite_url):
+    engine = pipeline.open_store(sqlite_url)
+    try:
+        pipeline.store_ingested(engine, read_observations_csv(minute_csv), source="test")
+        result = dg.materialize(ASSETS, resources={"store": KpiStore(database_url=sqlite_url)})
+        assert result.success
+        assert all(c.passed for c in result.get_asset_check_evaluations())
+        assert_outage_is_one_event_and_the_spike_is_caught(engine)
+    finally:
+        engine.dispose()
