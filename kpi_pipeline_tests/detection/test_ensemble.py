@@ -1,5 +1,3 @@
-import copy
-
 import numpy as np
 import pandas as pd
 import pytest
@@ -211,7 +209,8 @@ def test_artifacts_round_trip_gives_identical_scores(detector, series, spike_sco
 
 def test_a_stricter_threshold_flags_less(detector, series, spike_scores):
     ts, y = series
-    strict = copy.deepcopy(detector).set_params(config=DetectorConfig(threshold=1e6))
+    strict = EnsembleDetector(DetectorConfig(scale_window=96, threshold=1e6)).fit(
+        ts[:N_TRAIN], y[:N_TRAIN])
     spiked = y.copy()
     spiked[SPIKE] += 8 * NOISE_SIGMA
     assert row(spike_scores, SPIKE)["is_anomaly"]
@@ -466,3 +465,11 @@ def test_a_gross_spike_is_critical_and_its_score_keeps_rising_with_its_size(dete
         scored[factor] = row(score_after_training(detector, ts, spiked), SPIKE)
     assert all(row["severity"] == "critical" for row in scored.values())
     assert scored[3.0]["score"] < scored[30.0]["score"] < scored[574.0]["score"]
+
+
+@pytest.mark.parametrize("freq, shift", [("h", 0.0), ("min", np.log10(60)), ("D", -np.log10(24))])
+def test_the_threshold_follows_the_frequency_so_false_alarms_come_at_one_rate_per_day(freq, shift):
+    ts = pd.date_range("2025-01-01", periods=200, freq=freq, tz="UTC")
+    y = 100 + np.random.default_rng(0).normal(0, 1, 200)
+    fitted = EnsembleDetector(DetectorConfig(min_train_points=48)).fit(ts, y)
+    assert fitted.threshold_ == pytest.approx(DetectorConfig().threshold + shift)
