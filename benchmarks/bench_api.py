@@ -295,7 +295,7 @@ async def _prime(port: int, scenario: Scenario, clients: int, rounds: int) -> No
     workers load on first use (a KPI's scorer: its model, its observations judged) is loaded
     by each worker with near certainty (a KPI's requests reach a given one of two workers none
     of 3 x 3 times with probability 0.2%), so the timed phases measure the steady state. The
-    first load of a KPI is measured apart (see the README)."""
+    first load of a KPI is measured apart (see docs/api.md)."""
     pending = iter(list(scenario.requests) * rounds)
     answered: list[None] = []
 
