@@ -12,7 +12,7 @@ PYTEST_ARGS ?= -n 2
 # as Dagster requires. Set DAGSTER_HOME in the environment to use another one.
 DAGSTER_HOME ?= $(CURDIR)/.dagster_home
 
-.PHONY: run dev test lint postgres chromium docker-compose dashboard screenshots dataset evaluate-nab evaluate-sample clean
+.PHONY: run dev test lint postgres chromium docker-compose dashboard screenshots dataset evaluate evaluate-nab evaluate-sample clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -79,6 +79,14 @@ evaluate-nab: $(VENV)/.installed
 
 evaluate-sample: $(VENV)/.installed
 	$(BIN)/kpi-pipeline evaluate --data dataset/kpi_data.csv --labels dataset/kpi_labels.csv --out out/sample
+
+# The fold report: every NAB dev category and every labelled dataset, one table (out/folds/folds.md).
+# BASELINE=path/to/folds.json shows each figure's change against an earlier report.
+evaluate: $(VENV)/.installed
+	$(BIN)/kpi-pipeline evaluate --out out/folds $(if $(BASELINE),--baseline $(BASELINE)) \
+	  --data nab=../shared/bench/nab-dev/data --data sample=dataset/kpi_data.csv \
+	  --data daily=dataset/daily/kpi_data.csv --data five_minute=dataset/five_minute/kpi_data.csv \
+	  --data minute=dataset/minute/kpi_data.csv
 
 clean:
 	rm -rf .kpi out .pytest_cache artifacts

@@ -46,6 +46,8 @@ NOT_RUN: dict[str, str] = {
     r"kpi-pipeline evaluate --out out/folds .*": "backtests the four committed folds (minutes "
                                                  "on two cores); kpi_pipeline_tests/evaluation "
                                                  "covers evaluate with folds",
+    r"make evaluate": "backtests NAB's dev split and the four committed folds (about half an "
+                      "hour on two cores); its evaluate command is the one above, with NAB",
     r"cp \.env\.example \.env": "deployment: would write .env into the checkout",
     r"docker compose (up -d|ps)": "deployment: needs Docker; kpi_pipeline_tests/deploy checks "
                                   "the compose file with `docker-compose config`",
