@@ -19,7 +19,7 @@ from starlette.concurrency import run_in_threadpool
 from kpi_pipeline import store
 from kpi_pipeline.api import errors, routes
 from kpi_pipeline.api.auth import ApiKeys, document_keys, require_key
-from kpi_pipeline.api.middleware import REQUEST_ID_HEADER, DirectRoutes, RequestContext
+from kpi_pipeline.api.middleware import REQUEST_ID_HEADER, RequestContext
 from kpi_pipeline.api.series_cache import CONFIGURED_OFF, ScoreWriteWatcher
 from kpi_pipeline.api.state import ApiState
 from kpi_pipeline.config import Settings, get_settings
@@ -30,6 +30,9 @@ logger = logging.getLogger("kpi_pipeline.api")
 
 BODY_BYTES_PER_POINT = 400
 """Generous size of one JSON point; with the batch limit, bounds the accepted body size."""
+
+BODY_BYTES_BASE = 1 << 20
+"""Room for the rest of a body (KPI names, a source) beside its points."""
 
 DESCRIPTION = """\
 Latest scores, anomalies, ingestion and real-time scoring for kpi-pipeline.
@@ -64,7 +67,12 @@ def create_app(settings: Settings | None = None, engine: sa.Engine | None = None
     reads_keyed = bool(state.keys) and not settings.api_public_reads
     app.include_router(routes.health)
     app.include_router(routes.reads, dependencies=keyed if reads_keyed else [])
-    app.include_router(routes.writes, dependencies=keyed)
+    # FastAPI counts a write's body as it streams in, chunked or not, and refuses it (413) once
+    # more than the limit has arrived: before it is parsed, and before the key check (which
+    # runs after the body is read) has to wait for the rest. RequestContext answers a declared
+    # Content-Length over the limit before routing.
+    max_body_bytes = BODY_BYTES_BASE + BODY_BYTES_PER_POINT * settings.api_max_batch_points
+    app.include_router(routes.writes, dependencies=keyed, max_body_size=max_body_bytes)
     keyed_routers = [routes.reads, routes.writes] if reads_keyed else [routes.writes]
     generate = app.openapi
 
@@ -73,16 +81,10 @@ def create_app(settings: Settings | None = None, engine: sa.Engine | None = None
         # what the routes do; editing it again is harmless.
         schema = generate()
         document_keys(schema, keyed_routers)
-        routes.document_json_bodies(schema)
         return schema
 
     app.openapi = openapi
 
-    # Added first, so innermost: the hot writes skip FastAPI's routing, not CORS or the ID.
-    app.add_middleware(DirectRoutes, operations={
-        operation: (tuple(depends.dependency for depends in keyed), endpoint)
-        for operation, endpoint in routes.direct_writes().items()
-    })
     origins = [origin.strip() for origin in settings.api_cors_origins.split(",") if origin.strip()]
     if origins:
         app.add_middleware(
@@ -93,10 +95,7 @@ def create_app(settings: Settings | None = None, engine: sa.Engine | None = None
             expose_headers=[REQUEST_ID_HEADER],
         )
     # Added last, so outermost: every response, CORS and errors included, gets a request ID.
-    app.add_middleware(
-        RequestContext,
-        max_body_bytes=(1 << 20) + BODY_BYTES_PER_POINT * settings.api_max_batch_points,
-    )
+    app.add_middleware(RequestContext, max_body_bytes=max_body_bytes)
     return app
 
 
