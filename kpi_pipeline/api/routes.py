@@ -189,7 +189,10 @@ def _json(body: bytes) -> Response:
     return Response(body, media_type="application/json")
 
 
-@reads.get("/kpis/{kpi}/scores", summary="A KPI's scored series", response_model=ScoreSeries)
+# ``{kpi:path}``: a KPI name may hold a ``/`` (sent as ``%2F`` or as it is), which the server
+# decodes before routing; only the last segments are fixed.
+@reads.get("/kpis/{kpi:path}/scores", summary="A KPI's scored series",
+           response_model=ScoreSeries)
 async def score_series(
     api: State,
     kpi: KpiPath,
@@ -403,14 +406,26 @@ def _check_batch(size: int, limit: int, field: str) -> None:
                            ["body", field])
 
 
-@writes.post("/anomalies/{kpi}/{ts}/feedback", summary="Mark a scored point as a true or false "
-             "positive")
+@writes.post("/anomalies/{kpi:path}/{ts}/feedback",
+             summary="Mark an anomaly as a true or false positive",
+             responses={409: {"model": ErrorResponse,
+                              "description": "The point was scored but not flagged."}})
 async def feedback(api: State, kpi: KpiPath, ts: Timestamp, body: FeedbackIn) -> FeedbackOut:
-    """The same as ``kpi-pipeline feedback``: later training skips points confirmed as incidents
-    and keeps points marked as false alarms. ``ts`` is ISO 8601 (encode ``+`` as ``%2B``)."""
+    """Later training skips points confirmed as incidents and keeps points marked as false
+    alarms. Only a flagged point (an anomaly) takes feedback. ``ts`` is ISO 8601 (encode ``+``
+    as ``%2B``); a ``/`` in the KPI name may be sent as it is or as ``%2F``."""
     scored = await api.db(store.load_scores, api.engine, [kpi], ts, ts)
     if scored.empty:
         raise ApiError(404, f"no scored point of {kpi!r} at {ts.isoformat()}")
+    point = scored.iloc[0]
+    if not point["is_anomaly"]:
+        score = "" if pd.isna(point["score"]) else f" (score {point['score']:.2f})"
+        raise ApiError(
+            409,
+            f"the point of {kpi!r} at {ts.isoformat()} is not an anomaly{score}: feedback "
+            "labels flagged points only",
+            code="not_an_anomaly",
+        )
     await api.db(store.set_feedback, api.engine, kpi, ts, body.label, body.note)
     return FeedbackOut(kpi=kpi, timestamp=ts, label=body.label, note=body.note)
 

@@ -423,6 +423,38 @@ def test_feedback_on_a_point_that_was_not_scored_is_404(reader, module_seeded):
     assert store.table_counts(module_seeded.engine)["anomaly_feedback"] == 0
 
 
+def test_feedback_on_a_point_that_is_not_an_anomaly_is_refused(client, seeded):
+    calm = store.load_scores(seeded.engine, ["sales"]).query("not is_anomaly")["ts"].iloc[0]
+
+    response = client.post(f"/v1/anomalies/sales/{iso(calm)}/feedback",
+                           json={"label": "false_positive"})
+
+    assert response.status_code == 409, response.text
+    assert response.json()["error"] == "not_an_anomaly"
+    assert "is not an anomaly" in response.json()["message"]
+    assert store.table_counts(seeded.engine)["anomaly_feedback"] == 0
+
+
+@pytest.mark.parametrize("slash", ["/", "%2F"])
+def test_kpi_names_with_a_slash_round_trip_in_paths(client, seeded, slash):
+    scores = store.load_scores(seeded.engine, ["sales"]).assign(kpi="web/sales")
+    store.upsert_scores(seeded.engine, scores)
+    spike = iso(seeded.spikes[0])
+
+    series = client.get(f"/v1/kpis/web{slash}sales/scores", params={"limit": 24})
+    labelled = client.post(f"/v1/anomalies/web{slash}sales/{spike}/feedback",
+                           json={"label": "true_positive"})
+
+    assert series.status_code == 200, series.text
+    expected = client.get("/v1/kpis/sales/scores", params={"limit": 24}).json()
+    assert series.json() == expected | {"kpi": "web/sales"}
+    assert labelled.status_code == 200, labelled.text
+    assert labelled.json()["kpi"] == "web/sales"
+    flagged = store.load_anomalies(seeded.engine).set_index(["kpi", "ts"])
+    assert flagged.loc[("web/sales", seeded.spikes[0]), "feedback"] == "true_positive"
+    assert pd.isna(flagged.loc[("sales", seeded.spikes[0]), "feedback"])
+
+
 def test_history_outside_the_scored_range_is_unscored(module_seeded):
     # Guards the fixture the other tests rely on: the model scores only points after training.
     scored = store.load_scores(module_seeded.engine, ["sales"])
