@@ -14,6 +14,7 @@ from typing import Any
 import sqlalchemy as sa
 from fastapi import Depends, FastAPI
 from fastapi.middleware.cors import CORSMiddleware
+from fastapi_offline import FastAPIOffline
 from starlette.concurrency import run_in_threadpool
 
 from kpi_pipeline import store
@@ -55,7 +56,10 @@ def create_app(settings: Settings | None = None, engine: sa.Engine | None = None
         keys=ApiKeys(settings.api_keys),
         scorers=ScoringCache(settings.api_model_cache_size),
     )
-    app = FastAPI(
+    # FastAPIOffline is FastAPI with /docs and /redoc served from the Swagger UI and ReDoc files
+    # that its package ships (under /static-offline-docs), not from a CDN: a self-hosted API's
+    # documentation must work without the internet.
+    app = FastAPIOffline(
         title="kpi-pipeline API",
         version="1",
         description=DESCRIPTION,
