@@ -71,9 +71,9 @@ def create_app(settings: Settings | None = None, engine: sa.Engine | None = None
     reads_keyed = bool(state.keys) and not settings.api_public_reads
     app.include_router(routes.health)
     app.include_router(routes.reads, dependencies=keyed if reads_keyed else [])
-    # FastAPI counts a write's body as it streams in, chunked or not, and refuses it (413) once
-    # more than the limit has arrived: before it is parsed, and before the key check (which
-    # runs after the body is read) has to wait for the rest. RequestContext answers a declared
+    # FastAPI reads a body before it solves dependencies such as the key check, so that read is
+    # bounded: a write's body is counted as it streams in, chunked or not, and refused (413)
+    # once it passes the limit, before it is parsed. RequestContext answers a declared
     # Content-Length over the limit before routing.
     max_body_bytes = BODY_BYTES_BASE + BODY_BYTES_PER_POINT * settings.api_max_batch_points
     app.include_router(routes.writes, dependencies=keyed, max_body_size=max_body_bytes)

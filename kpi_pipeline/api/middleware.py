@@ -80,7 +80,6 @@ class RequestContext:
             REQUEST_ID.reset(token)
 
 
-
 def _content_length(headers: Headers) -> int:
     try:
         return int(headers.get("content-length", "0"))

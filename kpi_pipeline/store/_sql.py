@@ -77,7 +77,8 @@ def upsert(
         statement = on_conflict(insert(table))
         batches = (rows[start : start + BATCH_SIZE] for start in range(0, len(rows), BATCH_SIZE))
     if returning:
-        # Also what executemany's rowcount cannot say reliably (psycopg reports -1).
+        # RETURNING, as executemany's rowcount is not reliable on every driver (psycopg
+        # reports -1) and cannot tell this call's writes from another transaction's.
         statement = statement.returning(*(table.c[name] for name in keys))
     for batch in batches:
         result = connection.execute(statement, batch)
