@@ -7,8 +7,10 @@ write get their own (``client``, ``seeded``)."""
 from __future__ import annotations
 
 import socket
+import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 import pandas as pd
 import pytest
@@ -325,6 +327,25 @@ def test_observations_land_and_bad_rows_are_rejected_with_reasons(client, seeded
 
     again = client.post("/v1/observations", json={"observations": rows[:2]}).json()
     assert (again["inserted"], again["updated"], again["unchanged"]) == (0, 0, 2)
+
+
+def test_clients_racing_over_the_same_keys_report_each_insert_once(client, seeded):
+    """20 clients post the same 100 new observations at once: each key is reported inserted by
+    exactly one of them."""
+    rows = [{"kpi": "visits", "timestamp": iso(seeded.ts[0] + hour * HOUR), "value": 1.0}
+            for hour in range(100)]
+    start = threading.Barrier(20)
+
+    def post(_client_number: int) -> dict:
+        start.wait()
+        return client.post("/v1/observations", json={"observations": rows}).json()
+
+    with ThreadPoolExecutor(20) as pool:
+        answers = list(pool.map(post, range(20)))
+
+    assert sum(answer["inserted"] for answer in answers) == 100
+    assert sum(answer["unchanged"] for answer in answers) == 19 * 100
+    assert len(store.load_observations(seeded.engine, ["visits"])) == 100
 
 
 def test_realtime_scores_equal_what_the_pipeline_stores_for_the_same_points(client, seeded):
