@@ -14,12 +14,13 @@ from typing import Any
 import sqlalchemy as sa
 from fastapi import Depends, FastAPI
 from fastapi.middleware.cors import CORSMiddleware
+from fastapi_offline import FastAPIOffline
 from starlette.concurrency import run_in_threadpool
 
 from kpi_pipeline import store
 from kpi_pipeline.api import errors, routes
 from kpi_pipeline.api.auth import ApiKeys, document_keys, require_key
-from kpi_pipeline.api.middleware import REQUEST_ID_HEADER, DirectRoutes, RequestContext
+from kpi_pipeline.api.middleware import REQUEST_ID_HEADER, RequestContext
 from kpi_pipeline.api.series_cache import CONFIGURED_OFF, ScoreWriteWatcher
 from kpi_pipeline.api.state import ApiState
 from kpi_pipeline.config import Settings, get_settings
@@ -30,6 +31,9 @@ logger = logging.getLogger("kpi_pipeline.api")
 
 BODY_BYTES_PER_POINT = 400
 """Generous size of one JSON point; with the batch limit, bounds the accepted body size."""
+
+BODY_BYTES_BASE = 1 << 20
+"""Room for the rest of a body (KPI names, a source) beside its points."""
 
 DESCRIPTION = """\
 Latest scores, anomalies, ingestion and real-time scoring for kpi-pipeline.
@@ -52,7 +56,10 @@ def create_app(settings: Settings | None = None, engine: sa.Engine | None = None
         keys=ApiKeys(settings.api_keys),
         scorers=ScoringCache(settings.api_model_cache_size),
     )
-    app = FastAPI(
+    # FastAPIOffline is FastAPI with /docs and /redoc served from the Swagger UI and ReDoc files
+    # that its package ships (under /static-offline-docs), not from a CDN: a self-hosted API's
+    # documentation must work without the internet.
+    app = FastAPIOffline(
         title="kpi-pipeline API",
         version="1",
         description=DESCRIPTION,
@@ -64,7 +71,12 @@ def create_app(settings: Settings | None = None, engine: sa.Engine | None = None
     reads_keyed = bool(state.keys) and not settings.api_public_reads
     app.include_router(routes.health)
     app.include_router(routes.reads, dependencies=keyed if reads_keyed else [])
-    app.include_router(routes.writes, dependencies=keyed)
+    # FastAPI reads a body before it solves dependencies such as the key check, so that read is
+    # bounded: a write's body is counted as it streams in, chunked or not, and refused (413)
+    # once it passes the limit, before it is parsed. RequestContext answers a declared
+    # Content-Length over the limit before routing.
+    max_body_bytes = BODY_BYTES_BASE + BODY_BYTES_PER_POINT * settings.api_max_batch_points
+    app.include_router(routes.writes, dependencies=keyed, max_body_size=max_body_bytes)
     keyed_routers = [routes.reads, routes.writes] if reads_keyed else [routes.writes]
     generate = app.openapi
 
@@ -73,16 +85,10 @@ def create_app(settings: Settings | None = None, engine: sa.Engine | None = None
         # what the routes do; editing it again is harmless.
         schema = generate()
         document_keys(schema, keyed_routers)
-        routes.document_json_bodies(schema)
         return schema
 
     app.openapi = openapi
 
-    # Added first, so innermost: the hot writes skip FastAPI's routing, not CORS or the ID.
-    app.add_middleware(DirectRoutes, operations={
-        operation: (tuple(depends.dependency for depends in keyed), endpoint)
-        for operation, endpoint in routes.direct_writes().items()
-    })
     origins = [origin.strip() for origin in settings.api_cors_origins.split(",") if origin.strip()]
     if origins:
         app.add_middleware(
@@ -93,10 +99,7 @@ def create_app(settings: Settings | None = None, engine: sa.Engine | None = None
             expose_headers=[REQUEST_ID_HEADER],
         )
     # Added last, so outermost: every response, CORS and errors included, gets a request ID.
-    app.add_middleware(
-        RequestContext,
-        max_body_bytes=(1 << 20) + BODY_BYTES_PER_POINT * settings.api_max_batch_points,
-    )
+    app.add_middleware(RequestContext, max_body_bytes=max_body_bytes)
     return app
 
 

@@ -11,6 +11,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
+from starlette.middleware.body_limit import MAX_BODY_SIZE_SCOPE_KEY
 
 from kpi_pipeline.api.context import current_request_id
 from kpi_pipeline.api.schemas import ErrorDetail, ErrorResponse
@@ -90,8 +91,12 @@ async def _on_api_error(_request: Request, error: ApiError) -> JSONResponse:
     return error_response(error.status, error.message, error.code, details, error.headers)
 
 
-async def _on_http_error(_request: Request, error: HTTPException) -> JSONResponse:
-    return error_response(error.status_code, str(error.detail), headers=error.headers)
+async def _on_http_error(request: Request, error: HTTPException) -> JSONResponse:
+    message = str(error.detail)
+    limit = request.scope.get(MAX_BODY_SIZE_SCOPE_KEY)
+    if error.status_code == 413 and limit is not None:  # FastAPI's body limit
+        message = f"request body larger than {limit} bytes"
+    return error_response(error.status_code, message, headers=error.headers)
 
 
 async def _on_database_error(_request: Request, error: Exception) -> JSONResponse:

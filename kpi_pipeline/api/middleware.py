@@ -1,6 +1,5 @@
-"""The layers around the routes: each request's ID, access-log line and last-resort 500
-(``RequestContext``, outermost), and the operations served without FastAPI's routing
-(``DirectRoutes``, innermost)."""
+"""The layer around the routes: each request's ID, access-log line, early 413 and
+last-resort 500 (``RequestContext``, outermost)."""
 
 from __future__ import annotations
 
@@ -8,15 +7,8 @@ import logging
 import re
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Mapping, Sequence
-from functools import partial
 
-from starlette._utils import get_route_path
-from starlette.applications import Starlette
 from starlette.datastructures import Headers, MutableHeaders
-from starlette.middleware.exceptions import ExceptionMiddleware
-from starlette.requests import Request
-from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from kpi_pipeline.api.context import REQUEST_ID
@@ -31,9 +23,11 @@ _SAFE_REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
 
 class RequestContext:
     """Gives each request an ID (the caller's ``X-Request-ID`` if it is a plain token, else a
-    new one), echoes it in the response header, logs one line per request, refuses bodies
-    larger than ``max_body_bytes`` (413) before reading them, and turns an unhandled error
-    into a logged 500 with the ``ErrorResponse`` body.
+    new one), echoes it in the response header, logs one line per request, refuses a body
+    whose Content-Length exceeds ``max_body_bytes`` (413) before reading it, and turns an
+    unhandled error into a logged 500 with the ``ErrorResponse`` body. (A body without a
+    Content-Length, or longer than it said, is counted as it arrives by FastAPI's own limit on
+    the routes that read one: see ``app.create_app``.)
 
     Pure ASGI rather than ``BaseHTTPMiddleware``: it runs on every request, so it stays cheap.
     Access lines carry the path without the query string and never a header.
@@ -84,65 +78,6 @@ class RequestContext:
                 request_id, scope["method"], scope["path"], status, elapsed_ms,
             )
             REQUEST_ID.reset(token)
-
-
-Check = Callable[[Request], Awaitable[None]]
-"""Refuses a request by raising (``auth.require_key``)."""
-Endpoint = Callable[[Request], Awaitable[Response]]
-
-
-class DirectRoutes:
-    """Serves a few operations, each ``(method, path)``, straight to their endpoints, ahead of
-    FastAPI's routing and dependency solving: on ``POST /v1/score``, which business
-    applications call in a loop, those cost more per request than scoring a point does.
-
-    Each operation is its FastAPI route's endpoint (which takes only the request and returns a
-    response) after the checks the route's router applies (its request-only dependencies), so
-    the answers are the route's own: errors go through Starlette's ``ExceptionMiddleware`` with
-    the app's exception handlers, as they do on the route, and any other error on to
-    ``RequestContext``'s 500. FastAPI keeps documenting the route and answers every other
-    request (another method, a trailing slash) as before. Added innermost, so ``RequestContext``
-    and CORS apply. What FastAPI's routing would add does not happen for these operations:
-    ``dependency_overrides`` do not reach them, and FastAPI's OpenTelemetry spans (when a
-    tracer provider is configured) do not name their route.
-    """
-
-    def __init__(self, app: ASGIApp,
-                 operations: Mapping[tuple[str, str], tuple[Sequence[Check], Endpoint]]) -> None:
-        self.app = app
-        self.operations = dict(operations)
-        self._served: dict[tuple[str, str], ASGIApp] | None = None
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        # Built on the first call (the lifespan's, when there is one) with the handlers the
-        # app has then, as Starlette builds its own stack.
-        served = self._served or self._serve(scope["app"])
-        if scope["type"] == "http":
-            operation = (scope["method"], get_route_path(scope))  # as the router reads it
-            if operation in served:
-                await served[operation](scope, receive, send)
-                return
-        await self.app(scope, receive, send)
-
-    def _serve(self, app: Starlette) -> dict[tuple[str, str], ASGIApp]:
-        # Those for 500 and Exception are the server-error middleware's.
-        handlers = {key: handler for key, handler in app.exception_handlers.items()
-                    if key not in (500, Exception)}
-        self._served = {
-            operation: ExceptionMiddleware(partial(_run, checks, endpoint), handlers,
-                                           debug=app.debug)
-            for operation, (checks, endpoint) in self.operations.items()
-        }
-        return self._served
-
-
-async def _run(checks: Sequence[Check], endpoint: Endpoint, scope: Scope, receive: Receive,
-               send: Send) -> None:
-    request = Request(scope, receive, send)
-    for check in checks:
-        await check(request)
-    response = await endpoint(request)
-    await response(scope, receive, send)
 
 
 def _content_length(headers: Headers) -> int:

@@ -8,23 +8,16 @@ import asyncio
 import base64
 import binascii
 import datetime as dt
-import email.message
-import inspect
 import json
 import logging
-from collections.abc import Awaitable, Callable
-from functools import lru_cache, partial
-from typing import Annotated, Any, TypeVar
+from functools import partial
+from typing import Annotated, Any
 
 import numpy as np
 import pandas as pd
 import sqlalchemy as sa
 from fastapi import APIRouter, Depends, Path, Query, Request
-from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
-from fastapi.routing import APIRoute
-from pydantic import BaseModel, ValidationError
-from starlette.requests import ClientDisconnect
 
 from kpi_pipeline import pipeline, store
 from kpi_pipeline.api import errors
@@ -74,7 +67,6 @@ MAX_ANOMALIES_PER_PAGE = 1000
 DEFAULT_ANOMALIES_PER_PAGE = 100
 
 State = Annotated[ApiState, Depends(get_state)]
-Body = TypeVar("Body", bound=BaseModel)
 KpiFilter = Annotated[
     list[KpiName] | None,
     Query(max_length=MAX_KPIS_PER_QUERY, description="Only these KPIs; repeat for several."),
@@ -197,7 +189,10 @@ def _json(body: bytes) -> Response:
     return Response(body, media_type="application/json")
 
 
-@reads.get("/kpis/{kpi}/scores", summary="A KPI's scored series", response_model=ScoreSeries)
+# ``{kpi:path}``: a KPI name may hold a ``/`` (sent as ``%2F`` or as it is), which the server
+# decodes before routing; only the last segments are fixed.
+@reads.get("/kpis/{kpi:path}/scores", summary="A KPI's scored series",
+           response_model=ScoreSeries)
 async def score_series(
     api: State,
     kpi: KpiPath,
@@ -341,16 +336,12 @@ def _validate_and_store(api: ApiState, records: list[dict], source: str):
     summary="Score points in real time with the KPI's newest model",
     responses={409: {"model": ErrorResponse, "description": "No trained model for the KPI yet."}},
 )
-async def score(http: Request) -> Response:
+async def score(http: Request, request: ScoreRequest) -> Response:
     """Points are judged exactly as the pipeline would judge them next, after the KPI's stored
     observations; they are not stored unless ``persist`` is true."""
-    # The body (a ScoreRequest) is read by json_body rather than declared as a parameter, the
-    # state taken from the request rather than from State, and the route served by
-    # DirectRoutes (DIRECT_WRITES): FastAPI's routing, body and dependency handling cost more
-    # per request than scoring a point does here, on the endpoint business applications call
-    # in a loop. The answers and the OpenAPI document are the same (tested).
+    # The state comes from the request rather than from the State dependency: on the endpoint
+    # business applications call in a loop, one dependency fewer to solve per request.
     api: ApiState = http.app.state.api
-    request = await json_body(http, ScoreRequest)
     limit = api.settings.api_max_batch_points
     _check_batch(len(request.points), limit, "points")
     stamps, ns, values = _points_arrays(request)
@@ -388,109 +379,6 @@ async def score(http: Request) -> Response:
     }))
 
 
-DIRECT_WRITES: dict[tuple[str, str], Callable[[Request], Awaitable[Response]]] = {
-    ("POST", "/v1/score"): score,
-}
-"""Write operations served by ``middleware.DirectRoutes`` (after the key check every write
-gets), each its route's endpoint: endpoints that take only the request, on the hot path."""
-
-
-def direct_writes() -> dict[tuple[str, str], Callable[[Request], Awaitable[Response]]]:
-    """``DIRECT_WRITES``, each checked to be the endpoint of its route in ``writes`` with
-    nothing for FastAPI to do around it: an async endpoint whose one parameter is the request,
-    on a route with no dependency and no body limit of its own. What ``DirectRoutes`` runs
-    after the key check is then what the route runs."""
-    for (method, path), endpoint in DIRECT_WRITES.items():
-        found = [route for route in writes.routes
-                 if isinstance(route, APIRoute) and route.path == path and method in route.methods]
-        if len(found) != 1 or found[0].endpoint is not endpoint:
-            raise RuntimeError(f"{method} {path} is not a route of {endpoint.__name__}")
-        route, needs = found[0], found[0].dependant
-        solved = (needs.path_params, needs.query_params, needs.header_params,
-                  needs.cookie_params, needs.body_params, needs.dependencies)
-        special = (needs.websocket_param_name, needs.http_connection_param_name,
-                   needs.response_param_name, needs.background_tasks_param_name,
-                   needs.security_scopes_param_name)
-        if (route.dependencies or route.max_body_size is not None or any(solved)
-                or any(name is not None for name in special) or needs.request_param_name is None
-                or not inspect.iscoroutinefunction(endpoint)):
-            raise RuntimeError(f"{method} {path} cannot be served directly: its endpoint must be "
-                               "async and take the request only, on a route with no "
-                               "dependency or body limit of its own")
-    return DIRECT_WRITES
-
-JSON_BODIES: dict[tuple[str, str], type[BaseModel]] = {("/v1/score", "post"): ScoreRequest}
-"""The operations whose body ``json_body`` reads, and its model: ``document_json_bodies``
-documents them as FastAPI documents a body parameter."""
-
-_SCHEMA_REF = "#/components/schemas/{model}"
-
-
-async def json_body(http: Request, model: type[Body]) -> Body:
-    """The request's body as ``model``, read the way FastAPI reads a body parameter, with its
-    answers: the body is JSON only if declared so (``application/json`` or ``+json``), parsed by
-    ``json.loads`` (which also takes UTF-16/32 and a byte order mark) and validated from the
-    parsed value; 422 when it is missing, not JSON or not valid (the problems located under
-    ``body``), 400 when it cannot be read or decoded. (Unlike a body parameter, it is read after
-    the key check: a request without a key gets its 401 first.)"""
-    try:
-        raw = await http.body()
-        if not raw:
-            raise RequestValidationError(
-                [{"type": "missing", "loc": ("body",), "msg": "Field required", "input": None}]
-            )
-        if _declares_json(http.headers.get("content-type", "")):
-            try:
-                value = json.loads(raw)
-            except json.JSONDecodeError as error:
-                raise RequestValidationError([{
-                    "type": "json_invalid", "loc": ("body", error.pos), "msg": "JSON decode error",
-                    "input": {}, "ctx": {"error": error.msg},
-                }]) from None
-        else:
-            value = raw  # not declared as JSON: the bytes, which no model accepts
-        return model.model_validate(value, from_attributes=True)
-    except ValidationError as error:
-        raise RequestValidationError([
-            {**problem, "loc": ("body", *problem["loc"])}
-            for problem in error.errors(include_url=False)
-        ]) from None
-    except (ClientDisconnect, UnicodeDecodeError):
-        raise ApiError(400, "There was an error parsing the body") from None
-
-
-@lru_cache(maxsize=64)
-def _declares_json(content_type: str) -> bool:
-    """Whether a Content-Type header declares JSON, as FastAPI reads it (``application/json``
-    or ``application/...+json``); remembered, as clients send the same header every time."""
-    media = email.message.Message()
-    media["content-type"] = content_type
-    subtype = media.get_content_subtype()
-    return media.get_content_maintype() == "application" and (
-        subtype == "json" or subtype.endswith("+json")
-    )
-
-
-def document_json_bodies(schema: dict[str, Any]) -> None:
-    """Complete an OpenAPI document (in place): the bodies of ``JSON_BODIES`` as FastAPI
-    documents a body parameter, a required ``application/json`` body referring to the model's
-    schema in the components (which stay sorted by name, as FastAPI sorts them)."""
-    components = schema.setdefault("components", {})
-    schemas = components.setdefault("schemas", {})
-    for (path, method), model in JSON_BODIES.items():
-        body = model.model_json_schema(ref_template=_SCHEMA_REF)
-        for name, definition in {**body.pop("$defs", {}), model.__name__: body}.items():
-            if schemas.setdefault(name, definition) != definition:
-                raise ValueError(f"two different schemas named {name!r} in the API")
-        schema["paths"][path][method]["requestBody"] = {
-            "content": {"application/json": {"schema": {
-                "$ref": _SCHEMA_REF.format(model=model.__name__)
-            }}},
-            "required": True,
-        }
-    components["schemas"] = dict(sorted(schemas.items()))
-
-
 def _points_frame(stamps: list[dt.datetime], values: np.ndarray) -> pd.DataFrame:
     return pd.DataFrame({"ts": pd.DatetimeIndex(stamps).as_unit("us"), "value": values})
 
@@ -518,14 +406,26 @@ def _check_batch(size: int, limit: int, field: str) -> None:
                            ["body", field])
 
 
-@writes.post("/anomalies/{kpi}/{ts}/feedback", summary="Mark a scored point as a true or false "
-             "positive")
+@writes.post("/anomalies/{kpi:path}/{ts}/feedback",
+             summary="Mark an anomaly as a true or false positive",
+             responses={409: {"model": ErrorResponse,
+                              "description": "The point was scored but not flagged."}})
 async def feedback(api: State, kpi: KpiPath, ts: Timestamp, body: FeedbackIn) -> FeedbackOut:
-    """The same as ``kpi-pipeline feedback``: later training skips points confirmed as incidents
-    and keeps points marked as false alarms. ``ts`` is ISO 8601 (encode ``+`` as ``%2B``)."""
+    """Later training skips points confirmed as incidents and keeps points marked as false
+    alarms. Only a flagged point (an anomaly) takes feedback. ``ts`` is ISO 8601 (encode ``+``
+    as ``%2B``); a ``/`` in the KPI name may be sent as it is or as ``%2F``."""
     scored = await api.db(store.load_scores, api.engine, [kpi], ts, ts)
     if scored.empty:
         raise ApiError(404, f"no scored point of {kpi!r} at {ts.isoformat()}")
+    point = scored.iloc[0]
+    if not point["is_anomaly"]:
+        score = "" if pd.isna(point["score"]) else f" (score {point['score']:.2f})"
+        raise ApiError(
+            409,
+            f"the point of {kpi!r} at {ts.isoformat()} is not an anomaly{score}: feedback "
+            "labels flagged points only",
+            code="not_an_anomaly",
+        )
     await api.db(store.set_feedback, api.engine, kpi, ts, body.label, body.note)
     return FeedbackOut(kpi=kpi, timestamp=ts, label=body.label, note=body.note)
 

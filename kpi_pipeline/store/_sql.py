@@ -25,16 +25,17 @@ def upsert(
     conflict: Sequence[str] | None = None,
     update: Sequence[str] = (),
     only_if_changed: Sequence[str] = (),
-    count: bool = False,
-) -> int | None:
+    returning: bool = False,
+) -> list[tuple] | None:
     """Insert ``rows`` into ``table``; on a key conflict update the ``update`` columns.
 
     ``conflict`` names the unique columns (default: the primary key). With no ``update``
     columns a conflicting row is left alone. With ``only_if_changed``, the existing row is
     updated only when one of those columns differs, so untouched rows keep their timestamps.
-    With ``count``, returns how many rows were inserted or updated; this uses RETURNING, which
-    makes large batches several times slower on psycopg, so bulk writers count in pandas.
-    Repeated keys in ``rows``: the last row wins when updating, the first otherwise.
+    With ``returning``, returns the key (the ``conflict`` columns' values) of each row this call
+    inserted or updated, as the database answers it (RETURNING): a row another transaction
+    wrote first is not among them. Repeated keys in ``rows``: the last row wins when updating,
+    the first otherwise.
     """
     try:
         insert = _INSERTS[connection.dialect.name]
@@ -54,7 +55,8 @@ def upsert(
             where=changed if only_if_changed else None,
         )
 
-    if not count and _unnestable(connection, table, rows):
+    written: list[tuple] = []
+    if _unnestable(connection, table, rows):
         # One statement of arrays per batch: psycopg's executemany sends one statement per row,
         # so statement triggers (migration 0004's notifications) would fire per row, and every
         # row would cost a round trip. One statement may not touch a key twice: repeated keys
@@ -67,19 +69,22 @@ def upsert(
             for name in names
         ))
         statement = on_conflict(insert(table).from_select(names, arrays))
-        for start in range(0, len(rows), BATCH_SIZE):
-            batch = rows[start : start + BATCH_SIZE]
-            connection.execute(statement, {name: [row[name] for row in batch] for name in names})
-        return None
-    statement = on_conflict(insert(table))
-    if count:
-        # executemany's rowcount is not reliable on every driver (psycopg reports -1).
+        batches = (
+            {name: [row[name] for row in rows[start : start + BATCH_SIZE]] for name in names}
+            for start in range(0, len(rows), BATCH_SIZE)
+        )
+    else:
+        statement = on_conflict(insert(table))
+        batches = (rows[start : start + BATCH_SIZE] for start in range(0, len(rows), BATCH_SIZE))
+    if returning:
+        # RETURNING, as executemany's rowcount is not reliable on every driver (psycopg
+        # reports -1) and cannot tell this call's writes from another transaction's.
         statement = statement.returning(*(table.c[name] for name in keys))
-    written = 0
-    for start in range(0, len(rows), BATCH_SIZE):
-        result = connection.execute(statement, rows[start : start + BATCH_SIZE])
-        written += len(result.all()) if count else 0
-    return written if count else None
+    for batch in batches:
+        result = connection.execute(statement, batch)
+        if returning:
+            written.extend(tuple(row) for row in result.all())
+    return written if returning else None
 
 
 _ARRAY_TYPES = (sa.String, sa.Float, sa.Integer, sa.Boolean, sa.DateTime)

@@ -127,9 +127,9 @@ def record_deliveries(engine: sa.Engine, rows: Sequence[dict[str, Any]]) -> int:
             alert_deliveries,
             records,
             conflict=["kpi", "ts", "channel", "recipient"],
-            count=True,
+            returning=True,
         )
-    return inserted or 0
+    return len(inserted or ())
 
 
 def load_recent_deliveries(

@@ -54,23 +54,32 @@ def upsert_observations(engine: sa.Engine, df: pd.DataFrame, source: str) -> Ups
     if frame.empty:
         return UpsertCounts(0, 0, 0)
     with write_transaction(engine) as connection:
+        # Rows stored with the same value are left out; the others are counted from what the
+        # database says it did with them, since another writer may store any key meanwhile
+        # (on Postgres nothing stops it between this read and the writes).
         stored = _stored_values(connection, frame)
         merged = frame.merge(stored, on=["kpi", "ts"], how="left", suffixes=("", "_stored"))
-        is_new = merged["value_stored"].isna()
-        is_changed = ~is_new & (merged["value"] != merged["value_stored"])
-        changes = merged.loc[is_new | is_changed, ["kpi", "ts", "value"]].assign(
+        differs = merged["value_stored"].isna() | (merged["value"] != merged["value_stored"])
+        changes = merged.loc[differs, ["kpi", "ts", "value"]].assign(
             ingested_at=utc_now(), source=source
         )
-        upsert(
+        records = to_records(changes, list(changes.columns))
+        inserted = {_key(*key) for key in upsert(connection, kpi_observations, records,
+                                                  returning=True) or ()}
+        updated = upsert(
             connection,
             kpi_observations,
-            to_records(changes, list(changes.columns)),
+            [row for row in records if _key(row["kpi"], row["ts"]) not in inserted],
             update=["value", "ingested_at", "source"],
-            # Guards against a concurrent writer that stored the same value meanwhile.
             only_if_changed=["value"],
-        )
-    inserted, updated = int(is_new.sum()), int(is_changed.sum())
-    return UpsertCounts(inserted, updated, len(frame) - inserted - updated)
+            returning=True,
+        ) or ()
+    return UpsertCounts(len(inserted), len(updated), len(frame) - len(inserted) - len(updated))
+
+
+def _key(kpi: str, ts: TimeLike) -> tuple[str, pd.Timestamp]:
+    """An observation's key, alike whether it was sent or returned by the database."""
+    return kpi, to_utc(ts)
 
 
 def _observation_frame(df: pd.DataFrame) -> pd.DataFrame:
@@ -216,9 +225,9 @@ def insert_rejections(engine: sa.Engine, rejections: list[dict[str, Any]]) -> in
             rejected_observations,
             list(rows.values()),
             conflict=["fingerprint"],
-            count=True,
+            returning=True,
         )
-    return new or 0
+    return len(new or ())
 
 
 def _rejection_row(rejection: dict[str, Any]) -> dict[str, Any]:

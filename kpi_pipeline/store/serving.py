@@ -224,13 +224,14 @@ def _driver_sql(
 
 
 def _hot_rows(engine: sa.Engine, query: sa.Select, **params: Any) -> list[Row]:
-    """``_rows`` for the per-request reads, on Postgres straight through the driver: the
+    """``_rows`` for the per-request reads, on psycopg 3 straight through the driver: the
     statement is compiled once, and results come in Postgres's binary format (cheaper than
     text for both sides for floats and timestamps), without SQLAlchemy's per-row processing
     (half the cost of a 168-point series). ``params`` must be plain driver values (str, int,
     aware ``datetime``); the timestamps returned are aware UTC, as the session runs in UTC.
-    Driver errors surface as SQLAlchemy's, as from ``_rows``."""
-    if engine.dialect.name != "postgresql":
+    Driver errors surface as SQLAlchemy's, as from ``_rows``. Other drivers (psycopg2, SQLite)
+    go through ``_rows``: binary results are a psycopg 3 cursor option."""
+    if (engine.dialect.name, engine.dialect.driver) != ("postgresql", "psycopg"):
         return _rows(engine, query, **params)
     sql, names, fixed = _driver_sql(query, engine.dialect)
     params = fixed | params

@@ -140,10 +140,3 @@ def test_keys_never_appear_in_reprs_logs_or_responses(client, caplog):
     texts = [repr(settings), repr(ApiKeys(settings.api_keys)), response.text, caplog.text]
     assert all(API_KEY not in text and OTHER_KEY not in text for text in texts)
     assert "POST /v1/observations 401" in caplog.text  # the access line was logged
-
-
-def test_a_score_request_without_a_key_is_refused_before_its_body_is_read(client):
-    response = client.post("/v1/score", content=b'{"kpi": ', headers={
-        "Content-Type": "application/json", "X-API-Key": ""})
-
-    assert response.status_code == 401 and "missing API key" in response.json()["message"]

@@ -3,15 +3,20 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Iterator
 
+import anyio
 import pytest
 from fastapi.testclient import TestClient
 
 from kpi_pipeline import store
 from kpi_pipeline.store import serving
 from kpi_pipeline_tests.api.conftest import make_client
+
+CHUNK = 64 * 1024
+LIMIT = (1 << 20) + 400 * 10  # app.BODY_BYTES_BASE + BODY_BYTES_PER_POINT * the batch limit
 
 
 @pytest.fixture
@@ -49,13 +54,58 @@ def test_a_callers_request_id_is_kept_only_if_it_is_a_plain_token(app_client, of
 
 
 def test_a_body_larger_than_the_batch_limit_allows_is_413_before_it_is_read(app_client):
-    too_big = b"x" * ((1 << 20) + 400 * 10 + 1)
+    too_big = b"x" * (LIMIT + 1)
 
     response = app_client.post("/v1/observations", content=too_big,
                                headers={"Content-Type": "application/json"})
 
     assert response.status_code == 413
     assert response.json()["error"] == "payload_too_large"
+
+
+async def post_chunked(app, path: str, headers: list[tuple[bytes, bytes]], total: int):
+    """POST ``total`` bytes to ``app`` in chunks without a Content-Length, as a client sending
+    ``Transfer-Encoding: chunked`` does; returns the status, the body, and how many bytes the
+    app read."""
+    sent, answer = 0, {"body": b""}
+
+    async def receive():
+        nonlocal sent
+        if sent >= total:
+            return {"type": "http.disconnect"}
+        sent += CHUNK
+        return {"type": "http.request", "body": b"[" * CHUNK, "more_body": sent < total}
+
+    async def send(message):
+        if message["type"] == "http.response.start":
+            answer["status"] = message["status"]
+        elif message["type"] == "http.response.body":
+            answer["body"] += message.get("body", b"")
+
+    scope = {
+        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
+        "scheme": "http", "path": path, "raw_path": path.encode(), "root_path": "",
+        "query_string": b"", "server": ("testserver", 80), "client": ("127.0.0.1", 1),
+        "headers": [(b"content-type", b"application/json"),
+                    (b"transfer-encoding", b"chunked"), *headers],
+    }
+    await app(scope, receive, send)
+    return answer["status"], json.loads(answer["body"]), sent
+
+
+@pytest.mark.parametrize("path", ["/v1/score", "/v1/observations"])
+@pytest.mark.parametrize("key", [b"test-key-one", None], ids=["with key", "without key"])
+def test_a_chunked_body_is_refused_once_it_passes_the_limit_not_read_to_the_end(
+    app_client, path, key
+):
+    headers = [(b"x-api-key", key)] if key else []
+
+    status, body, read = anyio.run(post_chunked, app_client.app, path, headers, 100 << 20)
+
+    assert status == 413
+    assert body["error"] == "payload_too_large"
+    assert body["message"] == f"request body larger than {LIMIT} bytes"
+    assert read <= LIMIT + CHUNK
 
 
 def test_an_unexpected_error_is_a_logged_500_with_the_request_id(app_client, monkeypatch,

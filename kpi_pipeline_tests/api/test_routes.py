@@ -7,8 +7,10 @@ write get their own (``client``, ``seeded``)."""
 from __future__ import annotations
 
 import socket
+import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 import pandas as pd
 import pytest
@@ -327,6 +329,25 @@ def test_observations_land_and_bad_rows_are_rejected_with_reasons(client, seeded
     assert (again["inserted"], again["updated"], again["unchanged"]) == (0, 0, 2)
 
 
+def test_clients_racing_over_the_same_keys_report_each_insert_once(client, seeded):
+    """20 clients post the same 100 new observations at once: each key is reported inserted by
+    exactly one of them."""
+    rows = [{"kpi": "visits", "timestamp": iso(seeded.ts[0] + hour * HOUR), "value": 1.0}
+            for hour in range(100)]
+    start = threading.Barrier(20)
+
+    def post(_client_number: int) -> dict:
+        start.wait()
+        return client.post("/v1/observations", json={"observations": rows}).json()
+
+    with ThreadPoolExecutor(20) as pool:
+        answers = list(pool.map(post, range(20)))
+
+    assert sum(answer["inserted"] for answer in answers) == 100
+    assert sum(answer["unchanged"] for answer in answers) == 19 * 100
+    assert len(store.load_observations(seeded.engine, ["visits"])) == 100
+
+
 def test_realtime_scores_equal_what_the_pipeline_stores_for_the_same_points(client, seeded):
     after = seeded.ts[-1] + HOUR
     points = [
@@ -421,6 +442,38 @@ def test_feedback_on_a_point_that_was_not_scored_is_404(reader, module_seeded):
 
     assert unscored.status_code == unknown.status_code == 404
     assert store.table_counts(module_seeded.engine)["anomaly_feedback"] == 0
+
+
+def test_feedback_on_a_point_that_is_not_an_anomaly_is_refused(client, seeded):
+    calm = store.load_scores(seeded.engine, ["sales"]).query("not is_anomaly")["ts"].iloc[0]
+
+    response = client.post(f"/v1/anomalies/sales/{iso(calm)}/feedback",
+                           json={"label": "false_positive"})
+
+    assert response.status_code == 409, response.text
+    assert response.json()["error"] == "not_an_anomaly"
+    assert "is not an anomaly" in response.json()["message"]
+    assert store.table_counts(seeded.engine)["anomaly_feedback"] == 0
+
+
+@pytest.mark.parametrize("slash", ["/", "%2F"])
+def test_kpi_names_with_a_slash_round_trip_in_paths(client, seeded, slash):
+    scores = store.load_scores(seeded.engine, ["sales"]).assign(kpi="web/sales")
+    store.upsert_scores(seeded.engine, scores)
+    spike = iso(seeded.spikes[0])
+
+    series = client.get(f"/v1/kpis/web{slash}sales/scores", params={"limit": 24})
+    labelled = client.post(f"/v1/anomalies/web{slash}sales/{spike}/feedback",
+                           json={"label": "true_positive"})
+
+    assert series.status_code == 200, series.text
+    expected = client.get("/v1/kpis/sales/scores", params={"limit": 24}).json()
+    assert series.json() == expected | {"kpi": "web/sales"}
+    assert labelled.status_code == 200, labelled.text
+    assert labelled.json()["kpi"] == "web/sales"
+    flagged = store.load_anomalies(seeded.engine).set_index(["kpi", "ts"])
+    assert flagged.loc[("web/sales", seeded.spikes[0]), "feedback"] == "true_positive"
+    assert pd.isna(flagged.loc[("sales", seeded.spikes[0]), "feedback"])
 
 
 def test_history_outside_the_scored_range_is_unscored(module_seeded):

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -152,6 +155,32 @@ def test_null_values_are_refused(migrated_engine):
             migrated_engine, observations("sales", "2024-01-01", [1.0, np.nan]), "t"
         )
     assert load_observations(migrated_engine).empty
+
+
+WRITERS = 20
+
+
+@pytest.mark.parametrize("changed", [False, True], ids=["same values", "new values"])
+def test_racing_writers_report_what_the_database_did(migrated_engine, changed):
+    """Writers racing over the same keys: each key is counted as inserted by exactly one of
+    them, and as updated only by a writer whose value replaced a different one."""
+    frames = [observations("sales", "2024-01-01", [float(writer if changed else 1)] * 100,
+                           freq="h")
+              for writer in range(WRITERS)]
+    start = threading.Barrier(WRITERS)
+
+    def write(frame: pd.DataFrame) -> UpsertCounts:
+        start.wait()
+        return upsert_observations(migrated_engine, frame, "race")
+
+    with ThreadPoolExecutor(WRITERS) as pool:
+        counts = list(pool.map(write, frames))
+
+    assert sum(c.inserted for c in counts) == 100
+    assert all(c.inserted + c.updated + c.unchanged == 100 for c in counts)
+    if not changed:
+        assert sum(c.updated for c in counts) == 0
+    assert table_counts(migrated_engine)["kpi_observations"] == 100
 
 
 def test_large_batches_are_written_and_diffed(migrated_engine):
