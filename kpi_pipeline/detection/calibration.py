@@ -38,9 +38,10 @@ cheaper than numpy's cost per call (real-time scoring judges a point or a few at
 
 MAX_TRIM_ROUNDS = 5
 """Refits a trimmed tail may take to settle (it settles in two or three)."""
-MIN_KEPT_SHARE = 0.9
+MIN_KEPT_SHARE = 0.97
 """A trimmed fit keeps at least this share of the values: past incidents are a few percent of
-a history; when more look extreme, they are the series' own heavy tail, and nothing is trimmed."""
+a history; when more look extreme to the robust first judgement, they are the series' own
+heavy tail, and nothing is trimmed (trimming a heavy tail multiplied NAB's false events)."""
 
 ROBUST_SPREAD = 1.4826
 """Median absolute deviation x this = standard deviation, for normal values."""
@@ -121,7 +122,10 @@ class ExceedanceTail:
         if self.trim_at is not None:
             surprise = _robust_gaussian_surprise(ordered, self.scale_floor)
             for round_ in range(MAX_TRIM_ROUNDS):
-                judged = surprise < self.trim_at
+                marked = surprise >= self.trim_at
+                # A pattern that recurs with a period (a batch job's spike) is normal: kept.
+                judged = ~marked | _in_periodic_episodes(
+                    marked, self.episode_gap, self.min_recurrences)
                 if judged.sum() < MIN_KEPT_SHARE * len(ordered):
                     judged[:] = True  # not an incident or two: what normal looks like here
                 if round_ and (judged == kept).all():
@@ -243,6 +247,36 @@ def _robust_gaussian_surprise(values: np.ndarray, scale_floor: float) -> np.ndar
     z = (values - median) / spread
     with np.errstate(divide="ignore"):
         return np.where(z > 0, -np.log10(stats.norm.sf(z)), 0.0)
+
+
+def _in_periodic_episodes(marked: np.ndarray, gap: int, min_recurrences: int) -> np.ndarray:
+    """The marked values (time order) whose episode recurs with a period: episodes are runs of
+    marked values at most ``gap`` apart; the period is the most common distance between two
+    episodes' starts (within one position), and it counts when at least half of the episodes,
+    and at least ``min_recurrences`` + 1, have another one at that distance. Isolated incidents
+    fall at chance distances from each other and make no period."""
+    periodic = np.zeros(len(marked), dtype=bool)
+    positions = np.flatnonzero(marked)
+    if len(positions) == 0 or min_recurrences <= 0:
+        return periodic
+    first = np.concatenate(([0], np.flatnonzero(np.diff(positions) > gap + 1) + 1))
+    starts = positions[first]
+    if len(starts) < min_recurrences + 1:
+        return periodic
+    distance = np.abs(starts[:, None] - starts[None, :])
+    # A period must fit min_recurrences times into the history.
+    longest = len(marked) // min_recurrences
+    counts = np.bincount(distance[(distance > 0) & (distance <= longest)].ravel(),
+                         minlength=longest + 2)
+    near = np.convolve(counts, np.ones(3), mode="same")  # within one position
+    period = int(np.argmax(near))
+    partnered = (np.abs(distance - period) <= 1).any(axis=1) & (period > 0)
+    if partnered.sum() < max(min_recurrences + 1, len(starts) / 2):
+        return periodic
+    ends = np.concatenate((first[1:], [len(positions)]))
+    for episode in np.flatnonzero(partnered):
+        periodic[positions[first[episode]:ends[episode]]] = True
+    return periodic
 
 
 def _episode_peaks(ordered: np.ndarray, threshold: float, gap: int) -> np.ndarray:

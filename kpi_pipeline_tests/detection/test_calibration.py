@@ -280,8 +280,9 @@ def test_no_surprise_or_score_is_negative_zero():
 # -- a tail fitted on a history that holds past incidents --------------------------------------
 
 
-def contaminated(n: int = 2000, share: float = 0.05, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Half-normal deviations with ``share`` of them incidents 8 to 20 times the normal size."""
+def contaminated(n: int = 2000, share: float = 0.025, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Half-normal deviations with ``share`` of them incidents 8 to 20 times the normal size, at
+    random times."""
     rng = np.random.default_rng(seed)
     values = np.abs(rng.standard_normal(n))
     incident = rng.random(n) < share
@@ -310,3 +311,16 @@ def test_trimming_a_heavy_tail_marks_few_values_and_keeps_false_alarms_rare():
     # than the nominal 0.03%; still few.
     assert trimmed.trimmed_ < 0.01 * len(values)
     assert np.mean(trimmed.surprise(fresh) >= 3.5) < 0.005
+
+
+def test_a_spike_that_recurs_with_a_period_is_normal_and_not_trimmed():
+    values = np.abs(np.random.default_rng(2).standard_normal(3000))
+    values[::100] = 20.0  # a batch job's spike every 100 points
+    tail = ExceedanceTail(trim_at=3.5).fit(values)
+    assert tail.trimmed_ == 0
+    assert tail.surprise(np.array([20.0]))[0] < 3.5  # the recurrence cap: seen 30 times
+
+
+def test_incidents_beyond_a_few_percent_of_the_history_are_left_to_the_tail():
+    values, incident = contaminated(share=0.08)
+    assert ExceedanceTail(trim_at=3.5).fit(values).trimmed_ == 0

@@ -468,8 +468,9 @@ def test_a_gross_spike_is_critical_and_its_score_keeps_rising_with_its_size(dete
 
 
 @pytest.mark.parametrize("freq, shift", [("h", 0.0), ("min", np.log10(60)), ("D", 0.0)])
-def test_the_threshold_rises_with_the_frequency_so_false_alarms_come_no_faster_per_day(freq, shift):
+def test_a_frequency_threshold_rises_so_false_alarms_come_no_faster_per_day(freq, shift):
     ts = pd.date_range("2025-01-01", periods=200, freq=freq, tz="UTC")
     y = 100 + np.random.default_rng(0).normal(0, 1, 200)
-    fitted = EnsembleDetector(DetectorConfig(min_train_points=48)).fit(ts, y)
-    assert fitted.threshold_ == pytest.approx(DetectorConfig().threshold + shift)
+    config = DetectorConfig(min_train_points=48, frequency_threshold=True)
+    assert EnsembleDetector(config).fit(ts, y).threshold_ == pytest.approx(3.5 + shift)
+    assert EnsembleDetector(DetectorConfig(min_train_points=48)).fit(ts, y).threshold_ == 3.5
