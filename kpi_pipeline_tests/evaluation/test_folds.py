@@ -18,6 +18,10 @@ def test_a_fold_that_catches_every_window_at_its_start_and_nothing_else_scores_1
     fold = score_fold("perfect", [series([(400, 420)], [400]), series([(600, 650)], [600])])
     assert fold.standard == pytest.approx(100.0, abs=1.5)  # a window's start earns ~0.99
     assert (fold.tp_events, fold.fn_events, fold.fp_events) == (2, 0, 0)
+    assert fold.delay_f1 == 1.0
+    # Caught only after its first 7 points, a window counts for events but not for the delay F1.
+    late = score_fold("late", [series([(400, 420)], [410])])
+    assert late.recall == 1.0 and late.delay_f1 == 0.0
 
 
 def test_a_silent_detector_scores_0_and_a_false_alarm_costs_more_on_the_low_fp_profile():
