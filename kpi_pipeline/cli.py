@@ -430,8 +430,12 @@ def feedback(
     if false_positive == true_positive:
         fail("pass exactly one of --false-positive and --true-positive")
     engine = open_engine(ctx)
-    if store.load_scores(engine, [kpi], since=ts, until=ts).empty:
+    point = store.load_scores(engine, [kpi], since=ts, until=ts)
+    if point.empty:
         fail(f"no scored point of {kpi!r} at {ts}")
+    if not point["is_anomaly"].iloc[0]:
+        fail(f"the point of {kpi!r} at {ts} is not an anomaly (score "
+             f"{point['score'].iloc[0]:.2f}): feedback labels flagged points only")
     label = "true_positive" if true_positive else "false_positive"
     store.set_feedback(engine, kpi, ts, label, note)
     console.print(f"recorded {label} for {kpi} at {ts}", markup=False)

@@ -227,6 +227,14 @@ def test_feedback_on_an_unscored_point_or_without_a_label_fails(invoke, scored):
     _assert_one_line_error(invoke("feedback", "orders", scored[3].isoformat()), "exactly one")
 
 
+def test_feedback_on_a_point_that_is_not_an_anomaly_fails_as_the_api_does(invoke, engine, scored):
+    _assert_one_line_error(
+        invoke("feedback", "orders", scored[0].isoformat(), "--false-positive"),
+        "is not an anomaly (score 0.10)",
+    )
+    assert store.load_anomalies(engine, kpi="orders")["feedback"].isna().all()
+
+
 def test_run_trains_scores_and_summarises(invoke, engine, tmp_path, monkeypatch):
     spike = START + 200 * HOUR
     store.upsert_observations(engine, hourly_kpis(days=10, spike_at=spike), "test")
