@@ -28,13 +28,13 @@ from kpi_pipeline.cli_common import (
     fail,
     friendly_errors,
     masked,
-    one_line,
     open_engine,
     require_known_kpis,
     utc_timestamp,
 )
 from kpi_pipeline.config import get_settings
 from kpi_pipeline.dashboard.cli import register as register_dashboard
+from kpi_pipeline.errors import first_line
 from kpi_pipeline.ingestion import read_observations_csv
 
 app = typer.Typer(
@@ -109,7 +109,7 @@ def ingest(
         if not error.connection_invalidated:
             raise
         # Writes are idempotent upserts, so the same command finishes the job.
-        fail(f"lost the database connection while storing {file} ({one_line(error)}); "
+        fail(f"lost the database connection while storing {file} ({first_line(error)}); "
              "run the same command again once the database is back: no row is stored twice")
     loaded = counts.inserted + counts.updated + counts.unchanged
     console.print(
@@ -381,7 +381,12 @@ def evaluate(
 ) -> None:
     """Backtest the detector on labelled corpora and print NAB scores, precision and recall,
     per fold (each NAB category, each KPI file)."""
-    from kpi_pipeline.evaluation.runner import evaluate_dataset, evaluate_folds, evaluate_nab
+    from kpi_pipeline.evaluation.runner import (
+        evaluate_dataset,
+        evaluate_folds,
+        evaluate_nab,
+        windows_of,
+    )
 
     sources = [_fold_source(item) for item in data]
     for _, path in sources:
@@ -394,11 +399,11 @@ def evaluate(
         return
     name, path = sources[0]
     if path.is_dir():
-        windows = windows or next(
-            (p for p in (path / "windows.json", path.parent / "windows.json") if p.is_file()), None
-        )
         if windows is None:
-            fail(f"no windows.json beside or inside {path}: pass --windows")
+            try:
+                windows = windows_of(path)
+            except FileNotFoundError as error:
+                fail(f"{error}: pass --windows")
         evaluate_nab(path, windows, out, workers=workers, progress=typer.echo)
     else:
         if labels is None:

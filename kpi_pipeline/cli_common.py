@@ -21,6 +21,7 @@ from rich.console import Console
 from kpi_pipeline import pipeline, store
 from kpi_pipeline.store import serving
 from kpi_pipeline.config import get_settings
+from kpi_pipeline.errors import first_line
 
 # Piped or captured output (make run, CI logs) gets a wide table instead of rich's 80 columns.
 console = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 160)
@@ -28,14 +29,6 @@ errors = Console(stderr=True, highlight=False, soft_wrap=True)
 
 CLOSE_NAMES = 5
 """Most known KPI names suggested for an unknown one."""
-
-
-def one_line(error: Exception) -> str:
-    """What went wrong, in one line, without the SQL or stack a library attached."""
-    if isinstance(error, sa.exc.DBAPIError) and error.orig is not None:
-        error = error.orig
-    text = str(error).strip().splitlines()
-    return text[0] if text else type(error).__name__
 
 
 def fail(message: str) -> None:
@@ -54,7 +47,7 @@ def friendly_errors(command):
         except (typer.Exit, click.exceptions.ClickException, click.exceptions.Abort):
             raise
         except Exception as error:
-            fail(one_line(error))
+            fail(first_line(error))
 
     return wrapper
 

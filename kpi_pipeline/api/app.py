@@ -24,6 +24,7 @@ from kpi_pipeline.api.middleware import REQUEST_ID_HEADER, RequestContext
 from kpi_pipeline.api.series_cache import CONFIGURED_OFF, ScoreWriteWatcher
 from kpi_pipeline.api.state import ApiState
 from kpi_pipeline.config import Settings, get_settings
+from kpi_pipeline.errors import first_line
 from kpi_pipeline.pipeline import ScoringCache
 from kpi_pipeline.store import notifications, serving
 
@@ -111,7 +112,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     try:
         await run_in_threadpool(store.migrate, state.engine)
     except sa.exc.SQLAlchemyError as error:
-        logger.warning("database not ready at startup: %s", errors.first_line(error))
+        logger.warning("database not ready at startup: %s", first_line(error))
     if not state.keys:
         logger.warning("no API keys configured (KPI_API_KEYS): every POST will be refused")
     watchers = []

@@ -15,6 +15,7 @@ from starlette.middleware.body_limit import MAX_BODY_SIZE_SCOPE_KEY
 
 from kpi_pipeline.api.context import current_request_id
 from kpi_pipeline.api.schemas import ErrorDetail, ErrorResponse
+from kpi_pipeline.errors import first_line
 
 logger = logging.getLogger("kpi_pipeline.api")
 
@@ -103,13 +104,6 @@ async def _on_database_error(_request: Request, error: Exception) -> JSONRespons
     # The driver's message names hosts and ports: it goes to the log, not to the client.
     logger.warning("[%s] database unavailable: %s", current_request_id(), first_line(error))
     return error_response(503, "the database is unavailable; try again later")
-
-
-def first_line(error: Exception) -> str:
-    if isinstance(error, sa.exc.DBAPIError) and error.orig is not None:
-        error = error.orig
-    lines = str(error).strip().splitlines()
-    return lines[0] if lines else type(error).__name__
 
 
 def install(app: FastAPI) -> None:

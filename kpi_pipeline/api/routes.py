@@ -20,9 +20,9 @@ from fastapi import APIRouter, Depends, Path, Query, Request
 from fastapi.responses import JSONResponse, Response
 
 from kpi_pipeline import pipeline, store
-from kpi_pipeline.api import errors
 from kpi_pipeline.api.context import current_request_id
 from kpi_pipeline.api.errors import AUTH_RESPONSES, ERROR_RESPONSES, ApiError, InvalidInput
+from kpi_pipeline.errors import first_line
 from kpi_pipeline.api.schemas import (
     LATEST_SCORE_JSON,
     SCORE_RESPONSE_JSON,
@@ -109,7 +109,7 @@ async def readiness(api: State) -> Health:
         return _unavailable(f"the database did not answer within {HEALTH_TIMEOUT_S:g} s")
     except (sa.exc.SQLAlchemyError, OSError) as error:
         # The driver's message names hosts and ports: it goes to the log only.
-        return _unavailable("the database is unreachable", errors.first_line(error))
+        return _unavailable("the database is unreachable", first_line(error))
     scored_at = freshness.latest_scored_at
     age = None if scored_at is None else (dt.datetime.now(dt.timezone.utc) - scored_at)
     return Health(

@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from itertools import accumulate
 from typing import Any, Protocol
 
-from kpi_pipeline.api.errors import first_line
+from kpi_pipeline.errors import first_line
 from kpi_pipeline.api.schemas import SCORED_POINT_JSON, TEXT_JSON, epoch_micros
 from kpi_pipeline.store.notifications import HeardWrites, Token
 

@@ -25,7 +25,7 @@ from typing import Any
 
 from starlette.concurrency import run_in_threadpool
 
-from kpi_pipeline.api.errors import first_line
+from kpi_pipeline.errors import first_line
 from kpi_pipeline.api.schemas import LATEST_SCORE_JSON, MISSING_JSON
 
 logger = logging.getLogger("kpi_pipeline.api")

@@ -43,8 +43,8 @@ MIN_KEPT_SHARE = 0.97
 a history; when more look extreme to the robust first judgement, they are the series' own
 heavy tail, and nothing is trimmed (trimming a heavy tail multiplied NAB's false events)."""
 
-ROBUST_SPREAD = 1.4826
-"""Median absolute deviation x this = standard deviation, for normal values."""
+ROBUST_SCALE = 1.4826
+"""Median absolute value (or deviation) x this = standard deviation, for normal values."""
 
 NO_RECURRENCE_CAP = {"min_recurrences": 0, "recurrence_margin": 1.0, "episode_gap": 0}
 """The recurrence settings of a tail (or forest) pickled before the cap existed: off."""
@@ -243,7 +243,7 @@ def _robust_gaussian_surprise(values: np.ndarray, scale_floor: float) -> np.ndar
     median with the median absolute deviation's spread: a judgement that incidents, up to a
     good share of the values, cannot move (a maximum-likelihood tail would follow them)."""
     median = float(np.median(values))
-    spread = max(ROBUST_SPREAD * float(np.median(np.abs(values - median))), scale_floor)
+    spread = max(ROBUST_SCALE * float(np.median(np.abs(values - median))), scale_floor)
     z = (values - median) / spread
     with np.errstate(divide="ignore"):
         return np.where(z > 0, -np.log10(stats.norm.sf(z)), 0.0)
@@ -259,7 +259,7 @@ def _in_periodic_episodes(marked: np.ndarray, gap: int, min_recurrences: int) ->
     positions = np.flatnonzero(marked)
     if len(positions) == 0 or min_recurrences <= 0:
         return periodic
-    first = np.concatenate(([0], np.flatnonzero(np.diff(positions) > gap + 1) + 1))
+    first = _episode_starts(positions, gap)
     starts = positions[first]
     if len(starts) < min_recurrences + 1:
         return periodic
@@ -285,5 +285,10 @@ def _episode_peaks(ordered: np.ndarray, threshold: float, gap: int) -> np.ndarra
     beyond = np.flatnonzero(ordered > threshold)
     if len(beyond) == 0:
         return np.zeros(0)
-    starts = np.concatenate(([0], np.flatnonzero(np.diff(beyond) > gap + 1) + 1))
-    return np.sort(np.maximum.reduceat(ordered[beyond], starts))
+    return np.sort(np.maximum.reduceat(ordered[beyond], _episode_starts(beyond, gap)))
+
+
+def _episode_starts(positions: np.ndarray, gap: int) -> np.ndarray:
+    """Where each episode begins among ``positions`` (increasing, not empty): episodes are runs
+    of positions at most ``gap`` apart."""
+    return np.concatenate(([0], np.flatnonzero(np.diff(positions) > gap + 1) + 1))

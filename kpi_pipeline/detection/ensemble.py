@@ -42,6 +42,7 @@ import pandas as pd
 from sklearn.base import BaseEstimator
 
 from kpi_pipeline.detection.calibration import (
+    ROBUST_SCALE,
     ExceedanceTail,
     score_from_surprise,
     score_from_surprise_one,
@@ -149,7 +150,7 @@ class DetectorConfig:
     is the longer of the two."""
     prophet_max_points: int = 4032
     """Prophet fits on the medians of consecutive usable points when the window holds more
-    than this many (a minute-level KPI's four weeks: 10-minute medians), keeping its cost
+    than this many (a longer ``train_window_days`` at minute frequency), keeping its cost
     bounded; residuals are still taken at full resolution."""
     sustained_window: int = 12
     """Points whose median residual is judged as one sustained deviation (0 or 1 = off)."""
@@ -222,8 +223,6 @@ def _past_rolling_median(values: np.ndarray, window: int, lag: int = 1) -> np.nd
 
 HOUR = pd.Timedelta(hours=1)
 
-ROBUST_SCALE = 1.4826
-"""Median absolute value x this = standard deviation, for normal values."""
 MIN_SCALE_POINTS = 24
 """Values a recent scale needs (fewer: the training scale is used)."""
 

@@ -305,7 +305,7 @@ def evaluate_folds(
     for name, path in sources:
         if path.is_dir():
             target = out_dir / (name or path.name)
-            summary = evaluate_nab(path, _windows_of(path), target, config, workers, progress)
+            summary = evaluate_nab(path, windows_of(path), target, config, workers, progress)
         else:
             name = name or _dataset_name(path)
             summary = evaluate_dataset(path, path.parent / LABELS_FILE, out_dir / name, config,
@@ -315,7 +315,7 @@ def evaluate_folds(
     return folds
 
 
-def _windows_of(data_dir: Path) -> Path:
+def windows_of(data_dir: Path) -> Path:
     """A NAB corpus' ``windows.json``: inside its data directory or beside it."""
     for candidate in (data_dir / "windows.json", data_dir.parent / "windows.json"):
         if candidate.is_file():
