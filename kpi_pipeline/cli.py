@@ -221,7 +221,7 @@ def _materialize_all(url: str) -> dict:
         warnings.filterwarnings("ignore", module=r"dagster(\.|$)")  # beta notices, not for users
         import dagster as dg
 
-        from kpi_pipeline.defs.assets import ASSETS
+        from kpi_pipeline.defs.assets import ASSETS, every_shard_tags
         from kpi_pipeline.defs.resources import KpiStore
 
     progress = logging.getLogger(dg.get_dagster_logger().name)
@@ -239,6 +239,7 @@ def _materialize_all(url: str) -> dict:
                 resources={"store": KpiStore(database_url=url)},
                 run_config={"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}},
                 instance=instance,
+                tags=every_shard_tags(),
                 raise_on_error=False,
             )
     finally:

@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from kpi_pipeline import pipeline, store
 from kpi_pipeline.cli import app
-from kpi_pipeline.defs.assets import ASSETS
+from kpi_pipeline.defs.assets import ASSETS, every_shard_tags
 from kpi_pipeline.defs.resources import KpiStore
 from kpi_pipeline.detection.ensemble import DetectorConfig
 from kpi_pipeline.evaluation import runner
@@ -91,7 +91,7 @@ def test_a_materialisation_succeeds_and_a_per_kpi_check_names_the_failure(
     engine, sqlite_url, monkeypatch
 ):
     fail_for(monkeypatch, "_train_history", "orders")
-    result = dg.materialize(ASSETS, resources={"store": KpiStore(database_url=sqlite_url)})
+    result = dg.materialize(ASSETS, resources={"store": KpiStore(database_url=sqlite_url)}, tags=every_shard_tags())
 
     assert result.success
     [check] = [c for c in result.get_asset_check_evaluations()
@@ -193,7 +193,7 @@ def test_a_minute_level_outage_through_a_materialisation(minute_csv, sqlite_url)
     engine = pipeline.open_store(sqlite_url)
     try:
         pipeline.store_ingested(engine, read_observations_csv(minute_csv), source="test")
-        result = dg.materialize(ASSETS, resources={"store": KpiStore(database_url=sqlite_url)})
+        result = dg.materialize(ASSETS, resources={"store": KpiStore(database_url=sqlite_url)}, tags=every_shard_tags())
         assert result.success
         assert all(c.passed for c in result.get_asset_check_evaluations())
         assert_outage_is_one_event_and_the_spike_is_caught(engine)
