@@ -81,6 +81,10 @@ class Settings(BaseSettings):
     celery_backend: str = "rpc://"
     """Celery result backend of the ``celery`` executor."""
 
+    celery_queue: str = "dagster"
+    """Celery queue the ``celery`` executor sends steps to; workers listen with ``-q``. Give
+    each deployment sharing a broker its own."""
+
     # -- alert channels: a channel without its settings is off ------------------------------------
     smtp_host: str = ""
     smtp_port: PositiveInt = 587

@@ -37,7 +37,11 @@ def executor(settings: Settings) -> dg.ExecutorDefinition:
         from dagster_celery import celery_executor
 
         return celery_executor.configured(
-            {"broker": settings.celery_broker, "backend": settings.celery_backend},
+            {
+                "broker": settings.celery_broker,
+                "backend": settings.celery_backend,
+                "config_source": {"task_default_queue": settings.celery_queue},
+            },
             name="celery",
         )
     return dg.multiprocess_executor
