@@ -119,8 +119,9 @@ def load_anomalies_scored(bind: Bind, after: TimeLike | None, until: TimeLike) -
 def alert_evaluation(engine: sa.Engine) -> Iterator[sa.Connection]:
     """A write transaction that no other ``alert_evaluation`` overlaps; it commits on success.
 
-    Run an evaluation's reads and writes on the connection it yields, ending with
-    ``record_alert_evaluation``: an evaluation waiting for this one then starts where it ended.
+    Run an evaluation's reads and writes on the connection it yields, and record the range it
+    judged with ``record_alert_evaluation``: an evaluation waiting for this one then starts
+    where it stopped.
     """
     with write_transaction(engine) as connection:
         if connection.dialect.name == "postgresql":
