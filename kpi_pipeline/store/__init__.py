@@ -6,8 +6,11 @@ coming out are tz-aware UTC pandas Timestamps, on Postgres and SQLite alike.
 
 from kpi_pipeline.store.alerts import (
     add_silence,
+    alert_evaluation,
     claim_due_deliveries,
     first_scored_at,
+    last_evaluated_until,
+    load_alert_evaluations,
     load_anomalies_scored,
     load_deliveries,
     load_recent_deliveries,
@@ -15,6 +18,7 @@ from kpi_pipeline.store.alerts import (
     mark_failed,
     mark_retry,
     mark_sent,
+    record_alert_evaluation,
     record_deliveries,
     scoring_watermark,
     suppress_false_positive_alerts,
@@ -64,8 +68,11 @@ from kpi_pipeline.store.scores import (
 
 __all__ = [
     "add_silence",
+    "alert_evaluation",
     "claim_due_deliveries",
     "first_scored_at",
+    "last_evaluated_until",
+    "load_alert_evaluations",
     "load_anomalies_scored",
     "load_deliveries",
     "load_recent_deliveries",
@@ -73,6 +80,7 @@ __all__ = [
     "mark_failed",
     "mark_retry",
     "mark_sent",
+    "record_alert_evaluation",
     "record_deliveries",
     "scoring_watermark",
     "suppress_false_positive_alerts",

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import pandas as pd
@@ -133,9 +134,23 @@ def window(
     return conditions
 
 
-def read_frame(engine: sa.Engine, query: sa.Select, columns: Mapping[str, Kind]) -> pd.DataFrame:
+Bind = sa.Engine | sa.Connection
+"""Where a query runs: a new connection of an engine, or a connection in its transaction."""
+
+
+@contextmanager
+def connected(bind: Bind) -> Iterator[sa.Connection]:
+    """``bind`` itself if it is a connection (its transaction goes on), else a new connection."""
+    if isinstance(bind, sa.Connection):
+        yield bind
+    else:
+        with bind.connect() as connection:
+            yield connection
+
+
+def read_frame(bind: Bind, query: sa.Select, columns: Mapping[str, Kind]) -> pd.DataFrame:
     """Run ``query`` (selecting ``columns`` in order) into a DataFrame with fixed dtypes."""
-    with engine.connect() as connection:
+    with connected(bind) as connection:
         rows = connection.execute(query).all()
     return build_frame(rows, columns)
 

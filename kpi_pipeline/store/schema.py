@@ -192,6 +192,22 @@ alert_silences = sa.Table(
     sa.UniqueConstraint("kpi_pattern", "since", "until", name="uq_alert_silences_window"),
 )
 
+alert_evaluations = sa.Table(
+    "alert_evaluations",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    # The run whose anomaly check made the evaluation (the ``batch`` of the alerts it queued).
+    sa.Column("batch", sa.Text, nullable=False),
+    # It judged the anomalies with scored_after < scored_at <= scored_until (NULL: no lower
+    # bound); the newest row's scored_until is where the next evaluation starts.
+    sa.Column("scored_after", UtcDateTime),
+    sa.Column("scored_until", UtcDateTime, nullable=False),
+    sa.Column("alerted", sa.Integer, nullable=False),
+    # Anomalies recorded without an alert: reason -> count.
+    sa.Column("recorded_silently", Json, nullable=False),
+    sa.Column("evaluated_at", UtcDateTime, nullable=False),
+)
+
 # A view, created by the migration; a lightweight construct keeps it out of `metadata`.
 anomalies = sa.table(
     "anomalies",

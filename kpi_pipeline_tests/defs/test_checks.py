@@ -10,7 +10,7 @@ from kpi_pipeline.alerts.policy import AlertPolicy
 from kpi_pipeline.alerts.news import HISTORY
 from kpi_pipeline.config import Settings
 from kpi_pipeline.defs.checks import DataQualityConfig, cleaned_kpis_quality
-from kpi_pipeline.defs.resources import KpiStore
+from kpi_pipeline.defs.resources import KpiStore, alert_resources
 from kpi_pipeline_tests.alerts.databases import module_pg_engine, pg_engine  # noqa: F401
 from kpi_pipeline_tests.defs.harness import Automation
 
@@ -83,11 +83,16 @@ def test_recent_points_without_values_fail_values_present(sqlite_url):
 class AnomalyCheck:
     """Evaluates ``no_new_anomalies`` on scores the test writes, on a test instance."""
 
-    def __init__(self, engine, instance: dg.DagsterInstance) -> None:
+    def __init__(self, engine, instance: dg.DagsterInstance, settings: Settings | None = None
+                 ) -> None:
+        settings = settings or Settings()
         self.engine = engine
         url = engine.url.render_as_string(hide_password=False)
-        resources = {"store": KpiStore(database_url=url), "alert_policy": AlertPolicy()}
-        self.automation = Automation(instance, resources, Settings())
+        resources = {
+            "store": KpiStore(database_url=url), **alert_resources(settings),
+            "alert_policy": AlertPolicy(),
+        }
+        self.automation = Automation(instance, resources, settings)
 
     def score(self, kpi: str, hours: range, scored_at: pd.Timestamp, anomalies: dict[int, str]):
         """Scores of ``kpi`` at ``NOW - h`` for each h, anomalous with the given severities."""
@@ -161,3 +166,32 @@ def test_silent_runs_and_silences_record_anomalies_without_failing(check):
     silenced = check.run()
     assert silenced.passed
     assert check.meta(silenced, "recorded_without_alert") == {"silenced: maintenance": 1}
+
+
+def test_a_new_dagster_instance_alerts_news_once_and_history_never(pg_engine):
+    """The previous evaluation is found in the store: a redeploy with fresh Dagster storage
+    neither loses what was scored since nor alerts again what was judged before."""
+    settings = Settings(slack_token="xoxb-test", slack_channel="#kpi")  # queued, never sent here
+    t1, t2, t3 = (NOW - HOUR * h for h in (30, 20, 10))
+    with dg.instance_for_test() as instance:
+        check = AnomalyCheck(pg_engine, instance, settings)
+        check.score("orders", range(100, 40, -1), t1, {90: "critical"})
+        assert check.run().passed  # history
+        check.score("orders", range(40, 30, -1), t2, {35: "high"})
+        assert check.meta(check.run(), "new_anomalies") == 1
+        check.score("orders", range(30, 20, -1), t3, {25: "critical"})  # not evaluated yet
+
+    with dg.instance_for_test() as new_instance:
+        check = AnomalyCheck(pg_engine, new_instance, settings)
+        first = check.run()
+        assert [a["ts"] for a in check.meta(first, "anomalies")] == [
+            (NOW - 25 * HOUR).isoformat()
+        ]
+        assert check.meta(first, "scored_after") == t2.isoformat()
+        assert check.meta(first, "alerts_queued") == 1
+        again = check.run()  # a retried or repeated evaluation
+        assert again.passed and check.meta(again, "alerts_queued") == 0
+
+    deliveries = store.load_deliveries(pg_engine)
+    assert deliveries["ts"].tolist() == [NOW - 35 * HOUR, NOW - 25 * HOUR]
+    assert set(deliveries["status"]) == {"pending"}
