@@ -219,6 +219,7 @@ def kpi_models(
             engine, cleaned, config.detector_config(), progress=_progress("kpi_models")
         )
     failed = {r.kpi: r.detail for r in results if r.status == "failed"}
+    kpi_store.record_kpi_outcomes(engine, "training", failed, [r.kpi for r in results])
     return dg.MaterializeResult(
         metadata={
             "shards": dg.MetadataValue.json(shards),
@@ -296,6 +297,7 @@ def anomaly_scores(store: KpiStore) -> dg.MaterializeResult:
     )
     new_by_severity = kpi_store.severity_counts(engine, scored_since=scored_at)
     failed = {r.kpi: r.error for r in results if r.error}
+    kpi_store.record_kpi_outcomes(engine, "scoring", failed, [r.kpi for r in results])
     return dg.MaterializeResult(
         metadata={
             "points_scored": sum(r.scored for r in results),
