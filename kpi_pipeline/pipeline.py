@@ -36,7 +36,6 @@ from kpi_pipeline.detection.ensemble import (
     confident_anomalies,
 )
 from kpi_pipeline.detection.events import assign_events, open_event_from, summarize_events
-from kpi_pipeline.detection.features import build_features
 from kpi_pipeline.detection.preprocess import (
     Grid,
     clean_observations,
@@ -135,23 +134,6 @@ def load_scoring_window(engine: sa.Engine) -> pd.DataFrame:
         columns=["kpi", "ts", "value"]
     )
     return clean_observations(observations, grids=grids)[0]
-
-
-def feature_table(
-    cleaned: pd.DataFrame, frequencies: dict[str, pd.Timedelta], country: str
-) -> pd.DataFrame:
-    """The seed feature set of every KPI, long shape: ``kpi, ts, value`` then the features."""
-    parts = [
-        pd.concat(
-            [
-                rows[["kpi", "ts", "value"]].reset_index(drop=True),
-                build_features(rows["ts"], rows["value"], frequencies.get(str(kpi)), country),
-            ],
-            axis=1,
-        )
-        for kpi, rows in cleaned.groupby("kpi", sort=True)
-    ]
-    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
 
 
 # -- training -------------------------------------------------------------------------------
@@ -965,52 +947,3 @@ def _add_scoring(total: KpiScoring | None, step: KpiScoring) -> KpiScoring:
         error=step.error or total.error,
         outages=total.outages + step.outages,
     )
-
-
-# -- data quality ---------------------------------------------------------------------------
-
-QUALITY_COLUMNS = [
-    "kpi", "last_ts", "frequency", "age", "duplicate_timestamps", "recent_points", "missing_points"
-]
-
-
-def data_quality(
-    engine: sa.Engine, *, recent_points: int, now: pd.Timestamp | None = None
-) -> pd.DataFrame:
-    """Per KPI, what the data-quality checks judge.
-
-    ``last_ts`` / ``age``: the newest observation and how old it is at ``now``; ``frequency``:
-    the inferred sampling interval (NaT for a single point); ``duplicate_timestamps``: stored
-    observations that fall on a grid slot another one already holds (e.g. 10:00 and 10:00:30
-    in an hourly series), which cleaning averages away; ``missing_points``: points of the
-    last ``recent_points`` grid slots with no observation (interpolated or a gap).
-    """
-    now = now if now is not None else pd.Timestamp.now("UTC")
-    observations = store.load_observations(engine)
-    cleaned, frequencies = clean_observations(observations)
-    rows = []
-    for kpi, raw in observations.groupby("kpi", sort=True):
-        kpi = str(kpi)
-        frequency = frequencies.get(kpi)
-        recent = cleaned[cleaned["kpi"] == kpi].tail(recent_points)
-        last = raw["ts"].max()
-        rows.append(
-            {
-                "kpi": kpi,
-                "last_ts": last,
-                "frequency": frequency if frequency is not None else pd.NaT,
-                "age": now - last,
-                "duplicate_timestamps": _grid_collisions(raw["ts"], frequency),
-                "recent_points": len(recent),
-                "missing_points": int((recent["filled"] | recent["gap"]).sum()),
-            }
-        )
-    return pd.DataFrame(rows, columns=QUALITY_COLUMNS)
-
-
-def _grid_collisions(ts: pd.Series, frequency: pd.Timedelta | None) -> int:
-    """Timestamps that snap to a grid slot already taken (the grid cleaning puts them on)."""
-    if frequency is None:
-        return 0
-    slots = Grid(ts.min(), frequency).slots(ts)
-    return int(len(slots) - len(np.unique(slots)))

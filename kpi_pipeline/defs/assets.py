@@ -1,10 +1,10 @@
 """The asset graph: raw observations -> cleaned series -> models -> scores -> anomaly events.
 
 Assets are thin: each reads from the store through the ``store`` resource, calls
-``kpi_pipeline.pipeline`` (which calls ``detection`` and ``store``), and returns metadata. The
-data itself lives in the store's tables, so assets pass nothing through IO managers and each
-re-reads what it needs. Progress goes to ``get_dagster_logger``, which Dagster records in the
-run's event log and the CLI prints.
+``kpi_pipeline.pipeline`` or, for the cleaned and feature tables, ``kpi_pipeline.derived`` (which
+call ``detection`` and ``store``), and returns metadata. The data itself lives in the store's
+tables, so assets pass nothing through IO managers and each re-reads what it needs. Progress
+goes to ``get_dagster_logger``, which Dagster records in the run's event log and the CLI prints.
 
 What the UI shows: assets carry owners, tags (domain and medallion tier) and kinds for the
 lineage graph; table-backed assets name their table and its columns; materializations carry
@@ -20,11 +20,12 @@ import dagster as dg
 import pandas as pd
 from pydantic import Field
 
-from kpi_pipeline import pipeline
+from kpi_pipeline import derived, pipeline
 from kpi_pipeline import store as kpi_store
 from kpi_pipeline.config import get_settings
 from kpi_pipeline.defs.resources import KpiStore
 from kpi_pipeline.detection.ensemble import DetectorConfig, ProphetConfig
+from kpi_pipeline.detection.features import FEATURE_COLUMNS
 from kpi_pipeline.sharding import kpis_in_shards, shard_keys, shard_of
 from kpi_pipeline.store import SEVERITIES, list_kpis, observations_version
 from kpi_pipeline.store import schema as tables
@@ -137,22 +138,33 @@ def raw_kpis(store: KpiStore) -> dg.ObserveResult:
 @dg.asset(
     deps=[raw_kpis],
     group_name="ingestion",
-    kinds={"python", "pandas"},
+    kinds={"python", "pandas", "postgres"},
     owners=OWNERS,
     tags=_tags("silver"),
+    metadata=_table(tables.kpi_cleaned),
 )
 def cleaned_kpis(store: KpiStore) -> dg.MaterializeResult:
-    """Every KPI on its own regular time grid: short gaps interpolated, long gaps flagged."""
-    cleaned, frequencies = pipeline.load_cleaned(store.engine())
-    _log("cleaned_kpis", f"{len(cleaned)} rows of {cleaned['kpi'].nunique()} KPIs")
+    """Every KPI on its own regular time grid (``kpi_cleaned``): short gaps interpolated, long
+    gaps flagged.
+
+    Only observations ingested since the previous run are cleaned, with the few slots before
+    them that cleaning needs; a corrected value re-cleans its KPI from there on.
+    """
+    engine = store.engine()
+    run = derived.clean_new_observations(engine, progress=_progress("cleaned_kpis"))
+    _log("cleaned_kpis", f"{run.rows} rows of {len(run.kpis)} KPIs written")
     return dg.MaterializeResult(
         metadata={
-            "rows": len(cleaned),
-            "kpis": int(cleaned["kpi"].nunique()),
-            "filled_points": int(cleaned["filled"].sum()),
-            "gap_points": int(cleaned["gap"].sum()),
-            "frequency": dg.MetadataValue.json({k: str(v) for k, v in frequencies.items()}),
-            "preview": _markdown(cleaned.tail(PREVIEW_ROWS)),
+            "rows_written": run.rows,
+            "kpis_touched": len(run.kpis),
+            "kpis": _names(run.kpis),
+            "recleaned": dg.MetadataValue.json(dict(list(run.rebuilt.items())[:PER_KPI_ROWS])),
+            "filled_points": run.filled,
+            "gap_points": run.gaps,
+            "frequency": dg.MetadataValue.json(
+                {kpi: str(step) for kpi, step in list(run.steps.items())[:PER_KPI_ROWS]}
+            ),
+            "preview": _markdown(run.preview),
         }
     )
 
@@ -160,23 +172,30 @@ def cleaned_kpis(store: KpiStore) -> dg.MaterializeResult:
 @dg.asset(
     deps=[cleaned_kpis],
     group_name="modeling",
-    kinds={"python", "pandas"},
+    kinds={"python", "pandas", "postgres"},
     owners=OWNERS,
     tags=_tags("gold"),
+    metadata=_table(tables.kpi_features),
 )
 def kpi_features(store: KpiStore) -> dg.MaterializeResult:
-    """Per-point features of every KPI (rolling statistics, lags, calendar and holidays).
+    """Per-point features of every KPI (``kpi_features``): rolling statistics, lags, calendar
+    and holidays, from past values only.
 
-    For people exploring the data; the detector derives the features it needs itself.
+    Built for the cleaned rows written since the previous run, from the few points before them
+    the features read. For people exploring the data; the detector derives what it needs itself.
     """
-    cleaned, frequencies = pipeline.load_cleaned(store.engine())
-    features = pipeline.feature_table(cleaned, frequencies, get_settings().holiday_country)
-    _log("kpi_features", f"{len(features)} rows x {len(features.columns)} columns")
+    run = derived.build_new_features(
+        store.engine(), get_settings().holiday_country, progress=_progress("kpi_features")
+    )
+    _log("kpi_features", f"{run.rows} rows of {len(run.kpis)} KPIs written")
     return dg.MaterializeResult(
         metadata={
-            "rows": len(features),
-            "columns": dg.MetadataValue.json(list(features.columns)),
-            "preview": _markdown(features.tail(PREVIEW_ROWS)),
+            "rows_written": run.rows,
+            "kpis_touched": len(run.kpis),
+            "kpis": _names(run.kpis),
+            "rebuilt": _names(run.rebuilt),
+            "columns": dg.MetadataValue.json(list(FEATURE_COLUMNS)),
+            "preview": _markdown(run.preview),
         }
     )
 
@@ -349,6 +368,12 @@ def anomalies(store: KpiStore) -> dg.MaterializeResult:
 
 
 ASSETS = [raw_kpis, cleaned_kpis, kpi_features, kpi_models, anomaly_scores, anomalies]
+
+
+def _names(kpis: list[str]) -> dg.MetadataValue:
+    """KPI names as JSON, the first ``PER_KPI_ROWS`` of them and how many more."""
+    more = len(kpis) - PER_KPI_ROWS
+    return dg.MetadataValue.json(kpis[:PER_KPI_ROWS] + ([f"… and {more} more"] if more > 0 else []))
 
 
 def _kpis(results: list[pipeline.KpiTraining], status: str) -> dg.MetadataValue:

@@ -13,7 +13,7 @@ import dagster as dg
 import pandas as pd
 from pydantic import Field
 
-from kpi_pipeline import pipeline
+from kpi_pipeline import derived
 from kpi_pipeline.alerts.anomaly import HIGH_SEVERITIES, Anomaly
 from kpi_pipeline.alerts.channels import EmailChannel, SlackChannel, SmsChannel
 from kpi_pipeline.alerts.news import silent_run_reason
@@ -66,8 +66,10 @@ class DataQualityConfig(dg.Config):
 def cleaned_kpis_quality(
     store: KpiStore, config: DataQualityConfig
 ) -> Iterator[dg.AssetCheckResult]:
-    """The data-quality checks of ``cleaned_kpis``, from one read of the observations."""
-    quality = pipeline.data_quality(store.engine(), recent_points=config.recent_points)
+    """The data-quality checks of ``cleaned_kpis``: freshness and duplicates of every KPI from
+    its ``kpi_series`` row; missing values from the recent cleaned rows of the KPIs the newest
+    cleaning run wrote (the others' rows have not changed since)."""
+    quality = derived.data_quality(store.engine(), recent_points=config.recent_points)
     yield _freshness(quality, config.stale_after_intervals)
     yield _no_duplicates(quality)
     yield _values_present(quality, config.max_missing_share)
@@ -115,7 +117,10 @@ def _no_duplicates(quality: pd.DataFrame) -> dg.AssetCheckResult:
 
 
 def _values_present(quality: pd.DataFrame, max_share: float) -> dg.AssetCheckResult:
-    share = (quality["missing_points"] / quality["recent_points"].clip(lower=1)).round(4)
+    quality = quality[quality["recent_points"].notna()]
+    share = (
+        quality["missing_points"].astype(float) / quality["recent_points"].astype(float).clip(lower=1)
+    ).round(4)
     failing = quality.loc[share > max_share, "kpi"].tolist()
     return dg.AssetCheckResult(
         check_name="kpis_have_values",

@@ -59,6 +59,7 @@ from kpi_pipeline.store.observations import (
     upsert_observations,
 )
 from kpi_pipeline.store.schema import FEEDBACK_LABELS, SEVERITIES
+from kpi_pipeline.store.series import SeriesState, load_cleaned_rows, load_features, load_series
 from kpi_pipeline.store.scores import (
     last_scored_ts,
     load_anomalies,
@@ -103,10 +104,14 @@ __all__ = [
     "FEEDBACK_LABELS",
     "SEVERITIES",
     "ModelRecord",
+    "SeriesState",
     "UpsertCounts",
     "insert_rejections",
     "last_scored_ts",
     "list_kpis",
+    "load_cleaned_rows",
+    "load_features",
+    "load_series",
     "load_anomalies",
     "load_latest_models",
     "load_model_versions",

@@ -17,6 +17,8 @@ from kpi_pipeline_tests.defs.synthetic import START, hourly_kpis
 SPIKE = START + pd.Timedelta(hours=200)
 TABLES = {
     "raw_kpis": schema.kpi_observations,
+    "cleaned_kpis": schema.kpi_cleaned,
+    "kpi_features": schema.kpi_features,
     "kpi_models": schema.kpi_models,
     "anomaly_scores": schema.anomaly_scores,
 }

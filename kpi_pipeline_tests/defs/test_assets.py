@@ -57,7 +57,9 @@ def test_graph_flags_the_injected_spike(kpi_store):
 
     metadata = _materialize(kpi_store)
 
-    assert metadata["cleaned_kpis"]["rows"] == 480
+    assert metadata["cleaned_kpis"]["rows_written"] == 480
+    assert metadata["cleaned_kpis"]["kpis"] == ["orders", "sessions"]
+    assert metadata["kpi_features"]["rows_written"] == 480
     assert metadata["kpi_models"]["kpis_trained"] == ["orders", "sessions"]
     scores = store.load_scores(engine, ["orders"])
     top = scores.loc[scores["score"].idxmax()]
@@ -81,6 +83,7 @@ def test_rerun_without_new_data_changes_nothing(kpi_store):
     pd.testing.assert_frame_equal(store.load_scores(engine), scores)
     assert metadata["kpi_models"]["versions_trained"] == 0
     assert metadata["anomaly_scores"]["points_scored"] == 0
+    assert metadata["cleaned_kpis"]["rows_written"] == metadata["kpi_features"]["rows_written"] == 0
 
 
 def test_new_points_are_the_only_ones_scored(kpi_store):
@@ -93,6 +96,8 @@ def test_new_points_are_the_only_ones_scored(kpi_store):
     metadata = _materialize(kpi_store)
 
     assert metadata["anomaly_scores"]["points_scored"] == 2 * 24
+    # Cleaned from each KPI's last observed point on: it and the day after it.
+    assert metadata["cleaned_kpis"]["rows_written"] == 2 * (1 + 24)
     after = store.load_scores(engine)
     old = after["ts"] <= before["ts"].max()
     pd.testing.assert_frame_equal(after[old].reset_index(drop=True), before)

@@ -9,6 +9,7 @@ from kpi_pipeline import pipeline, store
 from kpi_pipeline.alerts.policy import AlertPolicy
 from kpi_pipeline.alerts.news import HISTORY
 from kpi_pipeline.config import Settings
+from kpi_pipeline.defs.assets import cleaned_kpis
 from kpi_pipeline.defs.checks import DataQualityConfig, cleaned_kpis_quality
 from kpi_pipeline.defs.resources import KpiStore, alert_resources
 from kpi_pipeline_tests.alerts.databases import module_pg_engine, pg_engine  # noqa: F401
@@ -19,10 +20,11 @@ NOW = pd.Timestamp.now("UTC").floor("h")
 
 
 def _quality(url: str, observations: pd.DataFrame, **config) -> dict[str, dg.AssetCheckResult]:
+    """Ingest ``observations``, materialize ``cleaned_kpis``, then evaluate its checks."""
     store.upsert_observations(pipeline.open_store(url), observations, "test")
-    results = cleaned_kpis_quality(
-        store=KpiStore(database_url=url), config=DataQualityConfig(**config)
-    )
+    kpi_store = KpiStore(database_url=url)
+    cleaned_kpis(store=kpi_store)
+    results = cleaned_kpis_quality(store=kpi_store, config=DataQualityConfig(**config))
     return {result.check_name: result for result in results}
 
 
@@ -75,6 +77,30 @@ def test_recent_points_without_values_fail_values_present(sqlite_url):
     assert not result.passed
     assert result.metadata["worst_missing_share"].value == 0.5
     assert result.metadata["kpis_failing"].value == ["orders"]
+
+
+def test_missing_values_are_judged_for_the_kpis_the_run_cleaned(sqlite_url):
+    with_gap = _hourly("orders", NOW - 2 * HOUR, hours=100).drop(index=range(80, 90))
+    _quality(sqlite_url, pd.concat([with_gap, _hourly("sales", NOW - 2 * HOUR)]))
+
+    # Only sales gets new points: orders' rows are as they were, and only sales is judged; the
+    # freshness and duplicates of every KPI come from kpi_series.
+    results = _quality(sqlite_url, _hourly("sales", NOW, hours=2), recent_points=20,
+                       max_missing_share=0.2)
+
+    values = results["kpis_have_values"]
+    assert values.passed and values.metadata["per_kpi"].value == {"sales": 0.0}
+    assert results["kpis_are_fresh"].metadata["per_kpi"].value.keys() == {"orders", "sales"}
+    assert results["kpis_have_no_duplicate_timestamps"].passed
+
+
+def test_duplicates_are_counted_over_the_whole_history_from_kpi_series(sqlite_url):
+    observations = _hourly("orders", NOW - HOUR)
+    late_copy = observations.iloc[[3]].assign(ts=lambda f: f["ts"] + pd.Timedelta(seconds=30))
+    _quality(sqlite_url, pd.concat([observations, late_copy]))
+
+    results = _quality(sqlite_url, _hourly("orders", NOW, hours=1))  # a new point, no duplicate
+    assert results["kpis_have_no_duplicate_timestamps"].metadata["per_kpi"].value == {"orders": 1}
 
 
 # -- no_new_anomalies ---------------------------------------------------------------------

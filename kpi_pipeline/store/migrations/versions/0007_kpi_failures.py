@@ -1,7 +1,7 @@
 """KPI failures: the KPIs whose training or scoring failed in their last attempt, and why.
 
-Revision ID: 0006
-Revises: 0005
+Revision ID: 0007
+Revises: 0006
 Create Date: 2026-12-07
 
 One KPI's error never stops the others; its reason used to be visible only in the run that met
@@ -13,8 +13,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0006"
-down_revision = "0005"
+revision = "0007"
+down_revision = "0006"
 branch_labels = None
 depends_on = None
 
