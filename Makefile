@@ -12,7 +12,7 @@ PYTEST_ARGS ?= -n 2
 # as Dagster requires. Set DAGSTER_HOME in the environment to use another one.
 DAGSTER_HOME ?= $(CURDIR)/.dagster_home
 
-.PHONY: run dev test lint postgres chromium docker-compose dashboard screenshots dataset evaluate evaluate-nab evaluate-sample clean
+.PHONY: run dev test lint postgres rabbitmq chromium docker-compose dashboard screenshots dataset evaluate evaluate-nab evaluate-sample clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -48,6 +48,11 @@ dev: $(VENV)/.installed $(DAGSTER_HOME)/dagster.yaml
 postgres:
 	bash scripts/ensure-postgres.sh
 
+# The broker of the celery test (two dagster-celery workers); never fails (that test then skips,
+# saying why).
+rabbitmq:
+	bash scripts/ensure-rabbitmq.sh
+
 # Debian's chromium for the dashboard's browser test; never fails (the test then skips, saying why).
 chromium:
 	bash scripts/ensure-chromium.sh
@@ -61,7 +66,7 @@ docker-compose:
 lint: $(VENV)/.installed-test
 	$(BIN)/ruff check kpi_pipeline kpi_pipeline_tests
 
-test: $(VENV)/.installed-test postgres chromium docker-compose lint
+test: $(VENV)/.installed-test postgres rabbitmq chromium docker-compose lint
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 dashboard: $(VENV)/.installed

@@ -18,6 +18,10 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_SQLITE_PATH = PROJECT_ROOT / ".kpi" / "kpi.db"
 
 
+EXECUTORS = ("multiprocess", "in_process", "celery")
+"""The values of ``KPI_EXECUTOR``."""
+
+
 class Settings(BaseSettings):
     """Environment-driven configuration (prefix ``KPI_``)."""
 
@@ -59,6 +63,27 @@ class Settings(BaseSettings):
 
     automation_off: str = ""
     """Schedules and sensors that start stopped: comma-separated names, or ``all``."""
+
+    # -- execution: training shards and Dagster's executor -------------------------------------
+    training_shards: PositiveInt = 8
+    """KPI shards of the ``kpi_models`` asset's partitions (``shard-00`` ..): a KPI belongs to
+    shard ``crc32(name) mod training_shards``, so it stays in its shard whatever other KPIs
+    come and go. Each shard trains in its own run, in parallel with the others. About one shard
+    per 100-1,000 KPIs; changing it re-assigns KPIs (their models are kept)."""
+
+    executor: str = "multiprocess"
+    """Dagster executor of every job: ``multiprocess`` (steps in parallel processes),
+    ``in_process``, or ``celery`` (steps on ``dagster-celery`` workers; ``celery_broker``)."""
+
+    celery_broker: str = "pyamqp://guest:guest@127.0.0.1:5672//"
+    """Celery broker URL of the ``celery`` executor (RabbitMQ; Redis works too)."""
+
+    celery_backend: str = "rpc://"
+    """Celery result backend of the ``celery`` executor."""
+
+    celery_queue: str = "dagster"
+    """Celery queue the ``celery`` executor sends steps to; workers listen with ``-q``. Give
+    each deployment sharing a broker its own."""
 
     # -- alert channels: a channel without its settings is off ------------------------------------
     smtp_host: str = ""
@@ -165,6 +190,14 @@ class Settings(BaseSettings):
             raise ValueError(
                 f"KPI_INGEST_EARLIEST_YEAR ({self.ingest_earliest_year}) is after "
                 f"KPI_INGEST_LATEST_YEAR ({self.ingest_latest_year})"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _known_executor(self) -> Settings:
+        if self.executor not in EXECUTORS:
+            raise ValueError(
+                f"KPI_EXECUTOR is {self.executor!r}; known: {', '.join(EXECUTORS)}"
             )
         return self
 

@@ -76,9 +76,12 @@ def store_ingested(engine: sa.Engine, result: IngestResult, source: str) -> stor
     return counts
 
 
-def load_cleaned(engine: sa.Engine) -> tuple[pd.DataFrame, dict[str, pd.Timedelta]]:
-    """Every stored observation, cleaned: ``(kpi, ts, value, filled, gap)`` rows and each step."""
-    return clean_observations(store.load_observations(engine))
+def load_cleaned(
+    engine: sa.Engine, kpis: list[str] | None = None
+) -> tuple[pd.DataFrame, dict[str, pd.Timedelta]]:
+    """Every stored observation (of ``kpis``, if given), cleaned: ``(kpi, ts, value, filled,
+    gap)`` rows and each KPI's step."""
+    return clean_observations(store.load_observations(engine, kpis))
 
 
 SCORING_SLACK_POINTS = 24

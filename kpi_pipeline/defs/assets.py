@@ -12,6 +12,8 @@ markdown tables (newest anomalies, last score and model of each KPI) and plain n
 scored, anomalies by severity), which Dagster plots across runs.
 """
 
+import os
+import socket
 from dataclasses import asdict
 
 import dagster as dg
@@ -24,6 +26,7 @@ from kpi_pipeline.config import get_settings
 from kpi_pipeline.defs.resources import KpiStore
 from kpi_pipeline.detection.ensemble import DetectorConfig, ProphetConfig
 from kpi_pipeline.detection.features import FEATURE_COLUMNS
+from kpi_pipeline.sharding import kpis_in_shards, shard_keys, shard_of
 from kpi_pipeline.store import SEVERITIES, list_kpis, observations_version
 from kpi_pipeline.store import schema as tables
 from kpi_pipeline.store.dashboard import relative_deviation
@@ -52,6 +55,25 @@ def _table(table) -> dict[str, object]:
     }
 
 
+TRAINING_SHARDS = dg.StaticPartitionsDefinition(shard_keys(get_settings().training_shards))
+"""The partitions of ``kpi_models``: KPI shards (``kpi_pipeline.sharding``). A shard's run
+trains its KPIs; a failure fails that shard alone, and its retries and backfills are its own."""
+
+def every_shard_tags() -> dict[str, str]:
+    """Tags of one run over every shard (a partition range: ``kpi-pipeline run`` trains all
+    KPIs in its one run this way)."""
+    keys = TRAINING_SHARDS.get_partition_keys()
+    return {
+        "dagster/asset_partition_range_start": keys[0],
+        "dagster/asset_partition_range_end": keys[-1],
+    }
+
+
+TRAINING_RETRIES = dg.RetryPolicy(max_retries=2, delay=30, backoff=dg.Backoff.EXPONENTIAL)
+"""A shard's training step is retried after an unexpected error (the database going away):
+30 s, then 60 s. A KPI's own error does not fail the step (it is recorded, see
+``every_kpi_trained_without_error``), so it is not retried here but by the next run."""
+
 _DEFAULTS = DetectorConfig()
 
 
@@ -77,6 +99,11 @@ class ModelTrainingConfig(dg.Config):
     event_merge_gap: int = Field(
         default=_DEFAULTS.event_merge_gap,
         description="Quiet points allowed inside one anomaly event.",
+    )
+    kpis: list[str] = Field(
+        default=[],
+        description="Train only these KPIs (each must belong to the run's shards), e.g. to "
+        "retrain or backfill one KPI; empty: every KPI of the shards.",
     )
 
     def detector_config(self) -> DetectorConfig:
@@ -180,26 +207,42 @@ def kpi_features(store: KpiStore) -> dg.MaterializeResult:
     owners=OWNERS,
     tags=_tags("gold"),
     metadata=_table(tables.kpi_models),
+    partitions_def=TRAINING_SHARDS,
+    # No backfill policy: a backfill of several shards runs each in its own run (Dagster's
+    # default), so they train in parallel.
+    retry_policy=TRAINING_RETRIES,
     check_specs=[dg.AssetCheckSpec(
         "every_kpi_trained_without_error", asset="kpi_models",
         description="No KPI's training failed with an error in this run (each failure is "
         "recorded with its reason; every other KPI is trained, and the next run tries again).",
     )],
 )
-def kpi_models(store: KpiStore, config: ModelTrainingConfig) -> dg.MaterializeResult:
-    """The model registry (``kpi_models``): a Prophet + Isolation Forest ensemble per KPI.
+def kpi_models(
+    context: dg.AssetExecutionContext, store: KpiStore, config: ModelTrainingConfig
+) -> dg.MaterializeResult:
+    """The model registry (``kpi_models``): a Prophet + Isolation Forest ensemble per KPI,
+    partitioned by KPI shard.
 
     New KPIs get walk-forward versions over their history; known KPIs one retrain on every
     scored point once newer points have been scored. Too little history is reported, not failed.
+    A run trains the KPIs of its shard (or range of shards), or only ``config.kpis``.
     """
     engine = store.engine()
-    cleaned, _ = pipeline.load_cleaned(engine)
-    results = pipeline.train_models(
-        engine, cleaned, config.detector_config(), progress=_progress("kpi_models")
-    )
+    shards = list(context.partition_keys)
+    kpis = _shard_kpis(engine, shards, config.kpis)
+    _log("kpi_models", f"{len(kpis)} KPIs in {_shard_names(shards)}")
+    results = []
+    if kpis:
+        cleaned, _ = pipeline.load_cleaned(engine, kpis)
+        results = pipeline.train_models(
+            engine, cleaned, config.detector_config(), progress=_progress("kpi_models")
+        )
     failed = {r.kpi: r.detail for r in results if r.status == "failed"}
+    kpi_store.record_kpi_outcomes(engine, "training", failed, [r.kpi for r in results])
     return dg.MaterializeResult(
         metadata={
+            "shards": dg.MetadataValue.json(shards),
+            "executed_by": f"{socket.gethostname()} pid {os.getpid()}",
             "versions_trained": sum(len(r.versions) for r in results),
             "kpis_trained": _kpis(results, "trained"),
             "kpis_up_to_date": _kpis(results, "up to date"),
@@ -210,6 +253,28 @@ def kpi_models(store: KpiStore, config: ModelTrainingConfig) -> dg.MaterializeRe
         },
         check_results=[_failures_check("every_kpi_trained_without_error", failed)],
     )
+
+
+def _shard_kpis(engine, shards: list[str], only: list[str]) -> list[str]:
+    """The KPIs a training run of ``shards`` trains: all of theirs, or those of ``only``."""
+    count = TRAINING_SHARDS.get_num_partitions()
+    if not only:
+        return kpis_in_shards(list_kpis(engine), shards, count)
+    unknown = sorted(set(only) - set(list_kpis(engine)))
+    if unknown:
+        message = f"unknown KPI(s): {', '.join(unknown)} (no observations)"
+        raise dg.Failure(message, allow_retries=False)  # config errors: no retry helps
+    elsewhere = sorted(set(only) - set(kpis_in_shards(only, shards, count)))
+    if elsewhere:
+        owners = ", ".join(f"{kpi} is in {shard_of(kpi, count)}" for kpi in elsewhere)
+        raise dg.Failure(
+            f"not in {_shard_names(shards)}: {owners}; run that partition", allow_retries=False
+        )
+    return sorted(set(only))
+
+
+def _shard_names(shards: list[str]) -> str:
+    return shards[0] if len(shards) == 1 else f"{len(shards)} shards ({shards[0]} .. {shards[-1]})"
 
 
 def _failures_check(name: str, failed: dict[str, str]) -> dg.AssetCheckResult:
@@ -251,6 +316,7 @@ def anomaly_scores(store: KpiStore) -> dg.MaterializeResult:
     )
     new_by_severity = kpi_store.severity_counts(engine, scored_since=scored_at)
     failed = {r.kpi: r.error for r in results if r.error}
+    kpi_store.record_kpi_outcomes(engine, "scoring", failed, [r.kpi for r in results])
     return dg.MaterializeResult(
         metadata={
             "points_scored": sum(r.scored for r in results),

@@ -8,17 +8,19 @@ from __future__ import annotations
 import dagster as dg
 
 from kpi_pipeline.defs.assets import (
+    TRAINING_SHARDS,
     anomalies,
     anomaly_scores,
     cleaned_kpis,
-    kpi_features,
     kpi_models,
 )
 
 training_job = dg.define_asset_job(
     "training_job",
-    selection=[cleaned_kpis, kpi_features, kpi_models],
-    description="Clean the KPIs, rebuild their features and train or retrain their models.",
+    selection=[kpi_models],
+    partitions_def=TRAINING_SHARDS,
+    description="Train or retrain the models of one KPI shard (its partition); the daily "
+    "schedule runs every shard, each in its own run, in parallel.",
 )
 
 SCORING_RUN_TAGS = {"kpi/scoring": "true"}
@@ -36,7 +38,7 @@ scoring_job = dg.define_asset_job(
 all_assets_job = dg.define_asset_job(
     "all_assets_job",
     selection=dg.AssetSelection.all(),
-    description="Clean, train, score and summarise anomalies in one run.",
+    description="Clean, train the selected shards, score and summarise anomalies in one run.",
     tags=SCORING_RUN_TAGS,
 )
 

@@ -1,9 +1,10 @@
 """Sensors: score new KPI rows within a minute, and alert the anomalies the checks report.
 
 ``new_kpi_data_sensor`` polls ``kpi_observations`` for rows ingested after its cursor and asks
-for a scoring run (training first for KPIs without a model). ``anomaly_check_sensor`` sends the
-alerts the ``no_new_anomalies`` check queued in the store's outbox, including alerts left
-pending by an earlier failure; it reads nothing from Dagster's event log.
+for a scoring run, and for a training run of each shard holding a KPI without a model;
+``score_after_training_sensor`` scores again once such a run succeeds. ``anomaly_check_sensor``
+sends the alerts the ``no_new_anomalies`` check queued in the store's outbox, including alerts
+left pending by an earlier failure; it reads nothing from Dagster's event log.
 """
 
 import json
@@ -21,9 +22,11 @@ from kpi_pipeline.alerts.channels import (
 from kpi_pipeline.alerts.outbox import Delivered, deliver
 from kpi_pipeline.alerts.policy import AlertPolicy
 from kpi_pipeline.config import Settings
-from kpi_pipeline.defs.jobs import all_assets_job, scoring_job
+from kpi_pipeline.defs.assets import TRAINING_SHARDS
+from kpi_pipeline.defs.jobs import scoring_job, training_job
 from kpi_pipeline.defs.resources import KpiStore
 from kpi_pipeline.defs.schedules import starts_running
+from kpi_pipeline.sharding import kpis_in_shards, shards_of
 
 TAG_VALUE_LIMIT = 200
 """Longest run tag value the sensor writes (a list of KPIs is cut, with a count)."""
@@ -33,12 +36,14 @@ _announced_off: set[str] = set()
 
 
 def new_kpi_data(context: dg.SensorEvaluationContext, store: KpiStore):
-    """Request a scoring run for the KPIs with rows ingested since the cursor.
+    """Request a scoring run for the KPIs with rows ingested since the cursor, and a training
+    run of each shard holding a KPI without a model.
 
-    The cursor is the newest ``ingested_at`` seen; it only moves with a run request covering
+    The cursor is the newest ``ingested_at`` seen; it only moves with run requests covering
     those rows (a run scores everything stored when it starts). ``ingested_at`` moves whenever a
-    row is inserted or its value corrected, so late data for old timestamps is seen too. The run
-    key is that newest ``ingested_at``: evaluating the same rows again requests nothing new.
+    row is inserted or its value corrected, so late data for old timestamps is seen too. Run
+    keys carry that newest ``ingested_at``: evaluating the same rows again requests nothing new.
+    A new KPI is scored by ``score_after_training_sensor`` once its shard's training succeeds.
     """
     engine = store.engine()
     cursor = _ingested_cursor(context.cursor)
@@ -49,23 +54,44 @@ def new_kpi_data(context: dg.SensorEvaluationContext, store: KpiStore):
     newest = changed["max_ingested_at"].max()
     kpis = changed["kpi"].tolist()
     untrained = sorted(set(kpis) - kpi_store.trained_kpis(engine))
-    # A KPI without a model is trained (walk-forward) and scored in one run.
-    job = all_assets_job if untrained else scoring_job
+    shards = shards_of(untrained, TRAINING_SHARDS.get_num_partitions())
     context.log.info(
         f"{int(changed['n_rows'].sum())} rows of {len(kpis)} KPIs ingested up to "
-        f"{newest.isoformat()}: requesting {job.name}"
-        + (f" (no model yet: {', '.join(untrained)})" if untrained else "")
+        f"{newest.isoformat()}: requesting {scoring_job.name}"
+        + (f" and {training_job.name} of {', '.join(shards)} (no model yet: "
+           f"{_short_list(untrained)})" if untrained else "")
     )
-    request = dg.RunRequest(
-        run_key=f"{job.name}@{newest.isoformat()}",
-        job_name=job.name,
-        tags={
-            "kpi/changed_kpis": _short_list(kpis),
-            "kpi/ingested_until": newest.isoformat(),
-        },
-    )
+    tags = {"kpi/changed_kpis": _short_list(kpis), "kpi/ingested_until": newest.isoformat()}
+    requests = [
+        dg.RunRequest(
+            run_key=f"{scoring_job.name}@{newest.isoformat()}", job_name=scoring_job.name,
+            tags=tags,
+        ),
+        *(
+            dg.RunRequest(
+                run_key=f"{training_job.name}:{shard}@{newest.isoformat()}",
+                job_name=training_job.name,
+                partition_key=shard,
+                tags={**tags, "kpi/untrained_kpis": _short_list(
+                    kpis_in_shards(untrained, [shard], TRAINING_SHARDS.get_num_partitions())
+                )},
+            )
+            for shard in shards
+        ),
+    ]
     return dg.SensorResult(
-        run_requests=[request], cursor=json.dumps({"ingested_at": newest.isoformat()})
+        run_requests=requests, cursor=json.dumps({"ingested_at": newest.isoformat()})
+    )
+
+
+def score_after_training(context: dg.RunStatusSensorContext):
+    """Score right after a training run succeeds, so a new KPI's history is scored (and its
+    newest points judged) without waiting for the hourly schedule."""
+    run = context.dagster_run
+    shard = run.tags.get("dagster/partition", "")
+    return dg.RunRequest(
+        run_key=f"after-training:{run.run_id}",
+        tags={"kpi/after_training_run": run.run_id, "kpi/trained_shard": shard},
     )
 
 
@@ -98,11 +124,22 @@ def build_sensors(settings: Settings) -> list[dg.SensorDefinition]:
     return [
         dg.sensor(
             name="new_kpi_data_sensor",
-            jobs=[scoring_job, all_assets_job],
+            jobs=[scoring_job, training_job],
             minimum_interval_seconds=settings.new_data_sensor_interval,
             default_status=status("new_kpi_data_sensor"),
-            description="Requests a scoring run when rows land in kpi_observations.",
+            description="Requests a scoring run when rows land in kpi_observations, and a "
+            "training run of the shards of KPIs without a model.",
         )(new_kpi_data),
+        dg.run_status_sensor(
+            name="score_after_training_sensor",
+            run_status=dg.DagsterRunStatus.SUCCESS,
+            monitored_jobs=[training_job],
+            request_job=scoring_job,
+            minimum_interval_seconds=settings.new_data_sensor_interval,
+            default_status=status("score_after_training_sensor"),
+            description="Requests a scoring run when a training run succeeds, so new KPIs are "
+            "scored as soon as they have a model.",
+        )(score_after_training),
         dg.sensor(
             name="anomaly_check_sensor",
             minimum_interval_seconds=settings.alert_sensor_interval,

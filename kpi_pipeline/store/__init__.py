@@ -39,6 +39,7 @@ from kpi_pipeline.store.dashboard import (
     sparklines,
 )
 from kpi_pipeline.store.database import make_engine, migrate, table_counts
+from kpi_pipeline.store.failures import load_kpi_failures, record_kpi_outcomes
 from kpi_pipeline.store.models import (
     ModelRecord,
     load_latest_models,
@@ -68,6 +69,8 @@ from kpi_pipeline.store.scores import (
 )
 
 __all__ = [
+    "load_kpi_failures",
+    "record_kpi_outcomes",
     "add_silence",
     "alert_evaluation",
     "claim_due_deliveries",

@@ -267,4 +267,23 @@ anomalies = sa.table(
     sa.column("feedback_at", UtcDateTime),
 )
 
+KPI_STAGES: tuple[str, ...] = ("training", "scoring")
+
+kpi_failures = sa.Table(
+    "kpi_failures",
+    metadata,
+    # A KPI whose training or scoring failed in its last attempt, with the reason; the row goes
+    # when the stage next succeeds for it, so the table holds what is failing now.
+    sa.Column("kpi", sa.Text, primary_key=True),
+    sa.Column("stage", sa.Text, primary_key=True),
+    sa.Column("reason", sa.Text, nullable=False),
+    # When it first failed (kept while it keeps failing) and when it last failed.
+    sa.Column("failing_since", UtcDateTime, nullable=False),
+    sa.Column("last_failed_at", UtcDateTime, nullable=False),
+    sa.Column("attempts", sa.Integer, nullable=False),
+    sa.CheckConstraint("stage IN ('training', 'scoring')", name="ck_kpi_failures_stage"),
+)
+
+
 TABLES: tuple[sa.Table, ...] = tuple(metadata.sorted_tables)
+

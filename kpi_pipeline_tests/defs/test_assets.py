@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 
 from kpi_pipeline import store
-from kpi_pipeline.defs.assets import ASSETS, raw_kpis
+from kpi_pipeline.defs.assets import ASSETS, raw_kpis, every_shard_tags
 from kpi_pipeline.defs.resources import KpiStore
 from kpi_pipeline_tests.defs.synthetic import START, hourly_kpis
 
@@ -20,7 +20,7 @@ def kpi_store(pg_url):
 
 def _materialize(kpi_store: KpiStore) -> dict[str, dict]:
     """Materialize every asset; returns each asset's metadata values."""
-    result = dg.materialize(ASSETS, resources={"store": kpi_store})
+    result = dg.materialize(ASSETS, resources={"store": kpi_store}, tags=every_shard_tags())
     assert result.success
     return {
         event.asset_key.to_user_string(): {

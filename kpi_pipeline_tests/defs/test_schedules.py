@@ -8,6 +8,7 @@ import pytest
 
 from kpi_pipeline.config import PROJECT_ROOT, Settings
 from kpi_pipeline.defs import build_definitions, defs
+from kpi_pipeline.defs.assets import TRAINING_SHARDS
 from kpi_pipeline.defs.jobs import SCORING_RUN_TAGS
 from kpi_pipeline.defs.schedules import AUTOMATION, build_schedules
 from kpi_pipeline.defs.sensors import build_sensors
@@ -42,6 +43,21 @@ def test_a_tick_requests_one_run_of_the_schedules_job():
     # No job name: the run targets the schedule's own job (scoring_job).
     assert request.job_name is None and request.run_config == {}
     assert request.tags["dagster/schedule_name"] == "hourly_scoring_schedule"
+
+
+def test_a_training_tick_requests_one_run_per_shard_once():
+    training = _by_name(defs.schedules)["daily_training_schedule"]
+    tick_time = dt.datetime(2025, 3, 11, 2, 30, tzinfo=dt.timezone.utc)
+    with dg.instance_for_test() as instance, dg.build_schedule_context(
+        instance=instance, scheduled_execution_time=tick_time,
+        repository_def=defs.get_repository_def(),
+    ) as context:
+        requests = training.evaluate_tick(context).run_requests
+
+    shards = TRAINING_SHARDS.get_partition_keys()
+    assert [r.partition_key for r in requests] == shards
+    assert len({r.run_key for r in requests}) == len(shards)
+    assert all(tick_time.isoformat() in r.run_key for r in requests)
 
 
 def test_times_zone_and_on_off_come_from_settings():

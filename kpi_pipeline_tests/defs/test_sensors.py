@@ -10,7 +10,9 @@ import pytest
 
 from kpi_pipeline import store
 from kpi_pipeline.config import Settings
+from kpi_pipeline.defs.assets import TRAINING_SHARDS
 from kpi_pipeline.defs.resources import KpiStore, alert_resources
+from kpi_pipeline.sharding import shard_of, shards_of
 from kpi_pipeline_tests.alerts.databases import module_pg_engine, pg_engine  # noqa: F401
 from kpi_pipeline_tests.alerts.servers import SlackApi
 from kpi_pipeline_tests.defs.harness import HOUR, Automation, orders
@@ -52,16 +54,47 @@ def test_no_new_rows_is_a_skip_that_says_since_when(automation, engine):
     assert again.skip_message.startswith("no rows ingested into kpi_observations since 20")
 
 
-def test_a_kpi_without_a_model_is_trained_and_scored_in_one_run(automation, engine):
+def test_a_kpi_without_a_model_gets_its_shard_trained_and_then_scored(automation, engine):
     store.upsert_observations(engine, orders(START, 48), "test")
 
-    [request] = automation.tick(SENSOR).run_requests
+    scoring, training = automation.tick(SENSOR).run_requests
 
     newest = store.observations_ingested_since(engine)["max_ingested_at"].max()
-    assert request.job_name == "all_assets_job"
-    assert request.run_key == f"all_assets_job@{newest.isoformat()}"
-    assert request.tags["kpi/changed_kpis"] == "orders"
+    shard = shard_of("orders", TRAINING_SHARDS.get_num_partitions())
+    assert scoring.job_name == "scoring_job"
+    assert scoring.run_key == f"scoring_job@{newest.isoformat()}"
+    assert (training.job_name, training.partition_key) == ("training_job", shard)
+    assert training.run_key == f"training_job:{shard}@{newest.isoformat()}"
+    assert training.tags["kpi/untrained_kpis"] == "orders"
+    assert scoring.tags["kpi/changed_kpis"] == "orders"
     assert _cursor(automation) == newest
+
+
+def test_untrained_kpis_of_one_shard_share_one_training_run(automation, engine):
+    shards = TRAINING_SHARDS.get_num_partitions()
+    names = [f"kpi_{index}" for index in range(40)]
+    frames = [orders(START, 4).assign(kpi=name) for name in names]
+    store.upsert_observations(engine, pd.concat(frames, ignore_index=True), "test")
+
+    _scoring, *training = automation.tick(SENSOR).run_requests
+
+    assert sorted(r.partition_key for r in training) == shards_of(names, shards)
+    for request in training:
+        members = request.tags["kpi/untrained_kpis"].split(",")
+        assert {shard_of(name, shards) for name in members} == {request.partition_key}
+    assert sum(len(r.tags["kpi/untrained_kpis"].split(",")) for r in training) == len(names)
+
+
+def test_a_successful_training_run_requests_scoring_once(automation, engine):
+    store.upsert_observations(engine, orders(START, 24 * 10), "test")
+    _scoring, training = automation.tick(SENSOR).run_requests
+    result = automation.run(training)
+
+    first, again = automation.after_training(result), automation.after_training(result)
+
+    assert first.job_name == "scoring_job"
+    assert first.run_key == again.run_key == f"after-training:{result.run_id}"
+    assert store.trained_kpis(engine) == {"orders"}
 
 
 def test_rows_of_trained_kpis_request_scoring_of_just_those(automation, engine):
@@ -86,18 +119,18 @@ def test_late_and_corrected_rows_are_seen_and_a_repeated_tick_repeats_its_run_ke
 
     late = pd.DataFrame({"kpi": ["orders"], "ts": [START - 24 * HOUR], "value": [90.0]})
     store.upsert_observations(engine, late, "late file")
-    [late_request] = automation.tick(SENSOR).run_requests
+    late_request = automation.tick(SENSOR).run_requests[0]  # scoring (then training)
     assert _cursor(automation) > pd.Timestamp(json.loads(before)["ingested_at"])
 
     corrected = orders(START, 48).iloc[[5]].assign(value=1.0)
     store.upsert_observations(engine, corrected, "correction")
     after_late = automation.cursors[SENSOR]
-    [correction_request] = automation.tick(SENSOR).run_requests
+    correction_request = automation.tick(SENSOR).run_requests[0]
     assert len({late_request.run_key, correction_request.run_key}) == 2
 
     # The daemon lost the tick's cursor (a crash) and evaluates again: same key, so no new run.
     automation.cursors[SENSOR] = after_late
-    [repeated] = automation.tick(SENSOR).run_requests
+    repeated = automation.tick(SENSOR).run_requests[0]
     assert repeated.run_key == correction_request.run_key
 
 
