@@ -16,7 +16,6 @@ retraining on the same data rewrites the same registry rows instead of adding ne
 from __future__ import annotations
 
 import math
-import pickle
 import time
 from collections import OrderedDict
 from collections.abc import Callable
@@ -123,7 +122,7 @@ def load_scoring_window(engine: sa.Engine) -> pd.DataFrame:
         else:
             # The registered ensemble row holds the detector without its fitted components:
             # enough to know its grid step and how many earlier points scoring needs.
-            detector: EnsembleDetector = pickle.loads(model.artifact)
+            detector = EnsembleDetector.shell_from_artifact(model.artifact)
             grids[kpi] = Grid(span.first_ts, detector.freq_)
             parts.append(
                 store.load_observations_from(engine, kpi, scored_until - scoring_reach(detector))
@@ -450,7 +449,7 @@ def _detectors(
 
 def load_detector(engine: sa.Engine, kpi: str, version: str) -> EnsembleDetector:
     """The fitted detector of version ``version`` of ``kpi``'s ensemble, rebuilt from its
-    registry rows (about a megabyte: an Isolation Forest is most of it)."""
+    registry rows (about 250 KB of arrays and JSON, docs/models.md)."""
     artifacts = store.model_artifacts(engine, kpi, version)
     missing = [
         kind for kind in (*EnsembleDetector.COMPONENT_KINDS, "ensemble") if kind not in artifacts
