@@ -202,6 +202,7 @@ def backfill(
     config = DetectorConfig(prophet=ProphetConfig(holidays_country=settings.holiday_country))
     results = pipeline.backfill(
         engine, config, first, last, kpis=kpi or None, retrain_every=pd.Timedelta(retrain_every),
+        rescore_horizon=pd.Timedelta(settings.model_rescore_horizon()),
         progress=lambda line: console.print(line, markup=False),
     )
     scored = sum(r.scored for r in results)

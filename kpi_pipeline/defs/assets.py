@@ -172,16 +172,20 @@ def kpi_models(store: KpiStore, config: ModelTrainingConfig) -> dg.MaterializeRe
 
     New KPIs get walk-forward versions over their history; known KPIs one retrain on every
     scored point once newer points have been scored. Too little history is reported, not failed.
+    Versions that can score nothing within ``KPI_MODEL_RESCORE_DAYS`` are then deleted.
     """
     engine = store.engine()
     cleaned, _ = pipeline.load_cleaned(engine)
     results = pipeline.train_models(
-        engine, cleaned, config.detector_config(), progress=_progress("kpi_models")
+        engine, cleaned, config.detector_config(),
+        rescore_horizon=pd.Timedelta(get_settings().model_rescore_horizon()),
+        progress=_progress("kpi_models"),
     )
     failed = {r.kpi: r.detail for r in results if r.status == "failed"}
     return dg.MaterializeResult(
         metadata={
             "versions_trained": sum(len(r.versions) for r in results),
+            "versions_pruned": sum(len(r.pruned) for r in results),
             "kpis_trained": _kpis(results, "trained"),
             "kpis_up_to_date": _kpis(results, "up to date"),
             "insufficient_history": _kpis(results, "insufficient history"),

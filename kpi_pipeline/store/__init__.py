@@ -39,6 +39,7 @@ from kpi_pipeline.store.models import (
     ModelRecord,
     load_latest_models,
     load_model_versions,
+    prune_model_versions,
     save_model,
     save_models,
 )
@@ -107,6 +108,7 @@ __all__ = [
     "observation_spans",
     "observations_ingested_since",
     "observations_version",
+    "prune_model_versions",
     "save_model",
     "save_models",
     "set_feedback",
