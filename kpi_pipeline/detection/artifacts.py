@@ -76,14 +76,21 @@ def pack(kind: str, state: dict[str, Any]) -> bytes:
         "state": encode(state),
     }
     buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+    with zipfile.ZipFile(buffer, "w") as archive:
         # JSON writes floats by repr, so every learned number reads back to the same bits.
-        archive.writestr(STATE_MEMBER, json.dumps(document, separators=(",", ":")))
+        archive.writestr(_member(STATE_MEMBER), json.dumps(document, separators=(",", ":")))
         for name, array in arrays.items():
-            with archive.open(f"{name}.npy", "w") as member:
+            with archive.open(_member(f"{name}.npy"), "w") as member:
                 np.lib.format.write_array(member, np.ascontiguousarray(array),
                                           allow_pickle=False)
     return buffer.getvalue()
+
+
+def _member(name: str) -> zipfile.ZipInfo:
+    """A compressed member with a fixed date: the same state packs to the same bytes."""
+    info = zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0))
+    info.compress_type = zipfile.ZIP_DEFLATED
+    return info
 
 
 def read_document(data: bytes, kind: str) -> tuple[dict[str, Any], zipfile.ZipFile]:

@@ -258,11 +258,20 @@ def _stuck_run_lengths(values: np.ndarray) -> np.ndarray:
 
 
 def _timestamp_state(ts: pd.Timestamp) -> dict:
-    return {"ns": ts.value, "tz": None if ts.tz is None else str(ts.tz)}
+    # The unit too: a grid built on a microsecond step keeps microsecond timestamps.
+    return {"ns": ts.value, "unit": ts.unit, "tz": None if ts.tz is None else str(ts.tz)}
 
 
 def _timestamp(state: dict) -> pd.Timestamp:
-    return pd.Timestamp(state["ns"], tz=state["tz"])
+    return pd.Timestamp(state["ns"], unit="ns", tz=state["tz"]).as_unit(state["unit"])
+
+
+def _timedelta_state(step: pd.Timedelta | None) -> dict | None:
+    return None if step is None else {"ns": step.value, "unit": step.unit}
+
+
+def _timedelta(state: dict | None) -> pd.Timedelta | None:
+    return None if state is None else pd.Timedelta(state["ns"], unit="ns").as_unit(state["unit"])
 
 
 def _nan_to_zero(values) -> np.ndarray:
@@ -1034,7 +1043,7 @@ class EnsembleDetector(BaseEstimator):
         config = None if state["config"] is None else DetectorConfig.from_dict(state["config"])
         detector = cls(config, random_state=state["random_state"])
         detector.__dict__.update({name: state[name] for name in cls.SHELL_SCALARS})
-        detector.freq_ = None if state["freq_ns"] is None else pd.Timedelta(state["freq_ns"])
+        detector.freq_ = _timedelta(state["freq"])
         detector.deviation_tail_ = ExceedanceTail.from_state(state["deviation_tail"])
         if state["sustained_tail"] is not None:
             detector.sustained_scale_ = state["sustained_scale"]
@@ -1050,7 +1059,7 @@ class EnsembleDetector(BaseEstimator):
             "config": None if self.config is None else self.config.to_dict(),
             "random_state": self.random_state,
             **{name: getattr(self, name) for name in self.SHELL_SCALARS},
-            "freq_ns": None if self.freq_ is None else self.freq_.value,
+            "freq": _timedelta_state(self.freq_),
             "deviation_tail": self.deviation_tail_.to_state(),
             "sustained_scale": self.sustained_scale_ if sustained else None,
             "sustained_tail": self.sustained_tail_.to_state() if sustained else None,

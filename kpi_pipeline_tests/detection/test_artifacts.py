@@ -34,6 +34,10 @@ def test_a_state_reads_back_exactly():
     np.testing.assert_array_equal(got["matrix"], STATE["matrix"])
 
 
+def test_the_same_state_packs_to_the_same_bytes():
+    assert pack("thing", STATE) == pack("thing", STATE)
+
+
 def test_an_artifact_records_its_format_and_the_libraries_that_made_it():
     document, _ = read_document(pack("thing", STATE), "thing")
     assert document["format_version"] == FORMAT_VERSION

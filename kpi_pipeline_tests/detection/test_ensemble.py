@@ -530,6 +530,7 @@ def test_the_ensemble_artifact_alone_gives_the_grid_and_the_context(realistic):
     detector, _, _ = realistic
     shell = EnsembleDetector.shell_from_artifact(detector.to_artifacts()["ensemble"])
     assert shell.freq_ == pd.Timedelta(hours=1) == detector.freq_
+    assert shell.freq_.unit == detector.freq_.unit and shell.train_end_.unit == detector.train_end_.unit
     assert shell.context_points == detector.context_points
     assert shell.config == detector.config
     assert (shell.train_start_, shell.train_end_) == (detector.train_start_, detector.train_end_)
