@@ -203,6 +203,7 @@ def backfill(
     config = DetectorConfig(prophet=ProphetConfig(holidays_country=settings.holiday_country))
     results = pipeline.backfill(
         engine, config, first, last, kpis=kpi or None, retrain_every=pd.Timedelta(retrain_every),
+        rescore_horizon=pd.Timedelta(settings.model_rescore_horizon()),
         progress=lambda line: console.print(line, markup=False),
     )
     store.record_kpi_outcomes(

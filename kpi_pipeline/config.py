@@ -10,7 +10,14 @@ import datetime as dt
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import NonNegativeFloat, NonNegativeInt, PositiveInt, SecretStr, model_validator
+from pydantic import (
+    NonNegativeFloat,
+    NonNegativeInt,
+    PositiveFloat,
+    PositiveInt,
+    SecretStr,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 # The embedded default database lives beside the checkout so a new user needs no server.
@@ -45,6 +52,25 @@ class Settings(BaseSettings):
     ingest_max_ahead: dt.timedelta = dt.timedelta(days=7)
     """Timestamps further than this ahead of the moment of ingestion are rejected; forecasts and
     plans are not observations. An ISO 8601 duration (``P7D``, ``PT12H``) or ``HH:MM:SS``."""
+
+    # -- retention --------------------------------------------------------------------------
+    model_rescore_days: NonNegativeFloat = 7.0
+    """Re-scoring horizon of the model registry, in days before each KPI's newest scored point:
+    training keeps the versions that can score a point within it (and the newest), and
+    deletes the rest, so a KPI retrained daily keeps about this many + 1 (docs/models.md)."""
+
+    observation_retention_days: PositiveFloat | None = None
+    """``retention_job`` deletes observations older than this many days; unset: kept forever.
+    Never deleted: the points a KPI's registered models were trained on (so at least the
+    training windows within ``model_rescore_days``) and those of its newest anomaly event."""
+
+    score_retention_days: PositiveFloat | None = None
+    """``retention_job`` deletes scores older than this many days, with the same exceptions;
+    unset: kept forever."""
+
+    retention_cron: str = "45 3 * * *"
+    """When ``daily_retention_schedule`` runs ``retention_job``; it starts stopped unless a
+    retention above is set."""
 
     # -- automation: schedules and sensors (``dagster dev`` runs them) ---------------------------
     scoring_cron: str = "5 * * * *"
@@ -200,6 +226,10 @@ class Settings(BaseSettings):
                 f"KPI_EXECUTOR is {self.executor!r}; known: {', '.join(EXECUTORS)}"
             )
         return self
+
+    def model_rescore_horizon(self) -> dt.timedelta:
+        """``model_rescore_days`` as a duration."""
+        return dt.timedelta(days=self.model_rescore_days)
 
     def resolved_database_url(self) -> str:
         if self.database_url:

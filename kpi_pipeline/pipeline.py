@@ -15,8 +15,8 @@ retraining on the same data rewrites the same registry rows instead of adding ne
 
 from __future__ import annotations
 
+import dataclasses
 import math
-import pickle
 import time
 from collections import OrderedDict
 from collections.abc import Callable
@@ -125,7 +125,7 @@ def load_scoring_window(engine: sa.Engine) -> pd.DataFrame:
         else:
             # The registered ensemble row holds the detector without its fitted components:
             # enough to know its grid step and how many earlier points scoring needs.
-            detector: EnsembleDetector = pickle.loads(model.artifact)
+            detector = EnsembleDetector.shell_from_artifact(model.artifact)
             grids[kpi] = Grid(span.first_ts, detector.freq_)
             parts.append(
                 store.load_observations_from(engine, kpi, scored_until - scoring_reach(detector))
@@ -151,6 +151,9 @@ class KpiTraining:
     versions: tuple[str, ...] = ()
     """Versions written in this run, oldest first."""
     detail: str = ""
+    pruned: tuple[str, ...] = ()
+    """Versions deleted in this run because they can score nothing any more
+    (``prune_models``), oldest first."""
 
 
 def train_models(
@@ -159,9 +162,11 @@ def train_models(
     config: DetectorConfig,
     *,
     trained_at: pd.Timestamp | None = None,
+    rescore_horizon: pd.Timedelta | None = None,
     progress: Progress = _quiet,
 ) -> list[KpiTraining]:
-    """Train and register models for every KPI of ``cleaned``.
+    """Train and register models for every KPI of ``cleaned``, then prune the versions that
+    can score nothing any more (``prune_models``; ``rescore_horizon`` None: keep them all).
 
     A KPI without models has its history walked forward exactly as ``evaluate`` walks a series
     (``walkforward.walk_forward``): a version per training cutoff, each trained on the points
@@ -191,11 +196,30 @@ def train_models(
                     result = _retrain(engine, kpi, rows, cutoff, exclude, config, trained_at)
                 else:
                     result = KpiTraining(kpi, "up to date")
+            if rescore_horizon is not None:
+                pruned = prune_models(engine, kpi, last_scored.get(kpi), rescore_horizon)
+                result = dataclasses.replace(result, pruned=pruned)
         except Exception as error:  # noqa: BLE001 - one KPI's failure must not stop the others
             result = KpiTraining(kpi, "failed", detail=describe_error(error))
         progress(f"{kpi}: {_describe_training(result)}")
         results.append(result)
     return results
+
+
+def prune_models(
+    engine: sa.Engine, kpi: str, last_scored: pd.Timestamp | None, rescore_horizon: pd.Timedelta
+) -> tuple[str, ...]:
+    """Delete the versions of ``kpi`` that can score nothing any more; returns them.
+
+    Scoring gives each point the newest version trained strictly before it. Kept: every version
+    that can score a point after ``last_scored - rescore_horizon`` (the points not scored yet,
+    and those a backfill or re-scoring within the horizon may score again), which includes the
+    newest. A KPI never scored keeps everything: its walk-forward versions are about to score
+    its history. Per KPI this keeps the versions trained within the horizon, plus one.
+    """
+    if last_scored is None:
+        return ()
+    return tuple(store.prune_model_versions(engine, kpi, last_scored - rescore_horizon))
 
 
 def training_exclusions(
@@ -303,11 +327,13 @@ def _register(
 
 def _describe_training(result: KpiTraining) -> str:
     if result.status != "trained":
-        return f"{result.status} {result.detail}".strip()
-    if len(result.versions) == 1:
-        return f"trained version {result.versions[0]}"
-    first, last = result.versions[0], result.versions[-1]
-    return f"trained {len(result.versions)} versions ({first} .. {last})"
+        text = f"{result.status} {result.detail}".strip()
+    elif len(result.versions) == 1:
+        text = f"trained version {result.versions[0]}"
+    else:
+        first, last = result.versions[0], result.versions[-1]
+        text = f"trained {len(result.versions)} versions ({first} .. {last})"
+    return text + (f"; pruned {len(result.pruned)} old versions" if result.pruned else "")
 
 
 # -- scoring --------------------------------------------------------------------------------
@@ -435,7 +461,7 @@ def _detectors(
 
 def load_detector(engine: sa.Engine, kpi: str, version: str) -> EnsembleDetector:
     """The fitted detector of version ``version`` of ``kpi``'s ensemble, rebuilt from its
-    registry rows (about a megabyte: an Isolation Forest is most of it)."""
+    registry rows (about 250 KB of arrays and JSON, docs/models.md)."""
     artifacts = store.model_artifacts(engine, kpi, version)
     missing = [
         kind for kind in (*EnsembleDetector.COMPONENT_KINDS, "ensemble") if kind not in artifacts
@@ -890,9 +916,11 @@ def backfill(
     *,
     kpis: list[str] | None = None,
     retrain_every: pd.Timedelta = pd.Timedelta(days=1),
+    rescore_horizon: pd.Timedelta | None = None,
     progress: Progress = _quiet,
 ) -> list[KpiScoring]:
-    """Train and score the points with ``since <= ts <= until`` as the schedules would have.
+    """Train and score the points with ``since <= ts <= until`` as the schedules would have
+    (``rescore_horizon``: as ``train_models`` prunes).
 
     KPIs without models first get walk-forward versions over their history up to ``until``.
     Then the range is replayed in steps of ``retrain_every``: score the step's new points, then
@@ -909,13 +937,14 @@ def backfill(
     untrained = sorted(set(cleaned["kpi"]) - store.trained_kpis(engine))
     if untrained:
         progress(f"walk-forward training of {', '.join(untrained)} up to {until}")
-        train_models(engine, cleaned[cleaned["kpi"].isin(untrained)], config, progress=progress)
+        train_models(engine, cleaned[cleaned["kpi"].isin(untrained)], config,
+                     rescore_horizon=rescore_horizon, progress=progress)
     totals: dict[str, KpiScoring] = {}
     start = max(since, cleaned["ts"].min())
     for end in _step_ends(start, until, retrain_every):
         part = cleaned[cleaned["ts"] <= end]
         step = score_new_points(engine, part, since=since)
-        train_models(engine, part, config)
+        train_models(engine, part, config, rescore_horizon=rescore_horizon)
         for result in step:
             totals[result.kpi] = _add_scoring(totals.get(result.kpi), result)
         scored = sum(r.scored for r in step)

@@ -342,3 +342,37 @@ def test_realtime_scores_equal_what_the_scoring_step_stores(pg_url, stored_hours
     if first_new <= IRREGULAR_SPIKE_HOUR <= first_new + 5:
         assert realtime.scores["is_anomaly"].any()
     engine.dispose()
+
+
+def test_daily_retrains_keep_the_registry_bounded_and_every_point_scoreable(engine):
+    """30 daily retrains with a 3-day re-scoring horizon leave at most 3 + 2 versions, and the
+    points within the horizon score again as they did."""
+    horizon = pd.Timedelta(days=3)
+    observations = _orders(40)
+    day = observations["ts"].dt.floor("D")
+    first_day = day.min()
+    store.upsert_observations(engine, observations[day < first_day + pd.Timedelta(days=10)], "t")
+    counts = []
+    for elapsed in range(10, 41):
+        cleaned, _ = pipeline.load_cleaned(engine)
+        trained = pipeline.train_models(engine, cleaned, CONFIG, rescore_horizon=horizon)
+        assert [r.status for r in trained] != ["failed"], trained
+        counts.append(len(store.load_model_versions(engine, "orders", "ensemble", artifacts=False)))
+        _score(engine)
+        store.upsert_observations(
+            engine, observations[day == first_day + pd.Timedelta(days=elapsed)], "t")
+    assert max(counts[5:]) <= horizon.days + 2, counts
+    assert counts[-1] == counts[-2]  # steady: one version in, one out
+
+    # Every point within the horizon is scored again, identically, with the models kept.
+    last_scored = store.last_scored_ts(engine)["orders"]
+    since = last_scored - horizon
+    before = store.load_scores(engine, ["orders"], since=since)
+    with engine.begin() as connection:
+        deleted = connection.execute(sa.text("DELETE FROM anomaly_scores WHERE ts >= :since"),
+                                     {"since": since.to_pydatetime()}).rowcount
+    assert deleted == len(before) == 3 * 24 + 1
+    pipeline.score_new_points(engine, pipeline.load_cleaned(engine)[0])
+    after = store.load_scores(engine, ["orders"], since=since)
+    pd.testing.assert_frame_equal(after.drop(columns=["scored_at"]),
+                                  before.drop(columns=["scored_at"]))

@@ -225,7 +225,8 @@ def kpi_models(
 
     New KPIs get walk-forward versions over their history; known KPIs one retrain on every
     scored point once newer points have been scored. Too little history is reported, not failed.
-    A run trains the KPIs of its shard (or range of shards), or only ``config.kpis``.
+    A run trains the KPIs of its shard (or range of shards), or only ``config.kpis``; versions
+    that can score nothing within ``KPI_MODEL_RESCORE_DAYS`` are then deleted.
     """
     engine = store.engine()
     shards = list(context.partition_keys)
@@ -235,7 +236,9 @@ def kpi_models(
     if kpis:
         cleaned, _ = pipeline.load_cleaned(engine, kpis)
         results = pipeline.train_models(
-            engine, cleaned, config.detector_config(), progress=_progress("kpi_models")
+            engine, cleaned, config.detector_config(),
+            rescore_horizon=pd.Timedelta(get_settings().model_rescore_horizon()),
+            progress=_progress("kpi_models"),
         )
     failed = {r.kpi: r.detail for r in results if r.status == "failed"}
     kpi_store.record_kpi_outcomes(engine, "training", failed, [r.kpi for r in results])
@@ -244,6 +247,7 @@ def kpi_models(
             "shards": dg.MetadataValue.json(shards),
             "executed_by": f"{socket.gethostname()} pid {os.getpid()}",
             "versions_trained": sum(len(r.versions) for r in results),
+            "versions_pruned": sum(len(r.pruned) for r in results),
             "kpis_trained": _kpis(results, "trained"),
             "kpis_up_to_date": _kpis(results, "up to date"),
             "insufficient_history": _kpis(results, "insufficient history"),

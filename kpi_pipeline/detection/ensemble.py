@@ -31,9 +31,7 @@ How a point is judged (higher score = more anomalous, in [0, 1]; 0.5 = the decis
 from __future__ import annotations
 
 import bisect
-import copy
 import math
-import pickle
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 
@@ -41,6 +39,7 @@ import numpy as np
 import pandas as pd
 from sklearn.base import BaseEstimator
 
+from kpi_pipeline.detection.artifacts import pack, unpack
 from kpi_pipeline.detection.calibration import (
     ROBUST_SCALE,
     ExceedanceTail,
@@ -171,6 +170,17 @@ class DetectorConfig:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    @classmethod
+    def from_dict(cls, values: dict) -> "DetectorConfig":
+        """The config ``to_dict`` described (lists back to tuples); a missing key takes its
+        default."""
+        nested = {"prophet": ProphetConfig, "iforest": IForestConfig}
+        return cls(**{
+            name: nested[name](**value) if name in nested
+            else tuple(value) if isinstance(value, list) else value
+            for name, value in values.items()
+        })
+
 
 def severity_of(score: float, log_ratio: float, spreads: float, config: DetectorConfig) -> str:
     """The severity of an anomalous point: how unlikely it is and how far it is off.
@@ -245,6 +255,23 @@ def _stuck_run_lengths(values: np.ndarray) -> np.ndarray:
         count = count + 1 if repeated else 0
         runs[i] = count
     return runs
+
+
+def _timestamp_state(ts: pd.Timestamp) -> dict:
+    # The unit too: a grid built on a microsecond step keeps microsecond timestamps.
+    return {"ns": ts.value, "unit": ts.unit, "tz": None if ts.tz is None else str(ts.tz)}
+
+
+def _timestamp(state: dict) -> pd.Timestamp:
+    return pd.Timestamp(state["ns"], unit="ns", tz=state["tz"]).as_unit(state["unit"])
+
+
+def _timedelta_state(step: pd.Timedelta | None) -> dict | None:
+    return None if step is None else {"ns": step.value, "unit": step.unit}
+
+
+def _timedelta(state: dict | None) -> pd.Timedelta | None:
+    return None if state is None else pd.Timedelta(state["ns"], unit="ns").as_unit(state["unit"])
 
 
 def _nan_to_zero(values) -> np.ndarray:
@@ -392,11 +419,6 @@ class EnsembleDetector(BaseEstimator):
     def __init__(self, config: DetectorConfig | None = None, random_state: int | None = 0):
         self.config = config
         self.random_state = random_state
-
-    def __setstate__(self, state: dict) -> None:
-        super().__setstate__(state)
-        # Registered before thresholds followed the KPI's frequency: the hourly threshold.
-        self.__dict__.setdefault("threshold_", self._config.threshold)
 
     @property
     def _config(self) -> DetectorConfig:
@@ -606,7 +628,7 @@ class EnsembleDetector(BaseEstimator):
         return np.column_stack(
             [
                 adapted / scale,
-                step / max(getattr(self, "step_scale_", scale), 1e-12),
+                step / max(self.step_scale_, 1e-12),
                 np.log(np.maximum(volatility / scale, 1e-3)),
             ]
         )
@@ -707,7 +729,7 @@ class EnsembleDetector(BaseEstimator):
             return max(recent, max(0.1 * training_scale, self.scale_floor_))
 
         residual_scale = self.residual_scale_
-        step_scale = max(getattr(self, "step_scale_", residual_scale), 1e-12)
+        step_scale = max(self.step_scale_, 1e-12)
         previous = float(state.y_model[keep - 1]) if keep else math.nan
         last_y = float(state.y[keep - 1]) if keep else math.nan
         run = float(state.runs[keep - 1]) if keep else 0.0
@@ -881,7 +903,7 @@ class EnsembleDetector(BaseEstimator):
         )
         runs = _stuck_run_lengths(y)
         sustained = shifted = None
-        # Off for models fitted on little history, and for those registered before it existed.
+        # Off for models fitted on little history, and for those trained before it existed.
         if hasattr(self, "sustained_tail_"):
             judged_shift, shifted, reference = self._sustained_shift(residual)
             sustained = (self._sustained_ratio(judged_shift, shifted), reference)
@@ -988,21 +1010,63 @@ class EnsembleDetector(BaseEstimator):
     # -- model registry ---------------------------------------------------------------------
     COMPONENT_KINDS = ("prophet", "iforest")
 
+    SHELL_SCALARS = (
+        "threshold_", "log_space_", "log_floor_", "scale_floor_", "residual_scale_",
+        "step_scale_", "repeat_rate_", "longest_run_", "n_train_points_",
+    )
+    """Learned numbers stored as they are in the ``ensemble`` artifact."""
+
     def to_artifacts(self) -> dict[str, bytes]:
-        """The fitted detector as registry rows: one artifact per component plus the ensemble."""
-        shell = copy.copy(self)
-        for kind in self.COMPONENT_KINDS:
-            delattr(shell, f"{kind}_")
-        artifacts = {kind: pickle.dumps(getattr(self, f"{kind}_")) for kind in self.COMPONENT_KINDS}
-        artifacts["ensemble"] = pickle.dumps(shell)
+        """The fitted detector as registry rows, data only (``artifacts``, docs/models.md): one
+        artifact per component, and the ``ensemble`` with the config, learned scalars and
+        calibrations."""
+        artifacts = {kind: pack(kind, getattr(self, f"{kind}_").to_state())
+                     for kind in self.COMPONENT_KINDS}
+        artifacts["ensemble"] = pack("ensemble", self._shell_state())
         return artifacts
 
     @classmethod
     def from_artifacts(cls, artifacts: dict[str, bytes]) -> "EnsembleDetector":
-        detector = pickle.loads(artifacts["ensemble"])
-        for kind in cls.COMPONENT_KINDS:
-            setattr(detector, f"{kind}_", pickle.loads(artifacts[kind]))
+        """The detector ``to_artifacts`` stored, scoring exactly as it did."""
+        detector = cls.shell_from_artifact(artifacts["ensemble"])
+        detector.prophet_ = ProphetDetector.from_state(unpack(artifacts["prophet"], "prophet"))
+        detector.iforest_ = IsolationForestDetector.from_state(
+            unpack(artifacts["iforest"], "iforest"))
         return detector
+
+    @classmethod
+    def shell_from_artifact(cls, artifact: bytes) -> "EnsembleDetector":
+        """The detector of an ``ensemble`` artifact without its fitted components (``prophet_``,
+        ``iforest_``): config, grid step (``freq_``), calibrations and ``context_points``, what
+        choosing a scoring window needs."""
+        state = unpack(artifact, "ensemble")
+        config = None if state["config"] is None else DetectorConfig.from_dict(state["config"])
+        detector = cls(config, random_state=state["random_state"])
+        detector.__dict__.update({name: state[name] for name in cls.SHELL_SCALARS})
+        detector.freq_ = _timedelta(state["freq"])
+        detector.deviation_tail_ = ExceedanceTail.from_state(state["deviation_tail"])
+        if state["sustained_tail"] is not None:
+            detector.sustained_scale_ = state["sustained_scale"]
+            detector.sustained_tail_ = ExceedanceTail.from_state(state["sustained_tail"])
+        detector.train_start_ = _timestamp(state["train_start"])
+        detector.train_end_ = _timestamp(state["train_end"])
+        detector.metrics_ = state["metrics"]
+        return detector
+
+    def _shell_state(self) -> dict:
+        sustained = hasattr(self, "sustained_tail_")
+        return {
+            "config": None if self.config is None else self.config.to_dict(),
+            "random_state": self.random_state,
+            **{name: getattr(self, name) for name in self.SHELL_SCALARS},
+            "freq": _timedelta_state(self.freq_),
+            "deviation_tail": self.deviation_tail_.to_state(),
+            "sustained_scale": self.sustained_scale_ if sustained else None,
+            "sustained_tail": self.sustained_tail_.to_state() if sustained else None,
+            "train_start": _timestamp_state(self.train_start_),
+            "train_end": _timestamp_state(self.train_end_),
+            "metrics": self.metrics_,
+        }
 
     @property
     def context_points(self) -> int:

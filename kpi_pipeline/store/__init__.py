@@ -44,6 +44,7 @@ from kpi_pipeline.store.models import (
     ModelRecord,
     load_latest_models,
     load_model_versions,
+    prune_model_versions,
     save_model,
     save_models,
 )
@@ -123,6 +124,7 @@ __all__ = [
     "observation_spans",
     "observations_ingested_since",
     "observations_version",
+    "prune_model_versions",
     "save_model",
     "save_models",
     "set_feedback",
