@@ -15,7 +15,14 @@ import sqlalchemy as sa
 
 from kpi_pipeline.store._convert import TimeLike, to_utc
 from kpi_pipeline.store.database import write_transaction
-from kpi_pipeline.store.schema import anomaly_scores, kpi_models, kpi_observations
+from kpi_pipeline.store.schema import (
+    anomaly_scores,
+    kpi_cleaned,
+    kpi_features,
+    kpi_models,
+    kpi_observations,
+    kpi_series,
+)
 
 
 def protected_starts(connection: sa.Connection) -> dict[str, pd.Timestamp]:
@@ -48,8 +55,9 @@ def protected_starts(connection: sa.Connection) -> dict[str, pd.Timestamp]:
 
 def delete_old_observations(engine: sa.Engine, older_than: TimeLike) -> int:
     """Delete observations before ``older_than`` that nothing protects (see the module);
-    returns how many."""
-    return _delete_before(engine, kpi_observations, older_than)
+    returns how many. Their cleaned rows and features go with them, and each KPI's count of
+    observations in ``kpi_series`` follows, so the next cleaning sees no change to rebuild."""
+    return _delete_before(engine, kpi_observations, older_than, derived=True)
 
 
 def delete_old_scores(engine: sa.Engine, older_than: TimeLike) -> int:
@@ -58,13 +66,25 @@ def delete_old_scores(engine: sa.Engine, older_than: TimeLike) -> int:
     return _delete_before(engine, anomaly_scores, older_than)
 
 
-def _delete_before(engine: sa.Engine, table: sa.Table, older_than: TimeLike) -> int:
+def _delete_before(
+    engine: sa.Engine, table: sa.Table, older_than: TimeLike, derived: bool = False
+) -> int:
     cutoff = to_utc(older_than)
     deleted = 0
     with write_transaction(engine) as connection:
         for kpi, start in protected_starts(connection).items():
             until = min(cutoff, start)
-            deleted += connection.execute(
+            gone = connection.execute(
                 sa.delete(table).where(table.c.kpi == kpi, table.c.ts < until)
             ).rowcount
+            deleted += gone
+            if derived and gone:
+                for kept in (kpi_cleaned, kpi_features):
+                    connection.execute(
+                        sa.delete(kept).where(kept.c.kpi == kpi, kept.c.ts < until)
+                    )
+                connection.execute(
+                    sa.update(kpi_series).where(kpi_series.c.kpi == kpi)
+                    .values(observations=kpi_series.c.observations - gone)
+                )
     return deleted

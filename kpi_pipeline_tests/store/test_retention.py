@@ -55,3 +55,26 @@ def test_a_recent_cutoff_is_applied_as_it_is(migrated_engine):
     _seed(migrated_engine)
     assert delete_old_scores(migrated_engine, START + 10 * DAY) == 10
     assert _days(store.load_scores(migrated_engine, ["orders"]))[0] == 10
+
+
+def test_deleted_observations_take_their_cleaned_rows_and_features_along_without_a_rebuild(
+    migrated_engine,
+):
+    from kpi_pipeline import derived
+
+    _seed(migrated_engine)
+    derived.clean_new_observations(migrated_engine)
+    derived.build_new_features(migrated_engine, "US")
+
+    assert delete_old_observations(migrated_engine, CUTOFF) == 30
+
+    for rows in (store.load_cleaned_rows(migrated_engine, ["orders"]),
+                 store.load_features(migrated_engine, ["orders"])):
+        assert _days(rows) == list(range(30, 60))
+    assert store.load_series(migrated_engine)["orders"].observations == 30
+    # New data lands: orders is appended to, not rebuilt from its remaining observations.
+    new = pd.DataFrame({"kpi": "orders", "ts": [START + 60 * DAY], "value": [1.0]})
+    store.upsert_observations(migrated_engine, new, "test")
+    run = derived.clean_new_observations(migrated_engine)
+    assert run.kpis == ["orders"] and run.rebuilt == {}
+    assert _days(store.load_cleaned_rows(migrated_engine, ["orders"])) == list(range(30, 61))
