@@ -70,8 +70,10 @@ def kpi_failures(url: str) -> pd.DataFrame:
 
 
 @st.cache_data(ttl=TTL, show_spinner=False)
-def severity_counts(url: str, since: pd.Timestamp, until: pd.Timestamp) -> dict[str, int]:
-    return store.severity_counts(engine(url), since=since, until=until)
+def severity_counts(
+    url: str, since: pd.Timestamp, until: pd.Timestamp, kind: str | None = "anomaly"
+) -> dict[str, int]:
+    return store.severity_counts(engine(url), since=since, until=until, kind=kind)
 
 
 @st.cache_data(ttl=TTL, show_spinner=False)

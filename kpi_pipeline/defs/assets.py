@@ -318,7 +318,7 @@ def anomaly_scores(store: KpiStore) -> dg.MaterializeResult:
     results = pipeline.score_new_points(
         engine, cleaned, scored_at=scored_at, progress=_progress("anomaly_scores")
     )
-    new_by_severity = kpi_store.severity_counts(engine, scored_since=scored_at)
+    new_by_severity = kpi_store.severity_counts(engine, scored_since=scored_at, kind="anomaly")
     failed = {r.kpi: r.error for r in results if r.error}
     kpi_store.record_kpi_outcomes(engine, "scoring", failed, [r.kpi for r in results])
     return dg.MaterializeResult(

@@ -65,9 +65,12 @@ else:
     worst_column.metric(
         "High or critical, last 7 days", week["high"] + week["critical"]
     )
+    outages = sum(data.severity_counts(url, page.as_of - SPARKLINE_DAYS, page.as_of,
+                                       "outage").values())
     st.caption(
         f"As of {ui.when(page.as_of)}, the newest scored point. Last 7 days by severity: "
         + ", ".join(f"{week[level]} {level}" for level in reversed(SEVERITIES))
+        + f"; outages (data missing), counted apart: {outages}"
     )
 
 if page.rows.empty:
@@ -95,6 +98,7 @@ table = pd.DataFrame(
         "Score": rows["score"],
         "24 h": rows["anomalies_24h"],
         "7 d": rows["anomalies_7d"],
+        "Outages 7 d": rows["outages_7d"],
         # Text, so a KPI without one shows an empty cell; ISO order still sorts by time.
         "Last anomaly": rows["last_anomaly"].dt.strftime(TIME_FORMAT).fillna(""),
     }
