@@ -5,6 +5,7 @@ import pandas as pd
 import pytest
 import sqlalchemy as sa
 
+from kpi_pipeline.api import realtime
 from kpi_pipeline import pipeline, store
 from kpi_pipeline.detection.ensemble import DetectorConfig, EnsembleDetector
 from kpi_pipeline_tests.defs.synthetic import START, hourly_kpis
@@ -318,21 +319,21 @@ def test_realtime_scores_equal_what_the_scoring_step_stores(pg_url, stored_hours
     store.upsert_observations(engine, observations[hour < stored_hours], "test")
     pipeline.train_models(engine, pipeline.load_cleaned(engine)[0], SHORT_CONTEXT)
     _score(engine)
-    cache = pipeline.ScoringCache(size=2)
+    cache = realtime.ScoringCache(size=2)
     first_new = stored_hours + silence_hours
     new = observations[hour.between(first_new, first_new + 5)][["ts", "value"]]
     old = observations[hour.between(stored_hours - 10, stored_hours - 5)][["ts", "value"]]
 
-    realtime = pipeline.score_points(engine, "orders", new.iloc[::-1], 100, cache)
-    again = pipeline.score_points(engine, "orders", new, 100, cache)  # from the cached context
-    replayed = pipeline.score_points(engine, "orders", old, 100)  # points among stored ones
+    scored = realtime.score_points(engine, "orders", new.iloc[::-1], 100, cache)
+    again = realtime.score_points(engine, "orders", new, 100, cache)  # from the cached context
+    replayed = realtime.score_points(engine, "orders", old, 100)  # points among stored ones
     store.upsert_observations(engine, new.assign(kpi="orders"), "test")
     _score(engine)
 
     stored = store.load_scores(engine, ["orders"])
     assert stored["ts"].dt.minute.eq(10).all()  # scored on the series' own grid
-    columns = [name for name in realtime.scores.columns if name != "ts"]
-    for result, points in ((realtime, new), (again, new), (replayed, old)):
+    columns = [name for name in scored.scores.columns if name != "ts"]
+    for result, points in ((scored, new), (again, new), (replayed, old)):
         assert result.scores["ts"].tolist() == points["ts"].tolist()
         slots = stored["ts"].isin(points["ts"].dt.round("h") + pd.Timedelta(minutes=10))
         expected = stored.loc[slots, columns].reset_index(drop=True)
@@ -340,7 +341,7 @@ def test_realtime_scores_equal_what_the_scoring_step_stores(pg_url, stored_hours
             result.scores[columns], expected, check_exact=True, check_dtype=False
         )
     if first_new <= IRREGULAR_SPIKE_HOUR <= first_new + 5:
-        assert realtime.scores["is_anomaly"].any()
+        assert scored.scores["is_anomaly"].any()
     engine.dispose()
 
 
