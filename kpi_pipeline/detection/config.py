@@ -4,16 +4,17 @@ defaults the benchmarks were measured with."""
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
 
 
 @dataclass(frozen=True)
 class ProphetConfig:
     changepoint_prior_scale: float = 0.05
     seasonality_prior_scale: float = 10.0
-    seasonality_mode: str = "additive"
-    daily_seasonality: bool | str = "auto"
-    weekly_seasonality: bool | str = "auto"
-    yearly_seasonality: bool | str = "auto"
+    seasonality_mode: Literal["additive", "multiplicative"] = "additive"
+    daily_seasonality: bool | Literal["auto"] = "auto"
+    weekly_seasonality: bool | Literal["auto"] = "auto"
+    yearly_seasonality: bool | Literal["auto"] = "auto"
     holidays_country: str | None = "US"
 
 
@@ -109,8 +110,9 @@ class DetectorConfig:
         """The config ``to_dict`` described (lists back to tuples); a missing key takes its
         default."""
         nested = {"prophet": ProphetConfig, "iforest": IForestConfig}
-        return cls(**{
+        fields: dict[str, Any] = {
             name: nested[name](**value) if name in nested
             else tuple(value) if isinstance(value, list) else value
             for name, value in values.items()
-        })
+        }
+        return cls(**fields)

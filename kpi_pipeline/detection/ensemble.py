@@ -191,7 +191,8 @@ class _Sequence:
     __slots__ = ("kept", "keep", "new")
 
     def __init__(self, kept: list[float], keep: int) -> None:
-        self.kept, self.keep, self.new = kept, keep, []
+        self.kept, self.keep = kept, keep
+        self.new: list[float] = []
 
     def __getitem__(self, i: int) -> float:
         return self.kept[i] if i < self.keep else self.new[i - self.keep]
@@ -329,8 +330,10 @@ class EnsembleDetector(BaseEstimator):
         y_train = np.where(usable, y, np.nan)
 
         self.freq_ = freq
-        faster = cfg.frequency_threshold and freq is not None and pd.Timedelta(0) < freq < HOUR
-        self.threshold_ = cfg.threshold + (math.log10(HOUR / freq) if faster else 0.0)
+        faster_than_hourly = 0.0
+        if cfg.frequency_threshold and freq is not None and pd.Timedelta(0) < freq < HOUR:
+            faster_than_hourly = math.log10(HOUR / freq)
+        self.threshold_ = cfg.threshold + faster_than_hourly
         self.log_space_ = bool(cfg.log_transform and np.min(y[usable]) > 0)
         # A later value at or below zero is extreme for a positive KPI; clamp it to stay finite.
         self.log_floor_ = float(np.min(y[usable])) / 10.0 if self.log_space_ else 0.0
@@ -733,10 +736,11 @@ class EnsembleDetector(BaseEstimator):
             flagged_bys.append(flagged if is_anomaly else None)
         # A few numpy calls for all the points: model space back to values, then columns.
         expected, lower, upper = self._from_model(np.array(bands, dtype=float).reshape(-1, 3)).T
-        prophet_score, iforest_score, score = np.array(scores, dtype=float).reshape(-1, 3).T
+        prophet_score, iforest_score, combined_score = np.array(scores, dtype=float).reshape(-1, 3).T
         return {
             "expected": expected, "lower": lower, "upper": upper,
-            "prophet_score": prophet_score, "iforest_score": iforest_score, "score": score,
+            "prophet_score": prophet_score, "iforest_score": iforest_score,
+            "score": combined_score,
             "is_anomaly": np.array(is_anomalies, dtype=bool),
             "severity": np.array(severities, dtype=object),
             "flagged_by": np.array(flagged_bys, dtype=object),
@@ -834,7 +838,8 @@ class EnsembleDetector(BaseEstimator):
         opens_outage = gap & np.isfinite(before)
         score = np.where(opens_outage, cfg.gap_score, np.where(gap, 0.0, score))
         is_anomaly = np.where(gap, opens_outage, is_anomaly & np.isfinite(y))
-        flagged_by = np.where(gap, np.where(opens_outage, "gap", None), flagged_by)
+        # numpy's stubs leave None (an object array's value) out of np.where's choices.
+        flagged_by = np.where(gap, np.where(opens_outage, "gap", None), flagged_by)  # type: ignore[call-overload]
         # An anomalous point always names a component, even when only smoothing pushed it over.
         flagged_by = np.where(is_anomaly & (flagged_by == None), "ensemble", flagged_by)  # noqa: E711
 
@@ -863,7 +868,7 @@ class EnsembleDetector(BaseEstimator):
             "score": score,
             "is_anomaly": is_anomaly.astype(bool),
             "severity": self._severity(score, is_anomaly, residual - level, recent_scale),
-            "flagged_by": np.where(is_anomaly, flagged_by, None),
+            "flagged_by": np.where(is_anomaly, flagged_by, None),  # type: ignore[call-overload]
         }
 
     def _severity(self, score: np.ndarray, is_anomaly: np.ndarray, deviation: np.ndarray,
