@@ -37,7 +37,7 @@ class UnreadableArtifact(ValueError):
 
 def library_versions() -> dict[str, str | None]:
     """The installed versions of the libraries whose models the artifacts hold."""
-    versions = {}
+    versions: dict[str, str | None] = {}
     for name in LIBRARIES:
         try:
             versions[name] = metadata.version(name)

@@ -162,7 +162,8 @@ class ExceedanceTail:
         self.sorted_ = v
         self._scalar = self._scalar_tables()
         self.threshold_ = float(np.quantile(v, self.tail_quantile))
-        self.episode_peaks_ = _episode_peaks(ordered, self.threshold_, self.episode_gap)
+        self.episode_peaks_: np.ndarray | None = _episode_peaks(
+            ordered, self.threshold_, self.episode_gap)
         excess = v[v > self.threshold_] - self.threshold_
         self.shape_ = 0.0
         self.scale_ = float(excess.mean()) if len(excess) else 0.0
@@ -177,7 +178,7 @@ class ExceedanceTail:
                 self.shape_, self.scale_ = float(shape), float(scale)
         self.scale_ = max(self.scale_, self.scale_floor)
 
-    def _log10_tail(self, excess: np.ndarray) -> np.ndarray:
+    def _log10_tail(self, excess: np.ndarray | float) -> np.ndarray | float:
         tail_mass = np.log10(1.0 - self.tail_quantile)
         if self.shape_ > 1e-9:
             return tail_mass - np.log10(1.0 + self.shape_ * excess / self.scale_) / self.shape_

@@ -172,7 +172,9 @@ class Grid:
 
     def slots(self, ts) -> np.ndarray:
         """The slot ``k`` each timestamp snaps to (the nearest grid point)."""
-        return ((pd.DatetimeIndex(ts) - self.origin) / self.step).round().to_numpy(dtype=np.int64)
+        offsets = (pd.DatetimeIndex(ts) - self.origin) / self.step
+        # pandas-stubs type this Index[float] without the round() that pandas gives it.
+        return offsets.round().to_numpy(dtype=np.int64)  # type: ignore[attr-defined]
 
     def slots_ns(self, ns: list[int]) -> list[int]:
         """``slots`` of timestamps given as nanoseconds since the epoch, in plain Python (for

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import lzma
 from dataclasses import dataclass
+from typing import Literal, cast
 
 import numpy as np
 import pandas as pd
@@ -76,11 +77,16 @@ class PointForecast:
             return None
         if model.country_holidays is not None:
             return None  # its holiday rows depend on the years predicted
-        no_dates = pd.Series([], dtype="M8[ns]")  # only used to look up country holidays
+        # Only used to look up country holidays.
+        # pandas-stubs read dtype="M8[ns]" as a Series of str.
+        no_dates: pd.Series[pd.Timestamp] = pd.Series([], dtype="M8[ns]")  # type: ignore[assignment]
         holiday_days = _holiday_columns(model.construct_holiday_dataframe(no_dates))
         seasonalities = tuple(
             (float(p["period"]), int(p["fourier_order"])) for p in model.seasonalities.values()
         )
+        if (model.start is None or model.t_scale is None or model.y_scale is None
+                or model.y_min is None or model.train_component_cols is None):
+            raise ValueError("a PointForecast needs a fitted Prophet model")
         beta = np.asarray(model.params["beta"])
         n_columns = 2 * sum(order for _, order in seasonalities) + len(holiday_days)
         if beta.shape[-1] != n_columns:
@@ -179,7 +185,8 @@ def _holiday_columns(holidays: pd.DataFrame) -> tuple[np.ndarray, ...]:
             upper = int(getattr(row, "upper_window", 0))
         except ValueError:  # a NaN window, which Prophet reads as 0
             lower = upper = 0
-        day = None if pd.isna(row.ds) else pd.Timestamp(row.ds).normalize().value // _NS_PER_DAY
+        ds = cast(pd.Timestamp, row.ds)  # the frame's ds column holds timestamps (or NaT)
+        day = None if pd.isna(ds) else pd.Timestamp(ds).normalize().value // _NS_PER_DAY
         for offset in range(lower, upper + 1):
             key = f"{row.holiday}_delim_{'+' if offset >= 0 else '-'}{abs(offset)}"
             on_days = columns.setdefault(key, [])
@@ -191,14 +198,18 @@ def _holiday_columns(holidays: pd.DataFrame) -> tuple[np.ndarray, ...]:
 class ProphetDetector(BaseEstimator):
     """Expected value per timestamp from a Prophet model fitted on past points only."""
 
+    _model: Prophet | None
+    _model_json: bytes | None
+    """The fitted model's stored JSON (xz), until ``model_`` decodes it."""
+
     def __init__(
         self,
         changepoint_prior_scale: float = 0.05,
         seasonality_prior_scale: float = 10.0,
-        seasonality_mode: str = "additive",
-        daily_seasonality: bool | str = "auto",
-        weekly_seasonality: bool | str = "auto",
-        yearly_seasonality: bool | str = "auto",
+        seasonality_mode: Literal["additive", "multiplicative"] = "additive",
+        daily_seasonality: bool | Literal["auto"] = "auto",
+        weekly_seasonality: bool | Literal["auto"] = "auto",
+        yearly_seasonality: bool | Literal["auto"] = "auto",
         holidays_country: str | None = "US",
         holidays_prior_scale: float = 10.0,
     ):

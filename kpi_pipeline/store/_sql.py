@@ -70,7 +70,7 @@ def upsert(
             for name in names
         ))
         statement = on_conflict(insert(table).from_select(names, arrays))
-        batches = (
+        batches: Iterator[dict[str, list[Any]] | Sequence[dict[str, Any]]] = (
             {name: [row[name] for row in rows[start : start + BATCH_SIZE]] for name in names}
             for start in range(0, len(rows), BATCH_SIZE)
         )
@@ -97,7 +97,7 @@ def _unnestable(connection: sa.Connection, table: sa.Table, rows: Sequence[dict[
     if connection.dialect.name != "postgresql" or len(rows) < 2:
         return False
     for name in rows[0]:
-        kind = table.c[name].type
+        kind: sa.types.TypeEngine[Any] | type[sa.types.TypeEngine[Any]] = table.c[name].type
         kind = kind.impl if isinstance(kind, sa.TypeDecorator) else kind
         if not isinstance(kind, _ARRAY_TYPES):
             return False
@@ -124,7 +124,7 @@ def window(
     until: TimeLike | None = None,
 ) -> list[sa.ColumnElement[bool]]:
     """Conditions selecting ``kpis`` (all if None) with ``since <= ts <= until`` (open if None)."""
-    conditions = []
+    conditions: list[sa.ColumnElement[bool]] = []
     if kpis is not None:
         conditions.append(source.c.kpi.in_([kpis] if isinstance(kpis, str) else list(kpis)))
     if since is not None:

@@ -109,17 +109,17 @@ def _kpi_names(search: str | None = None) -> sa.Subquery:
     return query.subquery("kpis")
 
 
-def _newest(scores: sa.TableClause) -> sa.ColumnElement:
+def _newest(scores: sa.FromClause) -> sa.ColumnElement:
     return sa.func.max(scores.c.ts)
 
 
-def _count(_scores: sa.TableClause) -> sa.ColumnElement:
+def _count(_scores: sa.FromClause) -> sa.ColumnElement:
     return sa.func.count()
 
 
 def _per_kpi(
     kpis: sa.Subquery,
-    aggregate: Callable[[sa.TableClause], sa.ColumnElement],
+    aggregate: Callable[[sa.FromClause], sa.ColumnElement],
     after: pd.Timestamp | None = None,
     until: pd.Timestamp | None = None,
     anomalous: bool = False,
@@ -266,7 +266,7 @@ def sparklines(
         .order_by(table.c.kpi, table.c.ts)
     )
     frame = read_frame(engine, query, {"kpi": "str", "ts": "utc", "value": "float"})
-    lines = {kpi: [] for kpi in kpis}
+    lines: dict[str, list[float]] = {kpi: [] for kpi in kpis}
     for kpi, rows in frame.groupby("kpi", sort=False):
         values = rows["value"].to_numpy()
         buckets = np.array_split(values, min(len(values), max_points))
@@ -276,7 +276,7 @@ def sparklines(
 
 def kpi_time_range(engine: sa.Engine, kpi: str) -> tuple[pd.Timestamp, pd.Timestamp] | None:
     """First and last timestamp of a KPI over its observations and scores (None if unknown)."""
-    bounds = []
+    bounds: list[TimeLike] = []
     with engine.connect() as connection:
         for table in (kpi_observations, anomaly_scores):
             query = sa.select(sa.func.min(table.c.ts), sa.func.max(table.c.ts)).where(
@@ -336,7 +336,7 @@ def severity_counts(
     if scored_since is not None:
         query = query.where(view.c.scored_at >= to_utc(scored_since))
     with engine.connect() as connection:
-        found = dict(connection.execute(query.group_by(view.c.severity)).all())
+        found: dict[str, int] = dict(connection.execute(query.group_by(view.c.severity)).all())
     return {level: int(found.get(level, 0)) for level in SEVERITIES}
 
 

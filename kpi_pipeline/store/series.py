@@ -8,6 +8,7 @@ run issues a bounded number of queries per chunk of KPIs, not per KPI.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from typing import Any
 from dataclasses import asdict, dataclass, field
 
 import pandas as pd
@@ -111,7 +112,7 @@ def _state(row: Mapping) -> SeriesState:
     )
 
 
-def _state_row(state: SeriesState) -> dict:
+def _state_row(state: SeriesState) -> dict[str, Any]:
     row = asdict(state)
     step = row.pop("step")
     row["step_us"] = None if step is None else int(step / pd.Timedelta(microseconds=1))
@@ -169,7 +170,7 @@ def count_observations(engine: sa.Engine, until: Mapping[str, TimeLike]) -> dict
         .group_by(table.c.kpi)
     )
     with engine.connect() as connection:
-        counted = dict(connection.execute(query).all())
+        counted: dict[str, int] = dict(connection.execute(query).all())
     return {kpi: int(counted.get(kpi, 0)) for kpi in until}
 
 
@@ -202,7 +203,7 @@ def save_cleaned(
     """In one transaction: drop the cleaned rows of the ``rebuilt`` KPIs, upsert ``rows``
     (columns of ``kpi_cleaned``; a row stored with the same values is not touched) and the
     KPIs' ``kpi_series`` rows (all but ``features_through``, which ``save_features`` keeps)."""
-    states = [_state_row(state) for state in states]
+    state_rows = [_state_row(state) for state in states]
     with write_transaction(engine) as connection:
         rebuilt = list(rebuilt)
         if rebuilt:
@@ -210,10 +211,10 @@ def save_cleaned(
         changing = ["value", "filled", "gap"]
         upsert(connection, kpi_cleaned, to_records(rows, list(CLEANED_COLUMNS)),
                update=changing, only_if_changed=changing)
-        for state in states:
-            state.pop("features_through")
-        upsert(connection, kpi_series, states,
-               update=[name for name in (states[0] if states else ()) if name != "kpi"])
+        for row in state_rows:
+            row.pop("features_through")
+        upsert(connection, kpi_series, state_rows,
+               update=[name for name in (state_rows[0] if state_rows else ()) if name != "kpi"])
 
 
 # -- features -------------------------------------------------------------------------------
