@@ -190,7 +190,7 @@ class _Timer:
 
 
 def _profiled_scoring(url: str) -> Measure:
-    """The functions the ``anomaly_scores`` asset calls, with the time in the store's
+    """The function the ``anomaly_scores`` asset calls (``pipeline.score_latest``), with the time in the store's
     functions (queries: statements, transfer, rows to frames) and in unpickling (model
     loading) told apart from the rest (compute: cleaning, scoring, events)."""
     engine = pipeline.open_store(url)
@@ -201,8 +201,7 @@ def _profiled_scoring(url: str) -> Measure:
             setattr(store, name, queries.wrap(name, function))
     pickle.loads = loads.wrap("pickle.loads", pickle.loads)
     started = time.perf_counter()
-    cleaned = pipeline.load_scoring_window(engine)
-    results = pipeline.score_new_points(engine, cleaned)
+    results = pipeline.score_latest(engine)
     seconds = time.perf_counter() - started
     engine.dispose()
     query_s, load_s = sum(queries.seconds.values()), sum(loads.seconds.values())
@@ -492,12 +491,12 @@ class _Bench:
             )
             window = (EnsembleDetector(_detector_config()).context_points
                       + pipeline.SCORING_SLACK_POINTS + self.new + 1)
-            bench_store.analyze(engine)
+            bench_store.vacuum(engine)
             short_run, short_floor = self.scoring(engine, min(SHORT_DAYS, options.days), window)
             long_run, long_floor = short_run, short_floor
             if options.days > SHORT_DAYS:
                 self.load(engine, 0, series.history - short, scored=True, version=version)
-                bench_store.analyze(engine)
+                bench_store.vacuum(engine)
                 long_run, long_floor = self.scoring(engine, options.days, window)
             self.retraining(engine)
             registry_kb = self.registry(engine) if options.retrain_days > 0 else None

@@ -19,7 +19,7 @@ import math
 import pickle
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -118,13 +118,22 @@ def load_scoring_window(engine: sa.Engine, chunk_kpis: int = SCORING_CHUNK_KPIS)
     never scored (or without a model) is read whole: all of its points are new. KPIs are read
     ``chunk_kpis`` at a time, two statements per chunk.
     """
-    last_scored = store.last_scored_ts(engine)
+    parts = list(_scoring_windows(engine, store.last_scored_ts(engine), chunk_kpis))
+    if not parts:
+        return clean_observations(pd.DataFrame(columns=["kpi", "ts", "value"]))[0]
+    return pd.concat(parts, ignore_index=True)
+
+
+def _scoring_windows(
+    engine: sa.Engine, last_scored: dict[str, pd.Timestamp], chunk_kpis: int
+) -> Iterator[pd.DataFrame]:
+    """``load_scoring_window``'s rows, one chunk of KPIs at a time."""
     spans = store.observation_spans(engine)
-    parts, grids = [], {}
     for start in range(0, len(spans), chunk_kpis):
         chunk = spans.iloc[start : start + chunk_kpis]
         newest = store.load_latest_models(engine, "ensemble", kpis=chunk["kpi"].tolist())
         since: dict[str, pd.Timestamp | None] = {}
+        grids = {}
         for span in chunk.itertuples(index=False):
             kpi, scored_until, model = span.kpi, last_scored.get(span.kpi), newest.get(span.kpi)
             if scored_until is None or model is None:
@@ -135,11 +144,7 @@ def load_scoring_window(engine: sa.Engine, chunk_kpis: int = SCORING_CHUNK_KPIS)
                 detector = _registered_ensemble(model)
                 grids[kpi] = Grid(span.first_ts, detector.freq_)
                 since[kpi] = scored_until - scoring_reach(detector)
-        parts.append(store.load_observation_windows(engine, since))
-    observations = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(
-        columns=["kpi", "ts", "value"]
-    )
-    return clean_observations(observations, grids=grids)[0]
+        yield clean_observations(store.load_observation_windows(engine, since), grids=grids)[0]
 
 
 def _registered_ensemble(model: store.ModelRecord) -> EnsembleDetector:
@@ -380,8 +385,41 @@ def score_new_points(
     the context before them. KPIs are scored ``chunk_kpis`` at a time, with three reads and one
     write per chunk; one KPI's failure is recorded in its result and the others complete.
     """
+    return _score_cleaned(
+        engine, cleaned, store.last_scored_ts(engine), since, scored_at, progress, chunk_kpis
+    )
+
+
+def score_latest(
+    engine: sa.Engine,
+    *,
+    scored_at: pd.Timestamp | None = None,
+    progress: Progress = _quiet,
+    chunk_kpis: int = SCORING_CHUNK_KPIS,
+) -> list[KpiScoring]:
+    """``score_new_points(engine, load_scoring_window(engine))``, one chunk of KPIs at a time
+    (read, clean, score, write), so that memory holds one chunk's windows whatever the number
+    of KPIs: the ``anomaly_scores`` asset's step."""
     scored_at = scored_at if scored_at is not None else pd.Timestamp.now("UTC")
     last_scored = store.last_scored_ts(engine)
+    results = []
+    for cleaned in _scoring_windows(engine, last_scored, chunk_kpis):
+        results.extend(
+            _score_cleaned(engine, cleaned, last_scored, None, scored_at, progress, chunk_kpis)
+        )
+    return results
+
+
+def _score_cleaned(
+    engine: sa.Engine,
+    cleaned: pd.DataFrame,
+    last_scored: dict[str, pd.Timestamp],
+    since: pd.Timestamp | None,
+    scored_at: pd.Timestamp | None,
+    progress: Progress,
+    chunk_kpis: int,
+) -> list[KpiScoring]:
+    scored_at = scored_at if scored_at is not None else pd.Timestamp.now("UTC")
     work = []
     for kpi, rows in cleaned.groupby("kpi", sort=True):
         kpi = str(kpi)

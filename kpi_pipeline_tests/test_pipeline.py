@@ -298,30 +298,38 @@ def test_a_scoring_run_costs_a_fixed_number_of_statements_per_chunk_of_kpis(
     request, tmp_path, database
 ):
     counts, scores = {}, {}
-    for kpis, chunk in ((2, 10), (5, 10), (5, 2), (5, 1)):
+    for kpis, chunk, run in ((2, 10, "window"), (5, 10, "window"), (5, 2, "window"),
+                             (5, 1, "window"), (5, 2, "latest")):
         if database == "postgres":
             url = request.getfixturevalue("new_pg_url")()
         else:
-            url = f"sqlite:///{tmp_path / f'{kpis}_{chunk}.db'}"
+            url = f"sqlite:///{tmp_path / f'{kpis}_{chunk}_{run}.db'}"
         engine = pipeline.open_store(url)
         names = [f"kpi{i}" for i in range(kpis)]
         store.upsert_observations(engine, _many_kpis(engine, names, days=10), "test")
         executed = _statements(engine)
-        results = pipeline.score_new_points(
-            engine, pipeline.load_scoring_window(engine, chunk_kpis=chunk), chunk_kpis=chunk
-        )
-        counts[kpis, chunk] = len(executed)
+        if run == "window":
+            results = pipeline.score_new_points(
+                engine, pipeline.load_scoring_window(engine, chunk_kpis=chunk), chunk_kpis=chunk
+            )
+        else:  # the asset's step: read, clean, score and write a chunk at a time
+            results = pipeline.score_latest(engine, chunk_kpis=chunk)
+        counts[kpis, chunk, run] = len(executed)
         assert [(r.kpi, r.scored, r.error) for r in results] == [(n, 24, "") for n in names]
-        scores[kpis, chunk] = store.load_scores(engine).drop(columns="scored_at")
+        scores[kpis, chunk, run] = store.load_scores(engine).drop(columns="scored_at")
         engine.dispose()
 
-    assert counts[2, 10] == counts[5, 10]  # one chunk, whatever its size
+    one_chunk = counts[5, 10, "window"]
+    assert counts[2, 10, "window"] == one_chunk  # one chunk, whatever its size
     # 1, 3 and 5 chunks of 5 KPIs: the same number of statements more for each chunk more.
-    per_chunk = (counts[5, 1] - counts[5, 2]) / 2
-    assert per_chunk > 0 and counts[5, 2] - counts[5, 10] == 2 * per_chunk
-    assert scores[5, 10]["is_anomaly"].any()
-    for chunked in (scores[5, 2], scores[5, 1]):
-        pd.testing.assert_frame_equal(chunked, scores[5, 10], check_exact=True)
+    per_chunk = (counts[5, 1, "window"] - counts[5, 2, "window"]) / 2
+    assert per_chunk > 0 and counts[5, 2, "window"] - one_chunk == 2 * per_chunk
+    # The asset's step reads the last scored points once, not once per step.
+    assert counts[5, 2, "latest"] < counts[5, 2, "window"]
+    expected = scores[5, 10, "window"]
+    assert expected["is_anomaly"].any()
+    for chunked in (scores[5, 2, "window"], scores[5, 1, "window"], scores[5, 2, "latest"]):
+        pd.testing.assert_frame_equal(chunked, expected, check_exact=True)
 
 
 def test_a_kpi_whose_models_cannot_be_read_fails_alone_and_the_chunk_is_scored(pg_url):
