@@ -15,7 +15,7 @@ hours. Then, in one run:
   KPIs, in one process and in two, as KPIs per minute;
 - the registry's bytes per KPI after 30 simulated days of scoring and retraining one KPI.
 
-Each step runs in a fresh process (spawned), whose peak RSS (``getrusage``'s ``ru_maxrss``,
+Each step runs in a fresh process (spawned), whose peak RSS (``VmHWM`` of ``/proc/self/status``,
 the process's own high-water mark, imports included) is reported with it.
 """
 
@@ -121,6 +121,12 @@ class Measure:
 
 
 def _peak_mib() -> float:
+    """This process's peak RSS: ``VmHWM``, the high-water mark of its own memory since it
+    started (``ru_maxrss`` would carry over the parent's at the fork before the exec)."""
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
