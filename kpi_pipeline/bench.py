@@ -9,11 +9,13 @@ hours. Then, in one run:
 - the scoring run at 30 days of history and at the full history: a Dagster materialisation of
   ``anomaly_scores`` as ``scoring_job`` runs it, after one new point per KPI (60 at ``1min``),
   against the plain-SQL floor measured alongside (read the observations a scorer needs, write
-  the score rows); then the functions that asset calls, run alone with their time split into
-  queries, model loading and the rest (compute);
+  the score rows); then the function that asset calls (``pipeline.score_latest``), run alone
+  after more new points, with its time split into queries, model loading and the rest
+  (compute);
 - the nightly retrain (``pipeline.train_models``, the ``kpi_models`` asset's step) of a few
   KPIs, in one process and in two, as KPIs per minute;
-- the registry's bytes per KPI after 30 simulated days of scoring and retraining one KPI.
+- the registry's bytes per KPI after ``retrain_days`` (30) simulated days of scoring and
+  retraining one KPI.
 
 Each step runs in a fresh process (spawned), whose peak RSS (``VmHWM`` of ``/proc/self/status``,
 the process's own high-water mark, imports included) is reported with it.
