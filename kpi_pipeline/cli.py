@@ -218,6 +218,53 @@ def backfill(
     )
 
 
+@app.command()
+@friendly_errors
+def bench(
+    kpis: Annotated[int, typer.Option(help="Synthetic KPIs in the database (at least 3).")] = 50,
+    days: Annotated[int, typer.Option(help="Days of history per KPI.")] = 60,
+    freq: Annotated[str, typer.Option(help="The KPIs' frequency: 1h (1 new point per KPI per "
+                                      "hourly run) or 1min (60).")] = "1h",
+    url: Annotated[str | None, typer.Option(
+        help="PostgreSQL server to create the scratch database on. Default: the server of "
+        "KPI_DATABASE_URL if it is PostgreSQL, else postgresql://postgres@127.0.0.1:5432.",
+        show_default=False)] = None,
+    keep: Annotated[bool, typer.Option(help="Keep the database afterwards (its URL is "
+                                       "printed).")] = False,
+    seed: Annotated[int, typer.Option(help="Seed of the synthetic series.")] = 0,
+    retrain_kpis: Annotated[int, typer.Option(help="KPIs retrained in each of the one- and "
+                                              "two-process measurements.")] = 4,
+    retrain_days: Annotated[int, typer.Option(help="Simulated days of scoring and retraining "
+                                              "for the registry size (0: skip).")] = 30,
+) -> None:
+    """Measure scoring, retraining and the registry on a synthetic PostgreSQL database.
+
+    Ends with one line: scoring: <ratio>x floor, history ratio <r>, peak RSS <MiB> MiB,
+    registry <KB> KB/KPI. See docs/scaling.md.
+    """
+    from kpi_pipeline.bench import BenchOptions, run_bench
+
+    server = url or _bench_server()
+    console.print(f"server: {masked(server)}", markup=False)
+    report = run_bench(
+        BenchOptions(server_url=server, kpis=kpis, days=days, freq=freq, keep=keep, seed=seed,
+                     retrain_kpis=retrain_kpis, retrain_days=retrain_days),
+        say=lambda line: console.print(line, markup=False),
+    )
+    console.print(report.summary, markup=False)
+
+
+DEFAULT_BENCH_SERVER = "postgresql://postgres@127.0.0.1:5432"
+
+
+def _bench_server() -> str:
+    """The PostgreSQL server of ``KPI_DATABASE_URL``, else the local default."""
+    configured = get_settings().database_url
+    if configured and sa.make_url(configured).get_backend_name() == "postgresql":
+        return configured
+    return DEFAULT_BENCH_SERVER
+
+
 def _materialize_all(url: str) -> dict:
     """Materialize every asset against ``url``, printing progress lines; returns the scoring
     metadata, with the KPIs too short to model or score as ``insufficient_history``."""

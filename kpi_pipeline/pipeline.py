@@ -17,7 +17,7 @@ retraining on the same data rewrites the same registry rows instead of adding ne
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -95,7 +95,13 @@ def scoring_reach(detector: EnsembleDetector) -> pd.Timedelta:
     return (detector.context_points + SCORING_SLACK_POINTS) * detector.freq_
 
 
-def load_scoring_window(engine: sa.Engine) -> pd.DataFrame:
+SCORING_CHUNK_KPIS = 500
+"""KPIs a scoring run reads and writes together: each chunk costs a fixed number of
+statements (its observation windows, newest models, the model versions that score it, the
+stored scores open events continue from, and one upsert), whatever its number of KPIs."""
+
+
+def load_scoring_window(engine: sa.Engine, chunk_kpis: int = SCORING_CHUNK_KPIS) -> pd.DataFrame:
     """The cleaned points ``score_new_points`` needs, and no more.
 
     Per KPI: the points after its last scored one, preceded by the context its newest model
@@ -103,29 +109,42 @@ def load_scoring_window(engine: sa.Engine) -> pd.DataFrame:
     The window is cleaned on the grid the model was trained on (the series' first timestamp and
     the model's step), so the rows read are bounded by new points + context whatever the length
     of the history, and the scores come out as if the whole series had been cleaned. A KPI
-    never scored (or without a model) is read whole: all of its points are new.
+    never scored (or without a model) is read whole: all of its points are new. KPIs are read
+    ``chunk_kpis`` at a time, two statements per chunk.
     """
-    last_scored = store.last_scored_ts(engine)
-    newest = store.load_latest_models(engine, "ensemble")
-    parts, grids = [], {}
-    for span in store.observation_spans(engine).itertuples(index=False):
-        kpi, scored_until, model = span.kpi, last_scored.get(span.kpi), newest.get(span.kpi)
-        if scored_until is None or model is None:
-            parts.append(store.load_observations(engine, [kpi]))
-        elif span.last_ts <= scored_until:
-            parts.append(store.load_observations_from(engine, kpi, scored_until))
-        else:
-            # The registered ensemble row holds the detector without its fitted components:
-            # enough to know its grid step and how many earlier points scoring needs.
-            detector = EnsembleDetector.shell_from_artifact(model.artifact)
-            grids[kpi] = Grid(span.first_ts, detector.freq_)
-            parts.append(
-                store.load_observations_from(engine, kpi, scored_until - scoring_reach(detector))
-            )
-    observations = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(
-        columns=["kpi", "ts", "value"]
-    )
-    return clean_observations(observations, grids=grids)[0]
+    parts = list(_scoring_windows(engine, store.last_scored_ts(engine), chunk_kpis))
+    if not parts:
+        return clean_observations(pd.DataFrame(columns=["kpi", "ts", "value"]))[0]
+    return pd.concat(parts, ignore_index=True)
+
+
+def _scoring_windows(
+    engine: sa.Engine, last_scored: dict[str, pd.Timestamp], chunk_kpis: int
+) -> Iterator[pd.DataFrame]:
+    """``load_scoring_window``'s rows, one chunk of KPIs at a time."""
+    spans = store.observation_spans(engine)
+    for start in range(0, len(spans), chunk_kpis):
+        chunk = spans.iloc[start : start + chunk_kpis]
+        newest = store.load_latest_models(engine, "ensemble", kpis=chunk["kpi"].tolist())
+        since: dict[str, pd.Timestamp | None] = {}
+        grids = {}
+        for span in chunk.itertuples(index=False):
+            kpi, scored_until, model = span.kpi, last_scored.get(span.kpi), newest.get(span.kpi)
+            if scored_until is None or model is None:
+                since[kpi] = None
+            elif span.last_ts <= scored_until:
+                since[kpi] = scored_until
+            else:
+                detector = _registered_ensemble(model)
+                grids[kpi] = Grid(span.first_ts, detector.freq_)
+                since[kpi] = scored_until - scoring_reach(detector)
+        yield clean_observations(store.load_observation_windows(engine, since), grids=grids)[0]
+
+
+def _registered_ensemble(model: store.ModelRecord) -> EnsembleDetector:
+    """The detector of a registered ``ensemble`` row without its fitted components: enough to
+    know its grid step and how many earlier points scoring needs."""
+    return EnsembleDetector.shell_from_artifact(model.artifact)
 
 
 # -- training -------------------------------------------------------------------------------
@@ -358,6 +377,7 @@ def score_new_points(
     since: pd.Timestamp | None = None,
     scored_at: pd.Timestamp | None = None,
     progress: Progress = _quiet,
+    chunk_kpis: int = SCORING_CHUNK_KPIS,
 ) -> list[KpiScoring]:
     """Score every point newer than the KPI's last scored one with the stored models.
 
@@ -365,90 +385,236 @@ def score_new_points(
     points before the first model stay unscored (insufficient history), and so do points before
     ``since`` if given. Events continue the event left open by the previous batch. ``cleaned``
     holds each KPI's whole series or, as ``load_scoring_window`` reads it, its new points and
-    the context before them.
+    the context before them. KPIs are scored ``chunk_kpis`` at a time, with three reads and one
+    write per chunk; one KPI's failure is recorded in its result and the others complete.
     """
+    return _score_cleaned(
+        engine, cleaned, store.last_scored_ts(engine), since, scored_at, progress, chunk_kpis
+    )
+
+
+def score_latest(
+    engine: sa.Engine,
+    *,
+    scored_at: pd.Timestamp | None = None,
+    progress: Progress = _quiet,
+    chunk_kpis: int = SCORING_CHUNK_KPIS,
+) -> list[KpiScoring]:
+    """``score_new_points(engine, load_scoring_window(engine))``, one chunk of KPIs at a time
+    (read, clean, score, write), so that memory holds one chunk's windows whatever the number
+    of KPIs: the ``anomaly_scores`` asset's step."""
     scored_at = scored_at if scored_at is not None else pd.Timestamp.now("UTC")
     last_scored = store.last_scored_ts(engine)
     results = []
+    for cleaned in _scoring_windows(engine, last_scored, chunk_kpis):
+        results.extend(
+            _score_cleaned(engine, cleaned, last_scored, None, scored_at, progress, chunk_kpis)
+        )
+    return results
+
+
+def _score_cleaned(
+    engine: sa.Engine,
+    cleaned: pd.DataFrame,
+    last_scored: dict[str, pd.Timestamp],
+    since: pd.Timestamp | None,
+    scored_at: pd.Timestamp | None,
+    progress: Progress,
+    chunk_kpis: int,
+) -> list[KpiScoring]:
+    scored_at = scored_at if scored_at is not None else pd.Timestamp.now("UTC")
+    work = []
     for kpi, rows in cleaned.groupby("kpi", sort=True):
         kpi = str(kpi)
         ts = pd.DatetimeIndex(rows["ts"])
         first_new = 0 if kpi not in last_scored else int(ts.searchsorted(last_scored[kpi], "right"))
         if since is not None:
             first_new = max(first_new, int(ts.searchsorted(since, "left")))
-        try:
-            result = _score_kpi(engine, kpi, rows, first_new, scored_at)
-        except Exception as error:  # noqa: BLE001 - one KPI's failure must not stop the others
-            result = KpiScoring(kpi, 0, 0, len(rows) - first_new, error=describe_error(error))
-        progress(f"{kpi}: {_describe_scoring(result)}")
-        results.append(result)
+        work.append(_NewPoints(kpi, rows, first_new))
+    results = []
+    for start in range(0, len(work), chunk_kpis):
+        for result in _score_chunk(engine, work[start : start + chunk_kpis], scored_at):
+            progress(f"{result.kpi}: {_describe_scoring(result)}")
+            results.append(result)
     return results
 
 
-def _score_kpi(
-    engine: sa.Engine, kpi: str, rows: pd.DataFrame, first_new: int, scored_at: pd.Timestamp
-) -> KpiScoring:
-    new_points = len(rows) - first_new
-    if new_points == 0:
-        return KpiScoring(kpi, 0, 0, 0)
-    scores, merge_gap = _score_with_stored_models(engine, kpi, rows, first_new)
-    if scores.empty:
-        return KpiScoring(kpi, 0, 0, new_points)
-    open_event = None
-    if first_new > 0:
-        recent = _recent_scores(engine, kpi, rows, first_new, merge_gap)
-        open_event = open_event_from(recent, merge_gap)
-    scores["event_id"], _alerts = assign_events(
-        kpi, pd.DatetimeIndex(scores["ts"]), scores["is_anomaly"].to_numpy(), merge_gap, open_event
-    )
-    store.upsert_scores(engine, scores.assign(kpi=kpi, scored_at=scored_at))
-    outages = int((scores["flagged_by"] == "gap").sum())
-    return KpiScoring(
-        kpi,
-        scored=len(scores),
-        anomalies=int(scores["is_anomaly"].sum()) - outages,
-        unscored=new_points - len(scores),
-        versions=tuple(scores["model_version"].unique()),
-        outages=outages,
-    )
+@dataclass(frozen=True)
+class _NewPoints:
+    """A KPI's cleaned rows, of which those from ``first_new`` on are to be scored."""
+
+    kpi: str
+    rows: pd.DataFrame
+    first_new: int
+
+    @property
+    def count(self) -> int:
+        return len(self.rows) - self.first_new
+
+    def failed(self, error: BaseException) -> KpiScoring:
+        return KpiScoring(self.kpi, 0, 0, self.count, error=describe_error(error))
 
 
-def _score_with_stored_models(
-    engine: sa.Engine, kpi: str, rows: pd.DataFrame, first_new: int
+def _score_chunk(
+    engine: sa.Engine, chunk: list[_NewPoints], scored_at: pd.Timestamp
+) -> list[KpiScoring]:
+    """Score a chunk of KPIs: one read of the model versions that apply, one of the stored
+    scores open events continue from, one upsert. A KPI that fails is recorded with its error
+    (a failed read or write fails the KPIs it was for) and the others go on."""
+    done: dict[str, KpiScoring] = {}
+    pending = {item.kpi: item for item in chunk if item.count > 0}
+    for item in chunk:
+        if item.count == 0:
+            done[item.kpi] = KpiScoring(item.kpi, 0, 0, 0)
+    scored: dict[str, tuple[pd.DataFrame, int]] = {}
+    spans = {kpi: (item.rows["ts"].iloc[item.first_new], item.rows["ts"].iloc[-1])
+             for kpi, item in pending.items()}
+    try:
+        for kpi, models in store.load_scoring_models(engine, spans):
+            try:
+                scores, merge_gap = _score_with_models(pending[kpi], models)
+            except Exception as error:  # noqa: BLE001 - one KPI's failure must not stop the others
+                done[kpi] = pending[kpi].failed(error)
+                continue
+            if not scores.empty:
+                scored[kpi] = scores, merge_gap
+    except Exception as error:  # noqa: BLE001 - the read failed: the chunk's KPIs left unscored
+        for kpi, item in pending.items():
+            done.setdefault(kpi, item.failed(error))
+        scored.clear()
+    for kpi, item in pending.items():
+        if kpi not in done and kpi not in scored:  # no model trained before its new points
+            done[kpi] = KpiScoring(kpi, 0, 0, item.count)
+    written = _with_events(engine, {kpi: pending[kpi] for kpi in scored}, scored, done)
+    _write_scores(engine, written, scored_at, pending, done)
+    for kpi, scores in written.items():
+        if kpi in done:
+            continue
+        outages = int((scores["flagged_by"] == "gap").sum())
+        done[kpi] = KpiScoring(
+            kpi,
+            scored=len(scores),
+            anomalies=int(scores["is_anomaly"].sum()) - outages,
+            unscored=pending[kpi].count - len(scores),
+            versions=tuple(scores["model_version"].unique()),
+            outages=outages,
+        )
+    return [done[item.kpi] for item in chunk]
+
+
+def _with_events(
+    engine: sa.Engine,
+    items: dict[str, _NewPoints],
+    scored: dict[str, tuple[pd.DataFrame, int]],
+    done: dict[str, KpiScoring],
+) -> dict[str, pd.DataFrame]:
+    """The scores of each KPI with their ``event_id``s, continuing the event the stored scores
+    leave open: the last ``merge_gap + 1`` scores before the new points, read in one go."""
+    spans = {}
+    for kpi, item in items.items():
+        if item.first_new > 0:
+            ts = item.rows["ts"]
+            merge_gap = scored[kpi][1]
+            spans[kpi] = ts.iloc[max(0, item.first_new - merge_gap - 1)], ts.iloc[item.first_new - 1]
+    try:
+        stored = store.load_score_windows(engine, spans)
+    except Exception as error:  # noqa: BLE001 - the read failed: the KPIs that needed it fail
+        for kpi in spans:
+            done[kpi] = items[kpi].failed(error)
+        stored = None
+    recent = {} if stored is None else {
+        str(kpi): rows.reset_index(drop=True) for kpi, rows in stored.groupby("kpi", sort=False)
+    }
+    written = {}
+    for kpi, (scores, merge_gap) in scored.items():
+        if kpi in done:
+            continue
+        try:
+            open_event = None
+            if items[kpi].first_new > 0:
+                open_event = open_event_from(recent.get(kpi, stored.iloc[:0]), merge_gap)
+            scores["event_id"], _alerts = assign_events(
+                kpi, pd.DatetimeIndex(scores["ts"]), scores["is_anomaly"].to_numpy(), merge_gap,
+                open_event,
+            )
+        except Exception as error:  # noqa: BLE001 - one KPI's failure must not stop the others
+            done[kpi] = items[kpi].failed(error)
+            continue
+        written[kpi] = scores
+    return written
+
+
+def _write_scores(
+    engine: sa.Engine,
+    written: dict[str, pd.DataFrame],
+    scored_at: pd.Timestamp,
+    items: dict[str, _NewPoints],
+    done: dict[str, KpiScoring],
+) -> None:
+    """Upsert the chunk's scores in one go; if that fails, KPI by KPI, so that only the KPIs
+    whose write fails are recorded as failed (their results in ``done``)."""
+    frames = {kpi: scores.assign(kpi=kpi, scored_at=scored_at) for kpi, scores in written.items()}
+    if not frames:
+        return
+    try:
+        store.upsert_scores(engine, pd.concat(frames.values(), ignore_index=True))
+        return
+    except Exception:  # noqa: BLE001 - find the KPIs at fault below
+        pass
+    for kpi, frame in frames.items():
+        try:
+            store.upsert_scores(engine, frame)
+        except Exception as error:  # noqa: BLE001 - one KPI's failure must not stop the others
+            done[kpi] = items[kpi].failed(error)
+
+
+def _score_with_models(
+    item: _NewPoints, models: list[store.ModelRecord]
 ) -> tuple[pd.DataFrame, int]:
-    """Scores of the points from ``first_new`` on that some model may score, with the version
-    used; and the event merge gap of the newest model used (0 rows if no model applies)."""
+    """Scores of the points from ``first_new`` on that some model of ``models`` (the registry
+    rows of the versions that may apply, every kind, oldest training cutoff first) may score,
+    with the version used; and the event merge gap of the newest model used (0 rows if no
+    model applies)."""
+    rows, first_new = item.rows, item.first_new
     ts = pd.DatetimeIndex(rows["ts"])
     values = rows["value"].to_numpy(dtype=float)
     gap = rows["gap"].to_numpy(dtype=bool)
-    # Only the training windows: the artifacts of the versions used are loaded below.
-    versions = store.load_model_versions(engine, kpi, "ensemble", artifacts=False)
-    models = [m for m in versions if m.train_end]
-    train_ends = pd.DatetimeIndex([model.train_end for model in models], tz="UTC")
+    versions = [m for m in models if m.kind == "ensemble" and m.train_end]
+    train_ends = pd.DatetimeIndex([model.train_end for model in versions], tz="UTC")
     # Index of the newest model whose training window ended strictly before each point.
     model_of = train_ends.searchsorted(ts[first_new:], side="left") - 1
     used = np.unique(model_of[model_of >= 0])
     if len(used) == 0:
         return pd.DataFrame(), 0
-    detectors = _detectors(engine, kpi, [models[index] for index in used])
+    artifacts: dict[str, dict[str, bytes]] = {}
+    for model in models:
+        if model.artifact is not None:
+            artifacts.setdefault(model.version, {})[model.kind] = model.artifact
+    detectors = _detectors(
+        item.kpi, {versions[i].version: artifacts.get(versions[i].version, {}) for i in used}
+    )
     parts = []
     for index in used:
-        model = models[index]
+        model = versions[index]
         # model_of never decreases with time, so each model scores one contiguous segment.
         positions = first_new + np.flatnonzero(model_of == index)
         segment = score_segment(
             detectors[model.version], ts, values, gap, positions[0], positions[-1] + 1
         )
         parts.append(segment.assign(model_version=model.version))
-    merge_gap = detectors[models[used[-1]].version].config.event_merge_gap
+    merge_gap = detectors[versions[used[-1]].version].config.event_merge_gap
     return pd.concat(parts, ignore_index=True), merge_gap
 
 
 def _detectors(
-    engine: sa.Engine, kpi: str, models: list[store.ModelRecord]
+    kpi: str, artifacts: dict[str, dict[str, bytes]]
 ) -> dict[str, EnsembleDetector]:
-    """The fitted detectors of registered ensemble versions, rebuilt from their rows."""
-    return {model.version: load_detector(engine, kpi, model.version) for model in models}
+    """The fitted detectors of registered ensemble versions, rebuilt from their artifacts
+    (per version, by kind)."""
+    return {
+        version: detector_from_artifacts(kpi, version, by_kind)
+        for version, by_kind in artifacts.items()
+    }
 
 
 class NoModel(LookupError):
@@ -458,7 +624,14 @@ class NoModel(LookupError):
 def load_detector(engine: sa.Engine, kpi: str, version: str) -> EnsembleDetector:
     """The fitted detector of version ``version`` of ``kpi``'s ensemble, rebuilt from its
     registry rows (about 250 KB of arrays and JSON, docs/models.md)."""
-    artifacts = store.model_artifacts(engine, kpi, version)
+    return detector_from_artifacts(kpi, version, store.model_artifacts(engine, kpi, version))
+
+
+def detector_from_artifacts(
+    kpi: str, version: str, artifacts: dict[str, bytes]
+) -> EnsembleDetector:
+    """The fitted detector of a registered ensemble version from its artifacts, by kind;
+    raises ``NoModel`` if one is missing."""
     missing = [
         kind for kind in (*EnsembleDetector.COMPONENT_KINDS, "ensemble") if kind not in artifacts
     ]
@@ -468,15 +641,6 @@ def load_detector(engine: sa.Engine, kpi: str, version: str) -> EnsembleDetector
             "retrain it"
         )
     return EnsembleDetector.from_artifacts(artifacts)
-
-
-def _recent_scores(
-    engine: sa.Engine, kpi: str, rows: pd.DataFrame, first_new: int, merge_gap: int
-) -> pd.DataFrame:
-    """The stored scores an open event may still continue from: the last ``merge_gap + 1``."""
-    ts = rows["ts"]
-    since = ts.iloc[max(0, first_new - merge_gap - 1)]
-    return store.load_scores(engine, [kpi], since=since, until=ts.iloc[first_new - 1])
 
 
 def _describe_scoring(result: KpiScoring) -> str:

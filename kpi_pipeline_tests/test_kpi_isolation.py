@@ -24,14 +24,14 @@ HOUR = pd.Timedelta(hours=1)
 CONFIG = DetectorConfig(scale_window=96)
 
 
-def fail_for(monkeypatch, name: str, kpi: str) -> None:
-    """Make ``pipeline.<name>`` raise for ``kpi`` (its second argument) only."""
+def fail_for(monkeypatch, name: str, kpi: str, kpi_at: int = 1) -> None:
+    """Make ``pipeline.<name>`` raise for ``kpi`` (its argument at ``kpi_at``) only."""
     real = getattr(pipeline, name)
 
-    def broken(engine, this_kpi, *args, **kwargs):
-        if this_kpi == kpi:
+    def broken(*args, **kwargs):
+        if args[kpi_at] == kpi:
             raise RuntimeError(f"{kpi} is broken")
-        return real(engine, this_kpi, *args, **kwargs)
+        return real(*args, **kwargs)
 
     monkeypatch.setattr(pipeline, name, broken)
 
@@ -69,7 +69,7 @@ def test_a_kpi_whose_training_fails_is_reported_and_the_others_train_and_score(
 def test_a_kpi_whose_scoring_fails_keeps_its_points_for_the_next_run(engine, monkeypatch):
     cleaned, _ = pipeline.load_cleaned(engine)
     pipeline.train_models(engine, cleaned, CONFIG)
-    fail_for(monkeypatch, "_score_kpi", "sessions")
+    fail_for(monkeypatch, "detector_from_artifacts", "sessions", kpi_at=0)
 
     results = {r.kpi: r for r in pipeline.score_new_points(
         engine, pipeline.load_scoring_window(engine))}
@@ -82,7 +82,7 @@ def test_a_kpi_whose_scoring_fails_keeps_its_points_for_the_next_run(engine, mon
 
 
 def test_backfill_goes_on_past_a_failing_kpi(engine, monkeypatch):
-    fail_for(monkeypatch, "_score_kpi", "orders")
+    fail_for(monkeypatch, "detector_from_artifacts", "orders", kpi_at=0)
     results = {r.kpi: r for r in pipeline.backfill(
         engine, CONFIG, START + 150 * HOUR, START + 239 * HOUR)}
     assert results["orders"].error and results["sessions"].scored == 90

@@ -7,6 +7,7 @@ import sqlalchemy as sa
 
 from kpi_pipeline.api import realtime
 from kpi_pipeline import pipeline, store
+from kpi_pipeline.store import schema
 from kpi_pipeline.detection.ensemble import DetectorConfig, EnsembleDetector
 from kpi_pipeline_tests.defs.synthetic import START, hourly_kpis
 
@@ -262,6 +263,114 @@ def test_scoring_in_several_runs_writes_the_scores_of_one_run_over_everything(ne
     finally:
         once.dispose()
         in_runs.dispose()
+
+
+def _many_kpis(engine: sa.Engine, names: list[str], days: int) -> pd.DataFrame:
+    """``names`` as copies of ``orders`` (values scaled apart), trained once and copied, with
+    ``days`` of history scored; returns the next day of each, not yet stored."""
+    orders = _orders(days + 1, spike_at=START + (days * 24 + 5) * HOUR)
+    copies = pd.concat(
+        [orders.assign(kpi=name, value=orders["value"] * (1 + i / 10)) for i, name in
+         enumerate(names)], ignore_index=True)
+    history = copies[copies["ts"] < START + days * 24 * HOUR]
+    store.upsert_observations(engine, history[history["kpi"] == names[0]], "test")
+    pipeline.train_models(engine, pipeline.load_cleaned(engine)[0], SHORT_CONTEXT)
+    for kind in (*EnsembleDetector.COMPONENT_KINDS, "ensemble"):
+        for model in store.load_model_versions(engine, names[0], kind):
+            fields = {name: getattr(model, name) for name in model.__dataclass_fields__}
+            for name in names[1:]:
+                store.save_model(engine, **(fields | {"kpi": name}))
+    store.upsert_observations(engine, history, "test")
+    _score(engine)
+    return copies[copies["ts"] >= START + days * 24 * HOUR]
+
+
+def _statements(engine: sa.Engine) -> list[str]:
+    """The statements executed on ``engine`` from now on."""
+    executed: list[str] = []
+    sa.event.listen(engine, "after_cursor_execute",
+                    lambda _c, _cursor, statement, *_args: executed.append(statement))
+    return executed
+
+
+@pytest.mark.parametrize("database", [pytest.param("postgres", marks=pytest.mark.postgres),
+                                      "sqlite"])
+def test_a_scoring_run_costs_a_fixed_number_of_statements_per_chunk_of_kpis(
+    request, tmp_path, database
+):
+    counts, scores = {}, {}
+    for kpis, chunk, run in ((2, 10, "window"), (5, 10, "window"), (5, 2, "window"),
+                             (5, 1, "window"), (5, 2, "latest")):
+        if database == "postgres":
+            url = request.getfixturevalue("new_pg_url")()
+        else:
+            url = f"sqlite:///{tmp_path / f'{kpis}_{chunk}_{run}.db'}"
+        engine = pipeline.open_store(url)
+        names = [f"kpi{i}" for i in range(kpis)]
+        store.upsert_observations(engine, _many_kpis(engine, names, days=10), "test")
+        executed = _statements(engine)
+        if run == "window":
+            results = pipeline.score_new_points(
+                engine, pipeline.load_scoring_window(engine, chunk_kpis=chunk), chunk_kpis=chunk
+            )
+        else:  # the asset's step: read, clean, score and write a chunk at a time
+            results = pipeline.score_latest(engine, chunk_kpis=chunk)
+        counts[kpis, chunk, run] = len(executed)
+        assert [(r.kpi, r.scored, r.error) for r in results] == [(n, 24, "") for n in names]
+        scores[kpis, chunk, run] = store.load_scores(engine).drop(columns="scored_at")
+        engine.dispose()
+
+    one_chunk = counts[5, 10, "window"]
+    assert counts[2, 10, "window"] == one_chunk  # one chunk, whatever its size
+    # 1, 3 and 5 chunks of 5 KPIs: the same number of statements more for each chunk more.
+    per_chunk = (counts[5, 1, "window"] - counts[5, 2, "window"]) / 2
+    assert per_chunk > 0 and counts[5, 2, "window"] - one_chunk == 2 * per_chunk
+    # The asset's step reads the last scored points once, not once per step.
+    assert counts[5, 2, "latest"] < counts[5, 2, "window"]
+    expected = scores[5, 10, "window"]
+    assert expected["is_anomaly"].any()
+    for chunked in (scores[5, 2, "window"], scores[5, 1, "window"], scores[5, 2, "latest"]):
+        pd.testing.assert_frame_equal(chunked, expected, check_exact=True)
+
+
+def test_a_kpi_whose_models_cannot_be_read_fails_alone_and_the_chunk_is_scored(pg_url):
+    engine = pipeline.open_store(pg_url)
+    names = ["kpi0", "kpi1", "kpi2"]
+    store.upsert_observations(engine, _many_kpis(engine, names, days=10), "test")
+    with engine.begin() as connection:
+        connection.execute(
+            sa.update(schema.kpi_models)
+            .where(schema.kpi_models.c.kpi == "kpi1", schema.kpi_models.c.kind == "iforest")
+            .values(artifact=b"not a model")
+        )
+
+    results = {r.kpi: r for r in _score(engine)}
+
+    assert results["kpi1"].error and (results["kpi1"].scored, results["kpi1"].unscored) == (0, 24)
+    assert [(results[k].scored, results[k].error) for k in ("kpi0", "kpi2")] == [(24, "")] * 2
+    assert set(store.load_scores(engine, since=START + 240 * HOUR)["kpi"]) == {"kpi0", "kpi2"}
+    engine.dispose()
+
+
+def test_a_kpi_whose_scores_cannot_be_written_fails_alone(pg_url, monkeypatch):
+    engine = pipeline.open_store(pg_url)
+    names = ["kpi0", "kpi1", "kpi2"]
+    store.upsert_observations(engine, _many_kpis(engine, names, days=10), "test")
+    real = store.upsert_scores
+
+    def refusing_kpi1(engine, frame):
+        if "kpi1" in set(frame["kpi"]):
+            raise RuntimeError("kpi1 cannot be written")
+        return real(engine, frame)
+
+    monkeypatch.setattr(store, "upsert_scores", refusing_kpi1)
+    results = {r.kpi: r for r in _score(engine)}
+
+    assert results["kpi1"].error == "RuntimeError: kpi1 cannot be written"
+    assert results["kpi1"].unscored == 24
+    assert [(results[k].scored, results[k].error) for k in ("kpi0", "kpi2")] == [(24, "")] * 2
+    assert set(store.load_scores(engine, since=START + 240 * HOUR)["kpi"]) == {"kpi0", "kpi2"}
+    engine.dispose()
 
 
 def test_the_scoring_window_keeps_the_series_grid_when_its_own_steps_disagree(pg_url):

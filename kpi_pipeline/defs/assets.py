@@ -312,11 +312,10 @@ def anomaly_scores(store: KpiStore) -> dg.MaterializeResult:
     them are read and cleaned; nothing is fitted here.
     """
     engine = store.engine()
-    cleaned = pipeline.load_scoring_window(engine)
     # Every row this run writes carries this time, which tells its anomalies from older ones.
     scored_at = pd.Timestamp.now("UTC").floor("us")
-    results = pipeline.score_new_points(
-        engine, cleaned, scored_at=scored_at, progress=_progress("anomaly_scores")
+    results = pipeline.score_latest(
+        engine, scored_at=scored_at, progress=_progress("anomaly_scores")
     )
     new_by_severity = kpi_store.severity_counts(engine, scored_since=scored_at, kind="anomaly")
     failed = {r.kpi: r.error for r in results if r.error}

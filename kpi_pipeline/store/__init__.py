@@ -60,6 +60,11 @@ from kpi_pipeline.store.observations import (
     upsert_observations,
 )
 from kpi_pipeline.store.schema import FEEDBACK_LABELS, SEVERITIES
+from kpi_pipeline.store.scoring import (
+    load_observation_windows,
+    load_score_windows,
+    load_scoring_models,
+)
 from kpi_pipeline.store.series import SeriesState, load_cleaned_rows, load_features, load_series
 from kpi_pipeline.store.scores import (
     last_scored_ts,
@@ -118,6 +123,9 @@ __all__ = [
     "load_model_versions",
     "load_observations",
     "load_observations_from",
+    "load_observation_windows",
+    "load_score_windows",
+    "load_scoring_models",
     "load_scores",
     "make_engine",
     "migrate",

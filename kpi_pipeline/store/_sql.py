@@ -198,3 +198,9 @@ def newest_ts_of_every_kpi(table: sa.Table) -> sa.Select:
         .where(names.c.kpi.is_not(None))
         .order_by(names.c.kpi)
     )
+
+
+def keyed_values(name: str, columns: Sequence[sa.ColumnClause], rows: Sequence[tuple]) -> sa.CTE:
+    """``rows`` as a CTE named ``name`` (``WITH name(columns) AS (VALUES ...)``), one row per
+    KPI of a batch, to join a table on; the same SQL on Postgres and SQLite."""
+    return sa.values(*columns, name=name).data(list(rows)).cte(name)

@@ -1,0 +1,150 @@
+"""The batched reads of the scoring step: per chunk of KPIs, one statement each for their
+observation windows, the model versions that can score their new points, and the stored scores
+an open event may continue from; the rows of every KPI of the chunk come back together.
+
+Each takes a mapping KPI -> bounds, sent as a ``VALUES`` list joined on the table's
+``(kpi, ts)`` / ``(kpi, kind, version)`` key, so the rows read follow the bounds, not the
+history, and the number of statements follows the number of chunks, not of KPIs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+
+import pandas as pd
+import sqlalchemy as sa
+
+from kpi_pipeline.store._convert import TimeLike, build_frame, to_utc
+from kpi_pipeline.store._sql import keyed_values, read_frame
+from kpi_pipeline.store.models import ModelRecord, _record
+from kpi_pipeline.store.observations import OBSERVATION_COLUMNS, load_observations
+from kpi_pipeline.store.schema import anomaly_scores, kpi_models, kpi_observations
+from kpi_pipeline.store.scores import SCORE_COLUMNS
+
+MODEL_ROWS_PER_FETCH = 64
+"""Registry rows fetched at a time by ``load_scoring_models``: its caller holds one KPI's
+models at a time, not a whole chunk's (today about 2 MB a KPI)."""
+
+
+def load_observation_windows(
+    engine: sa.Engine, since: Mapping[str, TimeLike | None]
+) -> pd.DataFrame:
+    """Per KPI of ``since``, its observations (kpi, ts, value) from the last one at or before
+    its ``since`` on (every one if None), sorted by kpi and ts: ``load_observations_from`` for
+    many KPIs in one statement (and one more for the KPIs read whole)."""
+    whole = [kpi for kpi, start in since.items() if start is None]
+    bounded = [(kpi, to_utc(start)) for kpi, start in since.items() if start is not None]
+    parts = [load_observations(engine, whole)] if whole else []
+    if bounded:
+        table = kpi_observations
+        wanted = keyed_values(
+            "wanted", [sa.column("kpi", sa.Text), sa.column("since", table.c.ts.type)], bounded
+        )
+        # The window starts on a stored point even when ``since`` falls inside a gap.
+        anchor = (
+            sa.select(sa.func.max(table.c.ts))
+            .where(table.c.kpi == wanted.c.kpi, table.c.ts <= wanted.c.since)
+            .scalar_subquery()
+        )
+        starts = sa.select(
+            wanted.c.kpi, sa.func.coalesce(anchor, wanted.c.since).label("start")
+        ).cte("starts")
+        query = (
+            sa.select(table.c.kpi, table.c.ts, table.c.value)
+            .join_from(starts, table, (table.c.kpi == starts.c.kpi) & (table.c.ts >= starts.c.start))
+            .order_by(table.c.kpi, table.c.ts)
+        )
+        parts.append(read_frame(engine, query, OBSERVATION_COLUMNS))
+    if not parts:
+        return build_frame([], OBSERVATION_COLUMNS)
+    frame = pd.concat(parts, ignore_index=True) if len(parts) > 1 else parts[0]
+    return frame.sort_values(["kpi", "ts"], ignore_index=True, kind="stable")
+
+
+def load_scoring_models(
+    engine: sa.Engine, spans: Mapping[str, tuple[TimeLike, TimeLike]], kind: str = "ensemble"
+) -> Iterator[tuple[str, list[ModelRecord]]]:
+    """Per KPI of ``spans`` that has some, the registry rows (every kind, artifacts included)
+    of the versions that can score its points from ``first`` to ``last``: the newest ``kind``
+    version trained before ``first`` and those trained from ``first`` to before ``last``.
+
+    One statement; yields one KPI at a time (sorted by KPI), its rows by training cutoff, then
+    time of training, then kind, while the rest are still being fetched.
+    """
+    if not spans:
+        return
+    table = kpi_models
+    wanted = keyed_values(
+        "wanted",
+        [
+            sa.column("kpi", sa.Text),
+            sa.column("first", table.c.train_end.type),
+            sa.column("last", table.c.train_end.type),
+        ],
+        [(kpi, to_utc(first), to_utc(last)) for kpi, (first, last) in spans.items()],
+    )
+    before_first = (
+        sa.select(sa.func.max(table.c.train_end))
+        .where(table.c.kpi == wanted.c.kpi, table.c.kind == kind,
+               table.c.train_end < wanted.c.first)
+        .scalar_subquery()
+    )
+    bounds = sa.select(
+        wanted.c.kpi,
+        sa.func.coalesce(before_first, wanted.c.first).label("start"),
+        wanted.c.last.label("end"),
+    ).cte("bounds")
+    query = (
+        sa.select(table)
+        .join_from(
+            bounds,
+            table,
+            (table.c.kpi == bounds.c.kpi)
+            & (table.c.train_end >= bounds.c.start)
+            & (table.c.train_end < bounds.c.end),
+        )
+        .order_by(table.c.kpi, table.c.train_end, table.c.trained_at, table.c.kind)
+    )
+    with engine.connect() as connection:
+        result = connection.execution_options(yield_per=MODEL_ROWS_PER_FETCH).execute(query)
+        kpi: str = ""
+        records: list[ModelRecord] = []
+        for row in result.mappings():
+            if row["kpi"] != kpi:
+                if records:
+                    yield kpi, records
+                kpi, records = str(row["kpi"]), []
+            records.append(_record(row))
+        if records:
+            yield kpi, records
+
+
+def load_score_windows(
+    engine: sa.Engine, spans: Mapping[str, tuple[TimeLike, TimeLike]]
+) -> pd.DataFrame:
+    """Per KPI of ``spans``, its stored scores with ``since <= ts <= until``, sorted by kpi
+    and ts: ``load_scores`` of many KPI windows in one statement."""
+    table = anomaly_scores
+    if not spans:
+        return build_frame([], SCORE_COLUMNS)
+    wanted = keyed_values(
+        "wanted",
+        [
+            sa.column("kpi", sa.Text),
+            sa.column("since", table.c.ts.type),
+            sa.column("until", table.c.ts.type),
+        ],
+        [(kpi, to_utc(since), to_utc(until)) for kpi, (since, until) in spans.items()],
+    )
+    query = (
+        sa.select(*(table.c[name] for name in SCORE_COLUMNS))
+        .join_from(
+            wanted,
+            table,
+            (table.c.kpi == wanted.c.kpi)
+            & (table.c.ts >= wanted.c.since)
+            & (table.c.ts <= wanted.c.until),
+        )
+        .order_by(table.c.kpi, table.c.ts)
+    )
+    return read_frame(engine, query, SCORE_COLUMNS)

@@ -1,0 +1,52 @@
+"""``kpi-pipeline bench`` at a tiny size: it builds its database, scores, retrains, and ends with
+its one-line summary."""
+
+import re
+
+import pandas as pd
+import sqlalchemy as sa
+from typer.testing import CliRunner
+
+from kpi_pipeline import store
+from kpi_pipeline.cli import app
+from kpi_pipeline.store import bench as bench_store
+
+SUMMARY = re.compile(
+    r"scoring: \d+\.\dx floor, history ratio \d+\.\d\d, peak RSS \d+ MiB, registry \d+ KB/KPI"
+)
+
+
+def test_bench_scores_every_kpi_and_ends_with_its_summary_line(pg_admin_engine):
+    server = pg_admin_engine.url.render_as_string(hide_password=False)
+    result = CliRunner().invoke(app, [
+        "bench", "--url", server, "--kpis", "3", "--days", "3", "--retrain-kpis", "1",
+        "--retrain-days", "2", "--keep",
+    ])
+    assert result.exit_code == 0, result.output
+    lines = result.output.strip().splitlines()
+    assert SUMMARY.fullmatch(lines[-1]), lines[-1]
+    kept = re.search(r"database kept: (\S+)", result.output).group(1)
+    engine = store.make_engine(kept)
+    try:
+        scores = store.load_scores(engine)
+        per_kpi = scores.groupby("kpi")
+        assert list(per_kpi.groups) == ["kpi_00000", "kpi_00001", "kpi_00002"]
+        # Loaded with COPY: 3 days of scored history, without bounds. Then the new point of
+        # each of the two scoring runs, scored by the product (bounds and all), on every KPI.
+        scored_by_runs = scores[scores["lower"].notna()]
+        assert (per_kpi.size() >= 3 * 24 + 2).all()
+        assert scored_by_runs.groupby("kpi").size().loc[["kpi_00000", "kpi_00001"]].eq(2).all()
+        history_end = scores.loc[scores["lower"].isna(), "ts"].max()
+        runs = scored_by_runs[scored_by_runs["ts"] <= history_end + pd.Timedelta(hours=2)]
+        assert len(runs) == 3 * 2 and runs["score"].notna().all()
+        # The registry KPI then had two simulated days, scored and retrained on each day.
+        assert per_kpi["ts"].max().loc["kpi_00002"] == history_end + pd.Timedelta(hours=2 + 48)
+        assert len(store.load_model_versions(engine, "kpi_00002", "ensemble")) == 3
+    finally:
+        engine.dispose()
+        bench_store.drop_database(kept)
+    with pg_admin_engine.connect() as connection:
+        name = sa.make_url(kept).database
+        assert not connection.exec_driver_sql(
+            "SELECT 1 FROM pg_database WHERE datname = %(name)s", {"name": name}
+        ).all()
