@@ -3,7 +3,7 @@
 #               and records it in the Dagster instance at .dagster_home (what `make dev` shows)
 #   make test   creates/reuses .venv, installs with test extras, makes sure Postgres is up and the
 #               system Chromium (the dashboard's browser test) and docker-compose (the deployment
-#               test) are installed, lints (ruff), runs the suite
+#               test) are installed, lints (ruff), type-checks (mypy), runs the suite
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -12,7 +12,7 @@ PYTEST_ARGS ?= -n 2
 # as Dagster requires. Set DAGSTER_HOME in the environment to use another one.
 DAGSTER_HOME ?= $(CURDIR)/.dagster_home
 
-.PHONY: run dev test lint postgres chromium docker-compose dashboard screenshots dataset evaluate evaluate-nab evaluate-sample clean
+.PHONY: run dev test lint typecheck postgres rabbitmq chromium docker-compose dashboard screenshots dataset evaluate evaluate-nab evaluate-sample clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -48,6 +48,11 @@ dev: $(VENV)/.installed $(DAGSTER_HOME)/dagster.yaml
 postgres:
 	bash scripts/ensure-postgres.sh
 
+# The broker of the celery test (two dagster-celery workers); never fails (that test then skips,
+# saying why).
+rabbitmq:
+	bash scripts/ensure-rabbitmq.sh
+
 # Debian's chromium for the dashboard's browser test; never fails (the test then skips, saying why).
 chromium:
 	bash scripts/ensure-chromium.sh
@@ -61,7 +66,11 @@ docker-compose:
 lint: $(VENV)/.installed-test
 	$(BIN)/ruff check kpi_pipeline kpi_pipeline_tests
 
-test: $(VENV)/.installed-test postgres chromium docker-compose lint
+# Types of the pure library and the store (see [tool.mypy] in pyproject.toml).
+typecheck: $(VENV)/.installed-test
+	$(BIN)/mypy kpi_pipeline/detection kpi_pipeline/store
+
+test: $(VENV)/.installed-test postgres rabbitmq chromium docker-compose lint typecheck
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 dashboard: $(VENV)/.installed
@@ -89,4 +98,4 @@ evaluate: $(VENV)/.installed
 	  --data minute=dataset/minute/kpi_data.csv
 
 clean:
-	rm -rf .kpi out .pytest_cache artifacts
+	rm -rf .kpi out .pytest_cache .mypy_cache artifacts

@@ -17,6 +17,7 @@ import pandas as pd
 import sqlalchemy as sa
 import typer
 from rich.table import Table
+from rich.text import Text
 
 from kpi_pipeline import pipeline, store
 from kpi_pipeline.alerts.cli import register as register_alerts
@@ -202,7 +203,11 @@ def backfill(
     config = DetectorConfig(prophet=ProphetConfig(holidays_country=settings.holiday_country))
     results = pipeline.backfill(
         engine, config, first, last, kpis=kpi or None, retrain_every=pd.Timedelta(retrain_every),
+        rescore_horizon=pd.Timedelta(settings.model_rescore_horizon()),
         progress=lambda line: console.print(line, markup=False),
+    )
+    store.record_kpi_outcomes(
+        engine, "scoring", {r.kpi: r.error for r in results if r.error}, [r.kpi for r in results]
     )
     scored = sum(r.scored for r in results)
     found = sum(r.anomalies for r in results)
@@ -268,7 +273,7 @@ def _materialize_all(url: str) -> dict:
         warnings.filterwarnings("ignore", module=r"dagster(\.|$)")  # beta notices, not for users
         import dagster as dg
 
-        from kpi_pipeline.defs.assets import ASSETS
+        from kpi_pipeline.defs.assets import ASSETS, every_shard_tags
         from kpi_pipeline.defs.resources import KpiStore
 
     progress = logging.getLogger(dg.get_dagster_logger().name)
@@ -286,6 +291,7 @@ def _materialize_all(url: str) -> dict:
                 resources={"store": KpiStore(database_url=url)},
                 run_config={"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}},
                 instance=instance,
+                tags=every_shard_tags(),
                 raise_on_error=False,
             )
     finally:
@@ -357,6 +363,60 @@ def anomalies(
         console.print("no anomalies found")
     else:
         console.print(_anomaly_table(found))
+
+
+@app.command()
+@friendly_errors
+def status(
+    ctx: typer.Context,
+    kpi: Annotated[list[str] | None, typer.Option(help="Only this KPI; repeat for several.",
+                                                   show_default=False)] = None,
+    output: Annotated[OutputFormat, typer.Option("--format", help="Output format.")] = (
+        OutputFormat.table
+    ),
+    check: Annotated[bool, typer.Option("--check", help="Exit with status 2 when a KPI is "
+                                        "failing (for monitoring).")] = False,
+) -> None:
+    """Each KPI's state: failing (and why), without a model, behind, or ok."""
+    from kpi_pipeline.status import kpi_status
+
+    engine = open_engine(ctx)
+    require_known_kpis(engine, kpi or [])
+    found = kpi_status(engine, kpi or None)
+    counts = found["state"].value_counts()
+    if output is OutputFormat.json:
+        typer.echo(found.to_json(orient="records", date_format="iso", indent=2))
+    elif output is OutputFormat.csv:
+        typer.echo(found.to_csv(index=False), nl=False)
+    elif found.empty:
+        console.print("no KPIs yet: load some with kpi-pipeline ingest FILE")
+    else:
+        console.print(_status_table(found))
+        console.print(", ".join(f"{int(counts.get(state, 0))} {state}" for state in
+                                ("ok", "behind", "no model", "failing")) + f" of {len(found)} KPIs")
+    if check and counts.get("failing", 0):
+        raise typer.Exit(2)
+
+
+def _status_table(found: pd.DataFrame) -> Table:
+    table = Table(box=None)
+    table.add_column("kpi", max_width=MAX_NAME_WIDTH, overflow="fold")
+    table.add_column("state", no_wrap=True)
+    for header in ("last point (UTC)", "last scored (UTC)", "model", "shard"):
+        table.add_column(header, no_wrap=True)
+    table.add_column("detail", max_width=2 * MAX_NAME_WIDTH, overflow="fold")
+
+    def when(value) -> str:
+        return "" if value is None or pd.isna(value) else value.strftime("%Y-%m-%d %H:%M")
+
+    for row in found.itertuples(index=False):
+        style = {"failing": "bold red", "no model": "yellow", "behind": "cyan"}.get(row.state)
+        # Names and reasons are the user's and the errors' text, never markup.
+        table.add_row(
+            Text(row.kpi), Text(row.state, style=style or ""), when(row.last_ts),
+            when(row.last_scored), _text(row.model_version), row.shard, Text(_text(row.detail)),
+        )
+    return table
 
 
 def _anomaly_table(found: pd.DataFrame) -> Table:

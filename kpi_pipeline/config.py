@@ -10,12 +10,23 @@ import datetime as dt
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import NonNegativeFloat, NonNegativeInt, PositiveInt, SecretStr, model_validator
+from pydantic import (
+    NonNegativeFloat,
+    NonNegativeInt,
+    PositiveFloat,
+    PositiveInt,
+    SecretStr,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 # The embedded default database lives beside the checkout so a new user needs no server.
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_SQLITE_PATH = PROJECT_ROOT / ".kpi" / "kpi.db"
+
+
+EXECUTORS = ("multiprocess", "in_process", "celery")
+"""The values of ``KPI_EXECUTOR``."""
 
 
 class Settings(BaseSettings):
@@ -42,6 +53,25 @@ class Settings(BaseSettings):
     """Timestamps further than this ahead of the moment of ingestion are rejected; forecasts and
     plans are not observations. An ISO 8601 duration (``P7D``, ``PT12H``) or ``HH:MM:SS``."""
 
+    # -- retention --------------------------------------------------------------------------
+    model_rescore_days: NonNegativeFloat = 7.0
+    """Re-scoring horizon of the model registry, in days before each KPI's newest scored point:
+    training keeps the versions that can score a point within it (and the newest), and
+    deletes the rest, so a KPI retrained daily keeps about this many + 1 (docs/models.md)."""
+
+    observation_retention_days: PositiveFloat | None = None
+    """``retention_job`` deletes observations older than this many days; unset: kept forever.
+    Never deleted: the points a KPI's registered models were trained on (so at least the
+    training windows within ``model_rescore_days``) and those of its newest anomaly event."""
+
+    score_retention_days: PositiveFloat | None = None
+    """``retention_job`` deletes scores older than this many days, with the same exceptions;
+    unset: kept forever."""
+
+    retention_cron: str = "45 3 * * *"
+    """When ``daily_retention_schedule`` runs ``retention_job``; it starts stopped unless a
+    retention above is set."""
+
     # -- automation: schedules and sensors (``dagster dev`` runs them) ---------------------------
     scoring_cron: str = "5 * * * *"
     """When ``hourly_scoring_schedule`` scores new points (cron, in ``schedule_timezone``)."""
@@ -59,6 +89,27 @@ class Settings(BaseSettings):
 
     automation_off: str = ""
     """Schedules and sensors that start stopped: comma-separated names, or ``all``."""
+
+    # -- execution: training shards and Dagster's executor -------------------------------------
+    training_shards: PositiveInt = 8
+    """KPI shards of the ``kpi_models`` asset's partitions (``shard-00`` ..): a KPI belongs to
+    shard ``crc32(name) mod training_shards``, so it stays in its shard whatever other KPIs
+    come and go. Each shard trains in its own run, in parallel with the others. About one shard
+    per 100-1,000 KPIs; changing it re-assigns KPIs (their models are kept)."""
+
+    executor: str = "multiprocess"
+    """Dagster executor of every job: ``multiprocess`` (steps in parallel processes),
+    ``in_process``, or ``celery`` (steps on ``dagster-celery`` workers; ``celery_broker``)."""
+
+    celery_broker: str = "pyamqp://guest:guest@127.0.0.1:5672//"
+    """Celery broker URL of the ``celery`` executor (RabbitMQ; Redis works too)."""
+
+    celery_backend: str = "rpc://"
+    """Celery result backend of the ``celery`` executor."""
+
+    celery_queue: str = "dagster"
+    """Celery queue the ``celery`` executor sends steps to; workers listen with ``-q``. Give
+    each deployment sharing a broker its own."""
 
     # -- alert channels: a channel without its settings is off ------------------------------------
     smtp_host: str = ""
@@ -167,6 +218,18 @@ class Settings(BaseSettings):
                 f"KPI_INGEST_LATEST_YEAR ({self.ingest_latest_year})"
             )
         return self
+
+    @model_validator(mode="after")
+    def _known_executor(self) -> Settings:
+        if self.executor not in EXECUTORS:
+            raise ValueError(
+                f"KPI_EXECUTOR is {self.executor!r}; known: {', '.join(EXECUTORS)}"
+            )
+        return self
+
+    def model_rescore_horizon(self) -> dt.timedelta:
+        """``model_rescore_days`` as a duration."""
+        return dt.timedelta(days=self.model_rescore_days)
 
     def resolved_database_url(self) -> str:
         if self.database_url:

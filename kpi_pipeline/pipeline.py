@@ -6,8 +6,9 @@ keep the no-look-ahead rule: a model is trained on a prefix of a series, and a p
 only by a model whose training window ended strictly before it. Training cleans everything
 stored (``load_cleaned``); scoring cleans only the new points and the context before them
 (``load_scoring_window``), so its cost grows with new points, not with history. Real-time
-scoring (``score_points``, behind the API's ``POST /v1/score``) is that scoring step on
-submitted points: the same detector rebuild, window and grid, nothing written.
+scoring (``api/realtime.py``, behind the API's ``POST /v1/score``) is that scoring step on
+submitted points: the same detector rebuild (``load_detector``), window and grid, nothing
+written.
 
 Model versions are the end of their training window formatted as ``VERSION_FORMAT``, so
 retraining on the same data rewrites the same registry rows instead of adding new ones.
@@ -15,10 +16,7 @@ retraining on the same data rewrites the same registry rows instead of adding ne
 
 from __future__ import annotations
 
-import math
-import pickle
-import time
-from collections import OrderedDict
+import dataclasses
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -28,26 +26,19 @@ import sqlalchemy as sa
 
 from kpi_pipeline import store
 from kpi_pipeline.detection.ensemble import (
-    SCORE_COLUMNS,
     DetectorConfig,
     EnsembleDetector,
     InsufficientHistory,
-    ScoringState,
     confident_anomalies,
 )
 from kpi_pipeline.detection.events import assign_events, open_event_from, summarize_events
-from kpi_pipeline.detection.features import build_features
 from kpi_pipeline.detection.preprocess import (
     Grid,
     clean_observations,
-    clean_series,
-    fill_between,
 )
 from kpi_pipeline.detection.walkforward import history_cutoffs, score_segment, walk_forward
 from kpi_pipeline.errors import describe_error
 from kpi_pipeline.ingestion import IngestResult
-from kpi_pipeline.store import serving
-from kpi_pipeline.store.notifications import HeardWrites, Token
 
 VERSION_FORMAT = "%Y%m%dT%H%M%SZ"
 
@@ -77,9 +68,12 @@ def store_ingested(engine: sa.Engine, result: IngestResult, source: str) -> stor
     return counts
 
 
-def load_cleaned(engine: sa.Engine) -> tuple[pd.DataFrame, dict[str, pd.Timedelta]]:
-    """Every stored observation, cleaned: ``(kpi, ts, value, filled, gap)`` rows and each step."""
-    return clean_observations(store.load_observations(engine))
+def load_cleaned(
+    engine: sa.Engine, kpis: list[str] | None = None
+) -> tuple[pd.DataFrame, dict[str, pd.Timedelta]]:
+    """Every stored observation (of ``kpis``, if given), cleaned: ``(kpi, ts, value, filled,
+    gap)`` rows and each KPI's step."""
+    return clean_observations(store.load_observations(engine, kpis))
 
 
 SCORING_SLACK_POINTS = 24
@@ -150,24 +144,7 @@ def _scoring_windows(
 def _registered_ensemble(model: store.ModelRecord) -> EnsembleDetector:
     """The detector of a registered ``ensemble`` row without its fitted components: enough to
     know its grid step and how many earlier points scoring needs."""
-    return pickle.loads(model.artifact)
-
-
-def feature_table(
-    cleaned: pd.DataFrame, frequencies: dict[str, pd.Timedelta], country: str
-) -> pd.DataFrame:
-    """The seed feature set of every KPI, long shape: ``kpi, ts, value`` then the features."""
-    parts = [
-        pd.concat(
-            [
-                rows[["kpi", "ts", "value"]].reset_index(drop=True),
-                build_features(rows["ts"], rows["value"], frequencies.get(str(kpi)), country),
-            ],
-            axis=1,
-        )
-        for kpi, rows in cleaned.groupby("kpi", sort=True)
-    ]
-    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
+    return EnsembleDetector.shell_from_artifact(model.artifact)
 
 
 # -- training -------------------------------------------------------------------------------
@@ -185,6 +162,9 @@ class KpiTraining:
     versions: tuple[str, ...] = ()
     """Versions written in this run, oldest first."""
     detail: str = ""
+    pruned: tuple[str, ...] = ()
+    """Versions deleted in this run because they can score nothing any more
+    (``prune_models``), oldest first."""
 
 
 def train_models(
@@ -193,9 +173,11 @@ def train_models(
     config: DetectorConfig,
     *,
     trained_at: pd.Timestamp | None = None,
+    rescore_horizon: pd.Timedelta | None = None,
     progress: Progress = _quiet,
 ) -> list[KpiTraining]:
-    """Train and register models for every KPI of ``cleaned``.
+    """Train and register models for every KPI of ``cleaned``, then prune the versions that
+    can score nothing any more (``prune_models``; ``rescore_horizon`` None: keep them all).
 
     A KPI without models has its history walked forward exactly as ``evaluate`` walks a series
     (``walkforward.walk_forward``): a version per training cutoff, each trained on the points
@@ -225,11 +207,30 @@ def train_models(
                     result = _retrain(engine, kpi, rows, cutoff, exclude, config, trained_at)
                 else:
                     result = KpiTraining(kpi, "up to date")
+            if rescore_horizon is not None:
+                pruned = prune_models(engine, kpi, last_scored.get(kpi), rescore_horizon)
+                result = dataclasses.replace(result, pruned=pruned)
         except Exception as error:  # noqa: BLE001 - one KPI's failure must not stop the others
             result = KpiTraining(kpi, "failed", detail=describe_error(error))
         progress(f"{kpi}: {_describe_training(result)}")
         results.append(result)
     return results
+
+
+def prune_models(
+    engine: sa.Engine, kpi: str, last_scored: pd.Timestamp | None, rescore_horizon: pd.Timedelta
+) -> tuple[str, ...]:
+    """Delete the versions of ``kpi`` that can score nothing any more; returns them.
+
+    Scoring gives each point the newest version trained strictly before it. Kept: every version
+    that can score a point after ``last_scored - rescore_horizon`` (the points not scored yet,
+    and those a backfill or re-scoring within the horizon may score again), which includes the
+    newest. A KPI never scored keeps everything: its walk-forward versions are about to score
+    its history. Per KPI this keeps the versions trained within the horizon, plus one.
+    """
+    if last_scored is None:
+        return ()
+    return tuple(store.prune_model_versions(engine, kpi, last_scored - rescore_horizon))
 
 
 def training_exclusions(
@@ -337,11 +338,13 @@ def _register(
 
 def _describe_training(result: KpiTraining) -> str:
     if result.status != "trained":
-        return f"{result.status} {result.detail}".strip()
-    if len(result.versions) == 1:
-        return f"trained version {result.versions[0]}"
-    first, last = result.versions[0], result.versions[-1]
-    return f"trained {len(result.versions)} versions ({first} .. {last})"
+        text = f"{result.status} {result.detail}".strip()
+    elif len(result.versions) == 1:
+        text = f"trained version {result.versions[0]}"
+    else:
+        first, last = result.versions[0], result.versions[-1]
+        text = f"trained {len(result.versions)} versions ({first} .. {last})"
+    return text + (f"; pruned {len(result.pruned)} old versions" if result.pruned else "")
 
 
 # -- scoring --------------------------------------------------------------------------------
@@ -614,9 +617,13 @@ def _detectors(
     }
 
 
+class NoModel(LookupError):
+    """The KPI exists but no (complete) model has been trained for it yet."""
+
+
 def load_detector(engine: sa.Engine, kpi: str, version: str) -> EnsembleDetector:
     """The fitted detector of version ``version`` of ``kpi``'s ensemble, rebuilt from its
-    registry rows (about a megabyte: an Isolation Forest is most of it)."""
+    registry rows (about 250 KB of arrays and JSON, docs/models.md)."""
     return detector_from_artifacts(kpi, version, store.model_artifacts(engine, kpi, version))
 
 
@@ -651,405 +658,6 @@ def _describe_scoring(result: KpiScoring) -> str:
     return "; ".join(parts)
 
 
-# -- real-time scoring ----------------------------------------------------------------------
-
-
-class UnknownKpi(LookupError):
-    """No observation, score or model of this KPI exists."""
-
-
-class NoModel(LookupError):
-    """The KPI exists but no (complete) model has been trained for it yet."""
-
-
-class PointsTooSpread(ValueError):
-    """The points lie so far apart that scoring them would mean scoring a huge empty grid."""
-
-
-@dataclass(frozen=True)
-class RealtimeScores:
-    kpi: str
-    model_version: str
-    columns: dict[str, np.ndarray]
-    """Per submitted point, in time order: the submitted ``ts`` and ``value``, then the
-    detector's ``SCORE_COLUMNS``."""
-
-    @property
-    def scores(self) -> pd.DataFrame:
-        """``columns`` as a frame."""
-        return pd.DataFrame(self.columns)[SCORE_COLUMNS]
-
-    def records(self) -> list[dict]:
-        """One dict per point, plain Python values, missing numbers as None (JSON has no NaN)."""
-        names = SCORE_COLUMNS
-        ts = self.columns["ts"]
-        if not isinstance(ts, list):
-            ts = pd.DatetimeIndex(ts).to_pydatetime()
-        listed = [ts] + [
-            np.asarray(self.columns[name]).tolist() for name in names[1:]
-        ]
-        return [
-            {name: (None if value != value else value) for name, value in zip(names, row)}
-            for row in zip(*listed)
-        ]
-
-
-def score_points(
-    engine: sa.Engine,
-    kpi: str,
-    points: pd.DataFrame,
-    max_points: int,
-    cache: ScoringCache | None = None,
-) -> RealtimeScores:
-    """Score ``points`` (columns ts, value; unique ts, any order) of ``kpi`` as the scoring
-    step would score them once stored, with the KPI's newest model; nothing is written.
-
-    The points are cleaned together with the stored observations before the first of them, on
-    the KPI's grid (its first timestamp and the model's step), so each gets the numbers
-    ``score_new_points`` later stores for it; an off-grid point gets those of the grid point it
-    falls on. The newest model is used whatever the points' timestamps, so scoring a point
-    older than its training window is in-sample. ``cache`` keeps detectors and the cleaned
-    newest observations between calls. Raises ``UnknownKpi``, ``NoModel``, or
-    ``PointsTooSpread`` when the points span more than ``2 * (max_points + context)`` steps.
-
-    While ``cache`` hears every write of observations and models (``ScoringCache.go_live``),
-    a KPI scored once is scored again without reading the database until one is written.
-    """
-    points = _in_time_order(points)
-    token = None
-    if cache is not None:
-        trusted = cache.trusted(kpi)
-        if trusted is not None:
-            return trusted.scorer.score(engine, points, max_points, trusted.tail)[0]
-        token = cache.token(kpi)  # before the reads: a write after it withholds the trust
-    version = serving.newest_model_version(engine, kpi)
-    if version is None:
-        if serving.kpi_exists(engine, kpi):
-            raise NoModel(f"no trained model for {kpi!r} yet (too little history, or training "
-                          "has not run)")
-        raise UnknownKpi(f"unknown KPI {kpi!r}")
-    if cache is None:
-        return _KpiScorer(kpi, version, load_detector(engine, kpi, version)).score(
-            engine, points, max_points
-        )[0]
-    scorer = cache.scorer(engine, kpi, version)
-    result, tail = scorer.score(engine, points, max_points)
-    cache.trust(kpi, scorer, tail, token)
-    return result
-
-
-def _in_time_order(points: pd.DataFrame) -> pd.DataFrame:
-    if points["ts"].is_monotonic_increasing:
-        return points.reset_index(drop=True)
-    return points.sort_values("ts", ignore_index=True)
-
-
-class ScoringCache(HeardWrites):
-    """What ``score_points`` keeps between calls, per (KPI, model version), least recently used
-    out first: the rebuilt detector and its KPI's newest observations, cleaned. Thread-safe.
-
-    A retrain makes a new version, whose entry is built on first use while the old one ages
-    out; the observations are re-read when new or changed ones land (see ``_KpiScorer``).
-
-    Each call checks that the KPI's newest model and observations are still those cached (two
-    probes of the database), unless the cache is live: a thread listening to the writes of
-    observations and models (``api.series_cache.ScoreWriteWatcher`` on
-    ``store.notifications.INPUTS_CHANNEL``) calls ``go_live`` once it hears every write, and
-    ``written`` with the KPIs of each write as it commits. Then the scorer a call checked, with
-    the observations it checked, is trusted for the KPI's next calls (``trusted``) until a
-    write of that KPI is heard (which also drops the KPI's scorers: a retrain can rewrite the
-    same version, an update need not move the probed watermark), unless one was heard while
-    the call read (``token``), and for at most ``TRUST_MAX_AGE_S``, a safety net for writes no
-    notification announces. ``go_dark`` (the listener lost) ends all trust.
-    """
-
-    def __init__(self, size: int) -> None:
-        super().__init__()
-        self.size = size
-        self._scorers: OrderedDict[tuple[str, str], _KpiScorer] = OrderedDict()
-        self._trusted: dict[str, _Trusted] = {}
-
-    def __len__(self) -> int:
-        return len(self._scorers)
-
-    def scorer(self, engine: sa.Engine, kpi: str, version: str) -> _KpiScorer:
-        key = (kpi, version)
-        with self._lock:
-            if key in self._scorers:
-                self._scorers.move_to_end(key)
-                return self._scorers[key]
-        scorer = _KpiScorer(kpi, version, load_detector(engine, kpi, version))
-        with self._lock:
-            self._scorers[key] = scorer
-            while len(self._scorers) > self.size:
-                (old_kpi, _), old = self._scorers.popitem(last=False)
-                if old_kpi in self._trusted and self._trusted[old_kpi].scorer is old:
-                    del self._trusted[old_kpi]
-        return scorer
-
-    def trusted(self, kpi: str) -> _Trusted | None:
-        """The scorer and observations trusted to be ``kpi``'s newest, if any (a use, for the
-        least-recently-used order)."""
-        with self._lock:
-            entry = self._trusted.get(kpi)
-            if entry is None:
-                return None
-            if time.monotonic() - entry.since > TRUST_MAX_AGE_S:
-                del self._trusted[kpi]
-                return None
-            key = (kpi, entry.scorer.version)
-            if key in self._scorers:
-                self._scorers.move_to_end(key)
-            return entry
-
-    def score_current(self, kpi: str, ns: np.ndarray, values: np.ndarray, stamps,
-                      max_points: int) -> RealtimeScores | None:
-        """``score_points`` with no database at all: points after the newest observation of a
-        KPI with a trusted scorer (``trusted``); None for anything else. For a caller that
-        must not block, such as an event loop: CPU only, well under a millisecond. The points
-        as arrays in time order: ``ns`` their timestamps in nanoseconds since the epoch,
-        ``stamps`` as the answer reports them."""
-        entry = self.trusted(kpi)
-        if entry is None:
-            return None
-        return entry.scorer.score_next(entry.tail, ns, values, stamps, max_points)
-
-    def trust(self, kpi: str, scorer: _KpiScorer, tail: _StoredTail, token: Token | None
-              ) -> None:
-        """Trust ``scorer`` with ``tail`` (the observations a call checked) for ``kpi``, if no
-        write of it was heard since ``token`` and the scorer is still cached."""
-        with self._lock:
-            if (self._unchanged_since(kpi, token)
-                    and self._scorers.get((kpi, scorer.version)) is scorer):
-                self._trusted[kpi] = _Trusted(scorer, tail, time.monotonic())
-
-    def _forget(self, kpi: str | None) -> None:
-        if kpi is None:
-            self._trusted.clear()
-            self._scorers.clear()
-            return
-        self._trusted.pop(kpi, None)
-        for key in [key for key in self._scorers if key[0] == kpi]:
-            del self._scorers[key]
-
-
-TRUST_MAX_AGE_S = 60.0
-"""How long a live ``ScoringCache`` trusts a KPI's checked model and observations without
-checking again, even if no write was heard: a bound for writes that no notification announces
-(triggers disabled after the listener checked them) and for a listener whose connection died
-silently (noticed within about a minute by TCP keepalives)."""
-
-
-@dataclass(frozen=True)
-class _Trusted:
-    scorer: _KpiScorer
-    tail: _StoredTail
-    """The observations the trusting call checked (the scorer's own may be replaced since)."""
-    since: float
-
-
-@dataclass(frozen=True)
-class _StoredTail:
-    """A KPI's newest stored observations, read and cleaned once for many scorings.
-
-    The observations from the last one at or before ``since`` (the newest one minus
-    ``scoring_reach``) are cleaned on ``grid``: from the slack on, the whole series' rows, as
-    ``load_scoring_window`` reads them. Points after the newest observation can only change the
-    cleaned rows from a few slots before it on (the short gap before it, interpolated towards
-    it, and its own slot, which a point may share), so the rows are split once, at an observed
-    slot ``SCORING_SLACK_POINTS`` before the newest: ``settled`` rows stay as cleaned, and the
-    observations from that slot on (``redo``) are cleaned again with the points. Valid while the
-    observations from ``since`` on still match ``watermark``.
-    """
-
-    watermark: serving.ObservationWatermark
-    since: pd.Timestamp | None
-    grid: Grid | None
-    last_slot: int
-    """The newest observation's grid slot."""
-    settled: pd.DataFrame
-    redo: pd.DataFrame
-    judged: ScoringState | None = None
-    """The detector's state after the whole cleaned tail (settled rows, then the redo rows
-    cleaned alone, which is what they stay while points come after the newest observation);
-    its last value is the cleaned value in the newest observation's slot."""
-
-
-class _KpiScorer:
-    """Real-time scoring with one model version of one KPI."""
-
-    def __init__(self, kpi: str, version: str, detector: EnsembleDetector) -> None:
-        self.kpi, self.version, self.detector = kpi, version, detector
-        self._tail: _StoredTail | None = None
-        self._step_ns = detector.freq_.value
-        self._context = detector.context_points
-
-    def score(self, engine: sa.Engine, points: pd.DataFrame, max_points: int,
-              tail: _StoredTail | None = None) -> tuple[RealtimeScores, _StoredTail]:
-        """Score ``points`` (in time order) after ``tail`` (known current; default: the cached
-        tail, checked); also returns the tail used."""
-        ns = pd.DatetimeIndex(points["ts"]).as_unit("ns").asi8
-        values = points["value"].to_numpy(dtype=float)
-        self._check_spread(int(ns[0]), int(ns[-1]), max_points)
-        first = points["ts"].iloc[0]
-        tail = tail or self._stored_tail(engine)
-        if tail.watermark.last_ts is None or first > tail.watermark.last_ts:
-            quick = self._quick(tail, ns, values, points["ts"].to_numpy())
-            if quick is not None:
-                return quick, tail
-            cleaned = self._after_stored(tail, points)
-        else:
-            cleaned = self._among_stored(engine, tail, points)
-        grid = Grid(cleaned["ts"].iloc[0], self.detector.freq_)
-        positions = grid.slots(points["ts"])
-        start, end = int(positions[0]), int(positions[-1]) + 1
-        scored = score_segment(
-            self.detector,
-            pd.DatetimeIndex(cleaned["ts"]),
-            cleaned["value"].to_numpy(dtype=float),
-            cleaned["gap"].to_numpy(dtype=bool),
-            start,
-            end,
-        )
-        chosen = scored.iloc[positions - start].reset_index(drop=True)
-        columns = {name: chosen[name].to_numpy() for name in SCORE_COLUMNS}
-        columns.update(ts=points["ts"].to_numpy(), value=values)
-        return RealtimeScores(self.kpi, self.version, columns), tail
-
-    def score_next(self, tail: _StoredTail, ns: np.ndarray, values: np.ndarray, stamps,
-                   max_points: int) -> RealtimeScores | None:
-        """``score`` from ``tail`` alone, if the points (``ns``: their timestamps as
-        nanoseconds since the epoch, increasing; ``stamps``: as the answer reports them) come
-        after it; no database, no pandas. None: use ``score``."""
-        self._check_spread(int(ns[0]), int(ns[-1]), max_points)
-        return self._quick(tail, ns, values, stamps)
-
-    def _quick(self, tail: _StoredTail, ns: np.ndarray, values: np.ndarray, stamps
-               ) -> RealtimeScores | None:
-        columns = self._next_points(tail, ns, values)
-        if columns is None:
-            return None
-        columns.update(ts=stamps, value=values)
-        return RealtimeScores(self.kpi, self.version, columns)
-
-    def _check_spread(self, first_ns: int, last_ns: int, max_points: int) -> None:
-        steps = int((last_ns - first_ns) / self._step_ns) + 1
-        limit = 2 * (max_points + self._context)
-        if steps > limit:
-            raise PointsTooSpread(
-                f"the points span {steps} steps of {self.detector.freq_}, more than {limit}: "
-                "send points closer together"
-            )
-
-    def _next_points(self, tail: _StoredTail, ns: np.ndarray, values: np.ndarray
-                     ) -> dict | None:
-        """The common case, scored from the tail's judged state: points after the newest
-        observation, on distinct grid slots, within the context of it. Only the slots from the
-        newest observation's on are cleaned (its value, the points, short gaps between them
-        interpolated) and only the new slots judged (``EnsembleDetector.score_after``), with the
-        numbers the general path gives (tested). Returns the score columns but ``ts`` and
-        ``value``; None: take the general path."""
-        if tail.judged is None:
-            return None
-        slots = tail.grid.slots_ns(ns.tolist())
-        first, last = slots[0], slots[-1]
-        listed = values.tolist()
-        # A point on a later slot is later than the newest observation (slots never decrease).
-        if (
-            first <= tail.last_slot
-            or last - tail.last_slot > INCREMENTAL_MAX_SLOTS
-            or not all(map(math.isfinite, listed))
-            or any(later <= earlier for earlier, later in zip(slots, slots[1:]))
-        ):
-            return None
-        stamps = tail.grid.stamps(tail.last_slot, last)  # from the newest observation's slot
-        if len(slots) == last - tail.last_slot:  # every slot after it taken: nothing to fill
-            scored = self.detector.score_after(tail.judged, stamps[1:], values)
-        else:  # gaps between them, cleaned as the general path would (from the newest value)
-            value, gap = fill_between(
-                [tail.last_slot, *slots], [float(tail.judged.y[-1]), *listed],
-                stamps.view(np.int64).tolist(),
-            )
-            scored = self.detector.score_after(
-                tail.judged, stamps[1:], value[1:], gap[1:],
-                report=[slot - tail.last_slot - 1 for slot in slots],
-            )
-        return {name: scored[name] for name in SCORE_COLUMNS[2:]}
-
-    def _stored_tail(self, engine: sa.Engine) -> _StoredTail:
-        """The cached tail if no observation from its ``since`` on was added or changed since
-        it was read (one probe of the index), else a fresh one."""
-        tail = self._tail
-        if tail is not None and tail.since is not None:
-            now = serving.observation_watermark(engine, self.kpi, tail.since)
-            if now == tail.watermark:
-                return tail
-        tail = self._read_tail(engine)
-        self._tail = tail
-        return tail
-
-    def _read_tail(self, engine: sa.Engine) -> _StoredTail:
-        newest = serving.newest_observation_ts(engine, self.kpi)
-        if newest is None:
-            nothing = pd.DataFrame(columns=["kpi", "ts", "value"])
-            return _StoredTail(
-                serving.ObservationWatermark(None, 0, None, None), None, None, -1, nothing, nothing
-            )
-        since = pd.Timestamp(newest) - scoring_reach(self.detector)
-        # The watermark is read before the rows: a write in between makes it stale, not wrong.
-        watermark = serving.observation_watermark(engine, self.kpi, since)
-        raw = store.load_observations_from(engine, self.kpi, since)
-        grid = Grid(pd.Timestamp(watermark.first_ts), self.detector.freq_)
-        raw_slots = grid.slots(raw["ts"])
-        last_slot = int(raw_slots[-1])
-        settled_slots = raw_slots[raw_slots <= last_slot - SCORING_SLACK_POINTS]
-        redo_from = settled_slots[-1] if len(settled_slots) else raw_slots[0]
-        cleaned = clean_series(raw, grid)
-        return _StoredTail(
-            watermark, since, grid, last_slot,
-            settled=cleaned[grid.slots(cleaned["ts"]) < redo_from],
-            redo=raw[raw_slots >= redo_from],
-            judged=self.detector.prepare(
-                cleaned["ts"], cleaned["value"].to_numpy(dtype=float), ahead=INCREMENTAL_MAX_SLOTS
-            ),
-        )
-
-    def _after_stored(self, tail: _StoredTail, points: pd.DataFrame) -> pd.DataFrame:
-        """The cleaned series up to the points, all later than every stored observation: the
-        tail's settled rows, then its last observations cleaned again with the points."""
-        if tail.grid is None:  # no history: the points alone, on their own grid
-            return clean_series(points, Grid(points["ts"].iloc[0], self.detector.freq_))
-        context = self.detector.context_points
-        first_slot = int(tail.grid.slots(points["ts"].iloc[:1])[0])
-        if first_slot - tail.last_slot > context:
-            # Silent for longer than the context: every context slot is part of one long gap.
-            start = tail.grid.origin + (first_slot - context) * tail.grid.step
-            silence = pd.DataFrame(
-                {
-                    "ts": pd.date_range(start, periods=context, freq=tail.grid.step),
-                    "value": np.nan,
-                    "filled": False,
-                    "gap": True,
-                }
-            )
-            return pd.concat([silence, clean_series(points, tail.grid)], ignore_index=True)
-        fresh = clean_series(pd.concat([tail.redo, points]), tail.grid)
-        return pd.concat([tail.settled, fresh], ignore_index=True)
-
-    def _among_stored(
-        self, engine: sa.Engine, tail: _StoredTail, points: pd.DataFrame
-    ) -> pd.DataFrame:
-        """The cleaned series up to the points, read for them: the stored observations before
-        the first point (the later ones are left out) and the points, as the scoring window
-        would read them."""
-        first = points["ts"].iloc[0]
-        stored = store.load_observations_from(
-            engine, self.kpi, first - scoring_reach(self.detector), before=first
-        )
-        origin = min(tail.grid.origin, first)  # points before the history start its grid
-        return clean_series(pd.concat([stored, points]), Grid(origin, self.detector.freq_))
-
-
 # -- events ---------------------------------------------------------------------------------
 
 
@@ -1069,9 +677,11 @@ def backfill(
     *,
     kpis: list[str] | None = None,
     retrain_every: pd.Timedelta = pd.Timedelta(days=1),
+    rescore_horizon: pd.Timedelta | None = None,
     progress: Progress = _quiet,
 ) -> list[KpiScoring]:
-    """Train and score the points with ``since <= ts <= until`` as the schedules would have.
+    """Train and score the points with ``since <= ts <= until`` as the schedules would have
+    (``rescore_horizon``: as ``train_models`` prunes).
 
     KPIs without models first get walk-forward versions over their history up to ``until``.
     Then the range is replayed in steps of ``retrain_every``: score the step's new points, then
@@ -1088,13 +698,14 @@ def backfill(
     untrained = sorted(set(cleaned["kpi"]) - store.trained_kpis(engine))
     if untrained:
         progress(f"walk-forward training of {', '.join(untrained)} up to {until}")
-        train_models(engine, cleaned[cleaned["kpi"].isin(untrained)], config, progress=progress)
+        train_models(engine, cleaned[cleaned["kpi"].isin(untrained)], config,
+                     rescore_horizon=rescore_horizon, progress=progress)
     totals: dict[str, KpiScoring] = {}
     start = max(since, cleaned["ts"].min())
     for end in _step_ends(start, until, retrain_every):
         part = cleaned[cleaned["ts"] <= end]
         step = score_new_points(engine, part, since=since)
-        train_models(engine, part, config)
+        train_models(engine, part, config, rescore_horizon=rescore_horizon)
         for result in step:
             totals[result.kpi] = _add_scoring(totals.get(result.kpi), result)
         scored = sum(r.scored for r in step)
@@ -1126,52 +737,3 @@ def _add_scoring(total: KpiScoring | None, step: KpiScoring) -> KpiScoring:
         error=step.error or total.error,
         outages=total.outages + step.outages,
     )
-
-
-# -- data quality ---------------------------------------------------------------------------
-
-QUALITY_COLUMNS = [
-    "kpi", "last_ts", "frequency", "age", "duplicate_timestamps", "recent_points", "missing_points"
-]
-
-
-def data_quality(
-    engine: sa.Engine, *, recent_points: int, now: pd.Timestamp | None = None
-) -> pd.DataFrame:
-    """Per KPI, what the data-quality checks judge.
-
-    ``last_ts`` / ``age``: the newest observation and how old it is at ``now``; ``frequency``:
-    the inferred sampling interval (NaT for a single point); ``duplicate_timestamps``: stored
-    observations that fall on a grid slot another one already holds (e.g. 10:00 and 10:00:30
-    in an hourly series), which cleaning averages away; ``missing_points``: points of the
-    last ``recent_points`` grid slots with no observation (interpolated or a gap).
-    """
-    now = now if now is not None else pd.Timestamp.now("UTC")
-    observations = store.load_observations(engine)
-    cleaned, frequencies = clean_observations(observations)
-    rows = []
-    for kpi, raw in observations.groupby("kpi", sort=True):
-        kpi = str(kpi)
-        frequency = frequencies.get(kpi)
-        recent = cleaned[cleaned["kpi"] == kpi].tail(recent_points)
-        last = raw["ts"].max()
-        rows.append(
-            {
-                "kpi": kpi,
-                "last_ts": last,
-                "frequency": frequency if frequency is not None else pd.NaT,
-                "age": now - last,
-                "duplicate_timestamps": _grid_collisions(raw["ts"], frequency),
-                "recent_points": len(recent),
-                "missing_points": int((recent["filled"] | recent["gap"]).sum()),
-            }
-        )
-    return pd.DataFrame(rows, columns=QUALITY_COLUMNS)
-
-
-def _grid_collisions(ts: pd.Series, frequency: pd.Timedelta | None) -> int:
-    """Timestamps that snap to a grid slot already taken (the grid cleaning puts them on)."""
-    if frequency is None:
-        return 0
-    slots = Grid(ts.min(), frequency).slots(ts)
-    return int(len(slots) - len(np.unique(slots)))

@@ -3,6 +3,8 @@ completes, in training, scoring, backfill, a Dagster materialisation, ``run`` an
 and a minute-level KPI with a multi-day outage is trained on its usable points, its later spike
 is caught, and the outage is one event."""
 
+import json
+
 import dagster as dg
 import numpy as np
 import pandas as pd
@@ -11,7 +13,7 @@ from typer.testing import CliRunner
 
 from kpi_pipeline import pipeline, store
 from kpi_pipeline.cli import app
-from kpi_pipeline.defs.assets import ASSETS
+from kpi_pipeline.defs.assets import ASSETS, every_shard_tags
 from kpi_pipeline.defs.resources import KpiStore
 from kpi_pipeline.detection.ensemble import DetectorConfig
 from kpi_pipeline.evaluation import runner
@@ -91,7 +93,7 @@ def test_a_materialisation_succeeds_and_a_per_kpi_check_names_the_failure(
     engine, sqlite_url, monkeypatch
 ):
     fail_for(monkeypatch, "_train_history", "orders")
-    result = dg.materialize(ASSETS, resources={"store": KpiStore(database_url=sqlite_url)})
+    result = dg.materialize(ASSETS, resources={"store": KpiStore(database_url=sqlite_url)}, tags=every_shard_tags())
 
     assert result.success
     [check] = [c for c in result.get_asset_check_evaluations()
@@ -109,6 +111,49 @@ def test_run_completes_the_other_kpis_and_names_the_failed_one(engine, sqlite_ur
     assert result.exit_code == 0, result.output
     assert "failed: sessions: RuntimeError: sessions is broken" in result.output
     assert scored_kpis(engine) == {"orders"}
+
+
+def test_status_shows_a_failing_kpi_with_its_reason_until_it_succeeds(
+    engine, sqlite_url, monkeypatch
+):
+    runner_ = CliRunner()
+    with monkeypatch.context() as patch:
+        fail_for(patch, "_train_history", "sessions")
+        assert runner_.invoke(app, ["--database-url", sqlite_url, "run"]).exit_code == 0
+
+    failing = runner_.invoke(app, ["--database-url", sqlite_url, "status", "--check"])
+    assert failing.exit_code == 2, failing.output
+    assert "sessions" in failing.output and "RuntimeError: sessions is broken" in failing.output
+    assert "1 ok, 0 behind, 0 no model, 1 failing of 2 KPIs" in failing.output
+    [row] = store.load_kpi_failures(engine).itertuples(index=False)
+    assert (row.kpi, row.stage, row.attempts) == ("sessions", "training", 1)
+
+    # The fit works again: the next run trains it and the failure is gone.
+    assert runner_.invoke(app, ["--database-url", sqlite_url, "run"]).exit_code == 0
+    healthy = runner_.invoke(app, ["--database-url", sqlite_url, "status", "--check",
+                                   "--format", "json"])
+    assert healthy.exit_code == 0, healthy.output
+    states = {row["kpi"]: row["state"] for row in json.loads(healthy.output)}
+    assert states == {"orders": "ok", "sessions": "ok"}
+    assert store.load_kpi_failures(engine).empty
+
+
+def test_kpi_outcomes_count_attempts_keep_the_first_failure_and_clear_on_success(engine):
+    first, second = pd.Timestamp("2026-01-01", tz="UTC"), pd.Timestamp("2026-01-02", tz="UTC")
+    store.record_kpi_outcomes(engine, "scoring", {"orders": "boom"}, ["orders", "sessions"],
+                              at=first)
+    store.record_kpi_outcomes(engine, "scoring", {"orders": "boom"}, ["orders"], at=first)
+    store.record_kpi_outcomes(engine, "scoring", {"orders": "bang"}, ["orders"], at=second)
+    [row] = store.load_kpi_failures(engine).itertuples(index=False)
+    assert (row.reason, row.attempts, row.failing_since, row.last_failed_at) == (
+        "bang", 2, first, second)
+
+    store.record_kpi_outcomes(engine, "training", {}, ["orders"])  # another stage: no effect
+    assert len(store.load_kpi_failures(engine)) == 1
+    store.record_kpi_outcomes(engine, "scoring", {}, ["orders"])
+    assert store.load_kpi_failures(engine).empty
+    with pytest.raises(ValueError, match="unknown stage"):
+        store.record_kpi_outcomes(engine, "cleaning", {}, [])
 
 
 def test_evaluate_reports_a_failed_series_and_writes_its_summary(tmp_path, monkeypatch):
@@ -193,7 +238,7 @@ def test_a_minute_level_outage_through_a_materialisation(minute_csv, sqlite_url)
     engine = pipeline.open_store(sqlite_url)
     try:
         pipeline.store_ingested(engine, read_observations_csv(minute_csv), source="test")
-        result = dg.materialize(ASSETS, resources={"store": KpiStore(database_url=sqlite_url)})
+        result = dg.materialize(ASSETS, resources={"store": KpiStore(database_url=sqlite_url)}, tags=every_shard_tags())
         assert result.success
         assert all(c.passed for c in result.get_asset_check_evaluations())
         assert_outage_is_one_event_and_the_spike_is_caught(engine)

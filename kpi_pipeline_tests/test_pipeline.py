@@ -5,6 +5,7 @@ import pandas as pd
 import pytest
 import sqlalchemy as sa
 
+from kpi_pipeline.api import realtime
 from kpi_pipeline import pipeline, store
 from kpi_pipeline.store import schema
 from kpi_pipeline.detection.ensemble import DetectorConfig, EnsembleDetector
@@ -427,21 +428,21 @@ def test_realtime_scores_equal_what_the_scoring_step_stores(pg_url, stored_hours
     store.upsert_observations(engine, observations[hour < stored_hours], "test")
     pipeline.train_models(engine, pipeline.load_cleaned(engine)[0], SHORT_CONTEXT)
     _score(engine)
-    cache = pipeline.ScoringCache(size=2)
+    cache = realtime.ScoringCache(size=2)
     first_new = stored_hours + silence_hours
     new = observations[hour.between(first_new, first_new + 5)][["ts", "value"]]
     old = observations[hour.between(stored_hours - 10, stored_hours - 5)][["ts", "value"]]
 
-    realtime = pipeline.score_points(engine, "orders", new.iloc[::-1], 100, cache)
-    again = pipeline.score_points(engine, "orders", new, 100, cache)  # from the cached context
-    replayed = pipeline.score_points(engine, "orders", old, 100)  # points among stored ones
+    scored = realtime.score_points(engine, "orders", new.iloc[::-1], 100, cache)
+    again = realtime.score_points(engine, "orders", new, 100, cache)  # from the cached context
+    replayed = realtime.score_points(engine, "orders", old, 100)  # points among stored ones
     store.upsert_observations(engine, new.assign(kpi="orders"), "test")
     _score(engine)
 
     stored = store.load_scores(engine, ["orders"])
     assert stored["ts"].dt.minute.eq(10).all()  # scored on the series' own grid
-    columns = [name for name in realtime.scores.columns if name != "ts"]
-    for result, points in ((realtime, new), (again, new), (replayed, old)):
+    columns = [name for name in scored.scores.columns if name != "ts"]
+    for result, points in ((scored, new), (again, new), (replayed, old)):
         assert result.scores["ts"].tolist() == points["ts"].tolist()
         slots = stored["ts"].isin(points["ts"].dt.round("h") + pd.Timedelta(minutes=10))
         expected = stored.loc[slots, columns].reset_index(drop=True)
@@ -449,5 +450,39 @@ def test_realtime_scores_equal_what_the_scoring_step_stores(pg_url, stored_hours
             result.scores[columns], expected, check_exact=True, check_dtype=False
         )
     if first_new <= IRREGULAR_SPIKE_HOUR <= first_new + 5:
-        assert realtime.scores["is_anomaly"].any()
+        assert scored.scores["is_anomaly"].any()
     engine.dispose()
+
+
+def test_daily_retrains_keep_the_registry_bounded_and_every_point_scoreable(engine):
+    """30 daily retrains with a 3-day re-scoring horizon leave at most 3 + 2 versions, and the
+    points within the horizon score again as they did."""
+    horizon = pd.Timedelta(days=3)
+    observations = _orders(40)
+    day = observations["ts"].dt.floor("D")
+    first_day = day.min()
+    store.upsert_observations(engine, observations[day < first_day + pd.Timedelta(days=10)], "t")
+    counts = []
+    for elapsed in range(10, 41):
+        cleaned, _ = pipeline.load_cleaned(engine)
+        trained = pipeline.train_models(engine, cleaned, CONFIG, rescore_horizon=horizon)
+        assert [r.status for r in trained] != ["failed"], trained
+        counts.append(len(store.load_model_versions(engine, "orders", "ensemble", artifacts=False)))
+        _score(engine)
+        store.upsert_observations(
+            engine, observations[day == first_day + pd.Timedelta(days=elapsed)], "t")
+    assert max(counts[5:]) <= horizon.days + 2, counts
+    assert counts[-1] == counts[-2]  # steady: one version in, one out
+
+    # Every point within the horizon is scored again, identically, with the models kept.
+    last_scored = store.last_scored_ts(engine)["orders"]
+    since = last_scored - horizon
+    before = store.load_scores(engine, ["orders"], since=since)
+    with engine.begin() as connection:
+        deleted = connection.execute(sa.text("DELETE FROM anomaly_scores WHERE ts >= :since"),
+                                     {"since": since.to_pydatetime()}).rowcount
+    assert deleted == len(before) == 3 * 24 + 1
+    pipeline.score_new_points(engine, pipeline.load_cleaned(engine)[0])
+    after = store.load_scores(engine, ["orders"], since=since)
+    pd.testing.assert_frame_equal(after.drop(columns=["scored_at"]),
+                                  before.drop(columns=["scored_at"]))

@@ -44,6 +44,12 @@ class Anomaly:
         return (self.value - self.expected) / abs(self.expected)
 
     @property
+    def kind(self) -> str:
+        """``outage`` for the first missing slot of a stretch of missing data (flagged ``gap``:
+        the KPI stopped reporting), else ``anomaly``."""
+        return "outage" if self.flagged_by == "gap" else "anomaly"
+
+    @property
     def rank(self) -> int:
         return severity_rank(self.severity)
 

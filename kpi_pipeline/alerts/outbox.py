@@ -1,5 +1,12 @@
 """Turning anomalies into alerts without losing or repeating any: the ``alert_deliveries`` outbox.
 
+``queue_news`` is one evaluation of the anomaly check: it judges the anomalies scored since the
+previous evaluation recorded in the store (``news.select_news``), queues the news with
+``enqueue`` and records where it stopped, all in one transaction that no other evaluation
+overlaps. Where the next evaluation starts is kept in the store, not in Dagster: a new Dagster
+instance neither loses news nor alerts history again, and a failed, retried or concurrent
+evaluation queues nothing twice.
+
 ``enqueue`` decides, for each anomaly and each (channel, recipient) its routes name, whether to
 alert: too old or within a cooldown is recorded as ``suppressed``, everything else as
 ``pending``. Nothing is sent there, and an anomaly already recorded for a recipient is skipped,
@@ -8,8 +15,8 @@ so re-evaluating a check or rerunning a scoring run records nothing new.
 ``deliver`` claims the due pending rows, sends each message once (rows sharing a message key
 form one digest) and records the outcome: ``sent``; ``failed`` for a configuration error, which
 is reported and not retried; or still ``pending`` with the time of the next try (exponential
-backoff, or the service's ``Retry-After``) when the channel is down, so a later evaluation
-delivers it. Only a crash between a successful send and its ``sent`` mark can repeat an alert;
+backoff, or the service's ``Retry-After``) when the channel is down, so a later call delivers
+it. Only a crash between a successful send and its ``sent`` mark can repeat an alert;
 emails then carry the same Message-ID.
 """
 
@@ -30,6 +37,7 @@ from kpi_pipeline import store
 from kpi_pipeline.alerts.anomaly import Anomaly, severity_rank
 from kpi_pipeline.alerts.channels import AlertChannel, DeliveryError
 from kpi_pipeline.alerts.messages import Message, render
+from kpi_pipeline.alerts.news import News, select_news
 from kpi_pipeline.alerts.policy import AlertPolicy
 from kpi_pipeline.alerts.routing import Routing
 
@@ -49,6 +57,18 @@ class Enqueued:
     already_recorded: int = 0
 
 
+@dataclass(frozen=True)
+class Evaluation:
+    """What one ``queue_news`` judged and queued."""
+
+    scored_after: pd.Timestamp | None
+    """The previous evaluation's ``scored_until`` (None: there was none)."""
+    scored_until: pd.Timestamp | None
+    """The newest ``scored_at`` judged (None: nothing is scored yet)."""
+    news: News
+    enqueued: Enqueued
+
+
 @dataclass
 class Delivered:
     """What ``deliver`` did, in outbox rows (a digest is one message for several rows)."""
@@ -63,8 +83,51 @@ class Delivered:
     errors: list[str] = field(default_factory=list)
 
 
-def enqueue(
+def queue_news(
     engine: sa.Engine,
+    *,
+    batch: str,
+    channels: Mapping[str, AlertChannel],
+    policy: AlertPolicy,
+    silent_reason: str | None = None,
+    routing: Routing | None = None,
+) -> Evaluation:
+    """Judge the anomalies scored since the previous evaluation and queue alerts for the news.
+
+    ``batch`` names this evaluation (the check's run id); ``silent_reason`` (from
+    ``news.silent_run_reason``) records everything silently. Anomalies with ``scored_at`` after
+    the store's last evaluation and up to the newest score are judged; before the first
+    evaluation ever, everything scored so far is history. An evaluation that finds nothing
+    scored since the previous one records nothing.
+    """
+    with store.alert_evaluation(engine) as connection:
+        after = store.last_evaluated_until(connection)
+        newest = store.scoring_watermark(connection)
+        until = max((t for t in (after, newest) if t is not None), default=None)
+        if until is None or until == after:
+            return Evaluation(after, until, News(alert=[]), Enqueued())
+        scored = store.load_anomalies_scored(connection, after, until)
+        news = select_news(
+            scored,
+            watermark=after,
+            first_scored=store.first_scored_at(connection, set(scored["kpi"])),
+            silences=store.load_silences(connection),
+            silent_reason=silent_reason,
+            alert_on_history=policy.alert_on_history,
+        )
+        enqueued = enqueue(
+            connection, news.alert, batch=batch, channels=channels, policy=policy,
+            routing=routing,
+        )
+        store.record_alert_evaluation(
+            connection, batch=batch, scored_after=after, scored_until=until,
+            alerted=len(news.alert), recorded_silently=news.silent,
+        )
+    return Evaluation(after, until, news, enqueued)
+
+
+def enqueue(
+    bind: sa.Engine | sa.Connection,
     anomalies: Sequence[Anomaly],
     *,
     batch: str,
@@ -75,8 +138,9 @@ def enqueue(
 ) -> Enqueued:
     """Record an outbox row for each (anomaly, channel, recipient) its routes name.
 
-    ``batch`` names the check evaluation (its run id) the anomalies come from; when it gives one
-    recipient more than ``policy.digest_threshold`` alerts, they share one digest message.
+    ``bind``: an engine, or the connection of an evaluation in progress. ``batch`` names the
+    check evaluation (its run id) the anomalies come from; when it gives one recipient more
+    than ``policy.digest_threshold`` alerts, they share one digest message.
     """
     result = Enqueued()
     if not anomalies:
@@ -86,7 +150,7 @@ def enqueue(
     on = {name: ch.default_recipients() for name, ch in channels.items() if ch.is_configured}
     cooldown = policy.cooldown
     recent = store.load_recent_deliveries(
-        engine, {a.kpi for a in anomalies}, min(a.ts for a in anomalies) - cooldown
+        bind, {a.kpi for a in anomalies}, min(a.ts for a in anomalies) - cooldown
     )
     recorded = set(zip(recent["kpi"], recent["ts"], recent["channel"], recent["recipient"]))
     # Per (kpi, channel, recipient): (ts, severity rank) of alerts that did or will go out.
@@ -109,7 +173,7 @@ def enqueue(
                 suppressed[reason] += 1
             rows.append(_outbox_row(anomaly, channel, recipient, batch, reason))
     _assign_digests(rows, batch, policy.digest_threshold)
-    store.record_deliveries(engine, rows)
+    store.record_deliveries(bind, rows)
     result.pending = sum(row["status"] == "pending" for row in rows)
     result.suppressed = dict(suppressed)
     return result

@@ -14,7 +14,17 @@ routes:
     min_severity: critical
     channels:
       sms:                    # empty: the channel's default recipients (KPI_ALERT_SMS_TO)
+  - name: collectors down
+    kpis: ["*_rpm"]
+    events: [outage]          # anomaly | outage (default: both)
+    min_severity: low
+    channels:
+      sms: ["+15550001111"]
 ```
+
+An outage (a KPI that stopped reporting: the first missing slot of a long gap, flagged ``gap``,
+severity high) is one alert per outage; ``events`` sends outages and anomalies to different
+people.
 
 Without a file only the default route applies. A route naming a channel that is off is skipped.
 """
@@ -32,6 +42,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from kpi_pipeline.alerts.anomaly import Anomaly, severity_rank
 
 Channel = Literal["email", "slack", "sms"]
+Event = Literal["anomaly", "outage"]
 Severity = Literal["low", "medium", "high", "critical"]
 
 
@@ -45,10 +56,14 @@ class Route(BaseModel):
     min_severity: Severity = "high"
     channels: dict[Channel, list[str] | None]
     """Recipients per channel; None (an empty entry) means the channel's default recipients."""
+    events: list[Event] = Field(default_factory=lambda: ["anomaly", "outage"], min_length=1)
+    """What the route sends: anomalies, outages (missing data), or both."""
 
     def matches(self, anomaly: Anomaly) -> bool:
-        return anomaly.rank >= severity_rank(self.min_severity) and any(
-            fnmatch.fnmatchcase(anomaly.kpi, pattern) for pattern in self.kpis
+        return (
+            anomaly.kind in self.events
+            and anomaly.rank >= severity_rank(self.min_severity)
+            and any(fnmatch.fnmatchcase(anomaly.kpi, pattern) for pattern in self.kpis)
         )
 
 

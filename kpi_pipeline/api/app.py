@@ -25,7 +25,7 @@ from kpi_pipeline.api.series_cache import CONFIGURED_OFF, ScoreWriteWatcher
 from kpi_pipeline.api.state import ApiState
 from kpi_pipeline.config import Settings, get_settings
 from kpi_pipeline.errors import first_line
-from kpi_pipeline.pipeline import ScoringCache
+from kpi_pipeline.api.realtime import ScoringCache
 from kpi_pipeline.store import notifications, serving
 
 logger = logging.getLogger("kpi_pipeline.api")
@@ -130,7 +130,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         ))
     if listens:
         # Real-time scoring checks its cached models and observations without the database
-        # while this listener hears their writes (see pipeline.ScoringCache).
+        # while this listener hears their writes (see realtime.ScoringCache).
         watchers.append(ScoreWriteWatcher(
             state.scorers,
             partial(notifications.ScoreWriteListener, state.engine,

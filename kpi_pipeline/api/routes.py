@@ -19,6 +19,7 @@ import sqlalchemy as sa
 from fastapi import APIRouter, Depends, Path, Query, Request
 from fastapi.responses import JSONResponse, Response
 
+from kpi_pipeline.api import realtime
 from kpi_pipeline import pipeline, store
 from kpi_pipeline.api.context import current_request_id
 from kpi_pipeline.api.errors import AUTH_RESPONSES, ERROR_RESPONSES, ApiError, InvalidInput
@@ -354,13 +355,13 @@ async def score(http: Request, request: ScoreRequest) -> Response:
         if result is None:
             points = _points_frame(stamps, values)
             result = await api.scoring(
-                pipeline.score_points, api.engine, request.kpi, points, limit, api.scorers
+                realtime.score_points, api.engine, request.kpi, points, limit, api.scorers
             )
-    except pipeline.UnknownKpi as error:
+    except realtime.UnknownKpi as error:
         raise ApiError(404, str(error)) from None
-    except pipeline.NoModel as error:
+    except realtime.NoModel as error:
         raise ApiError(409, str(error), code="no_model") from None
-    except pipeline.PointsTooSpread as error:
+    except realtime.PointsTooSpread as error:
         raise InvalidInput(str(error), ["body", "points"]) from None
     persisted = None
     if request.persist:

@@ -319,7 +319,7 @@ class ScoreResponse(BaseModel):
 SCORE_RESPONSE_JSON = RowSerializer(
     row_schema(ScoreResponse, points=list[row_schema(RealtimePoint)])
 )
-"""``{"kpi", "model_version", "points": pipeline.RealtimeScores.records(), "persisted"}`` as a
+"""``{"kpi", "model_version", "points": realtime.RealtimeScores.records(), "persisted"}`` as a
 ``ScoreResponse``."""
 
 

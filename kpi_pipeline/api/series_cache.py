@@ -212,7 +212,7 @@ class ScoreWriteWatcher:
     """The thread that keeps a ``SeriesCache`` in step with the store: it listens to score
     writes (``listen()``: a context manager giving a connected ``Listener``) and forgets each
     KPI written; without a listener the cache is dark. Reconnects with exponential backoff.
-    (The same for any ``HeardWrites`` and channel: ``pipeline.ScoringCache`` follows the
+    (The same for any ``HeardWrites`` and channel: ``realtime.ScoringCache`` follows the
     writes of observations and models; ``name`` and ``source`` word its log lines.)
 
     Each time it starts listening, it first warms the (empty) cache, if given ``warm``: it loads

@@ -16,7 +16,7 @@ from kpi_pipeline.api.auth import ApiKeys
 from kpi_pipeline.api.series_cache import SeriesCache
 from kpi_pipeline.api.snapshot import LatestScoreSnapshot
 from kpi_pipeline.config import Settings
-from kpi_pipeline.pipeline import ScoringCache
+from kpi_pipeline.api.realtime import ScoringCache
 from kpi_pipeline.store import serving
 
 T = TypeVar("T")

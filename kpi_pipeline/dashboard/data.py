@@ -64,8 +64,16 @@ def sparklines(
 
 
 @st.cache_data(ttl=TTL, show_spinner=False)
-def severity_counts(url: str, since: pd.Timestamp, until: pd.Timestamp) -> dict[str, int]:
-    return store.severity_counts(engine(url), since=since, until=until)
+def kpi_failures(url: str) -> pd.DataFrame:
+    """The KPIs whose training or scoring failed in their last attempt, with the reason."""
+    return store.load_kpi_failures(engine(url))
+
+
+@st.cache_data(ttl=TTL, show_spinner=False)
+def severity_counts(
+    url: str, since: pd.Timestamp, until: pd.Timestamp, kind: str | None = "anomaly"
+) -> dict[str, int]:
+    return store.severity_counts(engine(url), since=since, until=until, kind=kind)
 
 
 @st.cache_data(ttl=TTL, show_spinner=False)

@@ -24,7 +24,27 @@ def build_definitions(settings: Settings) -> dg.Definitions:
         schedules=build_schedules(settings),
         sensors=build_sensors(settings),
         resources={"store": KpiStore(), **alert_resources(settings)},
+        executor=executor(settings),
     )
+
+
+def executor(settings: Settings) -> dg.ExecutorDefinition:
+    """The executor of every job, from ``KPI_EXECUTOR``: parallel processes on this machine
+    (default), one process, or ``dagster-celery`` workers fed through ``KPI_CELERY_BROKER``."""
+    if settings.executor == "in_process":
+        return dg.in_process_executor
+    if settings.executor == "celery":
+        from dagster_celery import celery_executor
+
+        return celery_executor.configured(
+            {
+                "broker": settings.celery_broker,
+                "backend": settings.celery_backend,
+                "config_source": {"task_default_queue": settings.celery_queue},
+            },
+            name="celery",
+        )
+    return dg.multiprocess_executor
 
 
 defs = build_definitions(get_settings())

@@ -1,10 +1,10 @@
 """The asset graph: raw observations -> cleaned series -> models -> scores -> anomaly events.
 
 Assets are thin: each reads from the store through the ``store`` resource, calls
-``kpi_pipeline.pipeline`` (which calls ``detection`` and ``store``), and returns metadata. The
-data itself lives in the store's tables, so assets pass nothing through IO managers and each
-re-reads what it needs. Progress goes to ``get_dagster_logger``, which Dagster records in the
-run's event log and the CLI prints.
+``kpi_pipeline.pipeline`` or, for the cleaned and feature tables, ``kpi_pipeline.derived`` (which
+call ``detection`` and ``store``), and returns metadata. The data itself lives in the store's
+tables, so assets pass nothing through IO managers and each re-reads what it needs. Progress
+goes to ``get_dagster_logger``, which Dagster records in the run's event log and the CLI prints.
 
 What the UI shows: assets carry owners, tags (domain and medallion tier) and kinds for the
 lineage graph; table-backed assets name their table and its columns; materializations carry
@@ -12,17 +12,21 @@ markdown tables (newest anomalies, last score and model of each KPI) and plain n
 scored, anomalies by severity), which Dagster plots across runs.
 """
 
+import os
+import socket
 from dataclasses import asdict
 
 import dagster as dg
 import pandas as pd
 from pydantic import Field
 
-from kpi_pipeline import pipeline
+from kpi_pipeline import derived, pipeline
 from kpi_pipeline import store as kpi_store
 from kpi_pipeline.config import get_settings
 from kpi_pipeline.defs.resources import KpiStore
 from kpi_pipeline.detection.ensemble import DetectorConfig, ProphetConfig
+from kpi_pipeline.detection.features import FEATURE_COLUMNS
+from kpi_pipeline.sharding import kpis_in_shards, shard_keys, shard_of
 from kpi_pipeline.store import SEVERITIES, list_kpis, observations_version
 from kpi_pipeline.store import schema as tables
 from kpi_pipeline.store.dashboard import relative_deviation
@@ -51,6 +55,25 @@ def _table(table) -> dict[str, object]:
     }
 
 
+TRAINING_SHARDS = dg.StaticPartitionsDefinition(shard_keys(get_settings().training_shards))
+"""The partitions of ``kpi_models``: KPI shards (``kpi_pipeline.sharding``). A shard's run
+trains its KPIs; a failure fails that shard alone, and its retries and backfills are its own."""
+
+def every_shard_tags() -> dict[str, str]:
+    """Tags of one run over every shard (a partition range: ``kpi-pipeline run`` trains all
+    KPIs in its one run this way)."""
+    keys = TRAINING_SHARDS.get_partition_keys()
+    return {
+        "dagster/asset_partition_range_start": keys[0],
+        "dagster/asset_partition_range_end": keys[-1],
+    }
+
+
+TRAINING_RETRIES = dg.RetryPolicy(max_retries=2, delay=30, backoff=dg.Backoff.EXPONENTIAL)
+"""A shard's training step is retried after an unexpected error (the database going away):
+30 s, then 60 s. A KPI's own error does not fail the step (it is recorded, see
+``every_kpi_trained_without_error``), so it is not retried here but by the next run."""
+
 _DEFAULTS = DetectorConfig()
 
 
@@ -76,6 +99,11 @@ class ModelTrainingConfig(dg.Config):
     event_merge_gap: int = Field(
         default=_DEFAULTS.event_merge_gap,
         description="Quiet points allowed inside one anomaly event.",
+    )
+    kpis: list[str] = Field(
+        default=[],
+        description="Train only these KPIs (each must belong to the run's shards), e.g. to "
+        "retrain or backfill one KPI; empty: every KPI of the shards.",
     )
 
     def detector_config(self) -> DetectorConfig:
@@ -110,22 +138,33 @@ def raw_kpis(store: KpiStore) -> dg.ObserveResult:
 @dg.asset(
     deps=[raw_kpis],
     group_name="ingestion",
-    kinds={"python", "pandas"},
+    kinds={"python", "pandas", "postgres"},
     owners=OWNERS,
     tags=_tags("silver"),
+    metadata=_table(tables.kpi_cleaned),
 )
 def cleaned_kpis(store: KpiStore) -> dg.MaterializeResult:
-    """Every KPI on its own regular time grid: short gaps interpolated, long gaps flagged."""
-    cleaned, frequencies = pipeline.load_cleaned(store.engine())
-    _log("cleaned_kpis", f"{len(cleaned)} rows of {cleaned['kpi'].nunique()} KPIs")
+    """Every KPI on its own regular time grid (``kpi_cleaned``): short gaps interpolated, long
+    gaps flagged.
+
+    Only observations ingested since the previous run are cleaned, with the few slots before
+    them that cleaning needs; a corrected value re-cleans its KPI from there on.
+    """
+    engine = store.engine()
+    run = derived.clean_new_observations(engine, progress=_progress("cleaned_kpis"))
+    _log("cleaned_kpis", f"{run.rows} rows of {len(run.kpis)} KPIs written")
     return dg.MaterializeResult(
         metadata={
-            "rows": len(cleaned),
-            "kpis": int(cleaned["kpi"].nunique()),
-            "filled_points": int(cleaned["filled"].sum()),
-            "gap_points": int(cleaned["gap"].sum()),
-            "frequency": dg.MetadataValue.json({k: str(v) for k, v in frequencies.items()}),
-            "preview": _markdown(cleaned.tail(PREVIEW_ROWS)),
+            "rows_written": run.rows,
+            "kpis_touched": len(run.kpis),
+            "kpis": _names(run.kpis),
+            "recleaned": dg.MetadataValue.json(dict(list(run.rebuilt.items())[:PER_KPI_ROWS])),
+            "filled_points": run.filled,
+            "gap_points": run.gaps,
+            "frequency": dg.MetadataValue.json(
+                {kpi: str(step) for kpi, step in list(run.steps.items())[:PER_KPI_ROWS]}
+            ),
+            "preview": _markdown(run.preview),
         }
     )
 
@@ -133,23 +172,30 @@ def cleaned_kpis(store: KpiStore) -> dg.MaterializeResult:
 @dg.asset(
     deps=[cleaned_kpis],
     group_name="modeling",
-    kinds={"python", "pandas"},
+    kinds={"python", "pandas", "postgres"},
     owners=OWNERS,
     tags=_tags("gold"),
+    metadata=_table(tables.kpi_features),
 )
 def kpi_features(store: KpiStore) -> dg.MaterializeResult:
-    """Per-point features of every KPI (rolling statistics, lags, calendar and holidays).
+    """Per-point features of every KPI (``kpi_features``): rolling statistics, lags, calendar
+    and holidays, from past values only.
 
-    For people exploring the data; the detector derives the features it needs itself.
+    Built for the cleaned rows written since the previous run, from the few points before them
+    the features read. For people exploring the data; the detector derives what it needs itself.
     """
-    cleaned, frequencies = pipeline.load_cleaned(store.engine())
-    features = pipeline.feature_table(cleaned, frequencies, get_settings().holiday_country)
-    _log("kpi_features", f"{len(features)} rows x {len(features.columns)} columns")
+    run = derived.build_new_features(
+        store.engine(), get_settings().holiday_country, progress=_progress("kpi_features")
+    )
+    _log("kpi_features", f"{run.rows} rows of {len(run.kpis)} KPIs written")
     return dg.MaterializeResult(
         metadata={
-            "rows": len(features),
-            "columns": dg.MetadataValue.json(list(features.columns)),
-            "preview": _markdown(features.tail(PREVIEW_ROWS)),
+            "rows_written": run.rows,
+            "kpis_touched": len(run.kpis),
+            "kpis": _names(run.kpis),
+            "rebuilt": _names(run.rebuilt),
+            "columns": dg.MetadataValue.json(list(FEATURE_COLUMNS)),
+            "preview": _markdown(run.preview),
         }
     )
 
@@ -161,27 +207,47 @@ def kpi_features(store: KpiStore) -> dg.MaterializeResult:
     owners=OWNERS,
     tags=_tags("gold"),
     metadata=_table(tables.kpi_models),
+    partitions_def=TRAINING_SHARDS,
+    # No backfill policy: a backfill of several shards runs each in its own run (Dagster's
+    # default), so they train in parallel.
+    retry_policy=TRAINING_RETRIES,
     check_specs=[dg.AssetCheckSpec(
         "every_kpi_trained_without_error", asset="kpi_models",
         description="No KPI's training failed with an error in this run (each failure is "
         "recorded with its reason; every other KPI is trained, and the next run tries again).",
     )],
 )
-def kpi_models(store: KpiStore, config: ModelTrainingConfig) -> dg.MaterializeResult:
-    """The model registry (``kpi_models``): a Prophet + Isolation Forest ensemble per KPI.
+def kpi_models(
+    context: dg.AssetExecutionContext, store: KpiStore, config: ModelTrainingConfig
+) -> dg.MaterializeResult:
+    """The model registry (``kpi_models``): a Prophet + Isolation Forest ensemble per KPI,
+    partitioned by KPI shard.
 
     New KPIs get walk-forward versions over their history; known KPIs one retrain on every
     scored point once newer points have been scored. Too little history is reported, not failed.
+    A run trains the KPIs of its shard (or range of shards), or only ``config.kpis``; versions
+    that can score nothing within ``KPI_MODEL_RESCORE_DAYS`` are then deleted.
     """
     engine = store.engine()
-    cleaned, _ = pipeline.load_cleaned(engine)
-    results = pipeline.train_models(
-        engine, cleaned, config.detector_config(), progress=_progress("kpi_models")
-    )
+    shards = list(context.partition_keys)
+    kpis = _shard_kpis(engine, shards, config.kpis)
+    _log("kpi_models", f"{len(kpis)} KPIs in {_shard_names(shards)}")
+    results = []
+    if kpis:
+        cleaned, _ = pipeline.load_cleaned(engine, kpis)
+        results = pipeline.train_models(
+            engine, cleaned, config.detector_config(),
+            rescore_horizon=pd.Timedelta(get_settings().model_rescore_horizon()),
+            progress=_progress("kpi_models"),
+        )
     failed = {r.kpi: r.detail for r in results if r.status == "failed"}
+    kpi_store.record_kpi_outcomes(engine, "training", failed, [r.kpi for r in results])
     return dg.MaterializeResult(
         metadata={
+            "shards": dg.MetadataValue.json(shards),
+            "executed_by": f"{socket.gethostname()} pid {os.getpid()}",
             "versions_trained": sum(len(r.versions) for r in results),
+            "versions_pruned": sum(len(r.pruned) for r in results),
             "kpis_trained": _kpis(results, "trained"),
             "kpis_up_to_date": _kpis(results, "up to date"),
             "insufficient_history": _kpis(results, "insufficient history"),
@@ -191,6 +257,28 @@ def kpi_models(store: KpiStore, config: ModelTrainingConfig) -> dg.MaterializeRe
         },
         check_results=[_failures_check("every_kpi_trained_without_error", failed)],
     )
+
+
+def _shard_kpis(engine, shards: list[str], only: list[str]) -> list[str]:
+    """The KPIs a training run of ``shards`` trains: all of theirs, or those of ``only``."""
+    count = TRAINING_SHARDS.get_num_partitions()
+    if not only:
+        return kpis_in_shards(list_kpis(engine), shards, count)
+    unknown = sorted(set(only) - set(list_kpis(engine)))
+    if unknown:
+        message = f"unknown KPI(s): {', '.join(unknown)} (no observations)"
+        raise dg.Failure(message, allow_retries=False)  # config errors: no retry helps
+    elsewhere = sorted(set(only) - set(kpis_in_shards(only, shards, count)))
+    if elsewhere:
+        owners = ", ".join(f"{kpi} is in {shard_of(kpi, count)}" for kpi in elsewhere)
+        raise dg.Failure(
+            f"not in {_shard_names(shards)}: {owners}; run that partition", allow_retries=False
+        )
+    return sorted(set(only))
+
+
+def _shard_names(shards: list[str]) -> str:
+    return shards[0] if len(shards) == 1 else f"{len(shards)} shards ({shards[0]} .. {shards[-1]})"
 
 
 def _failures_check(name: str, failed: dict[str, str]) -> dg.AssetCheckResult:
@@ -229,8 +317,9 @@ def anomaly_scores(store: KpiStore) -> dg.MaterializeResult:
     results = pipeline.score_latest(
         engine, scored_at=scored_at, progress=_progress("anomaly_scores")
     )
-    new_by_severity = kpi_store.severity_counts(engine, scored_since=scored_at)
+    new_by_severity = kpi_store.severity_counts(engine, scored_since=scored_at, kind="anomaly")
     failed = {r.kpi: r.error for r in results if r.error}
+    kpi_store.record_kpi_outcomes(engine, "scoring", failed, [r.kpi for r in results])
     return dg.MaterializeResult(
         metadata={
             "points_scored": sum(r.scored for r in results),
@@ -282,6 +371,12 @@ def anomalies(store: KpiStore) -> dg.MaterializeResult:
 
 
 ASSETS = [raw_kpis, cleaned_kpis, kpi_features, kpi_models, anomaly_scores, anomalies]
+
+
+def _names(kpis: list[str]) -> dg.MetadataValue:
+    """KPI names as JSON, the first ``PER_KPI_ROWS`` of them and how many more."""
+    more = len(kpis) - PER_KPI_ROWS
+    return dg.MetadataValue.json(kpis[:PER_KPI_ROWS] + ([f"… and {more} more"] if more > 0 else []))
 
 
 def _kpis(results: list[pipeline.KpiTraining], status: str) -> dg.MetadataValue:

@@ -1,9 +1,10 @@
 """Asset checks: the cleaned KPIs' data quality, and new anomalies in the scores.
 
 Checks are predicates named for what passing means, with the actual value and the threshold in
-their metadata. A failed check does not fail the run (open-source Dagster); ``no_new_anomalies``
-failing is what alerts: ``anomaly_check_sensor`` reads its evaluations and sends the anomalies
-they list.
+their metadata. A failed check does not fail the run (open-source Dagster). ``no_new_anomalies``
+judges the anomalies scored since its previous evaluation recorded in the store and queues the
+alerts for the news in the store's outbox (``alerts.outbox.queue_news``), which
+``anomaly_check_sensor`` sends; it fails when there is news.
 """
 
 from collections.abc import Iterator
@@ -12,21 +13,17 @@ import dagster as dg
 import pandas as pd
 from pydantic import Field
 
-from kpi_pipeline import pipeline
-from kpi_pipeline import store as kpi_store
+from kpi_pipeline import derived
 from kpi_pipeline.alerts.anomaly import HIGH_SEVERITIES, Anomaly
-from kpi_pipeline.alerts.news import select_news, silent_run_reason
+from kpi_pipeline.alerts.channels import EmailChannel, SlackChannel, SmsChannel
+from kpi_pipeline.alerts.news import silent_run_reason
+from kpi_pipeline.alerts.outbox import queue_news
 from kpi_pipeline.alerts.policy import AlertPolicy
 from kpi_pipeline.defs.assets import anomaly_scores, cleaned_kpis
 from kpi_pipeline.defs.resources import KpiStore
 
-ANOMALY_CHECK_KEY = dg.AssetCheckKey(anomaly_scores.key, "no_new_anomalies")
-
 PREVIEW_ROWS = 20
 """Anomalies shown in the check's markdown preview (all of them are in ``anomalies``)."""
-
-HISTORY_LIMIT = 50
-"""Earlier executions of the anomaly check searched for the previous evaluation."""
 
 
 class DataQualityConfig(dg.Config):
@@ -69,8 +66,10 @@ class DataQualityConfig(dg.Config):
 def cleaned_kpis_quality(
     store: KpiStore, config: DataQualityConfig
 ) -> Iterator[dg.AssetCheckResult]:
-    """The data-quality checks of ``cleaned_kpis``, from one read of the observations."""
-    quality = pipeline.data_quality(store.engine(), recent_points=config.recent_points)
+    """The data-quality checks of ``cleaned_kpis``: freshness and duplicates of every KPI from
+    its ``kpi_series`` row; missing values from the recent cleaned rows of the KPIs the newest
+    cleaning run wrote (the others' rows have not changed since)."""
+    quality = derived.data_quality(store.engine(), recent_points=config.recent_points)
     yield _freshness(quality, config.stale_after_intervals)
     yield _no_duplicates(quality)
     yield _values_present(quality, config.max_missing_share)
@@ -118,7 +117,10 @@ def _no_duplicates(quality: pd.DataFrame) -> dg.AssetCheckResult:
 
 
 def _values_present(quality: pd.DataFrame, max_share: float) -> dg.AssetCheckResult:
-    share = (quality["missing_points"] / quality["recent_points"].clip(lower=1)).round(4)
+    quality = quality[quality["recent_points"].notna()]
+    share = (
+        quality["missing_points"].astype(float) / quality["recent_points"].astype(float).clip(lower=1)
+    ).round(4)
     failing = quality.loc[share > max_share, "kpi"].tolist()
     return dg.AssetCheckResult(
         check_name="kpis_have_values",
@@ -136,30 +138,27 @@ def _values_present(quality: pd.DataFrame, max_share: float) -> dg.AssetCheckRes
 @dg.asset_check(
     asset=anomaly_scores,
     name="no_new_anomalies",
-    description="No anomaly worth an alert was scored since the previous evaluation. Fails "
-    "with WARN for low/medium and ERROR for high/critical anomalies, listed in `anomalies`; "
-    "`anomaly_check_sensor` alerts them.",
+    description="No anomaly worth an alert was scored since the previous evaluation (recorded "
+    "in the store). Fails with WARN for low/medium and ERROR for high/critical anomalies, "
+    "listed in `anomalies`; their alerts are queued in `alert_deliveries`, which "
+    "`anomaly_check_sensor` sends.",
 )
 def no_new_anomalies(
-    context: dg.AssetCheckExecutionContext, store: KpiStore, alert_policy: AlertPolicy
+    context: dg.AssetCheckExecutionContext,
+    store: KpiStore,
+    alert_policy: AlertPolicy,
+    email: EmailChannel,
+    slack: SlackChannel,
+    sms: SmsChannel,
 ) -> dg.AssetCheckResult:
-    engine = store.engine()
-    previous = _previous_watermark(context)
-    newest = kpi_store.scoring_watermark(engine)
-    until = max((t for t in (previous, newest) if t is not None), default=None)
-    scored = (
-        kpi_store.load_anomalies_scored(engine, previous, until)
-        if until is not None
-        else pd.DataFrame()
-    )
-    news = select_news(
-        scored,
-        watermark=previous,
-        first_scored=kpi_store.first_scored_at(engine),
-        silences=kpi_store.load_silences(engine),
+    evaluation = queue_news(
+        store.engine(),
+        batch=context.run.run_id,
+        channels={"email": email, "slack": slack, "sms": sms},
+        policy=alert_policy,
         silent_reason=silent_run_reason(context.run.tags),
-        alert_on_history=alert_policy.alert_on_history,
     )
+    news, after, until = evaluation.news, evaluation.scored_after, evaluation.scored_until
     worst = max(news.alert, key=lambda a: a.rank, default=None)
     metadata = {
         "new_anomalies": len(news.alert),
@@ -167,7 +166,8 @@ def no_new_anomalies(
         "max_severity": worst.severity if worst else "none",
         "anomalies": dg.MetadataValue.json([a.to_json() for a in news.alert]),
         "recorded_without_alert": dg.MetadataValue.json(news.silent),
-        "scored_after": previous.isoformat() if previous is not None else "",
+        "alerts_queued": evaluation.enqueued.pending,
+        "scored_after": after.isoformat() if after is not None else "",
         "scored_until": until.isoformat() if until is not None else "",
         "preview": _preview(news.alert),
     }
@@ -177,23 +177,6 @@ def no_new_anomalies(
         else dg.AssetCheckSeverity.WARN
     )
     return dg.AssetCheckResult(passed=not news.alert, severity=severity, metadata=metadata)
-
-
-def _previous_watermark(context: dg.AssetCheckExecutionContext) -> pd.Timestamp | None:
-    """``scored_until`` of the newest earlier evaluation of the anomaly check, if any."""
-    history = context.instance.event_log_storage.get_asset_check_execution_history(
-        ANOMALY_CHECK_KEY, limit=HISTORY_LIMIT
-    )
-    for record in history:
-        event = record.event.dagster_event if record.event is not None else None
-        if record.run_id == context.run.run_id or event is None:
-            continue
-        if event.event_type != dg.DagsterEventType.ASSET_CHECK_EVALUATION:
-            continue  # planned in a run that has not evaluated it (yet)
-        value = event.event_specific_data.metadata.get("scored_until")
-        if value is not None and value.value:
-            return pd.Timestamp(value.value)
-    return None
 
 
 def _preview(anomalies: list[Anomaly]) -> dg.MetadataValue:

@@ -5,20 +5,27 @@ Each job also runs the asset checks of the assets it selects.
 
 from __future__ import annotations
 
+import datetime as dt
+
 import dagster as dg
 
+from kpi_pipeline.config import get_settings
 from kpi_pipeline.defs.assets import (
+    TRAINING_SHARDS,
     anomalies,
     anomaly_scores,
     cleaned_kpis,
-    kpi_features,
     kpi_models,
 )
+from kpi_pipeline.defs.resources import KpiStore
+from kpi_pipeline.store import retention
 
 training_job = dg.define_asset_job(
     "training_job",
-    selection=[cleaned_kpis, kpi_features, kpi_models],
-    description="Clean the KPIs, rebuild their features and train or retrain their models.",
+    selection=[kpi_models],
+    partitions_def=TRAINING_SHARDS,
+    description="Train or retrain the models of one KPI shard (its partition); the daily "
+    "schedule runs every shard, each in its own run, in parallel.",
 )
 
 SCORING_RUN_TAGS = {"kpi/scoring": "true"}
@@ -36,8 +43,33 @@ scoring_job = dg.define_asset_job(
 all_assets_job = dg.define_asset_job(
     "all_assets_job",
     selection=dg.AssetSelection.all(),
-    description="Clean, train, score and summarise anomalies in one run.",
+    description="Clean, train the selected shards, score and summarise anomalies in one run.",
     tags=SCORING_RUN_TAGS,
 )
 
-JOBS = [training_job, scoring_job, all_assets_job]
+
+
+@dg.op(description="Delete observations and scores older than KPI_OBSERVATION_RETENTION_DAYS "
+       "and KPI_SCORE_RETENTION_DAYS (unset: keep them), except what models and open events "
+       "still need (docs/models.md).")
+def apply_retention(context, store: KpiStore) -> dg.Output:
+    settings = get_settings()
+    engine = store.engine()
+    now = dt.datetime.now(dt.timezone.utc)
+    deleted = {}
+    for name, days, delete in (
+        ("observations", settings.observation_retention_days, retention.delete_old_observations),
+        ("scores", settings.score_retention_days, retention.delete_old_scores),
+    ):
+        deleted[name] = 0 if days is None else delete(engine, now - dt.timedelta(days=days))
+        context.log.info(f"{name}: {'kept (no retention set)' if days is None else days}; "
+                         f"{deleted[name]} rows deleted")
+    return dg.Output(None, metadata={f"{name}_deleted": n for name, n in deleted.items()})
+
+
+@dg.job(description="Apply the retention of observations and scores (idempotent).")
+def retention_job() -> None:
+    apply_retention()
+
+
+JOBS = [training_job, scoring_job, all_assets_job, retention_job]

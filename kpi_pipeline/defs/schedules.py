@@ -1,4 +1,5 @@
-"""Schedules: hourly scoring and a daily retrain, on by default (``dagster dev`` runs them).
+"""Schedules: hourly scoring and a daily retrain, on by default (``dagster dev`` runs them), and
+a daily retention run, on once a retention is set.
 
 Times come from settings (``KPI_SCORING_CRON``, ``KPI_TRAINING_CRON``, ``KPI_SCHEDULE_TIMEZONE``);
 ``KPI_AUTOMATION_OFF`` lists schedules and sensors that start stopped. Each tick's run key is its
@@ -10,12 +11,15 @@ from __future__ import annotations
 import dagster as dg
 
 from kpi_pipeline.config import Settings
-from kpi_pipeline.defs.jobs import scoring_job, training_job
+from kpi_pipeline.defs.assets import TRAINING_SHARDS
+from kpi_pipeline.defs.jobs import retention_job, scoring_job, training_job
 
 AUTOMATION = (
     "hourly_scoring_schedule",
     "daily_training_schedule",
+    "daily_retention_schedule",
     "new_kpi_data_sensor",
+    "score_after_training_sensor",
     "anomaly_check_sensor",
 )
 """Every schedule and sensor, by the name ``KPI_AUTOMATION_OFF`` uses."""
@@ -48,13 +52,33 @@ def build_schedules(settings: Settings) -> list[dg.ScheduleDefinition]:
             description="Score new points with the stored models, whether or not the new-data "
             "sensor already did (a safety net for missed sensor ticks).",
         ),
-        dg.ScheduleDefinition(
+        dg.schedule(
             name="daily_training_schedule",
             job=training_job,
             cron_schedule=settings.training_cron,
             execution_timezone=settings.schedule_timezone,
             default_status=status("daily_training_schedule"),
             description="Retrain every KPI's models on its scored history, so scoring always "
-            "uses a model at most a day old.",
+            "uses a model at most a day old: one run per KPI shard, in parallel.",
+        )(every_shard),
+        dg.ScheduleDefinition(
+            name="daily_retention_schedule",
+            job=retention_job,
+            cron_schedule=settings.retention_cron,
+            execution_timezone=settings.schedule_timezone,
+            # Nothing to delete while every retention is unset (the default: keep everything).
+            default_status=status("daily_retention_schedule") if (
+                settings.observation_retention_days or settings.score_retention_days
+            ) else dg.DefaultScheduleStatus.STOPPED,
+            description="Delete observations and scores older than their retention.",
         ),
+    ]
+
+
+def every_shard(context: dg.ScheduleEvaluationContext) -> list[dg.RunRequest]:
+    """One training run per KPI shard; the run key (shard and tick) launches each once."""
+    tick = context.scheduled_execution_time.isoformat()
+    return [
+        dg.RunRequest(run_key=f"{shard}@{tick}", partition_key=shard)
+        for shard in TRAINING_SHARDS.get_partition_keys()
     ]

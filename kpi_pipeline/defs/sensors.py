@@ -1,9 +1,10 @@
 """Sensors: score new KPI rows within a minute, and alert the anomalies the checks report.
 
 ``new_kpi_data_sensor`` polls ``kpi_observations`` for rows ingested after its cursor and asks
-for a scoring run (training first for KPIs without a model). ``anomaly_check_sensor`` reads the
-evaluations of the ``no_new_anomalies`` check, records their anomalies in the alert outbox and
-sends whatever is due, including alerts left pending by an earlier failure.
+for a scoring run, and for a training run of each shard holding a KPI without a model;
+``score_after_training_sensor`` scores again once such a run succeeds. ``anomaly_check_sensor``
+sends the alerts the ``no_new_anomalies`` check queued in the store's outbox, including alerts
+left pending by an earlier failure; it reads nothing from Dagster's event log.
 """
 
 import json
@@ -12,23 +13,20 @@ import dagster as dg
 import pandas as pd
 
 from kpi_pipeline import store as kpi_store
-from kpi_pipeline.alerts.anomaly import Anomaly
 from kpi_pipeline.alerts.channels import (
     EmailChannel,
     SlackChannel,
     SmsChannel,
     announce_off_channels,
 )
-from kpi_pipeline.alerts.outbox import Delivered, Enqueued, deliver, enqueue
+from kpi_pipeline.alerts.outbox import Delivered, deliver
 from kpi_pipeline.alerts.policy import AlertPolicy
 from kpi_pipeline.config import Settings
-from kpi_pipeline.defs.checks import ANOMALY_CHECK_KEY
-from kpi_pipeline.defs.jobs import all_assets_job, scoring_job
+from kpi_pipeline.defs.assets import TRAINING_SHARDS
+from kpi_pipeline.defs.jobs import scoring_job, training_job
 from kpi_pipeline.defs.resources import KpiStore
 from kpi_pipeline.defs.schedules import starts_running
-
-EXECUTIONS_PAGE = 100
-"""Anomaly check executions read from the instance per query."""
+from kpi_pipeline.sharding import kpis_in_shards, shards_of
 
 TAG_VALUE_LIMIT = 200
 """Longest run tag value the sensor writes (a list of KPIs is cut, with a count)."""
@@ -38,12 +36,14 @@ _announced_off: set[str] = set()
 
 
 def new_kpi_data(context: dg.SensorEvaluationContext, store: KpiStore):
-    """Request a scoring run for the KPIs with rows ingested since the cursor.
+    """Request a scoring run for the KPIs with rows ingested since the cursor, and a training
+    run of each shard holding a KPI without a model.
 
-    The cursor is the newest ``ingested_at`` seen; it only moves with a run request covering
+    The cursor is the newest ``ingested_at`` seen; it only moves with run requests covering
     those rows (a run scores everything stored when it starts). ``ingested_at`` moves whenever a
-    row is inserted or its value corrected, so late data for old timestamps is seen too. The run
-    key is that newest ``ingested_at``: evaluating the same rows again requests nothing new.
+    row is inserted or its value corrected, so late data for old timestamps is seen too. Run
+    keys carry that newest ``ingested_at``: evaluating the same rows again requests nothing new.
+    A new KPI is scored by ``score_after_training_sensor`` once its shard's training succeeds.
     """
     engine = store.engine()
     cursor = _ingested_cursor(context.cursor)
@@ -54,23 +54,44 @@ def new_kpi_data(context: dg.SensorEvaluationContext, store: KpiStore):
     newest = changed["max_ingested_at"].max()
     kpis = changed["kpi"].tolist()
     untrained = sorted(set(kpis) - kpi_store.trained_kpis(engine))
-    # A KPI without a model is trained (walk-forward) and scored in one run.
-    job = all_assets_job if untrained else scoring_job
+    shards = shards_of(untrained, TRAINING_SHARDS.get_num_partitions())
     context.log.info(
         f"{int(changed['n_rows'].sum())} rows of {len(kpis)} KPIs ingested up to "
-        f"{newest.isoformat()}: requesting {job.name}"
-        + (f" (no model yet: {', '.join(untrained)})" if untrained else "")
+        f"{newest.isoformat()}: requesting {scoring_job.name}"
+        + (f" and {training_job.name} of {', '.join(shards)} (no model yet: "
+           f"{_short_list(untrained)})" if untrained else "")
     )
-    request = dg.RunRequest(
-        run_key=f"{job.name}@{newest.isoformat()}",
-        job_name=job.name,
-        tags={
-            "kpi/changed_kpis": _short_list(kpis),
-            "kpi/ingested_until": newest.isoformat(),
-        },
-    )
+    tags = {"kpi/changed_kpis": _short_list(kpis), "kpi/ingested_until": newest.isoformat()}
+    requests = [
+        dg.RunRequest(
+            run_key=f"{scoring_job.name}@{newest.isoformat()}", job_name=scoring_job.name,
+            tags=tags,
+        ),
+        *(
+            dg.RunRequest(
+                run_key=f"{training_job.name}:{shard}@{newest.isoformat()}",
+                job_name=training_job.name,
+                partition_key=shard,
+                tags={**tags, "kpi/untrained_kpis": _short_list(
+                    kpis_in_shards(untrained, [shard], TRAINING_SHARDS.get_num_partitions())
+                )},
+            )
+            for shard in shards
+        ),
+    ]
     return dg.SensorResult(
-        run_requests=[request], cursor=json.dumps({"ingested_at": newest.isoformat()})
+        run_requests=requests, cursor=json.dumps({"ingested_at": newest.isoformat()})
+    )
+
+
+def score_after_training(context: dg.RunStatusSensorContext):
+    """Score right after a training run succeeds, so a new KPI's history is scored (and its
+    newest points judged) without waiting for the hourly schedule."""
+    run = context.dagster_run
+    shard = run.tags.get("dagster/partition", "")
+    return dg.RunRequest(
+        run_key=f"after-training:{run.run_id}",
+        tags={"kpi/after_training_run": run.run_id, "kpi/trained_shard": shard},
     )
 
 
@@ -82,41 +103,17 @@ def anomaly_alerts(
     sms: SmsChannel,
     alert_policy: AlertPolicy,
 ):
-    """Record the anomalies of new failed ``no_new_anomalies`` evaluations, then send what is due.
+    """Send every alert due in the outbox, once.
 
-    The cursor is the id of the last check execution handled; it never passes an execution
-    still waiting to be evaluated in a running run. Recording is idempotent, so executions read
-    twice (after a failed tick, or behind a waiting one) record nothing new. Sending happens on
-    every tick, so alerts a channel could not take earlier go out once it is back.
+    The ``no_new_anomalies`` check queues the alerts (``alerts.outbox.queue_news``); the outbox
+    knows what is due, so the sensor keeps no cursor and any sensor, on any Dagster instance,
+    sends the same alerts. Sending happens on every tick, so alerts a channel could not take
+    earlier go out once it is back.
     """
-    engine = store.engine()
     channels = {"email": email, "slack": slack, "sms": sms}
     announce_off_channels(channels, context.log.info, _announced_off)
-    after = json.loads(context.cursor)["execution_id"] if context.cursor else None
-    routing = alert_policy.routing()
-    recorded, cursor, waiting = [], after, False
-    for execution in _anomaly_check_executions(context.instance, after, alert_policy.max_age):
-        if execution.status.value == "PLANNED":
-            # Not evaluated yet: the cursor stays before it until its run ends.
-            run = context.instance.get_run_by_id(execution.run_id)
-            waiting = waiting or (run is not None and not run.is_finished)
-        elif execution.status.value == "FAILED":
-            evaluation = execution.event.dagster_event.event_specific_data
-            listed = evaluation.metadata.get("anomalies")
-            anomalies = [Anomaly.from_json(item) for item in (listed.value if listed else [])]
-            recorded.append(
-                enqueue(
-                    engine, anomalies, batch=execution.run_id, channels=channels,
-                    policy=alert_policy, routing=routing,
-                )
-            )
-        if not waiting:
-            cursor = execution.id
-    delivered = deliver(engine, channels, alert_policy, log=context.log)
-    return dg.SensorResult(
-        cursor=json.dumps({"execution_id": cursor}) if cursor is not None else None,
-        skip_reason=_summary(recorded, delivered),
-    )
+    delivered = deliver(store.engine(), channels, alert_policy, log=context.log)
+    return dg.SkipReason(_summary(delivered))
 
 
 def build_sensors(settings: Settings) -> list[dg.SensorDefinition]:
@@ -127,50 +124,34 @@ def build_sensors(settings: Settings) -> list[dg.SensorDefinition]:
     return [
         dg.sensor(
             name="new_kpi_data_sensor",
-            jobs=[scoring_job, all_assets_job],
+            jobs=[scoring_job, training_job],
             minimum_interval_seconds=settings.new_data_sensor_interval,
             default_status=status("new_kpi_data_sensor"),
-            description="Requests a scoring run when rows land in kpi_observations.",
+            description="Requests a scoring run when rows land in kpi_observations, and a "
+            "training run of the shards of KPIs without a model.",
         )(new_kpi_data),
+        dg.run_status_sensor(
+            name="score_after_training_sensor",
+            run_status=dg.DagsterRunStatus.SUCCESS,
+            monitored_jobs=[training_job],
+            request_job=scoring_job,
+            minimum_interval_seconds=settings.new_data_sensor_interval,
+            default_status=status("score_after_training_sensor"),
+            description="Requests a scoring run when a training run succeeds, so new KPIs are "
+            "scored as soon as they have a model.",
+        )(score_after_training),
         dg.sensor(
             name="anomaly_check_sensor",
             minimum_interval_seconds=settings.alert_sensor_interval,
             default_status=status("anomaly_check_sensor"),
-            description="Sends email / Slack / SMS alerts for failed no_new_anomalies checks "
-            "and retries pending ones.",
+            description="Sends the email / Slack / SMS alerts the no_new_anomalies check "
+            "queued, and retries pending ones.",
         )(anomaly_alerts),
     ]
 
 
 def _ingested_cursor(cursor: str | None) -> pd.Timestamp | None:
     return pd.Timestamp(json.loads(cursor)["ingested_at"]) if cursor else None
-
-
-def _anomaly_check_executions(
-    instance: dg.DagsterInstance, after: int | None, max_age: pd.Timedelta
-) -> list:
-    """Executions of the ``no_new_anomalies`` check with an id above ``after``, oldest first.
-
-    Without a cursor (a new sensor) only executions of the last ``max_age`` are read: older
-    anomalies would not be sent anyway.
-    """
-    oldest = (pd.Timestamp.now("UTC") - max_age).timestamp() if after is None else None
-    storage = instance.event_log_storage
-    found, page_end = [], None
-    while True:
-        # Newest first, EXECUTIONS_PAGE at a time, until the cursor or the age limit is reached.
-        page = storage.get_asset_check_execution_history(
-            ANOMALY_CHECK_KEY, limit=EXECUTIONS_PAGE, cursor=page_end
-        )
-        new = [
-            record for record in page
-            if (after is None or record.id > after)
-            and (oldest is None or record.create_timestamp >= oldest)
-        ]
-        found.extend(new)
-        if len(new) < EXECUTIONS_PAGE:
-            return sorted(found, key=lambda record: record.id)
-        page_end = page[-1].id
 
 
 def _short_list(names: list[str]) -> str:
@@ -180,21 +161,11 @@ def _short_list(names: list[str]) -> str:
     return text[: TAG_VALUE_LIMIT - 20].rsplit(",", 1)[0] + f",... ({len(names)} KPIs)"
 
 
-def _summary(recorded: list[Enqueued], delivered: Delivered) -> str:
-    parts = []
-    if recorded:
-        pending = sum(r.pending for r in recorded)
-        suppressed = sum(sum(r.suppressed.values()) for r in recorded)
-        parts.append(
-            f"{len(recorded)} failed anomaly check(s): {pending} alert(s) queued, "
-            f"{suppressed} suppressed"
-        )
-    else:
-        parts.append("no new failed anomaly check")
-    parts.append(
+def _summary(delivered: Delivered) -> str:
+    parts = [
         f"sent {delivered.sent} alert(s) in {delivered.messages} message(s), "
         f"{delivered.waiting} waiting for a retry, {delivered.failed} failed"
-    )
+    ]
     if delivered.suppressed:
         parts.append(f"{delivered.suppressed} suppressed as false positives")
     return "; ".join(parts)

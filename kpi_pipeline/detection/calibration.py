@@ -47,7 +47,8 @@ ROBUST_SCALE = 1.4826
 """Median absolute value (or deviation) x this = standard deviation, for normal values."""
 
 NO_RECURRENCE_CAP = {"min_recurrences": 0, "recurrence_margin": 1.0, "episode_gap": 0}
-"""The recurrence settings of a tail (or forest) pickled before the cap existed: off."""
+"""The recurrence settings of a tail (or forest) fitted before the cap existed: off (models
+converted from those pickles keep them, see migration 0008)."""
 
 
 class ExceedanceTail:
@@ -98,18 +99,35 @@ class ExceedanceTail:
         self.episode_gap = episode_gap
         self.trim_at = trim_at
 
-    def __getstate__(self) -> dict:
-        state = dict(self.__dict__)
-        state.pop("_scalar", None)  # derived from sorted_: rebuilt when unpickled
-        return state
+    def to_state(self) -> dict:
+        """The fitted tail as data (``artifacts.pack``): its settings and what it learned."""
+        return {
+            "params": {
+                "tail_quantile": self.tail_quantile, "max_shape": self.max_shape,
+                "scale_floor": self.scale_floor, "min_recurrences": self.min_recurrences,
+                "recurrence_margin": self.recurrence_margin, "episode_gap": self.episode_gap,
+                "trim_at": self.trim_at,
+            },
+            "sorted": self.sorted_,
+            "threshold": self.threshold_,
+            "episode_peaks": self.episode_peaks_,
+            "shape": self.shape_,
+            "scale": self.scale_,
+            "trimmed": self.trimmed_,
+        }
 
-    def __setstate__(self, state: dict) -> None:
-        # Tails pickled before recurrences existed keep judging as they did: no cap; those
-        # fitted by the first, row-counting version of the cap (17f9ca5) have no peaks.
-        self.__dict__.update(NO_RECURRENCE_CAP, episode_peaks_=None, trim_at=None)
-        self.__dict__.update(state)
-        if "sorted_" in state:
-            self._scalar = self._scalar_tables()
+    @classmethod
+    def from_state(cls, state: dict) -> "ExceedanceTail":
+        """The tail ``to_state`` described, judging exactly as it did."""
+        tail = cls(**state["params"])
+        tail.sorted_ = np.asarray(state["sorted"], dtype=float)
+        tail._scalar = tail._scalar_tables()
+        tail.threshold_ = float(state["threshold"])
+        peaks = state["episode_peaks"]
+        tail.episode_peaks_ = None if peaks is None else np.asarray(peaks, dtype=float)
+        tail.shape_, tail.scale_ = float(state["shape"]), float(state["scale"])
+        tail.trimmed_ = int(state["trimmed"])
+        return tail
 
     def fit(self, values: np.ndarray) -> "ExceedanceTail":
         if not 0.0 < self.recurrence_margin <= 1.0:
@@ -144,7 +162,8 @@ class ExceedanceTail:
         self.sorted_ = v
         self._scalar = self._scalar_tables()
         self.threshold_ = float(np.quantile(v, self.tail_quantile))
-        self.episode_peaks_ = _episode_peaks(ordered, self.threshold_, self.episode_gap)
+        self.episode_peaks_: np.ndarray | None = _episode_peaks(
+            ordered, self.threshold_, self.episode_gap)
         excess = v[v > self.threshold_] - self.threshold_
         self.shape_ = 0.0
         self.scale_ = float(excess.mean()) if len(excess) else 0.0
@@ -159,7 +178,7 @@ class ExceedanceTail:
                 self.shape_, self.scale_ = float(shape), float(scale)
         self.scale_ = max(self.scale_, self.scale_floor)
 
-    def _log10_tail(self, excess: np.ndarray) -> np.ndarray:
+    def _log10_tail(self, excess: np.ndarray | float) -> np.ndarray | float:
         tail_mass = np.log10(1.0 - self.tail_quantile)
         if self.shape_ > 1e-9:
             return tail_mass - np.log10(1.0 + self.shape_ * excess / self.scale_) / self.shape_
@@ -182,9 +201,9 @@ class ExceedanceTail:
             # Past the threshold the fitted tail takes over: the empirical rate there is too
             # coarse (every value beyond the training maximum would get the same
             # -log10(1/(n+1))) ... unless training values came this close often enough: then
-            # the observed rate holds. Tails pickled before recurrences existed have
+            # the observed rate holds. Tails fitted before recurrences existed have
             # min_recurrences 0, those fitted by the first, row-counting version of the cap no
-            # peaks (``__setstate__``).
+            # peaks (kept as they were when their pickles were converted, migration 0008).
             peaks = self.episode_peaks_
             if peaks is not None and self.min_recurrences > 0:
                 near = self.threshold_ + self.recurrence_margin * (ordered - self.threshold_)
@@ -216,7 +235,7 @@ class ExceedanceTail:
         return tail if tail != tail or tail > 0.0 else 0.0
 
     def _scalar_tables(self) -> tuple[array.array, array.array]:
-        """For ``surprise_one``, built when the tail is fitted or unpickled (not while
+        """For ``surprise_one``, built when the tail is fitted or loaded (not while
         scoring): the training values as plain floats (bisected without numpy), and the
         empirical surprise for each possible count of exceedances, computed as ``surprise``
         computes it."""

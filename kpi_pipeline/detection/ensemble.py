@@ -31,9 +31,7 @@ How a point is judged (higher score = more anomalous, in [0, 1]; 0.5 = the decis
 from __future__ import annotations
 
 import bisect
-import copy
 import math
-import pickle
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 
@@ -41,12 +39,17 @@ import numpy as np
 import pandas as pd
 from sklearn.base import BaseEstimator
 
+from kpi_pipeline.detection import persistence
 from kpi_pipeline.detection.calibration import (
     ROBUST_SCALE,
     ExceedanceTail,
     score_from_surprise,
     score_from_surprise_one,
 )
+# The configs live in ``config``; importing them from here, as callers do, keeps working.
+from kpi_pipeline.detection.config import DetectorConfig
+from kpi_pipeline.detection.config import IForestConfig as IForestConfig
+from kpi_pipeline.detection.config import ProphetConfig as ProphetConfig
 from kpi_pipeline.detection.events import SEVERITY_ORDER
 from kpi_pipeline.detection.iforest import IsolationForestDetector
 from kpi_pipeline.detection.preprocess import infer_frequency
@@ -67,109 +70,8 @@ SCORE_COLUMNS = [
 ]
 
 
-
-
 class InsufficientHistory(ValueError):
     """Raised by ``fit`` when a KPI has too few usable points to learn what normal looks like."""
-
-
-@dataclass(frozen=True)
-class ProphetConfig:
-    changepoint_prior_scale: float = 0.05
-    seasonality_prior_scale: float = 10.0
-    seasonality_mode: str = "additive"
-    daily_seasonality: bool | str = "auto"
-    weekly_seasonality: bool | str = "auto"
-    yearly_seasonality: bool | str = "auto"
-    holidays_country: str | None = "US"
-
-
-@dataclass(frozen=True)
-class IForestConfig:
-    n_estimators: int = 100
-    max_samples: int = 256
-    tail_quantile: float = 0.9
-
-
-@dataclass(frozen=True)
-class DetectorConfig:
-    """Every tunable of the detector, with the defaults the benchmarks were measured with."""
-
-    threshold: float = 3.5
-    """Surprise (-log10 tail probability) at which a point is anomalous (score 0.5)."""
-    frequency_threshold: bool = False
-    """Hold a KPI sampled more often than hourly, every ``step``, to ``threshold + log10(1 hour
-    / step)`` (``EnsembleDetector.threshold_``), so that its false alarms come no more often per
-    day than an hourly KPI's. Off: on NAB's 5-minute series it cost more caught incidents than
-    the false alarms it saved (docs/detection-quality.md)."""
-    severity_scores: tuple[float, float, float, float] = (0.5, 0.6, 0.7, 0.8)
-    """Score at which the evidence reads low, medium, high, critical (see ``severity_of``)."""
-    severity_factors: tuple[float, float, float] = (1.2, 1.5, 2.0)
-    """How many times above or below its expected value a positive KPI must be for its size
-    to read medium, high, critical (2.0: double or half)."""
-    severity_spreads: tuple[float, float, float] = (3.0, 6.0, 12.0)
-    """How many of its normal spreads (robust standard deviations of recent residuals) a point
-    must be off for its size to read medium, high, critical."""
-    exclude_score: float = 0.7
-    """Score at or above which an anomalous point is left out of later training sets."""
-    level_window: int = 8
-    """Points over which the recent level is taken (how fast a level shift is absorbed)."""
-    smoothing_window: int = 1
-    """Points over which the combined surprise is averaged (1 = no smoothing)."""
-    volatility_window: int = 7
-    scale_window: int = 1000
-    """Points over which the recent residual scale is taken."""
-    tail_quantile: float = 0.9
-    """Quantile of training deviations above which the extreme-value tail is fitted."""
-    max_tail_shape: float = 0.5
-    """Upper bound of the fitted tail's shape (0 = exponential tail, 0.5 = heavy power law)."""
-    robust_calibration: bool = True
-    """Fit each component's tail without the training points it would flag itself (past
-    incidents in the history), see ``calibration.ExceedanceTail``'s ``trim_at``."""
-    tail_min_recurrences: int = 3
-    """Separate training episodes that must have come close to a value before their observed
-    rate caps its surprise: a pattern that keeps recurring is normal (0 = off; episodes are
-    merged like events, see ``calibration.ExceedanceTail``)."""
-    tail_recurrence_margin: float = 0.8
-    """How close counts: a peak at least this share of the value's distance beyond the tail
-    threshold, in (0, 1]."""
-    log_transform: bool = True
-    """Model KPIs whose training values are all positive in log space."""
-    band_coverage: float = 0.99
-    """Share of normal points inside the reported lower/upper band."""
-    min_train_points: int = 48
-    """Usable points (observed, not excluded) a model needs inside its training window."""
-    train_window_days: float = 0.0
-    """Training looks back at least this long from the newest usable point (see also
-    ``train_window_steps``). 0: the steps alone. Longer windows scored worse on the 1- and
-    5-minute folds (7 days: minute 49.6 against 55.6; 28 days: five_minute 49.1 against 62.6,
-    docs/detection-quality.md), so a minute-level model sees 2.8 days by default."""
-    train_window_steps: int = 4032
-    """Training looks back at least this many steps of the series' grid from the newest usable
-    point (168 days of an hourly KPI, 14 days at 5 minutes, 11 years of a daily KPI): the window
-    is the longer of the two."""
-    prophet_max_points: int = 4032
-    """Prophet fits on the medians of consecutive usable points when the window holds more
-    than this many (a longer ``train_window_days`` at minute frequency), keeping its cost
-    bounded; residuals are still taken at full resolution."""
-    sustained_window: int = 12
-    """Points whose median residual is judged as one sustained deviation (0 or 1 = off)."""
-    sustained_level_window: int = 48
-    """Points before those whose median residual is the baseline a sustained deviation is from."""
-    sustained_min_train_points: int = 600
-    """Training points a model needs before it judges sustained deviations: a model fitted on
-    little history drifts away from the data, which would read as one long sustained deviation."""
-    event_merge_gap: int = 2
-    """Quiet points allowed inside one event."""
-    gap_score: float = 0.7
-    """Score of the first missing slot of a long missing-data gap (an outage): one anomaly per
-    outage, flagged by 'gap', severity high (a KPI that stops reporting is urgent); its other
-    slots are missing data, not anomalies."""
-    prophet: ProphetConfig = field(default_factory=ProphetConfig)
-    iforest: IForestConfig = field(default_factory=IForestConfig)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 def severity_of(score: float, log_ratio: float, spreads: float, config: DetectorConfig) -> str:
@@ -247,6 +149,7 @@ def _stuck_run_lengths(values: np.ndarray) -> np.ndarray:
     return runs
 
 
+
 def _nan_to_zero(values) -> np.ndarray:
     """``np.nan_to_num(values, nan=0.0)``, without its cost when there is nothing to replace."""
     values = np.asarray(values, dtype=float)
@@ -288,7 +191,8 @@ class _Sequence:
     __slots__ = ("kept", "keep", "new")
 
     def __init__(self, kept: list[float], keep: int) -> None:
-        self.kept, self.keep, self.new = kept, keep, []
+        self.kept, self.keep = kept, keep
+        self.new: list[float] = []
 
     def __getitem__(self, i: int) -> float:
         return self.kept[i] if i < self.keep else self.new[i - self.keep]
@@ -393,11 +297,6 @@ class EnsembleDetector(BaseEstimator):
         self.config = config
         self.random_state = random_state
 
-    def __setstate__(self, state: dict) -> None:
-        super().__setstate__(state)
-        # Registered before thresholds followed the KPI's frequency: the hourly threshold.
-        self.__dict__.setdefault("threshold_", self._config.threshold)
-
     @property
     def _config(self) -> DetectorConfig:
         return self.config or DetectorConfig()
@@ -431,8 +330,10 @@ class EnsembleDetector(BaseEstimator):
         y_train = np.where(usable, y, np.nan)
 
         self.freq_ = freq
-        faster = cfg.frequency_threshold and freq is not None and pd.Timedelta(0) < freq < HOUR
-        self.threshold_ = cfg.threshold + (math.log10(HOUR / freq) if faster else 0.0)
+        faster_than_hourly = 0.0
+        if cfg.frequency_threshold and freq is not None and pd.Timedelta(0) < freq < HOUR:
+            faster_than_hourly = math.log10(HOUR / freq)
+        self.threshold_ = cfg.threshold + faster_than_hourly
         self.log_space_ = bool(cfg.log_transform and np.min(y[usable]) > 0)
         # A later value at or below zero is extreme for a positive KPI; clamp it to stay finite.
         self.log_floor_ = float(np.min(y[usable])) / 10.0 if self.log_space_ else 0.0
@@ -606,7 +507,7 @@ class EnsembleDetector(BaseEstimator):
         return np.column_stack(
             [
                 adapted / scale,
-                step / max(getattr(self, "step_scale_", scale), 1e-12),
+                step / max(self.step_scale_, 1e-12),
                 np.log(np.maximum(volatility / scale, 1e-3)),
             ]
         )
@@ -707,7 +608,7 @@ class EnsembleDetector(BaseEstimator):
             return max(recent, max(0.1 * training_scale, self.scale_floor_))
 
         residual_scale = self.residual_scale_
-        step_scale = max(getattr(self, "step_scale_", residual_scale), 1e-12)
+        step_scale = max(self.step_scale_, 1e-12)
         previous = float(state.y_model[keep - 1]) if keep else math.nan
         last_y = float(state.y[keep - 1]) if keep else math.nan
         run = float(state.runs[keep - 1]) if keep else 0.0
@@ -835,10 +736,11 @@ class EnsembleDetector(BaseEstimator):
             flagged_bys.append(flagged if is_anomaly else None)
         # A few numpy calls for all the points: model space back to values, then columns.
         expected, lower, upper = self._from_model(np.array(bands, dtype=float).reshape(-1, 3)).T
-        prophet_score, iforest_score, score = np.array(scores, dtype=float).reshape(-1, 3).T
+        prophet_score, iforest_score, combined_score = np.array(scores, dtype=float).reshape(-1, 3).T
         return {
             "expected": expected, "lower": lower, "upper": upper,
-            "prophet_score": prophet_score, "iforest_score": iforest_score, "score": score,
+            "prophet_score": prophet_score, "iforest_score": iforest_score,
+            "score": combined_score,
             "is_anomaly": np.array(is_anomalies, dtype=bool),
             "severity": np.array(severities, dtype=object),
             "flagged_by": np.array(flagged_bys, dtype=object),
@@ -881,7 +783,7 @@ class EnsembleDetector(BaseEstimator):
         )
         runs = _stuck_run_lengths(y)
         sustained = shifted = None
-        # Off for models fitted on little history, and for those registered before it existed.
+        # Off for models fitted on little history, and for those trained before it existed.
         if hasattr(self, "sustained_tail_"):
             judged_shift, shifted, reference = self._sustained_shift(residual)
             sustained = (self._sustained_ratio(judged_shift, shifted), reference)
@@ -936,7 +838,8 @@ class EnsembleDetector(BaseEstimator):
         opens_outage = gap & np.isfinite(before)
         score = np.where(opens_outage, cfg.gap_score, np.where(gap, 0.0, score))
         is_anomaly = np.where(gap, opens_outage, is_anomaly & np.isfinite(y))
-        flagged_by = np.where(gap, np.where(opens_outage, "gap", None), flagged_by)
+        # numpy's stubs leave None (an object array's value) out of np.where's choices.
+        flagged_by = np.where(gap, np.where(opens_outage, "gap", None), flagged_by)  # type: ignore[call-overload]
         # An anomalous point always names a component, even when only smoothing pushed it over.
         flagged_by = np.where(is_anomaly & (flagged_by == None), "ensemble", flagged_by)  # noqa: E711
 
@@ -965,7 +868,7 @@ class EnsembleDetector(BaseEstimator):
             "score": score,
             "is_anomaly": is_anomaly.astype(bool),
             "severity": self._severity(score, is_anomaly, residual - level, recent_scale),
-            "flagged_by": np.where(is_anomaly, flagged_by, None),
+            "flagged_by": np.where(is_anomaly, flagged_by, None),  # type: ignore[call-overload]
         }
 
     def _severity(self, score: np.ndarray, is_anomaly: np.ndarray, deviation: np.ndarray,
@@ -985,24 +888,27 @@ class EnsembleDetector(BaseEstimator):
         log_ratio = size if self.log_space_ else math.nan
         return severity_of(score, log_ratio, size / recent_scale, self._config)
 
-    # -- model registry ---------------------------------------------------------------------
-    COMPONENT_KINDS = ("prophet", "iforest")
+    # -- model registry (the format: ``persistence``) ----------------------------------------
+    COMPONENT_KINDS = persistence.COMPONENT_KINDS
+    SHELL_SCALARS = persistence.SHELL_SCALARS
 
     def to_artifacts(self) -> dict[str, bytes]:
-        """The fitted detector as registry rows: one artifact per component plus the ensemble."""
-        shell = copy.copy(self)
-        for kind in self.COMPONENT_KINDS:
-            delattr(shell, f"{kind}_")
-        artifacts = {kind: pickle.dumps(getattr(self, f"{kind}_")) for kind in self.COMPONENT_KINDS}
-        artifacts["ensemble"] = pickle.dumps(shell)
-        return artifacts
+        """The fitted detector as registry rows, data only (``artifacts``, docs/models.md): one
+        artifact per component, and the ``ensemble`` with the config, learned scalars and
+        calibrations."""
+        return persistence.to_artifacts(self)
 
     @classmethod
     def from_artifacts(cls, artifacts: dict[str, bytes]) -> "EnsembleDetector":
-        detector = pickle.loads(artifacts["ensemble"])
-        for kind in cls.COMPONENT_KINDS:
-            setattr(detector, f"{kind}_", pickle.loads(artifacts[kind]))
-        return detector
+        """The detector ``to_artifacts`` stored, scoring exactly as it did."""
+        return persistence.from_artifacts(cls, artifacts)
+
+    @classmethod
+    def shell_from_artifact(cls, artifact: bytes) -> "EnsembleDetector":
+        """The detector of an ``ensemble`` artifact without its fitted components (``prophet_``,
+        ``iforest_``): config, grid step (``freq_``), calibrations and ``context_points``, what
+        choosing a scoring window needs."""
+        return persistence.shell_from_artifact(cls, artifact)
 
     @property
     def context_points(self) -> int:

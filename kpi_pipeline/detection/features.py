@@ -59,6 +59,11 @@ def season_lag(freq: pd.Timedelta | None) -> int:
     return 1
 
 
+def feature_context(freq: pd.Timedelta | None) -> int:
+    """Points before a point that its features read: the rolling window or the seasonal lag."""
+    return max(ROLLING_WINDOW, season_lag(freq))
+
+
 def calendar_features(ts: pd.DatetimeIndex, country: str = "US") -> pd.DataFrame:
     """Cyclic encodings of hour, day of week and month, plus weekend and holiday flags."""
     hour = ts.hour + ts.minute / 60.0

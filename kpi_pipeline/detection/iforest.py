@@ -13,7 +13,7 @@ import numpy as np
 from sklearn.base import BaseEstimator
 from sklearn.ensemble import IsolationForest
 
-from kpi_pipeline.detection.calibration import NO_RECURRENCE_CAP, ExceedanceTail
+from kpi_pipeline.detection.calibration import ExceedanceTail
 
 
 class IsolationForestDetector(BaseEstimator):
@@ -39,11 +39,6 @@ class IsolationForestDetector(BaseEstimator):
         self.episode_gap = episode_gap
         self.random_state = random_state
 
-    def __setstate__(self, state: dict) -> None:
-        # Detectors pickled before recurrences existed: their calibration has no cap.
-        self.__dict__.update(NO_RECURRENCE_CAP, trim_at=None)
-        super().__setstate__(state)
-
     def fit(self, X: np.ndarray, y=None) -> "IsolationForestDetector":
         X = _finite_rows(X)
         self.forest_ = IsolationForest(
@@ -62,10 +57,30 @@ class IsolationForestDetector(BaseEstimator):
         self.n_features_in_ = X.shape[1]
         return self
 
-    def __getstate__(self) -> dict:
-        state = dict(super().__getstate__())
-        state.pop("flat_", None)  # rebuilt from the trees on first use
-        return state
+    def to_state(self) -> dict:
+        """The fitted detector as data (``artifacts.pack``): settings, the trees as arrays
+        (``_FlatForest``) and the calibration. The sklearn estimator is not kept: scoring walks
+        the arrays."""
+        if self.flat_ is None:
+            raise TypeError(
+                "this scikit-learn's IsolationForest cannot be stored as arrays; use the "
+                "version pinned in pyproject.toml"
+            )
+        return {
+            "params": self.get_params(),
+            "n_features_in": self.n_features_in_,
+            "forest": self.flat_.to_state(),
+            "calibration": self.calibration_.to_state(),
+        }
+
+    @classmethod
+    def from_state(cls, state: dict) -> "IsolationForestDetector":
+        """The detector ``to_state`` described, without ``forest_`` (its trees are ``flat_``)."""
+        detector = cls(**state["params"])
+        detector.n_features_in_ = int(state["n_features_in"])
+        detector.flat_ = _FlatForest.from_state(state["forest"])
+        detector.calibration_ = ExceedanceTail.from_state(state["calibration"])
+        return detector
 
     def _raw(self, X: np.ndarray) -> np.ndarray:
         """The forest's anomaly score, ``2 ** -(mean path length / c(max_samples))``: sklearn's
@@ -77,8 +92,6 @@ class IsolationForestDetector(BaseEstimator):
         (``_FlatForest``), and the path lengths summed tree by tree in sklearn's order, so the
         result is identical (tested).
         """
-        if "flat_" not in self.__dict__:  # unpickled
-            self.flat_ = _FlatForest.of(self.forest_)
         flat = self.flat_
         if flat is None:  # sklearn internals differ: its own (slow) path
             return -self.forest_.score_samples(X)
@@ -150,7 +163,34 @@ class _FlatForest:
         return cls(
             roots[:, None], np.concatenate(feature).astype(np.intp), np.concatenate(threshold),
             children, np.concatenate(leaf_depth), max(tree.max_depth for tree in trees),
-            len(trees) * _average_path_length([forest._max_samples]),
+            float(len(trees) * _average_path_length([forest._max_samples])[0]),
+        )
+
+    def to_state(self) -> dict:
+        """The arrays, exact and as narrow as they go: node indices within their tree, small
+        integers in the smallest type that holds them."""
+        sizes = np.diff(np.append(self.roots[:, 0], len(self.threshold)))
+        local = self.children - np.repeat(self.roots[:, 0], 2 * sizes)
+        return {
+            "tree_sizes": sizes.astype(np.min_scalar_type(int(sizes.max()))),
+            "feature": self.feature.astype(np.min_scalar_type(int(self.feature.max()))),
+            "threshold": self.threshold,
+            "children": local.astype(np.min_scalar_type(int(local.max()))),
+            "leaf_depth": self.leaf_depth,
+            "max_depth": self.max_depth,
+            "denominator": self.denominator,
+        }
+
+    @classmethod
+    def from_state(cls, state: dict) -> "_FlatForest":
+        sizes = np.asarray(state["tree_sizes"], dtype=np.intp)
+        roots = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.intp)
+        children = np.asarray(state["children"], dtype=np.intp) + np.repeat(roots, 2 * sizes)
+        return cls(
+            roots[:, None], np.asarray(state["feature"], dtype=np.intp),
+            np.asarray(state["threshold"], dtype=float), children,
+            np.asarray(state["leaf_depth"], dtype=float), int(state["max_depth"]),
+            float(state["denominator"]),
         )
 
     def raw(self, X: np.ndarray) -> np.ndarray:

@@ -35,6 +35,33 @@ def infer_frequency(ts: pd.Series | pd.DatetimeIndex) -> pd.Timedelta | None:
     return pd.Timedelta(steps[steps > pd.Timedelta(0)].mode().iloc[0])
 
 
+def step_counts(ts: pd.Series | pd.DatetimeIndex) -> dict[int, int]:
+    """How often each positive step (in microseconds) occurs between the consecutive distinct
+    timestamps of ``ts``: what ``infer_frequency`` takes the mode of, as counts that the steps
+    of later timestamps can be added to (``add_counts``)."""
+    index = pd.DatetimeIndex(ts).unique().sort_values().as_unit("us")
+    steps = np.diff(index.asi8)
+    values, counts = np.unique(steps[steps > 0], return_counts=True)
+    return dict(zip(values.tolist(), counts.tolist(), strict=True))
+
+
+def add_counts(counts: Mapping[int, int], more: Mapping[int, int]) -> dict[int, int]:
+    """The step counts of two stretches of one series together."""
+    total = dict(counts)
+    for step, count in more.items():
+        total[step] = total.get(step, 0) + count
+    return total
+
+
+def mode_step(counts: Mapping[int, int]) -> pd.Timedelta | None:
+    """The most common step of ``step_counts`` (the shortest of equally common ones), which is
+    ``infer_frequency`` of the same timestamps; None without steps."""
+    if not counts:
+        return None
+    most = max(counts.values())
+    return pd.Timedelta(min(step for step, count in counts.items() if count == most), unit="us")
+
+
 def regularize(
     series: pd.DataFrame,
     freq: pd.Timedelta,
@@ -145,7 +172,9 @@ class Grid:
 
     def slots(self, ts) -> np.ndarray:
         """The slot ``k`` each timestamp snaps to (the nearest grid point)."""
-        return ((pd.DatetimeIndex(ts) - self.origin) / self.step).round().to_numpy(dtype=np.int64)
+        offsets = (pd.DatetimeIndex(ts) - self.origin) / self.step
+        # pandas-stubs type this Index[float] without the round() that pandas gives it.
+        return offsets.round().to_numpy(dtype=np.int64)  # type: ignore[attr-defined]
 
     def slots_ns(self, ns: list[int]) -> list[int]:
         """``slots`` of timestamps given as nanoseconds since the epoch, in plain Python (for
@@ -178,6 +207,40 @@ def clean_series(
     ``clean_observations`` gives that KPI, without its grouping by KPI name."""
     rows = observations[["ts", "value"]].sort_values("ts", kind="stable").dropna(subset=["value"])
     return regularize(rows, grid.step, config, origin=grid.origin)
+
+
+def reclean_since(
+    grid: Grid, changed_slot: int, config: PreprocessConfig = PreprocessConfig()
+) -> pd.Timestamp:
+    """The earliest observation ``reclean`` needs to re-clean a series from ``changed_slot``:
+    every observation of the ``max_fill_periods + 2`` slots before it (a short gap before the
+    changed slot is filled from the last observed slot before it)."""
+    return grid.origin + (changed_slot - config.max_fill_periods - 3) * grid.step
+
+
+def reclean(
+    observations: pd.DataFrame,
+    grid: Grid,
+    changed_slot: int,
+    config: PreprocessConfig = PreprocessConfig(),
+) -> pd.DataFrame:
+    """One KPI's cleaned rows (ts, value, filled, gap) from the last observed slot before
+    ``changed_slot`` on: the rows cleaning the whole series on ``grid`` gives there, from its
+    observations since ``reclean_since`` alone.
+
+    ``changed_slot`` is the first slot whose observations changed, or the slot after the last
+    observed one when the series only grew. The rows before the returned ones are unchanged:
+    they end in the last observed slot before the change, or in a gap too long to fill, which
+    stays a gap whatever follows it.
+    """
+    cleaned = clean_series(observations, grid, config)
+    slots = grid.slots(cleaned["ts"])
+    observed = ~(cleaned["filled"].to_numpy() | cleaned["gap"].to_numpy())
+    # Slots from here on have every observation in the window (it starts a slot earlier).
+    complete = slots >= changed_slot - config.max_fill_periods - 2
+    anchors = slots[complete & observed & (slots < changed_slot)]
+    start = anchors[-1] if len(anchors) else changed_slot
+    return cleaned[slots >= start].reset_index(drop=True)
 
 
 def clean_observations(

@@ -6,8 +6,11 @@ coming out are tz-aware UTC pandas Timestamps, on Postgres and SQLite alike.
 
 from kpi_pipeline.store.alerts import (
     add_silence,
+    alert_evaluation,
     claim_due_deliveries,
     first_scored_at,
+    last_evaluated_until,
+    load_alert_evaluations,
     load_anomalies_scored,
     load_deliveries,
     load_recent_deliveries,
@@ -15,6 +18,7 @@ from kpi_pipeline.store.alerts import (
     mark_failed,
     mark_retry,
     mark_sent,
+    record_alert_evaluation,
     record_deliveries,
     scoring_watermark,
     suppress_false_positive_alerts,
@@ -35,10 +39,12 @@ from kpi_pipeline.store.dashboard import (
     sparklines,
 )
 from kpi_pipeline.store.database import make_engine, migrate, table_counts
+from kpi_pipeline.store.failures import load_kpi_failures, record_kpi_outcomes
 from kpi_pipeline.store.models import (
     ModelRecord,
     load_latest_models,
     load_model_versions,
+    prune_model_versions,
     save_model,
     save_models,
 )
@@ -59,6 +65,7 @@ from kpi_pipeline.store.scoring import (
     load_score_windows,
     load_scoring_models,
 )
+from kpi_pipeline.store.series import SeriesState, load_cleaned_rows, load_features, load_series
 from kpi_pipeline.store.scores import (
     last_scored_ts,
     load_anomalies,
@@ -68,9 +75,14 @@ from kpi_pipeline.store.scores import (
 )
 
 __all__ = [
+    "load_kpi_failures",
+    "record_kpi_outcomes",
     "add_silence",
+    "alert_evaluation",
     "claim_due_deliveries",
     "first_scored_at",
+    "last_evaluated_until",
+    "load_alert_evaluations",
     "load_anomalies_scored",
     "load_deliveries",
     "load_recent_deliveries",
@@ -78,6 +90,7 @@ __all__ = [
     "mark_failed",
     "mark_retry",
     "mark_sent",
+    "record_alert_evaluation",
     "record_deliveries",
     "scoring_watermark",
     "suppress_false_positive_alerts",
@@ -97,10 +110,14 @@ __all__ = [
     "FEEDBACK_LABELS",
     "SEVERITIES",
     "ModelRecord",
+    "SeriesState",
     "UpsertCounts",
     "insert_rejections",
     "last_scored_ts",
     "list_kpis",
+    "load_cleaned_rows",
+    "load_features",
+    "load_series",
     "load_anomalies",
     "load_latest_models",
     "load_model_versions",
@@ -115,6 +132,7 @@ __all__ = [
     "observation_spans",
     "observations_ingested_since",
     "observations_version",
+    "prune_model_versions",
     "save_model",
     "save_models",
     "set_feedback",

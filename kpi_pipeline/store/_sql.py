@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import pandas as pd
@@ -69,7 +70,7 @@ def upsert(
             for name in names
         ))
         statement = on_conflict(insert(table).from_select(names, arrays))
-        batches = (
+        batches: Iterator[dict[str, list[Any]] | Sequence[dict[str, Any]]] = (
             {name: [row[name] for row in rows[start : start + BATCH_SIZE]] for name in names}
             for start in range(0, len(rows), BATCH_SIZE)
         )
@@ -96,7 +97,7 @@ def _unnestable(connection: sa.Connection, table: sa.Table, rows: Sequence[dict[
     if connection.dialect.name != "postgresql" or len(rows) < 2:
         return False
     for name in rows[0]:
-        kind = table.c[name].type
+        kind: sa.types.TypeEngine[Any] | type[sa.types.TypeEngine[Any]] = table.c[name].type
         kind = kind.impl if isinstance(kind, sa.TypeDecorator) else kind
         if not isinstance(kind, _ARRAY_TYPES):
             return False
@@ -123,7 +124,7 @@ def window(
     until: TimeLike | None = None,
 ) -> list[sa.ColumnElement[bool]]:
     """Conditions selecting ``kpis`` (all if None) with ``since <= ts <= until`` (open if None)."""
-    conditions = []
+    conditions: list[sa.ColumnElement[bool]] = []
     if kpis is not None:
         conditions.append(source.c.kpi.in_([kpis] if isinstance(kpis, str) else list(kpis)))
     if since is not None:
@@ -133,9 +134,23 @@ def window(
     return conditions
 
 
-def read_frame(engine: sa.Engine, query: sa.Select, columns: Mapping[str, Kind]) -> pd.DataFrame:
+Bind = sa.Engine | sa.Connection
+"""Where a query runs: a new connection of an engine, or a connection in its transaction."""
+
+
+@contextmanager
+def connected(bind: Bind) -> Iterator[sa.Connection]:
+    """``bind`` itself if it is a connection (its transaction goes on), else a new connection."""
+    if isinstance(bind, sa.Connection):
+        yield bind
+    else:
+        with bind.connect() as connection:
+            yield connection
+
+
+def read_frame(bind: Bind, query: sa.Select, columns: Mapping[str, Kind]) -> pd.DataFrame:
     """Run ``query`` (selecting ``columns`` in order) into a DataFrame with fixed dtypes."""
-    with engine.connect() as connection:
+    with connected(bind) as connection:
         rows = connection.execute(query).all()
     return build_frame(rows, columns)
 

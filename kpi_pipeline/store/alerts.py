@@ -1,5 +1,10 @@
-"""Automation and alerting state: what is trained and scored, the ``alert_deliveries`` outbox,
-and silences.
+"""Automation and alerting state: what is trained and scored, the alert evaluations, the
+``alert_deliveries`` outbox, and silences.
+
+An alert evaluation judges the anomalies scored since the previous one and queues their alerts;
+``alert_evaluation`` runs it in one transaction that no other evaluation overlaps, ending with
+the ``alert_evaluations`` row where the next one starts. So each scored anomaly is judged once,
+whichever Dagster instance runs the check, and a failed evaluation leaves nothing behind.
 
 The outbox holds one row per (anomaly, channel, recipient). A row is written before anything is
 sent, claimed by a sender with a lease, and then marked sent, failed, or left pending with the
@@ -10,19 +15,21 @@ sends it again.
 from __future__ import annotations
 
 import fnmatch
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import pandas as pd
 import sqlalchemy as sa
 
 from kpi_pipeline.store._convert import Kind, TimeLike, build_frame, to_utc, utc_now
-from kpi_pipeline.store._sql import read_frame, upsert
+from kpi_pipeline.store._sql import Bind, connected, read_frame, upsert
 from kpi_pipeline.store.database import write_transaction
 from kpi_pipeline.store.schema import (
     ALERT_CHANNELS,
     DELIVERY_STATUSES,
     alert_deliveries,
+    alert_evaluations,
     alert_silences,
     anomalies,
     anomaly_feedback,
@@ -48,6 +55,14 @@ DELIVERY_COLUMNS: dict[str, Kind] = {
     "created_at": "utc",
     "sent_at": "utc",
 }
+EVALUATION_COLUMNS: dict[str, Kind] = {
+    "id": "int",
+    "batch": "str",
+    "scored_after": "utc",
+    "scored_until": "utc",
+    "alerted": "int",
+    "evaluated_at": "utc",
+}
 SILENCE_COLUMNS: dict[str, Kind] = {
     "kpi_pattern": "str",
     "since": "utc",
@@ -67,24 +82,25 @@ def trained_kpis(engine: sa.Engine) -> set[str]:
         return set(connection.execute(query).scalars())
 
 
-def scoring_watermark(engine: sa.Engine) -> pd.Timestamp | None:
+def scoring_watermark(bind: Bind) -> pd.Timestamp | None:
     """The newest ``scored_at`` of any score: everything scored so far is at or before it."""
-    with engine.connect() as connection:
+    with connected(bind) as connection:
         newest = connection.scalar(sa.select(sa.func.max(anomaly_scores.c.scored_at)))
     return None if newest is None else to_utc(newest)
 
 
-def first_scored_at(engine: sa.Engine) -> dict[str, pd.Timestamp]:
-    """When each KPI was first scored (the oldest ``scored_at`` among its scores)."""
+def first_scored_at(bind: Bind, kpis: Iterable[str] | None = None) -> dict[str, pd.Timestamp]:
+    """When each KPI (of ``kpis``, default all) was first scored: the oldest ``scored_at``
+    among its scores."""
     table = anomaly_scores
     query = sa.select(table.c.kpi, sa.func.min(table.c.scored_at)).group_by(table.c.kpi)
-    with engine.connect() as connection:
+    if kpis is not None:
+        query = query.where(table.c.kpi.in_(list(kpis)))
+    with connected(bind) as connection:
         return {kpi: to_utc(ts) for kpi, ts in connection.execute(query)}
 
 
-def load_anomalies_scored(
-    engine: sa.Engine, after: TimeLike | None, until: TimeLike
-) -> pd.DataFrame:
+def load_anomalies_scored(bind: Bind, after: TimeLike | None, until: TimeLike) -> pd.DataFrame:
     """Anomalous points with ``after < scored_at <= until`` (no lower bound if ``after`` is None),
     with any feedback, sorted by kpi and ts."""
     view = anomalies
@@ -93,13 +109,76 @@ def load_anomalies_scored(
     )
     if after is not None:
         query = query.where(view.c.scored_at > to_utc(after))
-    return read_frame(engine, query.order_by(view.c.kpi, view.c.ts), ANOMALY_COLUMNS)
+    return read_frame(bind, query.order_by(view.c.kpi, view.c.ts), ANOMALY_COLUMNS)
+
+
+# -- alert evaluations ----------------------------------------------------------------------
+
+
+@contextmanager
+def alert_evaluation(engine: sa.Engine) -> Iterator[sa.Connection]:
+    """A write transaction that no other ``alert_evaluation`` overlaps; it commits on success.
+
+    Run an evaluation's reads and writes on the connection it yields, and record the range it
+    judged with ``record_alert_evaluation``: an evaluation waiting for this one then starts
+    where it stopped.
+    """
+    with write_transaction(engine) as connection:
+        if connection.dialect.name == "postgresql":
+            # Readers go on; a second evaluation waits here until this one commits. (SQLite's
+            # write transactions already exclude each other.)
+            connection.execute(sa.text("LOCK TABLE alert_evaluations IN EXCLUSIVE MODE"))
+        yield connection
+
+
+def last_evaluated_until(bind: Bind) -> pd.Timestamp | None:
+    """``scored_until`` of the newest alert evaluation (None before the first)."""
+    table = alert_evaluations
+    query = sa.select(table.c.scored_until).order_by(table.c.id.desc()).limit(1)
+    with connected(bind) as connection:
+        until = connection.scalar(query)
+    return None if until is None else to_utc(until)
+
+
+def record_alert_evaluation(
+    bind: Bind,
+    *,
+    batch: str,
+    scored_after: TimeLike | None,
+    scored_until: TimeLike,
+    alerted: int,
+    recorded_silently: Mapping[str, int],
+) -> None:
+    """Record that the anomalies with ``scored_after < scored_at <= scored_until`` were judged:
+    ``alerted`` of them are news, the others were recorded silently (reason -> count)."""
+    row = {
+        "batch": batch,
+        "scored_after": None if scored_after is None else to_utc(scored_after),
+        "scored_until": to_utc(scored_until),
+        "alerted": alerted,
+        "recorded_silently": dict(recorded_silently),
+        "evaluated_at": utc_now(),
+    }
+    with _writing(bind) as connection:
+        connection.execute(sa.insert(alert_evaluations), [row])
+
+
+def load_alert_evaluations(bind: Bind) -> pd.DataFrame:
+    """Every alert evaluation (``EVALUATION_COLUMNS`` and ``recorded_silently``), oldest first."""
+    table = alert_evaluations
+    query = sa.select(
+        *(table.c[name] for name in EVALUATION_COLUMNS), table.c.recorded_silently
+    ).order_by(table.c.id)
+    with connected(bind) as connection:
+        rows = connection.execute(query).all()
+    frame = build_frame([row[:-1] for row in rows], EVALUATION_COLUMNS)
+    return frame.assign(recorded_silently=pd.Series([row[-1] for row in rows], dtype=object))
 
 
 # -- the outbox -----------------------------------------------------------------------------
 
 
-def record_deliveries(engine: sa.Engine, rows: Sequence[dict[str, Any]]) -> int:
+def record_deliveries(bind: Bind, rows: Sequence[dict[str, Any]]) -> int:
     """Insert outbox rows; a row whose (kpi, ts, channel, recipient) exists is skipped.
 
     Each row has kpi, ts, event_id, severity, channel, recipient, batch, message_key, payload,
@@ -121,7 +200,7 @@ def record_deliveries(engine: sa.Engine, rows: Sequence[dict[str, Any]]) -> int:
                 "created_at": now,
             }
         )
-    with write_transaction(engine) as connection:
+    with _writing(bind) as connection:
         inserted = upsert(
             connection,
             alert_deliveries,
@@ -132,14 +211,12 @@ def record_deliveries(engine: sa.Engine, rows: Sequence[dict[str, Any]]) -> int:
     return len(inserted or ())
 
 
-def load_recent_deliveries(
-    engine: sa.Engine, kpis: Iterable[str], since: TimeLike
-) -> pd.DataFrame:
+def load_recent_deliveries(bind: Bind, kpis: Iterable[str], since: TimeLike) -> pd.DataFrame:
     """Outbox rows of ``kpis`` with ``ts >= since``, any status: what a new alert is compared
     with (already recorded? within a cooldown?)."""
     table = alert_deliveries
     query = _select_deliveries().where(table.c.kpi.in_(list(kpis)), table.c.ts >= to_utc(since))
-    return read_frame(engine, query.order_by(table.c.ts), DELIVERY_COLUMNS)
+    return read_frame(bind, query.order_by(table.c.ts), DELIVERY_COLUMNS)
 
 
 def load_deliveries(
@@ -287,14 +364,25 @@ def add_silence(
     return len(ids)
 
 
-def load_silences(engine: sa.Engine) -> pd.DataFrame:
+def load_silences(bind: Bind) -> pd.DataFrame:
     """Every silence: kpi_pattern, since, until, reason, created_at."""
     table = alert_silences
     query = sa.select(*(table.c[name] for name in SILENCE_COLUMNS)).order_by(table.c.id)
-    return read_frame(engine, query, SILENCE_COLUMNS)
+    return read_frame(bind, query, SILENCE_COLUMNS)
 
 
 # -- helpers --------------------------------------------------------------------------------
+
+
+@contextmanager
+def _writing(bind: Bind) -> Iterator[sa.Connection]:
+    """``bind`` if it is a connection (it writes in its own transaction), else a new write
+    transaction of the engine ``bind``."""
+    if isinstance(bind, sa.Connection):
+        yield bind
+    else:
+        with write_transaction(bind) as connection:
+            yield connection
 
 
 def _select_deliveries(*extra: sa.ColumnElement) -> sa.Select:

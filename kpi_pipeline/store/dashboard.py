@@ -49,6 +49,7 @@ OVERVIEW_COLUMNS: dict[str, Kind] = {
     "anomalies_24h": "int",
     "anomalies_7d": "int",
     "last_anomaly": "utc",
+    "outages_7d": "int",
 }
 SERIES_COLUMNS: dict[str, Kind] = {
     "ts": "utc",
@@ -108,23 +109,25 @@ def _kpi_names(search: str | None = None) -> sa.Subquery:
     return query.subquery("kpis")
 
 
-def _newest(scores: sa.TableClause) -> sa.ColumnElement:
+def _newest(scores: sa.FromClause) -> sa.ColumnElement:
     return sa.func.max(scores.c.ts)
 
 
-def _count(_scores: sa.TableClause) -> sa.ColumnElement:
+def _count(_scores: sa.FromClause) -> sa.ColumnElement:
     return sa.func.count()
 
 
 def _per_kpi(
     kpis: sa.Subquery,
-    aggregate: Callable[[sa.TableClause], sa.ColumnElement],
+    aggregate: Callable[[sa.FromClause], sa.ColumnElement],
     after: pd.Timestamp | None = None,
     until: pd.Timestamp | None = None,
     anomalous: bool = False,
+    kind: str | None = None,
 ) -> sa.ScalarSelect:
     """``aggregate`` over each KPI's scores with ``after < ts <= until`` (only anomalous ones if
-    ``anomalous``), correlated to ``kpis``: one seek into the (kpi, ts) key per KPI."""
+    ``anomalous``, only those of ``kind`` if given, see ``of_kind``), correlated to ``kpis``:
+    one seek into the (kpi, ts) key per KPI."""
     scores = anomaly_scores.alias("s")
     conditions = [scores.c.kpi == kpis.c.kpi]
     if after is not None:
@@ -133,7 +136,23 @@ def _per_kpi(
         conditions.append(scores.c.ts <= until)
     if anomalous:
         conditions.append(scores.c.is_anomaly)
+    if kind is not None:
+        conditions.append(of_kind(scores, kind))
     return sa.select(aggregate(scores)).where(*conditions).scalar_subquery()
+
+
+OUTAGE_FLAG = "gap"
+"""``flagged_by`` of an outage: the first missing slot of a long gap (a KPI stopped reporting)."""
+
+
+def of_kind(scores, kind: str) -> sa.ColumnElement:
+    """Rows of ``kind``: ``outage`` (flagged ``gap``) or ``anomaly`` (everything else), so
+    outages are counted apart from anomalies."""
+    if kind == "outage":
+        return scores.c.flagged_by == OUTAGE_FLAG
+    if kind == "anomaly":
+        return sa.or_(scores.c.flagged_by.is_(None), scores.c.flagged_by != OUTAGE_FLAG)
+    raise ValueError(f"kind must be 'anomaly' or 'outage', not {kind!r}")
 
 
 def list_kpi_names(engine: sa.Engine, search: str | None = None) -> list[str]:
@@ -180,8 +199,9 @@ def kpi_overview(
     summary = sa.select(
         kpis.c.kpi,
         _per_kpi(kpis, _newest).label("latest_ts"),
-        _per_kpi(kpis, _count, end - RECENT, end, anomalous=True).label("anomalies_24h"),
-        _per_kpi(kpis, _count, end - WEEK, end, anomalous=True).label("anomalies_7d"),
+        _per_kpi(kpis, _count, end - RECENT, end, True, "anomaly").label("anomalies_24h"),
+        _per_kpi(kpis, _count, end - WEEK, end, True, "anomaly").label("anomalies_7d"),
+        _per_kpi(kpis, _count, end - WEEK, end, True, "outage").label("outages_7d"),
         _per_kpi(kpis, _newest, end - WEEK, end, anomalous=True).label("last_anomaly"),
     ).subquery("summary")
     latest = anomaly_scores
@@ -198,6 +218,7 @@ def kpi_overview(
         summary.c.anomalies_24h,
         summary.c.anomalies_7d,
         summary.c.last_anomaly,
+        summary.c.outages_7d,
     ).outerjoin(latest, sa.and_(latest.c.kpi == summary.c.kpi, latest.c.ts == summary.c.latest_ts))
     query = query.order_by(*_overview_order(sort, summary, latest))
     query = query.limit(page_size).offset((page - 1) * page_size)
@@ -245,7 +266,7 @@ def sparklines(
         .order_by(table.c.kpi, table.c.ts)
     )
     frame = read_frame(engine, query, {"kpi": "str", "ts": "utc", "value": "float"})
-    lines = {kpi: [] for kpi in kpis}
+    lines: dict[str, list[float]] = {kpi: [] for kpi in kpis}
     for kpi, rows in frame.groupby("kpi", sort=False):
         values = rows["value"].to_numpy()
         buckets = np.array_split(values, min(len(values), max_points))
@@ -255,7 +276,7 @@ def sparklines(
 
 def kpi_time_range(engine: sa.Engine, kpi: str) -> tuple[pd.Timestamp, pd.Timestamp] | None:
     """First and last timestamp of a KPI over its observations and scores (None if unknown)."""
-    bounds = []
+    bounds: list[TimeLike] = []
     with engine.connect() as connection:
         for table in (kpi_observations, anomaly_scores):
             query = sa.select(sa.func.min(table.c.ts), sa.func.max(table.c.ts)).where(
@@ -303,15 +324,19 @@ def severity_counts(
     since: TimeLike | None = None,
     until: TimeLike | None = None,
     scored_since: TimeLike | None = None,
+    kind: str | None = None,
 ) -> dict[str, int]:
     """Anomalous points per severity (every level present, least severe first), optionally
-    only those with ``since <= ts <= until`` and those written at or after ``scored_since``."""
+    only those with ``since <= ts <= until``, those written at or after ``scored_since`` and
+    those of ``kind`` (``anomaly`` or ``outage``, see ``of_kind``)."""
     view = anomalies
     query = sa.select(view.c.severity, sa.func.count()).where(*window(view, None, since, until))
+    if kind is not None:
+        query = query.where(of_kind(view, kind))
     if scored_since is not None:
         query = query.where(view.c.scored_at >= to_utc(scored_since))
     with engine.connect() as connection:
-        found = dict(connection.execute(query.group_by(view.c.severity)).all())
+        found: dict[str, int] = dict(connection.execute(query.group_by(view.c.severity)).all())
     return {level: int(found.get(level, 0)) for level in SEVERITIES}
 
 

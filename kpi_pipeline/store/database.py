@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import sqlalchemy as sa
 from alembic import command
@@ -117,7 +118,7 @@ def table_counts(engine: sa.Engine) -> dict[str, int]:
     """Row counts of every table of the data contract, plus the ``anomalies`` view."""
     with engine.connect() as connection:
         return {
-            source.name: connection.scalar(sa.select(sa.func.count()).select_from(source))
+            source.name: connection.execute(sa.select(sa.func.count()).select_from(source)).scalar_one()
             for source in (*TABLES, anomalies)
         }
 
@@ -127,7 +128,7 @@ def driver_errors(
     engine: sa.Engine,
     connection: sa.Connection | None = None,
     statement: str | None = None,
-    params: object = None,
+    params: Mapping[str, Any] | None = None,
 ) -> Iterator[None]:
     """Errors of code that talks to the driver directly, re-raised as SQLAlchemy's (as the rest
     of the store raises them). With ``connection``, a lost connection is invalidated (not

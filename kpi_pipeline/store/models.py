@@ -117,8 +117,8 @@ def load_model_versions(
 ) -> list[ModelRecord]:
     """Every version of one KPI's ``kind`` model, oldest training cutoff first.
 
-    ``artifacts=False`` leaves the pickled models out (``artifact`` None): a KPI retrained daily
-    has hundreds of versions, and choosing which ones apply needs only their training windows.
+    ``artifacts=False`` leaves the stored models out (``artifact`` None): choosing which
+    versions apply needs only their training windows.
     """
     table = kpi_models
     columns = [c for c in table.c if artifacts or c.name != "artifact"]
@@ -130,6 +130,34 @@ def load_model_versions(
     with engine.connect() as connection:
         rows = connection.execute(query).mappings().all()
     return [_record(row, artifacts) for row in rows]
+
+
+def prune_model_versions(engine: sa.Engine, kpi: str, needed_from: TimeLike) -> list[str]:
+    """Delete the versions of ``kpi`` that can score no point at or after ``needed_from``;
+    returns them, oldest first.
+
+    A point is scored by the newest version whose training window ended strictly before it, so
+    those points need every version that ended at or after ``needed_from`` and the newest one
+    that ended before it; older versions go, every kind of a version together. Idempotent:
+    a second call deletes nothing. Versions without a training end (which score nothing) are
+    left alone.
+    """
+    table = kpi_models
+    of_kpi = table.c.kpi == kpi
+    boundary = (
+        sa.select(sa.func.max(table.c.train_end))
+        .where(of_kpi, table.c.train_end < to_utc(needed_from))
+        .scalar_subquery()
+    )
+    doomed = sa.and_(of_kpi, table.c.train_end < boundary)
+    with write_transaction(engine) as connection:
+        versions = connection.execute(
+            sa.select(table.c.version).where(doomed).group_by(table.c.version)
+            .order_by(sa.func.min(table.c.train_end))
+        ).scalars().all()
+        if versions:
+            connection.execute(sa.delete(table).where(of_kpi, table.c.version.in_(versions)))
+    return list(versions)
 
 
 def _record(row: Any, artifact: bool = True) -> ModelRecord:

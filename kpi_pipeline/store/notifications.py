@@ -21,6 +21,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterable
+from typing import Any
 
 import sqlalchemy as sa
 
@@ -158,7 +159,7 @@ class ScoreWriteListener:
                              f"+{engine.dialect.driver}")
         self._engine = engine
         self.channel, self.name = channel, name
-        self._connection = None
+        self._connection: Any = None  # the driver's connection, once entered (the DBAPI is untyped)
         self._pending: list[str] = []
         """Score notifications that arrived while the probe was awaited."""
         self._selector = selectors.DefaultSelector()

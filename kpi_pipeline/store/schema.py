@@ -192,6 +192,72 @@ alert_silences = sa.Table(
     sa.UniqueConstraint("kpi_pattern", "since", "until", name="uq_alert_silences_window"),
 )
 
+alert_evaluations = sa.Table(
+    "alert_evaluations",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    # The run whose anomaly check made the evaluation (the ``batch`` of the alerts it queued).
+    sa.Column("batch", sa.Text, nullable=False),
+    # It judged the anomalies with scored_after < scored_at <= scored_until (NULL: no lower
+    # bound); the newest row's scored_until is where the next evaluation starts.
+    sa.Column("scored_after", UtcDateTime),
+    sa.Column("scored_until", UtcDateTime, nullable=False),
+    sa.Column("alerted", sa.Integer, nullable=False),
+    # Anomalies recorded without an alert: reason -> count.
+    sa.Column("recorded_silently", Json, nullable=False),
+    sa.Column("evaluated_at", UtcDateTime, nullable=False),
+)
+
+kpi_series = sa.Table(
+    "kpi_series",
+    metadata,
+    sa.Column("kpi", sa.Text, primary_key=True),
+    # The grid `kpi_cleaned` lies on: origin + k * step. origin is the first observation; step
+    # is the most common step between observations (NULL while the KPI has one observation).
+    sa.Column("origin", UtcDateTime, nullable=False),
+    sa.Column("step_us", sa.BigInteger),
+    # How often each step (microseconds, as text keys) occurs between consecutive observations:
+    # step is its mode, updated from new observations alone.
+    sa.Column("step_counts", Json, nullable=False),
+    sa.Column("observations", sa.BigInteger, nullable=False),
+    # Observations falling on a grid slot another observation already holds.
+    sa.Column("duplicates", sa.BigInteger, nullable=False),
+    sa.Column("last_observed", UtcDateTime, nullable=False),
+    # The newest ingested_at of the KPI's observations cleaned: newer rows are news.
+    sa.Column("ingested_through", UtcDateTime, nullable=False),
+    # When a run last wrote the KPI's cleaned rows, and the first ts it (or an earlier run not
+    # yet followed by kpi_features) may have changed.
+    sa.Column("cleaned_at", UtcDateTime, nullable=False),
+    sa.Column("changed_from", UtcDateTime, nullable=False),
+    # The cleaned_at that kpi_features was last built for (NULL: never).
+    sa.Column("features_through", UtcDateTime),
+    sa.Index("ix_kpi_series_cleaned_at", "cleaned_at"),
+)
+
+kpi_cleaned = sa.Table(
+    "kpi_cleaned",
+    metadata,
+    sa.Column("kpi", sa.Text, primary_key=True),
+    sa.Column("ts", UtcDateTime, primary_key=True),
+    sa.Column("value", sa.Double()),  # NULL inside a long gap
+    sa.Column("filled", sa.Boolean, nullable=False),
+    sa.Column("gap", sa.Boolean, nullable=False),
+)
+
+kpi_features = sa.Table(
+    "kpi_features",
+    metadata,
+    sa.Column("kpi", sa.Text, primary_key=True),
+    sa.Column("ts", UtcDateTime, primary_key=True),
+    # detection.features.FEATURE_COLUMNS; NULL where a feature has too little history.
+    *(sa.Column(name, sa.Double()) for name in (
+        "rolling_mean_7", "rolling_std_7", "diff_1", "lag_1", "lag_season",
+        "hour_sin", "hour_cos", "dow_sin", "dow_cos", "month_sin", "month_cos",
+    )),
+    sa.Column("is_weekend", sa.SmallInteger, nullable=False),
+    sa.Column("is_holiday", sa.SmallInteger, nullable=False),
+)
+
 # A view, created by the migration; a lightweight construct keeps it out of `metadata`.
 anomalies = sa.table(
     "anomalies",
@@ -201,4 +267,23 @@ anomalies = sa.table(
     sa.column("feedback_at", UtcDateTime),
 )
 
+KPI_STAGES: tuple[str, ...] = ("training", "scoring")
+
+kpi_failures = sa.Table(
+    "kpi_failures",
+    metadata,
+    # A KPI whose training or scoring failed in its last attempt, with the reason; the row goes
+    # when the stage next succeeds for it, so the table holds what is failing now.
+    sa.Column("kpi", sa.Text, primary_key=True),
+    sa.Column("stage", sa.Text, primary_key=True),
+    sa.Column("reason", sa.Text, nullable=False),
+    # When it first failed (kept while it keeps failing) and when it last failed.
+    sa.Column("failing_since", UtcDateTime, nullable=False),
+    sa.Column("last_failed_at", UtcDateTime, nullable=False),
+    sa.Column("attempts", sa.Integer, nullable=False),
+    sa.CheckConstraint("stage IN ('training', 'scoring')", name="ck_kpi_failures_stage"),
+)
+
+
 TABLES: tuple[sa.Table, ...] = tuple(metadata.sorted_tables)
+

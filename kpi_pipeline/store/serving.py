@@ -238,6 +238,7 @@ def _hot_rows(engine: sa.Engine, query: sa.Select, **params: Any) -> list[Row]:
     with engine.connect() as connection:
         connection.execution_options(isolation_level="AUTOCOMMIT")
         driver = connection.connection.driver_connection
+        assert driver is not None  # None only once the connection is invalidated
         with driver_errors(engine, connection, sql, params), driver.cursor(binary=True) as cursor:
             cursor.execute(sql, params)
             return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]

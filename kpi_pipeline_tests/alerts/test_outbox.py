@@ -1,8 +1,9 @@
 """The delivery outbox (kpi_pipeline/alerts/outbox.py) on Postgres, sending to a local Slack API.
 
-Deciding (``enqueue``) and sending (``deliver``): each alert once, suppressed by cooldown, age
-or feedback, grouped into digests, retried with backoff and ``Retry-After`` while the channel is
-down, and given up on configuration errors.
+Judging (``queue_news``): each scored anomaly once, from where the store's last evaluation
+stopped, atomically, one evaluation at a time. Deciding (``enqueue``) and sending (``deliver``):
+each alert once, suppressed by cooldown, age or feedback, grouped into digests, retried with
+backoff and ``Retry-After`` while the channel is down, and given up on configuration errors.
 """
 
 import threading
@@ -12,7 +13,8 @@ import pytest
 
 from kpi_pipeline import store
 from kpi_pipeline.alerts.channels import SlackChannel
-from kpi_pipeline.alerts.outbox import deliver, enqueue
+from kpi_pipeline.alerts.news import HISTORY
+from kpi_pipeline.alerts.outbox import deliver, enqueue, queue_news
 from kpi_pipeline.alerts.policy import AlertPolicy
 from kpi_pipeline.alerts.routing import Routing
 from kpi_pipeline_tests.alerts.samples import anomaly
@@ -205,3 +207,97 @@ def test_routes_decide_who_hears_and_channels_that_are_off_get_nothing(engine, c
     assert sorted(zip(rows["kpi"], rows["channel"], rows["recipient"])) == [
         ("orders", "slack", "#ops"), ("orders", "slack", "#orders")
     ]
+
+
+# -- queue_news -----------------------------------------------------------------------------
+
+
+def _score(engine, hours_ago: dict[int, str | None], scored_at: pd.Timestamp) -> None:
+    """Scores of ``orders`` at ``NOW - h`` for each h, anomalous where a severity is given."""
+    severity = list(hours_ago.values())
+    store.upsert_scores(engine, pd.DataFrame({
+        "kpi": "orders", "ts": [NOW - h * HOUR for h in hours_ago], "value": 412.0,
+        "expected": 101.0, "score": [0.8 if s else 0.1 for s in severity],
+        "is_anomaly": [s is not None for s in severity], "severity": severity,
+        "scored_at": scored_at,
+    }))
+
+
+def _queue(engine, channels, batch="run-1"):
+    return queue_news(engine, batch=batch, channels=channels, policy=POLICY)
+
+
+def _history_then_news(engine) -> None:
+    """The first scoring of ``orders`` (an anomaly 30 h ago), judged; then news 2 h ago."""
+    _score(engine, {h: ("high" if h == 30 else None) for h in range(40, 10, -1)}, NOW - 10 * HOUR)
+    _queue(engine, {}, batch="history")
+    _score(engine, {3: None, 2: "critical"}, NOW - HOUR)
+
+
+def test_each_scored_anomaly_is_judged_once_from_where_the_store_says(engine, channels):
+    first_scoring = NOW - 10 * HOUR
+    _score(engine, {h: ("high" if h == 30 else None) for h in range(40, 10, -1)}, first_scoring)
+    history = _queue(engine, channels, batch="run-1")
+    assert (history.scored_after, history.scored_until) == (None, first_scoring)
+    assert history.news.alert == [] and history.news.silent == {HISTORY: 1}
+
+    _score(engine, {3: None, 2: "critical"}, NOW - HOUR)
+    news = _queue(engine, channels, batch="run-2")
+    assert [(a.kpi, a.ts) for a in news.news.alert] == [("orders", NOW - 2 * HOUR)]
+    assert (news.scored_after, news.scored_until) == (first_scoring, NOW - HOUR)
+    assert news.enqueued.pending == 1
+
+    again = _queue(engine, channels, batch="run-3")
+    assert again.news.alert == [] and again.enqueued.pending == 0
+    assert again.scored_after == again.scored_until == NOW - HOUR
+
+    evaluations = store.load_alert_evaluations(engine)
+    assert evaluations["batch"].tolist() == ["run-1", "run-2"]  # run-3 judged nothing new
+    assert evaluations["alerted"].tolist() == [0, 1]
+    assert evaluations["recorded_silently"].tolist() == [{HISTORY: 1}, {}]
+    assert store.load_deliveries(engine)[["ts", "batch"]].values.tolist() == [
+        [NOW - 2 * HOUR, "run-2"]
+    ]
+
+
+def test_a_failed_evaluation_leaves_nothing_behind_and_its_retry_queues_once(
+    engine, channels, monkeypatch
+):
+    _history_then_news(engine)
+
+    def crash(*_args, **_kwargs):
+        raise RuntimeError("the run worker died")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(store, "record_alert_evaluation", crash)
+        with pytest.raises(RuntimeError):
+            _queue(engine, channels, batch="run-1")
+    assert store.load_deliveries(engine).empty
+    assert store.load_alert_evaluations(engine)["batch"].tolist() == ["history"]
+
+    retried = _queue(engine, channels, batch="run-1-retry")
+    assert [a.ts for a in retried.news.alert] == [NOW - 2 * HOUR]
+    assert _queue(engine, channels, batch="run-1-retry").news.alert == []
+    assert store.load_deliveries(engine)["batch"].tolist() == ["run-1-retry"]
+
+
+def test_overlapping_evaluations_take_turns_and_judge_each_anomaly_once(engine, channels):
+    _history_then_news(engine)
+    results = []
+    evaluations = [
+        threading.Thread(target=lambda batch=batch: results.append(_queue(engine, channels, batch)))
+        for batch in ("run-a", "run-b")
+    ]
+    with store.alert_evaluation(engine):
+        # Another evaluation is under way: both wait for it, whatever they read meanwhile.
+        for evaluation in evaluations:
+            evaluation.start()
+        for evaluation in evaluations:
+            evaluation.join(timeout=1)
+        assert all(evaluation.is_alive() for evaluation in evaluations)
+    for evaluation in evaluations:
+        evaluation.join()
+
+    assert sorted(len(r.news.alert) for r in results) == [0, 1]
+    assert len(store.load_deliveries(engine)) == 1
+    assert len(store.load_alert_evaluations(engine)) == 2  # the history one and one of the two

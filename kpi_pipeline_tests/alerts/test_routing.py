@@ -72,3 +72,41 @@ def test_a_bad_routing_file_is_one_clear_error(tmp_path, text):
 
     with pytest.raises(ValueError, match=f"alert routing file {path}"):
         load_routing(path)
+
+
+def test_outages_and_anomalies_can_go_to_different_people(tmp_path):
+    path = tmp_path / "routes.yaml"
+    path.write_text(
+        """
+default_route: false
+routes:
+  - name: collectors down
+    kpis: ["*_rpm"]
+    events: [outage]
+    min_severity: low
+    channels:
+      sms: ["+15550001111"]
+  - name: analysts
+    events: [anomaly]
+    min_severity: high
+    channels:
+      slack: ["#kpi"]
+"""
+    )
+    routing = load_routing(path)
+    outage = anomaly(kpi="checkout_rpm", severity="high", value=None, flagged_by="gap")
+    spike = anomaly(kpi="checkout_rpm", severity="high", flagged_by="prophet")
+
+    assert outage.kind == "outage" and spike.kind == "anomaly"
+    assert routing.targets(outage, ON) == {("sms", "+15550001111")}
+    assert routing.targets(spike, ON) == {("slack", "#kpi")}
+    # Without `events` a route sends both, as before.
+    assert load_routing(None).targets(outage, ON) == load_routing(None).targets(spike, ON)
+
+
+def test_a_route_with_no_or_unknown_events_is_refused(tmp_path):
+    for events in ("[]", "[outages]"):
+        path = tmp_path / "routes.yaml"
+        path.write_text(f"routes:\n  - events: {events}\n    channels:\n      sms:\n")
+        with pytest.raises(ValueError, match="events"):
+            load_routing(path)

@@ -19,7 +19,7 @@ from kpi_pipeline.api.schemas import (
     ScoreSeries,
 )
 from kpi_pipeline.detection.ensemble import SCORE_COLUMNS
-from kpi_pipeline.pipeline import RealtimeScores
+from kpi_pipeline.api.realtime import RealtimeScores
 
 UTC = dt.timezone.utc
 

@@ -8,7 +8,8 @@ from collections.abc import Iterator
 import pytest
 from fastapi.testclient import TestClient
 
-from kpi_pipeline import pipeline, store
+from kpi_pipeline import store
+from kpi_pipeline.api import realtime
 from kpi_pipeline.api.app import create_app
 from kpi_pipeline.config import Settings
 from kpi_pipeline_tests.api.conftest import API_KEY, OTHER_KEY, Seeded
@@ -102,7 +103,7 @@ def test_an_outage_is_a_503_and_a_bug_a_500(module_seeded, monkeypatch):
     def broken(*_args, **_kwargs):
         raise RuntimeError("bug in scoring")
 
-    monkeypatch.setattr(pipeline, "score_points", broken)
+    monkeypatch.setattr(realtime, "score_points", broken)
     with build(module_seeded) as client:
         bug = client.post("/v1/score", headers=KEY, json=body)
 

@@ -1,4 +1,4 @@
-"""Real-time scoring as the API runs it (``pipeline.score_points`` with a ``ScoringCache``,
+"""Real-time scoring as the API runs it (``realtime.score_points`` with a ``ScoringCache``,
 routes.py): the newest model, cached per version with its KPI's newest
 observations. That the scores equal the pipeline's is tested in test_routes.py and
 kpi_pipeline_tests/test_pipeline.py.
@@ -15,6 +15,7 @@ import pandas as pd
 import pytest
 import sqlalchemy as sa
 
+from kpi_pipeline.api import realtime
 from kpi_pipeline import pipeline, store
 from kpi_pipeline.store import serving
 from kpi_pipeline.store.notifications import ANY_KPI
@@ -50,14 +51,14 @@ def loads(monkeypatch) -> list[tuple[str, str]]:
 
 def test_detectors_are_built_once_per_version_and_a_retrain_is_picked_up(seeded, detector,
                                                                          loads):
-    cache = pipeline.ScoringCache(size=4)
+    cache = realtime.ScoringCache(size=4)
     after = seeded.ts[-1] + HOUR
     request = points((after, 100.0))
 
-    first = pipeline.score_points(seeded.engine, "sales", request, MAX_POINTS, cache)
-    again = pipeline.score_points(seeded.engine, "sales", request, MAX_POINTS, cache)
+    first = realtime.score_points(seeded.engine, "sales", request, MAX_POINTS, cache)
+    again = realtime.score_points(seeded.engine, "sales", request, MAX_POINTS, cache)
     register(seeded.engine, "sales", detector, "v-test-2", seeded.ts[-1])
-    retrained = pipeline.score_points(seeded.engine, "sales", request, MAX_POINTS, cache)
+    retrained = realtime.score_points(seeded.engine, "sales", request, MAX_POINTS, cache)
 
     assert (first.model_version, again.model_version, retrained.model_version) == (
         VERSION, VERSION, "v-test-2"
@@ -69,24 +70,24 @@ def test_detectors_are_built_once_per_version_and_a_retrain_is_picked_up(seeded,
 
 def test_the_least_recently_used_detector_is_dropped_first(seeded, detector, loads):
     register(seeded.engine, "orders", detector, "v-orders", seeded.ts[-1])
-    cache = pipeline.ScoringCache(size=1)
+    cache = realtime.ScoringCache(size=1)
     request = points((seeded.ts[-1] + HOUR, 100.0))
 
     for kpi in ("sales", "orders", "orders", "sales"):
-        pipeline.score_points(seeded.engine, kpi, request, MAX_POINTS, cache)
+        realtime.score_points(seeded.engine, kpi, request, MAX_POINTS, cache)
 
     assert loads == [("sales", VERSION), ("orders", "v-orders"), ("sales", VERSION)]
     assert len(cache) == 1
 
 
 def test_an_off_grid_point_gets_the_score_of_the_grid_point_it_falls_on(module_seeded):
-    cache = pipeline.ScoringCache(size=1)
+    cache = realtime.ScoringCache(size=1)
     on_grid = module_seeded.ts[-1] + HOUR
 
     engine = module_seeded.engine
-    exact = pipeline.score_points(engine, "sales", points((on_grid, 150.0)), 10, cache)
+    exact = realtime.score_points(engine, "sales", points((on_grid, 150.0)), 10, cache)
     off_grid = on_grid + pd.Timedelta(minutes=20)
-    late = pipeline.score_points(engine, "sales", points((off_grid, 150.0)), 10, cache)
+    late = realtime.score_points(engine, "sales", points((off_grid, 150.0)), 10, cache)
 
     assert late.scores["ts"].tolist() == [off_grid]
     for name in ("expected", "lower", "upper", "score"):
@@ -94,13 +95,13 @@ def test_an_off_grid_point_gets_the_score_of_the_grid_point_it_falls_on(module_s
 
 
 def test_points_after_a_long_silence_and_before_any_history_are_scored(module_seeded):
-    cache = pipeline.ScoringCache(size=1)
+    cache = realtime.ScoringCache(size=1)
     later = module_seeded.ts[-1] + 72 * HOUR
     earlier = module_seeded.ts[0] - 24 * HOUR
 
     engine = module_seeded.engine
-    after_gap = pipeline.score_points(engine, "sales", points((later, 100.0)), 10, cache)
-    before = pipeline.score_points(engine, "sales", points((earlier, 100.0)), 10, cache)
+    after_gap = realtime.score_points(engine, "sales", points((later, 100.0)), 10, cache)
+    before = realtime.score_points(engine, "sales", points((earlier, 100.0)), 10, cache)
 
     for result in (after_gap, before):
         assert len(result.scores) == 1
@@ -109,16 +110,16 @@ def test_points_after_a_long_silence_and_before_any_history_are_scored(module_se
 
 
 def test_points_spread_over_a_huge_grid_are_refused(module_seeded):
-    cache = pipeline.ScoringCache(size=1)
+    cache = realtime.ScoringCache(size=1)
     start = module_seeded.ts[-1] + HOUR
     spread = points((start, 1.0), (start + HOUR, 1.0), (start + 5000 * HOUR, 1.0))
 
-    with pytest.raises(pipeline.PointsTooSpread, match="send points closer together"):
-        pipeline.score_points(module_seeded.engine, "sales", spread, 10, cache)
+    with pytest.raises(realtime.PointsTooSpread, match="send points closer together"):
+        realtime.score_points(module_seeded.engine, "sales", spread, 10, cache)
 
 
 def test_unknown_kpis_kpis_without_models_and_incomplete_models_are_told_apart(seeded):
-    cache = pipeline.ScoringCache(size=1)
+    cache = realtime.ScoringCache(size=1)
     request = points((seeded.ts[-1] + HOUR, 1.0))
     store.save_model(
         seeded.engine, kpi="signups", kind="ensemble", version="half", trained_at="2025-03-01",
@@ -126,21 +127,21 @@ def test_unknown_kpis_kpis_without_models_and_incomplete_models_are_told_apart(s
         artifact=b"not used",
     )
 
-    with pytest.raises(pipeline.UnknownKpi, match="'nope'"):
-        pipeline.score_points(seeded.engine, "nope", request, 10, cache)
-    with pytest.raises(pipeline.NoModel, match="no trained model for 'orders'"):
-        pipeline.score_points(seeded.engine, "orders", request, 10, cache)
-    with pytest.raises(pipeline.NoModel, match="incomplete"):
-        pipeline.score_points(seeded.engine, "signups", request, 10, cache)
+    with pytest.raises(realtime.UnknownKpi, match="'nope'"):
+        realtime.score_points(seeded.engine, "nope", request, 10, cache)
+    with pytest.raises(realtime.NoModel, match="no trained model for 'orders'"):
+        realtime.score_points(seeded.engine, "orders", request, 10, cache)
+    with pytest.raises(realtime.NoModel, match="incomplete"):
+        realtime.score_points(seeded.engine, "signups", request, 10, cache)
 
 
 def test_cached_observations_are_read_again_once_new_or_corrected_ones_land(seeded):
-    cache = pipeline.ScoringCache(size=1)
+    cache = realtime.ScoringCache(size=1)
     request = points((seeded.ts[-1] + 2 * HOUR, 120.0))
 
     def cached_and_fresh() -> tuple[pd.DataFrame, pd.DataFrame]:
-        cached = pipeline.score_points(seeded.engine, "sales", request, 10, cache).scores
-        fresh = pipeline.score_points(seeded.engine, "sales", request, 10).scores
+        cached = realtime.score_points(seeded.engine, "sales", request, 10, cache).scores
+        fresh = realtime.score_points(seeded.engine, "sales", request, 10).scores
         pd.testing.assert_frame_equal(cached, fresh, check_exact=True)
         return cached, fresh
 
@@ -160,14 +161,14 @@ def test_cached_observations_are_read_again_once_new_or_corrected_ones_land(seed
 
 def test_records_have_plain_values_and_none_for_missing_ones():
     ts = pd.Timestamp("2025-01-01", tz="UTC")
-    columns = {name: [None, None] for name in pipeline.SCORE_COLUMNS}
+    columns = {name: [None, None] for name in realtime.SCORE_COLUMNS}
     columns.update(ts=pd.DatetimeIndex([ts, ts + HOUR]).to_numpy(), value=[1.5, 2.0],
                    score=[0.25, float("nan")], severity=[None, "high"], is_anomaly=[False, True])
     columns = {name: np.asarray(value) for name, value in columns.items()}
 
-    records = pipeline.RealtimeScores("sales", VERSION, columns).records()
+    records = realtime.RealtimeScores("sales", VERSION, columns).records()
 
-    assert [list(record) for record in records] == [pipeline.SCORE_COLUMNS] * 2
+    assert [list(record) for record in records] == [realtime.SCORE_COLUMNS] * 2
     assert records[0]["ts"] == ts.to_pydatetime() and records[1]["ts"] == (ts + HOUR).to_pydatetime()
     assert [r["score"] for r in records] == [0.25, None]
     assert [r["severity"] for r in records] == [None, "high"]
@@ -201,17 +202,17 @@ def test_points_after_the_newest_observation_score_as_the_general_path_does(
         for (hours, minutes), value in zip(offsets, values)
     ])
     quick_calls = []
-    quick = pipeline._KpiScorer._next_points
+    quick = realtime._KpiScorer._next_points
 
     def spy(self, tail, ns, values):
         quick_calls.append(result := quick(self, tail, ns, values))
         return result
 
-    monkeypatch.setattr(pipeline._KpiScorer, "_next_points", spy)
-    fast = pipeline.score_points(engine, "sales", request, MAX_POINTS, pipeline.ScoringCache(1))
-    monkeypatch.setattr(pipeline._KpiScorer, "_next_points", lambda *_: None)
-    general = pipeline.score_points(engine, "sales", request, MAX_POINTS,
-                                    pipeline.ScoringCache(1))
+    monkeypatch.setattr(realtime._KpiScorer, "_next_points", spy)
+    fast = realtime.score_points(engine, "sales", request, MAX_POINTS, realtime.ScoringCache(1))
+    monkeypatch.setattr(realtime._KpiScorer, "_next_points", lambda *_: None)
+    general = realtime.score_points(engine, "sales", request, MAX_POINTS,
+                                    realtime.ScoringCache(1))
 
     assert quick_calls and quick_calls[0] is not None  # the fast path answered
     pd.testing.assert_frame_equal(fast.scores, general.scores, check_exact=True)
@@ -224,15 +225,15 @@ def test_points_the_fast_path_cannot_take_go_the_general_way(module_seeded, monk
     points among the stored ones: cleaned with the tail again."""
     engine, last = module_seeded.engine, module_seeded.ts[-1]
     answers = []
-    quick = pipeline._KpiScorer._next_points
-    monkeypatch.setattr(pipeline._KpiScorer, "_next_points",
+    quick = realtime._KpiScorer._next_points
+    monkeypatch.setattr(realtime._KpiScorer, "_next_points",
                         lambda self, *a: answers.append(quick(self, *a)) or answers[-1])
-    cache = pipeline.ScoringCache(1)
+    cache = realtime.ScoringCache(1)
     same_slot = points((last + HOUR, 100.0), (last + HOUR + pd.Timedelta(minutes=10), 104.0))
     far = points((last + (pipeline.INCREMENTAL_MAX_SLOTS + 1) * HOUR, 100.0))
-    shared = pipeline.score_points(engine, "sales", same_slot, MAX_POINTS, cache)
-    far_ahead = pipeline.score_points(engine, "sales", far, MAX_POINTS, cache)
-    among = pipeline.score_points(engine, "sales", points((last - 5 * HOUR, 100.0)), 10, cache)
+    shared = realtime.score_points(engine, "sales", same_slot, MAX_POINTS, cache)
+    far_ahead = realtime.score_points(engine, "sales", far, MAX_POINTS, cache)
+    among = realtime.score_points(engine, "sales", points((last - 5 * HOUR, 100.0)), 10, cache)
 
     assert answers == [None, None]  # asked for the points after the newest one, declined
     assert shared.scores["expected"].nunique() == 1  # one slot, one expectation
@@ -261,13 +262,13 @@ class Probes:
 
 
 def test_a_live_cache_trusts_a_checked_kpi_until_a_write_of_it_is_heard(seeded, monkeypatch):
-    cache = pipeline.ScoringCache(size=2)
+    cache = realtime.ScoringCache(size=2)
     request = points((seeded.ts[-1] + HOUR, 100.0))
     ns = pd.DatetimeIndex(request["ts"]).as_unit("ns").asi8
     values, stamps = request["value"].to_numpy(), list(request["ts"])
 
     def score() -> pd.DataFrame:
-        return pipeline.score_points(seeded.engine, "sales", request, MAX_POINTS, cache).scores
+        return realtime.score_points(seeded.engine, "sales", request, MAX_POINTS, cache).scores
 
     probes = Probes(monkeypatch)
     first = score()
@@ -299,11 +300,11 @@ def test_a_live_cache_trusts_a_checked_kpi_until_a_write_of_it_is_heard(seeded, 
 
 
 def test_a_write_heard_while_a_call_reads_withholds_the_trust(seeded, monkeypatch):
-    cache = pipeline.ScoringCache(size=2)
+    cache = realtime.ScoringCache(size=2)
     cache.go_live()
     Probes(monkeypatch, during=lambda: cache.written(["sales"]))
 
-    pipeline.score_points(seeded.engine, "sales", points((seeded.ts[-1] + HOUR, 1.0)),
+    realtime.score_points(seeded.engine, "sales", points((seeded.ts[-1] + HOUR, 1.0)),
                           MAX_POINTS, cache)
 
     assert cache.trusted("sales") is None
@@ -329,7 +330,7 @@ def test_the_api_scores_without_the_database_until_a_loader_writes_the_kpi(seede
         wait_until(lambda: scorers.trusted("sales") is None, "the write is heard")
         after = client.post("/v1/score", json=body).json()
 
-    fresh = pipeline.score_points(engine, "sales", points((last + 2 * HOUR, 100.0)), MAX_POINTS)
+    fresh = realtime.score_points(engine, "sales", points((last + 2 * HOUR, 100.0)), MAX_POINTS)
     (expected,) = fresh.records()
     for name in ("expected", "lower", "upper", "score"):
         assert after["points"][0][name] == pytest.approx(expected[name], rel=1e-12), name
@@ -338,10 +339,10 @@ def test_the_api_scores_without_the_database_until_a_loader_writes_the_kpi(seede
 
 def test_trusted_calls_use_the_observations_the_trusting_call_checked(seeded, monkeypatch):
     """A slower read finishing after the trust cannot put older observations under it."""
-    cache = pipeline.ScoringCache(size=2)
+    cache = realtime.ScoringCache(size=2)
     cache.go_live()
     request = points((seeded.ts[-1] + 2 * HOUR, 100.0))  # the slot between is interpolated
-    checked = pipeline.score_points(seeded.engine, "sales", request, MAX_POINTS, cache).scores
+    checked = realtime.score_points(seeded.engine, "sales", request, MAX_POINTS, cache).scores
     trusted = cache.trusted("sales")
     y = trusted.tail.judged.y.copy()
     y[-1] += 500.0  # the newest observation's value, as an older read had it
@@ -349,7 +350,7 @@ def test_trusted_calls_use_the_observations_the_trusting_call_checked(seeded, mo
     trusted.scorer._tail = older  # as a read begun before the last write would leave it
     ns = pd.DatetimeIndex(request["ts"]).as_unit("ns").asi8
 
-    again = pipeline.score_points(seeded.engine, "sales", request, MAX_POINTS, cache).scores
+    again = realtime.score_points(seeded.engine, "sales", request, MAX_POINTS, cache).scores
     inline = cache.score_current("sales", ns, request["value"].to_numpy(), list(request["ts"]),
                                  MAX_POINTS).scores
 
@@ -358,16 +359,16 @@ def test_trusted_calls_use_the_observations_the_trusting_call_checked(seeded, mo
 
 
 def test_a_heard_write_drops_the_kpis_model_and_trust_expires(seeded, loads, monkeypatch):
-    cache = pipeline.ScoringCache(size=4)
+    cache = realtime.ScoringCache(size=4)
     cache.go_live()
     request = points((seeded.ts[-1] + HOUR, 100.0))
     for _ in range(2):
-        pipeline.score_points(seeded.engine, "sales", request, MAX_POINTS, cache)
+        realtime.score_points(seeded.engine, "sales", request, MAX_POINTS, cache)
     assert loads == [("sales", VERSION)]
 
     cache.written(["sales"])  # a retrain may rewrite the same version: read it again
-    pipeline.score_points(seeded.engine, "sales", request, MAX_POINTS, cache)
+    realtime.score_points(seeded.engine, "sales", request, MAX_POINTS, cache)
     assert loads == [("sales", VERSION)] * 2 and cache.trusted("sales") is not None
 
-    monkeypatch.setattr(pipeline, "TRUST_MAX_AGE_S", 0.0)
+    monkeypatch.setattr(realtime, "TRUST_MAX_AGE_S", 0.0)
     assert cache.trusted("sales") is None  # checked again after at most TRUST_MAX_AGE_S

@@ -54,6 +54,8 @@ class Automation:
             cursor=self.cursors.get(sensor),
             resources=self.resources,
             sensor_name=sensor,
+            # Partitioned run requests (training shards) are resolved against the definitions.
+            repository_def=self.defs.get_repository_def(),
         ) as context:
             data = definition.evaluate_tick(context)
         if data.cursor is not None:
@@ -62,9 +64,32 @@ class Automation:
 
     def run(self, request: dg.RunRequest) -> dg.ExecuteInProcessResult:
         job = self.defs.resolve_job_def(request.job_name)
-        result = job.execute_in_process(instance=self.instance, tags=request.tags)
+        result = job.execute_in_process(
+            instance=self.instance, tags=request.tags, partition_key=request.partition_key
+        )
         assert result.success
         return result
+
+    def run_all(self, requests: list[dg.RunRequest]) -> list[dg.ExecuteInProcessResult]:
+        """Execute ``requests`` in order, then the scoring that ``score_after_training_sensor``
+        requests after each successful training run (as the daemon would)."""
+        results = [self.run(request) for request in requests]
+        for result in list(results):
+            if result.dagster_run.job_name == "training_job":
+                results.append(self.run(self.after_training(result)))
+        return results
+
+    def after_training(self, result: dg.ExecuteInProcessResult) -> dg.RunRequest:
+        """The request of ``score_after_training_sensor`` for a finished training run."""
+        sensor = self.defs.resolve_sensor_def("score_after_training_sensor")
+        [success] = self.instance.all_logs(result.run_id, of_type=dg.DagsterEventType.RUN_SUCCESS)
+        context = dg.build_run_status_sensor_context(
+            sensor_name=sensor.name, dagster_event=success.dagster_event,
+            dagster_instance=self.instance,
+            dagster_run=result.dagster_run,
+        )
+        request = sensor(context)
+        return dg.RunRequest(job_name="scoring_job", run_key=request.run_key, tags=request.tags)
 
     def run_job(self, name: str, tags: dict | None = None) -> dg.ExecuteInProcessResult:
         return self.run(dg.RunRequest(job_name=name, tags=tags or {}))

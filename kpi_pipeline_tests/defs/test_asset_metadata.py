@@ -2,6 +2,8 @@
 table schemas, and the metadata of each materialization."""
 
 import dagster as dg
+
+from kpi_pipeline.defs.assets import every_shard_tags
 import pandas as pd
 import pytest
 
@@ -15,6 +17,8 @@ from kpi_pipeline_tests.defs.synthetic import START, hourly_kpis
 SPIKE = START + pd.Timedelta(hours=200)
 TABLES = {
     "raw_kpis": schema.kpi_observations,
+    "cleaned_kpis": schema.kpi_cleaned,
+    "kpi_features": schema.kpi_features,
     "kpi_models": schema.kpi_models,
     "anomaly_scores": schema.anomaly_scores,
 }
@@ -41,7 +45,7 @@ def test_table_backed_assets_name_their_table_and_columns(key):
 
 
 def _materialized(selection, kpi_store) -> dict[str, dict]:
-    result = dg.materialize(selection, resources={"store": kpi_store})
+    result = dg.materialize(selection, resources={"store": kpi_store}, tags=every_shard_tags())
     assert result.success
     return {
         event.asset_key.to_user_string(): {

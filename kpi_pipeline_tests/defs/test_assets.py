@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 
 from kpi_pipeline import store
-from kpi_pipeline.defs.assets import ASSETS, raw_kpis
+from kpi_pipeline.defs.assets import ASSETS, raw_kpis, every_shard_tags
 from kpi_pipeline.defs.resources import KpiStore
 from kpi_pipeline_tests.defs.synthetic import START, hourly_kpis
 
@@ -20,7 +20,7 @@ def kpi_store(pg_url):
 
 def _materialize(kpi_store: KpiStore) -> dict[str, dict]:
     """Materialize every asset; returns each asset's metadata values."""
-    result = dg.materialize(ASSETS, resources={"store": kpi_store})
+    result = dg.materialize(ASSETS, resources={"store": kpi_store}, tags=every_shard_tags())
     assert result.success
     return {
         event.asset_key.to_user_string(): {
@@ -57,7 +57,9 @@ def test_graph_flags_the_injected_spike(kpi_store):
 
     metadata = _materialize(kpi_store)
 
-    assert metadata["cleaned_kpis"]["rows"] == 480
+    assert metadata["cleaned_kpis"]["rows_written"] == 480
+    assert metadata["cleaned_kpis"]["kpis"] == ["orders", "sessions"]
+    assert metadata["kpi_features"]["rows_written"] == 480
     assert metadata["kpi_models"]["kpis_trained"] == ["orders", "sessions"]
     scores = store.load_scores(engine, ["orders"])
     top = scores.loc[scores["score"].idxmax()]
@@ -81,6 +83,7 @@ def test_rerun_without_new_data_changes_nothing(kpi_store):
     pd.testing.assert_frame_equal(store.load_scores(engine), scores)
     assert metadata["kpi_models"]["versions_trained"] == 0
     assert metadata["anomaly_scores"]["points_scored"] == 0
+    assert metadata["cleaned_kpis"]["rows_written"] == metadata["kpi_features"]["rows_written"] == 0
 
 
 def test_new_points_are_the_only_ones_scored(kpi_store):
@@ -93,6 +96,8 @@ def test_new_points_are_the_only_ones_scored(kpi_store):
     metadata = _materialize(kpi_store)
 
     assert metadata["anomaly_scores"]["points_scored"] == 2 * 24
+    # Cleaned from each KPI's last observed point on: it and the day after it.
+    assert metadata["cleaned_kpis"]["rows_written"] == 2 * (1 + 24)
     after = store.load_scores(engine)
     old = after["ts"] <= before["ts"].max()
     pd.testing.assert_frame_equal(after[old].reset_index(drop=True), before)

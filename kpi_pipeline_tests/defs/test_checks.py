@@ -9,8 +9,9 @@ from kpi_pipeline import pipeline, store
 from kpi_pipeline.alerts.policy import AlertPolicy
 from kpi_pipeline.alerts.news import HISTORY
 from kpi_pipeline.config import Settings
+from kpi_pipeline.defs.assets import cleaned_kpis
 from kpi_pipeline.defs.checks import DataQualityConfig, cleaned_kpis_quality
-from kpi_pipeline.defs.resources import KpiStore
+from kpi_pipeline.defs.resources import KpiStore, alert_resources
 from kpi_pipeline_tests.alerts.databases import module_pg_engine, pg_engine  # noqa: F401
 from kpi_pipeline_tests.defs.harness import Automation
 
@@ -19,10 +20,11 @@ NOW = pd.Timestamp.now("UTC").floor("h")
 
 
 def _quality(url: str, observations: pd.DataFrame, **config) -> dict[str, dg.AssetCheckResult]:
+    """Ingest ``observations``, materialize ``cleaned_kpis``, then evaluate its checks."""
     store.upsert_observations(pipeline.open_store(url), observations, "test")
-    results = cleaned_kpis_quality(
-        store=KpiStore(database_url=url), config=DataQualityConfig(**config)
-    )
+    kpi_store = KpiStore(database_url=url)
+    cleaned_kpis(store=kpi_store)
+    results = cleaned_kpis_quality(store=kpi_store, config=DataQualityConfig(**config))
     return {result.check_name: result for result in results}
 
 
@@ -77,17 +79,46 @@ def test_recent_points_without_values_fail_values_present(sqlite_url):
     assert result.metadata["kpis_failing"].value == ["orders"]
 
 
+def test_missing_values_are_judged_for_the_kpis_the_run_cleaned(sqlite_url):
+    with_gap = _hourly("orders", NOW - 2 * HOUR, hours=100).drop(index=range(80, 90))
+    _quality(sqlite_url, pd.concat([with_gap, _hourly("sales", NOW - 2 * HOUR)]))
+
+    # Only sales gets new points: orders' rows are as they were, and only sales is judged; the
+    # freshness and duplicates of every KPI come from kpi_series.
+    results = _quality(sqlite_url, _hourly("sales", NOW, hours=2), recent_points=20,
+                       max_missing_share=0.2)
+
+    values = results["kpis_have_values"]
+    assert values.passed and values.metadata["per_kpi"].value == {"sales": 0.0}
+    assert results["kpis_are_fresh"].metadata["per_kpi"].value.keys() == {"orders", "sales"}
+    assert results["kpis_have_no_duplicate_timestamps"].passed
+
+
+def test_duplicates_are_counted_over_the_whole_history_from_kpi_series(sqlite_url):
+    observations = _hourly("orders", NOW - HOUR)
+    late_copy = observations.iloc[[3]].assign(ts=lambda f: f["ts"] + pd.Timedelta(seconds=30))
+    _quality(sqlite_url, pd.concat([observations, late_copy]))
+
+    results = _quality(sqlite_url, _hourly("orders", NOW, hours=1))  # a new point, no duplicate
+    assert results["kpis_have_no_duplicate_timestamps"].metadata["per_kpi"].value == {"orders": 1}
+
+
 # -- no_new_anomalies ---------------------------------------------------------------------
 
 
 class AnomalyCheck:
     """Evaluates ``no_new_anomalies`` on scores the test writes, on a test instance."""
 
-    def __init__(self, engine, instance: dg.DagsterInstance) -> None:
+    def __init__(self, engine, instance: dg.DagsterInstance, settings: Settings | None = None
+                 ) -> None:
+        settings = settings or Settings()
         self.engine = engine
         url = engine.url.render_as_string(hide_password=False)
-        resources = {"store": KpiStore(database_url=url), "alert_policy": AlertPolicy()}
-        self.automation = Automation(instance, resources, Settings())
+        resources = {
+            "store": KpiStore(database_url=url), **alert_resources(settings),
+            "alert_policy": AlertPolicy(),
+        }
+        self.automation = Automation(instance, resources, settings)
 
     def score(self, kpi: str, hours: range, scored_at: pd.Timestamp, anomalies: dict[int, str]):
         """Scores of ``kpi`` at ``NOW - h`` for each h, anomalous with the given severities."""
@@ -161,3 +192,32 @@ def test_silent_runs_and_silences_record_anomalies_without_failing(check):
     silenced = check.run()
     assert silenced.passed
     assert check.meta(silenced, "recorded_without_alert") == {"silenced: maintenance": 1}
+
+
+def test_a_new_dagster_instance_alerts_news_once_and_history_never(pg_engine):
+    """The previous evaluation is found in the store: a redeploy with fresh Dagster storage
+    neither loses what was scored since nor alerts again what was judged before."""
+    settings = Settings(slack_token="xoxb-test", slack_channel="#kpi")  # queued, never sent here
+    t1, t2, t3 = (NOW - HOUR * h for h in (30, 20, 10))
+    with dg.instance_for_test() as instance:
+        check = AnomalyCheck(pg_engine, instance, settings)
+        check.score("orders", range(100, 40, -1), t1, {90: "critical"})
+        assert check.run().passed  # history
+        check.score("orders", range(40, 30, -1), t2, {35: "high"})
+        assert check.meta(check.run(), "new_anomalies") == 1
+        check.score("orders", range(30, 20, -1), t3, {25: "critical"})  # not evaluated yet
+
+    with dg.instance_for_test() as new_instance:
+        check = AnomalyCheck(pg_engine, new_instance, settings)
+        first = check.run()
+        assert [a["ts"] for a in check.meta(first, "anomalies")] == [
+            (NOW - 25 * HOUR).isoformat()
+        ]
+        assert check.meta(first, "scored_after") == t2.isoformat()
+        assert check.meta(first, "alerts_queued") == 1
+        again = check.run()  # a retried or repeated evaluation
+        assert again.passed and check.meta(again, "alerts_queued") == 0
+
+    deliveries = store.load_deliveries(pg_engine)
+    assert deliveries["ts"].tolist() == [NOW - 35 * HOUR, NOW - 25 * HOUR]
+    assert set(deliveries["status"]) == {"pending"}

@@ -47,7 +47,7 @@ def test_scores_depend_on_models_and_cleaned_series():
 @pytest.mark.parametrize(
     ("job", "assets"),
     [
-        ("training_job", {"cleaned_kpis", "kpi_features", "kpi_models"}),
+        ("training_job", {"kpi_models"}),
         ("scoring_job", {"cleaned_kpis", "anomaly_scores", "anomalies"}),
         ("all_assets_job", ASSET_KEYS - {"raw_kpis"}),
     ],

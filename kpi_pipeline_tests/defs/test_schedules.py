@@ -8,6 +8,7 @@ import pytest
 
 from kpi_pipeline.config import PROJECT_ROOT, Settings
 from kpi_pipeline.defs import build_definitions, defs
+from kpi_pipeline.defs.assets import TRAINING_SHARDS
 from kpi_pipeline.defs.jobs import SCORING_RUN_TAGS
 from kpi_pipeline.defs.schedules import AUTOMATION, build_schedules
 from kpi_pipeline.defs.sensors import build_sensors
@@ -24,7 +25,7 @@ def test_hourly_scoring_and_daily_training_run_by_default():
     assert (scoring.job_name, scoring.cron_schedule) == ("scoring_job", "5 * * * *")
     assert (training.job_name, training.cron_schedule) == ("training_job", "30 2 * * *")
     assert {s.execution_timezone for s in schedules.values()} == {"UTC"}
-    assert {s.default_status for s in schedules.values()} == {dg.DefaultScheduleStatus.RUNNING}
+    assert {scoring.default_status, training.default_status} == {dg.DefaultScheduleStatus.RUNNING}
     sensors = _by_name(defs.sensors)
     assert {s.default_status for s in sensors.values()} == {dg.DefaultSensorStatus.RUNNING}
     assert sensors["new_kpi_data_sensor"].minimum_interval_seconds == 30
@@ -42,6 +43,21 @@ def test_a_tick_requests_one_run_of_the_schedules_job():
     # No job name: the run targets the schedule's own job (scoring_job).
     assert request.job_name is None and request.run_config == {}
     assert request.tags["dagster/schedule_name"] == "hourly_scoring_schedule"
+
+
+def test_a_training_tick_requests_one_run_per_shard_once():
+    training = _by_name(defs.schedules)["daily_training_schedule"]
+    tick_time = dt.datetime(2025, 3, 11, 2, 30, tzinfo=dt.timezone.utc)
+    with dg.instance_for_test() as instance, dg.build_schedule_context(
+        instance=instance, scheduled_execution_time=tick_time,
+        repository_def=defs.get_repository_def(),
+    ) as context:
+        requests = training.evaluate_tick(context).run_requests
+
+    shards = TRAINING_SHARDS.get_partition_keys()
+    assert [r.partition_key for r in requests] == shards
+    assert len({r.run_key for r in requests}) == len(shards)
+    assert all(tick_time.isoformat() in r.run_key for r in requests)
 
 
 def test_times_zone_and_on_off_come_from_settings():
@@ -80,3 +96,18 @@ def test_the_instance_config_lets_one_scoring_run_at_a_time(tmp_path, monkeypatc
     assert {"key": key, "value": value, "limit": 1} in limits
     for job in ("scoring_job", "all_assets_job"):
         assert defs.resolve_job_def(job).tags.items() >= SCORING_RUN_TAGS.items()
+
+
+def test_the_retention_schedule_runs_only_once_a_retention_is_set():
+    def status(**settings) -> dg.DefaultScheduleStatus:
+        schedules = _by_name(build_schedules(Settings(**settings)))
+        return schedules["daily_retention_schedule"].default_status
+
+    assert status() == dg.DefaultScheduleStatus.STOPPED  # default: keep everything
+    assert status(score_retention_days=90) == dg.DefaultScheduleStatus.RUNNING
+    assert status(observation_retention_days=400, retention_cron="0 5 * * *") \
+        == dg.DefaultScheduleStatus.RUNNING
+    assert status(observation_retention_days=400, automation_off="daily_retention_schedule") \
+        == dg.DefaultScheduleStatus.STOPPED
+    schedule = _by_name(build_schedules(Settings()))["daily_retention_schedule"]
+    assert (schedule.job_name, schedule.cron_schedule) == ("retention_job", "45 3 * * *")

@@ -268,13 +268,23 @@ def test_compose_stack_scores_alerts_and_serves_a_new_anomaly(stack):
             return [run for run in found if run["status"] == "SUCCESS"]
         return runs
 
-    # History lands: the sensor asks for a training + scoring run, which the daemon dequeues
-    # and launches through the code server. The first scoring of history alerts nobody.
+    def tags_of(run: dict) -> dict[str, str]:
+        return {tag["key"]: tag["value"] for tag in run["tags"]}
+
+    # History lands: the sensor asks for a training run of the KPI's shard, which the daemon
+    # dequeues and launches through the code server; once it succeeds, another sensor asks for
+    # a scoring run. The first scoring of history alerts nobody.
     store.upsert_observations(engine, orders(START, HISTORY_HOURS), "test")
-    [bootstrap] = running.wait_until("the sensor's all_assets_job run to succeed",
-                                     succeeded("all_assets_job"), RUN_TIMEOUT_S)
-    tags = {tag["key"]: tag["value"] for tag in bootstrap["tags"]}
-    assert tags["dagster/sensor_name"] == "new_kpi_data_sensor"
+    [training] = running.wait_until("the sensor's training_job run to succeed",
+                                    succeeded("training_job"), RUN_TIMEOUT_S)
+    assert tags_of(training)["dagster/sensor_name"] == "new_kpi_data_sensor"
+
+    def scored_after_training() -> list[dict]:
+        return [run for run in succeeded("scoring_job")()
+                if tags_of(run).get("dagster/sensor_name") == "score_after_training_sensor"]
+
+    running.wait_until("the scoring run after training to succeed", scored_after_training,
+                       RUN_TIMEOUT_S)
     with engine.connect() as connection:
         scored = connection.execute(
             sa.text("SELECT count(*) FROM anomaly_scores WHERE kpi = 'orders'")).scalar_one()
@@ -282,11 +292,16 @@ def test_compose_stack_scores_alerts_and_serves_a_new_anomaly(stack):
 
     # New rows with a spike: scored by a sensor-launched scoring run, flagged, alerted by email.
     store.upsert_observations(engine, orders(START, HISTORY_HOURS + 24, spikes=(SPIKE,)), "test")
-    running.wait_until("the sensor's scoring_job run to succeed", succeeded("scoring_job"),
-                       RUN_TIMEOUT_S)
-    flagged = store.load_anomalies(engine, kpi="orders", since=START + HISTORY_HOURS * HOUR,
-                                   min_severity="high")
-    assert list(flagged["ts"]) == [SPIKE]
+
+    def spike_scored() -> list[pd.Timestamp]:
+        succeeded("scoring_job")()  # fails the test at once if a scoring run failed
+        found = store.load_anomalies(engine, kpi="orders", since=START + HISTORY_HOURS * HOUR,
+                                     min_severity="high")
+        return list(found["ts"])
+
+    flagged = running.wait_until("a sensor's scoring_job run to score the spike", spike_scored,
+                                 RUN_TIMEOUT_S)
+    assert flagged == [SPIKE]
 
     running.wait_until("the alert email at the SMTP sink", lambda: smtp.received,
                        ALERT_TIMEOUT_S)

@@ -1,5 +1,3 @@
-import pickle
-
 import numpy as np
 import pytest
 
@@ -184,18 +182,15 @@ def test_recurrences_keep_the_surprise_monotone():
     assert np.all(np.diff(fitted.surprise(grid)) >= -1e-12)
 
 
-def test_tails_pickled_before_recurrences_existed_score_as_they_did():
-    values = recurring_spikes(40)
-    fitted = ExceedanceTail().fit(values)
-    state = {k: v for k, v in fitted.__dict__.items()
-             if k not in ("min_recurrences", "recurrence_margin", "episode_gap", "episode_peaks_")}
-    old = ExceedanceTail.__new__(ExceedanceTail)
-    old.__setstate__(state)  # what unpickling a tail fitted by the previous code does
-    assert old.min_recurrences == 0
-    smooth = ExceedanceTail(min_recurrences=0).fit(values)
-    grid = np.linspace(0, 500, 501)
-    np.testing.assert_array_equal(old.surprise(grid), smooth.surprise(grid))
-    assert pickle.loads(pickle.dumps(fitted)).episode_peaks_.tolist() == fitted.episode_peaks_.tolist()
+def test_a_tail_read_back_from_its_state_judges_bit_for_bit(tail):
+    fitted, values = tail
+    state = fitted.to_state()
+    assert "_scalar" not in state  # derived tables are rebuilt, not stored
+    restored = ExceedanceTail.from_state(state)
+    probes = np.concatenate([values[:200], np.linspace(-1.0, 3 * values.max(), 300), [np.nan]])
+    assert_same_bits(restored.surprise(probes), fitted.surprise(probes))
+    assert_same_bits([restored.surprise_one(float(v)) for v in probes], fitted.surprise(probes))
+    assert restored.quantile(0.99) == fitted.quantile(0.99)
 
 
 @pytest.mark.parametrize("margin", [0.0, -0.5, 1.5])
@@ -204,13 +199,11 @@ def test_a_recurrence_margin_outside_0_1_is_refused(margin):
         ExceedanceTail(recurrence_margin=margin).fit(recurring_spikes(3))
 
 
-def test_tails_fitted_by_the_row_counting_cap_score_uncapped():
-    # Commit 17f9ca5 stored the cap's settings but counted rows, and kept no episode peaks.
+def test_a_tail_stored_without_episode_peaks_scores_uncapped():
+    # Commit 17f9ca5's row-counting cap kept no episode peaks; its converted tails have none.
     values = recurring_spikes(40)
-    fitted = ExceedanceTail().fit(values)
-    state = {k: v for k, v in fitted.__dict__.items() if k not in ("episode_gap", "episode_peaks_")}
-    row_counting = ExceedanceTail.__new__(ExceedanceTail)
-    row_counting.__setstate__(state)
+    state = ExceedanceTail().fit(values).to_state()
+    row_counting = ExceedanceTail.from_state({**state, "episode_peaks": None})
     smooth = ExceedanceTail(min_recurrences=0).fit(values)
     grid = np.linspace(0, 500, 501)
     np.testing.assert_array_equal(row_counting.surprise(grid), smooth.surprise(grid))
@@ -235,7 +228,7 @@ def test_one_value_at_a_time_gives_the_surprise_of_many(min_recurrences):
         assert (many[np.isfinite(probes)] >= 0).all()
 
 
-def test_one_value_at_a_time_follows_a_refit_and_pickles_without_its_tables():
+def test_one_value_at_a_time_follows_a_refit_and_a_stored_tail():
     light, heavy = training_values("light"), training_values("heavy")
     tail = ExceedanceTail().fit(light)
     before = tail.surprise_one(float(np.median(light)))
@@ -245,8 +238,7 @@ def test_one_value_at_a_time_follows_a_refit_and_pickles_without_its_tables():
     np.testing.assert_array_equal([tail.surprise_one(float(v)) for v in probes],
                                   ExceedanceTail().fit(heavy).surprise(probes))
     assert before != tail.surprise_one(float(np.median(light)))
-    assert "_scalar" not in tail.__getstate__()  # the pickle holds no tables
-    copy = pickle.loads(pickle.dumps(tail))
+    copy = ExceedanceTail.from_state(tail.to_state())
     np.testing.assert_array_equal([copy.surprise_one(float(v)) for v in probes],
                                   tail.surprise(probes))
 

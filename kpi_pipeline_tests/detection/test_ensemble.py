@@ -359,7 +359,7 @@ def test_a_model_registered_without_the_sustained_component_still_scores(
     artifacts = sustained_detector.to_artifacts()
     current = EnsembleDetector.from_artifacts(artifacts)
     old = EnsembleDetector.from_artifacts(artifacts)
-    del old.sustained_scale_, old.sustained_tail_  # as pickled before the component existed
+    del old.sustained_scale_, old.sustained_tail_  # as trained before the component existed
     assert score_after_long_training(current, ts, dipped)["flagged_by"].eq("sustained").any()
     scores = score_after_long_training(old, ts, dipped)
     assert not scores["flagged_by"].dropna().str.contains("sustained").any()
@@ -474,3 +474,74 @@ def test_a_frequency_threshold_rises_so_false_alarms_come_no_faster_per_day(freq
     config = DetectorConfig(min_train_points=48, frequency_threshold=True)
     assert EnsembleDetector(config).fit(ts, y).threshold_ == pytest.approx(3.5 + shift)
     assert EnsembleDetector(DetectorConfig(min_train_points=48)).fit(ts, y).threshold_ == 3.5
+
+
+# -- the registry's artifacts ------------------------------------------------------------------
+
+REGISTRY_BUDGET = 300 * 1024
+"""Bytes one version of a realistic KPI may take in the registry, all kinds together."""
+
+
+@pytest.fixture(scope="module")
+def realistic():
+    """An hourly KPI of the sample dataset, fitted on 4,032 points (the default window), with
+    every component, and the points after it."""
+    from kpi_pipeline.datagen.hourly import generate
+
+    data, _ = generate(periods=4032 + 240)
+    ts, y = pd.DatetimeIndex(data["date"]), data["sales"].to_numpy(dtype=float)
+    detector = EnsembleDetector(DetectorConfig()).fit(ts[:4032], y[:4032])
+    assert hasattr(detector, "sustained_tail_") and detector.log_space_
+    return detector, ts, y
+
+
+def test_a_stored_detector_is_small_and_scores_bit_for_bit(realistic, monkeypatch):
+    import pickle
+
+    detector, ts, y = realistic
+    artifacts = detector.to_artifacts()
+    assert sum(map(len, artifacts.values())) <= REGISTRY_BUDGET
+    for name in ("loads", "load", "Unpickler"):  # loading never unpickles anything
+        monkeypatch.setattr(pickle, name, None)
+
+    restored = EnsembleDetector.from_artifacts(artifacts)
+
+    assert set(vars(restored)) == set(vars(detector))
+    spiked = y.copy()
+    spiked[4032 + 50] *= 3
+    context = detector.context_points
+    window = slice(4032 - context, None)
+    pd.testing.assert_frame_equal(
+        restored.score(ts[window], spiked[window], n_context=context),
+        detector.score(ts[window], spiked[window], n_context=context), check_exact=True,
+    )
+    # Real-time scoring's point-by-point path.
+    before = slice(4032 - context, 4032 + 48)
+    after = slice(4032 + 48, 4032 + 60)
+    expected = detector.score_after(detector.prepare(ts[before], spiked[before]), ts[after],
+                                    spiked[after])
+    got = restored.score_after(restored.prepare(ts[before], spiked[before]), ts[after],
+                               spiked[after])
+    for name, column in expected.items():
+        np.testing.assert_array_equal(got[name], column, err_msg=name)
+
+
+def test_the_ensemble_artifact_alone_gives_the_grid_and_the_context(realistic):
+    detector, _, _ = realistic
+    shell = EnsembleDetector.shell_from_artifact(detector.to_artifacts()["ensemble"])
+    assert shell.freq_ == pd.Timedelta(hours=1) == detector.freq_
+    assert shell.freq_.unit == detector.freq_.unit and shell.train_end_.unit == detector.train_end_.unit
+    assert shell.context_points == detector.context_points
+    assert shell.config == detector.config
+    assert (shell.train_start_, shell.train_end_) == (detector.train_start_, detector.train_end_)
+    assert not hasattr(shell, "prophet_") and not hasattr(shell, "iforest_")
+
+
+def test_a_detector_without_config_or_sustained_component_round_trips(detector, series):
+    ts, y = series
+    bare = EnsembleDetector(random_state=1).fit(ts[:N_TRAIN], y[:N_TRAIN])
+    assert bare.config is None and not hasattr(bare, "sustained_tail_")
+    restored = EnsembleDetector.from_artifacts(bare.to_artifacts())
+    assert restored.config is None and not hasattr(restored, "sustained_tail_")
+    pd.testing.assert_frame_equal(restored.score(ts, y, n_context=N_TRAIN),
+                                  bare.score(ts, y, n_context=N_TRAIN), check_exact=True)

@@ -7,6 +7,7 @@ from kpi_pipeline.detection.features import (
     ROLLING_WINDOW,
     build_features,
     calendar_features,
+    feature_context,
     is_holiday,
     season_lag,
 )
@@ -129,3 +130,23 @@ def test_calendar_encodings():
     assert features["hour_cos"].tolist() == pytest.approx([0.0, 0.0], abs=1e-12)
     assert features["dow_sin"].iloc[1] == pytest.approx(0.0)  # Monday is day 0
     assert features["dow_cos"].iloc[1] == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("freq", [HOUR, pd.Timedelta(days=1), pd.Timedelta(minutes=15)])
+def test_features_from_feature_context_points_before_equal_the_whole_series(freq):
+    rng = np.random.default_rng(1)
+    ts = pd.date_range("2025-06-30", periods=600, freq=freq, tz="UTC")
+    values = 100 + rng.normal(0.0, 1.0, len(ts))
+    values[[40, 41, 300]] = np.nan  # gaps
+    whole = build_features(ts, values, freq)
+    context = feature_context(freq)
+    for first in (context, context + 1, 450):
+        part = build_features(ts[first - context :], values[first - context :], freq)
+        pd.testing.assert_frame_equal(
+            part.iloc[context:].reset_index(drop=True),
+            whole.iloc[first:].reset_index(drop=True),
+            check_exact=False, rtol=1e-12, atol=1e-12,
+        )
+        # One point fewer and the first row's features differ: the context is not too long.
+        short = build_features(ts[first - context + 1 :], values[first - context + 1 :], freq)
+        assert not np.allclose(short.iloc[context - 1], whole.iloc[first], equal_nan=True)

@@ -1,5 +1,3 @@
-import pickle
-
 import numpy as np
 import pytest
 from sklearn.base import clone
@@ -100,28 +98,23 @@ def test_raw_scores_are_exactly_sklearns(rows):
     np.testing.assert_array_equal(detector._raw(X), -detector.forest_.score_samples(X))
 
 
-def test_a_detector_pickled_before_recurrences_existed_still_reports_its_parameters():
-    detector = IsolationForestDetector(**PARAMS).fit(training_features())
-    state = {k: v for k, v in detector.__getstate__().items()
-             if k not in ("min_recurrences", "recurrence_margin", "episode_gap")}
-    old = IsolationForestDetector.__new__(IsolationForestDetector)
-    old.__setstate__(state)
-    assert old.get_params()["min_recurrences"] == 0  # its calibration has no cap either
-    clone(old)
-
-
-def test_the_flattened_forest_is_not_pickled_and_is_rebuilt_alike():
+def test_a_detector_read_back_from_its_state_scores_alike_without_sklearn_objects():
     rng = np.random.default_rng(4)
-    detector = IsolationForestDetector(random_state=2).fit(rng.standard_normal((300, 3)))
+    detector = IsolationForestDetector(**PARAMS).fit(rng.standard_normal((300, 3)))
     X = rng.standard_normal((7, 3)) * 2
-    before = detector._raw(X)
+    state = detector.to_state()
+    # Plain numbers and arrays only: the sklearn estimator is not part of it.
+    forest = state["forest"]
+    assert all(isinstance(forest[key], np.ndarray) for key in
+               ("tree_sizes", "feature", "threshold", "children", "leaf_depth"))
 
-    copy = pickle.loads(pickle.dumps(detector))
+    copy = IsolationForestDetector.from_state(state)
 
-    assert "flat_" in detector.__dict__ and "flat_" not in pickle.loads(
-        pickle.dumps(detector)).__dict__
-    np.testing.assert_array_equal(copy._raw(X), before)
-    np.testing.assert_array_equal(before, -detector.forest_.score_samples(X))
+    assert not hasattr(copy, "forest_") and copy.get_params() == detector.get_params()
+    np.testing.assert_array_equal(copy._raw(X), detector._raw(X))
+    np.testing.assert_array_equal(copy._raw(X[:1]), -detector.forest_.score_samples(X[:1]))
+    np.testing.assert_array_equal(copy.surprise(X), detector.surprise(X))
+    assert copy.surprise_one(X[0].tolist()) == detector.surprise_one(X[0].tolist())
 
 
 def test_a_forest_whose_trees_see_a_subset_of_the_features_walks_alike():

@@ -6,9 +6,15 @@ from kpi_pipeline.detection.preprocess import (
     CLEANED_COLUMNS,
     Grid,
     PreprocessConfig,
+    add_counts,
     clean_observations,
+    clean_series,
     infer_frequency,
+    mode_step,
+    reclean,
+    reclean_since,
     regularize,
+    step_counts,
 )
 
 HOUR = pd.Timedelta(hours=1)
@@ -180,6 +186,42 @@ def test_without_the_series_grid_a_window_starting_off_grid_lands_on_another_gri
     off_grid = int(np.flatnonzero(raw["ts"].dt.second != 17)[5])
     cleaned, _ = clean_observations(raw.iloc[off_grid:])
     assert not cleaned["ts"].isin(whole["ts"]).any()
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_step_counts_added_up_give_infer_frequency_of_the_whole(seed):
+    raw = _messy_hourly_series(300, seed)
+    ts = raw["ts"]
+    for cut in (1, 2, 50, 299):
+        # The later stretch starts at the earlier one's last timestamp: the step between them.
+        counts = add_counts(step_counts(ts.iloc[:cut]), step_counts(ts.iloc[cut - 1 :]))
+        assert counts == step_counts(ts)
+        assert mode_step(counts) == infer_frequency(ts)
+    assert mode_step(step_counts(ts.iloc[:1])) is None
+
+
+def test_mode_step_takes_the_shortest_of_equally_common_steps():
+    ts = utc("2025-01-01T00:00", "2025-01-01T02:00", "2025-01-01T03:00", "2025-01-01T05:00",
+             "2025-01-01T06:00")
+    assert mode_step(step_counts(ts)) == infer_frequency(ts) == HOUR
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_recleaning_from_a_changed_slot_gives_the_whole_series_rows(seed):
+    raw = _messy_hourly_series(600, seed)
+    grid = Grid(raw["ts"].min(), HOUR)
+    whole = clean_series(raw, grid)
+    slots = grid.slots(raw["ts"])
+    # A changed slot is an observed one, or the one after the last (the series grew).
+    for changed in [*np.unique(slots)[1::23], slots.max() + 1]:
+        window = raw[raw["ts"] >= reclean_since(grid, changed)]
+        rows = reclean(window, grid, changed)
+        first = int(grid.slots(rows["ts"].iloc[:1])[0])
+        # From the last observed slot before the change (if near enough) on, nothing before.
+        observed_before = slots[(slots < changed) & (slots >= changed - 5)]
+        assert first == (observed_before.max() if len(observed_before) else changed)
+        expected = whole[grid.slots(whole["ts"]) >= first].reset_index(drop=True)
+        pd.testing.assert_frame_equal(rows, expected, check_exact=True)
 
 
 def _regularize_with_pandas(series, freq, config=PreprocessConfig(), origin=None):

@@ -2,8 +2,10 @@
 
 import pandas as pd
 import pytest
+from alembic import command
 
 from kpi_pipeline import store
+from kpi_pipeline.store.database import alembic_config, make_engine
 
 T0 = pd.Timestamp("2025-03-01", tz="UTC")
 LEASE = pd.Timedelta(minutes=5)
@@ -107,3 +109,46 @@ def test_what_was_scored_after_a_watermark(migrated_engine):
     assert list(zip(new["kpi"], new["severity"])) == [("orders", "low")]
     assert len(store.load_anomalies_scored(migrated_engine, None, scored_at[2])) == 2
     assert store.trained_kpis(migrated_engine) == set()
+
+
+def test_an_evaluation_is_recorded_where_the_next_one_starts(migrated_engine):
+    assert store.last_evaluated_until(migrated_engine) is None
+    store.record_alert_evaluation(migrated_engine, batch="run-1", scored_after=None,
+                                  scored_until=T0, alerted=0, recorded_silently={"history": 3})
+    with store.alert_evaluation(migrated_engine) as connection:
+        assert store.last_evaluated_until(connection) == T0
+        store.record_alert_evaluation(connection, batch="run-2", scored_after=T0,
+                                      scored_until=T0 + LEASE, alerted=2, recorded_silently={})
+
+    assert store.last_evaluated_until(migrated_engine) == T0 + LEASE
+    evaluations = store.load_alert_evaluations(migrated_engine)
+    assert evaluations["batch"].tolist() == ["run-1", "run-2"]
+    assert evaluations["scored_after"].tolist()[1] == T0
+    assert evaluations["recorded_silently"].tolist() == [{"history": 3}, {}]
+
+
+def test_an_evaluation_that_fails_records_nothing(migrated_engine):
+    with pytest.raises(RuntimeError), store.alert_evaluation(migrated_engine) as connection:
+        store.record_alert_evaluation(connection, batch="run-1", scored_after=None,
+                                      scored_until=T0, alerted=0, recorded_silently={})
+        raise RuntimeError("crash")
+    assert store.load_alert_evaluations(migrated_engine).empty
+
+
+def test_upgrading_a_store_with_scores_starts_evaluations_after_them(store_url):
+    """Migration 0005 on a store scored before it: what was scored then is not judged again."""
+    command.upgrade(alembic_config(store_url), "0004")
+    engine = make_engine(store_url)
+    try:
+        store.upsert_scores(engine, pd.DataFrame({
+            "kpi": "orders", "ts": [T0, T0 + LEASE], "is_anomaly": [True, False],
+            "scored_at": [T0, T0 + LEASE],
+        }))
+        command.upgrade(alembic_config(store_url), "head")
+        assert store.last_evaluated_until(engine) == T0 + LEASE
+        [seed] = store.load_alert_evaluations(engine).to_dict("records")
+        assert (seed["batch"], seed["alerted"], seed["recorded_silently"]) == (
+            "migration 0005", 0, {}
+        )
+    finally:
+        engine.dispose()

@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import dataclasses
-import pickle
 
 import numpy as np
 import pandas as pd
 
-from kpi_pipeline.store import load_latest_models, load_model_versions, save_model, table_counts
+from kpi_pipeline.store import (
+    load_latest_models,
+    load_model_versions,
+    prune_model_versions,
+    save_model,
+    table_counts,
+)
 
 
 def save(engine, kpi: str, kind: str, version: str, trained_at: str, **overrides) -> None:
@@ -19,7 +24,7 @@ def save(engine, kpi: str, kind: str, version: str, trained_at: str, **overrides
         "n_points": 60,
         "params": {"n_estimators": 100},
         "metrics": {"mae": 1.5},
-        "artifact": pickle.dumps({"kpi": kpi, "version": version}),
+        "artifact": f"{kpi}/{version}".encode(),
     }
     save_model(engine, kpi=kpi, kind=kind, version=version, **(fields | overrides))
 
@@ -35,7 +40,7 @@ def test_latest_model_per_kpi_is_the_most_recently_trained(migrated_engine):
 
     assert {kpi: record.version for kpi, record in latest.items()} == {"sales": "v10", "orders": "v1"}
     record = latest["sales"]
-    assert pickle.loads(record.artifact) == {"kpi": "sales", "version": "v10"}
+    assert record.artifact == b"sales/v10"
     assert record.trained_at == pd.Timestamp("2024-03-09", tz="UTC")
     assert str(record.train_start.tz) == "UTC"
     assert record.train_start == pd.Timestamp("2023-12-31 22:00", tz="UTC")
@@ -98,3 +103,42 @@ def test_params_and_metrics_with_numpy_values_and_nan_are_stored_as_plain_json(m
     assert record.params == {"changepoints": [1, 2], "scale": 0.05}
     assert record.metrics == {"precision": None, "window_end": "2024-03-01T00:00:00+00:00"}
     assert record.train_start is record.train_end is record.n_points is record.artifact is None
+
+
+def _daily_versions(engine, kpi: str, days: int) -> None:
+    """A version per day, every kind, trained on the data up to that day's midnight."""
+    for day in range(1, days + 1):
+        end = pd.Timestamp("2024-03-01", tz="UTC") + pd.Timedelta(days=day)
+        for kind in ("prophet", "iforest", "ensemble"):
+            save(engine, kpi, kind, f"{end:%Y%m%d}", "2024-06-01T00:00:00Z", train_end=end)
+
+
+def _versions(engine, kpi: str) -> dict[str, list[str]]:
+    return {kind: [m.version for m in load_model_versions(engine, kpi, kind, artifacts=False)]
+            for kind in ("prophet", "iforest", "ensemble")}
+
+
+def test_pruning_keeps_what_can_score_from_a_time_on_every_kind_together(migrated_engine):
+    _daily_versions(migrated_engine, "sales", 10)  # 20240302 .. 20240311
+    _daily_versions(migrated_engine, "orders", 10)
+
+    # A point at 2024-03-07 12:00 is scored by the version of 03-07; later ones by later ones.
+    pruned = prune_model_versions(migrated_engine, "sales", "2024-03-07T12:00:00Z")
+
+    kept = ["20240307", "20240308", "20240309", "20240310", "20240311"]
+    assert pruned == ["20240302", "20240303", "20240304", "20240305", "20240306"]
+    assert _versions(migrated_engine, "sales") == dict.fromkeys(["prophet", "iforest", "ensemble"], kept)
+    assert len(_versions(migrated_engine, "orders")["iforest"]) == 10  # other KPIs untouched
+    assert prune_model_versions(migrated_engine, "sales", "2024-03-07T12:00:00Z") == []
+
+
+def test_pruning_at_a_version_boundary_keeps_the_one_before_and_never_the_newest(migrated_engine):
+    _daily_versions(migrated_engine, "sales", 5)  # 20240302 .. 20240306
+
+    # A point exactly at a training end is scored by the version before it (strictly before).
+    prune_model_versions(migrated_engine, "sales", "2024-03-04T00:00:00Z")
+    assert _versions(migrated_engine, "sales")["ensemble"] == ["20240303", "20240304", "20240305", "20240306"]
+    # However far ahead, the newest stays: it scores every new point.
+    prune_model_versions(migrated_engine, "sales", "2030-01-01T00:00:00Z")
+    assert _versions(migrated_engine, "sales")["ensemble"] == ["20240306"]
+    assert prune_model_versions(migrated_engine, "nobody", "2030-01-01T00:00:00Z") == []

@@ -20,12 +20,26 @@ SORT_LABELS = {
 PAGE_KEY = "overview_page"
 SPARKLINE_DAYS = pd.Timedelta(days=7)
 TIME_FORMAT = "%Y-%m-%d %H:%M"
+FAILURES_SHOWN = 5
+"""Failing KPIs named in the overview's warning (``kpi-pipeline status`` lists them all)."""
 
 url = data.database_url()
 st.title("KPI overview")
 if not data.kpi_names(url):
     st.info(ui.NO_DATA)
     st.stop()
+
+failures = data.kpi_failures(url)
+if len(failures):
+    # One KPI's failure never stops the others; the next run tries it again.
+    st.warning(
+        f"{failures['kpi'].nunique()} KPI(s) failing, the others are up to date: "
+        + "; ".join(f"**{row.kpi}** ({row.stage}: {row.reason}, since "
+                    f"{ui.when(row.failing_since)}, {row.attempts} attempt(s))"
+                    for row in failures.head(FAILURES_SHOWN).itertuples(index=False))
+        + (f" … and {len(failures) - FAILURES_SHOWN} more (`kpi-pipeline status`)"
+           if len(failures) > FAILURES_SHOWN else "")
+    )
 
 search_column, sort_column, size_column = st.columns([3, 2, 1])
 search = search_column.text_input("Search KPIs", placeholder="name contains …")
@@ -51,9 +65,12 @@ else:
     worst_column.metric(
         "High or critical, last 7 days", week["high"] + week["critical"]
     )
+    outages = sum(data.severity_counts(url, page.as_of - SPARKLINE_DAYS, page.as_of,
+                                       "outage").values())
     st.caption(
         f"As of {ui.when(page.as_of)}, the newest scored point. Last 7 days by severity: "
         + ", ".join(f"{week[level]} {level}" for level in reversed(SEVERITIES))
+        + f"; outages (data missing), counted apart: {outages}"
     )
 
 if page.rows.empty:
@@ -81,6 +98,7 @@ table = pd.DataFrame(
         "Score": rows["score"],
         "24 h": rows["anomalies_24h"],
         "7 d": rows["anomalies_7d"],
+        "Outages 7 d": rows["outages_7d"],
         # Text, so a KPI without one shows an empty cell; ISO order still sorts by time.
         "Last anomaly": rows["last_anomaly"].dt.strftime(TIME_FORMAT).fillna(""),
     }

@@ -4,6 +4,7 @@ import pandas as pd
 import pytest
 
 from kpi_pipeline import store
+from kpi_pipeline.dashboard import data
 from kpi_pipeline_tests.dashboard import seed
 from kpi_pipeline_tests.dashboard.helpers import assert_no_exception, metrics, select_rows, texts
 
@@ -113,3 +114,44 @@ def test_kpis_without_scores_are_listed_as_not_scored(open_page, sqlite_url):
 
     assert app.dataframe[0].value["Status"].tolist() == ["not scored yet"]
     assert any("Nothing is scored yet" in text for text in texts(app.caption))
+
+
+def test_a_failing_kpi_is_named_with_its_reason_above_the_table(open_page, seeded_sqlite):
+    assert not open_page(seeded_sqlite).warning  # nothing failing: no warning
+
+    engine = store.make_engine(seeded_sqlite)
+    store.record_kpi_outcomes(engine, "training", {"revenue": "RuntimeError: fit diverged"},
+                              ["revenue"], at=pd.Timestamp("2025-04-01 02:30", tz="UTC"))
+    engine.dispose()
+    data.clear_caches()  # as the TTL would, later
+    app = open_page(seeded_sqlite)
+
+    [warning] = texts(app.warning)
+    assert "1 KPI(s) failing" in warning
+    assert "revenue" in warning and "training: RuntimeError: fit diverged" in warning
+    assert "since 2025-04-01 02:30 UTC, 1 attempt(s)" in warning
+    assert set(app.dataframe[0].value["KPI"]) == {kpi.name for kpi in seed.KPIS}
+
+
+def test_outages_are_counted_apart_from_anomalies(open_page, seeded_sqlite):
+    engine = store.make_engine(seeded_sqlite)
+    # sales (no anomaly) stopped reporting 50 hours ago: one outage row, flagged gap.
+    at = seed.END - 50 * seed.HOUR
+    outage = seed.kpi_scores(next(k for k in seed.KPIS if k.name == seed.QUIET_KPI))
+    outage = outage[outage["ts"] == at].assign(
+        value=None, is_anomaly=True, severity="high", flagged_by="gap", score=0.7,
+        event_id=f"{seed.QUIET_KPI}@{at.isoformat()}")
+    store.upsert_scores(engine, outage)
+    engine.dispose()
+    data.clear_caches()
+
+    app = open_page(seeded_sqlite)
+
+    table = app.dataframe[0].value.set_index("KPI")
+    assert (table.loc[seed.QUIET_KPI, "7 d"], table.loc[seed.QUIET_KPI, "Outages 7 d"]) == (0, 1)
+    assert table.loc["orders", "Outages 7 d"] == 0
+    tiles = metrics(app)
+    assert tiles["Anomalous points, last 7 days"] == str(
+        sum(_expected_counts(k)[1] for k in seed.KPIS)
+    )
+    assert any("outages (data missing), counted apart: 1" in text for text in texts(app.caption))

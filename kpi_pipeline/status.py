@@ -1,0 +1,67 @@
+"""Each KPI's state at a glance: its data, its newest model and score, and what is failing.
+
+What ``kpi-pipeline status`` prints and the dashboard's overview warns about. One KPI's failure
+never stops the others (it is recorded in ``kpi_failures`` with its reason, and the next run
+tries again); this is where a person sees it without opening the run that met it.
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+import sqlalchemy as sa
+
+from kpi_pipeline import store
+from kpi_pipeline.config import get_settings
+from kpi_pipeline.sharding import shard_of
+
+STATES = ("failing", "no model", "behind", "ok")
+"""Worst first: a stage failed its last attempt; no model yet (too little history, or not
+trained yet); newer observations than scores (the next scoring run takes them); all scored."""
+
+STATUS_COLUMNS = [
+    "kpi", "state", "detail", "shard", "first_ts", "last_ts", "last_scored", "model_version",
+    "trained_until",
+]
+
+
+def kpi_status(engine: sa.Engine, kpis: list[str] | None = None) -> pd.DataFrame:
+    """One row per KPI with observations (``STATUS_COLUMNS``), worst state first, then by name."""
+    spans = store.observation_spans(engine)
+    if kpis is not None:
+        spans = spans[spans["kpi"].isin(kpis)]
+    names = spans["kpi"].tolist()
+    last_scored = store.last_scored_ts(engine)
+    models = store.model_versions(engine, names).groupby("kpi", sort=False).head(1)
+    newest = models.set_index("kpi")
+    failures = store.load_kpi_failures(engine, names)
+    shards = get_settings().training_shards
+    rows = []
+    for span in spans.itertuples(index=False):
+        kpi = span.kpi
+        failing = failures[failures["kpi"] == kpi]
+        model = newest.loc[kpi] if kpi in newest.index else None
+        scored = last_scored.get(kpi)
+        if len(failing):
+            state = "failing"
+            detail = "; ".join(
+                f"{row.stage}: {row.reason} (since {row.failing_since:%Y-%m-%d %H:%M} UTC, "
+                f"{row.attempts} attempt{'s' if row.attempts != 1 else ''})"
+                for row in failing.itertuples(index=False)
+            )
+        elif model is None:
+            state, detail = "no model", "not trained yet, or too little history"
+        elif scored is None or scored < span.last_ts:
+            state = "behind"
+            detail = "newer observations than scores; the next scoring run takes them"
+        else:
+            state, detail = "ok", ""
+        rows.append({
+            "kpi": kpi, "state": state, "detail": detail, "shard": shard_of(kpi, shards),
+            "first_ts": span.first_ts, "last_ts": span.last_ts, "last_scored": scored,
+            "model_version": None if model is None else model["version"],
+            "trained_until": None if model is None else model["train_end"],
+        })
+    frame = pd.DataFrame(rows, columns=STATUS_COLUMNS)
+    order = frame["state"].map({state: rank for rank, state in enumerate(STATES)})
+    return frame.assign(_order=order).sort_values(["_order", "kpi"]).drop(columns="_order") \
+        .reset_index(drop=True)
