@@ -37,7 +37,6 @@ import pandas as pd
 
 from kpi_pipeline import pipeline, store
 from kpi_pipeline.config import get_settings
-from kpi_pipeline.detection import persistence
 from kpi_pipeline.detection.ensemble import DetectorConfig, EnsembleDetector, ProphetConfig
 from kpi_pipeline.detection.preprocess import clean_observations
 from kpi_pipeline.store import bench as bench_store
@@ -199,17 +198,18 @@ class _Timer:
 
 def _profiled_scoring(url: str) -> Measure:
     """The function the ``anomaly_scores`` asset calls (``pipeline.score_latest``), with the time in the store's
-    functions (queries: statements, transfer, rows to frames) and in decoding the stored models
-    (model load: ``detection.persistence``) told apart from the rest (compute: cleaning,
-    scoring, events)."""
+    functions (queries: statements, transfer, rows to frames) and in rebuilding detectors from
+    their artifacts (model load) told apart from the rest (compute: cleaning, scoring,
+    events)."""
     engine = pipeline.open_store(url)
     queries, loads = _Timer(), _Timer()
     for name in store.__all__:
         function = getattr(store, name)
         if inspect.isfunction(function):
             setattr(store, name, queries.wrap(name, function))
-    for name in ("from_artifacts", "shell_from_artifact"):
-        setattr(persistence, name, loads.wrap(name, getattr(persistence, name)))
+    # Rebuilding detectors from their registry rows, whatever the artifacts' format.
+    for name in ("detector_from_artifacts", "_registered_ensemble"):
+        setattr(pipeline, name, loads.wrap(name, getattr(pipeline, name)))
     started = time.perf_counter()
     results = pipeline.score_latest(engine)
     seconds = time.perf_counter() - started
@@ -229,13 +229,20 @@ def _detector_config() -> DetectorConfig:
     return DetectorConfig(prophet=ProphetConfig(holidays_country=get_settings().holiday_country))
 
 
+def _rescore_horizon() -> pd.Timedelta:
+    """The registry's retention, as the ``kpi_models`` asset configures it."""
+    return pd.Timedelta(get_settings().model_rescore_horizon())
+
+
 def _retrain(url: str, kpis: list[str]) -> Measure:
     """The nightly retrain of ``kpis`` (``pipeline.train_models``, timed without reading and
     cleaning their observations)."""
     engine = pipeline.open_store(url)
     cleaned = clean_observations(store.load_observations(engine, kpis))[0]
     started = time.perf_counter()
-    results = pipeline.train_models(engine, cleaned, _detector_config())
+    results = pipeline.train_models(
+        engine, cleaned, _detector_config(), rescore_horizon=_rescore_horizon()
+    )
     seconds = time.perf_counter() - started
     engine.dispose()
     return Measure(seconds, _peak_mib(), {"statuses": [r.status for r in results]})
@@ -264,7 +271,8 @@ def _simulate_retrains(url: str, series: Series, i: int, first: int, days: int) 
         cleaned = clean_observations(store.load_observations(engine, [kpi]))[0]
         pipeline.score_new_points(engine, cleaned)
         trained = pipeline.train_models(
-            engine, cleaned, config, trained_at=pd.Timestamp.now("UTC")
+            engine, cleaned, config, trained_at=pd.Timestamp.now("UTC"),
+            rescore_horizon=_rescore_horizon(),
         )
         statuses.extend(r.status for r in trained)
     seconds = time.perf_counter() - started
@@ -479,8 +487,8 @@ class _Bench:
             f"{measure.detail['versions']} versions, {kb:,.0f} KB "
             f"({kb / max(measure.detail['versions'], 1):,.0f} KB per version; "
             f"{measure.detail['trained']} retrains, {measure.seconds:.1f} s, peak RSS "
-            f"{measure.peak_mib:.0f} MiB); no retention on this branch, so it grows by a "
-            "version a day"
+            f"{measure.peak_mib:.0f} MiB; retention as configured: versions within "
+            f"{_rescore_horizon()} of the newest scored point, and the newest)"
         )
         return kb
 
