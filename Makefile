@@ -62,9 +62,11 @@ chromium:
 docker-compose:
 	bash scripts/ensure-docker-compose.sh
 
-# Lint only: formatting is not enforced (see [tool.ruff] in pyproject.toml).
+# Lint and the format check (ruff; [tool.ruff] in pyproject.toml). `ruff format kpi_pipeline
+# kpi_pipeline_tests` formats.
 lint: $(VENV)/.installed-test
 	$(BIN)/ruff check kpi_pipeline kpi_pipeline_tests
+	$(BIN)/ruff format --check kpi_pipeline kpi_pipeline_tests
 
 # Types of the pure library and the store (see [tool.mypy] in pyproject.toml).
 typecheck: $(VENV)/.installed-test

@@ -99,9 +99,7 @@ class Series:
         level, daily, weekly, noise = SHAPES[(i % self.templates) % len(SHAPES)]
         slots = np.arange(first, first + count)
         hours = slots * (self.step / pd.Timedelta(hours=1))
-        shape = (1 + daily * np.sin(2 * np.pi * hours / 24)) * (
-            1 + weekly * np.sin(2 * np.pi * hours / 168)
-        )
+        shape = (1 + daily * np.sin(2 * np.pi * hours / 24)) * (1 + weekly * np.sin(2 * np.pi * hours / 168))
         draws = np.random.default_rng([self.seed, i]).standard_normal(first + count)[first:]
         return level * shape * (1 + noise * draws)
 
@@ -158,9 +156,14 @@ def _materialised_scoring(url: str) -> Measure:
         raise RuntimeError(f"the scoring materialisation failed: {failure.message}")
     [event] = result.get_asset_materialization_events()
     metadata = {key: value.value for key, value in event.materialization.metadata.items()}
-    return Measure(seconds, _peak_mib(), {
-        "points_scored": metadata["points_scored"], "failed": metadata["failed"],
-    })
+    return Measure(
+        seconds,
+        _peak_mib(),
+        {
+            "points_scored": metadata["points_scored"],
+            "failed": metadata["failed"],
+        },
+    )
 
 
 class _Timer:
@@ -174,6 +177,7 @@ class _Timer:
 
     def wrap(self, name: str, function: Callable) -> Callable:
         if inspect.isgeneratorfunction(function):
+
             def timed_generator(*args, **kwargs):
                 items = function(*args, **kwargs)
                 while True:
@@ -185,6 +189,7 @@ class _Timer:
                         return
                     self.add(name, time.perf_counter() - started)
                     yield item
+
             return timed_generator
 
         def timed(*args, **kwargs):
@@ -193,6 +198,7 @@ class _Timer:
                 return function(*args, **kwargs)
             finally:
                 self.add(name, time.perf_counter() - started)
+
         return timed
 
 
@@ -215,14 +221,18 @@ def _profiled_scoring(url: str) -> Measure:
     seconds = time.perf_counter() - started
     engine.dispose()
     query_s, load_s = sum(queries.seconds.values()), sum(loads.seconds.values())
-    return Measure(seconds, _peak_mib(), {
-        "queries": query_s,
-        "model_load": load_s,
-        "compute": seconds - query_s - load_s,
-        "by_query": dict(sorted(queries.seconds.items(), key=lambda item: -item[1])),
-        "points_scored": sum(r.scored for r in results),
-        "failed": {r.kpi: r.error for r in results if r.error},
-    })
+    return Measure(
+        seconds,
+        _peak_mib(),
+        {
+            "queries": query_s,
+            "model_load": load_s,
+            "compute": seconds - query_s - load_s,
+            "by_query": dict(sorted(queries.seconds.items(), key=lambda item: -item[1])),
+            "points_scored": sum(r.scored for r in results),
+            "failed": {r.kpi: r.error for r in results if r.error},
+        },
+    )
 
 
 def _detector_config() -> DetectorConfig:
@@ -240,9 +250,7 @@ def _retrain(url: str, kpis: list[str]) -> Measure:
     engine = pipeline.open_store(url)
     cleaned = clean_observations(store.load_observations(engine, kpis))[0]
     started = time.perf_counter()
-    results = pipeline.train_models(
-        engine, cleaned, _detector_config(), rescore_horizon=_rescore_horizon()
-    )
+    results = pipeline.train_models(engine, cleaned, _detector_config(), rescore_horizon=_rescore_horizon())
     seconds = time.perf_counter() - started
     engine.dispose()
     return Measure(seconds, _peak_mib(), {"statuses": [r.status for r in results]})
@@ -265,13 +273,15 @@ def _simulate_retrains(url: str, series: Series, i: int, first: int, days: int) 
     statuses = []
     for day in range(days):
         slot = first + day * per_day
-        new = pd.DataFrame({"kpi": kpi, "ts": series.stamps(slot, per_day),
-                            "value": series.values(i, slot, per_day)})
+        new = pd.DataFrame({"kpi": kpi, "ts": series.stamps(slot, per_day), "value": series.values(i, slot, per_day)})
         store.upsert_observations(engine, new, "bench")
         cleaned = clean_observations(store.load_observations(engine, [kpi]))[0]
         pipeline.score_new_points(engine, cleaned)
         trained = pipeline.train_models(
-            engine, cleaned, config, trained_at=pd.Timestamp.now("UTC"),
+            engine,
+            cleaned,
+            config,
+            trained_at=pd.Timestamp.now("UTC"),
             rescore_horizon=_rescore_horizon(),
         )
         statuses.extend(r.status for r in trained)
@@ -279,9 +289,15 @@ def _simulate_retrains(url: str, series: Series, i: int, first: int, days: int) 
     sizes = bench_store.model_bytes(engine, [kpi])
     versions = len(store.load_model_versions(engine, kpi, "ensemble", artifacts=False))
     engine.dispose()
-    return Measure(seconds, _peak_mib(), {
-        "bytes": sizes.get(kpi, 0), "versions": versions, "trained": statuses.count("trained"),
-    })
+    return Measure(
+        seconds,
+        _peak_mib(),
+        {
+            "bytes": sizes.get(kpi, 0),
+            "versions": versions,
+            "trained": statuses.count("trained"),
+        },
+    )
 
 
 def _in_process(function: Callable, *args) -> Measure:
@@ -323,8 +339,7 @@ class _Bench:
         history = options.days * per_day
         # The history ends at midnight UTC a week ago, so that no point is in the future.
         end = pd.Timestamp.now("UTC").floor("D") - pd.Timedelta(days=7)
-        self.series = Series(end - history * step, step, history, options.seed,
-                             min(options.templates, options.kpis))
+        self.series = Series(end - history * step, step, history, options.seed, min(options.templates, options.kpis))
         self.per_day, self.new = per_day, NEW_POINTS[options.freq]
         self.next_slot = history  # the next new point's slot
         self.names = [Series.name(i) for i in range(options.kpis)]
@@ -348,24 +363,41 @@ class _Bench:
         for start in range(0, self.options.kpis, block):
             indices = range(start, min(start + block, self.options.kpis))
             values = {i: self.series.values(i, first, count) for i in indices}
-            bench_store.copy_csv(engine, "kpi_observations", bench_store.OBSERVATION_COPY_COLUMNS,
-                                 (self._csv(i, stamps, values[i], now, None) for i in indices))
+            bench_store.copy_csv(
+                engine,
+                "kpi_observations",
+                bench_store.OBSERVATION_COPY_COLUMNS,
+                (self._csv(i, stamps, values[i], now, None) for i in indices),
+            )
             if scored:
-                bench_store.copy_csv(engine, "anomaly_scores", bench_store.SCORE_COPY_COLUMNS,
-                                     (self._csv(i, stamps, values[i], now, version)
-                                      for i in indices))
-            self.say(f"loaded {indices[-1] + 1:,} of {self.options.kpis:,} KPIs "
-                     f"({count:,} points each{', scored' if scored else ''})")
+                bench_store.copy_csv(
+                    engine,
+                    "anomaly_scores",
+                    bench_store.SCORE_COPY_COLUMNS,
+                    (self._csv(i, stamps, values[i], now, version) for i in indices),
+                )
+            self.say(
+                f"loaded {indices[-1] + 1:,} of {self.options.kpis:,} KPIs "
+                f"({count:,} points each{', scored' if scored else ''})"
+            )
 
     def _csv(self, i: int, stamps, values: np.ndarray, now: str, version: str | None) -> str:
         name = self.series.name(i)
         if version is None:  # kpi, ts, value, ingested_at, source
-            frame = pd.DataFrame({"kpi": name, "ts": stamps, "value": values,
-                                  "ingested_at": now, "source": "bench"})
+            frame = pd.DataFrame({"kpi": name, "ts": stamps, "value": values, "ingested_at": now, "source": "bench"})
         else:  # kpi, ts, value, expected, score, is_anomaly, model_version, scored_at
-            frame = pd.DataFrame({"kpi": name, "ts": stamps, "value": values, "expected": values,
-                                  "score": 0.1, "is_anomaly": "f", "model_version": version,
-                                  "scored_at": now})
+            frame = pd.DataFrame(
+                {
+                    "kpi": name,
+                    "ts": stamps,
+                    "value": values,
+                    "expected": values,
+                    "score": 0.1,
+                    "is_anomaly": "f",
+                    "model_version": version,
+                    "scored_at": now,
+                }
+            )
         buffer = io.StringIO()
         frame.to_csv(buffer, header=False, index=False, float_format="%.6g")
         return buffer.getvalue()
@@ -388,12 +420,14 @@ class _Bench:
             detector = EnsembleDetector(config).fit(
                 series.stamps(0, series.history), series.values(t, 0, series.history)
             )
-            pipeline._register(engine, series.name(t), [(detector, train_end)],
-                               pd.Timestamp.now("UTC"))
-            self.say(f"trained the model of shape {t + 1} of {series.templates} "
-                     f"({time.perf_counter() - started:.1f} s)")
-        copies = {t: [series.name(i) for i in range(series.templates, self.options.kpis)
-                      if i % series.templates == t] for t in range(series.templates)}
+            pipeline._register(engine, series.name(t), [(detector, train_end)], pd.Timestamp.now("UTC"))
+            self.say(
+                f"trained the model of shape {t + 1} of {series.templates} ({time.perf_counter() - started:.1f} s)"
+            )
+        copies = {
+            t: [series.name(i) for i in range(series.templates, self.options.kpis) if i % series.templates == t]
+            for t in range(series.templates)
+        }
         batch = 1000
         for t, kpis in copies.items():
             for start in range(0, len(kpis), batch):
@@ -410,22 +444,26 @@ class _Bench:
         returns the materialisation and the floor (the faster of one before and one after)."""
         self.add_new_points(engine)
         before = bench_store.scoring_floor(engine, self.names, window, self.new)
-        self.say(f"{days} d: floor {before.seconds:.2f} s ({before.rows_read:,} rows read, "
-                 f"{before.rows_written:,} written); materialising anomaly_scores ...")
+        self.say(
+            f"{days} d: floor {before.seconds:.2f} s ({before.rows_read:,} rows read, "
+            f"{before.rows_written:,} written); materialising anomaly_scores ..."
+        )
         run = _in_process(_materialised_scoring, self.url)
         expected = self.new * self.options.kpis
         if run.detail["points_scored"] != expected or run.detail["failed"]:
-            raise RuntimeError(f"the scoring run scored {run.detail['points_scored']} points, "
-                               f"not {expected}; failed: {run.detail['failed']}")
+            raise RuntimeError(
+                f"the scoring run scored {run.detail['points_scored']} points, "
+                f"not {expected}; failed: {run.detail['failed']}"
+            )
         after = bench_store.scoring_floor(engine, self.names, window, self.new)
         floor = min(before.seconds, after.seconds)
-        self.say(f"{days} d: run {run.seconds:.2f} s, floor again {after.seconds:.2f} s; "
-                 "profiling the asset's functions ...")
+        self.say(
+            f"{days} d: run {run.seconds:.2f} s, floor again {after.seconds:.2f} s; profiling the asset's functions ..."
+        )
         self.add_new_points(engine)
         profile = _in_process(_profiled_scoring, self.url)
         models = bench_store.newest_model_bytes(engine, self.names)
-        top = ", ".join(f"{name} {seconds:.2f}" for name, seconds in
-                        list(profile.detail["by_query"].items())[:4])
+        top = ", ".join(f"{name} {seconds:.2f}" for name, seconds in list(profile.detail["by_query"].items())[:4])
         self.report(
             f"scoring at {days} d: run {run.seconds:.2f} s (Dagster materialisation of "
             f"anomaly_scores, peak RSS {run.peak_mib:.0f} MiB); floor {floor:.2f} s "
@@ -462,8 +500,7 @@ class _Bench:
         statuses = single.detail["statuses"] + [s for m in measures for s in m.detail["statuses"]]
         if set(statuses) != {"trained"}:
             raise RuntimeError(f"retraining did not train every KPI: {statuses}")
-        hours = {label: self.options.kpis / rate / 60 for label, rate in
-                 (("1", rate_one), ("2", rate_two))}
+        hours = {label: self.options.kpis / rate / 60 for label, rate in (("1", rate_one), ("2", rate_two))}
         self.report(
             f"retraining ({self.options.days} d of history): {rate_one:.1f} KPIs/min in 1 process "
             f"({len(one)} KPIs, {single.seconds:.1f} s, peak RSS {single.peak_mib:.0f} MiB), "
@@ -507,8 +544,7 @@ class _Bench:
                 f"models: {series.templates} trained (one per shape of series) and their "
                 f"registry rows copied to every KPI ({model_bytes / 1024:,.0f} KB per KPI)"
             )
-            window = (EnsembleDetector(_detector_config()).context_points
-                      + pipeline.SCORING_SLACK_POINTS + self.new + 1)
+            window = EnsembleDetector(_detector_config()).context_points + pipeline.SCORING_SLACK_POINTS + self.new + 1
             bench_store.vacuum(engine)
             short_run, short_floor = self.scoring(engine, min(SHORT_DAYS, options.days), window)
             long_run, long_floor = short_run, short_floor

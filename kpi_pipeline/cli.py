@@ -86,21 +86,25 @@ def init(ctx: typer.Context) -> None:
     url = database_url(ctx)
     console.print(f"database: {masked(url)}", markup=False)
     applied = store.migrate(url)
-    console.print(
-        f"applied migrations: {', '.join(applied)}" if applied else "schema already up to date"
-    )
+    console.print(f"applied migrations: {', '.join(applied)}" if applied else "schema already up to date")
 
 
 @app.command()
 @friendly_errors
 def ingest(
     ctx: typer.Context,
-    file: Annotated[Path, typer.Argument(help="CSV file, wide (timestamp + one column per KPI) "
-                                        "or long (kpi, timestamp, value).", show_default=False)],
-    tz: Annotated[str | None, typer.Option(help="Time zone of timestamps without an offset, "
-                                            "e.g. Europe/Berlin. Default: UTC.")] = None,
-    source: Annotated[str | None, typer.Option(help="Source name stored with the rows. "
-                                                "Default: the file name.")] = None,
+    file: Annotated[
+        Path,
+        typer.Argument(
+            help="CSV file, wide (timestamp + one column per KPI) or long (kpi, timestamp, value).", show_default=False
+        ),
+    ],
+    tz: Annotated[
+        str | None, typer.Option(help="Time zone of timestamps without an offset, e.g. Europe/Berlin. Default: UTC.")
+    ] = None,
+    source: Annotated[
+        str | None, typer.Option(help="Source name stored with the rows. Default: the file name.")
+    ] = None,
 ) -> None:
     """Load observations from a CSV file; rows that fail validation are stored as rejections."""
     result = read_observations_csv(file, tz=tz)
@@ -110,12 +114,13 @@ def ingest(
         if not error.connection_invalidated:
             raise
         # Writes are idempotent upserts, so the same command finishes the job.
-        fail(f"lost the database connection while storing {file} ({first_line(error)}); "
-             "run the same command again once the database is back: no row is stored twice")
+        fail(
+            f"lost the database connection while storing {file} ({first_line(error)}); "
+            "run the same command again once the database is back: no row is stored twice"
+        )
     loaded = counts.inserted + counts.updated + counts.unchanged
     console.print(
-        f"{file}: {loaded} observations of {result.observations['kpi'].nunique()} KPIs "
-        f"({result.layout} layout)",
+        f"{file}: {loaded} observations of {result.observations['kpi'].nunique()} KPIs ({result.layout} layout)",
         markup=False,
     )
     console.print(
@@ -125,8 +130,9 @@ def ingest(
     for rejection in result.rejections[:SHOWN_REJECTIONS]:
         console.print(f"  line {rejection.line}: {rejection.reason}", markup=False)
     if len(result.rejections) > SHOWN_REJECTIONS:
-        console.print(f"  ... and {len(result.rejections) - SHOWN_REJECTIONS} more "
-                      "(all stored in rejected_observations)")
+        console.print(
+            f"  ... and {len(result.rejections) - SHOWN_REJECTIONS} more (all stored in rejected_observations)"
+        )
     if loaded == 0:
         fail(f"no valid observations in {file}")
 
@@ -146,11 +152,15 @@ def run(ctx: typer.Context) -> None:
     short = summary["insufficient_history"]
     console.print(f"insufficient history: {', '.join(short) if short else 'none'}", markup=False)
     for kpi, reason in summary["failed"].items():
-        console.print(f"failed: {kpi}: {reason} (every other KPI completed; the next run "
-                      "tries it again)", markup=False, style="bold red")
+        console.print(
+            f"failed: {kpi}: {reason} (every other KPI completed; the next run tries it again)",
+            markup=False,
+            style="bold red",
+        )
     home = _dagster_home()
     console.print(
-        f"run recorded in the Dagster instance at {home} (DAGSTER_HOME)" if home
+        f"run recorded in the Dagster instance at {home} (DAGSTER_HOME)"
+        if home
         else "run not recorded in Dagster: DAGSTER_HOME is not set (make run sets it)",
         markup=False,
     )
@@ -167,17 +177,23 @@ def _dagster_home() -> str | None:
 @friendly_errors
 def backfill(
     ctx: typer.Context,
-    since: Annotated[str, typer.Option(help="First timestamp to score (ISO 8601; naive = UTC).",
-                                       show_default=False)],
-    until: Annotated[str | None, typer.Option(help="Last timestamp to score (ISO 8601; naive = "
-                                              "UTC). Default: the newest observation.")] = None,
-    kpi: Annotated[list[str] | None, typer.Option(help="Only this KPI; repeat for several.",
-                                                  show_default=False)] = None,
-    retrain_every: Annotated[str, typer.Option(
-        help="Retrain after every step of this length (e.g. 1d, 12h), as the daily schedule would."
-    )] = "1d",
-    alert: Annotated[bool, typer.Option("--alert/--no-alert", help="Alert the anomalies found "
-                                        "like new ones (default: record them silently).")] = False,
+    since: Annotated[str, typer.Option(help="First timestamp to score (ISO 8601; naive = UTC).", show_default=False)],
+    until: Annotated[
+        str | None,
+        typer.Option(help="Last timestamp to score (ISO 8601; naive = UTC). Default: the newest observation."),
+    ] = None,
+    kpi: Annotated[
+        list[str] | None, typer.Option(help="Only this KPI; repeat for several.", show_default=False)
+    ] = None,
+    retrain_every: Annotated[
+        str, typer.Option(help="Retrain after every step of this length (e.g. 1d, 12h), as the daily schedule would.")
+    ] = "1d",
+    alert: Annotated[
+        bool,
+        typer.Option(
+            "--alert/--no-alert", help="Alert the anomalies found like new ones (default: record them silently)."
+        ),
+    ] = False,
 ) -> None:
     """Train and score a historical range, e.g. after loading a year of history.
 
@@ -202,13 +218,16 @@ def backfill(
             store.add_silence(engine, pattern, first, last, "backfill")
     config = DetectorConfig(prophet=ProphetConfig(holidays_country=settings.holiday_country))
     results = pipeline.backfill(
-        engine, config, first, last, kpis=kpi or None, retrain_every=pd.Timedelta(retrain_every),
+        engine,
+        config,
+        first,
+        last,
+        kpis=kpi or None,
+        retrain_every=pd.Timedelta(retrain_every),
         rescore_horizon=pd.Timedelta(settings.model_rescore_horizon()),
         progress=lambda line: console.print(line, markup=False),
     )
-    store.record_kpi_outcomes(
-        engine, "scoring", {r.kpi: r.error for r in results if r.error}, [r.kpi for r in results]
-    )
+    store.record_kpi_outcomes(engine, "scoring", {r.kpi: r.error for r in results if r.error}, [r.kpi for r in results])
     scored = sum(r.scored for r in results)
     found = sum(r.anomalies for r in results)
     console.print(
@@ -223,19 +242,25 @@ def backfill(
 def bench(
     kpis: Annotated[int, typer.Option(help="Synthetic KPIs in the database (at least 3).")] = 50,
     days: Annotated[int, typer.Option(help="Days of history per KPI.")] = 60,
-    freq: Annotated[str, typer.Option(help="The KPIs' frequency: 1h (1 new point per KPI per "
-                                      "hourly run) or 1min (60).")] = "1h",
-    url: Annotated[str | None, typer.Option(
-        help="PostgreSQL server to create the scratch database on. Default: the server of "
-        "KPI_DATABASE_URL if it is PostgreSQL, else postgresql://postgres@127.0.0.1:5432.",
-        show_default=False)] = None,
-    keep: Annotated[bool, typer.Option(help="Keep the database afterwards (its URL is "
-                                       "printed).")] = False,
+    freq: Annotated[
+        str, typer.Option(help="The KPIs' frequency: 1h (1 new point per KPI per hourly run) or 1min (60).")
+    ] = "1h",
+    url: Annotated[
+        str | None,
+        typer.Option(
+            help="PostgreSQL server to create the scratch database on. Default: the server of "
+            "KPI_DATABASE_URL if it is PostgreSQL, else postgresql://postgres@127.0.0.1:5432.",
+            show_default=False,
+        ),
+    ] = None,
+    keep: Annotated[bool, typer.Option(help="Keep the database afterwards (its URL is printed).")] = False,
     seed: Annotated[int, typer.Option(help="Seed of the synthetic series.")] = 0,
-    retrain_kpis: Annotated[int, typer.Option(help="KPIs retrained in each of the one- and "
-                                              "two-process measurements.")] = 4,
-    retrain_days: Annotated[int, typer.Option(help="Simulated days of scoring and retraining "
-                                              "for the registry size (0: skip).")] = 30,
+    retrain_kpis: Annotated[
+        int, typer.Option(help="KPIs retrained in each of the one- and two-process measurements.")
+    ] = 4,
+    retrain_days: Annotated[
+        int, typer.Option(help="Simulated days of scoring and retraining for the registry size (0: skip).")
+    ] = 30,
 ) -> None:
     """Measure scoring, retraining and the registry on a synthetic PostgreSQL database.
 
@@ -247,8 +272,16 @@ def bench(
     server = url or _bench_server()
     console.print(f"server: {masked(server)}", markup=False)
     report = run_bench(
-        BenchOptions(server_url=server, kpis=kpis, days=days, freq=freq, keep=keep, seed=seed,
-                     retrain_kpis=retrain_kpis, retrain_days=retrain_days),
+        BenchOptions(
+            server_url=server,
+            kpis=kpis,
+            days=days,
+            freq=freq,
+            keep=keep,
+            seed=seed,
+            retrain_kpis=retrain_kpis,
+            retrain_days=retrain_days,
+        ),
         say=lambda line: console.print(line, markup=False),
     )
     console.print(report.summary, markup=False)
@@ -300,9 +333,7 @@ def _materialize_all(url: str) -> dict:
         failure = result.get_step_failure_events()[0]
         fail(f"{failure.step_key} failed: {_root_cause(failure.step_failure_data.error)}")
     metadata = {
-        event.asset_key.to_user_string(): {
-            key: value.value for key, value in event.materialization.metadata.items()
-        }
+        event.asset_key.to_user_string(): {key: value.value for key, value in event.materialization.metadata.items()}
         for event in result.get_asset_materialization_events()
     }
     scores = metadata["anomaly_scores"]
@@ -330,15 +361,14 @@ class _ConsoleHandler(logging.Handler):
 @friendly_errors
 def anomalies(
     ctx: typer.Context,
-    kpi: Annotated[list[str] | None, typer.Option(help="Only this KPI; repeat for several.",
-                                                   show_default=False)] = None,
-    since: Annotated[str | None, typer.Option(help="Only anomalies at or after this time "
-                                               "(ISO 8601; naive = UTC).")] = None,
-    severity: Annotated[Severity | None, typer.Option(help="Only anomalies at least this "
-                                                       "severe.")] = None,
-    output: Annotated[OutputFormat, typer.Option("--format", help="Output format.")] = (
-        OutputFormat.table
-    ),
+    kpi: Annotated[
+        list[str] | None, typer.Option(help="Only this KPI; repeat for several.", show_default=False)
+    ] = None,
+    since: Annotated[
+        str | None, typer.Option(help="Only anomalies at or after this time (ISO 8601; naive = UTC).")
+    ] = None,
+    severity: Annotated[Severity | None, typer.Option(help="Only anomalies at least this severe.")] = None,
+    output: Annotated[OutputFormat, typer.Option("--format", help="Output format.")] = (OutputFormat.table),
     limit: Annotated[int, typer.Option(min=1, help="Newest N anomalies.")] = 50,
 ) -> None:
     """List detected anomalies, newest first, with any feedback."""
@@ -352,8 +382,10 @@ def anomalies(
     )
     if len(found) > limit:
         # On stderr, so that JSON and CSV output stays machine-readable.
-        errors.print(f"showing the newest {limit} of {len(found)} anomalies; "
-                     f"pass --limit {len(found)} to see them all", markup=False)
+        errors.print(
+            f"showing the newest {limit} of {len(found)} anomalies; pass --limit {len(found)} to see them all",
+            markup=False,
+        )
     found = found.head(limit)
     if output is OutputFormat.json:
         typer.echo(found.to_json(orient="records", date_format="iso", indent=2))
@@ -369,13 +401,13 @@ def anomalies(
 @friendly_errors
 def status(
     ctx: typer.Context,
-    kpi: Annotated[list[str] | None, typer.Option(help="Only this KPI; repeat for several.",
-                                                   show_default=False)] = None,
-    output: Annotated[OutputFormat, typer.Option("--format", help="Output format.")] = (
-        OutputFormat.table
-    ),
-    check: Annotated[bool, typer.Option("--check", help="Exit with status 2 when a KPI is "
-                                        "failing (for monitoring).")] = False,
+    kpi: Annotated[
+        list[str] | None, typer.Option(help="Only this KPI; repeat for several.", show_default=False)
+    ] = None,
+    output: Annotated[OutputFormat, typer.Option("--format", help="Output format.")] = (OutputFormat.table),
+    check: Annotated[
+        bool, typer.Option("--check", help="Exit with status 2 when a KPI is failing (for monitoring).")
+    ] = False,
 ) -> None:
     """Each KPI's state: failing (and why), without a model, behind, or ok."""
     from kpi_pipeline.status import kpi_status
@@ -392,8 +424,10 @@ def status(
         console.print("no KPIs yet: load some with kpi-pipeline ingest FILE")
     else:
         console.print(_status_table(found))
-        console.print(", ".join(f"{int(counts.get(state, 0))} {state}" for state in
-                                ("ok", "behind", "no model", "failing")) + f" of {len(found)} KPIs")
+        console.print(
+            ", ".join(f"{int(counts.get(state, 0))} {state}" for state in ("ok", "behind", "no model", "failing"))
+            + f" of {len(found)} KPIs"
+        )
     if check and counts.get("failing", 0):
         raise typer.Exit(2)
 
@@ -413,8 +447,13 @@ def _status_table(found: pd.DataFrame) -> Table:
         style = {"failing": "bold red", "no model": "yellow", "behind": "cyan"}.get(row.state)
         # Names and reasons are the user's and the errors' text, never markup.
         table.add_row(
-            Text(row.kpi), Text(row.state, style=style or ""), when(row.last_ts),
-            when(row.last_scored), _text(row.model_version), row.shard, Text(_text(row.detail)),
+            Text(row.kpi),
+            Text(row.state, style=style or ""),
+            when(row.last_ts),
+            when(row.last_scored),
+            _text(row.model_version),
+            row.shard,
+            Text(_text(row.detail)),
         )
     return table
 
@@ -470,21 +509,25 @@ def _text(value: object) -> str:
 @app.command()
 @friendly_errors
 def evaluate(
-    data: Annotated[list[str], typer.Option(help="NAB data directory (<category>/<file>.csv) or "
-                                             "a KPI CSV file; repeat it to evaluate several as "
-                                             "folds (a KPI file's labels are then kpi_labels.csv "
-                                             "beside it). NAME=PATH names a fold.",
-                                        show_default=False)],
-    out: Annotated[Path, typer.Option(help="Directory for per-series scores and the summary.",
-                                       show_default=False)],
-    windows: Annotated[Path | None, typer.Option(help="NAB windows.json. Default: "
-                                                  "windows.json beside or inside --data.")] = None,
-    labels: Annotated[Path | None, typer.Option(help="Labels CSV (kpi, start, end) for a "
-                                                 "KPI CSV file.")] = None,
-    workers: Annotated[int | None, typer.Option(min=1, help="Parallel processes. "
-                                                 "Default: one per CPU.")] = None,
-    baseline: Annotated[Path | None, typer.Option(help="An earlier folds.json: the fold report "
-                                                  "shows each figure's change.")] = None,
+    data: Annotated[
+        list[str],
+        typer.Option(
+            help="NAB data directory (<category>/<file>.csv) or "
+            "a KPI CSV file; repeat it to evaluate several as "
+            "folds (a KPI file's labels are then kpi_labels.csv "
+            "beside it). NAME=PATH names a fold.",
+            show_default=False,
+        ),
+    ],
+    out: Annotated[Path, typer.Option(help="Directory for per-series scores and the summary.", show_default=False)],
+    windows: Annotated[
+        Path | None, typer.Option(help="NAB windows.json. Default: windows.json beside or inside --data.")
+    ] = None,
+    labels: Annotated[Path | None, typer.Option(help="Labels CSV (kpi, start, end) for a KPI CSV file.")] = None,
+    workers: Annotated[int | None, typer.Option(min=1, help="Parallel processes. Default: one per CPU.")] = None,
+    baseline: Annotated[
+        Path | None, typer.Option(help="An earlier folds.json: the fold report shows each figure's change.")
+    ] = None,
 ) -> None:
     """Backtest the detector on labelled corpora and print NAB scores, precision and recall,
     per fold (each NAB category, each KPI file)."""
@@ -530,12 +573,11 @@ def _fold_source(item: str) -> tuple[str | None, Path]:
 def feedback(
     ctx: typer.Context,
     kpi: Annotated[str, typer.Argument(help="KPI name.", show_default=False)],
-    ts: Annotated[str, typer.Argument(help="Timestamp of the scored point (ISO 8601; "
-                                       "naive = UTC).", show_default=False)],
-    false_positive: Annotated[bool, typer.Option("--false-positive", help="The point was "
-                                                  "normal.")] = False,
-    true_positive: Annotated[bool, typer.Option("--true-positive", help="The point was a real "
-                                                 "incident.")] = False,
+    ts: Annotated[
+        str, typer.Argument(help="Timestamp of the scored point (ISO 8601; naive = UTC).", show_default=False)
+    ],
+    false_positive: Annotated[bool, typer.Option("--false-positive", help="The point was normal.")] = False,
+    true_positive: Annotated[bool, typer.Option("--true-positive", help="The point was a real incident.")] = False,
     note: Annotated[str | None, typer.Option(help="Free-text note.")] = None,
 ) -> None:
     """Label a scored point as a real incident or a false alarm (used by later training)."""
@@ -546,8 +588,10 @@ def feedback(
     if point.empty:
         fail(f"no scored point of {kpi!r} at {ts}")
     if not point["is_anomaly"].iloc[0]:
-        fail(f"the point of {kpi!r} at {ts} is not an anomaly (score "
-             f"{point['score'].iloc[0]:.2f}): feedback labels flagged points only")
+        fail(
+            f"the point of {kpi!r} at {ts} is not an anomaly (score "
+            f"{point['score'].iloc[0]:.2f}): feedback labels flagged points only"
+        )
     label = "true_positive" if true_positive else "false_positive"
     store.set_feedback(engine, kpi, ts, label, note)
     console.print(f"recorded {label} for {kpi} at {ts}", markup=False)

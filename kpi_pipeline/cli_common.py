@@ -87,8 +87,7 @@ def require_known_kpis(engine: sa.Engine, kpis: Iterable[str]) -> None:
     if not unknown:
         return
     known = store.list_kpis(engine)
-    close = sorted({name for kpi in unknown
-                    for name in difflib.get_close_matches(kpi, known, n=CLOSE_NAMES)})
+    close = sorted({name for kpi in unknown for name in difflib.get_close_matches(kpi, known, n=CLOSE_NAMES)})
     if close:
         hint = f"close names: {', '.join(close)}"
     elif known:

@@ -222,9 +222,7 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _known_executor(self) -> Settings:
         if self.executor not in EXECUTORS:
-            raise ValueError(
-                f"KPI_EXECUTOR is {self.executor!r}; known: {', '.join(EXECUTORS)}"
-            )
+            raise ValueError(f"KPI_EXECUTOR is {self.executor!r}; known: {', '.join(EXECUTORS)}")
         return self
 
     def model_rescore_horizon(self) -> dt.timedelta:

@@ -169,9 +169,7 @@ def _insertions(
     KPIs whose changes reach back into it are counted, one query for all of them (a corrected
     value leaves the count as it was)."""
     reaching_back = {
-        kpi: state.last_observed
-        for kpi, (state, first_ts, _) in growing.items()
-        if first_ts <= state.last_observed
+        kpi: state.last_observed for kpi, (state, first_ts, _) in growing.items() if first_ts <= state.last_observed
     }
     counts = store.count_observations(engine, reaching_back)
     return {
@@ -203,9 +201,7 @@ def _reclean_chunk(
         state, _, ingested_through = growing[kpi]
         grid, last_slot, changed_slot = plans[kpi]
         new = rows[rows["ts"] > state.last_observed]
-        counts = add_counts(
-            state.step_counts, step_counts(pd.concat([pd.Series([state.last_observed]), new["ts"]]))
-        )
+        counts = add_counts(state.step_counts, step_counts(pd.concat([pd.Series([state.last_observed]), new["ts"]])))
         step = mode_step(counts)
         if step != state.step:
             step_changed[kpi] = f"its most common step changed from {state.step} to {step}"
@@ -213,16 +209,18 @@ def _reclean_chunk(
         cleaned = reclean(rows, grid, changed_slot, config)
         new_slots = set(grid.slots(new["ts"]).tolist()) - {last_slot}
         start = cleaned["ts"].iloc[0]
-        states.append(replace(
-            state,
-            step_counts=counts,
-            observations=state.observations + len(new),
-            duplicates=state.duplicates + len(new) - len(new_slots),
-            last_observed=max(state.last_observed, rows["ts"].iloc[-1]),
-            ingested_through=max(state.ingested_through, ingested_through),
-            cleaned_at=run.cleaned_at,
-            changed_from=start if state.features_current else min(start, state.changed_from),
-        ))
+        states.append(
+            replace(
+                state,
+                step_counts=counts,
+                observations=state.observations + len(new),
+                duplicates=state.duplicates + len(new) - len(new_slots),
+                last_observed=max(state.last_observed, rows["ts"].iloc[-1]),
+                ingested_through=max(state.ingested_through, ingested_through),
+                cleaned_at=run.cleaned_at,
+                changed_from=start if state.features_current else min(start, state.changed_from),
+            )
+        )
         parts.append(cleaned.assign(kpi=kpi)[CLEANED_COLUMNS])
     return states, _concat(parts), step_changed
 
@@ -251,21 +249,21 @@ def _rebuild_chunk(
             cleaned = clean_series(rows, grid, config)
             duplicates = len(rows) - len(np.unique(grid.slots(rows["ts"])))
         before = known.get(kpi)
-        states.append(SeriesState(
-            kpi=kpi,
-            origin=origin,
-            step=step,
-            step_counts=counts,
-            observations=len(rows),
-            duplicates=duplicates,
-            last_observed=rows["ts"].iloc[-1],
-            ingested_through=(
-                ingested[kpi] if before is None else max(ingested[kpi], before.ingested_through)
-            ),
-            cleaned_at=cleaned_at,
-            changed_from=origin if before is None else min(origin, before.changed_from),
-            features_through=None if before is None else before.features_through,
-        ))
+        states.append(
+            SeriesState(
+                kpi=kpi,
+                origin=origin,
+                step=step,
+                step_counts=counts,
+                observations=len(rows),
+                duplicates=duplicates,
+                last_observed=rows["ts"].iloc[-1],
+                ingested_through=(ingested[kpi] if before is None else max(ingested[kpi], before.ingested_through)),
+                cleaned_at=cleaned_at,
+                changed_from=origin if before is None else min(origin, before.changed_from),
+                features_through=None if before is None else before.features_through,
+            )
+        )
         parts.append(cleaned.assign(kpi=kpi)[CLEANED_COLUMNS])
     return states, _concat(parts)
 
@@ -273,9 +271,7 @@ def _rebuild_chunk(
 # -- features -------------------------------------------------------------------------------
 
 
-def build_new_features(
-    engine: sa.Engine, country: str, *, progress: Progress = _quiet
-) -> FeatureRun:
+def build_new_features(engine: sa.Engine, country: str, *, progress: Progress = _quiet) -> FeatureRun:
     """Bring ``kpi_features`` up to date with ``kpi_cleaned``: per KPI cleaned since its
     features were built, the features of its rows from ``changed_from`` on."""
     run = FeatureRun()
@@ -286,22 +282,23 @@ def build_new_features(
         *((chunk, False) for chunk in _chunks(recent, CHUNK_KPIS)),
         *((chunk, True) for chunk in _chunks(whole, REBUILD_CHUNK_KPIS)),
     ]:
-        cleaned = store.load_cleaned_rows(
-            engine, chunk, since={kpi: _feature_window(due[kpi]) for kpi in chunk}
-        )
+        cleaned = store.load_cleaned_rows(engine, chunk, since={kpi: _feature_window(due[kpi]) for kpi in chunk})
         parts = []
         for kpi, rows in _by_kpi(cleaned, chunk):
             state = due[kpi]
             features = build_features(rows["ts"], rows["value"], state.step, country)
             new = (rows["ts"] >= state.changed_from).to_numpy()
-            parts.append(pd.concat(
-                [rows.loc[new, ["kpi", "ts"]].reset_index(drop=True),
-                 features[new].reset_index(drop=True)],
-                axis=1,
-            ))
+            parts.append(
+                pd.concat(
+                    [rows.loc[new, ["kpi", "ts"]].reset_index(drop=True), features[new].reset_index(drop=True)],
+                    axis=1,
+                )
+            )
         frame = _concat(parts, columns=list(store.FEATURE_COLUMNS))
         store.save_features(
-            engine, frame, {kpi: due[kpi].cleaned_at for kpi in chunk},
+            engine,
+            frame,
+            {kpi: due[kpi].cleaned_at for kpi in chunk},
             rebuilt=chunk if rebuilt else (),
         )
         run.kpis += chunk
@@ -324,14 +321,10 @@ def _feature_window(state: SeriesState) -> pd.Timestamp | None:
 
 # -- data quality ---------------------------------------------------------------------------
 
-QUALITY_COLUMNS = [
-    "kpi", "last_ts", "frequency", "age", "duplicate_timestamps", "recent_points", "missing_points"
-]
+QUALITY_COLUMNS = ["kpi", "last_ts", "frequency", "age", "duplicate_timestamps", "recent_points", "missing_points"]
 
 
-def data_quality(
-    engine: sa.Engine, *, recent_points: int, now: pd.Timestamp | None = None
-) -> pd.DataFrame:
+def data_quality(engine: sa.Engine, *, recent_points: int, now: pd.Timestamp | None = None) -> pd.DataFrame:
     """Per KPI, what the data-quality checks judge, from ``kpi_series`` and the newest cleaned
     rows of the KPIs the newest cleaning run wrote; no observation is read.
 
@@ -347,8 +340,7 @@ def data_quality(
     series = store.load_series(engine)
     touched = store.newest_cleaning(engine)
     recent = store.load_cleaned_rows(
-        engine, touched, since={kpi: _recent_window(state, recent_points)
-                                for kpi, state in touched.items()}
+        engine, touched, since={kpi: _recent_window(state, recent_points) for kpi, state in touched.items()}
     )
     judged = {
         str(kpi): (len(rows), int((rows["filled"] | rows["gap"]).sum()))

@@ -82,8 +82,7 @@ class IngestResult:
 
 
 UNTERMINATED_LAST_LINE = (
-    "last line has no line ending, so it may be half-written; "
-    "end the file with a newline if the line is complete"
+    "last line has no line ending, so it may be half-written; end the file with a newline if the line is complete"
 )
 
 
@@ -114,13 +113,11 @@ class PlausibleTimes:
         horizon = str(self.max_ahead).removesuffix(" 00:00:00")
         reason = pd.Series(None, index=text.index, dtype=object)
         reason[out_of_years] = (
-            "timestamp '" + text[out_of_years]
+            "timestamp '"
+            + text[out_of_years]
             + f"' outside the plausible years {self.earliest_year} to {self.latest_year}"
         )
-        reason[ahead] = (
-            "timestamp '" + text[ahead]
-            + f"' more than {horizon} ahead of now ({now:%Y-%m-%d %H:%M} UTC)"
-        )
+        reason[ahead] = "timestamp '" + text[ahead] + f"' more than {horizon} ahead of now ({now:%Y-%m-%d %H:%M} UTC)"
         return reason
 
 
@@ -179,10 +176,7 @@ def read_observations_csv(
             rejections,
         )
     if kpi_column is not None:
-        raise IngestError(
-            f"{source}: unknown layout: KPI-name column '{kpi_column}' but no "
-            f"'{VALUE_COLUMN}' column"
-        )
+        raise IngestError(f"{source}: unknown layout: KPI-name column '{kpi_column}' but no '{VALUE_COLUMN}' column")
     if len(header) == 1:
         raise IngestError(f"{source}: no value columns, only the timestamp column '{timestamp_column}'")
 
@@ -237,9 +231,7 @@ def _time_zone(tz: str | None) -> ZoneInfo:
     try:
         return ZoneInfo(name)
     except (ZoneInfoNotFoundError, ValueError):
-        raise IngestError(
-            f"unknown time zone {name!r}: expected an IANA name such as 'Europe/Berlin'"
-        ) from None
+        raise IngestError(f"unknown time zone {name!r}: expected an IANA name such as 'Europe/Berlin'") from None
 
 
 def _read_text(path: Path) -> str:
@@ -323,10 +315,7 @@ def _checked_header(header: list[str], path: Path) -> list[str]:
 
 def _label_cells(names: list[str], cells: list[str]) -> dict[str, str]:
     """Key a ragged row's cells by header name; surplus cells by their 1-based position."""
-    return {
-        names[index] if index < len(names) else f"column {index + 1}": cell
-        for index, cell in enumerate(cells)
-    }
+    return {names[index] if index < len(names) else f"column {index + 1}": cell for index, cell in enumerate(cells)}
 
 
 def _find_column(header: list[str], accepted: tuple[str, ...]) -> str | None:
@@ -371,8 +360,7 @@ def _wide_candidates(
     ts, timestamp_reason = _parse_timestamps(table.cells[timestamp_column], zone, times)
     bad_rows = np.flatnonzero(timestamp_reason.notna().to_numpy())
     row_rejections = [
-        Rejection(int(table.lines[row]), table.raw.iloc[row].to_dict(), timestamp_reason.iat[row])
-        for row in bad_rows
+        Rejection(int(table.lines[row]), table.raw.iloc[row].to_dict(), timestamp_reason.iat[row]) for row in bad_rows
     ]
 
     kpi_names = np.array([name for name in table.cells.columns if name != timestamp_column])
@@ -397,9 +385,7 @@ def _wide_candidates(
     return candidates, row_rejections
 
 
-def _parse_timestamps(
-    text: pd.Series, zone: ZoneInfo, times: PlausibleTimes
-) -> tuple[pd.Series, pd.Series]:
+def _parse_timestamps(text: pd.Series, zone: ZoneInfo, times: PlausibleTimes) -> tuple[pd.Series, pd.Series]:
     """Parse ISO 8601 text to UTC; naive values are wall-clock times in ``zone``; implausible
     ones (outside ``times``) get a reason.
 
@@ -478,14 +464,10 @@ def _assemble_result(
     agreeing = valid[distinct_values <= 1]
     landed = agreeing.drop_duplicates(["kpi", "ts"])
 
-    rejected = pd.concat(
-        [candidates[invalid], conflicting.assign(reason=_conflict_reasons(conflicting))]
-    )
+    rejected = pd.concat([candidates[invalid], conflicting.assign(reason=_conflict_reasons(conflicting))])
     rejections = rejections + [
         Rejection(int(line), raw_cells(int(row), kpi), reason)
-        for row, line, kpi, reason in rejected[["row", "line", "kpi", "reason"]].itertuples(
-            index=False
-        )
+        for row, line, kpi, reason in rejected[["row", "line", "kpi", "reason"]].itertuples(index=False)
     ]
     observations = pd.DataFrame(
         {
@@ -507,7 +489,5 @@ def _conflict_reasons(conflicting: pd.DataFrame) -> pd.Series:
     reasons = pd.Series(None, index=conflicting.index, dtype=object)
     for (kpi, ts), group in conflicting.groupby(["kpi", "ts"], sort=False):
         values = " vs ".join(str(value) for value in group["value"].unique())
-        reasons[group.index] = (
-            f"conflicting duplicate for ({kpi}, {ts.isoformat()}): values {values}"
-        )
+        reasons[group.index] = f"conflicting duplicate for ({kpi}, {ts.isoformat()}): values {values}"
     return reasons

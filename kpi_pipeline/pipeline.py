@@ -60,17 +60,12 @@ def open_store(url: str | None = None) -> sa.Engine:
 def store_ingested(engine: sa.Engine, result: IngestResult, source: str) -> store.UpsertCounts:
     """Write a validated input: observations upserted, its rejected rows recorded."""
     counts = store.upsert_observations(engine, result.observations, source)
-    rejections = [
-        {"line": r.line, "raw": r.raw, "reason": r.reason, "source": source}
-        for r in result.rejections
-    ]
+    rejections = [{"line": r.line, "raw": r.raw, "reason": r.reason, "source": source} for r in result.rejections]
     store.insert_rejections(engine, rejections)
     return counts
 
 
-def load_cleaned(
-    engine: sa.Engine, kpis: list[str] | None = None
-) -> tuple[pd.DataFrame, dict[str, pd.Timedelta]]:
+def load_cleaned(engine: sa.Engine, kpis: list[str] | None = None) -> tuple[pd.DataFrame, dict[str, pd.Timedelta]]:
     """Every stored observation (of ``kpis``, if given), cleaned: ``(kpi, ts, value, filled,
     gap)`` rows and each KPI's step."""
     return clean_observations(store.load_observations(engine, kpis))
@@ -233,18 +228,14 @@ def prune_models(
     return tuple(store.prune_model_versions(engine, kpi, last_scored - rescore_horizon))
 
 
-def training_exclusions(
-    engine: sa.Engine, config: DetectorConfig
-) -> dict[str, pd.DatetimeIndex]:
+def training_exclusions(engine: sa.Engine, config: DetectorConfig) -> dict[str, pd.DatetimeIndex]:
     """Per KPI, the points training skips: confident anomalies (``confident_anomalies``, as the
     walk-forward decides them) and points confirmed as incidents.
 
     An analyst's ``false_positive`` label puts a confident anomaly back into training.
     """
     flagged = store.load_anomalies(engine)
-    confident = confident_anomalies(flagged, config) & (
-        flagged["feedback"] != "false_positive"
-    ).to_numpy()
+    confident = confident_anomalies(flagged, config) & (flagged["feedback"] != "false_positive").to_numpy()
     confirmed = (flagged["feedback"] == "true_positive").to_numpy()
     skipped = flagged[confident | confirmed]
     return {str(kpi): pd.DatetimeIndex(rows["ts"]) for kpi, rows in skipped.groupby("kpi")}
@@ -265,14 +256,16 @@ def _train_history(
         shortfall = f"{len(ts)} points, need more than {config.min_train_points}"
         return KpiTraining(kpi, "insufficient history", detail=shortfall)
     walked = walk_forward(
-        ts, rows["value"].to_numpy(dtype=float), cutoffs, config,
-        gap=rows["gap"].to_numpy(dtype=bool), exclude=exclude,
+        ts,
+        rows["value"].to_numpy(dtype=float),
+        cutoffs,
+        config,
+        gap=rows["gap"].to_numpy(dtype=bool),
+        exclude=exclude,
     )
     if not walked.models:
         return KpiTraining(kpi, "insufficient history", detail=walked.skipped[-1][1])
-    versions = _register(
-        engine, kpi, [(detector, ts[end - 1]) for end, detector in walked.models], trained_at
-    )
+    versions = _register(engine, kpi, [(detector, ts[end - 1]) for end, detector in walked.models], trained_at)
     return KpiTraining(kpi, "trained", versions)
 
 
@@ -295,9 +288,7 @@ def _retrain(
     return KpiTraining(kpi, "trained", _register(engine, kpi, [(detector, ts[end - 1])], trained_at))
 
 
-def _retrain_cutoff(
-    ts: pd.DatetimeIndex, newest: store.ModelRecord, last_scored: pd.Timestamp | None
-) -> int:
+def _retrain_cutoff(ts: pd.DatetimeIndex, newest: store.ModelRecord, last_scored: pd.Timestamp | None) -> int:
     """The nightly retrain's cutoff: every scored point, if some are newer than ``newest``
     (0: nothing to retrain)."""
     scored = 0 if last_scored is None else int(ts.searchsorted(last_scored, side="right"))
@@ -388,9 +379,7 @@ def score_new_points(
     the context before them. KPIs are scored ``chunk_kpis`` at a time, with three reads and one
     write per chunk; one KPI's failure is recorded in its result and the others complete.
     """
-    return _score_cleaned(
-        engine, cleaned, store.last_scored_ts(engine), since, scored_at, progress, chunk_kpis
-    )
+    return _score_cleaned(engine, cleaned, store.last_scored_ts(engine), since, scored_at, progress, chunk_kpis)
 
 
 def score_latest(
@@ -407,9 +396,7 @@ def score_latest(
     last_scored = store.last_scored_ts(engine)
     results = []
     for cleaned in _scoring_windows(engine, last_scored, chunk_kpis):
-        results.extend(
-            _score_cleaned(engine, cleaned, last_scored, None, scored_at, progress, chunk_kpis)
-        )
+        results.extend(_score_cleaned(engine, cleaned, last_scored, None, scored_at, progress, chunk_kpis))
     return results
 
 
@@ -455,9 +442,7 @@ class _NewPoints:
         return KpiScoring(self.kpi, 0, 0, self.count, error=describe_error(error))
 
 
-def _score_chunk(
-    engine: sa.Engine, chunk: list[_NewPoints], scored_at: pd.Timestamp
-) -> list[KpiScoring]:
+def _score_chunk(engine: sa.Engine, chunk: list[_NewPoints], scored_at: pd.Timestamp) -> list[KpiScoring]:
     """Score a chunk of KPIs: one read of the model versions that apply, one of the stored
     scores open events continue from, one upsert. A KPI that fails is recorded with its error
     (a failed read or write fails the KPIs it was for) and the others go on."""
@@ -467,8 +452,7 @@ def _score_chunk(
         if item.count == 0:
             done[item.kpi] = KpiScoring(item.kpi, 0, 0, 0)
     scored: dict[str, tuple[pd.DataFrame, int]] = {}
-    spans = {kpi: (item.rows["ts"].iloc[item.first_new], item.rows["ts"].iloc[-1])
-             for kpi, item in pending.items()}
+    spans = {kpi: (item.rows["ts"].iloc[item.first_new], item.rows["ts"].iloc[-1]) for kpi, item in pending.items()}
     try:
         for kpi, models in store.load_scoring_models(engine, spans):
             try:
@@ -522,9 +506,11 @@ def _with_events(
         for kpi in spans:
             done[kpi] = items[kpi].failed(error)
         stored = None
-    recent = {} if stored is None else {
-        str(kpi): rows.reset_index(drop=True) for kpi, rows in stored.groupby("kpi", sort=False)
-    }
+    recent = (
+        {}
+        if stored is None
+        else {str(kpi): rows.reset_index(drop=True) for kpi, rows in stored.groupby("kpi", sort=False)}
+    )
     written = {}
     for kpi, (scores, merge_gap) in scored.items():
         if kpi in done:
@@ -534,7 +520,10 @@ def _with_events(
             if items[kpi].first_new > 0:
                 open_event = open_event_from(recent.get(kpi, stored.iloc[:0]), merge_gap)
             scores["event_id"], _alerts = assign_events(
-                kpi, pd.DatetimeIndex(scores["ts"]), scores["is_anomaly"].to_numpy(), merge_gap,
+                kpi,
+                pd.DatetimeIndex(scores["ts"]),
+                scores["is_anomaly"].to_numpy(),
+                merge_gap,
                 open_event,
             )
         except Exception as error:  # noqa: BLE001 - one KPI's failure must not stop the others
@@ -568,9 +557,7 @@ def _write_scores(
             done[kpi] = items[kpi].failed(error)
 
 
-def _score_with_models(
-    item: _NewPoints, models: list[store.ModelRecord]
-) -> tuple[pd.DataFrame, int]:
+def _score_with_models(item: _NewPoints, models: list[store.ModelRecord]) -> tuple[pd.DataFrame, int]:
     """Scores of the points from ``first_new`` on that some model of ``models`` (the registry
     rows of the versions that may apply, every kind, oldest training cutoff first) may score,
     with the version used; and the event merge gap of the newest model used (0 rows if no
@@ -590,31 +577,22 @@ def _score_with_models(
     for model in models:
         if model.artifact is not None:
             artifacts.setdefault(model.version, {})[model.kind] = model.artifact
-    detectors = _detectors(
-        item.kpi, {versions[i].version: artifacts.get(versions[i].version, {}) for i in used}
-    )
+    detectors = _detectors(item.kpi, {versions[i].version: artifacts.get(versions[i].version, {}) for i in used})
     parts = []
     for index in used:
         model = versions[index]
         # model_of never decreases with time, so each model scores one contiguous segment.
         positions = first_new + np.flatnonzero(model_of == index)
-        segment = score_segment(
-            detectors[model.version], ts, values, gap, positions[0], positions[-1] + 1
-        )
+        segment = score_segment(detectors[model.version], ts, values, gap, positions[0], positions[-1] + 1)
         parts.append(segment.assign(model_version=model.version))
     merge_gap = detectors[versions[used[-1]].version].config.event_merge_gap
     return pd.concat(parts, ignore_index=True), merge_gap
 
 
-def _detectors(
-    kpi: str, artifacts: dict[str, dict[str, bytes]]
-) -> dict[str, EnsembleDetector]:
+def _detectors(kpi: str, artifacts: dict[str, dict[str, bytes]]) -> dict[str, EnsembleDetector]:
     """The fitted detectors of registered ensemble versions, rebuilt from their artifacts
     (per version, by kind)."""
-    return {
-        version: detector_from_artifacts(kpi, version, by_kind)
-        for version, by_kind in artifacts.items()
-    }
+    return {version: detector_from_artifacts(kpi, version, by_kind) for version, by_kind in artifacts.items()}
 
 
 class NoModel(LookupError):
@@ -627,19 +605,12 @@ def load_detector(engine: sa.Engine, kpi: str, version: str) -> EnsembleDetector
     return detector_from_artifacts(kpi, version, store.model_artifacts(engine, kpi, version))
 
 
-def detector_from_artifacts(
-    kpi: str, version: str, artifacts: dict[str, bytes]
-) -> EnsembleDetector:
+def detector_from_artifacts(kpi: str, version: str, artifacts: dict[str, bytes]) -> EnsembleDetector:
     """The fitted detector of a registered ensemble version from its artifacts, by kind;
     raises ``NoModel`` if one is missing."""
-    missing = [
-        kind for kind in (*EnsembleDetector.COMPONENT_KINDS, "ensemble") if kind not in artifacts
-    ]
+    missing = [kind for kind in (*EnsembleDetector.COMPONENT_KINDS, "ensemble") if kind not in artifacts]
     if missing:
-        raise NoModel(
-            f"model {version} of {kpi!r} is incomplete (no {', '.join(missing)} artifact); "
-            "retrain it"
-        )
+        raise NoModel(f"model {version} of {kpi!r} is incomplete (no {', '.join(missing)} artifact); retrain it")
     return EnsembleDetector.from_artifacts(artifacts)
 
 
@@ -698,8 +669,9 @@ def backfill(
     untrained = sorted(set(cleaned["kpi"]) - store.trained_kpis(engine))
     if untrained:
         progress(f"walk-forward training of {', '.join(untrained)} up to {until}")
-        train_models(engine, cleaned[cleaned["kpi"].isin(untrained)], config,
-                     rescore_horizon=rescore_horizon, progress=progress)
+        train_models(
+            engine, cleaned[cleaned["kpi"].isin(untrained)], config, rescore_horizon=rescore_horizon, progress=progress
+        )
     totals: dict[str, KpiScoring] = {}
     start = max(since, cleaned["ts"].min())
     for end in _step_ends(start, until, retrain_every):

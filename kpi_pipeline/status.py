@@ -19,7 +19,14 @@ STATES = ("failing", "no model", "behind", "ok")
 trained yet); newer observations than scores (the next scoring run takes them); all scored."""
 
 STATUS_COLUMNS = [
-    "kpi", "state", "detail", "shard", "first_ts", "last_ts", "last_scored", "model_version",
+    "kpi",
+    "state",
+    "detail",
+    "shard",
+    "first_ts",
+    "last_ts",
+    "last_scored",
+    "model_version",
     "trained_until",
 ]
 
@@ -55,13 +62,19 @@ def kpi_status(engine: sa.Engine, kpis: list[str] | None = None) -> pd.DataFrame
             detail = "newer observations than scores; the next scoring run takes them"
         else:
             state, detail = "ok", ""
-        rows.append({
-            "kpi": kpi, "state": state, "detail": detail, "shard": shard_of(kpi, shards),
-            "first_ts": span.first_ts, "last_ts": span.last_ts, "last_scored": scored,
-            "model_version": None if model is None else model["version"],
-            "trained_until": None if model is None else model["train_end"],
-        })
+        rows.append(
+            {
+                "kpi": kpi,
+                "state": state,
+                "detail": detail,
+                "shard": shard_of(kpi, shards),
+                "first_ts": span.first_ts,
+                "last_ts": span.last_ts,
+                "last_scored": scored,
+                "model_version": None if model is None else model["version"],
+                "trained_until": None if model is None else model["train_end"],
+            }
+        )
     frame = pd.DataFrame(rows, columns=STATUS_COLUMNS)
     order = frame["state"].map({state: rank for rank, state in enumerate(STATES)})
-    return frame.assign(_order=order).sort_values(["_order", "kpi"]).drop(columns="_order") \
-        .reset_index(drop=True)
+    return frame.assign(_order=order).sort_values(["_order", "kpi"]).drop(columns="_order").reset_index(drop=True)

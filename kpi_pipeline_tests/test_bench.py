@@ -11,17 +11,28 @@ from kpi_pipeline import store
 from kpi_pipeline.cli import app
 from kpi_pipeline.store import bench as bench_store
 
-SUMMARY = re.compile(
-    r"scoring: \d+\.\dx floor, history ratio \d+\.\d\d, peak RSS \d+ MiB, registry \d+ KB/KPI"
-)
+SUMMARY = re.compile(r"scoring: \d+\.\dx floor, history ratio \d+\.\d\d, peak RSS \d+ MiB, registry \d+ KB/KPI")
 
 
 def test_bench_scores_every_kpi_and_ends_with_its_summary_line(pg_admin_engine):
     server = pg_admin_engine.url.render_as_string(hide_password=False)
-    result = CliRunner().invoke(app, [
-        "bench", "--url", server, "--kpis", "3", "--days", "3", "--retrain-kpis", "1",
-        "--retrain-days", "2", "--keep",
-    ])
+    result = CliRunner().invoke(
+        app,
+        [
+            "bench",
+            "--url",
+            server,
+            "--kpis",
+            "3",
+            "--days",
+            "3",
+            "--retrain-kpis",
+            "1",
+            "--retrain-days",
+            "2",
+            "--keep",
+        ],
+    )
     assert result.exit_code == 0, result.output
     lines = result.output.strip().splitlines()
     assert SUMMARY.fullmatch(lines[-1]), lines[-1]

@@ -123,9 +123,7 @@ def test_ingest_of_a_missing_file_fails_in_one_line(invoke, tmp_path):
 def scored(engine):
     """Four observed and scored points, three of them anomalies of rising severity."""
     ts = START + pd.Series([1, 2, 3, 4]) * HOUR
-    points = pd.DataFrame(
-        {"kpi": ["orders", "orders", "sessions", "orders"], "ts": ts, "value": [1.0, 50, 70, 90]}
-    )
+    points = pd.DataFrame({"kpi": ["orders", "orders", "sessions", "orders"], "ts": ts, "value": [1.0, 50, 70, 90]})
     store.upsert_observations(engine, points, "test")
     store.upsert_scores(
         engine,
@@ -189,15 +187,26 @@ def test_anomaly_table_keeps_every_column_whatever_the_values(invoke, engine):
     for kpi, value in [("sales", 1e308), ("refunds", -1e308), (long_name, 5.0)]:
         points = pd.DataFrame({"kpi": [kpi], "ts": [ts], "value": [value]})
         store.upsert_observations(engine, points, "test")
-        store.upsert_scores(engine, points.assign(
-            expected=12.0, lower=1.0, upper=1e300, score=0.9, is_anomaly=True, severity="critical"
-        ))
+        store.upsert_scores(
+            engine,
+            points.assign(expected=12.0, lower=1.0, upper=1e300, score=0.9, is_anomaly=True, severity="critical"),
+        )
 
     table = invoke("anomalies").stdout
 
     header, *rows = table.splitlines()
-    for column in ("kpi", "time (UTC)", "value", "expected", "deviation", "band", "score",
-                   "severity", "flagged by", "feedback"):
+    for column in (
+        "kpi",
+        "time (UTC)",
+        "value",
+        "expected",
+        "deviation",
+        "band",
+        "score",
+        "severity",
+        "flagged by",
+        "feedback",
+    ):
         assert column in header
     assert "1e+308" in table and "-1e+308" in table and "1..1e+300" in table
     sales = next(row for row in rows if row.lstrip().startswith("sales"))
@@ -221,9 +230,7 @@ def test_feedback_labels_a_scored_point(invoke, engine, scored):
 
 
 def test_feedback_on_an_unscored_point_or_without_a_label_fails(invoke, scored):
-    _assert_one_line_error(
-        invoke("feedback", "orders", "2030-01-01", "--true-positive"), "no scored point"
-    )
+    _assert_one_line_error(invoke("feedback", "orders", "2030-01-01", "--true-positive"), "no scored point")
     _assert_one_line_error(invoke("feedback", "orders", scored[3].isoformat()), "exactly one")
 
 
@@ -275,8 +282,7 @@ def test_backfill_scores_only_its_range_without_look_ahead_and_silences_it(invok
     store.upsert_observations(engine, observations[observations["kpi"] == "orders"], "history")
     since, until = START + 120 * HOUR, START + 191 * HOUR
 
-    result = invoke("backfill", "--since", since.isoformat(), "--until", until.isoformat(),
-                    "--retrain-every", "1d")
+    result = invoke("backfill", "--since", since.isoformat(), "--until", until.isoformat(), "--retrain-every", "1d")
 
     assert result.exit_code == 0, result.output
     summary = "backfill 2025-03-08 00:00 .. 2025-03-10 23:00 UTC: 1 KPIs, 72 points scored"
@@ -289,8 +295,7 @@ def test_backfill_scores_only_its_range_without_look_ahead_and_silences_it(invok
     assert len(set(scores["model_version"])) >= 3  # retrained along the way, once a day
     assert BACKFILL_SPIKE in set(store.load_anomalies(engine, min_severity="high")["ts"])
     [silence] = store.load_silences(engine).itertuples()
-    assert (silence.kpi_pattern, silence.since, silence.until, silence.reason) == (
-        "*", since, until, "backfill")
+    assert (silence.kpi_pattern, silence.since, silence.until, silence.reason) == ("*", since, until, "backfill")
 
     again = invoke("backfill", "--since", since.isoformat(), "--until", until.isoformat())
     assert "0 points scored" in again.output
@@ -299,8 +304,7 @@ def test_backfill_scores_only_its_range_without_look_ahead_and_silences_it(invok
 def test_backfill_until_defaults_to_the_newest_point_and_bad_ranges_are_one_line(invoke, engine):
     store.upsert_observations(engine, hourly_kpis(days=3), "history")
 
-    assert "error: --until" in invoke("backfill", "--since", "2025-03-05", "--until",
-                                      "2025-03-04").stderr
+    assert "error: --until" in invoke("backfill", "--since", "2025-03-05", "--until", "2025-03-04").stderr
     result = invoke("backfill", "--since", "2025-03-04", "--kpi", "sessions", "--alert")
     assert result.exit_code == 0, result.output
     assert ".. 2025-03-05 23:00 UTC" in result.output and "without alerts" not in result.output

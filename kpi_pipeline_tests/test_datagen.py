@@ -53,23 +53,17 @@ def _window(data: pd.DataFrame, label: pd.Series) -> pd.Series:
     return data.loc[data["date"].between(label["start"], label["end"]), label["kpi"]]
 
 
-def _labelled_cells(
-    data: pd.DataFrame, labels: pd.DataFrame, kpis: tuple[str, ...] = KPIS
-) -> pd.DataFrame:
+def _labelled_cells(data: pd.DataFrame, labels: pd.DataFrame, kpis: tuple[str, ...] = KPIS) -> pd.DataFrame:
     mask = pd.DataFrame(False, index=data.index, columns=list(kpis))
     for _, label in labels.iterrows():
         mask.loc[data["date"].between(label["start"], label["end"]), label["kpi"]] = True
     return mask
 
 
-def _ratio_to_same_hour_of_nearby_weeks(
-    data: pd.DataFrame, kpi: str, hours: pd.DatetimeIndex
-) -> np.ndarray:
+def _ratio_to_same_hour_of_nearby_weeks(data: pd.DataFrame, kpi: str, hours: pd.DatetimeIndex) -> np.ndarray:
     """Values at ``hours`` over the median of the same weekday-hour 1 and 2 weeks either side."""
     series = data.set_index("date")[kpi]
-    nearby = np.column_stack(
-        [series.reindex(hours + pd.Timedelta(weeks=weeks)).to_numpy() for weeks in (-2, -1, 1, 2)]
-    )
+    nearby = np.column_stack([series.reindex(hours + pd.Timedelta(weeks=weeks)).to_numpy() for weeks in (-2, -1, 1, 2)])
     return series.reindex(hours).to_numpy() / np.nanmedian(nearby, axis=1)
 
 
@@ -444,9 +438,7 @@ def test_service_same_seed_gives_identical_frames_and_another_seed_differs():
     assert not labels.equals(other_labels)
 
 
-@pytest.mark.parametrize(
-    ("config", "points"), [(service.MINUTE, 30_240), (service.FIVE_MINUTE, 17_280)]
-)
+@pytest.mark.parametrize(("config", "points"), [(service.MINUTE, 30_240), (service.FIVE_MINUTE, 17_280)])
 def test_service_rows_lie_on_the_stated_step(config, points):
     data, _ = service.generate(config=config)
     steps = data["date"].diff().dropna()
@@ -563,9 +555,7 @@ def test_service_config_changes_the_step_and_the_anomaly_mix():
         service.FIVE_MINUTE,
         step="15min",
         days=30,
-        anomalies=replace(
-            service.FIVE_MINUTE.anomalies, per_kpi=(("spike", 3),), collector_outages=0
-        ),
+        anomalies=replace(service.FIVE_MINUTE.anomalies, per_kpi=(("spike", 3),), collector_outages=0),
     )
     data, labels = service.generate(config=config)
 

@@ -39,9 +39,7 @@ def reasons(result: IngestResult) -> list[str]:
 def test_wide_file_gives_one_observation_per_non_empty_cell(tmp_path: Path) -> None:
     path = write_csv(
         tmp_path,
-        "date,sales,visits\n"
-        "2025-01-02T00:00:00Z,20.5,200\n"
-        "2025-01-01T00:00:00Z,10,\n",
+        "date,sales,visits\n2025-01-02T00:00:00Z,20.5,200\n2025-01-01T00:00:00Z,10,\n",
     )
 
     result = read_observations_csv(path)
@@ -168,11 +166,7 @@ def test_mixed_offsets_and_a_bad_timestamp_do_not_spoil_the_other_rows(tmp_path:
 def test_local_times_that_do_not_exist_or_repeat_are_rejected(tmp_path: Path) -> None:
     path = write_csv(
         tmp_path,
-        "date,sales\n"
-        "2025-03-30 01:30,1\n"
-        "2025-03-30 02:30,2\n"
-        "2025-10-26 02:30,3\n"
-        "2025-10-26 02:30+01:00,4\n",
+        "date,sales\n2025-03-30 01:30,1\n2025-03-30 02:30,2\n2025-10-26 02:30,3\n2025-10-26 02:30+01:00,4\n",
     )
 
     in_berlin = read_observations_csv(path, tz="Europe/Berlin")
@@ -292,11 +286,7 @@ def test_conflicting_duplicates_are_all_rejected_and_exact_ones_collapse(tmp_pat
 def test_rows_with_the_wrong_number_of_fields_are_rejected_alone(tmp_path: Path) -> None:
     path = write_csv(
         tmp_path,
-        "date,sales,visits\n"
-        "2025-01-01,1,2\n"
-        "2025-01-02,3\n"
-        "2025-01-03,4,5,6\n"
-        "2025-01-04,7,8\n",
+        "date,sales,visits\n2025-01-01,1,2\n2025-01-02,3\n2025-01-03,4,5,6\n2025-01-04,7,8\n",
     )
 
     result = read_observations_csv(path)
@@ -315,12 +305,7 @@ def test_rows_with_the_wrong_number_of_fields_are_rejected_alone(tmp_path: Path)
 def test_line_numbers_count_blank_lines_and_quoted_line_breaks(tmp_path: Path) -> None:
     path = write_csv(
         tmp_path,
-        "\n"
-        "kpi,timestamp,value\n"
-        '"sales",2025-01-01,1\n'
-        "\n"
-        '"multi\nline",2025-01-01,2\n'
-        "sales,2025-01-02,bad\n",
+        '\nkpi,timestamp,value\n"sales",2025-01-01,1\n\n"multi\nline",2025-01-01,2\nsales,2025-01-02,bad\n',
     )
 
     result = read_observations_csv(path)
@@ -361,9 +346,7 @@ def test_header_only_file_gives_no_observations(tmp_path: Path) -> None:
         (b"kpi,date,amount\nsales,2025-01-01,1\n", "unknown layout"),
     ],
 )
-def test_file_level_problems_raise_ingest_error(
-    tmp_path: Path, content: bytes, message: str
-) -> None:
+def test_file_level_problems_raise_ingest_error(tmp_path: Path, content: bytes, message: str) -> None:
     path = tmp_path / "input.csv"
     path.write_bytes(content)
 
@@ -396,14 +379,10 @@ def test_validate_records_applies_the_csv_rules(tmp_path: Path) -> None:
         ("orders", "2025-01-05", "5"),
         ("orders", "2025-01-05", "6"),
     ]
-    path = write_csv(
-        tmp_path, "kpi,timestamp,value\n" + "".join(f'{k},{t},"{v}"\n' for k, t, v in rows)
-    )
+    path = write_csv(tmp_path, "kpi,timestamp,value\n" + "".join(f'{k},{t},"{v}"\n' for k, t, v in rows))
 
     from_file = read_observations_csv(path, tz="Europe/Berlin")
-    from_records = validate_records(
-        [{"kpi": k, "timestamp": t, "value": v} for k, t, v in rows], tz="Europe/Berlin"
-    )
+    from_records = validate_records([{"kpi": k, "timestamp": t, "value": v} for k, t, v in rows], tz="Europe/Berlin")
 
     pd.testing.assert_frame_equal(from_records.observations, from_file.observations)
     assert observed(from_records) == [("sales", utc("2024-12-31 23:00"), 1.0)]
@@ -458,9 +437,10 @@ def test_timestamps_outside_the_plausible_range_are_rejected_on_both_paths(tmp_p
     ]
     path = write_csv(tmp_path, "kpi,timestamp,value\n" + "".join(f"{k},{t},1\n" for k, t, _ in rows))
 
-    for result in (read_observations_csv(path), validate_records(
-        [{"kpi": k, "timestamp": t, "value": 1} for k, t, _ in rows]
-    )):
+    for result in (
+        read_observations_csv(path),
+        validate_records([{"kpi": k, "timestamp": t, "value": 1} for k, t, _ in rows]),
+    ):
         assert len(result.observations) == 2
         rejected = [(r.raw["timestamp"], r.reason) for r in result.rejections]
         assert [timestamp for timestamp, _ in rejected] == [t for _, t, why in rows if why]
@@ -474,14 +454,11 @@ def test_wide_rows_with_an_implausible_timestamp_are_rejected_once(tmp_path: Pat
     result = read_observations_csv(path)
 
     assert len(result.observations) == 2
-    assert [(r.line, r.raw) for r in result.rejections] == [
-        (2, {"date": "9999-01-01", "sales": "1", "visits": "2"})
-    ]
+    assert [(r.line, r.raw) for r in result.rejections] == [(2, {"date": "9999-01-01", "sales": "1", "visits": "2"})]
 
 
 def test_the_plausible_range_is_configurable() -> None:
-    settings = Settings(ingest_earliest_year=2000, ingest_latest_year=2100,
-                        ingest_max_ahead="P400D")
+    settings = Settings(ingest_earliest_year=2000, ingest_latest_year=2100, ingest_max_ahead="P400D")
     times = PlausibleTimes.from_settings(settings)
     soon = (pd.Timestamp.now("UTC") + pd.Timedelta(days=300)).isoformat()
     records = [{"kpi": "sales", "timestamp": t, "value": 1} for t in ("1999-12-31", "2000-01-01", soon)]
@@ -495,9 +472,7 @@ def test_the_plausible_range_is_configurable() -> None:
 
 
 @pytest.mark.parametrize("ending", ["\n", "\r\n", "\r"])
-def test_a_last_line_without_a_line_ending_is_rejected_as_maybe_half_written(
-    tmp_path: Path, ending: str
-) -> None:
+def test_a_last_line_without_a_line_ending_is_rejected_as_maybe_half_written(tmp_path: Path, ending: str) -> None:
     # A writer appending "sales,2025-01-01T02:00:00Z,1692.25" was read after "...,1692".
     lines = ["kpi,timestamp,value", "sales,2025-01-01T00:00:00Z,10", "sales,2025-01-01T01:00:00Z,11"]
     partial = write_csv(tmp_path, ending.join([*lines, "sales,2025-01-01T02:00:00Z,1692"]))
@@ -506,9 +481,7 @@ def test_a_last_line_without_a_line_ending_is_rejected_as_maybe_half_written(
     result = read_observations_csv(partial)
 
     assert [value for *_, value in observed(result)] == [10.0, 11.0]
-    assert [(r.line, r.raw["value"], r.reason) for r in result.rejections] == [
-        (4, "1692", UNTERMINATED_LAST_LINE)
-    ]
+    assert [(r.line, r.raw["value"], r.reason) for r in result.rejections] == [(4, "1692", UNTERMINATED_LAST_LINE)]
     assert read_observations_csv(complete).rejections == []
 
 

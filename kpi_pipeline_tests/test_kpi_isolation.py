@@ -48,9 +48,7 @@ def scored_kpis(engine) -> set[str]:
     return set(store.load_scores(engine)["kpi"])
 
 
-def test_a_kpi_whose_training_fails_is_reported_and_the_others_train_and_score(
-    engine, monkeypatch
-):
+def test_a_kpi_whose_training_fails_is_reported_and_the_others_train_and_score(engine, monkeypatch):
     fail_for(monkeypatch, "_train_history", "orders")
     cleaned, _ = pipeline.load_cleaned(engine)
 
@@ -71,8 +69,7 @@ def test_a_kpi_whose_scoring_fails_keeps_its_points_for_the_next_run(engine, mon
     pipeline.train_models(engine, cleaned, CONFIG)
     fail_for(monkeypatch, "detector_from_artifacts", "sessions", kpi_at=0)
 
-    results = {r.kpi: r for r in pipeline.score_new_points(
-        engine, pipeline.load_scoring_window(engine))}
+    results = {r.kpi: r for r in pipeline.score_new_points(engine, pipeline.load_scoring_window(engine))}
 
     assert results["sessions"].error == "RuntimeError: sessions is broken"
     assert results["sessions"].unscored == 240 and scored_kpis(engine) == {"orders"}
@@ -83,25 +80,20 @@ def test_a_kpi_whose_scoring_fails_keeps_its_points_for_the_next_run(engine, mon
 
 def test_backfill_goes_on_past_a_failing_kpi(engine, monkeypatch):
     fail_for(monkeypatch, "detector_from_artifacts", "orders", kpi_at=0)
-    results = {r.kpi: r for r in pipeline.backfill(
-        engine, CONFIG, START + 150 * HOUR, START + 239 * HOUR)}
+    results = {r.kpi: r for r in pipeline.backfill(engine, CONFIG, START + 150 * HOUR, START + 239 * HOUR)}
     assert results["orders"].error and results["sessions"].scored == 90
     assert scored_kpis(engine) == {"sessions"}
 
 
-def test_a_materialisation_succeeds_and_a_per_kpi_check_names_the_failure(
-    engine, sqlite_url, monkeypatch
-):
+def test_a_materialisation_succeeds_and_a_per_kpi_check_names_the_failure(engine, sqlite_url, monkeypatch):
     fail_for(monkeypatch, "_train_history", "orders")
     result = dg.materialize(ASSETS, resources={"store": KpiStore(database_url=sqlite_url)}, tags=every_shard_tags())
 
     assert result.success
-    [check] = [c for c in result.get_asset_check_evaluations()
-               if c.check_name == "every_kpi_trained_without_error"]
+    [check] = [c for c in result.get_asset_check_evaluations() if c.check_name == "every_kpi_trained_without_error"]
     assert not check.passed
     assert check.metadata["failures"].value == {"orders": "RuntimeError: orders is broken"}
-    scoring = [c for c in result.get_asset_check_evaluations()
-               if c.check_name == "every_kpi_scored_without_error"]
+    scoring = [c for c in result.get_asset_check_evaluations() if c.check_name == "every_kpi_scored_without_error"]
     assert scoring[0].passed and scored_kpis(engine) == {"sessions"}
 
 
@@ -113,9 +105,7 @@ def test_run_completes_the_other_kpis_and_names_the_failed_one(engine, sqlite_ur
     assert scored_kpis(engine) == {"orders"}
 
 
-def test_status_shows_a_failing_kpi_with_its_reason_until_it_succeeds(
-    engine, sqlite_url, monkeypatch
-):
+def test_status_shows_a_failing_kpi_with_its_reason_until_it_succeeds(engine, sqlite_url, monkeypatch):
     runner_ = CliRunner()
     with monkeypatch.context() as patch:
         fail_for(patch, "_train_history", "sessions")
@@ -130,8 +120,7 @@ def test_status_shows_a_failing_kpi_with_its_reason_until_it_succeeds(
 
     # The fit works again: the next run trains it and the failure is gone.
     assert runner_.invoke(app, ["--database-url", sqlite_url, "run"]).exit_code == 0
-    healthy = runner_.invoke(app, ["--database-url", sqlite_url, "status", "--check",
-                                   "--format", "json"])
+    healthy = runner_.invoke(app, ["--database-url", sqlite_url, "status", "--check", "--format", "json"])
     assert healthy.exit_code == 0, healthy.output
     states = {row["kpi"]: row["state"] for row in json.loads(healthy.output)}
     assert states == {"orders": "ok", "sessions": "ok"}
@@ -140,13 +129,11 @@ def test_status_shows_a_failing_kpi_with_its_reason_until_it_succeeds(
 
 def test_kpi_outcomes_count_attempts_keep_the_first_failure_and_clear_on_success(engine):
     first, second = pd.Timestamp("2026-01-01", tz="UTC"), pd.Timestamp("2026-01-02", tz="UTC")
-    store.record_kpi_outcomes(engine, "scoring", {"orders": "boom"}, ["orders", "sessions"],
-                              at=first)
+    store.record_kpi_outcomes(engine, "scoring", {"orders": "boom"}, ["orders", "sessions"], at=first)
     store.record_kpi_outcomes(engine, "scoring", {"orders": "boom"}, ["orders"], at=first)
     store.record_kpi_outcomes(engine, "scoring", {"orders": "bang"}, ["orders"], at=second)
     [row] = store.load_kpi_failures(engine).itertuples(index=False)
-    assert (row.reason, row.attempts, row.failing_since, row.last_failed_at) == (
-        "bang", 2, first, second)
+    assert (row.reason, row.attempts, row.failing_since, row.last_failed_at) == ("bang", 2, first, second)
 
     store.record_kpi_outcomes(engine, "training", {}, ["orders"])  # another stage: no effect
     assert len(store.load_kpi_failures(engine)) == 1
@@ -159,9 +146,9 @@ def test_kpi_outcomes_count_attempts_keep_the_first_failure_and_clear_on_success
 def test_evaluate_reports_a_failed_series_and_writes_its_summary(tmp_path, monkeypatch):
     observations = hourly_kpis(days=12)
     (tmp_path / "kpis.csv").write_text(to_wide_csv(observations))
-    pd.DataFrame({"kpi": ["orders"], "start": [(START + 250 * HOUR).isoformat()],
-                  "end": [(START + 251 * HOUR).isoformat()]}).to_csv(
-        tmp_path / "labels.csv", index=False)
+    pd.DataFrame(
+        {"kpi": ["orders"], "start": [(START + 250 * HOUR).isoformat()], "end": [(START + 251 * HOUR).isoformat()]}
+    ).to_csv(tmp_path / "labels.csv", index=False)
     real = runner.stream_scores
 
     def broken(ts, values, **kwargs):
@@ -170,8 +157,9 @@ def test_evaluate_reports_a_failed_series_and_writes_its_summary(tmp_path, monke
         return real(ts, values, **kwargs)
 
     monkeypatch.setattr(runner, "stream_scores", broken)  # forked workers inherit it
-    summary = runner.evaluate_dataset(tmp_path / "kpis.csv", tmp_path / "labels.csv",
-                                      tmp_path / "out", workers=1, progress=lambda _: None)
+    summary = runner.evaluate_dataset(
+        tmp_path / "kpis.csv", tmp_path / "labels.csv", tmp_path / "out", workers=1, progress=lambda _: None
+    )
 
     assert summary["failed"] == {"orders": "ValueError: zero-size array"}
     assert summary["events"]["fn_events"] == 1  # its window counts as missed
@@ -202,8 +190,9 @@ def minute_csv(tmp_path_factory):
     checkout.loc[checkout["ts"] == SPIKE_AT, "value"] *= 4
     rows = pd.concat([rpm("healthy_rpm", 7, seed=1), checkout])
     path = tmp_path_factory.mktemp("minute") / "kpi.csv"
-    rows.assign(timestamp=rows["ts"].dt.strftime("%Y-%m-%dT%H:%M:%SZ"))[
-        ["kpi", "timestamp", "value"]].to_csv(path, index=False)
+    rows.assign(timestamp=rows["ts"].dt.strftime("%Y-%m-%dT%H:%M:%SZ"))[["kpi", "timestamp", "value"]].to_csv(
+        path, index=False
+    )
     return path
 
 

@@ -73,9 +73,7 @@ def test_retraining_waits_for_new_scored_points_and_is_idempotent(engine):
 
 
 def test_short_kpi_is_reported_as_insufficient_history_and_others_still_train(engine):
-    short = pd.DataFrame(
-        {"kpi": "signups", "ts": pd.date_range(START, periods=10, freq="h"), "value": 1.0}
-    )
+    short = pd.DataFrame({"kpi": "signups", "ts": pd.date_range(START, periods=10, freq="h"), "value": 1.0})
     store.upsert_observations(engine, pd.concat([hourly_kpis(days=3), short]), "test")
 
     trained, scored = _train_and_score(engine)
@@ -249,9 +247,7 @@ def test_scoring_in_several_runs_writes_the_scores_of_one_run_over_everything(ne
         _copy_models(once, in_runs, "orders")
         # Runs ending inside the short gap, inside the long gap, on the spike, and a day later.
         for end in (100, 151, 252, 305, 420, 480):
-            store.upsert_observations(
-                in_runs, observations[observations["ts"] < START + end * HOUR], "test"
-            )
+            store.upsert_observations(in_runs, observations[observations["ts"] < START + end * HOUR], "test")
             _score(in_runs)
 
         expected = store.load_scores(once).drop(columns="scored_at")
@@ -270,8 +266,9 @@ def _many_kpis(engine: sa.Engine, names: list[str], days: int) -> pd.DataFrame:
     ``days`` of history scored; returns the next day of each, not yet stored."""
     orders = _orders(days + 1, spike_at=START + (days * 24 + 5) * HOUR)
     copies = pd.concat(
-        [orders.assign(kpi=name, value=orders["value"] * (1 + i / 10)) for i, name in
-         enumerate(names)], ignore_index=True)
+        [orders.assign(kpi=name, value=orders["value"] * (1 + i / 10)) for i, name in enumerate(names)],
+        ignore_index=True,
+    )
     history = copies[copies["ts"] < START + days * 24 * HOUR]
     store.upsert_observations(engine, history[history["kpi"] == names[0]], "test")
     pipeline.train_models(engine, pipeline.load_cleaned(engine)[0], SHORT_CONTEXT)
@@ -288,19 +285,20 @@ def _many_kpis(engine: sa.Engine, names: list[str], days: int) -> pd.DataFrame:
 def _statements(engine: sa.Engine) -> list[str]:
     """The statements executed on ``engine`` from now on."""
     executed: list[str] = []
-    sa.event.listen(engine, "after_cursor_execute",
-                    lambda _c, _cursor, statement, *_args: executed.append(statement))
+    sa.event.listen(engine, "after_cursor_execute", lambda _c, _cursor, statement, *_args: executed.append(statement))
     return executed
 
 
-@pytest.mark.parametrize("database", [pytest.param("postgres", marks=pytest.mark.postgres),
-                                      "sqlite"])
-def test_a_scoring_run_costs_a_fixed_number_of_statements_per_chunk_of_kpis(
-    request, tmp_path, database
-):
+@pytest.mark.parametrize("database", [pytest.param("postgres", marks=pytest.mark.postgres), "sqlite"])
+def test_a_scoring_run_costs_a_fixed_number_of_statements_per_chunk_of_kpis(request, tmp_path, database):
     counts, scores = {}, {}
-    for kpis, chunk, run in ((2, 10, "window"), (5, 10, "window"), (5, 2, "window"),
-                             (5, 1, "window"), (5, 2, "latest")):
+    for kpis, chunk, run in (
+        (2, 10, "window"),
+        (5, 10, "window"),
+        (5, 2, "window"),
+        (5, 1, "window"),
+        (5, 2, "latest"),
+    ):
         if database == "postgres":
             url = request.getfixturevalue("new_pg_url")()
         else:
@@ -446,9 +444,7 @@ def test_realtime_scores_equal_what_the_scoring_step_stores(pg_url, stored_hours
         assert result.scores["ts"].tolist() == points["ts"].tolist()
         slots = stored["ts"].isin(points["ts"].dt.round("h") + pd.Timedelta(minutes=10))
         expected = stored.loc[slots, columns].reset_index(drop=True)
-        pd.testing.assert_frame_equal(
-            result.scores[columns], expected, check_exact=True, check_dtype=False
-        )
+        pd.testing.assert_frame_equal(result.scores[columns], expected, check_exact=True, check_dtype=False)
     if first_new <= IRREGULAR_SPIKE_HOUR <= first_new + 5:
         assert scored.scores["is_anomaly"].any()
     engine.dispose()
@@ -469,8 +465,7 @@ def test_daily_retrains_keep_the_registry_bounded_and_every_point_scoreable(engi
         assert [r.status for r in trained] != ["failed"], trained
         counts.append(len(store.load_model_versions(engine, "orders", "ensemble", artifacts=False)))
         _score(engine)
-        store.upsert_observations(
-            engine, observations[day == first_day + pd.Timedelta(days=elapsed)], "t")
+        store.upsert_observations(engine, observations[day == first_day + pd.Timedelta(days=elapsed)], "t")
     assert max(counts[5:]) <= horizon.days + 2, counts
     assert counts[-1] == counts[-2]  # steady: one version in, one out
 
@@ -479,10 +474,10 @@ def test_daily_retrains_keep_the_registry_bounded_and_every_point_scoreable(engi
     since = last_scored - horizon
     before = store.load_scores(engine, ["orders"], since=since)
     with engine.begin() as connection:
-        deleted = connection.execute(sa.text("DELETE FROM anomaly_scores WHERE ts >= :since"),
-                                     {"since": since.to_pydatetime()}).rowcount
+        deleted = connection.execute(
+            sa.text("DELETE FROM anomaly_scores WHERE ts >= :since"), {"since": since.to_pydatetime()}
+        ).rowcount
     assert deleted == len(before) == 3 * 24 + 1
     pipeline.score_new_points(engine, pipeline.load_cleaned(engine)[0])
     after = store.load_scores(engine, ["orders"], since=since)
-    pd.testing.assert_frame_equal(after.drop(columns=["scored_at"]),
-                                  before.drop(columns=["scored_at"]))
+    pd.testing.assert_frame_equal(after.drop(columns=["scored_at"]), before.drop(columns=["scored_at"]))

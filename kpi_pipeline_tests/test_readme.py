@@ -35,22 +35,22 @@ SPIKE = START + pd.Timedelta(hours=200)
 NOT_RUN: dict[str, str] = {
     r"make test": "runs the whole suite, this test included (minutes, needs PostgreSQL)",
     r"make run": "ingests the year-long sample and trains it walk-forward (minutes); its steps "
-                 "are the README's init / ingest / run / anomalies commands, run here, and "
-                 "test_make_run_steps_are_the_readme_commands holds them equal",
+    "are the README's init / ingest / run / anomalies commands, run here, and "
+    "test_make_run_steps_are_the_readme_commands holds them equal",
     r"make dev": "starts the Dagster UI and daemon: a server that does not return",
     r"kpi-pipeline dashboard": "starts the Streamlit server, which does not return "
-                               "(kpi_pipeline_tests/dashboard serves it for real)",
+    "(kpi_pipeline_tests/dashboard serves it for real)",
     r"KPI_API_KEYS=\S+ kpi-pipeline api": "starts the API server, which does not return "
-                                          "(kpi_pipeline_tests/api covers it)",
+    "(kpi_pipeline_tests/api covers it)",
     r"curl .*127\.0\.0\.1:8000/.*": "needs the API server running",
     r"kpi-pipeline evaluate --out out/folds .*": "backtests the four committed folds (minutes "
-                                                 "on two cores); kpi_pipeline_tests/evaluation "
-                                                 "covers evaluate with folds",
+    "on two cores); kpi_pipeline_tests/evaluation "
+    "covers evaluate with folds",
     r"make evaluate": "backtests NAB's dev split and the four committed folds (about half an "
-                      "hour on two cores); its evaluate command is the one above, with NAB",
+    "hour on two cores); its evaluate command is the one above, with NAB",
     r"cp \.env\.example \.env": "deployment: would write .env into the checkout",
     r"docker compose (up -d|ps)": "deployment: needs Docker; kpi_pipeline_tests/deploy checks "
-                                  "the compose file with `docker-compose config`",
+    "the compose file with `docker-compose config`",
 }
 """README commands this test does not run (a full-match regex on the command, comments and
 continuations removed, words joined by one space) and why."""
@@ -111,8 +111,7 @@ def test_readme_has_commands_and_relative_links_resolve():
 
 
 def test_every_readme_command_is_run_or_listed_and_every_listed_one_is_in_the_readme():
-    unknown = [f"line {c.line}: {c.text}" for c in COMMANDS
-               if c.words[0] != "kpi-pipeline" and not _allowed(c)]
+    unknown = [f"line {c.line}: {c.text}" for c in COMMANDS if c.words[0] != "kpi-pipeline" and not _allowed(c)]
     assert not unknown, f"README commands neither run nor in NOT_RUN: {unknown}"
     used = {_allowed(c) for c in COMMANDS}
     assert not set(NOT_RUN) - used, f"NOT_RUN entries no README command matches: {set(NOT_RUN) - used}"
@@ -122,7 +121,7 @@ def test_listed_kpi_pipeline_commands_exist_with_their_options():
     for command in COMMANDS:
         if not _allowed(command) or "kpi-pipeline" not in command.words:
             continue
-        words = command.words[command.words.index("kpi-pipeline") + 1:]
+        words = command.words[command.words.index("kpi-pipeline") + 1 :]
         result = CliRunner().invoke(app, [words[0], "--help"])
         assert result.exit_code == 0, f"line {command.line}: {command.text}: {result.output}"
         for option in (w.split("=")[0] for w in words if w.startswith("--")):
@@ -134,16 +133,26 @@ def test_kpi_pipeline_help_runs_as_the_installed_command():
     script = Path(sys.executable).parent / "kpi-pipeline"
     result = subprocess.run([str(script), "--help"], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
-    for name in ("init", "ingest", "run", "anomalies", "feedback", "evaluate", "backfill",
-                 "silence", "api", "dashboard", "bench-api"):
+    for name in (
+        "init",
+        "ingest",
+        "run",
+        "anomalies",
+        "feedback",
+        "evaluate",
+        "backfill",
+        "silence",
+        "api",
+        "dashboard",
+        "bench-api",
+    ):
         assert re.search(rf"^\W*{name}\b", result.stdout, re.MULTILINE), name
 
 
 def test_readme_kpi_pipeline_commands_run(tmp_path, monkeypatch):
     """Every README ``kpi-pipeline`` command not in NOT_RUN, in order, on a small dataset."""
     (tmp_path / "dataset").mkdir()
-    (tmp_path / "dataset" / "kpi_data.csv").write_text(to_wide_csv(hourly_kpis(days=10,
-                                                                              spike_at=SPIKE)))
+    (tmp_path / "dataset" / "kpi_data.csv").write_text(to_wide_csv(hourly_kpis(days=10, spike_at=SPIKE)))
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("KPI_DATABASE_URL", f"sqlite:///{tmp_path / 'kpi.db'}")
     monkeypatch.delenv("DAGSTER_HOME", raising=False)
@@ -170,16 +179,13 @@ def test_readme_kpi_pipeline_commands_run(tmp_path, monkeypatch):
 
 def test_make_run_steps_are_the_readme_commands():
     """``make run``'s kpi-pipeline steps, as the README lists (and this test runs) them."""
-    recipe = re.search(r"^run:.*\n((?:\t.*\n)+)", (PROJECT_ROOT / "Makefile").read_text(),
-                       re.MULTILINE).group(1)
-    steps = [re.sub(r"^(DAGSTER_HOME=\S+ )?\$\(BIN\)/", "", line.strip())
-             for line in recipe.splitlines()]
+    recipe = re.search(r"^run:.*\n((?:\t.*\n)+)", (PROJECT_ROOT / "Makefile").read_text(), re.MULTILINE).group(1)
+    steps = [re.sub(r"^(DAGSTER_HOME=\S+ )?\$\(BIN\)/", "", line.strip()) for line in recipe.splitlines()]
     texts = [c.text for c in COMMANDS]
     assert all(step in texts for step in steps), (steps, texts)
 
 
 def test_configuration_page_lists_every_setting():
     page = (PROJECT_ROOT / "docs" / "configuration.md").read_text()
-    missing = [f"KPI_{name.upper()}" for name in Settings.model_fields
-               if f"`KPI_{name.upper()}`" not in page]
+    missing = [f"KPI_{name.upper()}" for name in Settings.model_fields if f"`KPI_{name.upper()}`" not in page]
     assert not missing

@@ -73,26 +73,26 @@ BAD_INPUTS = {
     "unparsable timestamp": BadInput((("sales", "yesterday", "1"),), "unparsable timestamp"),
     "day-first date": BadInput((("sales", "01/02/2025", "1"),), "unparsable timestamp"),
     "empty timestamp": BadInput((("sales", "", "1"),), "empty timestamp"),
-    "non-numeric value": BadInput((("sales", "2025-01-02T00:00:00Z", "n/a"),),
-                                  "non-numeric value 'n/a'"),
-    "thousands separator": BadInput((("sales", "2025-01-02T00:00:00Z", "1,234"),),
-                                    "non-numeric value '1,234'"),
+    "non-numeric value": BadInput((("sales", "2025-01-02T00:00:00Z", "n/a"),), "non-numeric value 'n/a'"),
+    "thousands separator": BadInput((("sales", "2025-01-02T00:00:00Z", "1,234"),), "non-numeric value '1,234'"),
     "NaN value": BadInput((("sales", "2025-01-02T00:00:00Z", "NaN"),), "value is NaN"),
     "infinite value": BadInput((("sales", "2025-01-02T00:00:00Z", "-inf"),), "value is infinite"),
     "empty value": BadInput((("sales", "2025-01-02T00:00:00Z", ""),), "empty value"),
     "empty KPI name": BadInput((("", "2025-01-02T00:00:00Z", "1"),), "empty KPI name"),
-    "overlong KPI name": BadInput((("k" * 201, "2025-01-02T00:00:00Z", "1"),),
-                                  "KPI name longer than 200 characters"),
-    "control character in KPI name": BadInput((("sa\x07les", "2025-01-02T00:00:00Z", "1"),),
-                                              "KPI name contains control characters"),
+    "overlong KPI name": BadInput((("k" * 201, "2025-01-02T00:00:00Z", "1"),), "KPI name longer than 200 characters"),
+    "control character in KPI name": BadInput(
+        (("sa\x07les", "2025-01-02T00:00:00Z", "1"),), "KPI name contains control characters"
+    ),
     "conflicting duplicates": BadInput(
         (("refunds", "2025-01-02T00:00:00Z", "1"), ("refunds", "2025-01-02T00:00:00Z", "2")),
         "conflicting duplicate for (refunds",
     ),
-    "row with an extra field": BadInput((("sales", "2025-01-02T00:00:00Z", "1", "x"),),
-                                        "expected 3 fields, got 4", csv_only=True),
-    "half-written last line": BadInput((("sales", "2025-01-02T00:00:00Z", "1692"),),
-                                       UNTERMINATED_LAST_LINE, csv_only=True, unterminated=True),
+    "row with an extra field": BadInput(
+        (("sales", "2025-01-02T00:00:00Z", "1", "x"),), "expected 3 fields, got 4", csv_only=True
+    ),
+    "half-written last line": BadInput(
+        (("sales", "2025-01-02T00:00:00Z", "1692"),), UNTERMINATED_LAST_LINE, csv_only=True, unterminated=True
+    ),
 }
 
 CASES = [
@@ -111,14 +111,12 @@ def csv_text(rows, unterminated: bool = False) -> str:
 
 def stored_observations(engine: sa.Engine) -> set[tuple[str, str, float]]:
     frame = store.load_observations(engine)
-    return {(row.kpi, row.ts.strftime("%Y-%m-%dT%H:%M:%SZ"), row.value)
-            for row in frame.itertuples(index=False)}
+    return {(row.kpi, row.ts.strftime("%Y-%m-%dT%H:%M:%SZ"), row.value) for row in frame.itertuples(index=False)}
 
 
 def stored_rejection_reasons(engine: sa.Engine) -> list[str]:
     with engine.connect() as connection:
-        return list(connection.execute(sa.text("SELECT reason FROM rejected_observations"))
-                    .scalars())
+        return list(connection.execute(sa.text("SELECT reason FROM rejected_observations")).scalars())
 
 
 GOOD_STORED = {(kpi, ts, float(value)) for kpi, ts, value in GOOD}
@@ -138,14 +136,12 @@ def test_bad_input_is_rejected_with_its_reason_and_the_good_rows_land(
         data.write_text(csv_text([*GOOD, *bad.rows], bad.unterminated), encoding="utf-8")
         result = ingest_csv(sqlite_url, data)
         assert result.exit_code == 0, result.output
-        assert f"accepted {len(GOOD)}, updated 0, unchanged 0, rejected {len(bad.rows)}" in (
-            result.stdout)
+        assert f"accepted {len(GOOD)}, updated 0, unchanged 0, rejected {len(bad.rows)}" in (result.stdout)
         reported = [line for line in result.stdout.splitlines() if line.startswith("  line ")]
     else:
         records = [dict(zip(HEADER, row)) for row in [*GOOD, *bad.rows]]
         with TestClient(create_app(Settings(api_keys=API_KEY), engine)) as client:
-            response = client.post("/v1/observations", json={"observations": records},
-                                   headers={"X-API-Key": API_KEY})
+            response = client.post("/v1/observations", json={"observations": records}, headers={"X-API-Key": API_KEY})
         assert response.status_code == 200, response.text
         body = response.json()
         assert (body["inserted"], body["rejected"]) == (len(GOOD), len(bad.rows))
@@ -177,18 +173,34 @@ class Cluster:
         self.bin_dir, self.data, self.run_as = bin_dir, directory / "data", run_as
         self.port = _free_port()
         self.admin_url = f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/postgres"
-        self._run("initdb", "-D", str(self.data), "-U", "postgres", "-A", "trust", "--no-sync",
-                  "-E", "UTF8", "--no-locale")
+        self._run(
+            "initdb", "-D", str(self.data), "-U", "postgres", "-A", "trust", "--no-sync", "-E", "UTF8", "--no-locale"
+        )
 
     def _run(self, program: str, *args: str) -> None:
-        subprocess.run([*self.run_as, str(self.bin_dir / program), *args], check=True,
-                       stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=120)
+        subprocess.run(
+            [*self.run_as, str(self.bin_dir / program), *args],
+            check=True,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            timeout=120,
+        )
 
     def start(self) -> None:
-        options = (f"-p {self.port} -c listen_addresses=127.0.0.1 "
-                   f"-c unix_socket_directories={self.data} -c fsync=off")
-        self._run("pg_ctl", "-D", str(self.data), "-l", str(self.data / "server.log"),
-                  "-o", options, "-w", "-t", "60", "start")
+        options = f"-p {self.port} -c listen_addresses=127.0.0.1 -c unix_socket_directories={self.data} -c fsync=off"
+        self._run(
+            "pg_ctl",
+            "-D",
+            str(self.data),
+            "-l",
+            str(self.data / "server.log"),
+            "-o",
+            options,
+            "-w",
+            "-t",
+            "60",
+            "start",
+        )
 
     def stop(self) -> None:
         """Stop at once, as a crash or a kill would: no checkpoint, clients cut off."""
@@ -212,8 +224,7 @@ def _postgres_bin_dir() -> Path | None:
 def cluster() -> Iterator[Cluster]:
     bin_dir = _postgres_bin_dir()
     if bin_dir is None:
-        pytest.skip("PostgreSQL server programs (initdb, pg_ctl) not found under "
-                    "/usr/lib/postgresql/*/bin or on PATH")
+        pytest.skip("PostgreSQL server programs (initdb, pg_ctl) not found under /usr/lib/postgresql/*/bin or on PATH")
     run_as: list[str] = []
     directory = Path(tempfile.mkdtemp(prefix="kpi-reliability-pg-"))
     if os.geteuid() == 0:
@@ -236,8 +247,11 @@ def cluster() -> Iterator[Cluster]:
 def hourly_csv(path: Path, hours: int) -> list[tuple[str, str, str]]:
     """Two KPIs of ``hours`` points each plus one bad row; returns the good rows."""
     stamps = pd.date_range("2025-01-01", periods=hours, freq="h", tz="UTC")
-    good = [(kpi, ts.strftime("%Y-%m-%dT%H:%M:%SZ"), f"{index % 97 + 0.5}")
-            for kpi in ("sales", "orders") for index, ts in enumerate(stamps)]
+    good = [
+        (kpi, ts.strftime("%Y-%m-%dT%H:%M:%SZ"), f"{index % 97 + 0.5}")
+        for kpi in ("sales", "orders")
+        for index, ts in enumerate(stamps)
+    ]
     path.write_text(csv_text([*good, ("sales", "yesterday", "1")]), encoding="utf-8")
     return good
 
@@ -245,17 +259,20 @@ def hourly_csv(path: Path, hours: int) -> list[tuple[str, str, str]]:
 def assert_landed_once(url: str, good: list[tuple[str, str, str]]) -> None:
     engine = store.make_engine(url)
     with engine.connect() as connection:
-        rows, keys = connection.execute(sa.text(
-            "SELECT count(*), count(DISTINCT kpi || ' ' || ts) FROM kpi_observations")).one()
+        rows, keys = connection.execute(
+            sa.text("SELECT count(*), count(DISTINCT kpi || ' ' || ts) FROM kpi_observations")
+        ).one()
     assert rows == keys == len(good)
     assert stored_observations(engine) == {(kpi, ts, float(value)) for kpi, ts, value in good}
     assert stored_rejection_reasons(engine) == ["unparsable timestamp 'yesterday'"]
     engine.dispose()
 
 
-@pytest.mark.parametrize("stopped_before", ["kpi_observations", "rejected_observations"],
-                         ids=["postgres stops while observations are written",
-                              "postgres stops between observations and rejections"])
+@pytest.mark.parametrize(
+    "stopped_before",
+    ["kpi_observations", "rejected_observations"],
+    ids=["postgres stops while observations are written", "postgres stops between observations and rejections"],
+)
 def test_postgres_stopping_mid_ingest_fails_clearly_and_a_rerun_lands_every_row_once(
     cluster: Cluster, tmp_path: Path, stopped_before: str
 ):
@@ -293,12 +310,18 @@ def test_postgres_stopping_mid_ingest_fails_clearly_and_a_rerun_lands_every_row_
 def test_overlapping_ingests_of_one_file_store_each_row_once(store_url: str, tmp_path: Path):
     data = tmp_path / "kpis.csv"
     good = hourly_csv(data, hours=3000)
-    command = [sys.executable, "-c", "from kpi_pipeline.cli import app; app()",
-               "--database-url", store_url, "ingest", str(data)]
+    command = [
+        sys.executable,
+        "-c",
+        "from kpi_pipeline.cli import app; app()",
+        "--database-url",
+        store_url,
+        "ingest",
+        str(data),
+    ]
 
     # Both start before either has touched the (still empty) database, schema included.
-    ingests = [subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                text=True) for _ in range(2)]
+    ingests = [subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
     outcomes = [ingest.communicate(timeout=300) for ingest in ingests]
 
     for ingest, (stdout, stderr) in zip(ingests, outcomes):

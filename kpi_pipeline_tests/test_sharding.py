@@ -38,8 +38,12 @@ def test_shard_keys_sort_in_order_and_unknown_shards_are_refused():
 def _train(url: str, partition_key: str, kpis: list[str] | None = None):
     config = {"ops": {"kpi_models": {"config": {"kpis": kpis or []}}}}
     return dg.materialize(
-        ASSETS, selection=[kpi_models], resources={"store": KpiStore(database_url=url)},
-        partition_key=partition_key, run_config=config, raise_on_error=False,
+        ASSETS,
+        selection=[kpi_models],
+        resources={"store": KpiStore(database_url=url)},
+        partition_key=partition_key,
+        run_config=config,
+        raise_on_error=False,
     )
 
 
@@ -74,5 +78,4 @@ def test_one_kpi_of_a_shard_can_be_trained_alone_and_a_wrong_shard_is_explained(
     [failure] = wrong.get_step_failure_events()
     assert f"sessions is in {home}" in failure.step_failure_data.error.message
     unknown = _train(sqlite_url, home, ["nope"])
-    assert "unknown KPI(s): nope" in unknown.get_step_failure_events()[0].step_failure_data \
-        .error.message
+    assert "unknown KPI(s): nope" in unknown.get_step_failure_events()[0].step_failure_data.error.message

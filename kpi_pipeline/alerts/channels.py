@@ -126,11 +126,12 @@ class EmailChannel(AlertChannel):
         except smtplib.SMTPResponseException as error:
             # SMTP reply codes: 4xx is a temporary failure worth retrying (e.g. 421 service not
             # available), 5xx a permanent one (e.g. 535 bad login, 550 no such mailbox).
-            text = error.smtp_error.decode(errors="replace") if isinstance(
-                error.smtp_error, bytes) else str(error.smtp_error)
-            raise DeliveryError(
-                f"SMTP {error.smtp_code}: {text}", retryable=400 <= error.smtp_code < 500
-            ) from error
+            text = (
+                error.smtp_error.decode(errors="replace")
+                if isinstance(error.smtp_error, bytes)
+                else str(error.smtp_error)
+            )
+            raise DeliveryError(f"SMTP {error.smtp_code}: {text}", retryable=400 <= error.smtp_code < 500) from error
         except smtplib.SMTPNotSupportedError as error:
             raise DeliveryError(f"SMTP server: {error}", retryable=False) from error
         except ssl.SSLCertVerificationError as error:
@@ -162,9 +163,7 @@ class SlackChannel(AlertChannel):
             retry_handlers=[],
         )
         try:
-            client.chat_postMessage(
-                channel=recipient, text=message.slack_text, blocks=message.slack_blocks
-            )
+            client.chat_postMessage(channel=recipient, text=message.slack_text, blocks=message.slack_blocks)
         except SlackApiError as error:
             response = error.response
             code = response.get("error") if isinstance(response.data, dict) else None
@@ -191,8 +190,7 @@ class SmsChannel(AlertChannel):
 
     account_sid: str = ""
     auth_token: str = ""
-    sender: str = Field(default="", description="Sending number (E.164) or a messaging service "
-                        "id (MG...).")
+    sender: str = Field(default="", description="Sending number (E.164) or a messaging service id (MG...).")
     recipients: str = Field(default="", description="Default recipients (E.164), comma-separated.")
     base_url: str = Field(default="https://api.twilio.com", description="Twilio API base URL.")
 
@@ -205,7 +203,9 @@ class SmsChannel(AlertChannel):
         form = {"To": recipient, sender_field: self.sender, "Body": message.sms}
         try:
             response = httpx.post(
-                url, data=form, auth=(self.account_sid, self.auth_token),
+                url,
+                data=form,
+                auth=(self.account_sid, self.auth_token),
                 timeout=self.timeout_seconds,
             )
         except httpx.HTTPError as error:

@@ -18,11 +18,14 @@ def register(app: typer.Typer) -> None:
 
 def silence(
     ctx: typer.Context,
-    kpi: Annotated[str, typer.Argument(help="KPI name or glob pattern ('sales*', '*').",
-                                       show_default=False)],
-    until: Annotated[str, typer.Option(help="End of the silence (ISO 8601; naive = UTC), or a "
-                                       "duration from now such as 2h or 3d.",
-                                       show_default=False)],
+    kpi: Annotated[str, typer.Argument(help="KPI name or glob pattern ('sales*', '*').", show_default=False)],
+    until: Annotated[
+        str,
+        typer.Option(
+            help="End of the silence (ISO 8601; naive = UTC), or a duration from now such as 2h or 3d.",
+            show_default=False,
+        ),
+    ],
     since: Annotated[str | None, typer.Option(help="Start (ISO 8601). Default: now.")] = None,
     reason: Annotated[str, typer.Option(help="Why, shown with each silenced alert.")] = "silenced",
 ) -> None:

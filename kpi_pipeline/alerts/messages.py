@@ -26,8 +26,12 @@ DIGEST_LISTED = 20
 SCORES_CONTEXT = pd.Timedelta(hours=24)
 """How much of the series before an anomaly its API link asks for."""
 
-SEVERITY_EMOJI = {"low": ":large_blue_circle:", "medium": ":large_yellow_circle:",
-                  "high": ":large_orange_circle:", "critical": ":red_circle:"}
+SEVERITY_EMOJI = {
+    "low": ":large_blue_circle:",
+    "medium": ":large_yellow_circle:",
+    "high": ":large_orange_circle:",
+    "critical": ":red_circle:",
+}
 
 
 @dataclass(frozen=True)
@@ -69,9 +73,7 @@ class Message:
     slack_blocks: list[dict]
 
 
-def render(
-    anomalies: Sequence[Anomaly], links: Links, timezone: str = "UTC", key: str = ""
-) -> Message:
+def render(anomalies: Sequence[Anomaly], links: Links, timezone: str = "UTC", key: str = "") -> Message:
     """The message for one anomaly, or the digest of several (worst first)."""
     if not anomalies:
         raise ValueError("an alert needs at least one anomaly")
@@ -90,16 +92,17 @@ def _single(anomaly: Anomaly, links: Links, fmt: _Formatter, key: str) -> Messag
     urls = [("Dagster UI", links.asset_page()), ("API", links.kpi_scores(anomaly))]
     width = max(len(label) for label, _ in [*facts, *urls]) + 2
     text = "\n".join(
-        [headline, "", *(f"{label + ':':<{width}}{value}" for label, value in facts), "",
-         *(f"{label + ':':<{width}}{url}" for label, url in urls), ""]
+        [
+            headline,
+            "",
+            *(f"{label + ':':<{width}}{value}" for label, value in facts),
+            "",
+            *(f"{label + ':':<{width}}{url}" for label, url in urls),
+            "",
+        ]
     )
-    rows = "".join(
-        f"<tr><th align='left'>{_h(label)}</th><td>{_h(value)}</td></tr>" for label, value in facts
-    )
-    body = (
-        f"<h2>{_h(headline)}</h2><table>{rows}</table>"
-        f"<p>{' · '.join(_a(label, url) for label, url in urls)}</p>"
-    )
+    rows = "".join(f"<tr><th align='left'>{_h(label)}</th><td>{_h(value)}</td></tr>" for label, value in facts)
+    body = f"<h2>{_h(headline)}</h2><table>{rows}</table><p>{' · '.join(_a(label, url) for label, url in urls)}</p>"
     sms = (
         f"{level} {anomaly.kpi} {fmt.short_time(anomaly.ts)}: "
         f"{fmt.actual(anomaly, ascii_only=True)} vs {fmt.number(anomaly.expected)} exp "
@@ -110,9 +113,7 @@ def _single(anomaly: Anomaly, links: Links, fmt: _Formatter, key: str) -> Messag
         _header(f"{SEVERITY_EMOJI.get(anomaly.severity, '')} {level} anomaly: {anomaly.kpi}"),
         {
             "type": "section",
-            "fields": [
-                {"type": "mrkdwn", "text": f"*{label}*\n{_s(value)}"} for label, value in facts[1:]
-            ],
+            "fields": [{"type": "mrkdwn", "text": f"*{label}*\n{_s(value)}"} for label, value in facts[1:]],
         },
         _buttons(urls),
     ]
@@ -122,23 +123,16 @@ def _single(anomaly: Anomaly, links: Links, fmt: _Formatter, key: str) -> Messag
 def _digest(ordered: list[Anomaly], links: Links, fmt: _Formatter, key: str) -> Message:
     kpis = sorted({a.kpi for a in ordered})
     worst = ordered[0]
-    headline = (
-        f"{len(ordered)} anomalies in {len(kpis)} KPI{'s' if len(kpis) > 1 else ''} "
-        f"(worst: {worst.severity})"
-    )
+    headline = f"{len(ordered)} anomalies in {len(kpis)} KPI{'s' if len(kpis) > 1 else ''} (worst: {worst.severity})"
     since = min(a.ts for a in ordered)
     urls = [("Dagster UI", links.asset_page()), ("API", links.anomalies_since(since))]
-    columns = ["severity", "kpi", "time", "actual", "expected", "band", "deviation", "score",
-               "flagged by"]
+    columns = ["severity", "kpi", "time", "actual", "expected", "band", "deviation", "score", "flagged by"]
     table = [fmt.row(a) for a in ordered]
     widths = [max(len(c), *(len(r[i]) for r in table)) for i, c in enumerate(columns)]
-    lines = ["  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip()
-             for row in [columns, *table]]
+    lines = ["  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip() for row in [columns, *table]]
     text = "\n".join([headline, "", *lines, "", *(f"{label}: {url}" for label, url in urls), ""])
     head = "".join(f"<th align='left'>{_h(c)}</th>" for c in columns)
-    body_rows = "".join(
-        "<tr>" + "".join(f"<td>{_h(v)}</td>" for v in row) + "</tr>" for row in table
-    )
+    body_rows = "".join("<tr>" + "".join(f"<td>{_h(v)}</td>" for v in row) + "</tr>" for row in table)
     body = (
         f"<h2>{_h(headline)}</h2><table><tr>{head}</tr>{body_rows}</table>"
         f"<p>{' · '.join(_a(label, url) for label, url in urls)}</p>"
@@ -240,9 +234,7 @@ class _Formatter:
         ]
 
 
-def _message(
-    key: str, headline: str, text: str, body: str, sms: str, blocks: list, links: Links
-) -> Message:
+def _message(key: str, headline: str, text: str, body: str, sms: str, blocks: list, links: Links) -> Message:
     """One message in every channel's form, with the same headline everywhere."""
     return Message(
         key=key,
@@ -271,8 +263,7 @@ def _buttons(urls: list[tuple[str, str]]) -> dict:
     return {
         "type": "actions",
         "elements": [
-            {"type": "button", "text": {"type": "plain_text", "text": label}, "url": url}
-            for label, url in urls
+            {"type": "button", "text": {"type": "plain_text", "text": label}, "url": url} for label, url in urls
         ],
     }
 

@@ -63,7 +63,12 @@ def select_news(
     for row in scored.to_dict("records"):
         anomaly = Anomaly.from_row(row)
         reason = _not_news(
-            anomaly, row.get("feedback"), watermark, first_scored, silences, silent_reason,
+            anomaly,
+            row.get("feedback"),
+            watermark,
+            first_scored,
+            silences,
+            silent_reason,
             alert_on_history,
         )
         if reason is None:
@@ -85,9 +90,7 @@ def _not_news(
     if feedback == "false_positive":
         return "marked false positive"
     for silence in silences.itertuples(index=False):
-        if silence.since <= anomaly.ts <= silence.until and fnmatch.fnmatchcase(
-            anomaly.kpi, silence.kpi_pattern
-        ):
+        if silence.since <= anomaly.ts <= silence.until and fnmatch.fnmatchcase(anomaly.kpi, silence.kpi_pattern):
             return f"silenced: {silence.reason}"
     if alert_on_history:
         return None

@@ -116,12 +116,20 @@ def queue_news(
             alert_on_history=policy.alert_on_history,
         )
         enqueued = enqueue(
-            connection, news.alert, batch=batch, channels=channels, policy=policy,
+            connection,
+            news.alert,
+            batch=batch,
+            channels=channels,
+            policy=policy,
             routing=routing,
         )
         store.record_alert_evaluation(
-            connection, batch=batch, scored_after=after, scored_until=until,
-            alerted=len(news.alert), recorded_silently=news.silent,
+            connection,
+            batch=batch,
+            scored_after=after,
+            scored_until=until,
+            alerted=len(news.alert),
+            recorded_silently=news.silent,
         )
     return Evaluation(after, until, news, enqueued)
 
@@ -149,16 +157,12 @@ def enqueue(
     routing = routing if routing is not None else policy.routing()
     on = {name: ch.default_recipients() for name, ch in channels.items() if ch.is_configured}
     cooldown = policy.cooldown
-    recent = store.load_recent_deliveries(
-        bind, {a.kpi for a in anomalies}, min(a.ts for a in anomalies) - cooldown
-    )
+    recent = store.load_recent_deliveries(bind, {a.kpi for a in anomalies}, min(a.ts for a in anomalies) - cooldown)
     recorded = set(zip(recent["kpi"], recent["ts"], recent["channel"], recent["recipient"]))
     # Per (kpi, channel, recipient): (ts, severity rank) of alerts that did or will go out.
     alerted: dict[tuple[str, str, str], list[tuple[pd.Timestamp, int]]] = defaultdict(list)
     for row in recent[recent["status"].isin(["pending", "sent"])].itertuples(index=False):
-        alerted[(row.kpi, row.channel, row.recipient)].append(
-            (row.ts, severity_rank(row.severity))
-        )
+        alerted[(row.kpi, row.channel, row.recipient)].append((row.ts, severity_rank(row.severity)))
     rows, suppressed = [], Counter()
     for anomaly in sorted(anomalies, key=lambda a: (a.ts, a.kpi)):
         for channel, recipient in sorted(routing.targets(anomaly, on)):
@@ -188,19 +192,14 @@ def _suppression(
     """Why ``anomaly`` should not be sent to a recipient with this alert history, or None."""
     if now - anomaly.ts > policy.max_age:
         return f"older than {policy.max_age_hours:g} h when first seen"
-    near = [
-        rank for ts, rank in history
-        if ts != anomaly.ts and abs(ts - anomaly.ts) <= policy.cooldown
-    ]
+    near = [rank for ts, rank in history if ts != anomaly.ts and abs(ts - anomaly.ts) <= policy.cooldown]
     if near and anomaly.rank <= max(near):
         minutes = policy.cooldown_minutes
         return f"cooldown: {anomaly.kpi} alerted as severe or worse within {minutes} min"
     return None
 
 
-def _outbox_row(
-    anomaly: Anomaly, channel: str, recipient: str, batch: str, reason: str | None
-) -> dict:
+def _outbox_row(anomaly: Anomaly, channel: str, recipient: str, batch: str, reason: str | None) -> dict:
     return {
         "kpi": anomaly.kpi,
         "ts": anomaly.ts,
@@ -273,9 +272,7 @@ def deliver(
             store.mark_retry(engine, ids, token, outcome.tries, outcome.error, _after(outcome.wait))
             result.waiting += len(ids)
             result.errors.append(f"{where} will be retried: {outcome.error}")
-            log.info(
-                f"{where} not delivered yet, next try in {outcome.wait:.0f} s: {outcome.error}"
-            )
+            log.info(f"{where} not delivered yet, next try in {outcome.wait:.0f} s: {outcome.error}")
     return result
 
 

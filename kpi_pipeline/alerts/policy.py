@@ -15,17 +15,19 @@ class AlertPolicy(dg.ConfigurableResource):
 
     routes_file: str = Field(default="", description="Routing YAML; empty: the default route.")
     cooldown_minutes: int = Field(
-        default=360, ge=0,
+        default=360,
+        ge=0,
         description="No repeat alert for a KPI (per recipient) within this window of the "
         "anomaly's time, unless severity rises.",
     )
     digest_threshold: int = Field(
-        default=5, ge=1,
-        description="More anomalies than this for one recipient from one check evaluation go "
-        "out as one digest.",
+        default=5,
+        ge=1,
+        description="More anomalies than this for one recipient from one check evaluation go out as one digest.",
     )
     max_age_hours: float = Field(
-        default=72.0, gt=0,
+        default=72.0,
+        gt=0,
         description="Anomalies older than this when first seen are recorded, not sent.",
     )
     alert_on_history: bool = Field(
@@ -35,9 +37,7 @@ class AlertPolicy(dg.ConfigurableResource):
     timezone: str = Field(default="UTC", description="Time zone alerts show times in.")
     dagster_url: str = Field(default="http://127.0.0.1:3000", description="Dagster UI base URL.")
     api_url: str = Field(default="http://127.0.0.1:8000", description="API sidecar base URL.")
-    send_attempts: int = Field(
-        default=3, ge=1, description="Tries per message within one sensor evaluation."
-    )
+    send_attempts: int = Field(default=3, ge=1, description="Tries per message within one sensor evaluation.")
     retry_base_seconds: float = Field(
         default=2.0, gt=0, description="Wait after a first failed try; doubles with each try."
     )
@@ -45,15 +45,18 @@ class AlertPolicy(dg.ConfigurableResource):
         default=900.0, gt=0, description="Longest wait between two tries of a pending alert."
     )
     max_inline_wait_seconds: float = Field(
-        default=10.0, ge=0,
+        default=10.0,
+        ge=0,
         description="Longer waits (backoff or Retry-After) are left to a later evaluation.",
     )
     send_budget_seconds: float = Field(
-        default=40.0, gt=0,
+        default=40.0,
+        gt=0,
         description="Time one evaluation may spend sending; the rest stays pending.",
     )
     claim_lease_seconds: float = Field(
-        default=300.0, gt=0,
+        default=300.0,
+        gt=0,
         description="How long a sender owns the alerts it is sending before another may.",
     )
 

@@ -87,9 +87,7 @@ class Routing(BaseModel):
     def all_routes(self) -> list[Route]:
         return ([DEFAULT_ROUTE] if self.default_route else []) + self.routes
 
-    def targets(
-        self, anomaly: Anomaly, default_recipients: Mapping[str, list[str]]
-    ) -> set[tuple[str, str]]:
+    def targets(self, anomaly: Anomaly, default_recipients: Mapping[str, list[str]]) -> set[tuple[str, str]]:
         """The (channel, recipient) pairs that should hear about ``anomaly``.
 
         ``default_recipients`` holds the channels that are on, with their default recipients;

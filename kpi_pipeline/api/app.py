@@ -118,26 +118,37 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     watchers = []
     listens = notifications.can_listen(state.engine)
     if state.series.enabled and not listens:
-        logger.info("%s %s+%s sends no score notifications (series are read "
-                    "from the database)", CONFIGURED_OFF, state.engine.dialect.name,
-                    state.engine.dialect.driver)
+        logger.info(
+            "%s %s+%s sends no score notifications (series are read from the database)",
+            CONFIGURED_OFF,
+            state.engine.dialect.name,
+            state.engine.dialect.driver,
+        )
     elif state.series.enabled:
-        watchers.append(ScoreWriteWatcher(
-            state.series,
-            partial(notifications.ScoreWriteListener, state.engine),
-            warm=partial(store.last_scored_ts, state.engine),  # every scored KPI, by name
-            read=partial(serving.score_series, state.engine),
-        ))
+        watchers.append(
+            ScoreWriteWatcher(
+                state.series,
+                partial(notifications.ScoreWriteListener, state.engine),
+                warm=partial(store.last_scored_ts, state.engine),  # every scored KPI, by name
+                read=partial(serving.score_series, state.engine),
+            )
+        )
     if listens:
         # Real-time scoring checks its cached models and observations without the database
         # while this listener hears their writes (see realtime.ScoringCache).
-        watchers.append(ScoreWriteWatcher(
-            state.scorers,
-            partial(notifications.ScoreWriteListener, state.engine,
-                    notifications.INPUTS_CHANNEL, notifications.INPUTS_LISTENER_NAME),
-            name="real-time scoring cache",
-            source="each scoring checks the database for new observations and models",
-        ))
+        watchers.append(
+            ScoreWriteWatcher(
+                state.scorers,
+                partial(
+                    notifications.ScoreWriteListener,
+                    state.engine,
+                    notifications.INPUTS_CHANNEL,
+                    notifications.INPUTS_LISTENER_NAME,
+                ),
+                name="real-time scoring cache",
+                source="each scoring checks the database for new observations and models",
+            )
+        )
     for watcher in watchers:
         watcher.start()
     try:

@@ -23,9 +23,7 @@ from kpi_pipeline.api.errors import ApiError
 _CHALLENGE = {"WWW-Authenticate": "Bearer"}
 
 # The two ways to send a key, as OpenAPI documents them (see ``document_keys``).
-_api_key_header = APIKeyHeader(
-    name="X-API-Key", auto_error=False, description="One of the keys in KPI_API_KEYS."
-)
+_api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False, description="One of the keys in KPI_API_KEYS.")
 _bearer = HTTPBearer(auto_error=False, description="Authorization: Bearer <one of KPI_API_KEYS>")
 _SCHEMES = (_api_key_header, _bearer)
 
@@ -88,9 +86,7 @@ def document_keys(schema: dict[str, Any], keyed: list[APIRouter]) -> None:
     documents only the schemes of ``Security`` dependencies (see ``require_key``)."""
     schemes = schema.setdefault("components", {}).setdefault("securitySchemes", {})
     for scheme in _SCHEMES:
-        schemes[scheme.scheme_name] = jsonable_encoder(
-            scheme.model, by_alias=True, exclude_none=True
-        )
+        schemes[scheme.scheme_name] = jsonable_encoder(scheme.model, by_alias=True, exclude_none=True)
     for router in keyed:
         for route in router.routes:
             if isinstance(route, APIRoute) and route.include_in_schema:

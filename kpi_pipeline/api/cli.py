@@ -37,8 +37,7 @@ def log_config(level: str) -> dict:
     }
 
 
-def serve(database_url: str, host: str | None, port: int | None, workers: int | None,
-          log_level: str) -> None:
+def serve(database_url: str, host: str | None, port: int | None, workers: int | None, log_level: str) -> None:
     """Run the API with uvicorn; unset options come from the configuration."""
     import uvicorn
 
@@ -69,12 +68,13 @@ def register(app: typer.Typer) -> None:
     @friendly_errors
     def api(
         ctx: typer.Context,
-        host: Annotated[str | None, typer.Option(help="Address to listen on. Default: "
-                                                  "KPI_API_HOST (127.0.0.1).")] = None,
-        port: Annotated[int | None, typer.Option(min=1, max=65535, help="Port. Default: "
-                                                  "KPI_API_PORT (8000).")] = None,
-        workers: Annotated[int | None, typer.Option(min=1, help="Worker processes. Default: "
-                                                     "KPI_API_WORKERS (1).")] = None,
+        host: Annotated[
+            str | None, typer.Option(help="Address to listen on. Default: KPI_API_HOST (127.0.0.1).")
+        ] = None,
+        port: Annotated[int | None, typer.Option(min=1, max=65535, help="Port. Default: KPI_API_PORT (8000).")] = None,
+        workers: Annotated[
+            int | None, typer.Option(min=1, help="Worker processes. Default: KPI_API_WORKERS (1).")
+        ] = None,
         log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
     ) -> None:
         """Serve the HTTP API: latest scores, anomalies, ingestion, real-time scoring.
@@ -96,8 +96,7 @@ def register(app: typer.Typer) -> None:
         Runs benchmarks/bench_api.py, passing every option through.
         """
         if not BENCHMARK_SCRIPT.is_file():
-            console.print(f"error: {BENCHMARK_SCRIPT} not found: bench-api needs a source "
-                          "checkout", markup=False)
+            console.print(f"error: {BENCHMARK_SCRIPT} not found: bench-api needs a source checkout", markup=False)
             raise typer.Exit(1)
         completed = subprocess.run([sys.executable, str(BENCHMARK_SCRIPT), *ctx.args])
         raise typer.Exit(completed.returncode)

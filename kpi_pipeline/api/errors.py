@@ -73,8 +73,7 @@ def error_response(
 def _readable(problems: list[dict[str, Any]]) -> tuple[str, list[ErrorDetail]]:
     """Pydantic's problems as one line plus details, without echoing the input back."""
     details = [
-        ErrorDetail(loc=list(problem["loc"]), message=problem["msg"], type=problem["type"])
-        for problem in problems
+        ErrorDetail(loc=list(problem["loc"]), message=problem["msg"], type=problem["type"]) for problem in problems
     ]
     shown = [f"{'.'.join(map(str, d.loc))}: {d.message}" for d in details[:SHOWN_PROBLEMS]]
     if len(details) > SHOWN_PROBLEMS:

@@ -57,9 +57,7 @@ class RequestContext:
 
         try:
             if _content_length(headers) > self.max_body_bytes:
-                response = error_response(
-                    413, f"request body larger than {self.max_body_bytes} bytes"
-                )
+                response = error_response(413, f"request body larger than {self.max_body_bytes} bytes")
                 await response(scope, receive, send_with_id)
             else:
                 await self.app(scope, receive, send_with_id)
@@ -67,15 +65,17 @@ class RequestContext:
             logger.exception("[%s] unhandled error", request_id)
             if status is not None:
                 raise  # the response has started: nothing else can be sent
-            response = error_response(
-                500, "internal error; quote the request ID when reporting it", "internal_error"
-            )
+            response = error_response(500, "internal error; quote the request ID when reporting it", "internal_error")
             await response(scope, receive, send_with_id)
         finally:
             elapsed_ms = (time.perf_counter() - started) * 1000
             access_log.info(
                 "[%s] %s %s %s %.1f ms",
-                request_id, scope["method"], scope["path"], status, elapsed_ms,
+                request_id,
+                scope["method"],
+                scope["path"],
+                status,
+                elapsed_ms,
             )
             REQUEST_ID.reset(token)
 

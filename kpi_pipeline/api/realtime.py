@@ -42,6 +42,7 @@ __all__ = [
     "score_points",
 ]
 
+
 class UnknownKpi(LookupError):
     """No observation, score or model of this KPI exists."""
 
@@ -69,13 +70,8 @@ class RealtimeScores:
         ts = self.columns["ts"]
         if not isinstance(ts, list):
             ts = pd.DatetimeIndex(ts).to_pydatetime()
-        listed = [ts] + [
-            np.asarray(self.columns[name]).tolist() for name in names[1:]
-        ]
-        return [
-            {name: (None if value != value else value) for name, value in zip(names, row)}
-            for row in zip(*listed)
-        ]
+        listed = [ts] + [np.asarray(self.columns[name]).tolist() for name in names[1:]]
+        return [{name: (None if value != value else value) for name, value in zip(names, row)} for row in zip(*listed)]
 
 
 def score_points(
@@ -109,13 +105,10 @@ def score_points(
     version = serving.newest_model_version(engine, kpi)
     if version is None:
         if serving.kpi_exists(engine, kpi):
-            raise NoModel(f"no trained model for {kpi!r} yet (too little history, or training "
-                          "has not run)")
+            raise NoModel(f"no trained model for {kpi!r} yet (too little history, or training has not run)")
         raise UnknownKpi(f"unknown KPI {kpi!r}")
     if cache is None:
-        return _KpiScorer(kpi, version, load_detector(engine, kpi, version)).score(
-            engine, points, max_points
-        )[0]
+        return _KpiScorer(kpi, version, load_detector(engine, kpi, version)).score(engine, points, max_points)[0]
     scorer = cache.scorer(engine, kpi, version)
     result, tail = scorer.score(engine, points, max_points)
     cache.trust(kpi, scorer, tail, token)
@@ -186,8 +179,9 @@ class ScoringCache(HeardWrites):
                 self._scorers.move_to_end(key)
             return entry
 
-    def score_current(self, kpi: str, ns: np.ndarray, values: np.ndarray, stamps,
-                      max_points: int) -> RealtimeScores | None:
+    def score_current(
+        self, kpi: str, ns: np.ndarray, values: np.ndarray, stamps, max_points: int
+    ) -> RealtimeScores | None:
         """``score_points`` with no database at all: points after the newest observation of a
         KPI with a trusted scorer (``trusted``); None for anything else. For a caller that
         must not block, such as an event loop: CPU only, well under a millisecond. The points
@@ -198,13 +192,11 @@ class ScoringCache(HeardWrites):
             return None
         return entry.scorer.score_next(entry.tail, ns, values, stamps, max_points)
 
-    def trust(self, kpi: str, scorer: _KpiScorer, tail: _StoredTail, token: Token | None
-              ) -> None:
+    def trust(self, kpi: str, scorer: _KpiScorer, tail: _StoredTail, token: Token | None) -> None:
         """Trust ``scorer`` with ``tail`` (the observations a call checked) for ``kpi``, if no
         write of it was heard since ``token`` and the scorer is still cached."""
         with self._lock:
-            if (self._unchanged_since(kpi, token)
-                    and self._scorers.get((kpi, scorer.version)) is scorer):
+            if self._unchanged_since(kpi, token) and self._scorers.get((kpi, scorer.version)) is scorer:
                 self._trusted[kpi] = _Trusted(scorer, tail, time.monotonic())
 
     def _forget(self, kpi: str | None) -> None:
@@ -268,8 +260,9 @@ class _KpiScorer:
         self._step_ns = detector.freq_.value
         self._context = detector.context_points
 
-    def score(self, engine: sa.Engine, points: pd.DataFrame, max_points: int,
-              tail: _StoredTail | None = None) -> tuple[RealtimeScores, _StoredTail]:
+    def score(
+        self, engine: sa.Engine, points: pd.DataFrame, max_points: int, tail: _StoredTail | None = None
+    ) -> tuple[RealtimeScores, _StoredTail]:
         """Score ``points`` (in time order) after ``tail`` (known current; default: the cached
         tail, checked); also returns the tail used."""
         ns = pd.DatetimeIndex(points["ts"]).as_unit("ns").asi8
@@ -300,16 +293,16 @@ class _KpiScorer:
         columns.update(ts=points["ts"].to_numpy(), value=values)
         return RealtimeScores(self.kpi, self.version, columns), tail
 
-    def score_next(self, tail: _StoredTail, ns: np.ndarray, values: np.ndarray, stamps,
-                   max_points: int) -> RealtimeScores | None:
+    def score_next(
+        self, tail: _StoredTail, ns: np.ndarray, values: np.ndarray, stamps, max_points: int
+    ) -> RealtimeScores | None:
         """``score`` from ``tail`` alone, if the points (``ns``: their timestamps as
         nanoseconds since the epoch, increasing; ``stamps``: as the answer reports them) come
         after it; no database, no pandas. None: use ``score``."""
         self._check_spread(int(ns[0]), int(ns[-1]), max_points)
         return self._quick(tail, ns, values, stamps)
 
-    def _quick(self, tail: _StoredTail, ns: np.ndarray, values: np.ndarray, stamps
-               ) -> RealtimeScores | None:
+    def _quick(self, tail: _StoredTail, ns: np.ndarray, values: np.ndarray, stamps) -> RealtimeScores | None:
         columns = self._next_points(tail, ns, values)
         if columns is None:
             return None
@@ -325,8 +318,7 @@ class _KpiScorer:
                 "send points closer together"
             )
 
-    def _next_points(self, tail: _StoredTail, ns: np.ndarray, values: np.ndarray
-                     ) -> dict | None:
+    def _next_points(self, tail: _StoredTail, ns: np.ndarray, values: np.ndarray) -> dict | None:
         """The common case, scored from the tail's judged state: points after the newest
         observation, on distinct grid slots, within the context of it. Only the slots from the
         newest observation's on are cleaned (its value, the points, short gaps between them
@@ -351,11 +343,15 @@ class _KpiScorer:
             scored = self.detector.score_after(tail.judged, stamps[1:], values)
         else:  # gaps between them, cleaned as the general path would (from the newest value)
             value, gap = fill_between(
-                [tail.last_slot, *slots], [float(tail.judged.y[-1]), *listed],
+                [tail.last_slot, *slots],
+                [float(tail.judged.y[-1]), *listed],
                 stamps.view(np.int64).tolist(),
             )
             scored = self.detector.score_after(
-                tail.judged, stamps[1:], value[1:], gap[1:],
+                tail.judged,
+                stamps[1:],
+                value[1:],
+                gap[1:],
                 report=[slot - tail.last_slot - 1 for slot in slots],
             )
         return {name: scored[name] for name in SCORE_COLUMNS[2:]}
@@ -376,9 +372,7 @@ class _KpiScorer:
         newest = serving.newest_observation_ts(engine, self.kpi)
         if newest is None:
             nothing = pd.DataFrame(columns=["kpi", "ts", "value"])
-            return _StoredTail(
-                serving.ObservationWatermark(None, 0, None, None), None, None, -1, nothing, nothing
-            )
+            return _StoredTail(serving.ObservationWatermark(None, 0, None, None), None, None, -1, nothing, nothing)
         since = pd.Timestamp(newest) - scoring_reach(self.detector)
         # The watermark is read before the rows: a write in between makes it stale, not wrong.
         watermark = serving.observation_watermark(engine, self.kpi, since)
@@ -390,7 +384,10 @@ class _KpiScorer:
         redo_from = settled_slots[-1] if len(settled_slots) else raw_slots[0]
         cleaned = clean_series(raw, grid)
         return _StoredTail(
-            watermark, since, grid, last_slot,
+            watermark,
+            since,
+            grid,
+            last_slot,
             settled=cleaned[grid.slots(cleaned["ts"]) < redo_from],
             redo=raw[raw_slots >= redo_from],
             judged=self.detector.prepare(
@@ -420,16 +417,11 @@ class _KpiScorer:
         fresh = clean_series(pd.concat([tail.redo, points]), tail.grid)
         return pd.concat([tail.settled, fresh], ignore_index=True)
 
-    def _among_stored(
-        self, engine: sa.Engine, tail: _StoredTail, points: pd.DataFrame
-    ) -> pd.DataFrame:
+    def _among_stored(self, engine: sa.Engine, tail: _StoredTail, points: pd.DataFrame) -> pd.DataFrame:
         """The cleaned series up to the points, read for them: the stored observations before
         the first point (the later ones are left out) and the points, as the scoring window
         would read them."""
         first = points["ts"].iloc[0]
-        stored = store.load_observations_from(
-            engine, self.kpi, first - scoring_reach(self.detector), before=first
-        )
+        stored = store.load_observations_from(engine, self.kpi, first - scoring_reach(self.detector), before=first)
         origin = min(tail.grid.origin, first)  # points before the history start its grid
         return clean_series(pd.concat([stored, points]), Grid(origin, self.detector.freq_))
-

@@ -149,18 +149,14 @@ def _kpi_summary(row: dict[str, Any]) -> dict[str, Any]:
             {
                 "timestamp": row["score_ts"],
                 "value": row["score_value"],
-                **{
-                    name: row[name]
-                    for name in ("expected", "lower", "upper", "score", "is_anomaly", "severity")
-                },
+                **{name: row[name] for name in ("expected", "lower", "upper", "score", "is_anomaly", "severity")},
             }
             if scored
             else None
         ),
         "is_anomalous": bool(scored and row["is_anomaly"]),
         "model": (
-            {name: row[name] for name in ("trained_at", "train_end")}
-            | {"version": row["model_version"]}
+            {name: row[name] for name in ("trained_at", "train_end")} | {"version": row["model_version"]}
             if row["model_version"] is not None
             else None
         ),
@@ -192,8 +188,7 @@ def _json(body: bytes) -> Response:
 
 # ``{kpi:path}``: a KPI name may hold a ``/`` (sent as ``%2F`` or as it is), which the server
 # decodes before routing; only the last segments are fixed.
-@reads.get("/kpis/{kpi:path}/scores", summary="A KPI's scored series",
-           response_model=ScoreSeries)
+@reads.get("/kpis/{kpi:path}/scores", summary="A KPI's scored series", response_model=ScoreSeries)
 async def score_series(
     api: State,
     kpi: KpiPath,
@@ -237,9 +232,7 @@ async def anomalies(
     until: Annotated[Timestamp | None, Query(description="Up to this time (inclusive).")] = None,
     min_severity: Annotated[Severity | None, Query(description="At least this severe.")] = None,
     limit: Annotated[int, Query(ge=1, le=MAX_ANOMALIES_PER_PAGE)] = DEFAULT_ANOMALIES_PER_PAGE,
-    cursor: Annotated[
-        str | None, Query(max_length=1000, description="next_cursor of the previous page.")
-    ] = None,
+    cursor: Annotated[str | None, Query(max_length=1000, description="next_cursor of the previous page.")] = None,
 ) -> AnomalyPage:
     _check_window(since, until, "since", "until", api.settings.api_max_range_days)
     after = _decode_cursor(cursor) if cursor is not None else None
@@ -258,14 +251,11 @@ async def anomalies(
     return AnomalyPage.model_validate({"anomalies": rows, "next_cursor": next_cursor})
 
 
-def _check_window(
-    start: dt.datetime | None, end: dt.datetime | None, first: str, last: str, max_days: int
-) -> None:
+def _check_window(start: dt.datetime | None, end: dt.datetime | None, first: str, last: str, max_days: int) -> None:
     if start is None or end is None:
         return
     if end < start:
-        raise InvalidInput(f"{last} ({end.isoformat()}) is before {first} ({start.isoformat()})",
-                           ["query", last])
+        raise InvalidInput(f"{last} ({end.isoformat()}) is before {first} ({start.isoformat()})", ["query", last])
     if end - start > dt.timedelta(days=max_days):
         raise InvalidInput(
             f"the window {first}..{last} spans {(end - start).days} days, more than the "
@@ -320,8 +310,7 @@ async def ingest(api: State, batch: ObservationBatch) -> IngestResponse:
         rejected=len(result.rejections),
         accepted_rows=[row for row in range(1, len(records) + 1) if row not in rejected_rows],
         rejections=[
-            {"row": rejection.line, "reason": rejection.reason, "raw": rejection.raw}
-            for rejection in result.rejections
+            {"row": rejection.line, "reason": rejection.reason, "raw": rejection.raw} for rejection in result.rejections
         ],
     )
 
@@ -354,9 +343,7 @@ async def score(http: Request, request: ScoreRequest) -> Response:
         result = api.scorers.score_current(request.kpi, ns, values, stamps, limit)
         if result is None:
             points = _points_frame(stamps, values)
-            result = await api.scoring(
-                realtime.score_points, api.engine, request.kpi, points, limit, api.scorers
-            )
+            result = await api.scoring(realtime.score_points, api.engine, request.kpi, points, limit, api.scorers)
     except realtime.UnknownKpi as error:
         raise ApiError(404, str(error)) from None
     except realtime.NoModel as error:
@@ -365,19 +352,19 @@ async def score(http: Request, request: ScoreRequest) -> Response:
         raise InvalidInput(str(error), ["body", "points"]) from None
     persisted = None
     if request.persist:
-        observations = (_points_frame(stamps, values) if points is None else points).assign(
-            kpi=request.kpi
-        )
+        observations = (_points_frame(stamps, values) if points is None else points).assign(kpi=request.kpi)
         counts = await api.db(store.upsert_observations, api.engine, observations, "api")
-        persisted = IngestCounts(
-            inserted=counts.inserted, updated=counts.updated, unchanged=counts.unchanged
+        persisted = IngestCounts(inserted=counts.inserted, updated=counts.updated, unchanged=counts.unchanged)
+    return _json(
+        SCORE_RESPONSE_JSON(
+            {
+                "kpi": result.kpi,
+                "model_version": result.model_version,
+                "points": result.records(),
+                "persisted": persisted,
+            }
         )
-    return _json(SCORE_RESPONSE_JSON({
-        "kpi": result.kpi,
-        "model_version": result.model_version,
-        "points": result.records(),
-        "persisted": persisted,
-    }))
+    )
 
 
 def _points_frame(stamps: list[dt.datetime], values: np.ndarray) -> pd.DataFrame:
@@ -403,14 +390,14 @@ def _points_arrays(request: ScoreRequest) -> tuple[list[dt.datetime], np.ndarray
 
 def _check_batch(size: int, limit: int, field: str) -> None:
     if size > limit:
-        raise InvalidInput(f"{size} items, more than the limit of {limit} per request",
-                           ["body", field])
+        raise InvalidInput(f"{size} items, more than the limit of {limit} per request", ["body", field])
 
 
-@writes.post("/anomalies/{kpi:path}/{ts}/feedback",
-             summary="Mark an anomaly as a true or false positive",
-             responses={409: {"model": ErrorResponse,
-                              "description": "The point was scored but not flagged."}})
+@writes.post(
+    "/anomalies/{kpi:path}/{ts}/feedback",
+    summary="Mark an anomaly as a true or false positive",
+    responses={409: {"model": ErrorResponse, "description": "The point was scored but not flagged."}},
+)
 async def feedback(api: State, kpi: KpiPath, ts: Timestamp, body: FeedbackIn) -> FeedbackOut:
     """Later training skips points confirmed as incidents and keeps points marked as false
     alarms. Only a flagged point (an anomaly) takes feedback. ``ts`` is ISO 8601 (encode ``+``
@@ -423,10 +410,8 @@ async def feedback(api: State, kpi: KpiPath, ts: Timestamp, body: FeedbackIn) ->
         score = "" if pd.isna(point["score"]) else f" (score {point['score']:.2f})"
         raise ApiError(
             409,
-            f"the point of {kpi!r} at {ts.isoformat()} is not an anomaly{score}: feedback "
-            "labels flagged points only",
+            f"the point of {kpi!r} at {ts.isoformat()} is not an anomaly{score}: feedback labels flagged points only",
             code="not_an_anomaly",
         )
     await api.db(store.set_feedback, api.engine, kpi, ts, body.label, body.note)
     return FeedbackOut(kpi=kpi, timestamp=ts, label=body.label, note=body.note)
-

@@ -62,9 +62,7 @@ def epoch_micros(ts: dt.datetime) -> int:
     return (ts - _EPOCH) // _MICROSECOND
 
 
-Timestamp = Annotated[
-    dt.datetime, BeforeValidator(_iso_8601), AfterValidator(checked_timestamp)
-]
+Timestamp = Annotated[dt.datetime, BeforeValidator(_iso_8601), AfterValidator(checked_timestamp)]
 """An ISO 8601 time as aware UTC; naive input is UTC."""
 
 
@@ -316,9 +314,7 @@ class ScoreResponse(BaseModel):
     persisted: IngestCounts | None = Field(None, description="Set when persist was true.")
 
 
-SCORE_RESPONSE_JSON = RowSerializer(
-    row_schema(ScoreResponse, points=list[row_schema(RealtimePoint)])
-)
+SCORE_RESPONSE_JSON = RowSerializer(row_schema(ScoreResponse, points=list[row_schema(RealtimePoint)]))
 """``{"kpi", "model_version", "points": realtime.RealtimeScores.records(), "persisted"}`` as a
 ``ScoreResponse``."""
 

@@ -55,9 +55,7 @@ first, whether older rows exist)."""
 def score_series_json(kpi_json: bytes, points: bytes | memoryview, truncated: bool) -> bytes:
     """A ``schemas.ScoreSeries`` body from its KPI and its points, already serialised (the
     points by ``SCORED_POINT_JSON``, comma-separated), as ``SCORE_SERIES_JSON`` writes it."""
-    return b'{"kpi":%b,"points":[%b],"truncated":%b}' % (
-        kpi_json, points, b"true" if truncated else b"false"
-    )
+    return b'{"kpi":%b,"points":[%b],"truncated":%b}' % (kpi_json, points, b"true" if truncated else b"false")
 
 
 @dataclass(frozen=True)
@@ -99,8 +97,7 @@ class CachedSeries:
             + ENTRY_OVERHEAD_BYTES
         )
 
-    def answer(self, start: dt.datetime | None, end: dt.datetime | None, limit: int
-               ) -> bytes | None:
+    def answer(self, start: dt.datetime | None, end: dt.datetime | None, limit: int) -> bytes | None:
         """The body of the request for the newest ``limit`` rows with ``start <= ts <= end``
         (open if None), or None if these rows do not determine it."""
         since = None if start is None else epoch_micros(start)
@@ -197,7 +194,9 @@ STOP_TIMEOUT_S = 5.0
 
 
 WARMED, NOT_WARMED, WARMING_STOPPED = (
-    "series cache warmed", "series cache: not warmed", "series cache: warming stopped"
+    "series cache warmed",
+    "series cache: not warmed",
+    "series cache: warming stopped",
 )
 """How each warming ends in the log (``benchmarks/bench_api.py`` waits for one per worker)."""
 
@@ -221,11 +220,15 @@ class ScoreWriteWatcher:
     reconnection find their KPIs in memory instead of each worker loading them one request at
     a time."""
 
-    def __init__(self, cache: HeardWrites,
-                 listen: Callable[[], AbstractContextManager[Listener]],
-                 warm: Callable[[], Iterable[str]] | None = None, read: SeriesRead | None = None,
-                 name: str = "series cache", source: str = "series read from the database"
-                 ) -> None:
+    def __init__(
+        self,
+        cache: HeardWrites,
+        listen: Callable[[], AbstractContextManager[Listener]],
+        warm: Callable[[], Iterable[str]] | None = None,
+        read: SeriesRead | None = None,
+        name: str = "series cache",
+        source: str = "series read from the database",
+    ) -> None:
         self._cache = cache
         self._listen = listen
         self._warm_kpis = warm
@@ -255,8 +258,7 @@ class ScoreWriteWatcher:
                     if self._stopping.is_set():
                         break
                     self._cache.go_live()
-                    logger.info("%s on: %s writes", self._name,
-                                "listening again to" if lost else "listening to")
+                    logger.info("%s on: %s writes", self._name, "listening again to" if lost else "listening to")
                     delay, lost = RETRY_FIRST_S, False
                     if self._warm_kpis is not None:
                         self._warm(listener)
@@ -264,8 +266,13 @@ class ScoreWriteWatcher:
                         self._cache.written(listener.wait())
             except Exception as error:  # whatever it is: serve from the store, and retry
                 log = logger.debug if lost else logger.warning
-                log("%s off (%s) until the write listener reconnects: %s; retrying in %.1f s",
-                    self._name, self._source, first_line(error), delay)
+                log(
+                    "%s off (%s) until the write listener reconnects: %s; retrying in %.1f s",
+                    self._name,
+                    self._source,
+                    first_line(error),
+                    delay,
+                )
                 lost = True
             finally:
                 self._listener = None
@@ -295,10 +302,14 @@ class ScoreWriteWatcher:
             try:
                 entry = self._cache.load(kpi, self._read)
             except Exception as error:  # the database path still serves the rest
-                logger.warning("%s after %d KPIs: %s", WARMING_STOPPED, loaded,
-                               first_line(error))
+                logger.warning("%s after %d KPIs: %s", WARMING_STOPPED, loaded, first_line(error))
                 return
             loaded += 1
             largest = max(largest, entry.nbytes if entry is not None else 0)
-        logger.info("%s: %d KPIs, %.1f MiB in %.1f s", WARMED, loaded,
-                    self._cache.nbytes / (1 << 20), time.monotonic() - started)
+        logger.info(
+            "%s: %d KPIs, %.1f MiB in %.1f s",
+            WARMED,
+            loaded,
+            self._cache.nbytes / (1 << 20),
+            time.monotonic() - started,
+        )

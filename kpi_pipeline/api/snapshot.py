@@ -80,9 +80,7 @@ class LatestScoreSnapshot:
             age = self._clock() - current.read_at
             if age < self.max_age:
                 if age >= REFRESH_AHEAD * self.max_age and not self._refreshing():
-                    self._refresh = asyncio.get_running_loop().create_task(
-                        self._refresh_ahead(read)
-                    )
+                    self._refresh = asyncio.get_running_loop().create_task(self._refresh_ahead(read))
                 return current
         return await run_in_threadpool(self._fresh, read)
 
@@ -96,11 +94,9 @@ class LatestScoreSnapshot:
         try:
             await run_in_threadpool(self._fresh, read, REFRESH_AHEAD * self.max_age)
         except Exception as error:  # the next request past max_age reads again, and reports
-            logger.warning("background re-read of the latest scores failed: %s",
-                           first_line(error))
+            logger.warning("background re-read of the latest scores failed: %s", first_line(error))
 
-    def _fresh(self, read: Callable[[], list[dict[str, Any]]], younger_than: float | None = None
-               ) -> Snapshot:
+    def _fresh(self, read: Callable[[], list[dict[str, Any]]], younger_than: float | None = None) -> Snapshot:
         """A snapshot younger than ``younger_than`` (default ``max_age``), reading the store
         unless another thread just did; one read at a time."""
         limit = self.max_age if younger_than is None else younger_than

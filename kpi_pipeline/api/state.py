@@ -70,12 +70,12 @@ class ApiState:
     _scoring_slots: anyio.CapacityLimiter = field(init=False)
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "latest", LatestScoreSnapshot(self.settings.api_latest_max_age))
         object.__setattr__(
-            self, "latest", LatestScoreSnapshot(self.settings.api_latest_max_age)
+            self,
+            "series",
+            SeriesCache(self.settings.api_series_cache_points, int(self.settings.api_series_cache_mb * MIB)),
         )
-        object.__setattr__(self, "series", SeriesCache(
-            self.settings.api_series_cache_points, int(self.settings.api_series_cache_mb * MIB)
-        ))
         # One slot per pooled connection: a burst of requests waits for a connection instead
         # of opening, and on return closing, an overflow connection per request. Requests wait
         # for a slot in the event loop, not as blocked threads: a few busy threads contend for

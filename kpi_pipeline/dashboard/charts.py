@@ -35,8 +35,7 @@ def _layout(figure: go.Figure, height: int) -> go.Figure:
     figure.update_layout(
         height=height,
         margin={"l": 10, "r": 10, "t": 40, "b": 10},
-        legend={"orientation": "h", "yanchor": "bottom", "y": 1.02, "x": 0,
-                "traceorder": "normal"},
+        legend={"orientation": "h", "yanchor": "bottom", "y": 1.02, "x": 0, "traceorder": "normal"},
         hovermode="closest",
         uirevision="keep",  # keep the user's zoom across reruns
     )
@@ -55,28 +54,44 @@ def kpi_figure(series: pd.DataFrame, kpi: str) -> go.Figure:
     if len(scored):
         # The band is a filled area between the upper and lower traces.
         figure.add_scatter(
-            x=scored["ts"], y=scored["upper"], mode="lines", line={"width": 0},
-            hoverinfo="skip", showlegend=False, name="upper",
+            x=scored["ts"],
+            y=scored["upper"],
+            mode="lines",
+            line={"width": 0},
+            hoverinfo="skip",
+            showlegend=False,
+            name="upper",
         )
         figure.add_scatter(
-            x=scored["ts"], y=scored["lower"], mode="lines", line={"width": 0},
-            fill="tonexty", fillcolor=BAND_COLOR, name="expected band", hoverinfo="skip",
+            x=scored["ts"],
+            y=scored["lower"],
+            mode="lines",
+            line={"width": 0},
+            fill="tonexty",
+            fillcolor=BAND_COLOR,
+            name="expected band",
+            hoverinfo="skip",
         )
         figure.add_scatter(
-            x=scored["ts"], y=scored["expected"], mode="lines", name="expected",
+            x=scored["ts"],
+            y=scored["expected"],
+            mode="lines",
+            name="expected",
             line={"color": EXPECTED_COLOR, "width": 1.5, "dash": "dash"},
             hovertemplate="expected %{y:,.4g}<extra></extra>",
         )
     figure.add_scatter(
-        x=lines["ts"], y=lines["value"], mode="lines", name="actual",
+        x=lines["ts"],
+        y=lines["value"],
+        mode="lines",
+        name="actual",
         line={"color": ACTUAL_COLOR, "width": 1.6},
         hovertemplate="%{x|%Y-%m-%d %H:%M}<br>value %{y:,.4g}<extra></extra>",
     )
     flagged = series[series["is_anomaly"]]
     false_positive = flagged["feedback"] == "false_positive"
     for level in SEVERITIES:
-        _add_markers(figure, flagged[(flagged["severity"] == level) & ~false_positive],
-                     level, SEVERITY_COLORS[level])
+        _add_markers(figure, flagged[(flagged["severity"] == level) & ~false_positive], level, SEVERITY_COLORS[level])
     _add_markers(figure, flagged[false_positive], "false positive", FALSE_POSITIVE_COLOR)
     figure.update_yaxes(title_text=kpi)
     return _layout(figure, height=470)
@@ -86,18 +101,23 @@ def _add_markers(figure: go.Figure, points: pd.DataFrame, name: str, color: str)
     if points.empty:
         return
     off = relative_deviation(points["value"], points["expected"])
-    details = np.column_stack([
-        points["expected"].to_numpy(dtype=float),
-        off.to_numpy(dtype=float) * 100,
-        points["score"].to_numpy(dtype=float),
-        points["severity"].fillna("").to_numpy(dtype=object),
-        points["flagged_by"].fillna("").to_numpy(dtype=object),
-        points["feedback"].fillna("no feedback").to_numpy(dtype=object),
-    ])
+    details = np.column_stack(
+        [
+            points["expected"].to_numpy(dtype=float),
+            off.to_numpy(dtype=float) * 100,
+            points["score"].to_numpy(dtype=float),
+            points["severity"].fillna("").to_numpy(dtype=object),
+            points["flagged_by"].fillna("").to_numpy(dtype=object),
+            points["feedback"].fillna("no feedback").to_numpy(dtype=object),
+        ]
+    )
     figure.add_scatter(
         # A gap has no value; its marker sits on the expected line.
-        x=points["ts"], y=points["value"].fillna(points["expected"]),
-        mode="markers", name=name, customdata=details,
+        x=points["ts"],
+        y=points["value"].fillna(points["expected"]),
+        mode="markers",
+        name=name,
+        customdata=details,
         marker={"color": color, "size": 11, "line": {"color": "white", "width": 1.5}},
         hovertemplate=(
             "<b>%{x|%Y-%m-%d %H:%M}</b><br>value %{y:,.4g} · expected %{customdata[0]:,.4g}"
@@ -114,19 +134,21 @@ def components_figure(frame: pd.DataFrame, log_space: bool) -> go.Figure:
     it multiplies the KPI by; otherwise all are in KPI units.
     """
     names = [c for c in frame.columns if c not in {"ds", "yhat"}]
-    titles = [
-        f"{name} ({'level' if name == 'trend' or not log_space else '% effect'})" for name in names
-    ]
-    figure = make_subplots(rows=len(names), cols=1, shared_xaxes=True, subplot_titles=titles,
-                           vertical_spacing=0.06)
+    titles = [f"{name} ({'level' if name == 'trend' or not log_space else '% effect'})" for name in names]
+    figure = make_subplots(rows=len(names), cols=1, shared_xaxes=True, subplot_titles=titles, vertical_spacing=0.06)
     for row, name in enumerate(names, start=1):
         values = frame[name].to_numpy(dtype=float)
         if log_space:
             values = np.exp(values) if name == "trend" else (np.exp(values) - 1) * 100
         figure.add_scatter(
-            x=frame["ds"], y=values, mode="lines", name=name, showlegend=False,
+            x=frame["ds"],
+            y=values,
+            mode="lines",
+            name=name,
+            showlegend=False,
             line={"color": EXPECTED_COLOR if name != "trend" else ACTUAL_COLOR, "width": 1.6},
-            row=row, col=1,
+            row=row,
+            col=1,
         )
     return _layout(figure, height=170 * len(names) + 40)
 
@@ -137,25 +159,48 @@ def training_figure(versions: pd.DataFrame) -> go.Figure:
     figure = go.Figure()
     for column, color in (("residual_scale", ACTUAL_COLOR), ("in_sample_mae", EXPECTED_COLOR)):
         if column in ordered:
-            figure.add_scatter(x=ordered["train_end"], y=ordered[column], mode="lines+markers",
-                               name=column.replace("_", " "), line={"color": color})
+            figure.add_scatter(
+                x=ordered["train_end"],
+                y=ordered[column],
+                mode="lines+markers",
+                name=column.replace("_", " "),
+                line={"color": color},
+            )
     figure.update_xaxes(title_text="end of training window")
     return _layout(figure, height=300)
 
 
 def backtest_figure(scores: pd.DataFrame, threshold: float = 0.5) -> go.Figure:
     """A backtest's values with the points it flagged, and its score against the threshold."""
-    figure = make_subplots(rows=2, cols=1, shared_xaxes=True, row_heights=[0.65, 0.35],
-                           vertical_spacing=0.05)
-    figure.add_scatter(x=scores["timestamp"], y=scores["value"], mode="lines", name="value",
-                       line={"color": ACTUAL_COLOR, "width": 1.2}, row=1, col=1)
+    figure = make_subplots(rows=2, cols=1, shared_xaxes=True, row_heights=[0.65, 0.35], vertical_spacing=0.05)
+    figure.add_scatter(
+        x=scores["timestamp"],
+        y=scores["value"],
+        mode="lines",
+        name="value",
+        line={"color": ACTUAL_COLOR, "width": 1.2},
+        row=1,
+        col=1,
+    )
     flagged = scores[scores["is_anomaly"].astype(bool)]
-    figure.add_scatter(x=flagged["timestamp"], y=flagged["value"], mode="markers",
-                       name="flagged", marker={"color": SEVERITY_COLORS["high"], "size": 7},
-                       row=1, col=1)
-    figure.add_scatter(x=scores["timestamp"], y=scores["anomaly_score"], mode="lines",
-                       name="score", line={"color": EXPECTED_COLOR, "width": 1}, row=2, col=1)
-    figure.add_hline(y=threshold, line={"color": SEVERITY_COLORS["high"], "dash": "dot"},
-                     row=2, col=1)
+    figure.add_scatter(
+        x=flagged["timestamp"],
+        y=flagged["value"],
+        mode="markers",
+        name="flagged",
+        marker={"color": SEVERITY_COLORS["high"], "size": 7},
+        row=1,
+        col=1,
+    )
+    figure.add_scatter(
+        x=scores["timestamp"],
+        y=scores["anomaly_score"],
+        mode="lines",
+        name="score",
+        line={"color": EXPECTED_COLOR, "width": 1},
+        row=2,
+        col=1,
+    )
+    figure.add_hline(y=threshold, line={"color": SEVERITY_COLORS["high"], "dash": "dot"}, row=2, col=1)
     figure.update_yaxes(range=[0, 1], title_text="score", row=2, col=1)
     return _layout(figure, height=420)

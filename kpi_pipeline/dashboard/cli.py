@@ -24,11 +24,13 @@ def register(app: typer.Typer) -> None:
 def dashboard(
     ctx: typer.Context,
     port: Annotated[int, typer.Option(min=1, max=65535, help="Port to serve on.")] = DEFAULT_PORT,
-    address: Annotated[str, typer.Option(help="Address to listen on; 0.0.0.0 for every "
-                                         "interface.")] = "127.0.0.1",
-    backtest_dir: Annotated[Path | None, typer.Option(help="Where `evaluate --out` results "
-                                                      "live. Default: KPI_BACKTEST_DIR, else "
-                                                      "out/.", show_default=False)] = None,
+    address: Annotated[str, typer.Option(help="Address to listen on; 0.0.0.0 for every interface.")] = "127.0.0.1",
+    backtest_dir: Annotated[
+        Path | None,
+        typer.Option(
+            help="Where `evaluate --out` results live. Default: KPI_BACKTEST_DIR, else out/.", show_default=False
+        ),
+    ] = None,
 ) -> None:
     """Serve the dashboard: every KPI with its expected band, its anomalies and triage."""
     settings = get_settings()
@@ -40,13 +42,23 @@ def dashboard(
     shown = "localhost" if address in {"127.0.0.1", "0.0.0.0"} else address
     typer.echo(f"dashboard on http://{shown}:{port} for {masked(url)} (Ctrl+C stops it)")
     command = [
-        sys.executable, "-m", "streamlit", "run", str(APP),
-        "--server.port", str(port),
-        "--server.address", address,
-        "--server.headless", "true",
-        "--browser.gatherUsageStats", "false",
-        "--theme.base", "light",
-        "--client.toolbarMode", "viewer",
+        sys.executable,
+        "-m",
+        "streamlit",
+        "run",
+        str(APP),
+        "--server.port",
+        str(port),
+        "--server.address",
+        address,
+        "--server.headless",
+        "true",
+        "--browser.gatherUsageStats",
+        "false",
+        "--theme.base",
+        "light",
+        "--client.toolbarMode",
+        "viewer",
     ]
     sys.stdout.flush()
     # Become the server: Ctrl+C and a supervisor's signals reach Streamlit directly.

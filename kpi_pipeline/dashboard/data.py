@@ -48,18 +48,12 @@ def kpi_names(url: str) -> list[str]:
 
 
 @st.cache_data(ttl=TTL, show_spinner=False)
-def overview(
-    url: str, page: int, page_size: int, sort: str, search: str
-) -> queries.OverviewPage:
-    return store.kpi_overview(
-        engine(url), page=page, page_size=page_size, sort=sort, search=search or None
-    )
+def overview(url: str, page: int, page_size: int, sort: str, search: str) -> queries.OverviewPage:
+    return store.kpi_overview(engine(url), page=page, page_size=page_size, sort=sort, search=search or None)
 
 
 @st.cache_data(ttl=TTL, show_spinner=False)
-def sparklines(
-    url: str, kpis: tuple[str, ...], since: pd.Timestamp, until: pd.Timestamp
-) -> dict[str, list[float]]:
+def sparklines(url: str, kpis: tuple[str, ...], since: pd.Timestamp, until: pd.Timestamp) -> dict[str, list[float]]:
     return store.sparklines(engine(url), kpis, since, until)
 
 
@@ -70,9 +64,7 @@ def kpi_failures(url: str) -> pd.DataFrame:
 
 
 @st.cache_data(ttl=TTL, show_spinner=False)
-def severity_counts(
-    url: str, since: pd.Timestamp, until: pd.Timestamp, kind: str | None = "anomaly"
-) -> dict[str, int]:
+def severity_counts(url: str, since: pd.Timestamp, until: pd.Timestamp, kind: str | None = "anomaly") -> dict[str, int]:
     return store.severity_counts(engine(url), since=since, until=until, kind=kind)
 
 
@@ -87,9 +79,7 @@ def series(url: str, kpi: str, since: pd.Timestamp, until: pd.Timestamp) -> pd.D
 
 
 @st.cache_data(ttl=TTL, show_spinner=False)
-def anomalies(
-    url: str, kpi: str, since: pd.Timestamp, until: pd.Timestamp, min_severity: str | None
-) -> pd.DataFrame:
+def anomalies(url: str, kpi: str, since: pd.Timestamp, until: pd.Timestamp, min_severity: str | None) -> pd.DataFrame:
     return store.load_anomalies(engine(url), kpi, since, until, min_severity)
 
 

@@ -54,9 +54,7 @@ class Profile:
 PROFILES = {
     "hourly": Profile(hourly.generate, hourly.DECIMALS, Path("dataset")),
     "daily": Profile(daily.generate, daily.DECIMALS, Path("dataset/daily")),
-    "minute": Profile(
-        partial(service.generate, config=service.MINUTE), service.DECIMALS, Path("dataset/minute")
-    ),
+    "minute": Profile(partial(service.generate, config=service.MINUTE), service.DECIMALS, Path("dataset/minute")),
     "five-minute": Profile(
         partial(service.generate, config=service.FIVE_MINUTE),
         service.DECIMALS,
@@ -65,9 +63,7 @@ PROFILES = {
 }
 
 
-def write_profile(
-    name: str, out_dir: Path | None = None, seed: int = DEFAULT_SEED
-) -> tuple[Path, Path]:
+def write_profile(name: str, out_dir: Path | None = None, seed: int = DEFAULT_SEED) -> tuple[Path, Path]:
     """Write profile ``name``'s data and labels into ``out_dir`` (default: its own directory)."""
     profile = PROFILES[name]
     return write_csvs(out_dir or profile.out_dir, *profile.generate(seed), profile.decimals)
@@ -75,12 +71,8 @@ def write_profile(
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Write a seeded labelled KPI dataset.")
-    parser.add_argument(
-        "--profile", choices=list(PROFILES), default="hourly", help="which dataset (default hourly)"
-    )
-    parser.add_argument(
-        "--out", type=Path, help="output directory (default: the profile's directory in dataset/)"
-    )
+    parser.add_argument("--profile", choices=list(PROFILES), default="hourly", help="which dataset (default hourly)")
+    parser.add_argument("--out", type=Path, help="output directory (default: the profile's directory in dataset/)")
     parser.add_argument("--seed", type=int, default=DEFAULT_SEED, help="random seed")
     args = parser.parse_args(argv)
     for path in write_profile(args.profile, args.out, args.seed):

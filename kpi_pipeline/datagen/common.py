@@ -91,9 +91,7 @@ def inject(
             raise ValueError(f"unknown anomaly kind {anomaly.kind!r}")
 
 
-def spread(
-    rng: np.random.Generator, first: int, stop: int, lengths: Sequence[int], min_gap: int
-) -> np.ndarray:
+def spread(rng: np.random.Generator, first: int, stop: int, lengths: Sequence[int], min_gap: int) -> np.ndarray:
     """Random start rows for windows of ``lengths`` rows, in that order, inside ``[first, stop)``.
 
     Consecutive windows are at least ``min_gap`` rows apart. The free rows are dealt out at
@@ -105,8 +103,7 @@ def spread(
     free = stop - first - int(lengths.sum()) - min_gap * (lengths.size - 1)
     if free < 0:
         raise ValueError(
-            f"{lengths.size} windows of {lengths.sum()} rows with {min_gap}-row gaps do not fit "
-            f"in rows {first}..{stop}"
+            f"{lengths.size} windows of {lengths.sum()} rows with {min_gap}-row gaps do not fit in rows {first}..{stop}"
         )
     offsets = np.sort(rng.integers(0, free + 1, lengths.size))
     before = np.concatenate(([0], np.cumsum(lengths[:-1] + min_gap)))

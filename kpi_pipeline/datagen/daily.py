@@ -97,9 +97,7 @@ class DailyAnomalies:
     min_gap_days: int = 2
     """Least number of normal days between two incidents, so their labels stay distinct."""
 
-    magnitudes: Magnitudes = Magnitudes(
-        spike_lift=(0.6, 1.5), dip_drop=(0.4, 0.7), level_shift_size=(0.35, 0.6)
-    )
+    magnitudes: Magnitudes = Magnitudes(spike_lift=(0.6, 1.5), dip_drop=(0.4, 0.7), level_shift_size=(0.35, 0.6))
     """Spikes multiply by 1.6-2.5, dips by 0.3-0.6."""
 
     extreme_kpis: tuple[str, ...] = ("conversion_rate",)

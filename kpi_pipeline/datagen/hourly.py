@@ -283,10 +283,7 @@ def _place_anomalies(
     anomalies = []
     for position, kpi in enumerate(KPIS):
         # Rotating through the kinds gives every KPI a mix and every kind several KPIs.
-        planned = [
-            ANOMALY_KINDS[(position * cfg.per_kpi + i) % len(ANOMALY_KINDS)]
-            for i in range(cfg.per_kpi)
-        ]
+        planned = [ANOMALY_KINDS[(position * cfg.per_kpi + i) % len(ANOMALY_KINDS)] for i in range(cfg.per_kpi)]
         kinds = [planned[i] for i in rng.permutation(cfg.per_kpi)[:placed_per_kpi]]
         for kind, slot_start, slot_stop in zip(kinds, edges[:-1], edges[1:]):
             shortest, longest_of_kind = cfg.hours(kind)
@@ -296,9 +293,7 @@ def _place_anomalies(
             if kind == "seasonal":
                 allowed &= hour_of_day[starts] + duration <= cfg.seasonal_night_end_hour
             if not allowed.any():
-                raise ValueError(
-                    f"no room for a {kind} anomaly on {kpi} in rows {slot_start}..{slot_stop}"
-                )
+                raise ValueError(f"no room for a {kind} anomaly on {kpi} in rows {slot_start}..{slot_stop}")
             start = int(rng.choice(starts[allowed]))
             anomalies.append(Anomaly(kpi, kind, start, start + duration))
     return anomalies

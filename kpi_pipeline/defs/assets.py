@@ -59,6 +59,7 @@ TRAINING_SHARDS = dg.StaticPartitionsDefinition(shard_keys(get_settings().traini
 """The partitions of ``kpi_models``: KPI shards (``kpi_pipeline.sharding``). A shard's run
 trains its KPIs; a failure fails that shard alone, and its retries and backfills are its own."""
 
+
 def every_shard_tags() -> dict[str, str]:
     """Tags of one run over every shard (a partition range: ``kpi-pipeline run`` trains all
     KPIs in its one run this way)."""
@@ -184,9 +185,7 @@ def kpi_features(store: KpiStore) -> dg.MaterializeResult:
     Built for the cleaned rows written since the previous run, from the few points before them
     the features read. For people exploring the data; the detector derives what it needs itself.
     """
-    run = derived.build_new_features(
-        store.engine(), get_settings().holiday_country, progress=_progress("kpi_features")
-    )
+    run = derived.build_new_features(store.engine(), get_settings().holiday_country, progress=_progress("kpi_features"))
     _log("kpi_features", f"{run.rows} rows of {len(run.kpis)} KPIs written")
     return dg.MaterializeResult(
         metadata={
@@ -211,15 +210,16 @@ def kpi_features(store: KpiStore) -> dg.MaterializeResult:
     # No backfill policy: a backfill of several shards runs each in its own run (Dagster's
     # default), so they train in parallel.
     retry_policy=TRAINING_RETRIES,
-    check_specs=[dg.AssetCheckSpec(
-        "every_kpi_trained_without_error", asset="kpi_models",
-        description="No KPI's training failed with an error in this run (each failure is "
-        "recorded with its reason; every other KPI is trained, and the next run tries again).",
-    )],
+    check_specs=[
+        dg.AssetCheckSpec(
+            "every_kpi_trained_without_error",
+            asset="kpi_models",
+            description="No KPI's training failed with an error in this run (each failure is "
+            "recorded with its reason; every other KPI is trained, and the next run tries again).",
+        )
+    ],
 )
-def kpi_models(
-    context: dg.AssetExecutionContext, store: KpiStore, config: ModelTrainingConfig
-) -> dg.MaterializeResult:
+def kpi_models(context: dg.AssetExecutionContext, store: KpiStore, config: ModelTrainingConfig) -> dg.MaterializeResult:
     """The model registry (``kpi_models``): a Prophet + Isolation Forest ensemble per KPI,
     partitioned by KPI shard.
 
@@ -236,7 +236,9 @@ def kpi_models(
     if kpis:
         cleaned, _ = pipeline.load_cleaned(engine, kpis)
         results = pipeline.train_models(
-            engine, cleaned, config.detector_config(),
+            engine,
+            cleaned,
+            config.detector_config(),
             rescore_horizon=pd.Timedelta(get_settings().model_rescore_horizon()),
             progress=_progress("kpi_models"),
         )
@@ -271,9 +273,7 @@ def _shard_kpis(engine, shards: list[str], only: list[str]) -> list[str]:
     elsewhere = sorted(set(only) - set(kpis_in_shards(only, shards, count)))
     if elsewhere:
         owners = ", ".join(f"{kpi} is in {shard_of(kpi, count)}" for kpi in elsewhere)
-        raise dg.Failure(
-            f"not in {_shard_names(shards)}: {owners}; run that partition", allow_retries=False
-        )
+        raise dg.Failure(f"not in {_shard_names(shards)}: {owners}; run that partition", allow_retries=False)
     return sorted(set(only))
 
 
@@ -287,8 +287,7 @@ def _failures_check(name: str, failed: dict[str, str]) -> dg.AssetCheckResult:
         check_name=name,
         passed=not failed,
         severity=dg.AssetCheckSeverity.ERROR,
-        metadata={"failed_kpis": len(failed), "threshold": 0,
-                  "failures": dg.MetadataValue.json(failed)},
+        metadata={"failed_kpis": len(failed), "threshold": 0, "failures": dg.MetadataValue.json(failed)},
     )
 
 
@@ -299,11 +298,14 @@ def _failures_check(name: str, failed: dict[str, str]) -> dg.AssetCheckResult:
     owners=OWNERS,
     tags=_tags("gold"),
     metadata=_table(tables.anomaly_scores),
-    check_specs=[dg.AssetCheckSpec(
-        "every_kpi_scored_without_error", asset="anomaly_scores",
-        description="No KPI's scoring failed with an error in this run (its points stay "
-        "unscored and the next run tries again; every other KPI is scored).",
-    )],
+    check_specs=[
+        dg.AssetCheckSpec(
+            "every_kpi_scored_without_error",
+            asset="anomaly_scores",
+            description="No KPI's scoring failed with an error in this run (its points stay "
+            "unscored and the next run tries again; every other KPI is scored).",
+        )
+    ],
 )
 def anomaly_scores(store: KpiStore) -> dg.MaterializeResult:
     """Scores of every point (``anomaly_scores``), each by the newest model trained before it.
@@ -314,9 +316,7 @@ def anomaly_scores(store: KpiStore) -> dg.MaterializeResult:
     engine = store.engine()
     # Every row this run writes carries this time, which tells its anomalies from older ones.
     scored_at = pd.Timestamp.now("UTC").floor("us")
-    results = pipeline.score_latest(
-        engine, scored_at=scored_at, progress=_progress("anomaly_scores")
-    )
+    results = pipeline.score_latest(engine, scored_at=scored_at, progress=_progress("anomaly_scores"))
     new_by_severity = kpi_store.severity_counts(engine, scored_since=scored_at, kind="anomaly")
     failed = {r.kpi: r.error for r in results if r.error}
     kpi_store.record_kpi_outcomes(engine, "scoring", failed, [r.kpi for r in results])
@@ -330,13 +330,9 @@ def anomaly_scores(store: KpiStore) -> dg.MaterializeResult:
             "unscored_points": sum(r.unscored for r in results),
             "kpis_scored": dg.MetadataValue.json([r.kpi for r in results if r.scored]),
             # KPIs with new points but no model trained before any of them.
-            "insufficient_history": dg.MetadataValue.json(
-                [r.kpi for r in results if r.unscored and not r.scored]
-            ),
+            "insufficient_history": dg.MetadataValue.json([r.kpi for r in results if r.unscored and not r.scored]),
             "summary": _summary(results),
-            "newest_anomalies": _markdown(_anomaly_rows(kpi_store.newest_anomalies(
-                engine, PREVIEW_ROWS
-            ))),
+            "newest_anomalies": _markdown(_anomaly_rows(kpi_store.newest_anomalies(engine, PREVIEW_ROWS))),
             "last_score_per_kpi": _last_scores(engine),
             "dagster/row_count": kpi_store.table_counts(engine)["anomaly_scores"],
             "failed": dg.MetadataValue.json(failed),
@@ -385,10 +381,7 @@ def _kpis(results: list[pipeline.KpiTraining], status: str) -> dg.MetadataValue:
 
 def _summary(results: list) -> dg.MetadataValue:
     """A markdown table with one row per KPI result."""
-    rows = [
-        {k: ", ".join(v) if isinstance(v, tuple) else v for k, v in asdict(r).items()}
-        for r in results
-    ]
+    rows = [{k: ", ".join(v) if isinstance(v, tuple) else v for k, v in asdict(r).items()} for r in results]
     return _markdown(pd.DataFrame(rows))
 
 
@@ -456,9 +449,7 @@ def _model_table(engine, results: list[pipeline.KpiTraining]) -> dg.MetadataValu
                 "this run": result.status,
                 "new versions": len(result.versions),
                 "newest version": "" if model is None else model["version"],
-                "trained at (UTC)": "" if model is None else model["trained_at"].strftime(
-                    "%Y-%m-%d %H:%M"
-                ),
+                "trained at (UTC)": "" if model is None else model["trained_at"].strftime("%Y-%m-%d %H:%M"),
                 "points": None if model is None else model["n_points"],
                 "residual scale": None if model is None else model.get("residual_scale"),
                 "in-sample MAE": None if model is None else model.get("in_sample_mae"),

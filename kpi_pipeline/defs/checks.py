@@ -30,15 +30,15 @@ class DataQualityConfig(dg.Config):
     """Thresholds of the data-quality checks on ``cleaned_kpis``."""
 
     stale_after_intervals: int = Field(
-        default=3, ge=1,
-        description="A KPI is stale when its newest point is older than this many of its "
-        "sampling intervals.",
+        default=3,
+        ge=1,
+        description="A KPI is stale when its newest point is older than this many of its sampling intervals.",
     )
-    recent_points: int = Field(
-        default=168, ge=1, description="Most recent grid points judged for missing values."
-    )
+    recent_points: int = Field(default=168, ge=1, description="Most recent grid points judged for missing values.")
     max_missing_share: float = Field(
-        default=0.05, ge=0, le=1,
+        default=0.05,
+        ge=0,
+        le=1,
         description="Largest share of those points that may lack an observation.",
     )
 
@@ -48,8 +48,7 @@ class DataQualityConfig(dg.Config):
         dg.AssetCheckSpec(
             "kpis_are_fresh",
             asset=cleaned_kpis,
-            description="Every KPI has a point newer than `stale_after_intervals` of its "
-            "sampling intervals.",
+            description="Every KPI has a point newer than `stale_after_intervals` of its sampling intervals.",
         ),
         dg.AssetCheckSpec(
             "kpis_have_no_duplicate_timestamps",
@@ -63,9 +62,7 @@ class DataQualityConfig(dg.Config):
         ),
     ],
 )
-def cleaned_kpis_quality(
-    store: KpiStore, config: DataQualityConfig
-) -> Iterator[dg.AssetCheckResult]:
+def cleaned_kpis_quality(store: KpiStore, config: DataQualityConfig) -> Iterator[dg.AssetCheckResult]:
     """The data-quality checks of ``cleaned_kpis``: freshness and duplicates of every KPI from
     its ``kpi_series`` row; missing values from the recent cleaned rows of the KPIs the newest
     cleaning run wrote (the others' rows have not changed since)."""
@@ -93,8 +90,7 @@ def _freshness(quality: pd.DataFrame, intervals: int) -> dg.AssetCheckResult:
         metadata={
             "stale_kpis": dg.MetadataValue.json(stale["kpi"].tolist()),
             "threshold_intervals": intervals,
-            "oldest_age_hours": round(quality["age"].max() / pd.Timedelta(hours=1), 2)
-            if len(quality) else 0.0,
+            "oldest_age_hours": round(quality["age"].max() / pd.Timedelta(hours=1), 2) if len(quality) else 0.0,
             "per_kpi": dg.MetadataValue.json(per_kpi),
         },
     )
@@ -118,9 +114,7 @@ def _no_duplicates(quality: pd.DataFrame) -> dg.AssetCheckResult:
 
 def _values_present(quality: pd.DataFrame, max_share: float) -> dg.AssetCheckResult:
     quality = quality[quality["recent_points"].notna()]
-    share = (
-        quality["missing_points"].astype(float) / quality["recent_points"].astype(float).clip(lower=1)
-    ).round(4)
+    share = (quality["missing_points"].astype(float) / quality["recent_points"].astype(float).clip(lower=1)).round(4)
     failing = quality.loc[share > max_share, "kpi"].tolist()
     return dg.AssetCheckResult(
         check_name="kpis_have_values",
@@ -189,8 +183,10 @@ def _preview(anomalies: list[Anomaly]) -> dg.MetadataValue:
             "ts": [a.ts.isoformat() for a in worst_first],
             "value": [a.value for a in worst_first],
             "expected": [a.expected for a in worst_first],
-            "band": [f"{a.lower:.4g} .. {a.upper:.4g}" if a.lower is not None and a.upper
-                     is not None else "" for a in worst_first],
+            "band": [
+                f"{a.lower:.4g} .. {a.upper:.4g}" if a.lower is not None and a.upper is not None else ""
+                for a in worst_first
+            ],
             "score": [a.score for a in worst_first],
             "severity": [a.severity for a in worst_first],
             "flagged_by": [a.flagged_by for a in worst_first],

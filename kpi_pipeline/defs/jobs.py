@@ -48,10 +48,11 @@ all_assets_job = dg.define_asset_job(
 )
 
 
-
-@dg.op(description="Delete observations and scores older than KPI_OBSERVATION_RETENTION_DAYS "
-       "and KPI_SCORE_RETENTION_DAYS (unset: keep them), except what models and open events "
-       "still need (docs/models.md).")
+@dg.op(
+    description="Delete observations and scores older than KPI_OBSERVATION_RETENTION_DAYS "
+    "and KPI_SCORE_RETENTION_DAYS (unset: keep them), except what models and open events "
+    "still need (docs/models.md)."
+)
 def apply_retention(context, store: KpiStore) -> dg.Output:
     settings = get_settings()
     engine = store.engine()
@@ -62,8 +63,7 @@ def apply_retention(context, store: KpiStore) -> dg.Output:
         ("scores", settings.score_retention_days, retention.delete_old_scores),
     ):
         deleted[name] = 0 if days is None else delete(engine, now - dt.timedelta(days=days))
-        context.log.info(f"{name}: {'kept (no retention set)' if days is None else days}; "
-                         f"{deleted[name]} rows deleted")
+        context.log.info(f"{name}: {'kept (no retention set)' if days is None else days}; {deleted[name]} rows deleted")
     return dg.Output(None, metadata={f"{name}_deleted": n for name, n in deleted.items()})
 
 

@@ -31,8 +31,7 @@ def starts_running(name: str, settings: Settings) -> bool:
     unknown = sorted(off - {*AUTOMATION, "all"})
     if unknown:
         raise ValueError(
-            f"KPI_AUTOMATION_OFF names unknown schedules or sensors {unknown}; "
-            f"known: {', '.join(AUTOMATION)} or all"
+            f"KPI_AUTOMATION_OFF names unknown schedules or sensors {unknown}; known: {', '.join(AUTOMATION)} or all"
         )
     return not off & {name, "all"}
 
@@ -67,9 +66,9 @@ def build_schedules(settings: Settings) -> list[dg.ScheduleDefinition]:
             cron_schedule=settings.retention_cron,
             execution_timezone=settings.schedule_timezone,
             # Nothing to delete while every retention is unset (the default: keep everything).
-            default_status=status("daily_retention_schedule") if (
-                settings.observation_retention_days or settings.score_retention_days
-            ) else dg.DefaultScheduleStatus.STOPPED,
+            default_status=status("daily_retention_schedule")
+            if (settings.observation_retention_days or settings.score_retention_days)
+            else dg.DefaultScheduleStatus.STOPPED,
             description="Delete observations and scores older than their retention.",
         ),
     ]
@@ -79,6 +78,5 @@ def every_shard(context: dg.ScheduleEvaluationContext) -> list[dg.RunRequest]:
     """One training run per KPI shard; the run key (shard and tick) launches each once."""
     tick = context.scheduled_execution_time.isoformat()
     return [
-        dg.RunRequest(run_key=f"{shard}@{tick}", partition_key=shard)
-        for shard in TRAINING_SHARDS.get_partition_keys()
+        dg.RunRequest(run_key=f"{shard}@{tick}", partition_key=shard) for shard in TRAINING_SHARDS.get_partition_keys()
     ]

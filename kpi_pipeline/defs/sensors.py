@@ -58,13 +58,17 @@ def new_kpi_data(context: dg.SensorEvaluationContext, store: KpiStore):
     context.log.info(
         f"{int(changed['n_rows'].sum())} rows of {len(kpis)} KPIs ingested up to "
         f"{newest.isoformat()}: requesting {scoring_job.name}"
-        + (f" and {training_job.name} of {', '.join(shards)} (no model yet: "
-           f"{_short_list(untrained)})" if untrained else "")
+        + (
+            f" and {training_job.name} of {', '.join(shards)} (no model yet: {_short_list(untrained)})"
+            if untrained
+            else ""
+        )
     )
     tags = {"kpi/changed_kpis": _short_list(kpis), "kpi/ingested_until": newest.isoformat()}
     requests = [
         dg.RunRequest(
-            run_key=f"{scoring_job.name}@{newest.isoformat()}", job_name=scoring_job.name,
+            run_key=f"{scoring_job.name}@{newest.isoformat()}",
+            job_name=scoring_job.name,
             tags=tags,
         ),
         *(
@@ -72,16 +76,17 @@ def new_kpi_data(context: dg.SensorEvaluationContext, store: KpiStore):
                 run_key=f"{training_job.name}:{shard}@{newest.isoformat()}",
                 job_name=training_job.name,
                 partition_key=shard,
-                tags={**tags, "kpi/untrained_kpis": _short_list(
-                    kpis_in_shards(untrained, [shard], TRAINING_SHARDS.get_num_partitions())
-                )},
+                tags={
+                    **tags,
+                    "kpi/untrained_kpis": _short_list(
+                        kpis_in_shards(untrained, [shard], TRAINING_SHARDS.get_num_partitions())
+                    ),
+                },
             )
             for shard in shards
         ),
     ]
-    return dg.SensorResult(
-        run_requests=requests, cursor=json.dumps({"ingested_at": newest.isoformat()})
-    )
+    return dg.SensorResult(run_requests=requests, cursor=json.dumps({"ingested_at": newest.isoformat()}))
 
 
 def score_after_training(context: dg.RunStatusSensorContext):

@@ -81,8 +81,7 @@ def pack(kind: str, state: dict[str, Any]) -> bytes:
         archive.writestr(_member(STATE_MEMBER), json.dumps(document, separators=(",", ":")))
         for name, array in arrays.items():
             with archive.open(_member(f"{name}.npy"), "w") as member:
-                np.lib.format.write_array(member, np.ascontiguousarray(array),
-                                          allow_pickle=False)
+                np.lib.format.write_array(member, np.ascontiguousarray(array), allow_pickle=False)
     return buffer.getvalue()
 
 
@@ -107,9 +106,7 @@ def read_document(data: bytes, kind: str) -> tuple[dict[str, Any], zipfile.ZipFi
     archive = zipfile.ZipFile(io.BytesIO(data))
     document = json.loads(archive.read(STATE_MEMBER))
     if document.get("format") != FORMAT or document.get("kind") != kind:
-        raise UnreadableArtifact(
-            f"expected a {kind} model, found {document.get('format')!r} {document.get('kind')!r}"
-        )
+        raise UnreadableArtifact(f"expected a {kind} model, found {document.get('format')!r} {document.get('kind')!r}")
     if document["format_version"] > FORMAT_VERSION:
         raise UnreadableArtifact(
             f"this {kind} model has format version {document['format_version']}, written by a "

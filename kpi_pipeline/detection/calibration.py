@@ -16,6 +16,7 @@ import math
 import numpy as np
 from scipy import stats
 
+
 def score_from_surprise(surprise: np.ndarray | float, threshold: float) -> np.ndarray:
     s = np.maximum(np.asarray(surprise, dtype=float), 0.0) + 0.0  # + 0.0: never -0.0
     return s / (s + threshold)
@@ -103,9 +104,12 @@ class ExceedanceTail:
         """The fitted tail as data (``artifacts.pack``): its settings and what it learned."""
         return {
             "params": {
-                "tail_quantile": self.tail_quantile, "max_shape": self.max_shape,
-                "scale_floor": self.scale_floor, "min_recurrences": self.min_recurrences,
-                "recurrence_margin": self.recurrence_margin, "episode_gap": self.episode_gap,
+                "tail_quantile": self.tail_quantile,
+                "max_shape": self.max_shape,
+                "scale_floor": self.scale_floor,
+                "min_recurrences": self.min_recurrences,
+                "recurrence_margin": self.recurrence_margin,
+                "episode_gap": self.episode_gap,
                 "trim_at": self.trim_at,
             },
             "sorted": self.sorted_,
@@ -142,8 +146,7 @@ class ExceedanceTail:
             for round_ in range(MAX_TRIM_ROUNDS):
                 marked = surprise >= self.trim_at
                 # A pattern that recurs with a period (a batch job's spike) is normal: kept.
-                judged = ~marked | _in_periodic_episodes(
-                    marked, self.episode_gap, self.min_recurrences)
+                judged = ~marked | _in_periodic_episodes(marked, self.episode_gap, self.min_recurrences)
                 if judged.sum() < MIN_KEPT_SHARE * len(ordered):
                     judged[:] = True  # not an incident or two: what normal looks like here
                 if round_ and (judged == kept).all():
@@ -162,8 +165,7 @@ class ExceedanceTail:
         self.sorted_ = v
         self._scalar = self._scalar_tables()
         self.threshold_ = float(np.quantile(v, self.tail_quantile))
-        self.episode_peaks_: np.ndarray | None = _episode_peaks(
-            ordered, self.threshold_, self.episode_gap)
+        self.episode_peaks_: np.ndarray | None = _episode_peaks(ordered, self.threshold_, self.episode_gap)
         excess = v[v > self.threshold_] - self.threshold_
         self.shape_ = 0.0
         self.scale_ = float(excess.mean()) if len(excess) else 0.0
@@ -253,7 +255,7 @@ class ExceedanceTail:
             return float(np.quantile(self.sorted_, probability))
         ratio = (1.0 - probability) / (1.0 - self.tail_quantile)
         if self.shape_ > 1e-9:
-            return self.threshold_ + self.scale_ / self.shape_ * (ratio ** -self.shape_ - 1.0)
+            return self.threshold_ + self.scale_ / self.shape_ * (ratio**-self.shape_ - 1.0)
         return self.threshold_ - self.scale_ * np.log(ratio)
 
 
@@ -285,8 +287,7 @@ def _in_periodic_episodes(marked: np.ndarray, gap: int, min_recurrences: int) ->
     distance = np.abs(starts[:, None] - starts[None, :])
     # A period must fit min_recurrences times into the history.
     longest = len(marked) // min_recurrences
-    counts = np.bincount(distance[(distance > 0) & (distance <= longest)].ravel(),
-                         minlength=longest + 2)
+    counts = np.bincount(distance[(distance > 0) & (distance <= longest)].ravel(), minlength=longest + 2)
     near = np.convolve(counts, np.ones(3), mode="same")  # within one position
     period = int(np.argmax(near))
     partnered = (np.abs(distance - period) <= 1).any(axis=1) & (period > 0)
@@ -294,7 +295,7 @@ def _in_periodic_episodes(marked: np.ndarray, gap: int, min_recurrences: int) ->
         return periodic
     ends = np.concatenate((first[1:], [len(positions)]))
     for episode in np.flatnonzero(partnered):
-        periodic[positions[first[episode]:ends[episode]]] = True
+        periodic[positions[first[episode] : ends[episode]]] = True
     return periodic
 
 

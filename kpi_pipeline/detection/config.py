@@ -111,8 +111,7 @@ class DetectorConfig:
         default."""
         nested = {"prophet": ProphetConfig, "iforest": IForestConfig}
         fields: dict[str, Any] = {
-            name: nested[name](**value) if name in nested
-            else tuple(value) if isinstance(value, list) else value
+            name: nested[name](**value) if name in nested else tuple(value) if isinstance(value, list) else value
             for name, value in values.items()
         }
         return cls(**fields)

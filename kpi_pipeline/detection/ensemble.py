@@ -46,6 +46,7 @@ from kpi_pipeline.detection.calibration import (
     score_from_surprise,
     score_from_surprise_one,
 )
+
 # The configs live in ``config``; importing them from here, as callers do, keeps working.
 from kpi_pipeline.detection.config import DetectorConfig
 from kpi_pipeline.detection.config import IForestConfig as IForestConfig
@@ -98,14 +99,10 @@ def severity_of(score: float, log_ratio: float, spreads: float, config: Detector
 def confident_anomalies(scores: pd.DataFrame, config: DetectorConfig) -> np.ndarray:
     """The scored points later training sets leave out: anomalies scored at least
     ``config.exclude_score`` (a missing-data gap has no value to leave out)."""
-    return (
-        scores["is_anomaly"].to_numpy(dtype=bool)
-        & (scores["score"].to_numpy(dtype=float) >= config.exclude_score)
-    )
+    return scores["is_anomaly"].to_numpy(dtype=bool) & (scores["score"].to_numpy(dtype=float) >= config.exclude_score)
 
 
-def _medians_of_runs(ts: pd.DatetimeIndex, values: np.ndarray, most: int
-                     ) -> tuple[pd.DatetimeIndex, np.ndarray]:
+def _medians_of_runs(ts: pd.DatetimeIndex, values: np.ndarray, most: int) -> tuple[pd.DatetimeIndex, np.ndarray]:
     """At most ``most`` points: the median time and value of each run of consecutive points
     (all of them, if there are no more than ``most``)."""
     size = -(-len(values) // most)  # ceiling division
@@ -133,9 +130,7 @@ def _past_rolling_scale(values: np.ndarray, window: int) -> np.ndarray:
     """Robust scale (``ROBUST_SCALE`` x median absolute value) of the ``window`` values before
     each point."""
     magnitude = pd.Series(np.abs(values)).shift(1)
-    return ROBUST_SCALE * magnitude.rolling(
-        window, min_periods=min(window, MIN_SCALE_POINTS)
-    ).median().to_numpy()
+    return ROBUST_SCALE * magnitude.rolling(window, min_periods=min(window, MIN_SCALE_POINTS)).median().to_numpy()
 
 
 def _stuck_run_lengths(values: np.ndarray) -> np.ndarray:
@@ -147,7 +142,6 @@ def _stuck_run_lengths(values: np.ndarray) -> np.ndarray:
         count = count + 1 if repeated else 0
         runs[i] = count
     return runs
-
 
 
 def _nan_to_zero(values) -> np.ndarray:
@@ -213,8 +207,7 @@ class _RollingMedian:
 
     __slots__ = ("seq", "window", "min_periods", "end", "ordered", "owned")
 
-    def __init__(self, seq: _Sequence, window: int, min_periods: int, end: int, memo: dict,
-                 name: str) -> None:
+    def __init__(self, seq: _Sequence, window: int, min_periods: int, end: int, memo: dict, name: str) -> None:
         end = min(end, seq.keep)
         key = ("sorted", name, window, end)
         ordered = memo.get(key)
@@ -345,9 +338,7 @@ class EnsembleDetector(BaseEstimator):
         typical = float(np.nanmedian(np.abs(y_train[usable])))
         self.scale_floor_ = max(1e-6 * typical, 1e-9)
         adapted = residual - _past_rolling_median(residual, cfg.level_window)
-        self.residual_scale_ = max(
-            float(np.nanmedian(np.abs(adapted[usable]))) * ROBUST_SCALE, self.scale_floor_
-        )
+        self.residual_scale_ = max(float(np.nanmedian(np.abs(adapted[usable]))) * ROBUST_SCALE, self.scale_floor_)
         _, adapted, ratio, _ = self._deviation(residual)
         self.deviation_tail_ = self._tail().fit(ratio[usable])
 
@@ -360,9 +351,7 @@ class EnsembleDetector(BaseEstimator):
                 float(np.median(shifts)) * ROBUST_SCALE if shifts.size else 0.0, self.scale_floor_
             )
             sustained = self._sustained_ratio(judged, shifted)
-            self.sustained_tail_ = self._tail().fit(
-                sustained[usable & np.isfinite(sustained)]
-            )
+            self.sustained_tail_ = self._tail().fit(sustained[usable & np.isfinite(sustained)])
         step = np.diff(y_train[usable])
         self.step_scale_ = max(
             float(np.median(np.abs(step - np.median(step)))) * ROBUST_SCALE if len(step) else 0.0,
@@ -426,9 +415,7 @@ class EnsembleDetector(BaseEstimator):
     def _recent_scale(self, values: np.ndarray, training_scale: float | None = None) -> np.ndarray:
         """Robust scale of the ``scale_window`` values before each point (adapted residuals
         unless told otherwise, with their training scale)."""
-        return self._bounded_scale(
-            _past_rolling_scale(values, self._config.scale_window), training_scale
-        )
+        return self._bounded_scale(_past_rolling_scale(values, self._config.scale_window), training_scale)
 
     def _bounded_scale(self, recent: np.ndarray, training_scale: float | None = None) -> np.ndarray:
         training_scale = self.residual_scale_ if training_scale is None else training_scale
@@ -437,9 +424,7 @@ class EnsembleDetector(BaseEstimator):
         recent = np.where(np.isfinite(recent), recent, training_scale)
         return np.maximum(recent, max(0.1 * training_scale, self.scale_floor_))
 
-    def _deviation(
-        self, residual: np.ndarray
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    def _deviation(self, residual: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """Recent level, adapted residual, the judged deviation in units of recent scale, and
         that recent scale."""
         level = _past_rolling_median(residual, self._config.level_window)
@@ -448,9 +433,7 @@ class EnsembleDetector(BaseEstimator):
         scale = self._recent_scale(adapted)
         return level, adapted, judged / scale, scale
 
-    def _sustained_shift(
-        self, residual: np.ndarray
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def _sustained_shift(self, residual: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """How far the last ``sustained_window`` residuals sit, together, from normal.
 
         ``recent`` is their median (so one spike does not move it), ``shifted`` its distance from
@@ -497,9 +480,7 @@ class EnsembleDetector(BaseEstimator):
 
     def _iforest_features(self, residual, adapted, y) -> np.ndarray:
         cfg = self._config
-        volatility = (
-            pd.Series(adapted).rolling(cfg.volatility_window, min_periods=2).std().to_numpy()
-        )
+        volatility = pd.Series(adapted).rolling(cfg.volatility_window, min_periods=2).std().to_numpy()
         return self._features(adapted, np.diff(y, prepend=np.nan), volatility)
 
     def _features(self, adapted, step, volatility) -> np.ndarray:
@@ -539,13 +520,17 @@ class EnsembleDetector(BaseEstimator):
         first_judged = max(0, len(y) - (self._config.smoothing_window - 1))
         judged, state = self._judge_all(ts, y, first_judged)
         if ahead and len(ts):
-            self._forecast(state, pd.date_range(ts[-1] + self.freq_, periods=ahead,
-                                                freq=self.freq_))
+            self._forecast(state, pd.date_range(ts[-1] + self.freq_, periods=ahead, freq=self.freq_))
         return state
 
     def score_after(
-        self, state: ScoringState, ts, values, gap: np.ndarray | None = None,
-        keep: int | None = None, report: Sequence[int] | None = None,
+        self,
+        state: ScoringState,
+        ts,
+        values,
+        gap: np.ndarray | None = None,
+        keep: int | None = None,
+        report: Sequence[int] | None = None,
     ) -> dict[str, np.ndarray]:
         """Score the points that follow the first ``keep`` points of ``state`` (default: all of
         them; all of them with a smoothing window), as ``score`` would with those points as
@@ -597,10 +582,8 @@ class EnsembleDetector(BaseEstimator):
             k = cfg.sustained_window
             abs_shifted = sequence("|shifted|")
             recent_at = _RollingMedian(residuals, k, k // 2 + 1, keep + 1, memo, "residual")
-            base_at = _RollingMedian(residuals, cfg.sustained_level_window, 1, keep - k + 1,
-                                     memo, "residual")
-            shift_scale_at = _RollingMedian(abs_shifted, window, scale_min, keep, memo,
-                                            "|shifted|")
+            base_at = _RollingMedian(residuals, cfg.sustained_level_window, 1, keep - k + 1, memo, "residual")
+            shift_scale_at = _RollingMedian(abs_shifted, window, scale_min, keep, memo, "|shifted|")
 
         def bounded(median: float, training_scale: float) -> float:  # as _bounded_scale
             recent = ROBUST_SCALE * median
@@ -613,9 +596,7 @@ class EnsembleDetector(BaseEstimator):
         last_y = float(state.y[keep - 1]) if keep else math.nan
         run = float(state.runs[keep - 1]) if keep else 0.0
         judged, features = [], []
-        for j, (value, model_value, expected) in enumerate(
-            zip(fresh.tolist(), fresh_model, yhat)
-        ):
+        for j, (value, model_value, expected) in enumerate(zip(fresh.tolist(), fresh_model, yhat)):
             i = keep + j
             residual = model_value - expected
             level = level_at.at(i)
@@ -627,11 +608,13 @@ class EnsembleDetector(BaseEstimator):
             abs_adapted.append(abs(deviation))
             ratio = _fmin(abs(residual), abs(deviation)) / recent_scale
             volatility = _sample_std(adapted.window(i + 1 - cfg.volatility_window, i + 1))
-            features.append([
-                deviation / residual_scale,
-                (model_value - previous) / step_scale,
-                float(np.log(_at_least(volatility / residual_scale, 1e-3))),
-            ])
+            features.append(
+                [
+                    deviation / residual_scale,
+                    (model_value - previous) / step_scale,
+                    float(np.log(_at_least(volatility / residual_scale, 1e-3))),
+                ]
+            )
             previous = model_value
             run = run + 1 if value == last_y else 0.0
             last_y = value
@@ -665,9 +648,16 @@ class EnsembleDetector(BaseEstimator):
         columns.update(ts=ts, value=fresh[wanted])
         return columns
 
-    def _finish_points(self, state: ScoringState, keep: int, fresh: np.ndarray,
-                       gap: np.ndarray, judged: list[list[float]], forest: dict[int, float],
-                       wanted: list[int]) -> dict[str, np.ndarray]:
+    def _finish_points(
+        self,
+        state: ScoringState,
+        keep: int,
+        fresh: np.ndarray,
+        gap: np.ndarray,
+        judged: list[list[float]],
+        forest: dict[int, float],
+        wanted: list[int],
+    ) -> dict[str, np.ndarray]:
         """``_judged`` and ``_finish`` for ``score_after``, point by point: the score columns
         but ``ts`` and ``value`` of the ``wanted`` points among points judged as ``[yhat,
         residual, level, adapted, recent scale, ratio, stuck run]`` (then, with the sustained
@@ -677,15 +667,13 @@ class EnsembleDetector(BaseEstimator):
         threshold = self.threshold_
         constants = state.memo.get("finish")
         if constants is None:
-            constants = state.memo["finish"] = (
-                self.deviation_tail_.quantile(cfg.band_coverage), *self._stuck_limits()
-            )
+            constants = state.memo["finish"] = (self.deviation_tail_.quantile(cfg.band_coverage), *self._stuck_limits())
         band, per_repeat, last_beyond = constants
         names = ["prophet", "iforest", "flatline"]
         if hasattr(self, "sustained_tail_"):
             names.append("sustained")
         smoothing = cfg.smoothing_window
-        combined_all = state.combined[max(0, keep - (smoothing - 1)):keep].tolist()
+        combined_all = state.combined[max(0, keep - (smoothing - 1)) : keep].tolist()
 
         bands, scores, is_anomalies, severities, flagged_bys = [], [], [], [], []
         reported = set(wanted)
@@ -697,8 +685,7 @@ class EnsembleDetector(BaseEstimator):
             yhat, residual, level, adapted, recent_scale, ratio, run = point[:7]
             beyond = run - self.longest_run_  # as _stuck_evidence
             stuck = 0.0 if beyond > last_beyond else max(beyond, 0) * per_repeat
-            surprises = [_zero_if_nan(self.deviation_tail_.surprise_one(ratio)),
-                         surprise_forest, stuck]
+            surprises = [_zero_if_nan(self.deviation_tail_.surprise_one(ratio)), surprise_forest, stuck]
             if len(names) == 4:
                 surprises.append(_zero_if_nan(self.sustained_tail_.surprise_one(point[7])))
             strongest = max(surprises)
@@ -709,12 +696,9 @@ class EnsembleDetector(BaseEstimator):
                 combined = sum(recent) / len(recent)
             if j not in reported:
                 continue
-            flagged = ",".join(
-                name for name, surprise in zip(names, surprises) if surprise >= threshold
-            ) or None
+            flagged = ",".join(name for name, surprise in zip(names, surprises) if surprise >= threshold) or None
             if in_gap:
-                score, is_anomaly, flagged = (cfg.gap_score, True, "gap") if opens_outage else (
-                    0.0, False, None)
+                score, is_anomaly, flagged = (cfg.gap_score, True, "gap") if opens_outage else (0.0, False, None)
             else:
                 score = score_from_surprise_one(combined, threshold)
                 is_anomaly = combined >= threshold and math.isfinite(value)
@@ -727,19 +711,25 @@ class EnsembleDetector(BaseEstimator):
             expected = yhat + level
             half_width = band * recent_scale
             bands.append((expected, expected - half_width, expected + half_width))
-            scores.append((score_from_surprise_one(surprises[0], threshold),
-                           score_from_surprise_one(surprise_forest, threshold), score))
-            is_anomalies.append(is_anomaly)
-            severities.append(
-                self._severity_one(score, residual - level, recent_scale) if is_anomaly else None
+            scores.append(
+                (
+                    score_from_surprise_one(surprises[0], threshold),
+                    score_from_surprise_one(surprise_forest, threshold),
+                    score,
+                )
             )
+            is_anomalies.append(is_anomaly)
+            severities.append(self._severity_one(score, residual - level, recent_scale) if is_anomaly else None)
             flagged_bys.append(flagged if is_anomaly else None)
         # A few numpy calls for all the points: model space back to values, then columns.
         expected, lower, upper = self._from_model(np.array(bands, dtype=float).reshape(-1, 3)).T
         prophet_score, iforest_score, combined_score = np.array(scores, dtype=float).reshape(-1, 3).T
         return {
-            "expected": expected, "lower": lower, "upper": upper,
-            "prophet_score": prophet_score, "iforest_score": iforest_score,
+            "expected": expected,
+            "lower": lower,
+            "upper": upper,
+            "prophet_score": prophet_score,
+            "iforest_score": iforest_score,
             "score": combined_score,
             "is_anomaly": np.array(is_anomalies, dtype=bool),
             "severity": np.array(severities, dtype=object),
@@ -769,8 +759,7 @@ class EnsembleDetector(BaseEstimator):
         judged = np.fmin(np.fmin(np.abs(recent), np.abs(shifted)), current)
         return judged, np.where(np.abs(shifted) < np.abs(recent), base, 0.0)
 
-    def _judge_all(self, ts: pd.DatetimeIndex, y: np.ndarray, first_judged: int
-                   ) -> tuple[_Judged, ScoringState]:
+    def _judge_all(self, ts: pd.DatetimeIndex, y: np.ndarray, first_judged: int) -> tuple[_Judged, ScoringState]:
         """Every point judged with whole-series rolling windows; the forest from
         ``first_judged`` on (before it, its surprise is 0)."""
         y_model = self._to_model(y)
@@ -787,14 +776,13 @@ class EnsembleDetector(BaseEstimator):
         if hasattr(self, "sustained_tail_"):
             judged_shift, shifted, reference = self._sustained_shift(residual)
             sustained = (self._sustained_ratio(judged_shift, shifted), reference)
-        judged = self._judged(
-            yhat, residual, level, adapted, recent_scale, ratio, iforest_surprise, runs, sustained
-        )
+        judged = self._judged(yhat, residual, level, adapted, recent_scale, ratio, iforest_surprise, runs, sustained)
         state = ScoringState(y, y_model, residual, adapted, shifted, judged.combined, runs)
         return judged, state
 
-    def _judged(self, yhat, residual, level, adapted, recent_scale, ratio, iforest_surprise,
-                runs, sustained) -> _Judged:
+    def _judged(
+        self, yhat, residual, level, adapted, recent_scale, ratio, iforest_surprise, runs, sustained
+    ) -> _Judged:
         components = {
             "prophet": _nan_to_zero(self.deviation_tail_.surprise(ratio)),
             "iforest": iforest_surprise,
@@ -803,8 +791,7 @@ class EnsembleDetector(BaseEstimator):
         reference = None
         if sustained is not None:
             sustained_ratio, reference = sustained
-            components["sustained"] = _nan_to_zero(
-                self.sustained_tail_.surprise(sustained_ratio))
+            components["sustained"] = _nan_to_zero(self.sustained_tail_.surprise(sustained_ratio))
         return _Judged(yhat, residual, level, adapted, recent_scale, components, reference)
 
     def _finish(self, judged: _Judged, cut: int, ts, y, gap) -> dict[str, np.ndarray]:
@@ -813,9 +800,7 @@ class EnsembleDetector(BaseEstimator):
         cfg = self._config
         combined = judged.combined
         if cfg.smoothing_window > 1:
-            combined = (
-                pd.Series(combined).rolling(cfg.smoothing_window, min_periods=1).mean().to_numpy()
-            )
+            combined = pd.Series(combined).rolling(cfg.smoothing_window, min_periods=1).mean().to_numpy()
         combined = combined[cut:]
         n = len(combined)
         before = np.concatenate([[0.0], np.asarray(y, dtype=float)[:-1]])[cut:]
@@ -829,8 +814,12 @@ class EnsembleDetector(BaseEstimator):
         is_anomaly = combined >= threshold
         names = list(judged.components)
         flagged_by = np.array(
-            [",".join(name for name, hit in zip(names, row) if hit) or None
-             for row in (surprises >= threshold).tolist()] if n else [],
+            [
+                ",".join(name for name, hit in zip(names, row) if hit) or None
+                for row in (surprises >= threshold).tolist()
+            ]
+            if n
+            else [],
             dtype=object,
         )
         # An outage is one event: its first missing slot is the anomaly (flagged "gap"), the
@@ -871,14 +860,14 @@ class EnsembleDetector(BaseEstimator):
             "flagged_by": np.where(is_anomaly, flagged_by, None),  # type: ignore[call-overload]
         }
 
-    def _severity(self, score: np.ndarray, is_anomaly: np.ndarray, deviation: np.ndarray,
-                  recent_scale: np.ndarray) -> np.ndarray:
+    def _severity(
+        self, score: np.ndarray, is_anomaly: np.ndarray, deviation: np.ndarray, recent_scale: np.ndarray
+    ) -> np.ndarray:
         """``severity_of`` each anomalous point (None elsewhere), from its score and its
         deviation from the expected value in model space."""
         severity = np.full(len(score), None, dtype=object)
         for i in np.flatnonzero(is_anomaly).tolist():
-            severity[i] = self._severity_one(float(score[i]), float(deviation[i]),
-                                             float(recent_scale[i]))
+            severity[i] = self._severity_one(float(score[i]), float(deviation[i]), float(recent_scale[i]))
         return severity
 
     def _severity_one(self, score: float, deviation: float, recent_scale: float) -> str:

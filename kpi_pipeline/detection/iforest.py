@@ -144,8 +144,12 @@ class _FlatForest:
         roots = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.intp)
         feature, threshold, right, left, leaf_depth = [], [], [], [], []
         for root, tree, features, path_lengths, leaf_lengths in zip(
-            roots, trees, forest.estimators_features_, forest._decision_path_lengths,
-            forest._average_path_length_per_tree, strict=True,
+            roots,
+            trees,
+            forest.estimators_features_,
+            forest._decision_path_lengths,
+            forest._average_path_length_per_tree,
+            strict=True,
         ):
             n = tree.node_count
             split = tree.children_left[:n] >= 0
@@ -161,8 +165,12 @@ class _FlatForest:
         children = np.empty(2 * int(sizes.sum()), dtype=np.intp)
         children[0::2], children[1::2] = np.concatenate(right), np.concatenate(left)
         return cls(
-            roots[:, None], np.concatenate(feature).astype(np.intp), np.concatenate(threshold),
-            children, np.concatenate(leaf_depth), max(tree.max_depth for tree in trees),
+            roots[:, None],
+            np.concatenate(feature).astype(np.intp),
+            np.concatenate(threshold),
+            children,
+            np.concatenate(leaf_depth),
+            max(tree.max_depth for tree in trees),
             float(len(trees) * _average_path_length([forest._max_samples])[0]),
         )
 
@@ -187,9 +195,12 @@ class _FlatForest:
         roots = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.intp)
         children = np.asarray(state["children"], dtype=np.intp) + np.repeat(roots, 2 * sizes)
         return cls(
-            roots[:, None], np.asarray(state["feature"], dtype=np.intp),
-            np.asarray(state["threshold"], dtype=float), children,
-            np.asarray(state["leaf_depth"], dtype=float), int(state["max_depth"]),
+            roots[:, None],
+            np.asarray(state["feature"], dtype=np.intp),
+            np.asarray(state["threshold"], dtype=float),
+            children,
+            np.asarray(state["leaf_depth"], dtype=float),
+            int(state["max_depth"]),
             float(state["denominator"]),
         )
 
@@ -219,5 +230,4 @@ class _FlatForest:
 
     def _score(self, depths: np.ndarray) -> np.ndarray:
         """``2 ** -(summed path length / c(max_samples))``, 1 where that is 0."""
-        return 2 ** -np.divide(depths, self.denominator, out=np.ones_like(depths),
-                               where=self.denominator != 0)
+        return 2 ** -np.divide(depths, self.denominator, out=np.ones_like(depths), where=self.denominator != 0)

@@ -20,8 +20,15 @@ if TYPE_CHECKING:
 COMPONENT_KINDS = ("prophet", "iforest")
 
 SHELL_SCALARS = (
-    "threshold_", "log_space_", "log_floor_", "scale_floor_", "residual_scale_",
-    "step_scale_", "repeat_rate_", "longest_run_", "n_train_points_",
+    "threshold_",
+    "log_space_",
+    "log_floor_",
+    "scale_floor_",
+    "residual_scale_",
+    "step_scale_",
+    "repeat_rate_",
+    "longest_run_",
+    "n_train_points_",
 )
 """Learned numbers stored as they are in the ``ensemble`` artifact."""
 
@@ -29,8 +36,7 @@ SHELL_SCALARS = (
 def to_artifacts(detector: EnsembleDetector) -> dict[str, bytes]:
     """The fitted detector as registry rows, data only: one artifact per component, and the
     ``ensemble`` with the config, learned scalars and calibrations."""
-    artifacts = {kind: pack(kind, getattr(detector, f"{kind}_").to_state())
-                 for kind in COMPONENT_KINDS}
+    artifacts = {kind: pack(kind, getattr(detector, f"{kind}_").to_state()) for kind in COMPONENT_KINDS}
     artifacts["ensemble"] = pack("ensemble", _shell_state(detector))
     return artifacts
 
@@ -39,8 +45,7 @@ def from_artifacts(cls: type[EnsembleDetector], artifacts: dict[str, bytes]) -> 
     """The detector (of class ``cls``) ``to_artifacts`` stored, scoring exactly as it did."""
     detector = shell_from_artifact(cls, artifacts["ensemble"])
     detector.prophet_ = ProphetDetector.from_state(unpack(artifacts["prophet"], "prophet"))
-    detector.iforest_ = IsolationForestDetector.from_state(
-        unpack(artifacts["iforest"], "iforest"))
+    detector.iforest_ = IsolationForestDetector.from_state(unpack(artifacts["iforest"], "iforest"))
     return detector
 
 

@@ -81,8 +81,9 @@ def regularize(
     ts = pd.DatetimeIndex(series["ts"])
     values = series["value"].to_numpy(dtype=float)
     if len(ts) == 0:
-        return pd.DataFrame({"ts": ts, "value": values, "filled": np.zeros(0, dtype=bool),
-                             "gap": np.zeros(0, dtype=bool)})
+        return pd.DataFrame(
+            {"ts": ts, "value": values, "filled": np.zeros(0, dtype=bool), "gap": np.zeros(0, dtype=bool)}
+        )
     start = ts.min() if origin is None else origin
     slots = Grid(start, freq).slots(ts)
     occupied, first_row, counts = np.unique(slots, return_index=True, return_counts=True)
@@ -92,9 +93,7 @@ def regularize(
     else:
         means = values[first_row]
     first_slot = int(occupied[0])
-    grid = pd.date_range(
-        start + first_slot * freq, periods=int(occupied[-1]) - first_slot + 1, freq=freq
-    )
+    grid = pd.date_range(start + first_slot * freq, periods=int(occupied[-1]) - first_slot + 1, freq=freq)
     value, short_gap, long_gap = fill_slots(occupied, means, grid.asi8, config)
     return pd.DataFrame({"ts": grid, "value": value, "filled": short_gap, "gap": long_gap})
 
@@ -130,8 +129,9 @@ def fill_slots(
     return value, short_gap, long_gap
 
 
-def fill_between(slots: list[int], values: list[float], x: list[int],
-                 config: PreprocessConfig = PreprocessConfig()) -> tuple[list[float], list[bool]]:
+def fill_between(
+    slots: list[int], values: list[float], x: list[int], config: PreprocessConfig = PreprocessConfig()
+) -> tuple[list[float], list[bool]]:
     """``fill_slots`` in plain Python, for increasing slots whose values are all known (the few
     slots of real-time scoring, where numpy's cost per call dwarfs the arithmetic): the values
     from the first slot to the last, each gap between two slots interpolated in time if it is
@@ -200,18 +200,14 @@ class Grid:
         return unit, int(grid.asi8[0]), int(grid.asi8[1] - grid.asi8[0])
 
 
-def clean_series(
-    observations: pd.DataFrame, grid: Grid, config: PreprocessConfig = PreprocessConfig()
-) -> pd.DataFrame:
+def clean_series(observations: pd.DataFrame, grid: Grid, config: PreprocessConfig = PreprocessConfig()) -> pd.DataFrame:
     """One KPI's observations (ts, value) cleaned on ``grid``: the rows (ts, value, filled, gap)
     ``clean_observations`` gives that KPI, without its grouping by KPI name."""
     rows = observations[["ts", "value"]].sort_values("ts", kind="stable").dropna(subset=["value"])
     return regularize(rows, grid.step, config, origin=grid.origin)
 
 
-def reclean_since(
-    grid: Grid, changed_slot: int, config: PreprocessConfig = PreprocessConfig()
-) -> pd.Timestamp:
+def reclean_since(grid: Grid, changed_slot: int, config: PreprocessConfig = PreprocessConfig()) -> pd.Timestamp:
     """The earliest observation ``reclean`` needs to re-clean a series from ``changed_slot``:
     every observation of the ``max_fill_periods + 2`` slots before it (a short gap before the
     changed slot is filled from the last observed slot before it)."""

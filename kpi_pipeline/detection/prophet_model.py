@@ -81,11 +81,14 @@ class PointForecast:
         # pandas-stubs read dtype="M8[ns]" as a Series of str.
         no_dates: pd.Series[pd.Timestamp] = pd.Series([], dtype="M8[ns]")  # type: ignore[assignment]
         holiday_days = _holiday_columns(model.construct_holiday_dataframe(no_dates))
-        seasonalities = tuple(
-            (float(p["period"]), int(p["fourier_order"])) for p in model.seasonalities.values()
-        )
-        if (model.start is None or model.t_scale is None or model.y_scale is None
-                or model.y_min is None or model.train_component_cols is None):
+        seasonalities = tuple((float(p["period"]), int(p["fourier_order"])) for p in model.seasonalities.values())
+        if (
+            model.start is None
+            or model.t_scale is None
+            or model.y_scale is None
+            or model.y_min is None
+            or model.train_component_cols is None
+        ):
             raise ValueError("a PointForecast needs a fitted Prophet model")
         beta = np.asarray(model.params["beta"])
         n_columns = 2 * sum(order for _, order in seasonalities) + len(holiday_days)
@@ -113,9 +116,15 @@ class PointForecast:
     def to_state(self) -> dict:
         """The forecast as data (``artifacts.pack``)."""
         return {
-            "growth": self.growth, "k": self.k, "m": self.m, "deltas": self.deltas,
-            "changepoints_t": self.changepoints_t, "start_ns": self.start_ns,
-            "t_scale_ns": self.t_scale_ns, "y_scale": self.y_scale, "floor": self.floor,
+            "growth": self.growth,
+            "k": self.k,
+            "m": self.m,
+            "deltas": self.deltas,
+            "changepoints_t": self.changepoints_t,
+            "start_ns": self.start_ns,
+            "t_scale_ns": self.t_scale_ns,
+            "y_scale": self.y_scale,
+            "floor": self.floor,
             "seasonalities": [list(pair) for pair in self.seasonalities],
             "holiday_days": list(self.holiday_days),
             "additive_beta": self.additive_beta,
@@ -125,15 +134,17 @@ class PointForecast:
     @classmethod
     def from_state(cls, state: dict) -> "PointForecast":
         return cls(
-            growth=state["growth"], k=float(state["k"]), m=float(state["m"]),
+            growth=state["growth"],
+            k=float(state["k"]),
+            m=float(state["m"]),
             deltas=np.asarray(state["deltas"], dtype=float),
             changepoints_t=np.asarray(state["changepoints_t"], dtype=float),
-            start_ns=int(state["start_ns"]), t_scale_ns=int(state["t_scale_ns"]),
-            y_scale=float(state["y_scale"]), floor=float(state["floor"]),
-            seasonalities=tuple((float(period), int(order))
-                                for period, order in state["seasonalities"]),
-            holiday_days=tuple(np.asarray(days, dtype=np.int64)
-                               for days in state["holiday_days"]),
+            start_ns=int(state["start_ns"]),
+            t_scale_ns=int(state["t_scale_ns"]),
+            y_scale=float(state["y_scale"]),
+            floor=float(state["floor"]),
+            seasonalities=tuple((float(period), int(order)) for period, order in state["seasonalities"]),
+            holiday_days=tuple(np.asarray(days, dtype=np.int64) for days in state["holiday_days"]),
             additive_beta=np.asarray(state["additive_beta"], dtype=float),
             multiplicative_beta=np.asarray(state["multiplicative_beta"], dtype=float),
         )
@@ -312,8 +323,7 @@ class ProphetDetector(BaseEstimator):
         detector = cls(**state["params"])
         detector._model, detector._model_json = None, bytes(state["model_json_xz"])
         forecast = state["point_forecast"]
-        detector._point_forecast_ = None if forecast is None else PointForecast.from_state(
-            forecast)
+        detector._point_forecast_ = None if forecast is None else PointForecast.from_state(forecast)
         return detector
 
 

@@ -51,8 +51,7 @@ def stream_scores(
     if initial is None and retrain_every is None:
         cutoffs = history_cutoffs(ts, config)
     else:
-        initial = initial if initial is not None else initial_training_points(
-            len(ts), config.min_train_points)
+        initial = initial if initial is not None else initial_training_points(len(ts), config.min_train_points)
         retrain_every = retrain_every or retrain_every_points(ts)
         cutoffs = training_cutoffs(len(ts), initial, retrain_every)
     result = walk_forward(ts, values, cutoffs, config, gap=gap)

@@ -69,22 +69,26 @@ def score_fold(name: str, series: list[FoldSeries]) -> FoldScore:
     for profile_name, profile in PROFILES.items():
         raw = sum(score_detections(s.alert, s.windows, profile).raw for s in series)
         nab[PROFILE_COLUMNS[profile_name]] = (
-            normalised_score(raw, windows, profile) if windows
-            else 100.0 + 100.0 * raw / max(len(series), 1)
+            normalised_score(raw, windows, profile) if windows else 100.0 + 100.0 * raw / max(len(series), 1)
         )
-    events = combine([
-        event_metrics(s.is_anomaly, s.windows, probation_length(len(s.is_anomaly)))
-        for s in series
-    ])
-    delay = combine_points([
-        delay_point_metrics(s.is_anomaly, s.windows, DELAY_POINTS,
-                            probation_length(len(s.is_anomaly)))
-        for s in series
-    ])
+    events = combine([event_metrics(s.is_anomaly, s.windows, probation_length(len(s.is_anomaly))) for s in series])
+    delay = combine_points(
+        [
+            delay_point_metrics(s.is_anomaly, s.windows, DELAY_POINTS, probation_length(len(s.is_anomaly)))
+            for s in series
+        ]
+    )
     return FoldScore(
-        fold=name, series=len(series), windows=windows, **nab,
-        precision=events.precision, recall=events.recall, f1=events.f1,
-        tp_events=events.tp_events, fn_events=events.fn_events, fp_events=events.fp_events,
+        fold=name,
+        series=len(series),
+        windows=windows,
+        **nab,
+        precision=events.precision,
+        recall=events.recall,
+        f1=events.f1,
+        tp_events=events.tp_events,
+        fn_events=events.fn_events,
+        fp_events=events.fp_events,
         delay_f1=delay.f1,
     )
 

@@ -67,9 +67,7 @@ def _points_from_counts(tp_points: int, fn_points: int, fp_points: int) -> Point
     return PointMetrics(tp_points, fn_points, fp_points, *_ratios(tp_points, fn_points, fp_points))
 
 
-def event_metrics(
-    flags: np.ndarray, windows: list[tuple[int, int]], ignore_before: int = 0
-) -> EventMetrics:
+def event_metrics(flags: np.ndarray, windows: list[tuple[int, int]], ignore_before: int = 0) -> EventMetrics:
     """Score boolean row flags against inclusive ``(first_row, last_row)`` event windows.
 
     Rows before ``ignore_before`` (e.g. a warm-up period) count for nothing: flags there are
@@ -145,9 +143,7 @@ def combine_points(per_series: list[PointMetrics]) -> PointMetrics:
     )
 
 
-def windows_from_labels(
-    timestamps: pd.Series | pd.DatetimeIndex, labels: pd.DataFrame
-) -> list[tuple[int, int]]:
+def windows_from_labels(timestamps: pd.Series | pd.DatetimeIndex, labels: pd.DataFrame) -> list[tuple[int, int]]:
     """Map inclusive ``start, end`` time labels to inclusive row-position windows, sorted by start.
 
     A window spans the first and last rows whose timestamp lies in ``[start, end]``. A label

@@ -100,15 +100,11 @@ def _check_windows(windows: list[tuple[int, int]], n_rows: int) -> None:
     previous_last = -1
     for first, last in windows:
         if not previous_last < first <= last < n_rows:
-            raise ValueError(
-                f"windows must be sorted, non-overlapping and within {n_rows} rows: {windows}"
-            )
+            raise ValueError(f"windows must be sorted, non-overlapping and within {n_rows} rows: {windows}")
         previous_last = last
 
 
-def _detection_values(
-    n_rows: int, windows: list[tuple[int, int]], profile: Profile
-) -> np.ndarray:
+def _detection_values(n_rows: int, windows: list[tuple[int, int]], profile: Profile) -> np.ndarray:
     """What a detection at each row is worth, were it the one that counts."""
     rows = np.arange(n_rows)
     values = np.full(n_rows, -profile.a_fp)
@@ -116,15 +112,11 @@ def _detection_values(
     for (first, last), next_first in zip(windows, next_firsts):
         width = last - first + 1
         in_window = rows[first : last + 1]
-        values[first : last + 1] = (
-            profile.a_tp * scaled_sigmoid(-(last - in_window + 1) / width) / scaled_sigmoid(-1.0)
-        )
+        values[first : last + 1] = profile.a_tp * scaled_sigmoid(-(last - in_window + 1) / width) / scaled_sigmoid(-1.0)
         # False positives soon after a window are forgiven in proportion to its width; NAB
         # divides by width - 1, which a one-row window would make zero.
         after = rows[last + 1 : next_first]
-        values[last + 1 : next_first] = profile.a_fp * scaled_sigmoid(
-            (after - last) / max(width - 1, 1)
-        )
+        values[last + 1 : next_first] = profile.a_fp * scaled_sigmoid((after - last) / max(width - 1, 1))
     return values
 
 
@@ -137,16 +129,12 @@ def _outside_windows(n_rows: int, windows: list[tuple[int, int]], probation: int
     return outside
 
 
-def _scored_windows(
-    windows: list[tuple[int, int]], probation: int
-) -> list[tuple[int, int]]:
+def _scored_windows(windows: list[tuple[int, int]], probation: int) -> list[tuple[int, int]]:
     """The part of each window past probation; windows wholly inside it are not scored."""
     return [(max(first, probation), last) for first, last in windows if last >= probation]
 
 
-def score_detections(
-    detections: np.ndarray, windows: list[tuple[int, int]], profile: Profile
-) -> FileScore:
+def score_detections(detections: np.ndarray, windows: list[tuple[int, int]], profile: Profile) -> FileScore:
     """Raw NAB score of one file's boolean per-row detections."""
     flagged = np.asarray(detections, dtype=bool)
     n_rows = len(flagged)
@@ -181,20 +169,13 @@ def _rows_of(per_file: dict[str, np.ndarray], nab_file: NabFile) -> np.ndarray:
         raise KeyError(f"no rows given for {nab_file.relpath}")
     rows = np.asarray(per_file[nab_file.relpath])
     if len(rows) != len(nab_file.frame):
-        raise ValueError(
-            f"{nab_file.relpath}: {len(rows)} rows given, the file has {len(nab_file.frame)}"
-        )
+        raise ValueError(f"{nab_file.relpath}: {len(rows)} rows given, the file has {len(nab_file.frame)}")
     return rows
 
 
-def score_corpus(
-    results: dict[str, np.ndarray], corpus: list[NabFile], profile: Profile
-) -> CorpusScore:
+def score_corpus(results: dict[str, np.ndarray], corpus: list[NabFile], profile: Profile) -> CorpusScore:
     """NAB score over every file of ``corpus``, from boolean detections keyed by relpath."""
-    file_scores = [
-        score_detections(_rows_of(results, nab_file), nab_file.windows, profile)
-        for nab_file in corpus
-    ]
+    file_scores = [score_detections(_rows_of(results, nab_file), nab_file.windows, profile) for nab_file in corpus]
     raw = sum(file_score.raw for file_score in file_scores)
     tp = sum(file_score.tp for file_score in file_scores)
     fn = sum(file_score.fn for file_score in file_scores)
@@ -234,9 +215,7 @@ def _threshold_gains(
     return thresholds[reachable], gains[reachable]
 
 
-def best_threshold(
-    scores: dict[str, np.ndarray], corpus: list[NabFile], profile: Profile
-) -> tuple[float, CorpusScore]:
+def best_threshold(scores: dict[str, np.ndarray], corpus: list[NabFile], profile: Profile) -> tuple[float, CorpusScore]:
     """The single threshold (detection = score >= threshold) with the best corpus score.
 
     Exact over every distinct score value, in one sweep: the corpus score as a function of the

@@ -94,8 +94,7 @@ def _run_all(
                 result = future.result()
             except Exception as error:  # noqa: BLE001 - one series must not stop the others
                 result = _failed(task, describe_error(error))
-                progress(f"[{done}/{len(tasks)}] {task.name}: FAILED ({result.error}); "
-                         "counted as never alerting")
+                progress(f"[{done}/{len(tasks)}] {task.name}: FAILED ({result.error}); counted as never alerting")
             else:
                 progress(
                     f"[{done}/{len(tasks)}] {task.name}: {len(task.values):,} points, "
@@ -113,10 +112,7 @@ def _failed(task: SeriesTask, error: str) -> SeriesResult:
 
 def _event_summary(results: dict[str, SeriesResult], tasks: list[SeriesTask]) -> EventMetrics:
     return combine(
-        [
-            event_metrics(results[t.name].is_anomaly, t.windows, probation_length(len(t.values)))
-            for t in tasks
-        ]
+        [event_metrics(results[t.name].is_anomaly, t.windows, probation_length(len(t.values))) for t in tasks]
     )
 
 
@@ -170,8 +166,10 @@ def _write_summary(out_dir: Path, summary: dict, folds: str) -> None:
     )
     for name, error in summary["failed"].items():
         lines.append(f"FAILED: {name}: {error} (counted as never alerting)")
-    lines.append(f"Series: {summary['series']}, points: {summary['points']:,}, "
-                 f"wall time: {summary['wall_seconds']:.1f}s on {summary['workers']} workers")
+    lines.append(
+        f"Series: {summary['series']}, points: {summary['points']:,}, "
+        f"wall time: {summary['wall_seconds']:.1f}s on {summary['workers']} workers"
+    )
     lines += ["", "Per fold (the product's own alerts):", "", folds.rstrip("\n")]
     (out_dir / "summary.md").write_text("\n".join(lines) + "\n")
 
@@ -218,14 +216,15 @@ def evaluate_nab(
         }
     categories = sorted({task.name.split("/")[0] for task in tasks})
     folds = [
-        asdict(score_fold(category, [
-            _fold_series(task, results[task.name]) for task in tasks
-            if task.name.split("/")[0] == category
-        ]))
+        asdict(
+            score_fold(
+                category,
+                [_fold_series(task, results[task.name]) for task in tasks if task.name.split("/")[0] == category],
+            )
+        )
         for category in categories
     ]
-    return _finish(out_dir, data_dir, tasks, results, started, workers, config, nab=nab,
-                   folds=folds)
+    return _finish(out_dir, data_dir, tasks, results, started, workers, config, nab=nab, folds=folds)
 
 
 def dataset_tasks(data_csv: Path, labels_csv: Path) -> list[SeriesTask]:
@@ -270,11 +269,10 @@ def evaluate_dataset(
         t.name: asdict(event_metrics(results[t.name].is_anomaly, t.windows, probation_length(len(t.values))))
         for t in tasks
     }
-    fold_score = score_fold(
-        fold or _dataset_name(data_csv), [_fold_series(t, results[t.name]) for t in tasks]
+    fold_score = score_fold(fold or _dataset_name(data_csv), [_fold_series(t, results[t.name]) for t in tasks])
+    return _finish(
+        out_dir, data_csv, tasks, results, started, workers, config, per_kpi=per_kpi, folds=[asdict(fold_score)]
     )
-    return _finish(out_dir, data_csv, tasks, results, started, workers, config, per_kpi=per_kpi,
-                   folds=[asdict(fold_score)])
 
 
 def _fold_series(task: SeriesTask, result: SeriesResult) -> FoldSeries:
@@ -308,8 +306,9 @@ def evaluate_folds(
             summary = evaluate_nab(path, windows_of(path), target, config, workers, progress)
         else:
             name = name or _dataset_name(path)
-            summary = evaluate_dataset(path, path.parent / LABELS_FILE, out_dir / name, config,
-                                       workers, progress, fold=name)
+            summary = evaluate_dataset(
+                path, path.parent / LABELS_FILE, out_dir / name, config, workers, progress, fold=name
+            )
         folds += [FoldScore(**row) for row in summary["folds"]]
     write_fold_report(out_dir, folds, baseline)
     return folds

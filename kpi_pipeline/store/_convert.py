@@ -48,8 +48,7 @@ def coerce(frame: pd.DataFrame, columns: Mapping[str, Kind]) -> pd.DataFrame:
     return frame.assign(**{name: _CONVERTERS[kind](frame[name]) for name, kind in columns.items()})
 
 
-def build_frame(rows: Iterable[tuple[Any, ...] | sa.Row[Any]], columns: Mapping[str, Kind]
-                ) -> pd.DataFrame:
+def build_frame(rows: Iterable[tuple[Any, ...] | sa.Row[Any]], columns: Mapping[str, Kind]) -> pd.DataFrame:
     """A DataFrame with the same dtypes on every dialect, even when there are no rows."""
     return coerce(pd.DataFrame.from_records(list(rows), columns=list(columns)), columns)
 

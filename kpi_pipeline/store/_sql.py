@@ -47,9 +47,7 @@ def upsert(
     def on_conflict(statement):
         if not update:
             return statement.on_conflict_do_nothing(index_elements=keys)
-        changed = sa.or_(
-            *(table.c[name].is_distinct_from(statement.excluded[name]) for name in only_if_changed)
-        )
+        changed = sa.or_(*(table.c[name].is_distinct_from(statement.excluded[name]) for name in only_if_changed))
         return statement.on_conflict_do_update(
             index_elements=keys,
             set_={name: statement.excluded[name] for name in update},
@@ -64,11 +62,12 @@ def upsert(
         # keep the row executemany would have left.
         rows = _unique(rows, keys, keep_last=bool(update))
         names = list(rows[0])
-        arrays = sa.select(*(
-            sa.func.unnest(sa.bindparam(name, type_=postgresql.ARRAY(table.c[name].type)))
-            .label(name)
-            for name in names
-        ))
+        arrays = sa.select(
+            *(
+                sa.func.unnest(sa.bindparam(name, type_=postgresql.ARRAY(table.c[name].type))).label(name)
+                for name in names
+            )
+        )
         statement = on_conflict(insert(table).from_select(names, arrays))
         batches: Iterator[dict[str, list[Any]] | Sequence[dict[str, Any]]] = (
             {name: [row[name] for row in rows[start : start + BATCH_SIZE]] for name in names}
@@ -91,8 +90,7 @@ def upsert(
 _ARRAY_TYPES = (sa.String, sa.Float, sa.Integer, sa.Boolean, sa.DateTime)
 
 
-def _unnestable(connection: sa.Connection, table: sa.Table, rows: Sequence[dict[str, Any]]
-                ) -> bool:
+def _unnestable(connection: sa.Connection, table: sa.Table, rows: Sequence[dict[str, Any]]) -> bool:
     """Whether ``rows`` can go to Postgres as arrays: several rows, plain column types."""
     if connection.dialect.name != "postgresql" or len(rows) < 2:
         return False
@@ -104,8 +102,7 @@ def _unnestable(connection: sa.Connection, table: sa.Table, rows: Sequence[dict[
     return True
 
 
-def _unique(rows: Sequence[dict[str, Any]], keys: Sequence[str], keep_last: bool
-            ) -> list[dict[str, Any]]:
+def _unique(rows: Sequence[dict[str, Any]], keys: Sequence[str], keep_last: bool) -> list[dict[str, Any]]:
     unique: dict[tuple, dict[str, Any]] = {}
     for row in rows:
         key = tuple(row[name] for name in keys)
@@ -162,12 +159,8 @@ def every_kpi(table: sa.Table) -> sa.CTE:
     form asks the (kpi, ts) key for the smallest name after the previous one: one index probe
     per KPI instead of reading every row.
     """
-    found = sa.select(sa.func.min(table.c.kpi).label("kpi")).cte(
-        f"{table.name}_kpis", recursive=True
-    )
-    following = (
-        sa.select(sa.func.min(table.c.kpi)).where(table.c.kpi > found.c.kpi).scalar_subquery()
-    )
+    found = sa.select(sa.func.min(table.c.kpi).label("kpi")).cte(f"{table.name}_kpis", recursive=True)
+    following = sa.select(sa.func.min(table.c.kpi)).where(table.c.kpi > found.c.kpi).scalar_subquery()
     return found.union_all(sa.select(following).where(found.c.kpi.is_not(None)))
 
 
@@ -182,9 +175,7 @@ def ts_span_of_every_kpi(table: sa.Table) -> sa.Select:
     """(kpi, first ts, last ts) of every KPI of ``table``: two index probes per KPI, no scan."""
     names = every_kpi(table)
     return (
-        sa.select(
-            names.c.kpi, edge_ts(table, names.c.kpi, sa.func.min), edge_ts(table, names.c.kpi)
-        )
+        sa.select(names.c.kpi, edge_ts(table, names.c.kpi, sa.func.min), edge_ts(table, names.c.kpi))
         .where(names.c.kpi.is_not(None))
         .order_by(names.c.kpi)
     )

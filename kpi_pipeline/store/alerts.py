@@ -104,9 +104,7 @@ def load_anomalies_scored(bind: Bind, after: TimeLike | None, until: TimeLike) -
     """Anomalous points with ``after < scored_at <= until`` (no lower bound if ``after`` is None),
     with any feedback, sorted by kpi and ts."""
     view = anomalies
-    query = sa.select(*(view.c[name] for name in ANOMALY_COLUMNS)).where(
-        view.c.scored_at <= to_utc(until)
-    )
+    query = sa.select(*(view.c[name] for name in ANOMALY_COLUMNS)).where(view.c.scored_at <= to_utc(until))
     if after is not None:
         query = query.where(view.c.scored_at > to_utc(after))
     return read_frame(bind, query.order_by(view.c.kpi, view.c.ts), ANOMALY_COLUMNS)
@@ -166,9 +164,7 @@ def record_alert_evaluation(
 def load_alert_evaluations(bind: Bind) -> pd.DataFrame:
     """Every alert evaluation (``EVALUATION_COLUMNS`` and ``recorded_silently``), oldest first."""
     table = alert_evaluations
-    query = sa.select(
-        *(table.c[name] for name in EVALUATION_COLUMNS), table.c.recorded_silently
-    ).order_by(table.c.id)
+    query = sa.select(*(table.c[name] for name in EVALUATION_COLUMNS), table.c.recorded_silently).order_by(table.c.id)
     with connected(bind) as connection:
         rows = connection.execute(query).all()
     frame = build_frame([row[:-1] for row in rows], EVALUATION_COLUMNS)
@@ -219,9 +215,7 @@ def load_recent_deliveries(bind: Bind, kpis: Iterable[str], since: TimeLike) -> 
     return read_frame(bind, query.order_by(table.c.ts), DELIVERY_COLUMNS)
 
 
-def load_deliveries(
-    engine: sa.Engine, status: str | None = None, kpi: str | None = None
-) -> pd.DataFrame:
+def load_deliveries(engine: sa.Engine, status: str | None = None, kpi: str | None = None) -> pd.DataFrame:
     """Outbox rows (without payload), oldest first."""
     table = alert_deliveries
     query = _select_deliveries()
@@ -233,9 +227,7 @@ def load_deliveries(
     return read_frame(engine, query.order_by(table.c.id), DELIVERY_COLUMNS)
 
 
-def claim_due_deliveries(
-    engine: sa.Engine, token: str, now: TimeLike, lease: pd.Timedelta
-) -> pd.DataFrame:
+def claim_due_deliveries(engine: sa.Engine, token: str, now: TimeLike, lease: pd.Timedelta) -> pd.DataFrame:
     """Claim every pending row that is due (and not claimed by another sender) for ``lease``.
 
     Returns the claimed rows with their ``payload``, oldest first. The claim is a conditional
@@ -249,9 +241,7 @@ def claim_due_deliveries(
         sa.or_(table.c.claimed_until.is_(None), table.c.claimed_until < now),
     )
     with write_transaction(engine) as connection:
-        connection.execute(
-            sa.update(table).where(due).values(claimed_until=now + lease, claim_token=token)
-        )
+        connection.execute(sa.update(table).where(due).values(claimed_until=now + lease, claim_token=token))
         rows = connection.execute(
             _select_deliveries(table.c.payload)
             .where(table.c.claim_token == token, table.c.status == "pending")
@@ -266,9 +256,7 @@ def mark_sent(engine: sa.Engine, ids: Sequence[int], token: str, attempts: int) 
     _finish(engine, ids, token, attempts, status="sent", sent_at=utc_now(), last_error=None)
 
 
-def mark_failed(
-    engine: sa.Engine, ids: Sequence[int], token: str, attempts: int, error: str
-) -> None:
+def mark_failed(engine: sa.Engine, ids: Sequence[int], token: str, attempts: int, error: str) -> None:
     """The channel refused the claimed rows ``ids`` for good; they will not be retried."""
     _finish(engine, ids, token, attempts, status="failed", last_error=error)
 
@@ -287,9 +275,7 @@ def mark_retry(
     _finish(engine, ids, token, attempts, next_attempt_at=to_utc(next_attempt_at), **error_value)
 
 
-def _finish(
-    engine: sa.Engine, ids: Sequence[int], token: str, attempts: int, **values: Any
-) -> None:
+def _finish(engine: sa.Engine, ids: Sequence[int], token: str, attempts: int, **values: Any) -> None:
     table = alert_deliveries
     with write_transaction(engine) as connection:
         connection.execute(
@@ -328,9 +314,7 @@ def suppress_false_positive_alerts(engine: sa.Engine) -> int:
 # -- silences -------------------------------------------------------------------------------
 
 
-def add_silence(
-    engine: sa.Engine, kpi_pattern: str, since: TimeLike, until: TimeLike, reason: str
-) -> int:
+def add_silence(engine: sa.Engine, kpi_pattern: str, since: TimeLike, until: TimeLike, reason: str) -> int:
     """Silence anomalies of KPIs matching ``kpi_pattern`` with ``since <= ts <= until``.
 
     Pending alerts the silence covers are suppressed at once; returns how many. Adding the same

@@ -17,8 +17,7 @@ from kpi_pipeline.store.database import write_transaction
 from kpi_pipeline.store.schema import anomaly_scores, kpi_models, kpi_observations
 
 OBSERVATION_COPY_COLUMNS = ("kpi", "ts", "value", "ingested_at", "source")
-SCORE_COPY_COLUMNS = ("kpi", "ts", "value", "expected", "score", "is_anomaly", "model_version",
-                      "scored_at")
+SCORE_COPY_COLUMNS = ("kpi", "ts", "value", "expected", "score", "is_anomaly", "model_version", "scored_at")
 
 
 def _admin(server_url: str) -> sa.Engine:
@@ -27,8 +26,7 @@ def _admin(server_url: str) -> sa.Engine:
         raise ValueError(f"the benchmark needs a PostgreSQL server, not {url.get_backend_name()}")
     if url.drivername == "postgresql":
         url = url.set(drivername="postgresql+psycopg")
-    return sa.create_engine(url.set(database="postgres"), isolation_level="AUTOCOMMIT",
-                            poolclass=sa.NullPool)
+    return sa.create_engine(url.set(database="postgres"), isolation_level="AUTOCOMMIT", poolclass=sa.NullPool)
 
 
 def create_database(server_url: str, prefix: str = "kpi_bench") -> str:
@@ -97,8 +95,7 @@ class Floor:
     seconds: float
 
 
-def scoring_floor(engine: sa.Engine, kpis: Sequence[str], window: int, new_points: int
-                  ) -> Floor:
+def scoring_floor(engine: sa.Engine, kpis: Sequence[str], window: int, new_points: int) -> Floor:
     """The I/O a scoring run cannot avoid, in plain SQL on one connection: read each KPI's
     newest ``window`` observations (one statement), then write ``new_points`` score rows per
     KPI (one statement, into a temporary copy of ``anomaly_scores`` so nothing real changes)."""
@@ -117,15 +114,14 @@ def scoring_floor(engine: sa.Engine, kpis: Sequence[str], window: int, new_point
         "scored_at = excluded.scored_at"
     )
     with engine.connect() as connection:
-        connection.exec_driver_sql(
-            "CREATE TEMPORARY TABLE floor_scores (LIKE anomaly_scores INCLUDING ALL)"
-        )
+        connection.exec_driver_sql("CREATE TEMPORARY TABLE floor_scores (LIKE anomaly_scores INCLUDING ALL)")
         connection.commit()
         started = time.perf_counter()
         # Streamed (the rows are counted and the newest kept, not held): a lower bound on
         # what a scorer that keeps them pays, with bounded memory at any number of KPIs.
         result = connection.execute(
-            read, {"kpis": list(kpis), "window": window},
+            read,
+            {"kpis": list(kpis), "window": window},
             execution_options={"yield_per": 50_000},
         )
         newest: dict[str, list] = {}
@@ -175,4 +171,3 @@ def newest_model_bytes(engine: sa.Engine, kpis: Sequence[str]) -> float:
         for _row in rows:  # streamed: a few megabytes at a time, not every model at once
             pass
     return time.perf_counter() - started
-

@@ -234,8 +234,7 @@ def _overview_order(sort: str, summary: sa.Subquery, latest: sa.Table) -> list:
         return [summary.c.last_anomaly.is_(None), summary.c.last_anomaly.desc(), summary.c.kpi]
     # An anomalous newest point ranks by its severity; an unscored KPI sorts after the rest.
     status = sa.case(
-        *((latest.c.is_anomaly & (latest.c.severity == level), rank + 2)
-          for rank, level in enumerate(SEVERITIES)),
+        *((latest.c.is_anomaly & (latest.c.severity == level), rank + 2) for rank, level in enumerate(SEVERITIES)),
         (latest.c.is_anomaly, 1),
         (latest.c.ts.is_not(None), 0),
         else_=-1,
@@ -279,9 +278,7 @@ def kpi_time_range(engine: sa.Engine, kpi: str) -> tuple[pd.Timestamp, pd.Timest
     bounds: list[TimeLike] = []
     with engine.connect() as connection:
         for table in (kpi_observations, anomaly_scores):
-            query = sa.select(sa.func.min(table.c.ts), sa.func.max(table.c.ts)).where(
-                table.c.kpi == kpi
-            )
+            query = sa.select(sa.func.min(table.c.ts), sa.func.max(table.c.ts)).where(table.c.kpi == kpi)
             bounds.extend(value for value in connection.execute(query).one() if value is not None)
     if not bounds:
         return None
@@ -299,15 +296,12 @@ def kpi_series(
     """
     scores, feedback = anomaly_scores, anomaly_feedback
     scored_query = (
-        sa.select(*(scores.c[name] for name in SERIES_COLUMNS if name != "feedback"),
-                  feedback.c.label)
+        sa.select(*(scores.c[name] for name in SERIES_COLUMNS if name != "feedback"), feedback.c.label)
         .outerjoin(feedback, sa.and_(feedback.c.kpi == scores.c.kpi, feedback.c.ts == scores.c.ts))
         .where(*window(scores, kpi, since, until))
     )
     observations = kpi_observations
-    observed_query = sa.select(observations.c.ts, observations.c.value).where(
-        *window(observations, kpi, since, until)
-    )
+    observed_query = sa.select(observations.c.ts, observations.c.value).where(*window(observations, kpi, since, until))
     scored = read_frame(engine, scored_query, SERIES_COLUMNS)
     observed = read_frame(engine, observed_query, {"ts": "utc", "value": "float"})
     unscored = observed[~observed["ts"].isin(scored["ts"])]
@@ -343,17 +337,11 @@ def severity_counts(
 def newest_anomalies(engine: sa.Engine, limit: int = 10) -> pd.DataFrame:
     """The ``limit`` newest anomalous points of any KPI with their feedback, newest first."""
     view = anomalies
-    query = (
-        sa.select(*(view.c[name] for name in ANOMALY_COLUMNS))
-        .order_by(view.c.ts.desc(), view.c.kpi)
-        .limit(limit)
-    )
+    query = sa.select(*(view.c[name] for name in ANOMALY_COLUMNS)).order_by(view.c.ts.desc(), view.c.kpi).limit(limit)
     return read_frame(engine, query, ANOMALY_COLUMNS)
 
 
-def model_versions(
-    engine: sa.Engine, kpis: str | Sequence[str] | None = None, kind: str = "ensemble"
-) -> pd.DataFrame:
+def model_versions(engine: sa.Engine, kpis: str | Sequence[str] | None = None, kind: str = "ensemble") -> pd.DataFrame:
     """Registered versions of ``kind`` (all KPIs if None), newest training cutoff first per KPI.
 
     Columns: ``MODEL_COLUMNS`` then one column per training metric (``residual_scale``,

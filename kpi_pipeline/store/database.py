@@ -144,6 +144,10 @@ def driver_errors(
             if lost:
                 connection.invalidate(error)
         raise sa.exc.DBAPIError.instance(
-            statement, params, error, dbapi_error, connection_invalidated=lost,
+            statement,
+            params,
+            error,
+            dbapi_error,
+            connection_invalidated=lost,
             dialect=engine.dialect,
         ) from error

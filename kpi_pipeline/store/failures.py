@@ -43,37 +43,44 @@ def record_kpi_outcomes(
     cleared = sorted(set(succeeded) - set(failed))
     with write_transaction(engine) as connection:
         for start in range(0, len(cleared), 500):
-            connection.execute(sa.delete(table).where(
-                table.c.stage == stage, table.c.kpi.in_(cleared[start:start + 500])
-            ))
+            connection.execute(
+                sa.delete(table).where(table.c.stage == stage, table.c.kpi.in_(cleared[start : start + 500]))
+            )
         if not failed:
             return
         known = {
-            row.kpi: row for row in connection.execute(
-                sa.select(table.c.kpi, table.c.failing_since, table.c.attempts, table.c.
-                          last_failed_at).where(table.c.stage == stage,
-                                                table.c.kpi.in_(sorted(failed)))
+            row.kpi: row
+            for row in connection.execute(
+                sa.select(table.c.kpi, table.c.failing_since, table.c.attempts, table.c.last_failed_at).where(
+                    table.c.stage == stage, table.c.kpi.in_(sorted(failed))
+                )
             )
         }
         for kpi, reason in sorted(failed.items()):
             before = known.get(kpi)
             if before is None:
-                connection.execute(sa.insert(table).values(
-                    kpi=kpi, stage=stage, reason=reason, failing_since=when,
-                    last_failed_at=when, attempts=1,
-                ))
+                connection.execute(
+                    sa.insert(table).values(
+                        kpi=kpi,
+                        stage=stage,
+                        reason=reason,
+                        failing_since=when,
+                        last_failed_at=when,
+                        attempts=1,
+                    )
+                )
             elif to_utc(before.last_failed_at) != when:  # a rerun of the same attempt counts once
-                connection.execute(sa.update(table).where(
-                    table.c.kpi == kpi, table.c.stage == stage
-                ).values(reason=reason, last_failed_at=when, attempts=before.attempts + 1))
+                connection.execute(
+                    sa.update(table)
+                    .where(table.c.kpi == kpi, table.c.stage == stage)
+                    .values(reason=reason, last_failed_at=when, attempts=before.attempts + 1)
+                )
 
 
 def load_kpi_failures(engine: sa.Engine, kpis: Iterable[str] | None = None) -> pd.DataFrame:
     """The failing KPIs (``FAILURE_COLUMNS``), by kpi and stage."""
     table = kpi_failures
-    query = sa.select(*(table.c[name] for name in FAILURE_COLUMNS)).order_by(
-        table.c.kpi, table.c.stage
-    )
+    query = sa.select(*(table.c[name] for name in FAILURE_COLUMNS)).order_by(table.c.kpi, table.c.stage)
     if kpis is not None:
         query = query.where(table.c.kpi.in_(sorted(set(kpis))))
     return read_frame(engine, query, FAILURE_COLUMNS)

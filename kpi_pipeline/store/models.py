@@ -52,10 +52,23 @@ def save_model(
 
     ``params`` and ``metrics`` may hold numpy scalars and timestamps; NaN is stored as null.
     """
-    save_models(engine, [dict(
-        kpi=kpi, kind=kind, version=version, trained_at=trained_at, train_start=train_start,
-        train_end=train_end, n_points=n_points, params=params, metrics=metrics, artifact=artifact,
-    )])
+    save_models(
+        engine,
+        [
+            dict(
+                kpi=kpi,
+                kind=kind,
+                version=version,
+                trained_at=trained_at,
+                train_start=train_start,
+                train_end=train_end,
+                n_points=n_points,
+                params=params,
+                metrics=metrics,
+                artifact=artifact,
+            )
+        ],
+    )
 
 
 def save_models(engine: sa.Engine, models: Sequence[dict[str, Any]]) -> None:
@@ -89,32 +102,22 @@ NEWEST_FIRST = (
 so they pick the same version)."""
 
 
-def load_latest_models(
-    engine: sa.Engine, kind: str, kpis: Iterable[str] | None = None
-) -> dict[str, ModelRecord]:
+def load_latest_models(engine: sa.Engine, kind: str, kpis: Iterable[str] | None = None) -> dict[str, ModelRecord]:
     """The newest model of ``kind`` for each KPI (all KPIs if None): latest training cutoff.
 
     Walk-forward training writes several versions in one run, so recency is the end of the
     training data (``train_end``), then the time of training.
     """
     table = kpi_models
-    recency = (
-        sa.func.row_number().over(partition_by=table.c.kpi, order_by=NEWEST_FIRST).label("recency")
-    )
-    ranked = (
-        sa.select(table, recency).where(table.c.kind == kind, *window(table, kpis)).subquery()
-    )
-    query = sa.select(*(ranked.c[column.name] for column in table.columns)).where(
-        ranked.c.recency == 1
-    )
+    recency = sa.func.row_number().over(partition_by=table.c.kpi, order_by=NEWEST_FIRST).label("recency")
+    ranked = sa.select(table, recency).where(table.c.kind == kind, *window(table, kpis)).subquery()
+    query = sa.select(*(ranked.c[column.name] for column in table.columns)).where(ranked.c.recency == 1)
     with engine.connect() as connection:
         rows = connection.execute(query).mappings().all()
     return {row["kpi"]: _record(row) for row in rows}
 
 
-def load_model_versions(
-    engine: sa.Engine, kpi: str, kind: str, artifacts: bool = True
-) -> list[ModelRecord]:
+def load_model_versions(engine: sa.Engine, kpi: str, kind: str, artifacts: bool = True) -> list[ModelRecord]:
     """Every version of one KPI's ``kind`` model, oldest training cutoff first.
 
     ``artifacts=False`` leaves the stored models out (``artifact`` None): choosing which
@@ -151,10 +154,16 @@ def prune_model_versions(engine: sa.Engine, kpi: str, needed_from: TimeLike) -> 
     )
     doomed = sa.and_(of_kpi, table.c.train_end < boundary)
     with write_transaction(engine) as connection:
-        versions = connection.execute(
-            sa.select(table.c.version).where(doomed).group_by(table.c.version)
-            .order_by(sa.func.min(table.c.train_end))
-        ).scalars().all()
+        versions = (
+            connection.execute(
+                sa.select(table.c.version)
+                .where(doomed)
+                .group_by(table.c.version)
+                .order_by(sa.func.min(table.c.train_end))
+            )
+            .scalars()
+            .all()
+        )
         if versions:
             connection.execute(sa.delete(table).where(of_kpi, table.c.version.in_(versions)))
     return list(versions)

@@ -58,9 +58,7 @@ KEEPALIVE_IDLE_S = 30
 """A listener sends no queries, so only TCP keepalives notice a peer that vanished silently:
 after this long idle, then within ``KEEPALIVE_IDLE_S`` more (3 probes)."""
 
-_NOTIFY = sa.text(
-    "SELECT pg_notify(:channel, kpi) FROM unnest(CAST(:kpis AS text[])) AS kpi"
-)
+_NOTIFY = sa.text("SELECT pg_notify(:channel, kpi) FROM unnest(CAST(:kpis AS text[])) AS kpi")
 
 
 def notify_scores_written(connection: sa.Connection, kpis: Iterable[str]) -> None:
@@ -152,11 +150,9 @@ class ScoreWriteListener:
     failures, on entry or in ``wait``, raise ``sqlalchemy.exc.DBAPIError``.
     """
 
-    def __init__(self, engine: sa.Engine, channel: str = SCORES_CHANNEL,
-                 name: str = LISTENER_NAME) -> None:
+    def __init__(self, engine: sa.Engine, channel: str = SCORES_CHANNEL, name: str = LISTENER_NAME) -> None:
         if not can_listen(engine):
-            raise ValueError(f"no score notifications on {engine.dialect.name}"
-                             f"+{engine.dialect.driver}")
+            raise ValueError(f"no score notifications on {engine.dialect.name}+{engine.dialect.driver}")
         self._engine = engine
         self.channel, self.name = channel, name
         self._connection: Any = None  # the driver's connection, once entered (the DBAPI is untyped)
@@ -175,16 +171,19 @@ class ScoreWriteListener:
             with driver_errors(self._engine):
                 # The URL's own query options (its connect_timeout, keepalives...) win over
                 # these defaults; the listener's name and autocommit always hold.
-                self._connection = dbapi.connect(*args, **{
-                    "connect_timeout": CONNECT_TIMEOUT_S,
-                    "keepalives": 1,
-                    "keepalives_idle": KEEPALIVE_IDLE_S,
-                    "keepalives_interval": KEEPALIVE_IDLE_S // 3,
-                    "keepalives_count": 3,
-                    **options,
-                    "autocommit": True,
-                    "application_name": self.name,
-                })
+                self._connection = dbapi.connect(
+                    *args,
+                    **{
+                        "connect_timeout": CONNECT_TIMEOUT_S,
+                        "keepalives": 1,
+                        "keepalives_idle": KEEPALIVE_IDLE_S,
+                        "keepalives_interval": KEEPALIVE_IDLE_S // 3,
+                        "keepalives_count": 3,
+                        **options,
+                        "autocommit": True,
+                        "application_name": self.name,
+                    },
+                )
                 self._connection.execute(f'LISTEN "{self.channel}"')
                 self._connection.execute(f'LISTEN "{PROBE_CHANNEL}"')
             self._selector.register(self._connection.fileno(), selectors.EVENT_READ)
@@ -220,8 +219,9 @@ class ScoreWriteListener:
         """Every notification received, waiting up to ``timeout`` for the first one."""
         if self._connection.closed or self._connection.broken:
             # A closed socket drops out of the selector silently: waiting would never end.
-            raise sa.exc.OperationalError("LISTEN", None, ConnectionError(
-                "the score-write listener's connection is closed"))
+            raise sa.exc.OperationalError(
+                "LISTEN", None, ConnectionError("the score-write listener's connection is closed")
+            )
         for key, _ in self._selector.select(timeout):
             if key.fileobj is self._wake_in:
                 self._drain_wake()
@@ -243,20 +243,30 @@ class ScoreWriteListener:
                     return
                 if notice.channel == self.channel:
                     self._pending.append(notice.payload)
-        raise sa.exc.OperationalError("LISTEN", None, ConnectionError(
-            f"a test notification did not reach the listening session within "
-            f"{PROBE_TIMEOUT_S:g} s: notifications are not delivered to it (a connection pooler "
-            f"in transaction mode?); series are read from the database"))
+        raise sa.exc.OperationalError(
+            "LISTEN",
+            None,
+            ConnectionError(
+                f"a test notification did not reach the listening session within "
+                f"{PROBE_TIMEOUT_S:g} s: notifications are not delivered to it (a connection pooler "
+                f"in transaction mode?); series are read from the database"
+            ),
+        )
 
     def _check_senders(self) -> None:
         """Refuse to listen to a channel whose triggers are missing or disabled: nothing would
         arrive, and a cache trusting this listener would serve stale data."""
         names = CHANNEL_TRIGGERS.get(self.channel, ())
         if names and not triggers_enabled(self._engine, names):
-            raise sa.exc.OperationalError("LISTEN", None, ConnectionError(
-                f"the triggers that notify {self.channel} are missing or disabled (migration "
-                "0004: run `kpi-pipeline init`; or ALTER TABLE ... ENABLE ALWAYS TRIGGER for "
-                f"{', '.join(names)})"))
+            raise sa.exc.OperationalError(
+                "LISTEN",
+                None,
+                ConnectionError(
+                    f"the triggers that notify {self.channel} are missing or disabled (migration "
+                    "0004: run `kpi-pipeline init`; or ALTER TABLE ... ENABLE ALWAYS TRIGGER for "
+                    f"{', '.join(names)})"
+                ),
+            )
 
     def interrupt(self) -> None:
         """Make the current (or next) ``wait`` return at once; from any thread."""
@@ -288,5 +298,4 @@ def triggers_enabled(engine: sa.Engine, names: tuple[str, ...]) -> bool:
 
 def _send_probe(engine: sa.Engine, token: str) -> None:
     with engine.begin() as connection:
-        connection.execute(sa.text("SELECT pg_notify(:channel, :token)"),
-                           {"channel": PROBE_CHANNEL, "token": token})
+        connection.execute(sa.text("SELECT pg_notify(:channel, :token)"), {"channel": PROBE_CHANNEL, "token": token})

@@ -60,20 +60,20 @@ def upsert_observations(engine: sa.Engine, df: pd.DataFrame, source: str) -> Ups
         stored = _stored_values(connection, frame)
         merged = frame.merge(stored, on=["kpi", "ts"], how="left", suffixes=("", "_stored"))
         differs = merged["value_stored"].isna() | (merged["value"] != merged["value_stored"])
-        changes = merged.loc[differs, ["kpi", "ts", "value"]].assign(
-            ingested_at=utc_now(), source=source
-        )
+        changes = merged.loc[differs, ["kpi", "ts", "value"]].assign(ingested_at=utc_now(), source=source)
         records = to_records(changes, list(changes.columns))
-        inserted = {_key(*key) for key in upsert(connection, kpi_observations, records,
-                                                  returning=True) or ()}
-        updated = upsert(
-            connection,
-            kpi_observations,
-            [row for row in records if _key(row["kpi"], row["ts"]) not in inserted],
-            update=["value", "ingested_at", "source"],
-            only_if_changed=["value"],
-            returning=True,
-        ) or ()
+        inserted = {_key(*key) for key in upsert(connection, kpi_observations, records, returning=True) or ()}
+        updated = (
+            upsert(
+                connection,
+                kpi_observations,
+                [row for row in records if _key(row["kpi"], row["ts"]) not in inserted],
+                update=["value", "ingested_at", "source"],
+                only_if_changed=["value"],
+                returning=True,
+            )
+            or ()
+        )
     return UpsertCounts(len(inserted), len(updated), len(frame) - len(inserted) - len(updated))
 
 
@@ -136,11 +136,7 @@ def load_observations_from(
     """
     table = kpi_observations
     since = to_utc(since)
-    anchor = (
-        sa.select(sa.func.max(table.c.ts))
-        .where(table.c.kpi == kpi, table.c.ts <= since)
-        .scalar_subquery()
-    )
+    anchor = sa.select(sa.func.max(table.c.ts)).where(table.c.kpi == kpi, table.c.ts <= since).scalar_subquery()
     query = (
         sa.select(table.c.kpi, table.c.ts, table.c.value)
         .where(
@@ -178,9 +174,7 @@ def observations_version(engine: sa.Engine) -> str:
     return f"{count}:{to_utc(newest).isoformat() if newest is not None else 'none'}"
 
 
-def observations_ingested_since(
-    engine: sa.Engine, cursor_ts: TimeLike | None = None
-) -> pd.DataFrame:
+def observations_ingested_since(engine: sa.Engine, cursor_ts: TimeLike | None = None) -> pd.DataFrame:
     """Per KPI, the observations written after ``cursor_ts`` (all if None), sorted by kpi.
 
     Columns: kpi, n_rows, min_ts, max_ts, max_ingested_at. A sensor keeps the largest

@@ -115,9 +115,7 @@ anomaly_scores = sa.Table(
     sa.Column("event_id", sa.Text),
     sa.Column("model_version", sa.Text),
     sa.Column("scored_at", UtcDateTime, nullable=False),
-    sa.CheckConstraint(
-        "severity IN ('low', 'medium', 'high', 'critical')", name="ck_anomaly_scores_severity"
-    ),
+    sa.CheckConstraint("severity IN ('low', 'medium', 'high', 'critical')", name="ck_anomaly_scores_severity"),
     # The anomaly check reads what was scored since its previous evaluation.
     sa.Index("ix_anomaly_scores_scored_at", "scored_at"),
 )
@@ -140,9 +138,7 @@ anomaly_feedback = sa.Table(
     sa.Column("label", sa.Text, nullable=False),
     sa.Column("note", sa.Text),
     sa.Column("created_at", UtcDateTime, nullable=False),
-    sa.CheckConstraint(
-        "label IN ('true_positive', 'false_positive')", name="ck_anomaly_feedback_label"
-    ),
+    sa.CheckConstraint("label IN ('true_positive', 'false_positive')", name="ck_anomaly_feedback_label"),
 )
 
 alert_deliveries = sa.Table(
@@ -172,9 +168,7 @@ alert_deliveries = sa.Table(
     sa.Column("sent_at", UtcDateTime),
     # One row per (anomaly, channel, recipient): recording an alert twice is a no-op.
     sa.UniqueConstraint("kpi", "ts", "channel", "recipient", name="uq_alert_deliveries_target"),
-    sa.CheckConstraint(
-        "status IN ('pending', 'sent', 'failed', 'suppressed')", name="ck_alert_deliveries_status"
-    ),
+    sa.CheckConstraint("status IN ('pending', 'sent', 'failed', 'suppressed')", name="ck_alert_deliveries_status"),
     sa.Index("ix_alert_deliveries_status", "status", "next_attempt_at"),
 )
 
@@ -250,10 +244,22 @@ kpi_features = sa.Table(
     sa.Column("kpi", sa.Text, primary_key=True),
     sa.Column("ts", UtcDateTime, primary_key=True),
     # detection.features.FEATURE_COLUMNS; NULL where a feature has too little history.
-    *(sa.Column(name, sa.Double()) for name in (
-        "rolling_mean_7", "rolling_std_7", "diff_1", "lag_1", "lag_season",
-        "hour_sin", "hour_cos", "dow_sin", "dow_cos", "month_sin", "month_cos",
-    )),
+    *(
+        sa.Column(name, sa.Double())
+        for name in (
+            "rolling_mean_7",
+            "rolling_std_7",
+            "diff_1",
+            "lag_1",
+            "lag_season",
+            "hour_sin",
+            "hour_cos",
+            "dow_sin",
+            "dow_cos",
+            "month_sin",
+            "month_cos",
+        )
+    ),
     sa.Column("is_weekend", sa.SmallInteger, nullable=False),
     sa.Column("is_holiday", sa.SmallInteger, nullable=False),
 )
@@ -286,4 +292,3 @@ kpi_failures = sa.Table(
 
 
 TABLES: tuple[sa.Table, ...] = tuple(metadata.sorted_tables)
-

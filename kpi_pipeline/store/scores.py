@@ -98,9 +98,7 @@ def load_scores(
 ) -> pd.DataFrame:
     """Scores with ``since <= ts <= until``, sorted by kpi and ts."""
     table = anomaly_scores
-    query = sa.select(*(table.c[name] for name in SCORE_COLUMNS)).where(
-        *window(table, kpis, since, until)
-    )
+    query = sa.select(*(table.c[name] for name in SCORE_COLUMNS)).where(*window(table, kpis, since, until))
     if only_anomalies:
         query = query.where(table.c.is_anomaly)
     return read_frame(engine, query.order_by(table.c.kpi, table.c.ts), SCORE_COLUMNS)
@@ -141,9 +139,7 @@ def anomalies_query(
     return query
 
 
-def set_feedback(
-    engine: sa.Engine, kpi: str, ts: TimeLike, label: str, note: str | None = None
-) -> None:
+def set_feedback(engine: sa.Engine, kpi: str, ts: TimeLike, label: str, note: str | None = None) -> None:
     """Label a point ``true_positive`` or ``false_positive``, replacing any earlier label."""
     if label not in FEEDBACK_LABELS:
         raise ValueError(f"label must be one of {FEEDBACK_LABELS}, not {label!r}")

@@ -26,9 +26,7 @@ MODEL_ROWS_PER_FETCH = 64
 models at a time, not a whole chunk's (today about 2 MB a KPI)."""
 
 
-def load_observation_windows(
-    engine: sa.Engine, since: Mapping[str, TimeLike | None]
-) -> pd.DataFrame:
+def load_observation_windows(engine: sa.Engine, since: Mapping[str, TimeLike | None]) -> pd.DataFrame:
     """Per KPI of ``since``, its observations (kpi, ts, value) from the last one at or before
     its ``since`` on (every one if None), sorted by kpi and ts: ``load_observations_from`` for
     many KPIs in one statement (and one more for the KPIs read whole)."""
@@ -37,18 +35,14 @@ def load_observation_windows(
     parts = [load_observations(engine, whole)] if whole else []
     if bounded:
         table = kpi_observations
-        wanted = keyed_values(
-            "wanted", [sa.column("kpi", sa.Text), sa.column("since", table.c.ts.type)], bounded
-        )
+        wanted = keyed_values("wanted", [sa.column("kpi", sa.Text), sa.column("since", table.c.ts.type)], bounded)
         # The window starts on a stored point even when ``since`` falls inside a gap.
         anchor = (
             sa.select(sa.func.max(table.c.ts))
             .where(table.c.kpi == wanted.c.kpi, table.c.ts <= wanted.c.since)
             .scalar_subquery()
         )
-        starts = sa.select(
-            wanted.c.kpi, sa.func.coalesce(anchor, wanted.c.since).label("start")
-        ).cte("starts")
+        starts = sa.select(wanted.c.kpi, sa.func.coalesce(anchor, wanted.c.since).label("start")).cte("starts")
         query = (
             sa.select(table.c.kpi, table.c.ts, table.c.value)
             .join_from(starts, table, (table.c.kpi == starts.c.kpi) & (table.c.ts >= starts.c.start))
@@ -85,8 +79,7 @@ def load_scoring_models(
     )
     before_first = (
         sa.select(sa.func.max(table.c.train_end))
-        .where(table.c.kpi == wanted.c.kpi, table.c.kind == kind,
-               table.c.train_end < wanted.c.first)
+        .where(table.c.kpi == wanted.c.kpi, table.c.kind == kind, table.c.train_end < wanted.c.first)
         .scalar_subquery()
     )
     bounds = sa.select(
@@ -99,9 +92,7 @@ def load_scoring_models(
         .join_from(
             bounds,
             table,
-            (table.c.kpi == bounds.c.kpi)
-            & (table.c.train_end >= bounds.c.start)
-            & (table.c.train_end < bounds.c.end),
+            (table.c.kpi == bounds.c.kpi) & (table.c.train_end >= bounds.c.start) & (table.c.train_end < bounds.c.end),
         )
         .order_by(table.c.kpi, table.c.train_end, table.c.trained_at, table.c.kind)
     )
@@ -119,9 +110,7 @@ def load_scoring_models(
             yield kpi, records
 
 
-def load_score_windows(
-    engine: sa.Engine, spans: Mapping[str, tuple[TimeLike, TimeLike]]
-) -> pd.DataFrame:
+def load_score_windows(engine: sa.Engine, spans: Mapping[str, tuple[TimeLike, TimeLike]]) -> pd.DataFrame:
     """Per KPI of ``spans``, its stored scores with ``since <= ts <= until``, sorted by kpi
     and ts: ``load_scores`` of many KPI windows in one statement."""
     table = anomaly_scores
@@ -141,9 +130,7 @@ def load_score_windows(
         .join_from(
             wanted,
             table,
-            (table.c.kpi == wanted.c.kpi)
-            & (table.c.ts >= wanted.c.since)
-            & (table.c.ts <= wanted.c.until),
+            (table.c.kpi == wanted.c.kpi) & (table.c.ts >= wanted.c.since) & (table.c.ts <= wanted.c.until),
         )
         .order_by(table.c.kpi, table.c.ts)
     )

@@ -19,9 +19,7 @@ from kpi_pipeline.store._sql import read_frame, upsert
 from kpi_pipeline.store.database import write_transaction
 from kpi_pipeline.store.schema import kpi_cleaned, kpi_features, kpi_observations, kpi_series
 
-CLEANED_COLUMNS: dict[str, Kind] = {
-    "kpi": "str", "ts": "utc", "value": "float", "filled": "bool", "gap": "bool"
-}
+CLEANED_COLUMNS: dict[str, Kind] = {"kpi": "str", "ts": "utc", "value": "float", "filled": "bool", "gap": "bool"}
 FEATURE_COLUMNS: dict[str, Kind] = {
     "kpi": "str",
     "ts": "utc",
@@ -30,9 +28,7 @@ FEATURE_COLUMNS: dict[str, Kind] = {
     "is_holiday": "int",
 }
 OBSERVATION_COLUMNS: dict[str, Kind] = {"kpi": "str", "ts": "utc", "value": "float"}
-CHANGE_COLUMNS: dict[str, Kind] = {
-    "kpi": "str", "first_ts": "utc", "last_ts": "utc", "ingested_through": "utc"
-}
+CHANGE_COLUMNS: dict[str, Kind] = {"kpi": "str", "first_ts": "utc", "last_ts": "utc", "ingested_through": "utc"}
 
 Since = TimeLike | Mapping[str, TimeLike | None] | None
 """One time for every KPI, a time per KPI (None: from its start), or None: everything."""
@@ -106,9 +102,7 @@ def _state(row: Mapping) -> SeriesState:
         ingested_through=to_utc(row["ingested_through"]),
         cleaned_at=to_utc(row["cleaned_at"]),
         changed_from=to_utc(row["changed_from"]),
-        features_through=(
-            None if row["features_through"] is None else to_utc(row["features_through"])
-        ),
+        features_through=(None if row["features_through"] is None else to_utc(row["features_through"])),
     )
 
 
@@ -164,9 +158,7 @@ def count_observations(engine: sa.Engine, until: Mapping[str, TimeLike]) -> dict
     table = kpi_observations
     query = (
         sa.select(table.c.kpi, sa.func.count())
-        .where(sa.or_(*(
-            sa.and_(table.c.kpi == kpi, table.c.ts <= to_utc(ts)) for kpi, ts in until.items()
-        )))
+        .where(sa.or_(*(sa.and_(table.c.kpi == kpi, table.c.ts <= to_utc(ts)) for kpi, ts in until.items())))
         .group_by(table.c.kpi)
     )
     with engine.connect() as connection:
@@ -174,9 +166,7 @@ def count_observations(engine: sa.Engine, until: Mapping[str, TimeLike]) -> dict
     return {kpi: int(counted.get(kpi, 0)) for kpi in until}
 
 
-def load_observations_since(
-    engine: sa.Engine, since: Mapping[str, TimeLike | None]
-) -> pd.DataFrame:
+def load_observations_since(engine: sa.Engine, since: Mapping[str, TimeLike | None]) -> pd.DataFrame:
     """The observations (kpi, ts, value) of each KPI of ``since`` from its time on (None: all
     of them), sorted by kpi and ts; one query."""
     return _read_since(engine, kpi_observations, OBSERVATION_COLUMNS, since.keys(), since)
@@ -185,9 +175,7 @@ def load_observations_since(
 # -- cleaned rows ---------------------------------------------------------------------------
 
 
-def load_cleaned_rows(
-    engine: sa.Engine, kpis: Iterable[str] | None = None, since: Since = None
-) -> pd.DataFrame:
+def load_cleaned_rows(engine: sa.Engine, kpis: Iterable[str] | None = None, since: Since = None) -> pd.DataFrame:
     """Rows of ``kpi_cleaned`` (kpi, ts, value, filled, gap) of ``kpis`` (all if None) with
     ``ts >= since`` (see ``Since``), sorted by kpi and ts: what ``clean_observations`` makes of
     the stored observations, as the ``cleaned_kpis`` asset last maintained it."""
@@ -209,19 +197,23 @@ def save_cleaned(
         if rebuilt:
             connection.execute(sa.delete(kpi_cleaned).where(kpi_cleaned.c.kpi.in_(rebuilt)))
         changing = ["value", "filled", "gap"]
-        upsert(connection, kpi_cleaned, to_records(rows, list(CLEANED_COLUMNS)),
-               update=changing, only_if_changed=changing)
+        upsert(
+            connection, kpi_cleaned, to_records(rows, list(CLEANED_COLUMNS)), update=changing, only_if_changed=changing
+        )
         for row in state_rows:
             row.pop("features_through")
-        upsert(connection, kpi_series, state_rows,
-               update=[name for name in (state_rows[0] if state_rows else ()) if name != "kpi"])
+        upsert(
+            connection,
+            kpi_series,
+            state_rows,
+            update=[name for name in (state_rows[0] if state_rows else ()) if name != "kpi"],
+        )
 
 
 # -- features -------------------------------------------------------------------------------
 
 
-def load_features(engine: sa.Engine, kpis: Iterable[str] | None = None, since: Since = None
-                  ) -> pd.DataFrame:
+def load_features(engine: sa.Engine, kpis: Iterable[str] | None = None, since: Since = None) -> pd.DataFrame:
     """Rows of ``kpi_features`` of ``kpis`` (all if None) with ``ts >= since`` (see ``Since``),
     sorted by kpi and ts."""
     return _read_since(engine, kpi_features, FEATURE_COLUMNS, kpis, since)
@@ -241,17 +233,16 @@ def save_features(
         if rebuilt:
             connection.execute(sa.delete(kpi_features).where(kpi_features.c.kpi.in_(rebuilt)))
         features = [name for name in FEATURE_COLUMNS if name not in ("kpi", "ts")]
-        upsert(connection, kpi_features, to_records(rows, list(FEATURE_COLUMNS)),
-               update=features, only_if_changed=features)
+        upsert(
+            connection, kpi_features, to_records(rows, list(FEATURE_COLUMNS)), update=features, only_if_changed=features
+        )
         if built:
             statement = (
                 sa.update(kpi_series)
                 .where(kpi_series.c.kpi == sa.bindparam("key"))
                 .values(features_through=sa.bindparam("through", type_=kpi_series.c.cleaned_at.type))
             )
-            connection.execute(
-                statement, [{"key": kpi, "through": to_utc(ts)} for kpi, ts in built.items()]
-            )
+            connection.execute(statement, [{"key": kpi, "through": to_utc(ts)} for kpi, ts in built.items()])
 
 
 # -- shared ---------------------------------------------------------------------------------
@@ -271,8 +262,7 @@ def _read_since(
         wanted = since if kpis is None else {kpi: since.get(kpi) for kpi in kpis}
         whole = [kpi for kpi, ts in wanted.items() if ts is None]
         conditions = [
-            sa.and_(table.c.kpi == kpi, table.c.ts >= to_utc(ts))
-            for kpi, ts in wanted.items() if ts is not None
+            sa.and_(table.c.kpi == kpi, table.c.ts >= to_utc(ts)) for kpi, ts in wanted.items() if ts is not None
         ]
         if whole:
             conditions.append(table.c.kpi.in_(whole))

@@ -92,9 +92,7 @@ def _newest_of_given_kpis(table: sa.Table) -> sa.Subquery:
 def _latest_scores(newest: sa.Subquery) -> sa.Select:
     table = anomaly_scores
     return (
-        sa.select(
-            table.c.kpi, *(table.c[name] for name in SERVED_SCORE_COLUMNS), table.c.scored_at
-        )
+        sa.select(table.c.kpi, *(table.c[name] for name in SERVED_SCORE_COLUMNS), table.c.scored_at)
         .select_from(newest)
         .join(table, sa.and_(table.c.kpi == newest.c.kpi, table.c.ts == newest.c.ts))
         .order_by(table.c.kpi)
@@ -213,9 +211,7 @@ def _rows(engine: sa.Engine, query: sa.Executable, **params: Any) -> list[Row]:
 
 
 @functools.cache
-def _driver_sql(
-    query: sa.Select, dialect: sa.Dialect
-) -> tuple[str, tuple[str, ...], dict[str, Any]]:
+def _driver_sql(query: sa.Select, dialect: sa.Dialect) -> tuple[str, tuple[str, ...], dict[str, Any]]:
     """``query`` compiled once for ``dialect``: its SQL text, its column names, and the values
     of the parameters it binds itself (such as a literal ``LIMIT``)."""
     compiled = query.compile(dialect=dialect)
@@ -371,9 +367,7 @@ def _observation_watermark() -> sa.Select:
 _OBSERVATION_WATERMARK = _observation_watermark()
 
 
-def observation_watermark(
-    engine: sa.Engine, kpi: str, since: TimeLike | None = None
-) -> ObservationWatermark:
+def observation_watermark(engine: sa.Engine, kpi: str, since: TimeLike | None = None) -> ObservationWatermark:
     """``kpi``'s first observation, and the count, newest ``ts`` and newest ``ingested_at`` of
     its observations with ``ts >= since`` (all of them if None): one statement, which reads
     only the index entries and rows from ``since`` on."""
@@ -399,9 +393,6 @@ def ping(engine: sa.Engine) -> None:
 
 def kpi_exists(engine: sa.Engine, kpi: str) -> bool:
     """Whether ``kpi`` has an observation, a score or a model."""
-    probes = [
-        sa.exists().where(table.c.kpi == kpi)
-        for table in (kpi_observations, anomaly_scores, kpi_models)
-    ]
+    probes = [sa.exists().where(table.c.kpi == kpi) for table in (kpi_observations, anomaly_scores, kpi_models)]
     with engine.connect() as connection:
         return bool(connection.scalar(sa.select(sa.or_(*probes))))

@@ -39,10 +39,26 @@ def self_signed_certificate(directory: Path) -> tuple[Path, Path]:
     """A certificate for 127.0.0.1 / localhost and its key, made with the openssl command."""
     cert, key = directory / "cert.pem", directory / "key.pem"
     subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-         "-keyout", str(key), "-out", str(cert), "-subj", "/CN=localhost",
-         "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost"],
-        check=True, capture_output=True,
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+            "-subj",
+            "/CN=localhost",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1,DNS:localhost",
+        ],
+        check=True,
+        capture_output=True,
     )
     return cert, key
 
@@ -93,8 +109,7 @@ class SmtpServer:
             context.load_cert_chain(*map(str, self._certificate))
             options.update(tls_context=context, require_starttls=True)
         if self._login is not None:
-            options.update(authenticator=self._authenticate,
-                           auth_require_tls=self._certificate is not None)
+            options.update(authenticator=self._authenticate, auth_require_tls=self._certificate is not None)
         self._controller = Controller(self, hostname="127.0.0.1", port=self.port, **options)
         self._controller.start()
         return self
@@ -192,13 +207,23 @@ class SlackApi(_FakeApi):
         body = request.json()
         if not body.get("channel"):
             return Response(200, {"ok": False, "error": "channel_not_found"})
-        return Response(200, {"ok": True, "channel": body["channel"], "ts": "1700000000.000100",
-                              "message": {"text": body.get("text", "")}})
+        return Response(
+            200,
+            {
+                "ok": True,
+                "channel": body["channel"],
+                "ts": "1700000000.000100",
+                "message": {"text": body.get("text", "")},
+            },
+        )
 
     def messages(self) -> list[dict]:
         """Bodies of the successful ``chat.postMessage`` calls."""
-        return [r.json() for r in self.requests if r.path == "/api/chat.postMessage"
-                and r.headers.get("Authorization") == f"Bearer {self.token}"]
+        return [
+            r.json()
+            for r in self.requests
+            if r.path == "/api/chat.postMessage" and r.headers.get("Authorization") == f"Bearer {self.token}"
+        ]
 
 
 class TwilioApi(_FakeApi):
@@ -221,8 +246,10 @@ class TwilioApi(_FakeApi):
             return Response(404, {"code": 20404, "message": "Not found", "status": 404})
         form = request.form()
         if not form.get("To", "").startswith("+"):
-            return Response(400, {"code": 21211, "status": 400,
-                                  "message": f"The 'To' number {form.get('To')} is not valid."})
+            return Response(
+                400, {"code": 21211, "status": 400, "message": f"The 'To' number {form.get('To')} is not valid."}
+            )
         self.sent.append(form)
-        return Response(201, {"sid": f"SM{len(self.sent):032d}", "status": "queued",
-                              "to": form["To"], "body": form["Body"]})
+        return Response(
+            201, {"sid": f"SM{len(self.sent):032d}", "status": "queued", "to": form["To"], "body": form["Body"]}
+        )

@@ -53,9 +53,7 @@ def smtp():
 
 
 def _email(port: int, **options) -> EmailChannel:
-    return EmailChannel(
-        host="127.0.0.1", port=port, sender="kpi@example.com", **({"starttls": False} | options)
-    )
+    return EmailChannel(host="127.0.0.1", port=port, sender="kpi@example.com", **({"starttls": False} | options))
 
 
 def _refusal(send) -> DeliveryError:
@@ -185,8 +183,11 @@ def test_sms_server_errors_are_retried_client_errors_are_not(twilio_api):
 
 
 def test_a_channel_without_settings_is_off_and_says_so_once():
-    channels = {"email": EmailChannel(host="smtp.test"), "slack": SlackChannel(token="x"),
-                "sms": SmsChannel(account_sid="AC1")}
+    channels = {
+        "email": EmailChannel(host="smtp.test"),
+        "slack": SlackChannel(token="x"),
+        "sms": SmsChannel(account_sid="AC1"),
+    }
     logged: list[str] = []
     announced: set[str] = set()
 

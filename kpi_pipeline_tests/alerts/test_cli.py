@@ -29,13 +29,24 @@ def invoke(sqlite_url):
 
 
 def _pending_alert(engine, kpi: str, ts: pd.Timestamp) -> None:
-    store.upsert_scores(engine, pd.DataFrame({"kpi": [kpi], "ts": [ts], "is_anomaly": [True],
-                                              "severity": ["high"]}))
-    store.record_deliveries(engine, [{
-        "kpi": kpi, "ts": ts, "event_id": None, "severity": "high", "channel": "email",
-        "recipient": "oncall@example.com", "batch": "run", "message_key": "k",
-        "payload": {"kpi": kpi, "ts": ts.isoformat(), "severity": "high"}, "status": "pending",
-    }])
+    store.upsert_scores(engine, pd.DataFrame({"kpi": [kpi], "ts": [ts], "is_anomaly": [True], "severity": ["high"]}))
+    store.record_deliveries(
+        engine,
+        [
+            {
+                "kpi": kpi,
+                "ts": ts,
+                "event_id": None,
+                "severity": "high",
+                "channel": "email",
+                "recipient": "oncall@example.com",
+                "batch": "run",
+                "message_key": "k",
+                "payload": {"kpi": kpi, "ts": ts.isoformat(), "severity": "high"},
+                "status": "pending",
+            }
+        ],
+    )
 
 
 def test_silence_has_help():

@@ -13,13 +13,24 @@ def test_single_alert_states_every_figure_in_text_html_sms_and_slack():
 
     assert message.subject == "[kpi-pipeline] HIGH anomaly: orders +308% at 2025-03-11 08:00 UTC"
     for part in (message.text, message.html):
-        for figure in ("orders", "2025-03-11 08:00 UTC", "412", "101", "90", "112", "+308%",
-                       "high", "0.83", "prophet+iforest"):
+        for figure in (
+            "orders",
+            "2025-03-11 08:00 UTC",
+            "412",
+            "101",
+            "90",
+            "112",
+            "+308%",
+            "high",
+            "0.83",
+            "prophet+iforest",
+        ):
             assert figure in part
         assert "http://dagster.test:3000/assets/anomaly_scores" in part
         assert "http://api.test:8000/v1/kpis/orders/scores?start=2025-03-10T08" in part
-    assert message.sms.startswith("HIGH orders 03-11 08:00 UTC: 412 vs 101 exp (90-112), +308%, "
-                                  "score 0.83, prophet+iforest")
+    assert message.sms.startswith(
+        "HIGH orders 03-11 08:00 UTC: 412 vs 101 exp (90-112), +308%, score 0.83, prophet+iforest"
+    )
     assert len(message.sms) <= SMS_SEGMENT and message.sms.isascii()
     header, section, actions = message.slack_blocks
     assert header["type"] == "header" and "HIGH anomaly: orders" in header["text"]["text"]

@@ -12,8 +12,10 @@ NO_SILENCES = pd.DataFrame(columns=["kpi_pattern", "since", "until", "reason", "
 def _scored(*rows) -> pd.DataFrame:
     """Anomalies (kpi, ts, feedback) scored after the watermark."""
     return pd.DataFrame(
-        [{"kpi": kpi, "ts": T0 + pd.Timedelta(hours=h), "severity": "high", "score": 0.8,
-          "feedback": feedback} for kpi, h, feedback in rows]
+        [
+            {"kpi": kpi, "ts": T0 + pd.Timedelta(hours=h), "severity": "high", "score": 0.8, "feedback": feedback}
+            for kpi, h, feedback in rows
+        ]
     )
 
 
@@ -50,8 +52,15 @@ def test_silent_runs_and_history_alert_only_when_configured():
 
 def test_silences_and_false_positives_are_never_news():
     silences = pd.DataFrame(
-        [{"kpi_pattern": "ord*", "since": T0 + pd.Timedelta(hours=29),
-          "until": T0 + pd.Timedelta(hours=31), "reason": "maintenance", "created_at": T0}]
+        [
+            {
+                "kpi_pattern": "ord*",
+                "since": T0 + pd.Timedelta(hours=29),
+                "until": T0 + pd.Timedelta(hours=31),
+                "reason": "maintenance",
+                "created_at": T0,
+            }
+        ]
     )
     scored = _scored(("orders", 30, None), ("orders", 32, None), ("orders", 33, "false_positive"))
 

@@ -22,8 +22,7 @@ from kpi_pipeline_tests.alerts.servers import Response, SlackApi
 
 NOW = pd.Timestamp.now("UTC").floor("h")
 HOUR = pd.Timedelta(hours=1)
-POLICY = AlertPolicy(cooldown_minutes=180, digest_threshold=3, retry_base_seconds=30,
-                     max_inline_wait_seconds=1)
+POLICY = AlertPolicy(cooldown_minutes=180, digest_threshold=3, retry_base_seconds=30, max_inline_wait_seconds=1)
 
 
 @pytest.fixture(scope="module")
@@ -179,11 +178,14 @@ def test_a_false_positive_is_never_sent(engine, channels, slack_api):
 
 
 def test_two_senders_at_once_send_each_alert_once(engine, channels, slack_api):
-    _enqueue(engine, channels, [anomaly(kpi=f"kpi_{i}", ts=NOW - HOUR) for i in range(3)],
-             policy=POLICY.model_copy(update={"digest_threshold": 10}))
+    _enqueue(
+        engine,
+        channels,
+        [anomaly(kpi=f"kpi_{i}", ts=NOW - HOUR) for i in range(3)],
+        policy=POLICY.model_copy(update={"digest_threshold": 10}),
+    )
     results = []
-    senders = [threading.Thread(target=lambda: results.append(_deliver(engine, channels)))
-               for _ in range(2)]
+    senders = [threading.Thread(target=lambda: results.append(_deliver(engine, channels))) for _ in range(2)]
     for sender in senders:
         sender.start()
     for sender in senders:
@@ -194,18 +196,30 @@ def test_two_senders_at_once_send_each_alert_once(engine, channels, slack_api):
 
 def test_routes_decide_who_hears_and_channels_that_are_off_get_nothing(engine, channels):
     routing = Routing.model_validate(
-        {"default_route": False,
-         "routes": [{"kpis": ["orders"], "min_severity": "low",
-                     "channels": {"slack": ["#orders", "#ops"], "email": ["x@example.com"]}}]}
+        {
+            "default_route": False,
+            "routes": [
+                {
+                    "kpis": ["orders"],
+                    "min_severity": "low",
+                    "channels": {"slack": ["#orders", "#ops"], "email": ["x@example.com"]},
+                }
+            ],
+        }
     )
 
-    result = _enqueue(engine, channels, [anomaly(ts=NOW - HOUR, severity="low"),
-                                         anomaly(kpi="revenue", ts=NOW - HOUR)], routing=routing)
+    result = _enqueue(
+        engine,
+        channels,
+        [anomaly(ts=NOW - HOUR, severity="low"), anomaly(kpi="revenue", ts=NOW - HOUR)],
+        routing=routing,
+    )
 
     rows = store.load_deliveries(engine)
     assert result.pending == 2
     assert sorted(zip(rows["kpi"], rows["channel"], rows["recipient"])) == [
-        ("orders", "slack", "#ops"), ("orders", "slack", "#orders")
+        ("orders", "slack", "#ops"),
+        ("orders", "slack", "#orders"),
     ]
 
 
@@ -215,12 +229,21 @@ def test_routes_decide_who_hears_and_channels_that_are_off_get_nothing(engine, c
 def _score(engine, hours_ago: dict[int, str | None], scored_at: pd.Timestamp) -> None:
     """Scores of ``orders`` at ``NOW - h`` for each h, anomalous where a severity is given."""
     severity = list(hours_ago.values())
-    store.upsert_scores(engine, pd.DataFrame({
-        "kpi": "orders", "ts": [NOW - h * HOUR for h in hours_ago], "value": 412.0,
-        "expected": 101.0, "score": [0.8 if s else 0.1 for s in severity],
-        "is_anomaly": [s is not None for s in severity], "severity": severity,
-        "scored_at": scored_at,
-    }))
+    store.upsert_scores(
+        engine,
+        pd.DataFrame(
+            {
+                "kpi": "orders",
+                "ts": [NOW - h * HOUR for h in hours_ago],
+                "value": 412.0,
+                "expected": 101.0,
+                "score": [0.8 if s else 0.1 for s in severity],
+                "is_anomaly": [s is not None for s in severity],
+                "severity": severity,
+                "scored_at": scored_at,
+            }
+        ),
+    )
 
 
 def _queue(engine, channels, batch="run-1"):
@@ -255,14 +278,10 @@ def test_each_scored_anomaly_is_judged_once_from_where_the_store_says(engine, ch
     assert evaluations["batch"].tolist() == ["run-1", "run-2"]  # run-3 judged nothing new
     assert evaluations["alerted"].tolist() == [0, 1]
     assert evaluations["recorded_silently"].tolist() == [{HISTORY: 1}, {}]
-    assert store.load_deliveries(engine)[["ts", "batch"]].values.tolist() == [
-        [NOW - 2 * HOUR, "run-2"]
-    ]
+    assert store.load_deliveries(engine)[["ts", "batch"]].values.tolist() == [[NOW - 2 * HOUR, "run-2"]]
 
 
-def test_a_failed_evaluation_leaves_nothing_behind_and_its_retry_queues_once(
-    engine, channels, monkeypatch
-):
+def test_a_failed_evaluation_leaves_nothing_behind_and_its_retry_queues_once(engine, channels, monkeypatch):
     _history_then_news(engine)
 
     def crash(*_args, **_kwargs):

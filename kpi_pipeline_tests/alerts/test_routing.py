@@ -39,12 +39,12 @@ routes:
     routing = load_routing(path)
 
     assert routing.targets(anomaly(kpi="sales_eu", severity="medium"), ON) == {
-        ("email", "finance@example.com"), ("email", "cfo@example.com"), ("slack", "#revenue")
+        ("email", "finance@example.com"),
+        ("email", "cfo@example.com"),
+        ("slack", "#revenue"),
     }
     assert routing.targets(anomaly(kpi="orders", severity="high"), ON) == set()
-    assert routing.targets(anomaly(kpi="orders", severity="critical"), ON) == {
-        ("sms", "+15551234567")
-    }
+    assert routing.targets(anomaly(kpi="orders", severity="critical"), ON) == {("sms", "+15551234567")}
     # A route to a channel that is off sends nothing there.
     assert routing.targets(anomaly(kpi="revenue", severity="low"), ON) == set()
     assert routing.targets(anomaly(kpi="revenue", severity="high"), {"sms": ["+1"]}) == set()
@@ -52,9 +52,7 @@ routes:
 
 def test_the_default_route_stays_unless_switched_off(tmp_path):
     path = tmp_path / "routes.yaml"
-    path.write_text(
-        "routes:\n  - kpis: [revenue]\n    min_severity: low\n    channels: {slack: ['#rev']}\n"
-    )
+    path.write_text("routes:\n  - kpis: [revenue]\n    min_severity: low\n    channels: {slack: ['#rev']}\n")
 
     targets = load_routing(path).targets(anomaly(kpi="revenue", severity="high"), ON)
 
@@ -63,8 +61,12 @@ def test_the_default_route_stays_unless_switched_off(tmp_path):
 
 @pytest.mark.parametrize(
     "text",
-    ["routes:\n  - channels: {pager: [x]}\n", "routes:\n  - min_severity: huge\n    channels: {}\n",
-     "routes: [unclosed\n", "rutes: []\n"],
+    [
+        "routes:\n  - channels: {pager: [x]}\n",
+        "routes:\n  - min_severity: huge\n    channels: {}\n",
+        "routes: [unclosed\n",
+        "rutes: []\n",
+    ],
 )
 def test_a_bad_routing_file_is_one_clear_error(tmp_path, text):
     path = tmp_path / "routes.yaml"

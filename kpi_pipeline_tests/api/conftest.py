@@ -48,8 +48,7 @@ def detector() -> EnsembleDetector:
     return EnsembleDetector(DetectorConfig()).fit(ts[:TRAIN_HOURS], values[:TRAIN_HOURS])
 
 
-def register(engine: sa.Engine, kpi: str, detector: EnsembleDetector, version: str,
-             train_end: pd.Timestamp) -> None:
+def register(engine: sa.Engine, kpi: str, detector: EnsembleDetector, version: str, train_end: pd.Timestamp) -> None:
     """Store ``detector`` as model ``version`` of ``kpi``, ensemble row last (as training does)."""
     for kind, artifact in detector.to_artifacts().items():
         store.save_model(

@@ -89,7 +89,9 @@ def test_the_openapi_schema_declares_both_ways_to_send_a_key(client):
     schemes = client.get("/openapi.json").json()["components"]["securitySchemes"]
 
     assert schemes["APIKeyHeader"] == {
-        "type": "apiKey", "in": "header", "name": "X-API-Key",
+        "type": "apiKey",
+        "in": "header",
+        "name": "X-API-Key",
         "description": "One of the keys in KPI_API_KEYS.",
     }
     assert schemes["HTTPBearer"]["scheme"] == "bearer"
@@ -99,9 +101,11 @@ def test_the_openapi_schema_requires_a_key_exactly_where_one_is_checked(module_s
     either = [{"APIKeyHeader": []}, {"HTTPBearer": []}]
 
     def security(spec):
-        return {(path, method): operation.get("security")
-                for path, operations in spec["paths"].items()
-                for method, operation in operations.items()}
+        return {
+            (path, method): operation.get("security")
+            for path, operations in spec["paths"].items()
+            for method, operation in operations.items()
+        }
 
     keyed = security(client.get("/openapi.json").json())
     with make_client(module_seeded.engine, module_seeded.url, api_public_reads=True) as public:

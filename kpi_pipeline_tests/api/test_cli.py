@@ -17,17 +17,14 @@ from kpi_pipeline.config import get_settings
 def served(monkeypatch) -> dict:
     """What uvicorn was asked to run, instead of running it."""
     calls = {}
-    monkeypatch.setattr(uvicorn, "run", lambda target, **options: calls.update(
-        target=target, **options))
+    monkeypatch.setattr(uvicorn, "run", lambda target, **options: calls.update(target=target, **options))
     for name in ("KPI_DATABASE_URL", "KPI_API_PORT", "KPI_API_WORKERS", "KPI_API_HOST"):
         monkeypatch.delenv(name, raising=False)
     yield calls
     get_settings.cache_clear()
 
 
-def test_api_serves_the_app_factory_on_the_given_database_with_configured_defaults(
-    served, monkeypatch, sqlite_url
-):
+def test_api_serves_the_app_factory_on_the_given_database_with_configured_defaults(served, monkeypatch, sqlite_url):
     monkeypatch.setenv("KPI_API_WORKERS", "3")
 
     result = CliRunner().invoke(app, ["--database-url", sqlite_url, "api", "--port", "9123"])

@@ -19,8 +19,7 @@ from kpi_pipeline.config import Settings
 from kpi_pipeline_tests.api.conftest import API_KEY
 from kpi_pipeline_tests.dashboard import browser
 
-pytestmark = pytest.mark.skipif(browser.chromium_missing() is not None,
-                                reason=browser.chromium_missing() or "")
+pytestmark = pytest.mark.skipif(browser.chromium_missing() is not None, reason=browser.chromium_missing() or "")
 
 OPERATIONS = 9
 """Operations in the OpenAPI document (every route but the documentation's own)."""
@@ -32,8 +31,7 @@ def served(tmp_path_factory) -> Iterator[str]:
     database = tmp_path_factory.mktemp("docs") / "kpi.db"
     app = create_app(Settings(database_url=f"sqlite:///{database}", api_keys=API_KEY))
     port = browser.free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port,
-                                           log_level="warning"))
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + browser.STARTUP_SECONDS
@@ -83,8 +81,7 @@ def test_redoc_renders_the_operations_offline(served, offline_page):
     page, refused = offline_page
 
     page.goto(served + "/redoc")
-    heading = page.get_by_role("heading", name="Score points in real time with the KPI's "
-                                              "newest model")
+    heading = page.get_by_role("heading", name="Score points in real time with the KPI's newest model")
     heading.wait_for(timeout=browser.RENDER_TIMEOUT_MS)
 
     assert heading.is_visible()

@@ -9,8 +9,14 @@ import sqlalchemy as sa
 from kpi_pipeline import store
 from kpi_pipeline_tests.api.conftest import Seeded, make_client
 
-READS = ["/health", "/v1/kpis", "/v1/scores/latest", "/v1/scores/latest?kpi=sales",
-         "/v1/kpis/sales/scores?limit=50", "/v1/anomalies"]
+READS = [
+    "/health",
+    "/v1/kpis",
+    "/v1/scores/latest",
+    "/v1/scores/latest?kpi=sales",
+    "/v1/kpis/sales/scores?limit=50",
+    "/v1/anomalies",
+]
 
 
 def answers(url: str) -> dict[str, object]:
@@ -42,14 +48,12 @@ def test_writes_and_scoring_work_on_psycopg2(seeded: Seeded):
     url = sa.make_url(seeded.url).set(drivername="postgresql+psycopg2")
     url = url.render_as_string(hide_password=False)
     engine = store.make_engine(url)
-    rows = [{"kpi": "visits", "timestamp": f"2025-03-01T0{hour}:00:00Z", "value": hour}
-            for hour in range(3)]
+    rows = [{"kpi": "visits", "timestamp": f"2025-03-01T0{hour}:00:00Z", "value": hour} for hour in range(3)]
     point = {"timestamp": "2025-03-18T00:00:00Z", "value": 100.0}
     try:
         with make_client(engine, url) as client:
             ingested = client.post("/v1/observations", json={"observations": rows})
-            scored = client.post("/v1/score",
-                                 json={"kpi": "sales", "points": [point], "persist": True})
+            scored = client.post("/v1/score", json={"kpi": "sales", "points": [point], "persist": True})
     finally:
         engine.dispose()
 

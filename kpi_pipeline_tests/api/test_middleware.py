@@ -44,8 +44,7 @@ def test_every_response_carries_a_request_id_and_the_access_log_names_it(app_cli
 
 @pytest.mark.parametrize(
     ("offered", "kept"),
-    [("order-42.retry_1", True), ("x" * 65, False), ("has space", False),
-     ("ümlaut".encode("latin-1"), False)],
+    [("order-42.retry_1", True), ("x" * 65, False), ("has space", False), ("ümlaut".encode("latin-1"), False)],
 )
 def test_a_callers_request_id_is_kept_only_if_it_is_a_plain_token(app_client, offered, kept):
     response = app_client.get("/health/live", headers={"X-Request-ID": offered})
@@ -56,8 +55,7 @@ def test_a_callers_request_id_is_kept_only_if_it_is_a_plain_token(app_client, of
 def test_a_body_larger_than_the_batch_limit_allows_is_413_before_it_is_read(app_client):
     too_big = b"x" * (LIMIT + 1)
 
-    response = app_client.post("/v1/observations", content=too_big,
-                               headers={"Content-Type": "application/json"})
+    response = app_client.post("/v1/observations", content=too_big, headers={"Content-Type": "application/json"})
 
     assert response.status_code == 413
     assert response.json()["error"] == "payload_too_large"
@@ -83,11 +81,18 @@ async def post_chunked(app, path: str, headers: list[tuple[bytes, bytes]], total
             answer["body"] += message.get("body", b"")
 
     scope = {
-        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
-        "scheme": "http", "path": path, "raw_path": path.encode(), "root_path": "",
-        "query_string": b"", "server": ("testserver", 80), "client": ("127.0.0.1", 1),
-        "headers": [(b"content-type", b"application/json"),
-                    (b"transfer-encoding", b"chunked"), *headers],
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "root_path": "",
+        "query_string": b"",
+        "server": ("testserver", 80),
+        "client": ("127.0.0.1", 1),
+        "headers": [(b"content-type", b"application/json"), (b"transfer-encoding", b"chunked"), *headers],
     }
     await app(scope, receive, send)
     return answer["status"], json.loads(answer["body"]), sent
@@ -95,9 +100,7 @@ async def post_chunked(app, path: str, headers: list[tuple[bytes, bytes]], total
 
 @pytest.mark.parametrize("path", ["/v1/score", "/v1/observations"])
 @pytest.mark.parametrize("key", [b"test-key-one", None], ids=["with key", "without key"])
-def test_a_chunked_body_is_refused_once_it_passes_the_limit_not_read_to_the_end(
-    app_client, path, key
-):
+def test_a_chunked_body_is_refused_once_it_passes_the_limit_not_read_to_the_end(app_client, path, key):
     headers = [(b"x-api-key", key)] if key else []
 
     status, body, read = anyio.run(post_chunked, app_client.app, path, headers, 100 << 20)
@@ -108,8 +111,7 @@ def test_a_chunked_body_is_refused_once_it_passes_the_limit_not_read_to_the_end(
     assert read <= LIMIT + CHUNK
 
 
-def test_an_unexpected_error_is_a_logged_500_with_the_request_id(app_client, monkeypatch,
-                                                                  caplog):
+def test_an_unexpected_error_is_a_logged_500_with_the_request_id(app_client, monkeypatch, caplog):
     def broken(*_args, **_kwargs):
         raise RuntimeError("bug in a query")
 
@@ -131,8 +133,7 @@ def test_unknown_routes_and_methods_answer_in_the_error_shape(app_client):
     wrong_method = app_client.delete("/v1/kpis")
 
     assert (missing.status_code, missing.json()["error"]) == (404, "not_found")
-    assert (wrong_method.status_code, wrong_method.json()["error"]) == (405,
-                                                                          "method_not_allowed")
+    assert (wrong_method.status_code, wrong_method.json()["error"]) == (405, "method_not_allowed")
 
 
 def test_cors_is_off_by_default_and_allows_only_configured_origins(sqlite_url):

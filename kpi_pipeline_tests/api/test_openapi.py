@@ -56,8 +56,7 @@ def seeded_app(module_seeded):
 @settings(
     max_examples=15,
     deadline=None,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture,
-                           HealthCheck.filter_too_much],
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture, HealthCheck.filter_too_much],
 )
 def test_no_5xx_and_every_response_matches_the_schema(case, seeded_app):
     case.call_and_validate(headers={"X-API-Key": API_KEY}, checks=CHECKS)

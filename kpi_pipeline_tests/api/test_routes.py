@@ -56,9 +56,7 @@ def test_health_reports_the_database_and_the_age_of_the_latest_score(reader, mod
     assert 0 <= body["latest_score_age_seconds"] < 600
 
 
-def test_health_reaches_the_database_every_time_but_rereads_freshness_only_now_and_then(
-    module_seeded, monkeypatch
-):
+def test_health_reaches_the_database_every_time_but_rereads_freshness_only_now_and_then(module_seeded, monkeypatch):
     reads, read = [], serving.score_freshness
 
     def counted(engine):
@@ -143,8 +141,16 @@ def test_kpis_lists_latest_value_score_anomaly_state_and_model(reader, module_se
 def test_kpi_is_anomalous_when_its_latest_point_is(client, seeded):
     store.upsert_scores(
         seeded.engine,
-        pd.DataFrame({"kpi": ["orders"], "ts": [seeded.ts[-1]], "value": [1.0],
-                      "score": [0.9], "is_anomaly": [True], "severity": ["critical"]}),
+        pd.DataFrame(
+            {
+                "kpi": ["orders"],
+                "ts": [seeded.ts[-1]],
+                "value": [1.0],
+                "score": [0.9],
+                "is_anomaly": [True],
+                "severity": ["critical"],
+            }
+        ),
     )
 
     kpis = {entry["kpi"]: entry for entry in client.get("/v1/kpis").json()["kpis"]}
@@ -167,9 +173,7 @@ def test_latest_scores_per_kpi_and_the_requested_kpis_without_scores(reader, mod
     assert some["missing"] == ["nope"] and everything["missing"] == []
 
 
-def test_latest_scores_from_the_snapshot_are_what_the_database_and_the_model_give(
-    reader, module_seeded
-):
+def test_latest_scores_from_the_snapshot_are_what_the_database_and_the_model_give(reader, module_seeded):
     queries = [{}, {"kpi": ["sales", "nope", "sales"]}, {"kpi": ["orders"]}]
     with make_client(module_seeded.engine, api_latest_max_age=0) as uncached:
         for params in queries:
@@ -187,19 +191,20 @@ def test_latest_scores_from_the_snapshot_are_what_the_database_and_the_model_giv
 def test_new_scores_are_served_once_the_snapshot_bound_has_passed(seeded):
     newer = seeded.ts[-1] + HOUR
     fresh, slow = 0.3, 600.0
-    with make_client(seeded.engine, api_latest_max_age=fresh) as client, \
-            make_client(seeded.engine, api_latest_max_age=slow) as cached:
+    with (
+        make_client(seeded.engine, api_latest_max_age=fresh) as client,
+        make_client(seeded.engine, api_latest_max_age=slow) as cached,
+    ):
+
         def latest(on: TestClient) -> str:
-            return on.get("/v1/scores/latest", params={"kpi": "sales"}).json()["scores"][0][
-                "timestamp"]
+            return on.get("/v1/scores/latest", params={"kpi": "sales"}).json()["scores"][0]["timestamp"]
 
         before = latest(client)
         assert latest(cached) == before == iso(seeded.ts[-1])
         landed = time.monotonic()
         store.upsert_scores(
             seeded.engine,
-            pd.DataFrame({"kpi": ["sales"], "ts": [newer], "value": [1.0], "score": [0.1],
-                          "is_anomaly": [False]}),
+            pd.DataFrame({"kpi": ["sales"], "ts": [newer], "value": [1.0], "score": [0.1], "is_anomaly": [False]}),
         )
 
         assert latest(cached) == before  # served from memory: the bound is not over yet
@@ -228,12 +233,8 @@ def test_score_series_is_oldest_first_and_matches_the_store(reader, module_seede
 def test_score_series_window_and_limit(reader, module_seeded):
     start, end = module_seeded.ts[TRAIN_HOURS + 10], module_seeded.ts[TRAIN_HOURS + 19]
 
-    window = reader.get(
-        "/v1/kpis/sales/scores", params={"start": iso(start), "end": iso(end)}
-    ).json()
-    newest = reader.get(
-        "/v1/kpis/sales/scores", params={"start": iso(start), "end": iso(end), "limit": 3}
-    ).json()
+    window = reader.get("/v1/kpis/sales/scores", params={"start": iso(start), "end": iso(end)}).json()
+    newest = reader.get("/v1/kpis/sales/scores", params={"start": iso(start), "end": iso(end), "limit": 3}).json()
 
     assert [p["timestamp"] for p in window["points"]] == [
         iso(ts) for ts in module_seeded.ts[TRAIN_HOURS + 10 : TRAIN_HOURS + 20]
@@ -263,9 +264,7 @@ def test_anomaly_pages_walk_every_anomaly_once_newest_first(reader, module_seede
         if cursor is None:
             break
 
-    assert [anomaly["timestamp"] for anomaly in seen] == [
-        iso(ts) for ts in sorted(module_seeded.spikes, reverse=True)
-    ]
+    assert [anomaly["timestamp"] for anomaly in seen] == [iso(ts) for ts in sorted(module_seeded.spikes, reverse=True)]
     first = seen[0]
     assert first["kpi"] == "sales" and first["severity"] in store.SEVERITIES
     assert first["event_id"] == f"sales@{module_seeded.spikes[-1].isoformat()}"
@@ -276,8 +275,16 @@ def test_anomaly_filters(client, seeded):
     minor = seeded.ts[-1]
     store.upsert_scores(
         seeded.engine,
-        pd.DataFrame({"kpi": ["orders"], "ts": [minor], "value": [1.0], "score": [0.55],
-                      "is_anomaly": [True], "severity": ["low"]}),
+        pd.DataFrame(
+            {
+                "kpi": ["orders"],
+                "ts": [minor],
+                "value": [1.0],
+                "score": [0.55],
+                "is_anomaly": [True],
+                "severity": ["low"],
+            }
+        ),
     )
 
     def timestamps(**params):
@@ -318,9 +325,7 @@ def test_observations_land_and_bad_rows_are_rejected_with_reasons(client, seeded
         (5, "empty KPI name"),
         (6, "empty value"),
     ]
-    assert body["rejections"][1]["raw"] == {
-        "kpi": "sales", "timestamp": iso(after + 2 * HOUR), "value": "n/a"
-    }
+    assert body["rejections"][1]["raw"] == {"kpi": "sales", "timestamp": iso(after + 2 * HOUR), "value": "n/a"}
     stored = store.load_observations(seeded.engine, ["sales"], since=after)
     assert stored["value"].tolist() == [101.5, 102.0]
     assert store.table_counts(seeded.engine)["rejected_observations"] == 4
@@ -332,8 +337,7 @@ def test_observations_land_and_bad_rows_are_rejected_with_reasons(client, seeded
 def test_clients_racing_over_the_same_keys_report_each_insert_once(client, seeded):
     """20 clients post the same 100 new observations at once: each key is reported inserted by
     exactly one of them."""
-    rows = [{"kpi": "visits", "timestamp": iso(seeded.ts[0] + hour * HOUR), "value": 1.0}
-            for hour in range(100)]
+    rows = [{"kpi": "visits", "timestamp": iso(seeded.ts[0] + hour * HOUR), "value": 1.0} for hour in range(100)]
     start = threading.Barrier(20)
 
     def post(_client_number: int) -> dict:
@@ -387,8 +391,7 @@ def test_realtime_scores_equal_what_the_pipeline_stores_for_the_same_points(clie
 
 def test_score_with_persist_also_ingests_the_points(client, seeded):
     after = seeded.ts[-1] + HOUR
-    request = {"kpi": "sales", "points": [{"timestamp": iso(after), "value": 99.0}],
-               "persist": True}
+    request = {"kpi": "sales", "points": [{"timestamp": iso(after), "value": 99.0}], "persist": True}
 
     body = client.post("/v1/score", json=request).json()
 
@@ -418,8 +421,7 @@ def test_feedback_labels_a_scored_point_like_the_cli(client, seeded):
     )
 
     assert response.status_code == 200
-    assert response.json() == {"kpi": "sales", "timestamp": iso(spike),
-                               "label": "false_positive", "note": "promo day"}
+    assert response.json() == {"kpi": "sales", "timestamp": iso(spike), "label": "false_positive", "note": "promo day"}
     flagged = store.load_anomalies(seeded.engine).set_index("ts")
     assert flagged.loc[spike, "feedback"] == "false_positive"
     assert flagged.loc[spike, "feedback_note"] == "promo day"
@@ -428,17 +430,13 @@ def test_feedback_labels_a_scored_point_like_the_cli(client, seeded):
     # An offset is the same instant: the label is replaced, not duplicated.
     local = (spike.tz_convert("Europe/Berlin")).isoformat().replace("+", "%2B")
     client.post(f"/v1/anomalies/sales/{local}/feedback", json={"label": "true_positive"})
-    assert store.load_anomalies(seeded.engine).set_index("ts").loc[spike, "feedback"] == (
-        "true_positive"
-    )
+    assert store.load_anomalies(seeded.engine).set_index("ts").loc[spike, "feedback"] == ("true_positive")
     assert store.table_counts(seeded.engine)["anomaly_feedback"] == 1
 
 
 def test_feedback_on_a_point_that_was_not_scored_is_404(reader, module_seeded):
-    unscored = reader.post(f"/v1/anomalies/sales/{iso(module_seeded.ts[0])}/feedback",
-                           json={"label": "true_positive"})
-    unknown = reader.post(f"/v1/anomalies/nope/{iso(module_seeded.ts[-1])}/feedback",
-                          json={"label": "true_positive"})
+    unscored = reader.post(f"/v1/anomalies/sales/{iso(module_seeded.ts[0])}/feedback", json={"label": "true_positive"})
+    unknown = reader.post(f"/v1/anomalies/nope/{iso(module_seeded.ts[-1])}/feedback", json={"label": "true_positive"})
 
     assert unscored.status_code == unknown.status_code == 404
     assert store.table_counts(module_seeded.engine)["anomaly_feedback"] == 0
@@ -447,8 +445,7 @@ def test_feedback_on_a_point_that_was_not_scored_is_404(reader, module_seeded):
 def test_feedback_on_a_point_that_is_not_an_anomaly_is_refused(client, seeded):
     calm = store.load_scores(seeded.engine, ["sales"]).query("not is_anomaly")["ts"].iloc[0]
 
-    response = client.post(f"/v1/anomalies/sales/{iso(calm)}/feedback",
-                           json={"label": "false_positive"})
+    response = client.post(f"/v1/anomalies/sales/{iso(calm)}/feedback", json={"label": "false_positive"})
 
     assert response.status_code == 409, response.text
     assert response.json()["error"] == "not_an_anomaly"
@@ -463,8 +460,7 @@ def test_kpi_names_with_a_slash_round_trip_in_paths(client, seeded, slash):
     spike = iso(seeded.spikes[0])
 
     series = client.get(f"/v1/kpis/web{slash}sales/scores", params={"limit": 24})
-    labelled = client.post(f"/v1/anomalies/web{slash}sales/{spike}/feedback",
-                           json={"label": "true_positive"})
+    labelled = client.post(f"/v1/anomalies/web{slash}sales/{spike}/feedback", json={"label": "true_positive"})
 
     assert series.status_code == 200, series.text
     expected = client.get("/v1/kpis/sales/scores", params={"limit": 24}).json()

@@ -26,28 +26,36 @@ UTC = dt.timezone.utc
 
 def point(**changes) -> dict:
     row = {
-        "ts": dt.datetime(2025, 3, 1, 12, 0, 0, 250, tzinfo=UTC), "value": 10.5,
-        "expected": 9.75, "lower": 8.0, "upper": 11.0, "score": 0.61, "is_anomaly": True,
-        "severity": "medium", "flagged_by": "prophet,iforest", "model_version": "v\u00e9 \"1\"",
+        "ts": dt.datetime(2025, 3, 1, 12, 0, 0, 250, tzinfo=UTC),
+        "value": 10.5,
+        "expected": 9.75,
+        "lower": 8.0,
+        "upper": 11.0,
+        "score": 0.61,
+        "is_anomaly": True,
+        "severity": "medium",
+        "flagged_by": "prophet,iforest",
+        "model_version": 'v\u00e9 "1"',
     }
     return row | changes
 
 
 @pytest.mark.parametrize(
     "changes",
-    [{}, {"value": None, "severity": None, "flagged_by": None}, {"expected": float("nan"),
-     "upper": float("inf")}, {"ts": dt.datetime(2025, 3, 1, 13, tzinfo=dt.timezone(
-         dt.timedelta(hours=2)))}],
+    [
+        {},
+        {"value": None, "severity": None, "flagged_by": None},
+        {"expected": float("nan"), "upper": float("inf")},
+        {"ts": dt.datetime(2025, 3, 1, 13, tzinfo=dt.timezone(dt.timedelta(hours=2)))},
+    ],
 )
 def test_rows_serialise_as_the_response_models_do(changes):
     row = point(**changes)
     latest = row | {"kpi": "sales", "scored_at": dt.datetime(2025, 3, 2, tzinfo=UTC)}
     series = {"kpi": "sales", "points": [row, point()], "truncated": True}
 
-    assert LATEST_SCORE_JSON(latest) == LatestScore.model_validate(latest).model_dump_json(
-    ).encode()
-    assert SCORE_SERIES_JSON(series) == ScoreSeries.model_validate(series).model_dump_json(
-    ).encode()
+    assert LATEST_SCORE_JSON(latest) == LatestScore.model_validate(latest).model_dump_json().encode()
+    assert SCORE_SERIES_JSON(series) == ScoreSeries.model_validate(series).model_dump_json().encode()
     assert list(json.loads(LATEST_SCORE_JSON(latest))) == list(LatestScore.model_fields)
 
 
@@ -60,5 +68,4 @@ def test_realtime_scores_serialise_as_the_response_model_does(persisted):
     records = RealtimeScores("sales", "v1", columns).records()
     answer = {"kpi": "sales", "model_version": "v1", "points": records, "persisted": persisted}
 
-    assert SCORE_RESPONSE_JSON(answer) == ScoreResponse.model_validate(answer).model_dump_json(
-    ).encode()
+    assert SCORE_RESPONSE_JSON(answer) == ScoreResponse.model_validate(answer).model_dump_json().encode()

@@ -36,8 +36,14 @@ def client(module_seeded: Seeded) -> Iterator[TestClient]:
 
 def send(client: TestClient, method: str, path: str, headers: dict, body: dict | bytes | None):
     content = body if isinstance(body, bytes) else None
-    return client.request(method, path, headers=headers, follow_redirects=False,
-                          json=None if isinstance(body, bytes) else body, content=content)
+    return client.request(
+        method,
+        path,
+        headers=headers,
+        follow_redirects=False,
+        json=None if isinstance(body, bytes) else body,
+        content=content,
+    )
 
 
 def point(hour: int, value: float = 100.0) -> dict:
@@ -46,40 +52,47 @@ def point(hour: int, value: float = 100.0) -> dict:
 
 KEY = {"X-API-Key": API_KEY}
 REQUESTS = {  # case: (method, path, headers, body), the status and error code of the answer
-    "scored": (("POST", "/v1/score", KEY, {"kpi": "sales", "points": [point(0), point(2, 1e6)]}),
-               200, None),
-    "bearer key": (("POST", "/v1/score", {"Authorization": f"Bearer {OTHER_KEY}"},
-                    {"kpi": "sales", "points": [point(1)]}), 200, None),
-    "no key": (("POST", "/v1/score", {}, {"kpi": "sales", "points": [point(0)]}), 401,
-               "unauthorized"),
-    "wrong key": (("POST", "/v1/score", {"X-API-Key": "nope"}, {"kpi": "sales", "points": []}),
-                  401, "unauthorized"),
-    "other scheme": (("POST", "/v1/score", {"Authorization": f"Basic {API_KEY}"}, {}), 401,
-                     "unauthorized"),
-    "unknown KPI": (("POST", "/v1/score", KEY, {"kpi": "nope", "points": [point(0)]}), 404,
-                    "not_found"),
-    "no model": (("POST", "/v1/score", KEY, {"kpi": "orders", "points": [point(0)]}), 409,
-                 "no_model"),
-    "invalid body": (("POST", "/v1/score", KEY, {"kpi": "sales", "points": [{"value": "x"}]}),
-                     422, "validation_error"),
-    "too many points": (("POST", "/v1/score", KEY, {
-        "kpi": "sales", "points": [point(h) for h in range(MAX_POINTS + 1)]}), 422,
-        "validation_error"),
-    "repeated time": (("POST", "/v1/score", KEY, {"kpi": "sales", "points": [point(0)] * 2}),
-                      422, "validation_error"),
-    "long ago": (("POST", "/v1/score", KEY,
-                  {"kpi": "sales", "points": [{"timestamp": "2020-01-01", "value": 1.0}]}), 200,
-                 None),
-    "trailing slash": (("POST", "/v1/score/", KEY, {"kpi": "sales", "points": [point(0)]}),
-                       307, None),
+    "scored": (("POST", "/v1/score", KEY, {"kpi": "sales", "points": [point(0), point(2, 1e6)]}), 200, None),
+    "bearer key": (
+        ("POST", "/v1/score", {"Authorization": f"Bearer {OTHER_KEY}"}, {"kpi": "sales", "points": [point(1)]}),
+        200,
+        None,
+    ),
+    "no key": (("POST", "/v1/score", {}, {"kpi": "sales", "points": [point(0)]}), 401, "unauthorized"),
+    "wrong key": (("POST", "/v1/score", {"X-API-Key": "nope"}, {"kpi": "sales", "points": []}), 401, "unauthorized"),
+    "other scheme": (("POST", "/v1/score", {"Authorization": f"Basic {API_KEY}"}, {}), 401, "unauthorized"),
+    "unknown KPI": (("POST", "/v1/score", KEY, {"kpi": "nope", "points": [point(0)]}), 404, "not_found"),
+    "no model": (("POST", "/v1/score", KEY, {"kpi": "orders", "points": [point(0)]}), 409, "no_model"),
+    "invalid body": (("POST", "/v1/score", KEY, {"kpi": "sales", "points": [{"value": "x"}]}), 422, "validation_error"),
+    "too many points": (
+        ("POST", "/v1/score", KEY, {"kpi": "sales", "points": [point(h) for h in range(MAX_POINTS + 1)]}),
+        422,
+        "validation_error",
+    ),
+    "repeated time": (("POST", "/v1/score", KEY, {"kpi": "sales", "points": [point(0)] * 2}), 422, "validation_error"),
+    "long ago": (
+        ("POST", "/v1/score", KEY, {"kpi": "sales", "points": [{"timestamp": "2020-01-01", "value": 1.0}]}),
+        200,
+        None,
+    ),
+    "trailing slash": (("POST", "/v1/score/", KEY, {"kpi": "sales", "points": [point(0)]}), 307, None),
     "other method": (("GET", "/v1/score", KEY, None), 405, "method_not_allowed"),
-    "not declared JSON": (("POST", "/v1/score", {**KEY, "Content-Type": "text/plain"},
-                           b'{"kpi": "sales", "points": []}'), 422, "validation_error"),
-    "malformed JSON": (("POST", "/v1/score", {**KEY, "Content-Type": "application/json"},
-                        b'{"kpi": '), 422, "validation_error"),
+    "not declared JSON": (
+        ("POST", "/v1/score", {**KEY, "Content-Type": "text/plain"}, b'{"kpi": "sales", "points": []}'),
+        422,
+        "validation_error",
+    ),
+    "malformed JSON": (
+        ("POST", "/v1/score", {**KEY, "Content-Type": "application/json"}, b'{"kpi": '),
+        422,
+        "validation_error",
+    ),
     "empty body": (("POST", "/v1/score", KEY, b""), 422, "validation_error"),
-    "not UTF-8": (("POST", "/v1/score", {**KEY, "Content-Type": "application/json"},
-                   '{"kpi": "\u00e9"}'.encode("latin-1")), 400, "bad_request"),
+    "not UTF-8": (
+        ("POST", "/v1/score", {**KEY, "Content-Type": "application/json"}, '{"kpi": "\u00e9"}'.encode("latin-1")),
+        400,
+        "bad_request",
+    ),
 }
 
 
@@ -116,8 +129,9 @@ def test_behind_a_root_path_and_with_cors(module_seeded):
     body = {"kpi": "sales", "points": [point(4)]}
     origin = {"Origin": "https://dash.example"}
     with build(module_seeded, root_path="/api", api_cors_origins="https://dash.example") as client:
-        keyed = [send(client, "POST", path, KEY | origin, body)
-                 for path in ("/v1/score", "/api/v1/score")]  # without and with the root path
+        keyed = [
+            send(client, "POST", path, KEY | origin, body) for path in ("/v1/score", "/api/v1/score")
+        ]  # without and with the root path
         unkeyed = send(client, "POST", "/api/v1/score", origin, body)
 
     for response in keyed:
@@ -138,9 +152,10 @@ def test_without_configured_keys_the_write_is_refused(module_seeded):
 
 def test_persisted_points_are_counted(seeded):
     with build(seeded) as client:
-        first, again = (send(client, "POST", "/v1/score", KEY,
-                             {"kpi": "sales", "points": [point(5)], "persist": True})
-                        for _ in range(2))
+        first, again = (
+            send(client, "POST", "/v1/score", KEY, {"kpi": "sales", "points": [point(5)], "persist": True})
+            for _ in range(2)
+        )
 
     assert [r.status_code for r in (first, again)] == [200, 200]
     assert first.json()["persisted"] == {"inserted": 1, "updated": 0, "unchanged": 0}

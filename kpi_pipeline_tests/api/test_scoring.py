@@ -49,8 +49,7 @@ def loads(monkeypatch) -> list[tuple[str, str]]:
     return calls
 
 
-def test_detectors_are_built_once_per_version_and_a_retrain_is_picked_up(seeded, detector,
-                                                                         loads):
+def test_detectors_are_built_once_per_version_and_a_retrain_is_picked_up(seeded, detector, loads):
     cache = realtime.ScoringCache(size=4)
     after = seeded.ts[-1] + HOUR
     request = points((after, 100.0))
@@ -60,9 +59,7 @@ def test_detectors_are_built_once_per_version_and_a_retrain_is_picked_up(seeded,
     register(seeded.engine, "sales", detector, "v-test-2", seeded.ts[-1])
     retrained = realtime.score_points(seeded.engine, "sales", request, MAX_POINTS, cache)
 
-    assert (first.model_version, again.model_version, retrained.model_version) == (
-        VERSION, VERSION, "v-test-2"
-    )
+    assert (first.model_version, again.model_version, retrained.model_version) == (VERSION, VERSION, "v-test-2")
     assert loads == [("sales", VERSION), ("sales", "v-test-2")]
     pd.testing.assert_frame_equal(first.scores, again.scores)
     assert len(cache) == 2
@@ -122,8 +119,16 @@ def test_unknown_kpis_kpis_without_models_and_incomplete_models_are_told_apart(s
     cache = realtime.ScoringCache(size=1)
     request = points((seeded.ts[-1] + HOUR, 1.0))
     store.save_model(
-        seeded.engine, kpi="signups", kind="ensemble", version="half", trained_at="2025-03-01",
-        train_start=None, train_end="2025-03-01", n_points=10, params={}, metrics={},
+        seeded.engine,
+        kpi="signups",
+        kind="ensemble",
+        version="half",
+        trained_at="2025-03-01",
+        train_start=None,
+        train_end="2025-03-01",
+        n_points=10,
+        params={},
+        metrics={},
         artifact=b"not used",
     )
 
@@ -162,8 +167,13 @@ def test_cached_observations_are_read_again_once_new_or_corrected_ones_land(seed
 def test_records_have_plain_values_and_none_for_missing_ones():
     ts = pd.Timestamp("2025-01-01", tz="UTC")
     columns = {name: [None, None] for name in realtime.SCORE_COLUMNS}
-    columns.update(ts=pd.DatetimeIndex([ts, ts + HOUR]).to_numpy(), value=[1.5, 2.0],
-                   score=[0.25, float("nan")], severity=[None, "high"], is_anomaly=[False, True])
+    columns.update(
+        ts=pd.DatetimeIndex([ts, ts + HOUR]).to_numpy(),
+        value=[1.5, 2.0],
+        score=[0.25, float("nan")],
+        severity=[None, "high"],
+        is_anomaly=[False, True],
+    )
     columns = {name: np.asarray(value) for name, value in columns.items()}
 
     records = realtime.RealtimeScores("sales", VERSION, columns).records()
@@ -187,20 +197,19 @@ NEXT_POINT_SHAPES = {
 
 
 @pytest.mark.parametrize("shape", NEXT_POINT_SHAPES)
-def test_points_after_the_newest_observation_score_as_the_general_path_does(
-    module_seeded, monkeypatch, shape
-):
+def test_points_after_the_newest_observation_score_as_the_general_path_does(module_seeded, monkeypatch, shape):
     """Points after the newest observation are scored from the cached tail's judged state
     (``_KpiScorer._next_points``): every number equals what cleaning the tail again with the
     points and scoring the whole window gives."""
     engine, last = module_seeded.engine, module_seeded.ts[-1]
     offsets = NEXT_POINT_SHAPES[shape]
-    values = [130.0 if shape == "a spike after a gap" and i == 1 else 100.0 + 3 * i
-              for i in range(len(offsets))]
-    request = points(*[
-        (last + hours * HOUR + pd.Timedelta(minutes=minutes), value)
-        for (hours, minutes), value in zip(offsets, values)
-    ])
+    values = [130.0 if shape == "a spike after a gap" and i == 1 else 100.0 + 3 * i for i in range(len(offsets))]
+    request = points(
+        *[
+            (last + hours * HOUR + pd.Timedelta(minutes=minutes), value)
+            for (hours, minutes), value in zip(offsets, values)
+        ]
+    )
     quick_calls = []
     quick = realtime._KpiScorer._next_points
 
@@ -211,8 +220,7 @@ def test_points_after_the_newest_observation_score_as_the_general_path_does(
     monkeypatch.setattr(realtime._KpiScorer, "_next_points", spy)
     fast = realtime.score_points(engine, "sales", request, MAX_POINTS, realtime.ScoringCache(1))
     monkeypatch.setattr(realtime._KpiScorer, "_next_points", lambda *_: None)
-    general = realtime.score_points(engine, "sales", request, MAX_POINTS,
-                                    realtime.ScoringCache(1))
+    general = realtime.score_points(engine, "sales", request, MAX_POINTS, realtime.ScoringCache(1))
 
     assert quick_calls and quick_calls[0] is not None  # the fast path answered
     pd.testing.assert_frame_equal(fast.scores, general.scores, check_exact=True)
@@ -226,8 +234,9 @@ def test_points_the_fast_path_cannot_take_go_the_general_way(module_seeded, monk
     engine, last = module_seeded.engine, module_seeded.ts[-1]
     answers = []
     quick = realtime._KpiScorer._next_points
-    monkeypatch.setattr(realtime._KpiScorer, "_next_points",
-                        lambda self, *a: answers.append(quick(self, *a)) or answers[-1])
+    monkeypatch.setattr(
+        realtime._KpiScorer, "_next_points", lambda self, *a: answers.append(quick(self, *a)) or answers[-1]
+    )
     cache = realtime.ScoringCache(1)
     same_slot = points((last + HOUR, 100.0), (last + HOUR + pd.Timedelta(minutes=10), 104.0))
     far = points((last + (pipeline.INCREMENTAL_MAX_SLOTS + 1) * HOUR, 100.0))
@@ -304,8 +313,7 @@ def test_a_write_heard_while_a_call_reads_withholds_the_trust(seeded, monkeypatc
     cache.go_live()
     Probes(monkeypatch, during=lambda: cache.written(["sales"]))
 
-    realtime.score_points(seeded.engine, "sales", points((seeded.ts[-1] + HOUR, 1.0)),
-                          MAX_POINTS, cache)
+    realtime.score_points(seeded.engine, "sales", points((seeded.ts[-1] + HOUR, 1.0)), MAX_POINTS, cache)
 
     assert cache.trusted("sales") is None
 
@@ -314,8 +322,7 @@ def test_the_api_scores_without_the_database_until_a_loader_writes_the_kpi(seede
     """End to end, with the app's listener on kpi_inputs_written: an observation inserted by
     plain SQL is in the context of the next real-time score."""
     last, engine = seeded.ts[-1], seeded.engine
-    body = {"kpi": "sales", "points": [{"timestamp": (last + 2 * HOUR).isoformat(),
-                                        "value": 100.0}]}
+    body = {"kpi": "sales", "points": [{"timestamp": (last + 2 * HOUR).isoformat(), "value": 100.0}]}
     with make_client(engine) as client:
         scorers = client.app.state.api.scorers
         wait_until(lambda: scorers.token("sales") is not None, "the scoring cache listens")
@@ -324,9 +331,13 @@ def test_the_api_scores_without_the_database_until_a_loader_writes_the_kpi(seede
         assert client.post("/v1/score", json=body).json() == before
 
         with engine.begin() as connection:
-            connection.execute(sa.text(
-                "INSERT INTO kpi_observations (kpi, ts, value, ingested_at, source) "
-                "VALUES ('sales', :ts, 400, now(), 'loader')"), {"ts": last + HOUR})
+            connection.execute(
+                sa.text(
+                    "INSERT INTO kpi_observations (kpi, ts, value, ingested_at, source) "
+                    "VALUES ('sales', :ts, 400, now(), 'loader')"
+                ),
+                {"ts": last + HOUR},
+            )
         wait_until(lambda: scorers.trusted("sales") is None, "the write is heard")
         after = client.post("/v1/score", json=body).json()
 
@@ -351,8 +362,7 @@ def test_trusted_calls_use_the_observations_the_trusting_call_checked(seeded, mo
     ns = pd.DatetimeIndex(request["ts"]).as_unit("ns").asi8
 
     again = realtime.score_points(seeded.engine, "sales", request, MAX_POINTS, cache).scores
-    inline = cache.score_current("sales", ns, request["value"].to_numpy(), list(request["ts"]),
-                                 MAX_POINTS).scores
+    inline = cache.score_current("sales", ns, request["value"].to_numpy(), list(request["ts"]), MAX_POINTS).scores
 
     pd.testing.assert_frame_equal(again, checked, check_exact=True)
     pd.testing.assert_frame_equal(inline, checked, check_exact=True)

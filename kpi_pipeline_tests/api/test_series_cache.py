@@ -47,9 +47,15 @@ def wait_until(condition: Callable[[], object], what: str, timeout: float = WAIT
 
 def row(hour: int) -> dict:
     return {
-        "ts": T0 + hour * HOUR, "value": hour + 0.1, "expected": hour * 1.5, "lower": None,
-        "upper": float("nan"), "score": 0.1, "is_anomaly": hour % 7 == 0,
-        "severity": "high" if hour % 7 == 0 else None, "flagged_by": 'pro"phet',
+        "ts": T0 + hour * HOUR,
+        "value": hour + 0.1,
+        "expected": hour * 1.5,
+        "lower": None,
+        "upper": float("nan"),
+        "score": 0.1,
+        "is_anomaly": hour % 7 == 0,
+        "severity": "high" if hour % 7 == 0 else None,
+        "flagged_by": 'pro"phet',
         "model_version": "v-1",
     }
 
@@ -60,11 +66,9 @@ STORED = [row(hour) for hour in range(0, 40, 2)]
 
 def from_store(start: dt.datetime | None, end: dt.datetime | None, limit: int) -> bytes:
     """What ``serving.score_series`` and the endpoint give for STORED."""
-    window = [r for r in STORED if (start is None or r["ts"] >= start)
-              and (end is None or r["ts"] <= end)]
+    window = [r for r in STORED if (start is None or r["ts"] >= start) and (end is None or r["ts"] <= end)]
     points = window[-limit:]
-    return SCORE_SERIES_JSON({"kpi": 'sa"les', "points": points,
-                              "truncated": len(window) > limit})
+    return SCORE_SERIES_JSON({"kpi": 'sa"les', "points": points, "truncated": len(window) > limit})
 
 
 BOUNDS = [None, *(T0 + hour * HOUR for hour in (-1, 0, 1, 19, 20, 21, 30, 38, 39, 50))]
@@ -74,7 +78,7 @@ BOUNDS = [None, *(T0 + hour * HOUR for hour in (-1, 0, 1, 19, 20, 21, 30, 38, 39
 def test_an_answer_from_the_cached_rows_is_the_stores_and_given_whenever_they_determine_it(
     cached,
 ):
-    rows = STORED[len(STORED) - cached:]
+    rows = STORED[len(STORED) - cached :]
     entry = CachedSeries.of('sa"les', rows, older=cached < len(STORED))
     for start, end, limit in itertools.product(BOUNDS, BOUNDS, (1, 3, 10, 20, 1000)):
         if start is not None and end is not None and end < start:
@@ -82,8 +86,7 @@ def test_an_answer_from_the_cached_rows_is_the_stores_and_given_whenever_they_de
         answer = entry.answer(start, end, limit)
         if answer is not None:
             assert answer == from_store(start, end, limit), (start, end, limit)
-        in_window = [r for r in rows if (start is None or r["ts"] >= start)
-                     and (end is None or r["ts"] <= end)]
+        in_window = [r for r in rows if (start is None or r["ts"] >= start) and (end is None or r["ts"] <= end)]
         nothing_older_in_window = not entry.older or (start is not None and start >= rows[0]["ts"])
         if len(in_window) > limit or nothing_older_in_window:
             assert answer is not None, (start, end, limit)
@@ -130,8 +133,7 @@ def test_a_load_reads_the_newest_points_once_and_keeps_them():
     assert read.calls == 1
 
 
-@pytest.mark.parametrize("event", ["this KPI written", "any KPI written", "listener lost",
-                                   "listener lost and back"])
+@pytest.mark.parametrize("event", ["this KPI written", "any KPI written", "listener lost", "listener lost and back"])
 def test_rows_read_while_a_write_is_notified_or_the_listener_drops_are_not_kept(event):
     cache = live_cache()
     happen = {
@@ -216,8 +218,7 @@ class QueuedListener:
 
 
 def watched(cache: SeriesCache, listener: QueuedListener, kpis: list[str], read) -> Iterator:
-    watcher = series_cache.ScoreWriteWatcher(cache, lambda: listener, warm=lambda: kpis,
-                                             read=read)
+    watcher = series_cache.ScoreWriteWatcher(cache, lambda: listener, warm=lambda: kpis, read=read)
     watcher.start()
     return watcher
 
@@ -290,13 +291,20 @@ class CountedReads:
 def test_cached_bodies_are_byte_for_byte_the_stores(module_seeded, points, monkeypatch):
     ts = module_seeded.ts
     first_cached = HOURS - CACHED_POINTS
-    bounds = [None, ts[0], ts[TRAIN_HOURS], ts[first_cached - 1], ts[first_cached],
-              ts[first_cached] + pd.Timedelta(minutes=30), ts[HOURS - 5], ts[-1],
-              ts[-1] + pd.Timedelta(hours=1)]
+    bounds = [
+        None,
+        ts[0],
+        ts[TRAIN_HOURS],
+        ts[first_cached - 1],
+        ts[first_cached],
+        ts[first_cached] + pd.Timedelta(minutes=30),
+        ts[HOURS - 5],
+        ts[-1],
+        ts[-1] + pd.Timedelta(hours=1),
+    ]
     limits = [1, 5, CACHED_POINTS, CACHED_POINTS + 1, HOURS - TRAIN_HOURS, 1000]
     reads = CountedReads(monkeypatch)
-    with live_client(module_seeded.engine, points) as client, \
-            direct_client(module_seeded.engine) as direct:
+    with live_client(module_seeded.engine, points) as client, direct_client(module_seeded.engine) as direct:
         series = api_state(client).series
         client.get("/v1/kpis/sales/scores")
         entry = series.get("sales")
@@ -305,8 +313,11 @@ def test_cached_bodies_are_byte_for_byte_the_stores(module_seeded, points, monke
         for start, end, limit in itertools.product(bounds, bounds, limits):
             if start is not None and end is not None and end < start:
                 continue
-            params = {"limit": limit} | ({"start": iso(start)} if start is not None else {}) \
+            params = (
+                {"limit": limit}
+                | ({"start": iso(start)} if start is not None else {})
                 | ({"end": iso(end)} if end is not None else {})
+            )
             before = reads.calls
             served = client.get("/v1/kpis/sales/scores", params=params)
             memory = reads.calls == before
@@ -322,8 +333,7 @@ def test_cached_bodies_are_byte_for_byte_the_stores(module_seeded, points, monke
         if points == 720:  # every scored point is cached: nothing goes to the store
             assert all(entry.answer(s, e, 1) is not None for s in bounds for e in bounds)
 
-        never_scored, unknown = client.get("/v1/kpis/orders/scores"), client.get(
-            "/v1/kpis/nope/scores")
+        never_scored, unknown = client.get("/v1/kpis/orders/scores"), client.get("/v1/kpis/nope/scores")
         assert never_scored.content == direct.get("/v1/kpis/orders/scores").content
         assert unknown.status_code == 404 and unknown.json()["error"] == "not_found"
         assert series.get("orders") is None and series.get("nope") is None
@@ -336,11 +346,18 @@ def newest_points(client: TestClient, limit: int = 24) -> list[dict]:
 
 
 def score_frame(ts: pd.Timestamp, value: float, anomalous: bool = False) -> pd.DataFrame:
-    return pd.DataFrame({
-        "kpi": ["sales"], "ts": [ts], "value": [value], "expected": [value / 2],
-        "score": [0.99 if anomalous else 0.1], "is_anomaly": [anomalous],
-        "severity": ["critical" if anomalous else None], "model_version": ["v-test-2"],
-    })
+    return pd.DataFrame(
+        {
+            "kpi": ["sales"],
+            "ts": [ts],
+            "value": [value],
+            "expected": [value / 2],
+            "score": [0.99 if anomalous else 0.1],
+            "is_anomaly": [anomalous],
+            "severity": ["critical" if anomalous else None],
+            "model_version": ["v-test-2"],
+        }
+    )
 
 
 def test_a_written_score_is_served_once_its_notification_arrived(seeded):
@@ -351,13 +368,14 @@ def test_a_written_score_is_served_once_its_notification_arrived(seeded):
         assert series.get("sales") is not None
 
         store.upsert_scores(seeded.engine, score_frame(newer, 1.5))
-        wait_until(lambda: newest_points(client)[-1]["timestamp"] == iso(newer),
-                   "the new point is served")
+        wait_until(lambda: newest_points(client)[-1]["timestamp"] == iso(newer), "the new point is served")
 
         # A rescoring of an old point (a backfill) inside the cached rows.
         store.upsert_scores(seeded.engine, score_frame(old, 12345.5, anomalous=True))
-        wait_until(lambda: {p["timestamp"]: p["value"] for p in newest_points(client)}[iso(old)]
-                   == 12345.5, "the rewritten point is served")
+        wait_until(
+            lambda: {p["timestamp"]: p["value"] for p in newest_points(client)}[iso(old)] == 12345.5,
+            "the rewritten point is served",
+        )
 
         assert series.get("sales") is not None  # cached again, with the new rows
         for limit in (24, 1000):
@@ -369,15 +387,12 @@ def test_a_written_score_is_served_once_its_notification_arrived(seeded):
 def listener_pid(engine: sa.Engine) -> int | None:
     with engine.connect() as connection:
         return connection.scalar(
-            sa.text("SELECT pid FROM pg_stat_activity WHERE application_name = :name "
-                    "AND datname = current_database()"),
+            sa.text("SELECT pid FROM pg_stat_activity WHERE application_name = :name AND datname = current_database()"),
             {"name": LISTENER_NAME},
         )
 
 
-def test_with_its_listener_lost_series_come_from_the_store_until_it_is_back(
-    seeded, monkeypatch
-):
+def test_with_its_listener_lost_series_come_from_the_store_until_it_is_back(seeded, monkeypatch):
     monkeypatch.setattr(series_cache, "RETRY_FIRST_S", 2.0)  # a dark spell long enough to see
     newer = seeded.ts[-1] + pd.Timedelta(hours=1)
     with live_client(seeded.engine) as client, direct_client(seeded.engine) as direct:
@@ -404,9 +419,18 @@ def test_on_sqlite_the_cache_stays_off_and_series_are_read_from_the_store(sqlite
     engine = store.make_engine(sqlite_url)
     store.migrate(engine)
     hours = pd.date_range("2025-01-01", periods=5, freq="h", tz="UTC")
-    store.upsert_scores(engine, pd.DataFrame({
-        "kpi": "sales", "ts": hours, "value": 1.0, "score": 0.1, "is_anomaly": False,
-    }))
+    store.upsert_scores(
+        engine,
+        pd.DataFrame(
+            {
+                "kpi": "sales",
+                "ts": hours,
+                "value": 1.0,
+                "score": 0.1,
+                "is_anomaly": False,
+            }
+        ),
+    )
     with make_client(engine) as client:
         body = client.get("/v1/kpis/sales/scores", params={"limit": 3}).json()
         unknown = client.get("/v1/kpis/nope/scores")
@@ -448,8 +472,7 @@ def test_a_listener_lost_while_warming_darkens_the_cache_and_reconnects(monkeypa
     try:
         # The first listener is lost at the third KPI: the cache goes dark (dropping a and b),
         # and the second connection warms every KPI again.
-        wait_until(lambda: len(connects) == 2 and all(cache.get(k) for k in "abcdef"),
-                   "reconnected and warm")
+        wait_until(lambda: len(connects) == 2 and all(cache.get(k) for k in "abcdef"), "reconnected and warm")
         assert read.calls == 2 + 6
     finally:
         watcher.stop()
@@ -462,7 +485,9 @@ def test_a_listener_killed_while_warming_darkens_the_cache(seeded):
     cache = SeriesCache(48, 1 << 20)
     slow = Reads(during=lambda: time.sleep(0.05))
     watcher = series_cache.ScoreWriteWatcher(
-        cache, lambda: ScoreWriteListener(seeded.engine), warm=lambda: [f"k{i}" for i in range(400)],
+        cache,
+        lambda: ScoreWriteListener(seeded.engine),
+        warm=lambda: [f"k{i}" for i in range(400)],
         read=slow,
     )
     watcher.start()
@@ -471,8 +496,7 @@ def test_a_listener_killed_while_warming_darkens_the_cache(seeded):
         pid = listener_pid(seeded.engine)
         with seeded.engine.connect() as connection:
             connection.execute(sa.text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
-        wait_until(lambda: listener_pid(seeded.engine) not in (None, pid),
-                   "the watcher noticed and reconnected")
+        wait_until(lambda: listener_pid(seeded.engine) not in (None, pid), "the watcher noticed and reconnected")
         assert slow.calls < 400  # the first warming did not run to its end deaf
     finally:
         watcher.stop()
@@ -485,8 +509,9 @@ def test_the_app_warms_every_scored_kpi_before_any_request(seeded, monkeypatch):
         wait_until(lambda: series.get("sales") is not None, "sales is warm")
         warmed = reads.calls
         assert warmed >= 1
-        assert client.get("/v1/kpis/sales/scores?limit=24").content == \
-            direct.get("/v1/kpis/sales/scores?limit=24").content
+        assert (
+            client.get("/v1/kpis/sales/scores?limit=24").content == direct.get("/v1/kpis/sales/scores?limit=24").content
+        )
         assert reads.calls == warmed + 1  # only the direct client read the store
 
 
@@ -495,8 +520,10 @@ def test_where_notifications_do_not_arrive_the_cache_stays_off(seeded, monkeypat
 
     monkeypatch.setattr(notifications, "_send_probe", lambda engine, token: None)
     monkeypatch.setattr(notifications, "PROBE_TIMEOUT_S", 0.2)
-    with make_client(seeded.engine, api_series_cache_points=CACHED_POINTS) as client, \
-            direct_client(seeded.engine) as direct:
+    with (
+        make_client(seeded.engine, api_series_cache_points=CACHED_POINTS) as client,
+        direct_client(seeded.engine) as direct,
+    ):
         time.sleep(1.0)  # several probes fail meanwhile
         series = api_state(client).series
         assert not series.live

@@ -42,9 +42,18 @@ class Store:
 
 def row(kpi: str, value: float) -> dict:
     return {
-        "kpi": kpi, "ts": T0, "value": value, "expected": value, "lower": None, "upper": None,
-        "score": 0.1, "is_anomaly": False, "severity": None, "flagged_by": None,
-        "model_version": "v1", "scored_at": T0,
+        "kpi": kpi,
+        "ts": T0,
+        "value": value,
+        "expected": value,
+        "lower": None,
+        "upper": None,
+        "score": 0.1,
+        "is_anomaly": False,
+        "severity": None,
+        "flagged_by": None,
+        "model_version": "v1",
+        "scored_at": T0,
     }
 
 

@@ -33,8 +33,7 @@ def score_body(**changes) -> dict:
 
 def raw_json_score(value_literal: str) -> str:
     """A /v1/score body whose value is spelled as given (JSON has no NaN; Python writes it)."""
-    return ('{"kpi": "sales", "points": [{"timestamp": "2025-03-18T00:00:00Z", "value": '
-            f"{value_literal}}}]}}")
+    return f'{{"kpi": "sales", "points": [{{"timestamp": "2025-03-18T00:00:00Z", "value": {value_literal}}}]}}'
 
 
 def assert_readable_422(response, *where: str) -> dict:
@@ -62,17 +61,23 @@ def assert_readable_422(response, *where: str) -> dict:
     ],
 )
 def test_score_values_must_be_finite_json_numbers(client, literal, message):
-    response = client.post(
-        "/v1/score", content=raw_json_score(literal), headers={"Content-Type": "application/json"}
-    )
+    response = client.post("/v1/score", content=raw_json_score(literal), headers={"Content-Type": "application/json"})
 
     assert_readable_422(response, "body.points.0.value", message)
 
 
 @pytest.mark.parametrize(
     "timestamp",
-    ["yesterday", "2025-13-01T00:00:00Z", "2025-02-30T00:00:00Z", "0001-01-01T00:00:00Z",
-     "", None, 1741000000, "1741000000"],
+    [
+        "yesterday",
+        "2025-13-01T00:00:00Z",
+        "2025-02-30T00:00:00Z",
+        "0001-01-01T00:00:00Z",
+        "",
+        None,
+        1741000000,
+        "1741000000",
+    ],
 )
 def test_score_timestamps_must_be_valid_times(client, timestamp):
     response = client.post("/v1/score", json=score_body(points=[point(timestamp=timestamp)]))
@@ -112,24 +117,19 @@ def test_batches_over_the_limit_are_refused(client):
 @pytest.mark.parametrize(
     ("body", "where"),
     [
-        ({"observations": [{"kpi": "sales", "timestamp": "2025-01-01", "value": 1, "x": 2}]},
-         "body.observations.0.x"),
-        ({"observations": [{"kpi": "sales", "timestamp": "2025-01-01", "value": [1]}]},
-         "body.observations.0.value"),
+        ({"observations": [{"kpi": "sales", "timestamp": "2025-01-01", "value": 1, "x": 2}]}, "body.observations.0.x"),
+        ({"observations": [{"kpi": "sales", "timestamp": "2025-01-01", "value": [1]}]}, "body.observations.0.value"),
         ({"observations": [{"kpi": "sales", "value": 1}]}, "body.observations.0.timestamp"),
         ({"observations": []}, "body.observations"),
         ({"rows": []}, "body.rows"),
         # A lone surrogate, as JSON escapes can spell it (the raw JSON text has \udc80).
-        ('{"observations": [{"kpi": "s\\udc80", "timestamp": "2025-01-01", "value": 1}]}',
-         "body.observations.0.kpi"),
-        ({"observations": [{"kpi": "s", "timestamp": "2025-01-01", "value": "1\x00"}]},
-         "body.observations.0.value"),
+        ('{"observations": [{"kpi": "s\\udc80", "timestamp": "2025-01-01", "value": 1}]}', "body.observations.0.kpi"),
+        ({"observations": [{"kpi": "s", "timestamp": "2025-01-01", "value": "1\x00"}]}, "body.observations.0.value"),
     ],
 )
 def test_observation_batches_must_be_well_formed(client, body, where):
     if isinstance(body, str):
-        response = client.post("/v1/observations", content=body,
-                               headers={"Content-Type": "application/json"})
+        response = client.post("/v1/observations", content=body, headers={"Content-Type": "application/json"})
     else:
         response = client.post("/v1/observations", json=body)
 
@@ -137,8 +137,7 @@ def test_observation_batches_must_be_well_formed(client, body, where):
 
 
 def test_malformed_json_is_422(client):
-    response = client.post("/v1/score", content=b'{"kpi": ', headers={"Content-Type":
-                                                                       "application/json"})
+    response = client.post("/v1/score", content=b'{"kpi": ', headers={"Content-Type": "application/json"})
 
     assert_readable_422(response, "JSON")
 
@@ -146,10 +145,11 @@ def test_malformed_json_is_422(client):
 @pytest.mark.parametrize(
     ("params", "where"),
     [
-        ({"start": "2025-03-10T00:00:00Z", "end": "2025-03-01T00:00:00Z"},
-         "query.end: end (2025-03-01T00:00:00+00:00) is before start"),
-        ({"start": "2025-01-01T00:00:00Z", "end": "2025-03-01T00:00:00Z"},
-         f"more than the maximum of {MAX_DAYS}"),
+        (
+            {"start": "2025-03-10T00:00:00Z", "end": "2025-03-01T00:00:00Z"},
+            "query.end: end (2025-03-01T00:00:00+00:00) is before start",
+        ),
+        ({"start": "2025-01-01T00:00:00Z", "end": "2025-03-01T00:00:00Z"}, f"more than the maximum of {MAX_DAYS}"),
         ({"start": "last week"}, "query.start"),
         ({"start": "0.5"}, "query.start: Value error, expected an ISO 8601 time"),
         ({"limit": 0}, "query.limit"),
@@ -181,8 +181,7 @@ def test_anomaly_query_must_be_sane(client, params, where):
     [
         ("/v1/anomalies/sales/not-a-time/feedback", {"label": "true_positive"}, "path.ts"),
         ("/v1/anomalies/sales/2025-03-14T00:00:00Z/feedback", {"label": "maybe"}, "body.label"),
-        ("/v1/anomalies/sales/2025-03-14T00:00:00Z/feedback",
-         {"label": "true_positive", "by": "me"}, "body.by"),
+        ("/v1/anomalies/sales/2025-03-14T00:00:00Z/feedback", {"label": "true_positive", "by": "me"}, "body.by"),
     ],
 )
 def test_feedback_input_must_be_valid(client, path, body, where):
@@ -214,24 +213,42 @@ def test_validation_messages_do_not_echo_the_input(client):
         (b"", {"Content-Type": "application/json"}, 422, "body: Field required"),
         (b'{"kpi": "sales", "points": []}', {"Content-Type": "text/plain"}, 422, "body"),
         (b'{"kpi": "sales", "points": []}', {}, 422, "body"),
-        ('{"kpi": "s\u00e9"}'.encode("latin-1"), {"Content-Type": "application/json"}, 400,
-         "error parsing the body"),
-        (b'{"kpi": "sales", "points": [{"timestamp": "2025-03-18T00:00:00Z"}]}',
-         {"Content-Type": "application/json; charset=utf-8"}, 422, "body.points.0.value"),
-        (b'{"kpi": "sales", "points": [{"timestamp": "2025-03-18T00:00:00Z"}]}',
-         {"Content-Type": "application/vnd.api+json"}, 422, "body.points.0.value"),
+        ('{"kpi": "s\u00e9"}'.encode("latin-1"), {"Content-Type": "application/json"}, 400, "error parsing the body"),
+        (
+            b'{"kpi": "sales", "points": [{"timestamp": "2025-03-18T00:00:00Z"}]}',
+            {"Content-Type": "application/json; charset=utf-8"},
+            422,
+            "body.points.0.value",
+        ),
+        (
+            b'{"kpi": "sales", "points": [{"timestamp": "2025-03-18T00:00:00Z"}]}',
+            {"Content-Type": "application/vnd.api+json"},
+            422,
+            "body.points.0.value",
+        ),
         # A byte order mark and UTF-16 are JSON to json.loads, which FastAPI uses.
-        (b"\xef\xbb\xbf" + b'{"kpi": "sales", "points": [{"timestamp": "2025-03-18T00:00:00Z"}]}',
-         {"Content-Type": "application/json"}, 422, "body.points.0.value"),
-        ('{"kpi": "sales", "points": [{"timestamp": "2025-03-18T00:00:00Z"}]}'.encode("utf-16"),
-         {"Content-Type": "application/json"}, 422, "body.points.0.value"),
+        (
+            b"\xef\xbb\xbf" + b'{"kpi": "sales", "points": [{"timestamp": "2025-03-18T00:00:00Z"}]}',
+            {"Content-Type": "application/json"},
+            422,
+            "body.points.0.value",
+        ),
+        (
+            '{"kpi": "sales", "points": [{"timestamp": "2025-03-18T00:00:00Z"}]}'.encode("utf-16"),
+            {"Content-Type": "application/json"},
+            422,
+            "body.points.0.value",
+        ),
         (b'{"kpi": ', {"Content-Type": "application/json"}, 422, "body.8: JSON decode error"),
-        (b'{"kpi": "sales", "points": []}', {"Content-Type": "application/a/b+json"}, 422,
-         "body: Input should be a valid dictionary or object to extract fields from"),
+        (
+            b'{"kpi": "sales", "points": []}',
+            {"Content-Type": "application/a/b+json"},
+            422,
+            "body: Input should be a valid dictionary or object to extract fields from",
+        ),
     ],
 )
-def test_a_score_body_is_json_only_if_declared_so_and_readable(client, content, headers,
-                                                                status, where):
+def test_a_score_body_is_json_only_if_declared_so_and_readable(client, content, headers, status, where):
     response = client.post("/v1/score", content=content, headers=headers)
 
     assert response.status_code == status, response.text
@@ -251,8 +268,7 @@ DEPTH = 100_000
     ids=["bare array", "nested in a field", "observations"],
 )
 def test_deeply_nested_json_is_a_client_error_not_a_crash(client, path, body):
-    response = client.post(path, content=body.encode(),
-                           headers={"Content-Type": "application/json"})
+    response = client.post(path, content=body.encode(), headers={"Content-Type": "application/json"})
 
     assert response.status_code == 400, response.text
     assert response.json()["message"] == "There was an error parsing the body"

@@ -55,14 +55,18 @@ def free_port() -> int:
 
 
 @contextmanager
-def dashboard_server(
-    database_url: str, backtest_dir: Path | None = None, log: Path | None = None
-) -> Iterator[str]:
+def dashboard_server(database_url: str, backtest_dir: Path | None = None, log: Path | None = None) -> Iterator[str]:
     """``kpi-pipeline dashboard`` on a free local port; yields its base URL."""
     port = free_port()
     command = [
-        sys.executable, "-c", "from kpi_pipeline.cli import app; app()",
-        "--database-url", database_url, "dashboard", "--port", str(port),
+        sys.executable,
+        "-c",
+        "from kpi_pipeline.cli import app; app()",
+        "--database-url",
+        database_url,
+        "dashboard",
+        "--port",
+        str(port),
     ]
     if backtest_dir is not None:
         command += ["--backtest-dir", str(backtest_dir)]
@@ -127,7 +131,7 @@ def open_and_settle(page, url: str, ready_selector: str) -> None:
     page.goto(url, wait_until="domcontentloaded")
     page.wait_for_selector(ready_selector, timeout=RENDER_TIMEOUT_MS)
     page.wait_for_function(
-        "() => !document.querySelector('[data-testid=\"stStatusWidget\"] [data-testid=\"stStatusWidgetRunningIcon\"]')",
+        '() => !document.querySelector(\'[data-testid="stStatusWidget"] [data-testid="stStatusWidgetRunningIcon"]\')',
         timeout=RENDER_TIMEOUT_MS,
     )
     page.wait_for_timeout(800)  # let charts finish their entry transition

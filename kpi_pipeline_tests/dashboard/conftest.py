@@ -29,8 +29,7 @@ OpenPage = Callable[..., AppTest]
 def open_page(monkeypatch, tmp_path) -> Iterator[OpenPage]:
     opened: set[str] = set()
 
-    def open_(url: str, page: str = "overview", backtest_dir: Path | None = None,
-              **query: str) -> AppTest:
+    def open_(url: str, page: str = "overview", backtest_dir: Path | None = None, **query: str) -> AppTest:
         monkeypatch.setenv("KPI_DATABASE_URL", url)
         opened.add(url)
         monkeypatch.setenv("KPI_BACKTEST_DIR", str(backtest_dir or tmp_path / "no-backtests"))

@@ -42,11 +42,15 @@ class SeedKpi:
 
 
 KPIS = (
-    SeedKpi("orders", 120.0, (
-        Incident(0, 1.9, "critical", 0.86, "prophet,iforest"),
-        Incident(30, 0.55, "high", 0.74),
-        Incident(200, 1.35, "low", 0.53),
-    )),
+    SeedKpi(
+        "orders",
+        120.0,
+        (
+            Incident(0, 1.9, "critical", 0.86, "prophet,iforest"),
+            Incident(30, 0.55, "high", 0.74),
+            Incident(200, 1.35, "low", 0.53),
+        ),
+    ),
     SeedKpi("revenue", 9_500.0, (Incident(0, 0.6, "high", 0.72), Incident(420, 1.6, "medium", 0.64))),
     SeedKpi("sessions", 2_400.0, (Incident(15, 1.45, "medium", 0.62, "iforest"),)),
     SeedKpi("signups", 40.0, (Incident(300, 2.2, "critical", 0.83),)),
@@ -64,9 +68,7 @@ def kpi_scores(kpi: SeedKpi, days: int = DAYS, end: pd.Timestamp = END, seed: in
     """Hourly scores of one KPI ending at ``end``, incidents included, as the pipeline writes them."""
     ts = pd.date_range(end=end, periods=24 * days, freq="h")
     hours, weekdays = ts.hour.to_numpy(), ts.day_of_week.to_numpy()
-    expected = kpi.level * (1 + 0.35 * np.sin(2 * np.pi * (hours - 9) / 24)) * np.where(
-        weekdays >= 5, 0.85, 1.0
-    )
+    expected = kpi.level * (1 + 0.35 * np.sin(2 * np.pi * (hours - 9) / 24)) * np.where(weekdays >= 5, 0.85, 1.0)
     rng = np.random.default_rng([seed, sum(map(ord, kpi.name))])
     value = expected * (1 + 0.03 * rng.standard_normal(len(ts)))
     half_width = 0.11 * expected
@@ -92,10 +94,15 @@ def kpi_scores(kpi: SeedKpi, days: int = DAYS, end: pd.Timestamp = END, seed: in
     for incident in kpi.incidents:
         at = len(ts) - 1 - incident.hours_before_end
         frame.loc[at, ["value", "score", "prophet_score"]] = [
-            expected[at] * incident.factor, incident.score, incident.score
+            expected[at] * incident.factor,
+            incident.score,
+            incident.score,
         ]
         frame.loc[at, ["is_anomaly", "severity", "flagged_by", "event_id"]] = [
-            True, incident.severity, incident.flagged_by, f"{kpi.name}@{ts[at].isoformat()}"
+            True,
+            incident.severity,
+            incident.flagged_by,
+            f"{kpi.name}@{ts[at].isoformat()}",
         ]
     return frame
 
@@ -109,11 +116,15 @@ def seed_database(url: str, kpis: tuple[SeedKpi, ...] = KPIS, days: int = DAYS) 
     store.upsert_scores(engine, scores)
     for kpi in kpis:
         store.save_model(
-            engine, kpi=kpi.name, kind="ensemble", version=VERSION,
+            engine,
+            kpi=kpi.name,
+            kind="ensemble",
+            version=VERSION,
             trained_at=pd.Timestamp("2025-03-01 02:00", tz="UTC"),
             train_start=pd.Timestamp("2025-01-01", tz="UTC"),
             train_end=pd.Timestamp("2025-03-01", tz="UTC"),
-            n_points=1416, params={},
+            n_points=1416,
+            params={},
             metrics={"n_points": 1416, "residual_scale": 0.031, "in_sample_mae": 0.024},
             artifact=None,
         )

@@ -17,8 +17,7 @@ from kpi_pipeline_tests.dashboard import browser, screenshots, seed
 
 ARTIFACTS = Path(os.environ.get("KPI_TEST_ARTIFACTS", PROJECT_ROOT / "artifacts")) / "dashboard"
 
-pytestmark = pytest.mark.skipif(browser.chromium_missing() is not None,
-                                reason=browser.chromium_missing() or "")
+pytestmark = pytest.mark.skipif(browser.chromium_missing() is not None, reason=browser.chromium_missing() or "")
 
 
 @pytest.fixture(scope="module")

@@ -8,9 +8,20 @@ from kpi_pipeline.dashboard import charts
 
 def _series(points: int, anomalies: dict[int, str]) -> pd.DataFrame:
     ts = pd.date_range("2025-01-01", periods=points, freq="min", tz="UTC")
-    frame = pd.DataFrame({"ts": ts, "value": 10.0, "expected": 10.0, "lower": 9.0, "upper": 11.0,
-                          "score": 0.1, "is_anomaly": False, "severity": None,
-                          "flagged_by": None, "feedback": None})
+    frame = pd.DataFrame(
+        {
+            "ts": ts,
+            "value": 10.0,
+            "expected": 10.0,
+            "lower": 9.0,
+            "upper": 11.0,
+            "score": 0.1,
+            "is_anomaly": False,
+            "severity": None,
+            "flagged_by": None,
+            "feedback": None,
+        }
+    )
     for at, severity in anomalies.items():
         frame.loc[at, ["is_anomaly", "severity", "score"]] = [True, severity, 0.9]
     return frame
@@ -38,9 +49,14 @@ def test_false_positives_are_drawn_apart():
 
 
 def test_components_in_log_space_read_as_level_and_percent():
-    frame = pd.DataFrame({"ds": pd.date_range("2025-01-01", periods=2, freq="h"),
-                          "trend": np.log([100.0, 200.0]), "daily": np.log([1.1, 0.9]),
-                          "yhat": 0.0})
+    frame = pd.DataFrame(
+        {
+            "ds": pd.date_range("2025-01-01", periods=2, freq="h"),
+            "trend": np.log([100.0, 200.0]),
+            "daily": np.log([1.1, 0.9]),
+            "yhat": 0.0,
+        }
+    )
     trend, daily = charts.components_figure(frame, log_space=True).data
     assert np.allclose(trend.y, [100.0, 200.0]) and np.allclose(daily.y, [10.0, -10.0])
     trend, daily = charts.components_figure(frame, log_space=False).data

@@ -12,13 +12,15 @@ from kpi_pipeline_tests.defs.synthetic import hourly_kpis, to_wide_csv
 def test_dashboard_serves_the_app_on_the_chosen_port_and_database(monkeypatch, tmp_path):
     launched = {}
     monkeypatch.setattr(
-        dashboard_cli.os, "execve",
+        dashboard_cli.os,
+        "execve",
         lambda path, argv, env: launched.update(path=path, argv=argv, env=env),
     )
     url = f"sqlite:///{tmp_path / 'kpi.db'}"
 
-    result = CliRunner().invoke(app, ["--database-url", url, "dashboard", "--port", "8765",
-                                      "--backtest-dir", str(tmp_path / "runs")])
+    result = CliRunner().invoke(
+        app, ["--database-url", url, "dashboard", "--port", "8765", "--backtest-dir", str(tmp_path / "runs")]
+    )
 
     assert result.exit_code == 0, result.output
     assert "http://localhost:8765" in result.output
@@ -46,6 +48,4 @@ def test_run_ends_by_naming_the_dashboard_command(tmp_path):
     result = runner.invoke(app, ["--database-url", url, "run"])
 
     assert result.exit_code == 0, result.output
-    assert result.output.rstrip().splitlines()[-1] == (
-        "open the dashboard: kpi-pipeline --database-url URL dashboard"
-    )
+    assert result.output.rstrip().splitlines()[-1] == ("open the dashboard: kpi-pipeline --database-url URL dashboard")

@@ -24,8 +24,15 @@ def _run(directory, kpis, written_at, per_kpi=None):
     for kpi in kpis:
         path = directory / f"{kpi}.csv"
         path.parent.mkdir(parents=True, exist_ok=True)
-        pd.DataFrame({"timestamp": ["2025-01-01 00:00:00"], "value": [1.0], "anomaly_score": [0.1],
-                      "is_anomaly": [0], "alert": [0]}).to_csv(path, index=False)
+        pd.DataFrame(
+            {
+                "timestamp": ["2025-01-01 00:00:00"],
+                "value": [1.0],
+                "anomaly_score": [0.1],
+                "is_anomaly": [0],
+                "alert": [0],
+            }
+        ).to_csv(path, index=False)
     os.utime(directory / "summary.json", (written_at, written_at))
 
 

@@ -25,9 +25,7 @@ def orders(start: pd.Timestamp, hours: int, spikes: tuple[pd.Timestamp, ...] = (
     return frame
 
 
-ANOMALY_CHECK_JOB = dg.define_asset_job(
-    "anomaly_check_job", selection=dg.AssetSelection.checks(no_new_anomalies)
-)
+ANOMALY_CHECK_JOB = dg.define_asset_job("anomaly_check_job", selection=dg.AssetSelection.checks(no_new_anomalies))
 """Evaluates ``no_new_anomalies`` alone, on scores a test wrote itself."""
 
 
@@ -64,9 +62,7 @@ class Automation:
 
     def run(self, request: dg.RunRequest) -> dg.ExecuteInProcessResult:
         job = self.defs.resolve_job_def(request.job_name)
-        result = job.execute_in_process(
-            instance=self.instance, tags=request.tags, partition_key=request.partition_key
-        )
+        result = job.execute_in_process(instance=self.instance, tags=request.tags, partition_key=request.partition_key)
         assert result.success
         return result
 
@@ -84,7 +80,8 @@ class Automation:
         sensor = self.defs.resolve_sensor_def("score_after_training_sensor")
         [success] = self.instance.all_logs(result.run_id, of_type=dg.DagsterEventType.RUN_SUCCESS)
         context = dg.build_run_status_sensor_context(
-            sensor_name=sensor.name, dagster_event=success.dagster_event,
+            sensor_name=sensor.name,
+            dagster_event=success.dagster_event,
             dagster_instance=self.instance,
             dagster_run=result.dagster_run,
         )
@@ -99,7 +96,6 @@ class Automation:
         [evaluation] = [
             e.asset_check_evaluation_data
             for e in result.all_events
-            if e.event_type_value == "ASSET_CHECK_EVALUATION"
-            and e.asset_check_evaluation_data.check_name == name
+            if e.event_type_value == "ASSET_CHECK_EVALUATION" and e.asset_check_evaluation_data.check_name == name
         ]
         return evaluation

@@ -48,9 +48,7 @@ def _materialized(selection, kpi_store) -> dict[str, dict]:
     result = dg.materialize(selection, resources={"store": kpi_store}, tags=every_shard_tags())
     assert result.success
     return {
-        event.asset_key.to_user_string(): {
-            key: value.value for key, value in event.materialization.metadata.items()
-        }
+        event.asset_key.to_user_string(): {key: value.value for key, value in event.materialization.metadata.items()}
         for event in result.get_asset_materialization_events()
     }
 
@@ -83,9 +81,7 @@ def test_per_kpi_tables_are_capped(sqlite_url, monkeypatch):
     seed.seed_database(sqlite_url).dispose()
     monkeypatch.setattr(assets, "PER_KPI_ROWS", 3)
 
-    scores = _materialized([assets.anomaly_scores], KpiStore(database_url=sqlite_url))[
-        "anomaly_scores"
-    ]
+    scores = _materialized([assets.anomaly_scores], KpiStore(database_url=sqlite_url))["anomaly_scores"]
 
     assert scores["points_scored"] == 0
     assert {scores[f"{level}_anomalies"] for level in store.SEVERITIES} == {0}

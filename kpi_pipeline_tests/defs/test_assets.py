@@ -23,9 +23,7 @@ def _materialize(kpi_store: KpiStore) -> dict[str, dict]:
     result = dg.materialize(ASSETS, resources={"store": kpi_store}, tags=every_shard_tags())
     assert result.success
     return {
-        event.asset_key.to_user_string(): {
-            key: value.value for key, value in event.materialization.metadata.items()
-        }
+        event.asset_key.to_user_string(): {key: value.value for key, value in event.materialization.metadata.items()}
         for event in result.get_asset_materialization_events()
     }
 

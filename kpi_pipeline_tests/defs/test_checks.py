@@ -38,7 +38,9 @@ def test_fresh_complete_data_passes_every_quality_check(sqlite_url):
     results = _quality(sqlite_url, observations)
 
     assert {name: r.passed for name, r in results.items()} == {
-        "kpis_are_fresh": True, "kpis_have_no_duplicate_timestamps": True, "kpis_have_values": True
+        "kpis_are_fresh": True,
+        "kpis_have_no_duplicate_timestamps": True,
+        "kpis_have_values": True,
     }
     assert results["kpis_have_values"].metadata["threshold"].value == 0.05
 
@@ -85,8 +87,7 @@ def test_missing_values_are_judged_for_the_kpis_the_run_cleaned(sqlite_url):
 
     # Only sales gets new points: orders' rows are as they were, and only sales is judged; the
     # freshness and duplicates of every KPI come from kpi_series.
-    results = _quality(sqlite_url, _hourly("sales", NOW, hours=2), recent_points=20,
-                       max_missing_share=0.2)
+    results = _quality(sqlite_url, _hourly("sales", NOW, hours=2), recent_points=20, max_missing_share=0.2)
 
     values = results["kpis_have_values"]
     assert values.passed and values.metadata["per_kpi"].value == {"sales": 0.0}
@@ -109,13 +110,13 @@ def test_duplicates_are_counted_over_the_whole_history_from_kpi_series(sqlite_ur
 class AnomalyCheck:
     """Evaluates ``no_new_anomalies`` on scores the test writes, on a test instance."""
 
-    def __init__(self, engine, instance: dg.DagsterInstance, settings: Settings | None = None
-                 ) -> None:
+    def __init__(self, engine, instance: dg.DagsterInstance, settings: Settings | None = None) -> None:
         settings = settings or Settings()
         self.engine = engine
         url = engine.url.render_as_string(hide_password=False)
         resources = {
-            "store": KpiStore(database_url=url), **alert_resources(settings),
+            "store": KpiStore(database_url=url),
+            **alert_resources(settings),
             "alert_policy": AlertPolicy(),
         }
         self.automation = Automation(instance, resources, settings)
@@ -124,12 +125,24 @@ class AnomalyCheck:
         """Scores of ``kpi`` at ``NOW - h`` for each h, anomalous with the given severities."""
         ts = [NOW - h * HOUR for h in hours]
         severity = [anomalies.get(h) for h in hours]
-        store.upsert_scores(self.engine, pd.DataFrame({
-            "kpi": kpi, "ts": ts, "value": 400.0, "expected": 100.0, "lower": 90.0,
-            "upper": 110.0, "score": [0.8 if s else 0.1 for s in severity],
-            "is_anomaly": [s is not None for s in severity], "severity": severity,
-            "flagged_by": "prophet", "scored_at": scored_at,
-        }))
+        store.upsert_scores(
+            self.engine,
+            pd.DataFrame(
+                {
+                    "kpi": kpi,
+                    "ts": ts,
+                    "value": 400.0,
+                    "expected": 100.0,
+                    "lower": 90.0,
+                    "upper": 110.0,
+                    "score": [0.8 if s else 0.1 for s in severity],
+                    "is_anomaly": [s is not None for s in severity],
+                    "severity": severity,
+                    "flagged_by": "prophet",
+                    "scored_at": scored_at,
+                }
+            ),
+        )
 
     def run(self, tags: dict | None = None) -> dg.AssetCheckEvaluation:
         result = self.automation.run_job("anomaly_check_job", tags)
@@ -165,8 +178,14 @@ def test_only_anomalies_scored_since_the_last_evaluation_fail_the_check(check):
         ("orders", (NOW - 35 * HOUR).isoformat(), "high"),
         ("orders", (NOW - 33 * HOUR).isoformat(), "low"),
     ]
-    assert {"value": 400.0, "expected": 100.0, "lower": 90.0, "upper": 110.0, "score": 0.8,
-            "flagged_by": "prophet"}.items() <= listed[0].items()
+    assert {
+        "value": 400.0,
+        "expected": 100.0,
+        "lower": 90.0,
+        "upper": 110.0,
+        "score": 0.8,
+        "flagged_by": "prophet",
+    }.items() <= listed[0].items()
     assert check.meta(second, "recorded_without_alert") == {HISTORY: 1}
     assert "orders" in check.meta(second, "preview")
 
@@ -210,9 +229,7 @@ def test_a_new_dagster_instance_alerts_news_once_and_history_never(pg_engine):
     with dg.instance_for_test() as new_instance:
         check = AnomalyCheck(pg_engine, new_instance, settings)
         first = check.run()
-        assert [a["ts"] for a in check.meta(first, "anomalies")] == [
-            (NOW - 25 * HOUR).isoformat()
-        ]
+        assert [a["ts"] for a in check.meta(first, "anomalies")] == [(NOW - 25 * HOUR).isoformat()]
         assert check.meta(first, "scored_after") == t2.isoformat()
         assert check.meta(first, "alerts_queued") == 1
         again = check.run()  # a retried or repeated evaluation

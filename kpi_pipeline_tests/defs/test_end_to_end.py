@@ -36,19 +36,30 @@ def servers():
 def automation(pg_url, servers):
     smtp, slack, twilio = servers
     settings = Settings(
-        smtp_host="127.0.0.1", smtp_port=smtp.port, smtp_starttls=False,
-        alert_email_from="kpi@example.com", alert_email_to="oncall@example.com",
-        slack_token="xoxb-test", slack_channel="#kpi-alerts", slack_base_url=slack.base_url,
-        twilio_account_sid="AC123", twilio_auth_token="twilio-secret",
-        twilio_from="+15550000000", alert_sms_to="+15551234567", twilio_base_url=twilio.url,
+        smtp_host="127.0.0.1",
+        smtp_port=smtp.port,
+        smtp_starttls=False,
+        alert_email_from="kpi@example.com",
+        alert_email_to="oncall@example.com",
+        slack_token="xoxb-test",
+        slack_channel="#kpi-alerts",
+        slack_base_url=slack.base_url,
+        twilio_account_sid="AC123",
+        twilio_auth_token="twilio-secret",
+        twilio_from="+15550000000",
+        alert_sms_to="+15551234567",
+        twilio_base_url=twilio.url,
     )
     resources = {
         "store": KpiStore(database_url=pg_url),
         **alert_resources(settings),
         # Short waits so a channel outage is retried within the test.
         "alert_policy": AlertPolicy(
-            cooldown_minutes=60, retry_base_seconds=0.05, retry_max_seconds=0.2,
-            dagster_url="http://dagster.test", api_url="http://api.test",
+            cooldown_minutes=60,
+            retry_base_seconds=0.05,
+            retry_max_seconds=0.2,
+            dagster_url="http://dagster.test",
+            api_url="http://api.test",
         ),
     }
     with dg.instance_for_test() as instance:
@@ -71,9 +82,7 @@ def _counts(servers) -> tuple[int, int, int]:
     return len(smtp.received), len(slack.messages()), len(twilio.sent)
 
 
-def test_a_spike_is_alerted_once_per_channel_and_an_outage_only_delays_email(
-    automation, servers, pg_url
-):
+def test_a_spike_is_alerted_once_per_channel_and_an_outage_only_delays_email(automation, servers, pg_url):
     smtp, slack, twilio = servers
     engine = KpiStore(database_url=pg_url).engine()
 
@@ -91,8 +100,7 @@ def test_a_spike_is_alerted_once_per_channel_and_an_outage_only_delays_email(
     assert scoring.dagster_run.job_name == "scoring_job"
     check = automation.check_result(scoring, "no_new_anomalies")
     assert not check.passed and check.severity == dg.AssetCheckSeverity.ERROR
-    flagged = store.load_anomalies(engine, kpi="orders", since=START + HISTORY_HOURS * HOUR,
-                                   min_severity="high")
+    flagged = store.load_anomalies(engine, kpi="orders", since=START + HISTORY_HOURS * HOUR, min_severity="high")
     assert list(flagged["ts"]) == [FIRST_SPIKE]
     automation.tick("anomaly_check_sensor")
     assert _counts(servers) == (1, 1, 1)
@@ -135,9 +143,7 @@ def test_a_spike_is_alerted_once_per_channel_and_an_outage_only_delays_email(
     assert set(deliveries["status"]) == {"sent"} and len(deliveries) == 6
 
 
-def test_a_gross_spike_is_critical_and_alerted_on_every_channel_under_the_default_routing(
-    automation, servers, pg_url
-):
+def test_a_gross_spike_is_critical_and_alerted_on_every_channel_under_the_default_routing(automation, servers, pg_url):
     engine = KpiStore(database_url=pg_url).engine()
     _land(engine, HISTORY_HOURS)
     _score_new_rows(automation)

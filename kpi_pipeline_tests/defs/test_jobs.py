@@ -24,9 +24,19 @@ def _seed(url: str) -> None:
     ts = pd.date_range(now - pd.Timedelta(days=99), periods=100, freq="D")
     store.upsert_observations(engine, pd.DataFrame({"kpi": "orders", "ts": ts, "value": 1.0}), "t")
     store.upsert_scores(engine, pd.DataFrame({"kpi": "orders", "ts": ts, "is_anomaly": False}))
-    store.save_model(engine, kpi="orders", kind="ensemble", version="v1", trained_at=now,
-                     train_start=now - pd.Timedelta(days=20), train_end=now, n_points=20,
-                     params={}, metrics={}, artifact=b"")
+    store.save_model(
+        engine,
+        kpi="orders",
+        kind="ensemble",
+        version="v1",
+        trained_at=now,
+        train_start=now - pd.Timedelta(days=20),
+        train_end=now,
+        n_points=20,
+        params={},
+        metrics={},
+        artifact=b"",
+    )
     engine.dispose()
 
 

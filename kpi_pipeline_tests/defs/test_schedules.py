@@ -35,9 +35,10 @@ def test_hourly_scoring_and_daily_training_run_by_default():
 def test_a_tick_requests_one_run_of_the_schedules_job():
     scoring = _by_name(defs.schedules)["hourly_scoring_schedule"]
     tick_time = dt.datetime(2025, 3, 11, 8, 5, tzinfo=dt.timezone.utc)
-    with dg.instance_for_test() as instance, dg.build_schedule_context(
-        instance=instance, scheduled_execution_time=tick_time
-    ) as context:
+    with (
+        dg.instance_for_test() as instance,
+        dg.build_schedule_context(instance=instance, scheduled_execution_time=tick_time) as context,
+    ):
         [request] = scoring.evaluate_tick(context).run_requests
 
     # No job name: the run targets the schedule's own job (scoring_job).
@@ -48,10 +49,14 @@ def test_a_tick_requests_one_run_of_the_schedules_job():
 def test_a_training_tick_requests_one_run_per_shard_once():
     training = _by_name(defs.schedules)["daily_training_schedule"]
     tick_time = dt.datetime(2025, 3, 11, 2, 30, tzinfo=dt.timezone.utc)
-    with dg.instance_for_test() as instance, dg.build_schedule_context(
-        instance=instance, scheduled_execution_time=tick_time,
-        repository_def=defs.get_repository_def(),
-    ) as context:
+    with (
+        dg.instance_for_test() as instance,
+        dg.build_schedule_context(
+            instance=instance,
+            scheduled_execution_time=tick_time,
+            repository_def=defs.get_repository_def(),
+        ) as context,
+    ):
         requests = training.evaluate_tick(context).run_requests
 
     shards = TRAINING_SHARDS.get_partition_keys()
@@ -61,9 +66,13 @@ def test_a_training_tick_requests_one_run_per_shard_once():
 
 
 def test_times_zone_and_on_off_come_from_settings():
-    settings = Settings(scoring_cron="*/15 * * * *", training_cron="0 4 * * 1",
-                        schedule_timezone="Europe/Berlin", new_data_sensor_interval=60,
-                        automation_off="daily_training_schedule, anomaly_check_sensor")
+    settings = Settings(
+        scoring_cron="*/15 * * * *",
+        training_cron="0 4 * * 1",
+        schedule_timezone="Europe/Berlin",
+        new_data_sensor_interval=60,
+        automation_off="daily_training_schedule, anomaly_check_sensor",
+    )
     schedules, sensors = _by_name(build_schedules(settings)), _by_name(build_sensors(settings))
 
     assert schedules["hourly_scoring_schedule"].cron_schedule == "*/15 * * * *"
@@ -105,9 +114,10 @@ def test_the_retention_schedule_runs_only_once_a_retention_is_set():
 
     assert status() == dg.DefaultScheduleStatus.STOPPED  # default: keep everything
     assert status(score_retention_days=90) == dg.DefaultScheduleStatus.RUNNING
-    assert status(observation_retention_days=400, retention_cron="0 5 * * *") \
-        == dg.DefaultScheduleStatus.RUNNING
-    assert status(observation_retention_days=400, automation_off="daily_retention_schedule") \
+    assert status(observation_retention_days=400, retention_cron="0 5 * * *") == dg.DefaultScheduleStatus.RUNNING
+    assert (
+        status(observation_retention_days=400, automation_off="daily_retention_schedule")
         == dg.DefaultScheduleStatus.STOPPED
+    )
     schedule = _by_name(build_schedules(Settings()))["daily_retention_schedule"]
     assert (schedule.job_name, schedule.cron_schedule) == ("retention_job", "45 3 * * *")

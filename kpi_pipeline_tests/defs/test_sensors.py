@@ -99,9 +99,19 @@ def test_a_successful_training_run_requests_scoring_once(automation, engine):
 
 def test_rows_of_trained_kpis_request_scoring_of_just_those(automation, engine):
     store.upsert_observations(engine, orders(START, 48), "test")
-    store.save_model(engine, kpi="orders", kind="ensemble", version="v1", trained_at=START,
-                     train_start=START, train_end=START, n_points=48, params={}, metrics={},
-                     artifact=b"")
+    store.save_model(
+        engine,
+        kpi="orders",
+        kind="ensemble",
+        version="v1",
+        trained_at=START,
+        train_start=START,
+        train_end=START,
+        n_points=48,
+        params={},
+        metrics={},
+        artifact=b"",
+    )
     automation.tick(SENSOR)
     store.upsert_observations(engine, orders(START, 50), "test")
 
@@ -110,9 +120,7 @@ def test_rows_of_trained_kpis_request_scoring_of_just_those(automation, engine):
     assert request.job_name == "scoring_job" and request.tags["kpi/changed_kpis"] == "orders"
 
 
-def test_late_and_corrected_rows_are_seen_and_a_repeated_tick_repeats_its_run_key(
-    automation, engine
-):
+def test_late_and_corrected_rows_are_seen_and_a_repeated_tick_repeats_its_run_key(automation, engine):
     store.upsert_observations(engine, orders(START, 48), "test")
     automation.tick(SENSOR)
     before = automation.cursors[SENSOR]
@@ -140,9 +148,7 @@ def test_late_and_corrected_rows_are_seen_and_a_repeated_tick_repeats_its_run_ke
 def test_alerts_go_out_once_across_a_new_dagster_instance(engine):
     slack = SlackApi("xoxb-test").start()
     url = engine.url.render_as_string(hide_password=False)
-    settings = Settings(
-        slack_token="xoxb-test", slack_channel="#kpi", slack_base_url=slack.base_url
-    )
+    settings = Settings(slack_token="xoxb-test", slack_channel="#kpi", slack_base_url=slack.base_url)
     resources = {"store": KpiStore(database_url=url), **alert_resources(settings)}
     try:
         with dg.instance_for_test() as instance:
@@ -181,9 +187,18 @@ NOW = pd.Timestamp.now("UTC").floor("h")
 def _score(engine, hours_ago: range, scored_hours_ago: int, spike_hours_ago: int | None = None):
     """Scores of ``orders`` at ``NOW - h``; the one at ``spike_hours_ago`` is a high anomaly."""
     spike = [h == spike_hours_ago for h in hours_ago]
-    store.upsert_scores(engine, pd.DataFrame({
-        "kpi": "orders", "ts": [NOW - h * HOUR for h in hours_ago], "value": 100.0,
-        "expected": 100.0, "score": 0.1, "is_anomaly": spike,
-        "severity": ["high" if s else None for s in spike],
-        "scored_at": NOW - scored_hours_ago * HOUR,
-    }))
+    store.upsert_scores(
+        engine,
+        pd.DataFrame(
+            {
+                "kpi": "orders",
+                "ts": [NOW - h * HOUR for h in hours_ago],
+                "value": 100.0,
+                "expected": 100.0,
+                "score": 0.1,
+                "is_anomaly": spike,
+                "severity": ["high" if s else None for s in spike],
+                "scored_at": NOW - scored_hours_ago * HOUR,
+            }
+        ),
+    )

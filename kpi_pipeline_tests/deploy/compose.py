@@ -125,10 +125,7 @@ def depends_on(service: dict) -> dict[str, str]:
 def project_services(compose: dict) -> list[str]:
     """Services built from this repository's Dockerfile that a plain ``docker compose up``
     starts (services under a profile start only when it is asked for)."""
-    return [
-        name for name, service in compose["services"].items()
-        if "build" in service and not service.get("profiles")
-    ]
+    return [name for name, service in compose["services"].items() if "build" in service and not service.get("profiles")]
 
 
 def healthcheck_command(service: dict) -> list[str] | None:
@@ -167,16 +164,14 @@ class LocalStack:
         the service whose command this is: its listening ports are rewritten too. ``host``:
         ``text`` names a host (a ``*_HOST`` variable), so a bare service name is rewritten."""
         for (service, port), (address, local) in self.addresses.items():
-            text = re.sub(rf"(?<![\w.-]){re.escape(service)}:{port}(?!\d)", f"{address}:{local}",
-                          text)
+            text = re.sub(rf"(?<![\w.-]){re.escape(service)}:{port}(?!\d)", f"{address}:{local}", text)
             if service == own:
                 text = re.sub(rf"(?<=(127\.0\.0\.1|localhost):){port}(?!\d)", str(local), text)
                 if text == str(port):
                     text = str(local)
         services = {service for service, _ in self.addresses}
         if host and text in services:
-            text = next(address for (service, _), (address, _) in self.addresses.items()
-                        if service == text)
+            text = next(address for (service, _), (address, _) in self.addresses.items() if service == text)
         elif text == "0.0.0.0":
             text = "127.0.0.1"  # a shared test machine: listen on loopback only
         elif text.startswith(IMAGE_PATHS):
@@ -235,10 +230,7 @@ class LocalStack:
     def env(self, name: str) -> dict[str, str]:
         """The process environment: this machine's, without settings of its own for the
         product, plus the service's compose environment made local."""
-        base = {
-            key: value for key, value in os.environ.items()
-            if not key.startswith(("KPI_", "DAGSTER_"))
-        }
+        base = {key: value for key, value in os.environ.items() if not key.startswith(("KPI_", "DAGSTER_"))}
         base["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
         base["PYTHONUNBUFFERED"] = "1"
         for key, value in environment(self.compose["services"][name]).items():

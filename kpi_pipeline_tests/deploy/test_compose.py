@@ -41,13 +41,26 @@ def compose() -> dict:
 
 def _docker_compose(*args: str, env_file) -> subprocess.CompletedProcess:
     if shutil.which(DOCKER_COMPOSE) is None:
-        pytest.skip(f"{DOCKER_COMPOSE} is not installed (scripts/ensure-docker-compose.sh "
-                    "installs Debian's docker-compose; `make test` runs it)")
+        pytest.skip(
+            f"{DOCKER_COMPOSE} is not installed (scripts/ensure-docker-compose.sh "
+            "installs Debian's docker-compose; `make test` runs it)"
+        )
     # Only PATH from this environment: Compose lets shell variables override the env file.
     return subprocess.run(
-        [DOCKER_COMPOSE, "--project-directory", str(PROJECT_ROOT), "-f", str(COMPOSE_FILE),
-         "--env-file", str(env_file), *args],
-        env={"PATH": os.environ["PATH"]}, capture_output=True, text=True, timeout=120,
+        [
+            DOCKER_COMPOSE,
+            "--project-directory",
+            str(PROJECT_ROOT),
+            "-f",
+            str(COMPOSE_FILE),
+            "--env-file",
+            str(env_file),
+            *args,
+        ],
+        env={"PATH": os.environ["PATH"]},
+        capture_output=True,
+        text=True,
+        timeout=120,
         check=False,
     )
 
@@ -67,10 +80,9 @@ def test_docker_compose_accepts_the_file_with_env_example(profile):
 
 def test_docker_compose_refuses_to_start_without_a_postgres_password(tmp_path):
     env_file = tmp_path / ".env"
-    env_file.write_text("".join(
-        f"{key}={value}\n" for key, value in read_env_file(ENV_EXAMPLE).items()
-        if key != "POSTGRES_PASSWORD"
-    ))
+    env_file.write_text(
+        "".join(f"{key}={value}\n" for key, value in read_env_file(ENV_EXAMPLE).items() if key != "POSTGRES_PASSWORD")
+    )
     result = _docker_compose("config", env_file=env_file)
     assert result.returncode != 0
     assert "set POSTGRES_PASSWORD in .env" in result.stderr
@@ -109,15 +121,15 @@ def test_every_service_runs_an_image(compose):
             assert service["image"] == image and service["build"]["context"] == ".", name
             assert service.get("command"), f"{name} must say which role the image plays"
         else:
-            assert re.search(r":[\w.-]+$", service["image"]) and not service["image"].endswith(
-                ":latest"), f"{name}: pin the image's tag"
+            assert re.search(r":[\w.-]+$", service["image"]) and not service["image"].endswith(":latest"), (
+                f"{name}: pin the image's tag"
+            )
 
 
 def test_long_running_services_have_health_checks_and_one_shots_are_awaited(compose):
     services = compose["services"]
     for name, service in services.items():
-        awaited = {cond for other in services.values()
-                   for dep, cond in depends_on(other).items() if dep == name}
+        awaited = {cond for other in services.values() for dep, cond in depends_on(other).items() if dep == name}
         if service.get("restart") == "no":
             assert awaited == {"service_completed_successfully"}, name
         else:
@@ -180,8 +192,7 @@ def test_alert_email_goes_to_mailpit_by_default(compose):
     assert env["KPI_SMTP_STARTTLS"] == "false"
     assert env["KPI_ALERT_EMAIL_FROM"] and env["KPI_ALERT_EMAIL_TO"]
     # Settings parse what compose passes (an empty number would fail at import).
-    Settings(**{key[4:].lower(): value for key, value in env.items()
-                if key.startswith("KPI_") and value})
+    Settings(**{key[4:].lower(): value for key, value in env.items() if key.startswith("KPI_") and value})
 
 
 def test_dagster_services_share_the_production_instance_and_workspace(compose):
@@ -203,14 +214,16 @@ def test_production_instance_uses_postgres_and_limits_scoring_runs():
     instance = yaml.safe_load((PROJECT_ROOT / "deploy" / "dagster.yaml").read_text())
     database = instance["storage"]["postgres"]["postgres_db"]
     assert {key: value["env"] for key, value in database.items() if isinstance(value, dict)} == {
-        "hostname": "DAGSTER_PG_HOST", "port": "DAGSTER_PG_PORT", "db_name": "DAGSTER_PG_DB",
-        "username": "DAGSTER_PG_USER", "password": "DAGSTER_PG_PASSWORD",
+        "hostname": "DAGSTER_PG_HOST",
+        "port": "DAGSTER_PG_PORT",
+        "db_name": "DAGSTER_PG_DB",
+        "username": "DAGSTER_PG_USER",
+        "password": "DAGSTER_PG_PASSWORD",
     }
     coordinator = instance["run_coordinator"]
     assert coordinator["class"] == "QueuedRunCoordinator"
     [(key, value)] = SCORING_RUN_TAGS.items()
-    assert {"key": key, "value": value, "limit": 1} in coordinator["config"][
-        "tag_concurrency_limits"]
+    assert {"key": key, "value": value, "limit": 1} in coordinator["config"]["tag_concurrency_limits"]
 
 
 def test_env_example_lists_every_variable():

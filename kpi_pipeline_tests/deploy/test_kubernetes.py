@@ -90,8 +90,9 @@ def test_helm_values_use_only_documented_keys_with_their_types(values):
         if isinstance(kind, set):
             assert value in kind, f"{path}: {value!r} not one of {sorted(kind)}"
         else:
-            assert isinstance(value, kind) and not (
-                kind is int and isinstance(value, bool)), f"{path}: {value!r} is not {kind}"
+            assert isinstance(value, kind) and not (kind is int and isinstance(value, bool)), (
+                f"{path}: {value!r} is not {kind}"
+            )
 
 
 def test_helm_values_run_this_projects_code_with_the_composes_settings(values):
@@ -101,16 +102,14 @@ def test_helm_values_run_this_projects_code_with_the_composes_settings(values):
     module = code[code.index("--module-name") + 1]
     assert deployment["dagsterApiGrpcArgs"] == ["--module-name", module]
     instance = yaml.safe_load((PROJECT_ROOT / "deploy" / "dagster.yaml").read_text())
-    assert values["postgresql"]["postgresqlScheme"] == (
-        instance["storage"]["postgres"]["postgres_db"]["scheme"])
+    assert values["postgresql"]["postgresqlScheme"] == (instance["storage"]["postgres"]["postgres_db"]["scheme"])
     queued = values["dagsterDaemon"]["runCoordinator"]["config"]["queuedRunCoordinator"]
     limits = instance["run_coordinator"]["config"]
     assert queued["tagConcurrencyLimits"] == limits["tag_concurrency_limits"]
     assert queued["maxConcurrentRuns"] == limits["max_concurrent_runs"]
     # Runs get the same settings as the code server they were launched from.
     assert deployment["includeConfigInLaunchedRuns"]["enabled"]
-    assert deployment["envSecrets"] == values["runLauncher"]["config"]["k8sRunLauncher"][
-        "envSecrets"]
+    assert deployment["envSecrets"] == values["runLauncher"]["config"]["k8sRunLauncher"]["envSecrets"]
     assert values["runLauncher"]["type"] == "K8sRunLauncher"
     assert values["postgresql"]["enabled"] is False
 

@@ -89,8 +89,12 @@ class Stack:
         log = self.local.root / "logs" / f"{name}.log"
         with log.open("wb") as out:
             process = subprocess.Popen(
-                self.local.command(name), env=self.local.env(name), cwd=self.workdir,
-                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                self.local.command(name),
+                env=self.local.env(name),
+                cwd=self.workdir,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
                 start_new_session=True,  # its own process group: stop() ends its children too
             )
         self.services[name] = Service(name, process, log)
@@ -110,8 +114,7 @@ class Stack:
             value = condition()
             if value:
                 return value
-            died = [s.name for s in self.services.values()
-                    if s.process.poll() is not None and s.name != "migrate"]
+            died = [s.name for s in self.services.values() if s.process.poll() is not None and s.name != "migrate"]
             if died:
                 self.fail(f"while waiting for {what}: {', '.join(died)} exited")
             if time.monotonic() > deadline:
@@ -122,10 +125,17 @@ class Stack:
         """The service's compose health check, run as a local command, passes."""
         command = self.local.healthcheck(name)
         try:
-            return subprocess.run(
-                command, env=self.local.env(name), cwd=self.workdir, capture_output=True,
-                timeout=30, check=False,
-            ).returncode == 0
+            return (
+                subprocess.run(
+                    command,
+                    env=self.local.env(name),
+                    cwd=self.workdir,
+                    capture_output=True,
+                    timeout=30,
+                    check=False,
+                ).returncode
+                == 0
+            )
         except subprocess.TimeoutExpired:
             return False
 
@@ -137,8 +147,9 @@ class Stack:
         done: set[str] = set()
         while len(done) < len(names):
             wave = [
-                name for name in names if name not in done
-                and all(dep in done or dep not in names for dep in depends_on(compose[name]))
+                name
+                for name in names
+                if name not in done and all(dep in done or dep not in names for dep in depends_on(compose[name]))
             ]
             if not wave:
                 self.fail(f"depends_on has a cycle among {sorted(set(names) - done)}")
@@ -150,8 +161,7 @@ class Stack:
 
     def _wait_ready(self, name: str, compose: dict) -> None:
         conditions = {
-            condition for other in compose.values() for dep, condition in
-            depends_on(other).items() if dep == name
+            condition for other in compose.values() for dep, condition in depends_on(other).items() if dep == name
         }
         service = self.services[name]
         if "service_completed_successfully" in conditions:
@@ -162,8 +172,7 @@ class Stack:
             if code != 0:
                 self.fail(f"{name} exited with status {code}")
         else:
-            self.wait_until(f"{name} to pass its health check", lambda: self.healthy(name),
-                            STARTUP_TIMEOUT_S)
+            self.wait_until(f"{name} to pass its health check", lambda: self.healthy(name), STARTUP_TIMEOUT_S)
 
     def stop(self) -> None:
         running = [s for s in self.services.values() if s.process.poll() is None]
@@ -205,7 +214,8 @@ RUNS_QUERY = """
 def _runs(webserver: str) -> list[dict]:
     """Every run the Dagster UI knows, through its GraphQL API."""
     request = urllib.request.Request(
-        f"{webserver}/graphql", data=json.dumps({"query": RUNS_QUERY}).encode(),
+        f"{webserver}/graphql",
+        data=json.dumps({"query": RUNS_QUERY}).encode(),
         headers={"Content-Type": "application/json"},
     )
     try:
@@ -266,6 +276,7 @@ def test_compose_stack_scores_alerts_and_serves_a_new_anomaly(stack):
             if failed:
                 running.fail(f"{job} run {failed[0]['runId']} ended {failed[0]['status']}")
             return [run for run in found if run["status"] == "SUCCESS"]
+
         return runs
 
     def tags_of(run: dict) -> dict[str, str]:
@@ -275,19 +286,21 @@ def test_compose_stack_scores_alerts_and_serves_a_new_anomaly(stack):
     # dequeues and launches through the code server; once it succeeds, another sensor asks for
     # a scoring run. The first scoring of history alerts nobody.
     store.upsert_observations(engine, orders(START, HISTORY_HOURS), "test")
-    [training] = running.wait_until("the sensor's training_job run to succeed",
-                                    succeeded("training_job"), RUN_TIMEOUT_S)
+    [training] = running.wait_until(
+        "the sensor's training_job run to succeed", succeeded("training_job"), RUN_TIMEOUT_S
+    )
     assert tags_of(training)["dagster/sensor_name"] == "new_kpi_data_sensor"
 
     def scored_after_training() -> list[dict]:
-        return [run for run in succeeded("scoring_job")()
-                if tags_of(run).get("dagster/sensor_name") == "score_after_training_sensor"]
+        return [
+            run
+            for run in succeeded("scoring_job")()
+            if tags_of(run).get("dagster/sensor_name") == "score_after_training_sensor"
+        ]
 
-    running.wait_until("the scoring run after training to succeed", scored_after_training,
-                       RUN_TIMEOUT_S)
+    running.wait_until("the scoring run after training to succeed", scored_after_training, RUN_TIMEOUT_S)
     with engine.connect() as connection:
-        scored = connection.execute(
-            sa.text("SELECT count(*) FROM anomaly_scores WHERE kpi = 'orders'")).scalar_one()
+        scored = connection.execute(sa.text("SELECT count(*) FROM anomaly_scores WHERE kpi = 'orders'")).scalar_one()
     assert scored > 0, "the bootstrap run scored no history"
 
     # New rows with a spike: scored by a sensor-launched scoring run, flagged, alerted by email.
@@ -295,16 +308,13 @@ def test_compose_stack_scores_alerts_and_serves_a_new_anomaly(stack):
 
     def spike_scored() -> list[pd.Timestamp]:
         succeeded("scoring_job")()  # fails the test at once if a scoring run failed
-        found = store.load_anomalies(engine, kpi="orders", since=START + HISTORY_HOURS * HOUR,
-                                     min_severity="high")
+        found = store.load_anomalies(engine, kpi="orders", since=START + HISTORY_HOURS * HOUR, min_severity="high")
         return list(found["ts"])
 
-    flagged = running.wait_until("a sensor's scoring_job run to score the spike", spike_scored,
-                                 RUN_TIMEOUT_S)
+    flagged = running.wait_until("a sensor's scoring_job run to score the spike", spike_scored, RUN_TIMEOUT_S)
     assert flagged == [SPIKE]
 
-    running.wait_until("the alert email at the SMTP sink", lambda: smtp.received,
-                       ALERT_TIMEOUT_S)
+    running.wait_until("the alert email at the SMTP sink", lambda: smtp.received, ALERT_TIMEOUT_S)
     [mail] = smtp.received  # one: the history's first scoring alerted nobody
     # The compose defaults route email to mailpit (here the sink) from and to these addresses.
     assert mail.sender == "kpi-pipeline@localhost"

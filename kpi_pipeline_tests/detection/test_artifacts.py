@@ -56,9 +56,18 @@ def test_another_kind_or_a_newer_format_is_refused():
         unpack(pack("iforest", {}), "prophet")
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w") as archive:
-        archive.writestr("state.json", json.dumps({
-            "format": "kpi-pipeline model", "format_version": FORMAT_VERSION + 1,
-            "kind": "thing", "libraries": {}, "state": {}}))
+        archive.writestr(
+            "state.json",
+            json.dumps(
+                {
+                    "format": "kpi-pipeline model",
+                    "format_version": FORMAT_VERSION + 1,
+                    "kind": "thing",
+                    "libraries": {},
+                    "state": {},
+                }
+            ),
+        )
     with pytest.raises(UnreadableArtifact, match="newer kpi-pipeline"):
         unpack(buffer.getvalue(), "thing")
     with pytest.raises(UnreadableArtifact, match="not a kpi-pipeline model"):

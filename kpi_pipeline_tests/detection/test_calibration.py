@@ -216,10 +216,14 @@ def test_one_value_at_a_time_gives_the_surprise_of_many(min_recurrences):
     below every training value, and for NaN and infinities."""
     for values in (training_values("light"), training_values("heavy"), recurring_spikes(40)):
         fitted = ExceedanceTail(min_recurrences=min_recurrences).fit(values)
-        probes = np.concatenate([
-            values[:300], np.linspace(-1.0, 3 * values.max(), 700), fitted.sorted_[-50:],
-            [fitted.threshold_, np.nan, np.inf, -np.inf, 0.0],
-        ])
+        probes = np.concatenate(
+            [
+                values[:300],
+                np.linspace(-1.0, 3 * values.max(), 700),
+                fitted.sorted_[-50:],
+                [fitted.threshold_, np.nan, np.inf, -np.inf, 0.0],
+            ]
+        )
         many = fitted.surprise(probes)
         one = np.array([fitted.surprise_one(float(value)) for value in probes])
         assert_same_bits(one, many)
@@ -235,12 +239,12 @@ def test_one_value_at_a_time_follows_a_refit_and_a_stored_tail():
     tail.fit(heavy)  # refit in place: the tables of the first fit must go
 
     probes = np.concatenate([heavy[:50], [np.median(light)]])
-    np.testing.assert_array_equal([tail.surprise_one(float(v)) for v in probes],
-                                  ExceedanceTail().fit(heavy).surprise(probes))
+    np.testing.assert_array_equal(
+        [tail.surprise_one(float(v)) for v in probes], ExceedanceTail().fit(heavy).surprise(probes)
+    )
     assert before != tail.surprise_one(float(np.median(light)))
     copy = ExceedanceTail.from_state(tail.to_state())
-    np.testing.assert_array_equal([copy.surprise_one(float(v)) for v in probes],
-                                  tail.surprise(probes))
+    np.testing.assert_array_equal([copy.surprise_one(float(v)) for v in probes], tail.surprise(probes))
 
 
 def assert_same_bits(got: np.ndarray, expected: np.ndarray) -> None:
@@ -258,15 +262,14 @@ def test_no_surprise_or_score_is_negative_zero():
     tail = ExceedanceTail().fit(values)
     low = np.array([values.min(), values.min() - 1.0, -np.inf])
 
-    for surprises in (tail.surprise(low), tail.surprise(np.repeat(low, 3)),
-                      [tail.surprise_one(float(v)) for v in low]):
+    for surprises in (tail.surprise(low), tail.surprise(np.repeat(low, 3)), [tail.surprise_one(float(v)) for v in low]):
         assert not np.signbit(surprises).any()
     assert not np.signbit(score_from_surprise(np.array([-0.0, 0.0] * 3), 3.0)).any()
-    assert not np.signbit([score_from_surprise_one(-0.0, 3.0), score_from_surprise_one(0.0, 3.0)]
-                          ).any()
+    assert not np.signbit([score_from_surprise_one(-0.0, 3.0), score_from_surprise_one(0.0, 3.0)]).any()
     surprises = [-1.0, -0.0, 0.0, 0.5, 40.0, np.nan]
-    assert_same_bits([score_from_surprise_one(s, 3.0) for s in surprises],
-                     score_from_surprise(np.array(surprises), 3.0))
+    assert_same_bits(
+        [score_from_surprise_one(s, 3.0) for s in surprises], score_from_surprise(np.array(surprises), 3.0)
+    )
 
 
 # -- a tail fitted on a history that holds past incidents --------------------------------------

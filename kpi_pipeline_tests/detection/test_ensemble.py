@@ -36,9 +36,7 @@ def score_after_training(detector: EnsembleDetector, ts, y, gap=None) -> pd.Data
     """Scores of the points after the training window, with the context the detector needs."""
     context = min(N_TRAIN, detector.context_points)
     window = slice(N_TRAIN - context, None)
-    return detector.score(
-        ts[window], y[window], n_context=context, gap=None if gap is None else gap[window]
-    )
+    return detector.score(ts[window], y[window], n_context=context, gap=None if gap is None else gap[window])
 
 
 def row(scores: pd.DataFrame, position: int) -> pd.Series:
@@ -209,8 +207,7 @@ def test_artifacts_round_trip_gives_identical_scores(detector, series, spike_sco
 
 def test_a_stricter_threshold_flags_less(detector, series, spike_scores):
     ts, y = series
-    strict = EnsembleDetector(DetectorConfig(scale_window=96, threshold=1e6)).fit(
-        ts[:N_TRAIN], y[:N_TRAIN])
+    strict = EnsembleDetector(DetectorConfig(scale_window=96, threshold=1e6)).fit(ts[:N_TRAIN], y[:N_TRAIN])
     spiked = y.copy()
     spiked[SPIKE] += 8 * NOISE_SIGMA
     assert row(spike_scores, SPIKE)["is_anomaly"]
@@ -321,9 +318,7 @@ def test_the_sustained_component_needs_enough_training_history(detector, sustain
 
 def test_the_sustained_evidence_ends_with_the_incident(sustained_detector, long_series):
     ts, y = long_series
-    scores = score_after_long_training(
-        sustained_detector, ts, _dip(y, LONG_TRAIN + DIP_START, DIP_LENGTH, depth=2.5)
-    )
+    scores = score_after_long_training(sustained_detector, ts, _dip(y, LONG_TRAIN + DIP_START, DIP_LENGTH, depth=2.5))
     assert scores["is_anomaly"].iloc[DIP_START : DIP_START + DIP_LENGTH].any()
     end = DIP_START + DIP_LENGTH
     # A normal point may still sit on the dip's side by chance; past the event merge gap the
@@ -351,9 +346,7 @@ def test_with_the_sustained_component_a_level_shift_is_still_one_event(sustained
     assert not flagged[settled:].any()
 
 
-def test_a_model_registered_without_the_sustained_component_still_scores(
-    sustained_detector, long_series
-):
+def test_a_model_registered_without_the_sustained_component_still_scores(sustained_detector, long_series):
     ts, y = long_series
     dipped = _dip(y, LONG_TRAIN + DIP_START, DIP_LENGTH, depth=2.5)
     artifacts = sustained_detector.to_artifacts()
@@ -388,9 +381,7 @@ def test_one_missing_value_does_not_switch_the_sustained_evidence_off(sustained_
     assert holed_flags.sum() >= flags.sum() - 1
 
 
-def test_a_sustained_anomaly_is_explained_against_the_undisturbed_expectation(
-    sustained_detector, long_series
-):
+def test_a_sustained_anomaly_is_explained_against_the_undisturbed_expectation(sustained_detector, long_series):
     ts, y = long_series
     depth = 2.5
     dipped = _dip(y, LONG_TRAIN + DIP_START, DIP_LENGTH, depth=depth)
@@ -420,8 +411,7 @@ def test_once_an_incident_ends_expected_is_not_left_at_the_incidents_level(detec
     clean = score_after_training(detector, ts, y)
     after = slice(start + length - N_TRAIN, start + length + 8 - N_TRAIN)
     # Back to normal values, explained against the model (not 4x above them), inside the band.
-    np.testing.assert_allclose(scores["expected"].iloc[after], clean["expected"].iloc[after],
-                               rtol=0.1)
+    np.testing.assert_allclose(scores["expected"].iloc[after], clean["expected"].iloc[after], rtol=0.1)
     back = scores.iloc[after]
     assert ((back["lower"] <= back["value"]) & (back["value"] <= back["upper"])).mean() >= 0.75
     assert not back["is_anomaly"].any()
@@ -442,9 +432,7 @@ def test_once_an_incident_ends_expected_is_not_left_at_the_incidents_level(detec
         (0.55, 1.6, 8.0, "high"),
     ],
 )
-def test_severity_weighs_how_far_a_point_is_off_with_how_unlikely_it_is(
-    score, factor, spreads, expected
-):
+def test_severity_weighs_how_far_a_point_is_off_with_how_unlikely_it_is(score, factor, spreads, expected):
     assert severity_of(score, abs(np.log(factor)), spreads, DetectorConfig()) == expected
 
 
@@ -513,15 +501,14 @@ def test_a_stored_detector_is_small_and_scores_bit_for_bit(realistic, monkeypatc
     window = slice(4032 - context, None)
     pd.testing.assert_frame_equal(
         restored.score(ts[window], spiked[window], n_context=context),
-        detector.score(ts[window], spiked[window], n_context=context), check_exact=True,
+        detector.score(ts[window], spiked[window], n_context=context),
+        check_exact=True,
     )
     # Real-time scoring's point-by-point path.
     before = slice(4032 - context, 4032 + 48)
     after = slice(4032 + 48, 4032 + 60)
-    expected = detector.score_after(detector.prepare(ts[before], spiked[before]), ts[after],
-                                    spiked[after])
-    got = restored.score_after(restored.prepare(ts[before], spiked[before]), ts[after],
-                               spiked[after])
+    expected = detector.score_after(detector.prepare(ts[before], spiked[before]), ts[after], spiked[after])
+    got = restored.score_after(restored.prepare(ts[before], spiked[before]), ts[after], spiked[after])
     for name, column in expected.items():
         np.testing.assert_array_equal(got[name], column, err_msg=name)
 
@@ -543,5 +530,6 @@ def test_a_detector_without_config_or_sustained_component_round_trips(detector, 
     assert bare.config is None and not hasattr(bare, "sustained_tail_")
     restored = EnsembleDetector.from_artifacts(bare.to_artifacts())
     assert restored.config is None and not hasattr(restored, "sustained_tail_")
-    pd.testing.assert_frame_equal(restored.score(ts, y, n_context=N_TRAIN),
-                                  bare.score(ts, y, n_context=N_TRAIN), check_exact=True)
+    pd.testing.assert_frame_equal(
+        restored.score(ts, y, n_context=N_TRAIN), bare.score(ts, y, n_context=N_TRAIN), check_exact=True
+    )

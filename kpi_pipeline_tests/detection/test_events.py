@@ -87,9 +87,7 @@ def test_batches_joined_by_open_event_match_one_pass(split):
     pattern, gap = "x.xx...x..xx", 2
     whole = scored(pattern, gap)
     first = scored(pattern[:split], gap)
-    ids, alert = assign_events(
-        "k", TS[split:], flags(pattern[split:]), gap, open_event_from(first, gap)
-    )
+    ids, alert = assign_events("k", TS[split:], flags(pattern[split:]), gap, open_event_from(first, gap))
     assert ids_of([*first["event_id"], *ids]) == ids_of(whole["event_id"])
     assert [*first["alert"], *alert] == whole["alert"].tolist()
 
@@ -112,7 +110,14 @@ def test_summarize_events_one_row_per_event_newest_first():
 
     summary = summarize_events(rows)
     assert list(summary.columns) == [
-        "kpi", "event_id", "start", "end", "points", "peak_score", "severity", "flagged_by",
+        "kpi",
+        "event_id",
+        "start",
+        "end",
+        "points",
+        "peak_score",
+        "severity",
+        "flagged_by",
     ]
     assert summary["start"].is_monotonic_decreasing
     by_id = summary.set_index("event_id")

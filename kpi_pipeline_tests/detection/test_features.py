@@ -145,7 +145,9 @@ def test_features_from_feature_context_points_before_equal_the_whole_series(freq
         pd.testing.assert_frame_equal(
             part.iloc[context:].reset_index(drop=True),
             whole.iloc[first:].reset_index(drop=True),
-            check_exact=False, rtol=1e-12, atol=1e-12,
+            check_exact=False,
+            rtol=1e-12,
+            atol=1e-12,
         )
         # One point fewer and the first row's features differ: the context is not too long.
         short = build_features(ts[first - context + 1 :], values[first - context + 1 :], freq)

@@ -105,8 +105,9 @@ def test_a_detector_read_back_from_its_state_scores_alike_without_sklearn_object
     state = detector.to_state()
     # Plain numbers and arrays only: the sklearn estimator is not part of it.
     forest = state["forest"]
-    assert all(isinstance(forest[key], np.ndarray) for key in
-               ("tree_sizes", "feature", "threshold", "children", "leaf_depth"))
+    assert all(
+        isinstance(forest[key], np.ndarray) for key in ("tree_sizes", "feature", "threshold", "children", "leaf_depth")
+    )
 
     copy = IsolationForestDetector.from_state(state)
 
@@ -123,8 +124,7 @@ def test_a_forest_whose_trees_see_a_subset_of_the_features_walks_alike():
     from kpi_pipeline.detection.iforest import _FlatForest
 
     rng = np.random.default_rng(5)
-    forest = IsolationForest(n_estimators=30, max_features=2, random_state=0).fit(
-        rng.standard_normal((200, 4)))
+    forest = IsolationForest(n_estimators=30, max_features=2, random_state=0).fit(rng.standard_normal((200, 4)))
     X = rng.standard_normal((9, 4)) * 2
 
     np.testing.assert_array_equal(_FlatForest.of(forest).raw(X), -forest.score_samples(X))
@@ -140,16 +140,18 @@ def test_one_row_at_a_time_walks_as_sklearn_even_on_a_threshold(max_features):
 
     rng = np.random.default_rng(6)
     forest = IsolationForest(n_estimators=40, max_features=max_features, random_state=0).fit(
-        rng.standard_normal((300, 4)))
-    thresholds = np.concatenate([tree.tree_.threshold[tree.tree_.feature >= 0]
-                                 for tree in forest.estimators_]).astype(np.float32)
-    near = np.concatenate([thresholds, np.nextafter(thresholds, np.float32(np.inf)),
-                           np.nextafter(thresholds, np.float32(-np.inf))])
+        rng.standard_normal((300, 4))
+    )
+    thresholds = np.concatenate([tree.tree_.threshold[tree.tree_.feature >= 0] for tree in forest.estimators_]).astype(
+        np.float32
+    )
+    near = np.concatenate(
+        [thresholds, np.nextafter(thresholds, np.float32(np.inf)), np.nextafter(thresholds, np.float32(-np.inf))]
+    )
     rows = rng.standard_normal((300, 4)) * 2
     on = rng.random(rows.shape) < 0.7  # most values on or next to a threshold
     rows[on] = rng.choice(near, on.sum())
-    rows[:5] = [[np.inf, 0, 0, 0], [-np.inf, 0, 0, 0], [1e30, -1e30, 0, 0], [0, 0, 0, 0],
-                [3e38, 3e38, -3e38, 1]]
+    rows[:5] = [[np.inf, 0, 0, 0], [-np.inf, 0, 0, 0], [1e30, -1e30, 0, 0], [0, 0, 0, 0], [3e38, 3e38, -3e38, 1]]
     flat = _FlatForest.of(forest)
     single = np.concatenate([flat.raw(row[None, :]) for row in rows])
     np.testing.assert_array_equal(single, -forest.score_samples(rows))
@@ -168,8 +170,7 @@ def test_one_row_as_floats_gets_the_surprise_of_the_array_path():
 
 
 def test_no_rows_get_no_surprises_even_on_sklearns_own_path():
-    detector = IsolationForestDetector(random_state=3).fit(
-        np.random.default_rng(11).standard_normal((100, 3)))
+    detector = IsolationForestDetector(random_state=3).fit(np.random.default_rng(11).standard_normal((100, 3)))
     detector.flat_ = None  # as when sklearn's internals differ: its score_samples is used
     assert detector.surprise(np.zeros((0, 3))).shape == (0,)
     assert detector.surprise(np.ones((2, 3))).shape == (2,)

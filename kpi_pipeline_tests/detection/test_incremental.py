@@ -59,7 +59,10 @@ def assert_same(incremental: dict, expected: pd.DataFrame) -> None:
     assert (got["ts"].to_numpy() == expected["ts"].to_numpy()).all()
     for name in NUMERIC:
         np.testing.assert_allclose(
-            got[name].to_numpy(float), expected[name].to_numpy(float), rtol=1e-9, atol=1e-12,
+            got[name].to_numpy(float),
+            expected[name].to_numpy(float),
+            rtol=1e-9,
+            atol=1e-12,
             err_msg=name,
         )
     for name in ["is_anomaly", "severity", "flagged_by"]:
@@ -72,8 +75,7 @@ def test_scoring_after_a_prepared_context_matches_scoring_with_it(case):
     flagged = 0
     for split in range(TRAIN - 2, TRAIN + SCORED - 3, 3):
         state = detector.prepare(ts[split - context : split], y[split - context : split])
-        got = detector.score_after(state, ts[split : split + 3], y[split : split + 3],
-                                   gap[split : split + 3])
+        got = detector.score_after(state, ts[split : split + 3], y[split : split + 3], gap[split : split + 3])
         expected = reference(detector, ts, y, gap, split, split + 3)
         assert_same(got, expected)
         flagged += int(expected["is_anomaly"].sum())
@@ -89,8 +91,9 @@ def test_only_the_kept_points_of_a_state_are_read(case):
         stale = y[split - context : split + 4].copy()
         stale[-6:] += 50 * NOISE_SIGMA
         state = detector.prepare(ts[split - context : split + 4], stale)
-        got = detector.score_after(state, ts[split - 2 : split + 2], y[split - 2 : split + 2],
-                                   gap[split - 2 : split + 2], keep=context - 2)
+        got = detector.score_after(
+            state, ts[split - 2 : split + 2], y[split - 2 : split + 2], gap[split - 2 : split + 2], keep=context - 2
+        )
         assert_same(got, reference(detector, ts, y, gap, split - 2, split + 2))
 
 
@@ -101,8 +104,7 @@ def test_smoothing_reads_the_states_last_combined_surprises(case):
     context = smoothed.context_points
     for split in (TRAIN + 6, TRAIN + 52, TRAIN + 81):
         state = smoothed.prepare(ts[split - context : split], y[split - context : split])
-        got = smoothed.score_after(state, ts[split : split + 2], y[split : split + 2],
-                                   gap[split : split + 2])
+        got = smoothed.score_after(state, ts[split : split + 2], y[split : split + 2], gap[split : split + 2])
         assert_same(got, reference(smoothed, ts, y, gap, split, split + 2))
 
 
@@ -121,15 +123,23 @@ def test_one_state_scores_request_after_request_alike(case):
     context, split = detector.context_points, TRAIN + 52
     state = detector.prepare(ts[split - context : split], y[split - context : split], ahead=4)
     assert sum(key[0] == "yhat" for key in state.memo) == 4
-    for keep_back, ahead, bump in [(0, 1, 0.0), (0, 1, 7.0), (0, 3, -4.0), (3, 2, 2.0),
-                                    (0, 6, 0.0), (3, 5, 9.0), (0, 1, 0.0)]:
+    for keep_back, ahead, bump in [
+        (0, 1, 0.0),
+        (0, 1, 7.0),
+        (0, 3, -4.0),
+        (3, 2, 2.0),
+        (0, 6, 0.0),
+        (3, 5, 9.0),
+        (0, 1, 0.0),
+    ]:
         start = split - keep_back
         values = y[start : split + ahead].copy()
         values[-1] += bump * NOISE_SIGMA
         shifted = y.copy()
         shifted[start : split + ahead] = values
-        got = detector.score_after(state, ts[start : split + ahead], values,
-                                   gap[start : split + ahead], keep=context - keep_back)
+        got = detector.score_after(
+            state, ts[start : split + ahead], values, gap[start : split + ahead], keep=context - keep_back
+        )
         assert_same(got, reference(detector, ts, shifted, gap, start, split + ahead))
 
 
@@ -147,8 +157,7 @@ def test_a_huge_deviation_gives_an_infinite_spread_not_an_error():
     from kpi_pipeline.detection.ensemble import _sample_std
 
     assert np.isinf(_sample_std([1.0, 2.0, 1e200, 3.0]))
-    assert np.isnan(_sample_std([1.0, np.nan])) and _sample_std([1.0, np.nan, 3.0]) == np.std(
-        [1.0, 3.0], ddof=1)
+    assert np.isnan(_sample_std([1.0, np.nan])) and _sample_std([1.0, np.nan, 3.0]) == np.std([1.0, 3.0], ddof=1)
 
 
 def test_many_points_after_a_state_slide_every_window_past_it(case):
@@ -194,8 +203,7 @@ def test_reported_points_score_as_when_every_point_is_reported(case, smoothing):
         every = detector.score_after(state, ts[at], y[at], gap[at])
         report = np.array([1, 4, 5, 8])
         some = detector.score_after(state, ts[at], y[at], gap[at], report=report)
-        assert_same(some, pd.DataFrame({name: np.asarray(column)[report]
-                                        for name, column in every.items()}))
+        assert_same(some, pd.DataFrame({name: np.asarray(column)[report] for name, column in every.items()}))
 
 
 def test_reported_positions_must_increase(case):

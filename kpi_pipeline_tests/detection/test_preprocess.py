@@ -87,9 +87,7 @@ def test_duplicate_timestamps_are_averaged():
 def test_off_grid_timestamps_snap_to_the_nearest_grid_point():
     rows = pd.DataFrame(
         {
-            "ts": utc(
-                "2025-01-01 00:00", "2025-01-01 01:00:40", "2025-01-01 01:58", "2025-01-01 03:00"
-            ),
+            "ts": utc("2025-01-01 00:00", "2025-01-01 01:00:40", "2025-01-01 01:58", "2025-01-01 03:00"),
             "value": [0.0, 1.0, 2.0, 3.0],
         }
     )
@@ -103,9 +101,7 @@ def test_off_grid_timestamps_snap_to_the_nearest_grid_point():
 
 
 def test_each_kpi_gets_its_own_grid_and_frequency():
-    five_min = pd.DataFrame(
-        {"ts": pd.date_range("2025-01-01", periods=6, freq="5min", tz="UTC"), "value": 1.0}
-    )
+    five_min = pd.DataFrame({"ts": pd.date_range("2025-01-01", periods=6, freq="5min", tz="UTC"), "value": 1.0})
     raw = observations(hourly=hourly_rows([0, 1, 3]), fast=five_min.drop(index=2))
     cleaned, frequencies = clean_observations(raw.sample(frac=1.0, random_state=0))
 
@@ -142,7 +138,6 @@ def test_no_observations_give_an_empty_frame_with_the_contract_columns():
     cleaned, frequencies = clean_observations(empty)
     assert cleaned.empty and list(cleaned.columns) == CLEANED_COLUMNS
     assert frequencies == {}
-
 
 
 def _messy_hourly_series(n_slots: int, seed: int) -> pd.DataFrame:
@@ -201,8 +196,7 @@ def test_step_counts_added_up_give_infer_frequency_of_the_whole(seed):
 
 
 def test_mode_step_takes_the_shortest_of_equally_common_steps():
-    ts = utc("2025-01-01T00:00", "2025-01-01T02:00", "2025-01-01T03:00", "2025-01-01T05:00",
-             "2025-01-01T06:00")
+    ts = utc("2025-01-01T00:00", "2025-01-01T02:00", "2025-01-01T03:00", "2025-01-01T05:00", "2025-01-01T06:00")
     assert mode_step(step_counts(ts)) == infer_frequency(ts) == HOUR
 
 
@@ -239,8 +233,9 @@ def _regularize_with_pandas(series, freq, config=PreprocessConfig(), origin=None
     long_gap = missing & ~short_gap
     filled_values = values.interpolate(method="time", limit_area="inside")
     values = values.where(~short_gap, filled_values)
-    return pd.DataFrame({"ts": grid, "value": values.to_numpy(dtype=float),
-                         "filled": short_gap.to_numpy(), "gap": long_gap.to_numpy()})
+    return pd.DataFrame(
+        {"ts": grid, "value": values.to_numpy(dtype=float), "filled": short_gap.to_numpy(), "gap": long_gap.to_numpy()}
+    )
 
 
 @pytest.mark.parametrize("seed", range(6))
@@ -274,14 +269,16 @@ def test_filling_between_known_slots_in_python_gives_fill_slots_bits():
 
     rng = np.random.default_rng(8)
     origin = pd.Timestamp("2025-03-01T00:17:00Z")
-    for unit, step in [("ns", pd.Timedelta(minutes=5)), ("us", pd.Timedelta(hours=1)),
-                       ("s", pd.Timedelta(days=1))]:
+    for unit, step in [("ns", pd.Timedelta(minutes=5)), ("us", pd.Timedelta(hours=1)), ("s", pd.Timedelta(days=1))]:
         for _ in range(200):
             slots = np.cumsum(rng.integers(1, 7, size=rng.integers(1, 8)))
             slots = np.concatenate([[0], slots]) + int(rng.integers(0, 10_000))
             values = rng.lognormal(5, 2, len(slots)) * rng.choice([-1, 1], len(slots))
-            x = pd.date_range(origin + slots[0] * step, periods=int(slots[-1] - slots[0]) + 1,
-                              freq=step).as_unit(unit).asi8
+            x = (
+                pd.date_range(origin + slots[0] * step, periods=int(slots[-1] - slots[0]) + 1, freq=step)
+                .as_unit(unit)
+                .asi8
+            )
             value, _, gap = fill_slots(slots, values, x)
             got, got_gap = fill_between(slots.tolist(), values.tolist(), x.tolist())
             np.testing.assert_array_equal(np.array(got), value)
@@ -293,6 +290,6 @@ def test_slots_of_integer_timestamps_are_the_slots_of_timestamps():
     for step in (pd.Timedelta(minutes=5), pd.Timedelta(hours=1), pd.Timedelta(days=1)):
         grid = Grid(pd.Timestamp("2024-02-29T00:17:00Z"), step)
         offsets = rng.integers(-400, 40_000, 300) * step.value // 2  # half-way points, too
-        offsets = np.concatenate([offsets, rng.integers(-10**16, 10**18, 300)])
+        offsets = np.concatenate([offsets, rng.integers(-(10**16), 10**18, 300)])
         ts = pd.DatetimeIndex(grid.origin.value + offsets, tz="UTC")
         assert grid.slots_ns(ts.asi8.tolist()) == grid.slots(ts).tolist()

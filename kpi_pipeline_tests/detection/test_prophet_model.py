@@ -103,9 +103,7 @@ def test_holiday_windows_match_prophet():
     forecast = PointForecast.from_model(model)
 
     assert len(forecast.holiday_days) == 4 + 2
-    np.testing.assert_allclose(
-        forecast(pd.DatetimeIndex(query["ds"])), model.predict(query)["yhat"], rtol=RTOL, atol=0
-    )
+    np.testing.assert_allclose(forecast(pd.DatetimeIndex(query["ds"])), model.predict(query)["yhat"], rtol=RTOL, atol=0)
 
 
 def test_a_detector_read_back_from_its_state_forecasts_alike(five_minute):

@@ -40,10 +40,14 @@ def _broker_up() -> bool:
 
 pytestmark = [
     pytest.mark.postgres,
-    pytest.mark.skipif(not _broker_up(), reason=f"no RabbitMQ on {BROKER_HOST}:{BROKER_PORT} "
-                       "(make test starts it: scripts/ensure-rabbitmq.sh)"),
-    pytest.mark.skipif(shutil.which("dagster-celery", path=str(BIN)) is None,
-                       reason="dagster-celery is not installed (pip install -e '.[test]')"),
+    pytest.mark.skipif(
+        not _broker_up(),
+        reason=f"no RabbitMQ on {BROKER_HOST}:{BROKER_PORT} (make test starts it: scripts/ensure-rabbitmq.sh)",
+    ),
+    pytest.mark.skipif(
+        shutil.which("dagster-celery", path=str(BIN)) is None,
+        reason="dagster-celery is not installed (pip install -e '.[test]')",
+    ),
 ]
 
 
@@ -75,11 +79,28 @@ def cluster(tmp_path, pg_url):
     workers = {}
     for name in ("w1", "w2"):
         workers[name] = subprocess.Popen(
-            [str(BIN / "dagster-celery"), "worker", "start", "-n", f"{name}-{queue}@%h",
-             "-y", str(tmp_path / "celery.yaml"), "-q", queue, "-A", "dagster_celery.app",
-             "--", "--concurrency", "1", "--without-gossip", "--without-mingle"],
-            env={**env, "KPI_TEST_WORKER": name}, cwd=tmp_path,
-            stdout=open(tmp_path / f"{name}.log", "w"), stderr=subprocess.STDOUT,
+            [
+                str(BIN / "dagster-celery"),
+                "worker",
+                "start",
+                "-n",
+                f"{name}-{queue}@%h",
+                "-y",
+                str(tmp_path / "celery.yaml"),
+                "-q",
+                queue,
+                "-A",
+                "dagster_celery.app",
+                "--",
+                "--concurrency",
+                "1",
+                "--without-gossip",
+                "--without-mingle",
+            ],
+            env={**env, "KPI_TEST_WORKER": name},
+            cwd=tmp_path,
+            stdout=open(tmp_path / f"{name}.log", "w"),
+            stderr=subprocess.STDOUT,
         )
     try:
         _wait_for_workers(tmp_path, ["w1", "w2"], workers)
@@ -119,8 +140,7 @@ def _worker_of(pid: int) -> str | None:
     return None
 
 
-def test_two_celery_workers_each_train_a_shard_of_the_same_training(cluster, pg_url,
-                                                                     monkeypatch):
+def test_two_celery_workers_each_train_a_shard_of_the_same_training(cluster, pg_url, monkeypatch):
     env, tmp_path = cluster
     engine = KpiStore(database_url=pg_url).engine()
     store.upsert_observations(engine, hourly_kpis(days=8), "test")  # orders and sessions
@@ -131,9 +151,22 @@ def test_two_celery_workers_each_train_a_shard_of_the_same_training(cluster, pg_
     # The nightly training as the daemon launches it: one run per shard, at the same time.
     runs = [
         subprocess.Popen(
-            [str(BIN / "dagster"), "asset", "materialize", "-m", "kpi_pipeline.defs",
-             "--select", "kpi_models", "--partition", shard],
-            env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            [
+                str(BIN / "dagster"),
+                "asset",
+                "materialize",
+                "-m",
+                "kpi_pipeline.defs",
+                "--select",
+                "kpi_models",
+                "--partition",
+                shard,
+            ],
+            env=env,
+            cwd=tmp_path,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
         )
         for shard in shards
     ]
@@ -147,8 +180,7 @@ def test_two_celery_workers_each_train_a_shard_of_the_same_training(cluster, pg_
         executed_by = {}
         for shard in shards:
             [record] = instance.fetch_materializations(
-                dg.AssetRecordsFilter(asset_key=dg.AssetKey("kpi_models"),
-                                      asset_partitions=[shard]),
+                dg.AssetRecordsFilter(asset_key=dg.AssetKey("kpi_models"), asset_partitions=[shard]),
                 limit=1,
             ).records
             metadata = record.asset_materialization.metadata

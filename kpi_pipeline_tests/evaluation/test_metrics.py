@@ -92,9 +92,7 @@ def test_delay_metric_counts_every_row_of_a_caught_window_and_each_false_row():
     # 3 and 19 are three false positives although 2-3 is one run.
     metrics = delay_point_metrics(flags_at(2, 3, 6, 19), WINDOWS, k=7)
 
-    assert metrics == PointMetrics(
-        tp_points=3, fn_points=3, fp_points=3, precision=0.5, recall=0.5, f1=0.5
-    )
+    assert metrics == PointMetrics(tp_points=3, fn_points=3, fp_points=3, precision=0.5, recall=0.5, f1=0.5)
 
 
 def test_delay_metric_with_k_one_needs_the_first_row():
@@ -143,26 +141,18 @@ def labels(*spans: tuple[str, str]) -> pd.DataFrame:
 
 def test_windows_from_labels_maps_inclusive_edges_to_rows():
     timestamps = pd.Series(pd.date_range("2024-01-01", periods=10, freq="h"))
-    unsorted_labels = labels(
-        ("2024-01-01 05:00", "2024-01-01 06:00"), ("2024-01-01 00:30", "2024-01-01 03:30")
-    )
+    unsorted_labels = labels(("2024-01-01 05:00", "2024-01-01 06:00"), ("2024-01-01 00:30", "2024-01-01 03:30"))
     windows = windows_from_labels(timestamps, unsorted_labels)
     assert windows == [(1, 3), (5, 6)]
 
 
 def test_windows_from_labels_counts_rows_by_position_over_duplicates():
-    timestamps = pd.DatetimeIndex(
-        ["2024-01-01 00:00", "2024-01-01 01:00", "2024-01-01 01:00", "2024-01-01 02:00"]
-    )
-    assert windows_from_labels(timestamps, labels(("2024-01-01 01:00", "2024-01-01 01:00"))) == [
-        (1, 2)
-    ]
+    timestamps = pd.DatetimeIndex(["2024-01-01 00:00", "2024-01-01 01:00", "2024-01-01 01:00", "2024-01-01 02:00"])
+    assert windows_from_labels(timestamps, labels(("2024-01-01 01:00", "2024-01-01 01:00"))) == [(1, 2)]
 
 
 def test_label_in_a_data_gap_maps_to_the_first_row_after_it():
-    timestamps = pd.DatetimeIndex(
-        ["2024-01-01 00:00", "2024-01-01 01:00", "2024-01-01 05:00", "2024-01-01 06:00"]
-    )
+    timestamps = pd.DatetimeIndex(["2024-01-01 00:00", "2024-01-01 01:00", "2024-01-01 05:00", "2024-01-01 06:00"])
     gap = labels(("2024-01-01 02:00", "2024-01-01 03:00"))
     assert windows_from_labels(timestamps, gap) == [(2, 2)]
     past_the_end = labels(("2024-01-02 00:00", "2024-01-02 01:00"))

@@ -108,9 +108,7 @@ def test_false_positive_before_any_window_costs_a_fp(profile):
     score = score_detections(flags_at(20), [], profile)
     assert score.raw == -profile.a_fp
     assert score.fp == 1
-    assert score_detections(flags_at(20, 40), [WINDOW], profile).raw == pytest.approx(
-        1.0 - profile.a_fp
-    )
+    assert score_detections(flags_at(20, 40), [WINDOW], profile).raw == pytest.approx(1.0 - profile.a_fp)
 
 
 def test_every_flagged_row_outside_windows_counts():
@@ -199,8 +197,7 @@ def test_best_threshold_matches_brute_force(seed, profile):
     candidates = np.unique(np.concatenate(list(scores.values())))
     candidates = [math.inf, *candidates[~np.isnan(candidates)]]
     brute_best = max(
-        score_corpus({p: s >= t for p, s in scores.items()}, files, profile).normalised
-        for t in candidates
+        score_corpus({p: s >= t for p, s in scores.items()}, files, profile).normalised for t in candidates
     )
 
     threshold, result = best_threshold(scores, files, profile)
@@ -253,7 +250,7 @@ def test_load_corpus_reads_the_dev_split(corpus):
 def test_load_corpus_maps_window_edges_to_rows(corpus):
     by_path = {f.relpath: f for f in corpus}
     flatmiddle = by_path["artificialWithAnomaly/art_daily_flatmiddle.csv"]
-    (first, last), = flatmiddle.windows
+    ((first, last),) = flatmiddle.windows
     timestamps = flatmiddle.frame["timestamp"]
     assert timestamps[first] == pd.Timestamp("2014-04-10 07:15:00")
     assert timestamps[last] == pd.Timestamp("2014-04-11 16:45:00")

@@ -23,8 +23,12 @@ def dataset(tmp_path_factory):
     observations.loc[is_spike, "value"] *= 5.0
     (folder / "kpis.csv").write_text(to_wide_csv(observations))
     pd.DataFrame(
-        {"kpi": "orders", "start": [t.isoformat() for t in SPIKES],
-         "end": [t.isoformat() for t in SPIKES], "kind": "spike"}
+        {
+            "kpi": "orders",
+            "start": [t.isoformat() for t in SPIKES],
+            "end": [t.isoformat() for t in SPIKES],
+            "kind": "spike",
+        }
     ).to_csv(folder / "labels.csv", index=False)
     return folder
 
@@ -35,9 +39,20 @@ def test_run_stores_the_scores_and_flags_that_evaluate_reports(dataset, sqlite_u
         result = runner.invoke(app, ["--database-url", sqlite_url, *command])
         assert result.exit_code == 0, result.output
     out = dataset / "evaluation"
-    result = runner.invoke(app, ["evaluate", "--data", str(dataset / "kpis.csv"),
-                                 "--labels", str(dataset / "labels.csv"), "--out", str(out),
-                                 "--workers", "1"])
+    result = runner.invoke(
+        app,
+        [
+            "evaluate",
+            "--data",
+            str(dataset / "kpis.csv"),
+            "--labels",
+            str(dataset / "labels.csv"),
+            "--out",
+            str(out),
+            "--workers",
+            "1",
+        ],
+    )
     assert result.exit_code == 0, result.output
 
     engine = pipeline.open_store(sqlite_url)

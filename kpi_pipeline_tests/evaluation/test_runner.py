@@ -26,9 +26,7 @@ def write_corpus(root):
         path.parent.mkdir(parents=True, exist_ok=True)
         pd.DataFrame({"timestamp": ts.strftime("%Y-%m-%d %H:%M:%S"), "value": value}).to_csv(path, index=False)
         fmt = "%Y-%m-%d %H:%M:%S.000000"
-        windows[name] = (
-            [[ts[SPIKE_AT - 10].strftime(fmt), ts[SPIKE_AT + 10].strftime(fmt)]] if spike else []
-        )
+        windows[name] = [[ts[SPIKE_AT - 10].strftime(fmt), ts[SPIKE_AT + 10].strftime(fmt)]] if spike else []
     (root / "windows.json").write_text(json.dumps(windows))
     return root / "data", root / "windows.json"
 

@@ -14,9 +14,15 @@ LEASE = pd.Timedelta(minutes=5)
 def _row(kpi="orders", hours=0, channel="email", recipient="a@example.com", status="pending"):
     ts = T0 + pd.Timedelta(hours=hours)
     return {
-        "kpi": kpi, "ts": ts, "event_id": f"{kpi}@{ts.isoformat()}", "severity": "high",
-        "channel": channel, "recipient": recipient, "batch": "run-1",
-        "message_key": f"{kpi}@{ts.isoformat()}", "payload": {"kpi": kpi, "ts": ts.isoformat()},
+        "kpi": kpi,
+        "ts": ts,
+        "event_id": f"{kpi}@{ts.isoformat()}",
+        "severity": "high",
+        "channel": channel,
+        "recipient": recipient,
+        "batch": "run-1",
+        "message_key": f"{kpi}@{ts.isoformat()}",
+        "payload": {"kpi": kpi, "ts": ts.isoformat()},
         "status": status,
     }
 
@@ -83,9 +89,7 @@ def test_false_positive_feedback_and_silences_suppress_pending_alerts(migrated_e
 
     rows = store.load_deliveries(migrated_engine).set_index("kpi")
     assert rows.loc["orders", "status"].tolist() == ["suppressed", "pending"]
-    assert rows.loc["sales_eu", ["status", "last_error"]].tolist() == [
-        "suppressed", "silenced: maintenance"
-    ]
+    assert rows.loc["sales_eu", ["status", "last_error"]].tolist() == ["suppressed", "silenced: maintenance"]
     assert rows.loc["revenue", "status"] == "pending"
     assert len(store.load_silences(migrated_engine)) == 1
 
@@ -94,13 +98,15 @@ def test_what_was_scored_after_a_watermark(migrated_engine):
     scored_at = [T0, T0, T0 + pd.Timedelta(days=1)]
     store.upsert_scores(
         migrated_engine,
-        pd.DataFrame({
-            "kpi": ["orders", "revenue", "orders"],
-            "ts": [T0, T0, T0 + pd.Timedelta(hours=1)],
-            "is_anomaly": [True, False, True],
-            "severity": ["high", None, "low"],
-            "scored_at": scored_at,
-        }),
+        pd.DataFrame(
+            {
+                "kpi": ["orders", "revenue", "orders"],
+                "ts": [T0, T0, T0 + pd.Timedelta(hours=1)],
+                "is_anomaly": [True, False, True],
+                "severity": ["high", None, "low"],
+                "scored_at": scored_at,
+            }
+        ),
     )
 
     assert store.scoring_watermark(migrated_engine) == scored_at[2]
@@ -113,12 +119,14 @@ def test_what_was_scored_after_a_watermark(migrated_engine):
 
 def test_an_evaluation_is_recorded_where_the_next_one_starts(migrated_engine):
     assert store.last_evaluated_until(migrated_engine) is None
-    store.record_alert_evaluation(migrated_engine, batch="run-1", scored_after=None,
-                                  scored_until=T0, alerted=0, recorded_silently={"history": 3})
+    store.record_alert_evaluation(
+        migrated_engine, batch="run-1", scored_after=None, scored_until=T0, alerted=0, recorded_silently={"history": 3}
+    )
     with store.alert_evaluation(migrated_engine) as connection:
         assert store.last_evaluated_until(connection) == T0
-        store.record_alert_evaluation(connection, batch="run-2", scored_after=T0,
-                                      scored_until=T0 + LEASE, alerted=2, recorded_silently={})
+        store.record_alert_evaluation(
+            connection, batch="run-2", scored_after=T0, scored_until=T0 + LEASE, alerted=2, recorded_silently={}
+        )
 
     assert store.last_evaluated_until(migrated_engine) == T0 + LEASE
     evaluations = store.load_alert_evaluations(migrated_engine)
@@ -129,8 +137,9 @@ def test_an_evaluation_is_recorded_where_the_next_one_starts(migrated_engine):
 
 def test_an_evaluation_that_fails_records_nothing(migrated_engine):
     with pytest.raises(RuntimeError), store.alert_evaluation(migrated_engine) as connection:
-        store.record_alert_evaluation(connection, batch="run-1", scored_after=None,
-                                      scored_until=T0, alerted=0, recorded_silently={})
+        store.record_alert_evaluation(
+            connection, batch="run-1", scored_after=None, scored_until=T0, alerted=0, recorded_silently={}
+        )
         raise RuntimeError("crash")
     assert store.load_alert_evaluations(migrated_engine).empty
 
@@ -140,15 +149,20 @@ def test_upgrading_a_store_with_scores_starts_evaluations_after_them(store_url):
     command.upgrade(alembic_config(store_url), "0004")
     engine = make_engine(store_url)
     try:
-        store.upsert_scores(engine, pd.DataFrame({
-            "kpi": "orders", "ts": [T0, T0 + LEASE], "is_anomaly": [True, False],
-            "scored_at": [T0, T0 + LEASE],
-        }))
+        store.upsert_scores(
+            engine,
+            pd.DataFrame(
+                {
+                    "kpi": "orders",
+                    "ts": [T0, T0 + LEASE],
+                    "is_anomaly": [True, False],
+                    "scored_at": [T0, T0 + LEASE],
+                }
+            ),
+        )
         command.upgrade(alembic_config(store_url), "head")
         assert store.last_evaluated_until(engine) == T0 + LEASE
         [seed] = store.load_alert_evaluations(engine).to_dict("records")
-        assert (seed["batch"], seed["alerted"], seed["recorded_silently"]) == (
-            "migration 0005", 0, {}
-        )
+        assert (seed["batch"], seed["alerted"], seed["recorded_silently"]) == ("migration 0005", 0, {})
     finally:
         engine.dispose()

@@ -15,15 +15,23 @@ END = pd.Timestamp("2025-06-30 23:00", tz="UTC")
 HOUR = pd.Timedelta(hours=1)
 
 
-def hourly(kpi: str, hours: int, anomalies: dict[int, str] | None = None,
-           end: pd.Timestamp = END) -> pd.DataFrame:
+def hourly(kpi: str, hours: int, anomalies: dict[int, str] | None = None, end: pd.Timestamp = END) -> pd.DataFrame:
     """``hours`` hourly scores of ``kpi`` ending at ``end``; ``anomalies`` maps hours before
     ``end`` to a severity."""
     ts = pd.date_range(end=end, periods=hours, freq="h")
     frame = pd.DataFrame(
-        {"kpi": kpi, "ts": ts, "value": np.arange(hours, dtype=float) + 1, "expected": 10.0,
-         "lower": 8.0, "upper": 12.0, "score": 0.1, "is_anomaly": False, "severity": None,
-         "model_version": "v1"}
+        {
+            "kpi": kpi,
+            "ts": ts,
+            "value": np.arange(hours, dtype=float) + 1,
+            "expected": 10.0,
+            "lower": 8.0,
+            "upper": 12.0,
+            "score": 0.1,
+            "is_anomaly": False,
+            "severity": None,
+            "model_version": "v1",
+        }
     )
     for before, severity in (anomalies or {}).items():
         at = hours - 1 - before
@@ -35,15 +43,18 @@ def hourly(kpi: str, hours: int, anomalies: dict[int, str] | None = None,
 def engine(migrated_engine):
     """sales: critical now; orders: high 30 h ago; refunds: low 10 days ago; quiet: none;
     fresh: observed, never scored."""
-    store.upsert_scores(migrated_engine, pd.concat([
-        hourly("sales", 24 * 14, {0: "critical", 23: "low"}),
-        hourly("orders", 24 * 14, {30: "high", 24 * 6: "medium"}),
-        hourly("refunds", 24 * 14, {24 * 10: "low"}),
-        hourly("quiet", 24 * 14),
-    ]))
-    store.upsert_observations(
-        migrated_engine, pd.DataFrame({"kpi": "fresh", "ts": [END - HOUR], "value": [1.0]}), "t"
+    store.upsert_scores(
+        migrated_engine,
+        pd.concat(
+            [
+                hourly("sales", 24 * 14, {0: "critical", 23: "low"}),
+                hourly("orders", 24 * 14, {30: "high", 24 * 6: "medium"}),
+                hourly("refunds", 24 * 14, {24 * 10: "low"}),
+                hourly("quiet", 24 * 14),
+            ]
+        ),
     )
+    store.upsert_observations(migrated_engine, pd.DataFrame({"kpi": "fresh", "ts": [END - HOUR], "value": [1.0]}), "t")
     return migrated_engine
 
 
@@ -53,9 +64,9 @@ def test_kpi_names_cover_scored_and_observed_kpis(engine):
 
 
 def test_search_matches_wildcard_characters_literally(migrated_engine):
-    store.upsert_scores(migrated_engine, pd.concat(
-        [hourly("conv_rate", 2), hourly("convXrate", 2), hourly("100%_ok", 2)]
-    ))
+    store.upsert_scores(
+        migrated_engine, pd.concat([hourly("conv_rate", 2), hourly("convXrate", 2), hourly("100%_ok", 2)])
+    )
     assert store.list_kpi_names(migrated_engine, "v_r") == ["conv_rate"]
     assert store.list_kpi_names(migrated_engine, "%") == ["100%_ok"]
     assert store.kpi_overview(migrated_engine, search="v_r").total == 1
@@ -83,15 +94,11 @@ def test_windows_end_at_as_of_and_exclude_their_start(engine):
     rows = page.rows.set_index("kpi")
     assert rows.loc["sales", "anomalies_24h"] == 1  # 23 h before END is 22 h before as_of
     assert rows.loc["orders", "anomalies_24h"] == 0
-    assert store.kpi_overview(engine, as_of=END + 23 * HOUR).rows.set_index("kpi").loc[
-        "sales", "anomalies_24h"] == 1
+    assert store.kpi_overview(engine, as_of=END + 23 * HOUR).rows.set_index("kpi").loc["sales", "anomalies_24h"] == 1
 
 
 def test_overview_sorts(engine):
-    orders = {
-        sort: store.kpi_overview(engine, sort=sort).rows["kpi"].tolist()
-        for sort in store.OVERVIEW_SORTS
-    }
+    orders = {sort: store.kpi_overview(engine, sort=sort).rows["kpi"].tolist() for sort in store.OVERVIEW_SORTS}
     assert orders == {
         # Anomalous now first (worst first), then by anomalies in 24 h and 7 d; unscored last.
         "severity": ["sales", "orders", "quiet", "refunds", "fresh"],
@@ -102,8 +109,7 @@ def test_overview_sorts(engine):
 
 
 def test_overview_pages_do_not_overlap(engine):
-    pages = [store.kpi_overview(engine, page=n, page_size=2).rows["kpi"].tolist()
-             for n in (1, 2, 3, 4)]
+    pages = [store.kpi_overview(engine, page=n, page_size=2).rows["kpi"].tolist() for n in (1, 2, 3, 4)]
     assert pages == [["sales", "orders"], ["quiet", "refunds"], ["fresh"], []]
     with pytest.raises(ValueError, match="sort"):
         store.kpi_overview(engine, sort="size")
@@ -116,9 +122,10 @@ def test_overview_of_an_empty_database(migrated_engine):
 
 
 def test_overview_of_a_thousand_kpis_stays_fast(migrated_engine):
-    store.upsert_scores(migrated_engine, pd.concat(
-        [hourly(f"kpi_{n:04d}", 24, {0: "high"} if n % 10 == 0 else None) for n in range(1000)]
-    ))
+    store.upsert_scores(
+        migrated_engine,
+        pd.concat([hourly(f"kpi_{n:04d}", 24, {0: "high"} if n % 10 == 0 else None) for n in range(1000)]),
+    )
     started = time.perf_counter()
     page = store.kpi_overview(migrated_engine, page=3, page_size=50)
     lines = store.sparklines(migrated_engine, page.rows["kpi"].tolist(), END - 24 * HOUR, END)
@@ -156,9 +163,7 @@ def test_series_joins_feedback_and_keeps_unscored_observations(engine):
 
 
 def test_time_range_spans_observations_and_scores(engine):
-    store.upsert_observations(
-        engine, pd.DataFrame({"kpi": "sales", "ts": [END + HOUR], "value": [1.0]}), "late"
-    )
+    store.upsert_observations(engine, pd.DataFrame({"kpi": "sales", "ts": [END + HOUR], "value": [1.0]}), "late")
     assert store.kpi_time_range(engine, "sales") == (END - (24 * 14 - 1) * HOUR, END + HOUR)
     assert store.kpi_time_range(engine, "fresh") == (END - HOUR, END - HOUR)
     assert store.kpi_time_range(engine, "nobody") is None
@@ -167,13 +172,14 @@ def test_time_range_spans_observations_and_scores(engine):
 def test_severity_counts_by_window_and_by_write_time(engine):
     assert store.severity_counts(engine) == {"low": 2, "medium": 1, "high": 1, "critical": 1}
     assert store.severity_counts(engine, since=END - 24 * HOUR, until=END) == {
-        "low": 1, "medium": 0, "high": 0, "critical": 1
+        "low": 1,
+        "medium": 0,
+        "high": 0,
+        "critical": 1,
     }
     later = pd.Timestamp.now("UTC") + pd.Timedelta(minutes=1)
     store.upsert_scores(engine, hourly("late", 2, {0: "high"}).assign(scored_at=later))
-    assert store.severity_counts(engine, scored_since=later) == {
-        "low": 0, "medium": 0, "high": 1, "critical": 0
-    }
+    assert store.severity_counts(engine, scored_since=later) == {"low": 0, "medium": 0, "high": 1, "critical": 0}
 
 
 def test_newest_anomalies(engine):
@@ -183,9 +189,7 @@ def test_newest_anomalies(engine):
 
 
 def test_relative_deviation():
-    off = store_dashboard.relative_deviation(
-        pd.Series([15.0, -5.0, 1.0, np.nan]), pd.Series([10.0, -10.0, 0.0, 1.0])
-    )
+    off = store_dashboard.relative_deviation(pd.Series([15.0, -5.0, 1.0, np.nan]), pd.Series([10.0, -10.0, 0.0, 1.0]))
     assert off.tolist()[:2] == [0.5, 0.5]
     assert off.isna().tolist()[2:] == [True, True]
 
@@ -194,10 +198,17 @@ def test_model_versions_and_artifacts(migrated_engine):
     for version, end, scale in (("v1", "2025-01-10", 0.5), ("v2", "2025-01-20", 0.4)):
         for kind in ("prophet", "ensemble"):
             store.save_model(
-                migrated_engine, kpi="sales", kind=kind, version=version,
-                trained_at=pd.Timestamp("2025-02-01", tz="UTC"), train_start="2025-01-01",
-                train_end=end, n_points=100, params={},
-                metrics={"n_points": 100, "residual_scale": scale}, artifact=kind.encode(),
+                migrated_engine,
+                kpi="sales",
+                kind=kind,
+                version=version,
+                trained_at=pd.Timestamp("2025-02-01", tz="UTC"),
+                train_start="2025-01-01",
+                train_end=end,
+                n_points=100,
+                params={},
+                metrics={"n_points": 100, "residual_scale": scale},
+                artifact=kind.encode(),
             )
 
     versions = store.model_versions(migrated_engine, "sales")
@@ -205,7 +216,5 @@ def test_model_versions_and_artifacts(migrated_engine):
     assert versions["residual_scale"].tolist() == [0.4, 0.5]
     assert "artifact" not in versions and versions["n_points"].tolist() == [100, 100]
     assert store.model_versions(migrated_engine, "orders").empty
-    assert store.model_artifacts(migrated_engine, "sales", "v1") == {
-        "prophet": b"prophet", "ensemble": b"ensemble"
-    }
+    assert store.model_artifacts(migrated_engine, "sales", "v1") == {"prophet": b"prophet", "ensemble": b"ensemble"}
     assert store.model_artifacts(migrated_engine, "sales", "v9") == {}

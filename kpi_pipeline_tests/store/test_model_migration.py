@@ -58,8 +58,7 @@ def legacy_artifacts(detector: EnsembleDetector, missing=None) -> dict[str, byte
         LegacyPickler(buffer, missing).dump(obj)
         return buffer.getvalue()
 
-    return {"prophet": dumps(detector.prophet_), "iforest": dumps(detector.iforest_),
-            "ensemble": dumps(detector)}
+    return {"prophet": dumps(detector.prophet_), "iforest": dumps(detector.iforest_), "ensemble": dumps(detector)}
 
 
 @pytest.fixture(scope="module")
@@ -86,19 +85,31 @@ def engine_at_0007(store_url):
 
 def register(engine, kpi: str, detector: EnsembleDetector, artifacts: dict[str, bytes]) -> str:
     version = detector.train_end_.strftime("%Y%m%dT%H%M%SZ")
-    store.save_models(engine, [
-        dict(kpi=kpi, kind=kind, version=version, trained_at=detector.train_end_,
-             train_start=detector.train_start_, train_end=detector.train_end_,
-             n_points=detector.n_train_points_, params={}, metrics={}, artifact=artifact)
-        for kind, artifact in artifacts.items()
-    ])
+    store.save_models(
+        engine,
+        [
+            dict(
+                kpi=kpi,
+                kind=kind,
+                version=version,
+                trained_at=detector.train_end_,
+                train_start=detector.train_start_,
+                train_end=detector.train_end_,
+                n_points=detector.n_train_points_,
+                params={},
+                metrics={},
+                artifact=artifact,
+            )
+            for kind, artifact in artifacts.items()
+        ],
+    )
     return version
 
 
 def scores(detector: EnsembleDetector, series) -> pd.DataFrame:
     ts, y = series
     context = detector.context_points
-    return detector.score(ts[TRAIN - context:], y[TRAIN - context:], n_context=context)
+    return detector.score(ts[TRAIN - context :], y[TRAIN - context :], n_context=context)
 
 
 def test_pickled_models_are_converted_once_and_score_as_before(engine_at_0007, fitted, series):
@@ -112,14 +123,11 @@ def test_pickled_models_are_converted_once_and_score_as_before(engine_at_0007, f
         assert sorted(artifacts) == ["ensemble", "iforest", "prophet"]
         assert all(blob[:4] == b"PK\x03\x04" for blob in artifacts.values())
         converted = load_detector(engine_at_0007, "sales", version)
-        pd.testing.assert_frame_equal(scores(converted, series), scores(detector, series),
-                                      check_exact=True)
+        pd.testing.assert_frame_equal(scores(converted, series), scores(detector, series), check_exact=True)
     assert store.model_artifacts(engine_at_0007, "orders", modern) == fitted[1].to_artifacts()
 
 
-def test_a_version_that_cannot_be_converted_is_deleted_with_a_warning(
-    engine_at_0007, fitted, caplog
-):
+def test_a_version_that_cannot_be_converted_is_deleted_with_a_warning(engine_at_0007, fitted, caplog):
     legacy = legacy_artifacts(fitted[1])
     kept = register(engine_at_0007, "sales", fitted[1], legacy)
     incomplete = register(engine_at_0007, "orders", fitted[1], {"ensemble": legacy["ensemble"]})
@@ -139,10 +147,8 @@ def test_older_pickles_get_the_defaults_they_were_loaded_with(engine_at_0007, fi
     detector = fitted[1]
     missing = {
         EnsembleDetector: ("threshold_", "step_scale_"),
-        ExceedanceTail: ("min_recurrences", "recurrence_margin", "episode_gap", "episode_peaks_",
-                         "trim_at"),
-        IsolationForestDetector: ("min_recurrences", "recurrence_margin", "episode_gap",
-                                  "trim_at"),
+        ExceedanceTail: ("min_recurrences", "recurrence_margin", "episode_gap", "episode_peaks_", "trim_at"),
+        IsolationForestDetector: ("min_recurrences", "recurrence_margin", "episode_gap", "trim_at"),
     }
     version = register(engine_at_0007, "sales", detector, legacy_artifacts(detector, missing))
 
@@ -154,4 +160,3 @@ def test_older_pickles_get_the_defaults_they_were_loaded_with(engine_at_0007, fi
     for tail in (converted.deviation_tail_, converted.iforest_.calibration_):
         assert (tail.min_recurrences, tail.episode_peaks_, tail.trim_at) == (0, None, None)
     assert converted.iforest_.get_params()["min_recurrences"] == 0
-

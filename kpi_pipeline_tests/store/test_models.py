@@ -114,8 +114,10 @@ def _daily_versions(engine, kpi: str, days: int) -> None:
 
 
 def _versions(engine, kpi: str) -> dict[str, list[str]]:
-    return {kind: [m.version for m in load_model_versions(engine, kpi, kind, artifacts=False)]
-            for kind in ("prophet", "iforest", "ensemble")}
+    return {
+        kind: [m.version for m in load_model_versions(engine, kpi, kind, artifacts=False)]
+        for kind in ("prophet", "iforest", "ensemble")
+    }
 
 
 def test_pruning_keeps_what_can_score_from_a_time_on_every_kind_together(migrated_engine):

@@ -35,12 +35,14 @@ WAIT_S = 5.0
 
 
 def scores(*kpis: str) -> pd.DataFrame:
-    return pd.DataFrame({
-        "kpi": list(kpis),
-        "ts": [T0 + pd.Timedelta(hours=hour) for hour in range(len(kpis))],
-        "score": 0.1,
-        "is_anomaly": False,
-    })
+    return pd.DataFrame(
+        {
+            "kpi": list(kpis),
+            "ts": [T0 + pd.Timedelta(hours=hour) for hour in range(len(kpis))],
+            "score": 0.1,
+            "is_anomaly": False,
+        }
+    )
 
 
 def received(listener: ScoreWriteListener, count: int) -> list[str]:
@@ -94,8 +96,9 @@ def test_the_listener_is_its_own_session_and_reports_losing_it(migrated_pg_engin
     with ScoreWriteListener(migrated_pg_engine) as listener:
         with migrated_pg_engine.connect() as connection:
             pid = connection.scalar(
-                sa.text("SELECT pid FROM pg_stat_activity WHERE application_name = :name "
-                        "AND datname = current_database()"),
+                sa.text(
+                    "SELECT pid FROM pg_stat_activity WHERE application_name = :name AND datname = current_database()"
+                ),
                 {"name": LISTENER_NAME},
             )
             assert pid == listener.backend_pid
@@ -134,8 +137,7 @@ def test_sqlite_writes_scores_without_notifications_and_cannot_be_listened_to(sq
 def test_a_lost_listener_keeps_raising_instead_of_waiting_forever(migrated_pg_engine):
     with ScoreWriteListener(migrated_pg_engine) as listener:
         with migrated_pg_engine.connect() as connection:
-            connection.execute(sa.text("SELECT pg_terminate_backend(:pid)"),
-                               {"pid": listener.backend_pid})
+            connection.execute(sa.text("SELECT pg_terminate_backend(:pid)"), {"pid": listener.backend_pid})
         with pytest.raises(sa.exc.OperationalError):
             deadline = time.monotonic() + WAIT_S
             while time.monotonic() < deadline:
@@ -164,8 +166,7 @@ def test_connection_options_in_the_database_url_do_not_clash_with_the_listeners(
 
 
 @pytest.mark.postgres
-def test_a_listener_that_notifications_do_not_reach_refuses_to_start(migrated_pg_engine,
-                                                                      monkeypatch):
+def test_a_listener_that_notifications_do_not_reach_refuses_to_start(migrated_pg_engine, monkeypatch):
     # As behind a pooler in transaction mode: the test notification never arrives.
     monkeypatch.setattr(notifications, "_send_probe", lambda engine, token: None)
     monkeypatch.setattr(notifications, "PROBE_TIMEOUT_S", 0.3)
@@ -175,8 +176,7 @@ def test_a_listener_that_notifications_do_not_reach_refuses_to_start(migrated_pg
 
 
 @pytest.mark.postgres
-def test_score_writes_notified_while_the_probe_is_awaited_are_kept(migrated_pg_engine,
-                                                                   monkeypatch):
+def test_score_writes_notified_while_the_probe_is_awaited_are_kept(migrated_pg_engine, monkeypatch):
     send = notifications._send_probe
 
     def write_then_probe(engine, token):
@@ -208,22 +208,34 @@ def test_every_write_of_observations_or_models_notifies_its_kpis_whoever_writes_
         assert listener.wait(0.3) == []  # nothing changed: nothing to hear
 
         with engine.begin() as connection:  # a loader writing the table directly
-            connection.execute(sa.text(
-                "INSERT INTO kpi_observations (kpi, ts, value, ingested_at, source) "
-                "VALUES ('visits', now(), 3, now(), 'loader')"))
+            connection.execute(
+                sa.text(
+                    "INSERT INTO kpi_observations (kpi, ts, value, ingested_at, source) "
+                    "VALUES ('visits', now(), 3, now(), 'loader')"
+                )
+            )
             connection.execute(sa.text("UPDATE kpi_observations SET value = 2 WHERE kpi = 'orders'"))
         assert sorted(received(listener, 2)) == ["orders", "visits"]
         with engine.begin() as connection:
-            connection.execute(sa.text("UPDATE kpi_observations SET kpi = 'renamed' "
-                                       "WHERE kpi = 'visits'"))
+            connection.execute(sa.text("UPDATE kpi_observations SET kpi = 'renamed' WHERE kpi = 'visits'"))
         assert sorted(received(listener, 2)) == ["renamed", "visits"]
         with engine.begin() as connection:
             connection.execute(sa.text("DELETE FROM kpi_observations WHERE kpi = 'renamed'"))
         assert received(listener, 1) == ["renamed"]
 
-        save_model(engine, kpi="signups", kind="ensemble", version="v1", trained_at=T0,
-                   train_start=T0, train_end=T0, n_points=1, params={}, metrics={},
-                   artifact=b"x")
+        save_model(
+            engine,
+            kpi="signups",
+            kind="ensemble",
+            version="v1",
+            trained_at=T0,
+            train_start=T0,
+            train_end=T0,
+            n_points=1,
+            params={},
+            metrics={},
+            artifact=b"x",
+        )
         assert received(listener, 1) == ["signups"]
         with engine.begin() as connection:
             connection.execute(sa.text("TRUNCATE kpi_observations"))
@@ -239,8 +251,19 @@ def test_statements_that_change_nothing_are_silent_and_long_names_mean_any_kpi(
 ):
     engine = migrated_pg_engine
     long_name = "k" * MAX_PAYLOAD_BYTES
-    save_model(engine, kpi="signups", kind="ensemble", version="v1", trained_at=T0,
-               train_start=T0, train_end=T0, n_points=1, params={}, metrics={}, artifact=b"x")
+    save_model(
+        engine,
+        kpi="signups",
+        kind="ensemble",
+        version="v1",
+        trained_at=T0,
+        train_start=T0,
+        train_end=T0,
+        n_points=1,
+        params={},
+        metrics={},
+        artifact=b"x",
+    )
     with ScoreWriteListener(engine, notifications.INPUTS_CHANNEL, "test-inputs") as listener:
         with engine.begin() as connection:  # the statement triggers fire, with no rows
             connection.execute(sa.text("UPDATE kpi_observations SET value = 1 WHERE kpi = 'x'"))
@@ -261,12 +284,12 @@ def test_a_listener_on_inputs_refuses_to_start_while_a_trigger_is_missing_or_dis
     engine = migrated_pg_engine
     assert notifications.triggers_enabled(engine, notifications.INPUT_TRIGGERS)
     with engine.connect() as connection:  # fire in replica sessions too (replication, restores)
-        states = connection.execute(sa.text(
-            "SELECT DISTINCT tgenabled FROM pg_trigger WHERE tgname LIKE '%_notify'")).scalars()
+        states = connection.execute(
+            sa.text("SELECT DISTINCT tgenabled FROM pg_trigger WHERE tgname LIKE '%_notify'")
+        ).scalars()
         assert list(states) == ["A"]
     with engine.begin() as connection:
-        connection.execute(sa.text(
-            "ALTER TABLE kpi_models DISABLE TRIGGER kpi_models_inserted_notify"))
+        connection.execute(sa.text("ALTER TABLE kpi_models DISABLE TRIGGER kpi_models_inserted_notify"))
 
     assert not notifications.triggers_enabled(engine, notifications.INPUT_TRIGGERS)
     with pytest.raises(sa.exc.OperationalError, match="missing or disabled"):

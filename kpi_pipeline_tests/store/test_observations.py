@@ -151,9 +151,7 @@ def test_duplicate_keys_in_one_batch_keep_the_last_value(migrated_engine):
 
 def test_null_values_are_refused(migrated_engine):
     with pytest.raises(ValueError, match="null"):
-        upsert_observations(
-            migrated_engine, observations("sales", "2024-01-01", [1.0, np.nan]), "t"
-        )
+        upsert_observations(migrated_engine, observations("sales", "2024-01-01", [1.0, np.nan]), "t")
     assert load_observations(migrated_engine).empty
 
 
@@ -164,9 +162,10 @@ WRITERS = 20
 def test_racing_writers_report_what_the_database_did(migrated_engine, changed):
     """Writers racing over the same keys: each key is counted as inserted by exactly one of
     them, and as updated only by a writer whose value replaced a different one."""
-    frames = [observations("sales", "2024-01-01", [float(writer if changed else 1)] * 100,
-                           freq="h")
-              for writer in range(WRITERS)]
+    frames = [
+        observations("sales", "2024-01-01", [float(writer if changed else 1)] * 100, freq="h")
+        for writer in range(WRITERS)
+    ]
     start = threading.Barrier(WRITERS)
 
     def write(frame: pd.DataFrame) -> UpsertCounts:
@@ -209,19 +208,23 @@ def test_rejections_are_recorded_once(migrated_engine):
 
 
 @pytest.mark.parametrize(("update", "kept"), [(True, [3.0, 5.0]), (False, [1.0, 5.0])])
-def test_a_batch_repeating_a_key_keeps_what_row_by_row_writes_would(migrated_engine, update,
-                                                                    kept):
+def test_a_batch_repeating_a_key_keeps_what_row_by_row_writes_would(migrated_engine, update, kept):
     """``_sql.upsert`` writes a batch as one statement of arrays on Postgres, where a key may
     not be touched twice: the last row of a repeated key wins when updating, the first when
     not, as row-by-row statements (SQLite, executemany) leave it."""
-    ts = [pd.Timestamp("2024-01-01", tz="UTC").to_pydatetime(),
-          pd.Timestamp("2024-01-02", tz="UTC").to_pydatetime()]
+    ts = [pd.Timestamp("2024-01-01", tz="UTC").to_pydatetime(), pd.Timestamp("2024-01-02", tz="UTC").to_pydatetime()]
     now = ts[0]
-    rows = [{"kpi": "sales", "ts": ts[0], "value": value, "ingested_at": now, "source": "t"}
-            for value in (1.0, 2.0, 3.0)]
+    rows = [
+        {"kpi": "sales", "ts": ts[0], "value": value, "ingested_at": now, "source": "t"} for value in (1.0, 2.0, 3.0)
+    ]
     rows.append({"kpi": "sales", "ts": ts[1], "value": 5.0, "ingested_at": now, "source": "t"})
     with migrated_engine.begin() as connection:
-        upsert(connection, kpi_observations, rows,
-               update=["value"] if update else (), only_if_changed=["value"] if update else ())
+        upsert(
+            connection,
+            kpi_observations,
+            rows,
+            update=["value"] if update else (),
+            only_if_changed=["value"] if update else (),
+        )
 
     assert load_observations(migrated_engine)["value"].tolist() == kept

@@ -15,19 +15,27 @@ CUTOFF = START + 50 * DAY  # every row of the 60 days before this is old enough 
 def _seed(engine) -> None:
     ts = pd.date_range(START, periods=60, freq="D")
     for kpi in ("orders", "sessions"):
-        store.upsert_observations(
-            engine, pd.DataFrame({"kpi": kpi, "ts": ts, "value": 1.0}), "test")
+        store.upsert_observations(engine, pd.DataFrame({"kpi": kpi, "ts": ts, "value": 1.0}), "test")
     scores = pd.DataFrame({"kpi": "orders", "ts": ts, "is_anomaly": False, "event_id": None})
     # An anomaly event at days 5..6 and the newest one, at days 30..31, which may still be open.
     for first in (5, 30):
-        scores.loc[first:first + 1, ["is_anomaly", "event_id"]] = [True, f"orders-{first}"]
+        scores.loc[first : first + 1, ["is_anomaly", "event_id"]] = [True, f"orders-{first}"]
     store.upsert_scores(engine, scores)
     # Two versions of orders' models; the older one was trained from day 40.
     for version, start, end in (("v1", 40, 45), ("v2", 42, 55)):
-        store.save_model(engine, kpi="orders", kind="ensemble", version=version,
-                         trained_at=START, train_start=START + start * DAY,
-                         train_end=START + end * DAY, n_points=1, params={}, metrics={},
-                         artifact=b"")
+        store.save_model(
+            engine,
+            kpi="orders",
+            kind="ensemble",
+            version=version,
+            trained_at=START,
+            train_start=START + start * DAY,
+            train_end=START + end * DAY,
+            n_points=1,
+            params={},
+            metrics={},
+            artifact=b"",
+        )
 
 
 def _days(frame: pd.DataFrame) -> list[int]:
@@ -68,8 +76,10 @@ def test_deleted_observations_take_their_cleaned_rows_and_features_along_without
 
     assert delete_old_observations(migrated_engine, CUTOFF) == 30
 
-    for rows in (store.load_cleaned_rows(migrated_engine, ["orders"]),
-                 store.load_features(migrated_engine, ["orders"])):
+    for rows in (
+        store.load_cleaned_rows(migrated_engine, ["orders"]),
+        store.load_features(migrated_engine, ["orders"]),
+    ):
         assert _days(rows) == list(range(30, 60))
     assert store.load_series(migrated_engine)["orders"].observations == 30
     # New data lands: orders is appended to, not rebuilt from its remaining observations.

@@ -113,9 +113,7 @@ def test_min_severity_keeps_that_level_and_above(migrated_engine):
     assert severe["severity"].tolist() == ["critical", "high"]
     assert len(load_anomalies(migrated_engine, min_severity="low")) == 5
     assert len(load_anomalies(migrated_engine, kpi="sales")) == 5
-    window = load_anomalies(
-        migrated_engine, since=DAY + pd.Timedelta(days=1), until=DAY + pd.Timedelta(days=2)
-    )
+    window = load_anomalies(migrated_engine, since=DAY + pd.Timedelta(days=1), until=DAY + pd.Timedelta(days=2))
     assert window["severity"].tolist() == ["high", "medium"]
     with pytest.raises(ValueError, match="min_severity"):
         load_anomalies(migrated_engine, min_severity="severe")

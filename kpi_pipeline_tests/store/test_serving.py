@@ -49,12 +49,19 @@ def score(engine, kpi: str, rows: list[tuple[int, bool, str | None]]) -> None:
     )
 
 
-def model(engine, kpi: str, kind: str, version: str, train_end: int | None,
-          trained_at: str = "2025-06-01") -> None:
+def model(engine, kpi: str, kind: str, version: str, train_end: int | None, trained_at: str = "2025-06-01") -> None:
     save_model(
-        engine, kpi=kpi, kind=kind, version=version, trained_at=trained_at,
-        train_start=None, train_end=None if train_end is None else at(train_end),
-        n_points=10, params={}, metrics={}, artifact=f"{kind}:{version}".encode(),
+        engine,
+        kpi=kpi,
+        kind=kind,
+        version=version,
+        trained_at=trained_at,
+        train_start=None,
+        train_end=None if train_end is None else at(train_end),
+        n_points=10,
+        params={},
+        metrics={},
+        artifact=f"{kind}:{version}".encode(),
     )
 
 
@@ -66,7 +73,8 @@ def test_latest_scores_are_each_kpis_newest_point(migrated_engine):
     some = serving.latest_scores(migrated_engine, ["sales", "unknown"])
 
     assert [(row["kpi"], row["ts"], row["value"]) for row in everything] == [
-        ("orders", at(1), 1.0), ("sales", at(5), 5.0)
+        ("orders", at(1), 1.0),
+        ("sales", at(5), 5.0),
     ]
     assert set(everything[1]) == {"kpi", *serving.SERVED_SCORE_COLUMNS, "scored_at"}
     assert everything[1]["is_anomaly"] is True and everything[1]["severity"] == "high"
@@ -94,8 +102,7 @@ def test_kpi_overview_joins_newest_observation_score_and_model(migrated_engine):
     model(migrated_engine, "sales", "ensemble", "early", train_end=2, trained_at="2025-06-02")
     model(migrated_engine, "sales", "prophet", "other-kind", train_end=9)
 
-    sales, orders = sorted(serving.kpi_overview(migrated_engine), key=lambda r: r["kpi"],
-                           reverse=True)
+    sales, orders = sorted(serving.kpi_overview(migrated_engine), key=lambda r: r["kpi"], reverse=True)
 
     assert (sales["kpi"], sales["observed_ts"], sales["observed_value"]) == ("sales", at(9), 3.0)
     assert (sales["score_ts"], sales["score_value"], sales["is_anomaly"]) == (at(8), 8.0, True)
@@ -174,9 +181,7 @@ def test_the_observation_watermark_moves_with_every_new_or_changed_row_from_sinc
     assert (recent.first_ts, recent.rows, recent.last_ts) == (at(0), 4, at(9))
     assert recent.last_ingested_at is not None
     empty = serving.observation_watermark(migrated_engine, "nope")
-    assert (empty.first_ts, empty.rows, empty.last_ts, empty.last_ingested_at) == (
-        None, 0, None, None
-    )
+    assert (empty.first_ts, empty.rows, empty.last_ts, empty.last_ingested_at) == (None, 0, None, None)
 
     observe(migrated_engine, "sales", range(2, 3), value=5.0)  # before since: not seen
     assert watermark(at(6)) == recent
@@ -194,8 +199,7 @@ def test_a_kpi_exists_once_it_has_an_observation_a_score_or_a_model(migrated_eng
     score(migrated_engine, "scored", [(0, False, None)])
     model(migrated_engine, "modelled", "ensemble", "v1", train_end=1)
 
-    assert all(serving.kpi_exists(migrated_engine, kpi)
-               for kpi in ("observed", "scored", "modelled"))
+    assert all(serving.kpi_exists(migrated_engine, kpi) for kpi in ("observed", "scored", "modelled"))
     assert not serving.kpi_exists(migrated_engine, "nope")
 
 
@@ -206,17 +210,13 @@ def test_ping_reaches_the_database(migrated_engine):
 def test_the_per_request_reads_match_sqlalchemys_and_leave_connections_transactional(
     migrated_engine,
 ):
-    score(migrated_engine, "sales", [(hour, hour == 3, "high" if hour == 3 else None)
-                                     for hour in range(6)])
+    score(migrated_engine, "sales", [(hour, hour == 3, "high" if hour == 3 else None) for hour in range(6)])
     observe(migrated_engine, "sales", range(6))
 
     fast = serving.score_series(migrated_engine, "sales", limit=4)[0][::-1]
-    plain = serving._rows(migrated_engine, serving._SCORE_SERIES, kpi="sales",
-                          start=at(-100), end=at(100), limit=4)
+    plain = serving._rows(migrated_engine, serving._SCORE_SERIES, kpi="sales", start=at(-100), end=at(100), limit=4)
     assert fast == plain and fast[0]["ts"].utcoffset() == pd.Timedelta(0)
-    assert serving.latest_scores(migrated_engine) == serving._rows(
-        migrated_engine, serving._LATEST_SCORES
-    )
+    assert serving.latest_scores(migrated_engine) == serving._rows(migrated_engine, serving._LATEST_SCORES)
 
     # The connection the fast path used goes back to the pool as it came: in a transaction
     # that a failure rolls back, not in autocommit mode. (An empty pool, so that the write
@@ -233,8 +233,7 @@ def test_the_per_request_reads_match_sqlalchemys_and_leave_connections_transacti
 def test_the_newest_model_version_is_the_one_load_latest_models_loads(migrated_engine):
     model(migrated_engine, "sales", "ensemble", "late", train_end=5, trained_at="2025-06-01")
     model(migrated_engine, "sales", "ensemble", "early", train_end=2, trained_at="2025-06-02")
-    model(migrated_engine, "sales", "ensemble", "undated", train_end=None,
-          trained_at="2025-07-01")
+    model(migrated_engine, "sales", "ensemble", "undated", train_end=None, trained_at="2025-07-01")
     model(migrated_engine, "sales", "prophet", "other-kind", train_end=9)
     model(migrated_engine, "orders", "ensemble", "b", train_end=5, trained_at="2025-06-01")
     model(migrated_engine, "orders", "ensemble", "a", train_end=5, trained_at="2025-06-02")

@@ -31,9 +31,7 @@ NOTE_KEY = "kpi_feedback_note"
 
 def _pick_range(first: pd.Timestamp, last: pd.Timestamp) -> tuple[pd.Timestamp, pd.Timestamp]:
     """The range picked above the chart; presets end at the KPI's newest point."""
-    choice = st.segmented_control(
-        "Time range", list(RANGES), default=DEFAULT_RANGE, required=True, key="kpi_range"
-    )
+    choice = st.segmented_control("Time range", list(RANGES), default=DEFAULT_RANGE, required=True, key="kpi_range")
     if choice != "Custom":
         span = RANGES[choice]
         return (first if span is None else max(first, last - span)), last
@@ -55,9 +53,7 @@ def _save_feedback(url: str, kpi: str, stamps: list[pd.Timestamp], label: str) -
     data.save_feedback(url, kpi, stamps, label, st.session_state.get(NOTE_KEY, ""))
     st.session_state[NOTE_KEY] = ""
     points = "point" if len(stamps) == 1 else "points"
-    st.session_state[FLASH_KEY] = (
-        f"Recorded {label.replace('_', ' ')} for {len(stamps)} {points} of {kpi}."
-    )
+    st.session_state[FLASH_KEY] = f"Recorded {label.replace('_', ' ')} for {len(stamps)} {points} of {kpi}."
 
 
 url = data.database_url()
@@ -85,12 +81,12 @@ else:
     off = relative_deviation(scored["value"].tail(1), scored["expected"].tail(1)).iloc[0]
     value_column.metric(f"Latest value, {ui.short_when(latest['ts'])}", ui.number(latest["value"]))
     expected_column.metric(
-        "Expected", ui.number(latest["expected"]),
-        delta=None if pd.isna(off) else f"{off:+.1%} off", delta_color="off",
+        "Expected",
+        ui.number(latest["expected"]),
+        delta=None if pd.isna(off) else f"{off:+.1%} off",
+        delta_color="off",
     )
-    status_column.metric(
-        "Latest point", str(latest["severity"]).capitalize() if latest["is_anomaly"] else "OK"
-    )
+    status_column.metric("Latest point", str(latest["severity"]).capitalize() if latest["is_anomaly"] else "OK")
     count_column.metric("Anomalous points in range", int(series["is_anomaly"].sum()))
 
 st.plotly_chart(kpi_figure(series, kpi), key="kpi_chart", config={"displaylogo": False})
@@ -99,18 +95,16 @@ st.caption(
     "99% of normal points fall; markers are anomalies by severity, grey ones false alarms."
 )
 st.page_link(
-    "views/model.py", label=f"Models and backtests of {kpi}", icon=":material/model_training:",
+    "views/model.py",
+    label=f"Models and backtests of {kpi}",
+    icon=":material/model_training:",
     query_params={ui.KPI_KEY: kpi},
 )
 
 st.subheader("Anomalies in this range")
 severity_column, feedback_column = st.columns(2)
-min_severity = severity_column.selectbox(
-    "Severity at least", ("any", *SEVERITIES), key="kpi_min_severity"
-)
-feedback_filter = feedback_column.selectbox(
-    "Feedback", list(FEEDBACK_FILTERS), key="kpi_feedback_filter"
-)
+min_severity = severity_column.selectbox("Severity at least", ("any", *SEVERITIES), key="kpi_min_severity")
+feedback_filter = feedback_column.selectbox("Feedback", list(FEEDBACK_FILTERS), key="kpi_feedback_filter")
 found = data.anomalies(url, kpi, since, until, None if min_severity == "any" else min_severity)
 wanted = FEEDBACK_FILTERS[feedback_filter]
 if wanted is not None:
@@ -169,15 +163,22 @@ stamps = list(chosen["ts"])
 with st.container(border=True):
     st.markdown(
         f"**Label {len(stamps)} selected point{'s' if len(stamps) > 1 else ''}:** "
-        + ", ".join(ui.when(ts) for ts in stamps[:5]) + (" …" if len(stamps) > 5 else "")
+        + ", ".join(ui.when(ts) for ts in stamps[:5])
+        + (" …" if len(stamps) > 5 else "")
     )
     st.text_input("Note (optional)", key=NOTE_KEY)
     true_column, false_column = st.columns(2)
     true_column.button(
-        "Real incident (true positive)", icon=":material/check:", key="label_true_positive",
-        on_click=_save_feedback, args=(url, kpi, stamps, "true_positive"),
+        "Real incident (true positive)",
+        icon=":material/check:",
+        key="label_true_positive",
+        on_click=_save_feedback,
+        args=(url, kpi, stamps, "true_positive"),
     )
     false_column.button(
-        "False alarm (false positive)", icon=":material/close:", key="label_false_positive",
-        on_click=_save_feedback, args=(url, kpi, stamps, "false_positive"),
+        "False alarm (false positive)",
+        icon=":material/close:",
+        key="label_false_positive",
+        on_click=_save_feedback,
+        args=(url, kpi, stamps, "false_positive"),
     )

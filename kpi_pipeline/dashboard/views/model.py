@@ -25,15 +25,13 @@ kpi = ui.kpi_picker(url)
 if kpi is None:
     st.stop()
 heading.title(f"Models of {kpi}")
-st.page_link("views/kpi.py", label=f"Back to the {kpi} chart", icon=":material/show_chart:",
-             query_params={ui.KPI_KEY: kpi})
+st.page_link(
+    "views/kpi.py", label=f"Back to the {kpi} chart", icon=":material/show_chart:", query_params={ui.KPI_KEY: kpi}
+)
 
 versions = data.model_versions(url, kpi)
 if versions.empty:
-    st.info(
-        f"No model is trained for {kpi} yet: `kpi-pipeline run` trains one once the KPI has "
-        "enough history."
-    )
+    st.info(f"No model is trained for {kpi} yet: `kpi-pipeline run` trains one once the KPI has enough history.")
 else:
     newest = versions.iloc[0]
     trained_column, versions_column, points_column, scale_column = st.columns(4)

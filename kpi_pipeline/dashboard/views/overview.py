@@ -34,11 +34,15 @@ if len(failures):
     # One KPI's failure never stops the others; the next run tries it again.
     st.warning(
         f"{failures['kpi'].nunique()} KPI(s) failing, the others are up to date: "
-        + "; ".join(f"**{row.kpi}** ({row.stage}: {row.reason}, since "
-                    f"{ui.when(row.failing_since)}, {row.attempts} attempt(s))"
-                    for row in failures.head(FAILURES_SHOWN).itertuples(index=False))
-        + (f" … and {len(failures) - FAILURES_SHOWN} more (`kpi-pipeline status`)"
-           if len(failures) > FAILURES_SHOWN else "")
+        + "; ".join(
+            f"**{row.kpi}** ({row.stage}: {row.reason}, since {ui.when(row.failing_since)}, {row.attempts} attempt(s))"
+            for row in failures.head(FAILURES_SHOWN).itertuples(index=False)
+        )
+        + (
+            f" … and {len(failures) - FAILURES_SHOWN} more (`kpi-pipeline status`)"
+            if len(failures) > FAILURES_SHOWN
+            else ""
+        )
     )
 
 search_column, sort_column, size_column = st.columns([3, 2, 1])
@@ -62,11 +66,8 @@ else:
     kpis_column.metric("KPIs", len(data.kpi_names(url)))
     day_column.metric("Anomalous points, last 24 h", sum(day.values()))
     week_column.metric("Anomalous points, last 7 days", sum(week.values()))
-    worst_column.metric(
-        "High or critical, last 7 days", week["high"] + week["critical"]
-    )
-    outages = sum(data.severity_counts(url, page.as_of - SPARKLINE_DAYS, page.as_of,
-                                       "outage").values())
+    worst_column.metric("High or critical, last 7 days", week["high"] + week["critical"])
+    outages = sum(data.severity_counts(url, page.as_of - SPARKLINE_DAYS, page.as_of, "outage").values())
     st.caption(
         f"As of {ui.when(page.as_of)}, the newest scored point. Last 7 days by severity: "
         + ", ".join(f"{week[level]} {level}" for level in reversed(SEVERITIES))
@@ -79,9 +80,7 @@ if page.rows.empty:
 
 rows = page.rows
 lines = (
-    data.sparklines(url, tuple(rows["kpi"]), page.as_of - SPARKLINE_DAYS, page.as_of)
-    if page.as_of is not None
-    else {}
+    data.sparklines(url, tuple(rows["kpi"]), page.as_of - SPARKLINE_DAYS, page.as_of) if page.as_of is not None else {}
 )
 table = pd.DataFrame(
     {
@@ -128,7 +127,10 @@ selection = st.dataframe(
         "Expected": st.column_config.NumberColumn(format="%.4g"),
         "Deviation": st.column_config.NumberColumn(format="%+.0f%%"),
         "Score": st.column_config.ProgressColumn(
-            min_value=0.0, max_value=1.0, format="%.2f", width="small",
+            min_value=0.0,
+            max_value=1.0,
+            format="%.2f",
+            width="small",
             help="Anomaly score of the newest point (0.5 and above: anomalous)",
         ),
         "24 h": st.column_config.NumberColumn(help="Anomalous points in the last 24 hours"),

@@ -51,21 +51,25 @@ def test_prophet_components_of_a_trained_model(open_page, sqlite_url):
     assert len(traces["trend"]["x"]) == 14 * 24 + 1
 
 
-def test_backtest_results_are_found_under_the_backtest_directory(open_page, seeded_sqlite,
-                                                                 tmp_path):
+def test_backtest_results_are_found_under_the_backtest_directory(open_page, seeded_sqlite, tmp_path):
     run = tmp_path / "backtests" / "sample"
     run.mkdir(parents=True)
     summary = {
         "corpus": "dataset/kpi_data.csv",
-        "events": {"precision": 1.0, "recall": 0.9, "f1": 0.947, "tp_events": 27,
-                   "fn_events": 3, "fp_events": 0},
-        "per_kpi": {"orders": {"precision": 0.8, "recall": 0.5, "f1": 0.615, "tp_events": 4,
-                               "fn_events": 4, "fp_events": 1}},
+        "events": {"precision": 1.0, "recall": 0.9, "f1": 0.947, "tp_events": 27, "fn_events": 3, "fp_events": 0},
+        "per_kpi": {
+            "orders": {"precision": 0.8, "recall": 0.5, "f1": 0.615, "tp_events": 4, "fn_events": 4, "fp_events": 1}
+        },
     }
     (run / "summary.json").write_text(json.dumps(summary))
     pd.DataFrame(
-        {"timestamp": ["2025-03-01 00:00:00", "2025-03-01 01:00:00"], "value": [1.0, 9.0],
-         "anomaly_score": [0.1, 0.9], "is_anomaly": [0, 1], "alert": [0, 1]}
+        {
+            "timestamp": ["2025-03-01 00:00:00", "2025-03-01 01:00:00"],
+            "value": [1.0, 9.0],
+            "anomaly_score": [0.1, 0.9],
+            "is_anomaly": [0, 1],
+            "alert": [0, 1],
+        }
     ).to_csv(run / "orders.csv", index=False)
 
     app = open_page(seeded_sqlite, "model", backtest_dir=tmp_path / "backtests", kpi="orders")
@@ -83,9 +87,7 @@ def test_backtest_results_are_found_under_the_backtest_directory(open_page, seed
 def test_kpi_without_models_says_so(open_page, sqlite_url):
     engine = store.make_engine(sqlite_url)
     store.migrate(engine)
-    store.upsert_observations(
-        engine, pd.DataFrame({"kpi": "fresh", "ts": [seed.END], "value": [3.0]}), "test"
-    )
+    store.upsert_observations(engine, pd.DataFrame({"kpi": "fresh", "ts": [seed.END], "value": [3.0]}), "test")
     engine.dispose()
 
     app = open_page(sqlite_url, "model", kpi="fresh")

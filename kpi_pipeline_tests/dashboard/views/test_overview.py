@@ -39,9 +39,7 @@ def test_overview_lists_every_kpi_with_its_latest_point_and_counts(open_page, se
     tiles = metrics(app)
     assert tiles["KPIs"] == str(len(seed.KPIS))
     assert tiles["Anomalous points, last 24 h"] == str(sum(_expected_counts(k)[0] for k in seed.KPIS))
-    assert tiles["Anomalous points, last 7 days"] == str(
-        sum(_expected_counts(k)[1] for k in seed.KPIS)
-    )
+    assert tiles["Anomalous points, last 7 days"] == str(sum(_expected_counts(k)[1] for k in seed.KPIS))
     assert not app.get("pagination")  # everything fits on one page
 
 
@@ -70,9 +68,9 @@ def test_recency_sort_puts_the_newest_anomaly_first(open_page, seeded_sqlite):
 def test_a_thousand_kpis_are_paginated(open_page, sqlite_url):
     names = [f"kpi_{number:04d}" for number in range(1000)]
     ts = pd.date_range(end=seed.END, periods=6, freq="h")
-    scores = pd.DataFrame(
-        {"kpi": [name for name in names for _ in ts], "ts": list(ts) * len(names)}
-    ).assign(value=1.0, expected=1.0, score=0.1, is_anomaly=False)
+    scores = pd.DataFrame({"kpi": [name for name in names for _ in ts], "ts": list(ts) * len(names)}).assign(
+        value=1.0, expected=1.0, score=0.1, is_anomaly=False
+    )
     engine = store.make_engine(sqlite_url)
     store.migrate(engine)
     store.upsert_scores(engine, scores)
@@ -105,9 +103,7 @@ def test_empty_database_explains_how_to_load_data(open_page, sqlite_url):
 def test_kpis_without_scores_are_listed_as_not_scored(open_page, sqlite_url):
     engine = store.make_engine(sqlite_url)
     store.migrate(engine)
-    store.upsert_observations(
-        engine, pd.DataFrame({"kpi": "fresh", "ts": [seed.END], "value": [3.0]}), "test"
-    )
+    store.upsert_observations(engine, pd.DataFrame({"kpi": "fresh", "ts": [seed.END], "value": [3.0]}), "test")
     engine.dispose()
 
     app = open_page(sqlite_url)
@@ -120,8 +116,13 @@ def test_a_failing_kpi_is_named_with_its_reason_above_the_table(open_page, seede
     assert not open_page(seeded_sqlite).warning  # nothing failing: no warning
 
     engine = store.make_engine(seeded_sqlite)
-    store.record_kpi_outcomes(engine, "training", {"revenue": "RuntimeError: fit diverged"},
-                              ["revenue"], at=pd.Timestamp("2025-04-01 02:30", tz="UTC"))
+    store.record_kpi_outcomes(
+        engine,
+        "training",
+        {"revenue": "RuntimeError: fit diverged"},
+        ["revenue"],
+        at=pd.Timestamp("2025-04-01 02:30", tz="UTC"),
+    )
     engine.dispose()
     data.clear_caches()  # as the TTL would, later
     app = open_page(seeded_sqlite)
@@ -139,8 +140,13 @@ def test_outages_are_counted_apart_from_anomalies(open_page, seeded_sqlite):
     at = seed.END - 50 * seed.HOUR
     outage = seed.kpi_scores(next(k for k in seed.KPIS if k.name == seed.QUIET_KPI))
     outage = outage[outage["ts"] == at].assign(
-        value=None, is_anomaly=True, severity="high", flagged_by="gap", score=0.7,
-        event_id=f"{seed.QUIET_KPI}@{at.isoformat()}")
+        value=None,
+        is_anomaly=True,
+        severity="high",
+        flagged_by="gap",
+        score=0.7,
+        event_id=f"{seed.QUIET_KPI}@{at.isoformat()}",
+    )
     store.upsert_scores(engine, outage)
     engine.dispose()
     data.clear_caches()
@@ -151,7 +157,5 @@ def test_outages_are_counted_apart_from_anomalies(open_page, seeded_sqlite):
     assert (table.loc[seed.QUIET_KPI, "7 d"], table.loc[seed.QUIET_KPI, "Outages 7 d"]) == (0, 1)
     assert table.loc["orders", "Outages 7 d"] == 0
     tiles = metrics(app)
-    assert tiles["Anomalous points, last 7 days"] == str(
-        sum(_expected_counts(k)[1] for k in seed.KPIS)
-    )
+    assert tiles["Anomalous points, last 7 days"] == str(sum(_expected_counts(k)[1] for k in seed.KPIS))
     assert any("outages (data missing), counted apart: 1" in text for text in texts(app.caption))

@@ -86,9 +86,7 @@ def upgrade() -> None:
         sa.Column("event_id", sa.Text),
         sa.Column("model_version", sa.Text),
         sa.Column("scored_at", Timestamp, nullable=False),
-        sa.CheckConstraint(
-            "severity IN ('low', 'medium', 'high', 'critical')", name="ck_anomaly_scores_severity"
-        ),
+        sa.CheckConstraint("severity IN ('low', 'medium', 'high', 'critical')", name="ck_anomaly_scores_severity"),
     )
 
     op.create_table(
@@ -98,9 +96,7 @@ def upgrade() -> None:
         sa.Column("label", sa.Text, nullable=False),
         sa.Column("note", sa.Text),
         sa.Column("created_at", Timestamp, nullable=False),
-        sa.CheckConstraint(
-            "label IN ('true_positive', 'false_positive')", name="ck_anomaly_feedback_label"
-        ),
+        sa.CheckConstraint("label IN ('true_positive', 'false_positive')", name="ck_anomaly_feedback_label"),
     )
 
     op.execute(ANOMALIES_VIEW)

@@ -44,17 +44,13 @@ def upgrade() -> None:
         sa.Column("claim_token", sa.Text),
         sa.Column("created_at", Timestamp, nullable=False),
         sa.Column("sent_at", Timestamp),
-        sa.UniqueConstraint(
-            "kpi", "ts", "channel", "recipient", name="uq_alert_deliveries_target"
-        ),
+        sa.UniqueConstraint("kpi", "ts", "channel", "recipient", name="uq_alert_deliveries_target"),
         sa.CheckConstraint(
             "status IN ('pending', 'sent', 'failed', 'suppressed')",
             name="ck_alert_deliveries_status",
         ),
     )
-    op.create_index(
-        "ix_alert_deliveries_status", "alert_deliveries", ["status", "next_attempt_at"]
-    )
+    op.create_index("ix_alert_deliveries_status", "alert_deliveries", ["status", "next_attempt_at"])
 
     op.create_table(
         "alert_silences",

@@ -35,19 +35,18 @@ _NOTIFY = f"""
 FUNCTIONS = {
     "kpi_inputs_written_rows": _NOTIFY.format(rows="changed_rows"),
     # An update can move a row to another KPI: both KPIs changed.
-    "kpi_inputs_written_updated": _NOTIFY.format(
-        rows="changed_rows UNION ALL SELECT kpi FROM old_rows"
-    ),
+    "kpi_inputs_written_updated": _NOTIFY.format(rows="changed_rows UNION ALL SELECT kpi FROM old_rows"),
     "kpi_inputs_written_any": f"PERFORM pg_notify('{CHANNEL}', '');",
 }
 
 TRIGGERS = {
-    "inserted": ("AFTER INSERT", "REFERENCING NEW TABLE AS changed_rows",
-                 "kpi_inputs_written_rows"),
-    "updated": ("AFTER UPDATE", "REFERENCING OLD TABLE AS old_rows NEW TABLE AS changed_rows",
-                "kpi_inputs_written_updated"),
-    "deleted": ("AFTER DELETE", "REFERENCING OLD TABLE AS changed_rows",
-                "kpi_inputs_written_rows"),
+    "inserted": ("AFTER INSERT", "REFERENCING NEW TABLE AS changed_rows", "kpi_inputs_written_rows"),
+    "updated": (
+        "AFTER UPDATE",
+        "REFERENCING OLD TABLE AS old_rows NEW TABLE AS changed_rows",
+        "kpi_inputs_written_updated",
+    ),
+    "deleted": ("AFTER DELETE", "REFERENCING OLD TABLE AS changed_rows", "kpi_inputs_written_rows"),
     "truncated": ("AFTER TRUNCATE", "", "kpi_inputs_written_any"),
 }
 

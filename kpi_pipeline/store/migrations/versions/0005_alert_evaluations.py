@@ -45,8 +45,7 @@ def upgrade() -> None:
     newest = sa.func.max(scores.c.scored_at)
     op.execute(
         evaluations.insert().from_select(
-            ["batch", "scored_after", "scored_until", "alerted", "recorded_silently",
-             "evaluated_at"],
+            ["batch", "scored_after", "scored_until", "alerted", "recorded_silently", "evaluated_at"],
             sa.select(
                 sa.literal("migration 0005"),
                 sa.null(),

@@ -26,8 +26,17 @@ Timestamp = sa.DateTime(timezone=True)
 Json = sa.JSON().with_variant(postgresql.JSONB(), "postgresql")
 
 FEATURES = (
-    "rolling_mean_7", "rolling_std_7", "diff_1", "lag_1", "lag_season",
-    "hour_sin", "hour_cos", "dow_sin", "dow_cos", "month_sin", "month_cos",
+    "rolling_mean_7",
+    "rolling_std_7",
+    "diff_1",
+    "lag_1",
+    "lag_season",
+    "hour_sin",
+    "hour_cos",
+    "dow_sin",
+    "dow_cos",
+    "month_sin",
+    "month_cos",
 )
 
 

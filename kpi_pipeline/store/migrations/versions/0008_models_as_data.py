@@ -39,8 +39,21 @@ PICKLE_START = b"\x80"
 
 # Modules a detector's pickle may name besides this application's: array and scalar types and
 # the fitted scikit-learn forest.
-_IMPORTABLE = ("numpy", "pandas", "sklearn", "scipy", "pytz", "zoneinfo", "dateutil", "datetime",
-               "copyreg", "_codecs", "array", "collections", "prophet")
+_IMPORTABLE = (
+    "numpy",
+    "pandas",
+    "sklearn",
+    "scipy",
+    "pytz",
+    "zoneinfo",
+    "dateutil",
+    "datetime",
+    "copyreg",
+    "_codecs",
+    "array",
+    "collections",
+    "prophet",
+)
 _BUILTINS = {"complex", "set", "frozenset", "slice", "range", "bytearray", "object"}
 
 
@@ -100,25 +113,27 @@ def _tail(holder: Any) -> Any:
     without it, those of the row-counting cap have no episode peaks (as they were loaded)."""
     from kpi_pipeline.detection.calibration import NO_RECURRENCE_CAP, ExceedanceTail
 
-    found = {**NO_RECURRENCE_CAP, "episode_peaks_": None, "trim_at": None,
-             **_attributes(holder, "ExceedanceTail")}
-    params = {key: found.get(key, default)
-              for key, default in vars(ExceedanceTail()).items()}
-    return ExceedanceTail.from_state({
-        "params": params, "sorted": found["sorted_"], "threshold": found["threshold_"],
-        "episode_peaks": found["episode_peaks_"], "shape": found["shape_"],
-        "scale": found["scale_"], "trimmed": found.get("trimmed_", 0),
-    })
+    found = {**NO_RECURRENCE_CAP, "episode_peaks_": None, "trim_at": None, **_attributes(holder, "ExceedanceTail")}
+    params = {key: found.get(key, default) for key, default in vars(ExceedanceTail()).items()}
+    return ExceedanceTail.from_state(
+        {
+            "params": params,
+            "sorted": found["sorted_"],
+            "threshold": found["threshold_"],
+            "episode_peaks": found["episode_peaks_"],
+            "shape": found["shape_"],
+            "scale": found["scale_"],
+            "trimmed": found.get("trimmed_", 0),
+        }
+    )
 
 
 def _iforest(holder: Any) -> Any:
     from kpi_pipeline.detection.calibration import NO_RECURRENCE_CAP
     from kpi_pipeline.detection.iforest import IsolationForestDetector, _FlatForest
 
-    found = {**NO_RECURRENCE_CAP, "trim_at": None,
-             **_attributes(holder, "IsolationForestDetector")}
-    params = {key: found.get(key, default)
-              for key, default in IsolationForestDetector().get_params().items()}
+    found = {**NO_RECURRENCE_CAP, "trim_at": None, **_attributes(holder, "IsolationForestDetector")}
+    params = {key: found.get(key, default) for key, default in IsolationForestDetector().get_params().items()}
     detector = IsolationForestDetector(**params)
     detector.forest_ = found["forest_"]
     detector.flat_ = _FlatForest.of(detector.forest_)
@@ -133,8 +148,7 @@ def _prophet(holder: Any) -> Any:
     from kpi_pipeline.detection.prophet_model import ProphetDetector
 
     found = _attributes(holder, "ProphetDetector")
-    params = {key: found.get(key, default)
-              for key, default in ProphetDetector().get_params().items()}
+    params = {key: found.get(key, default) for key, default in ProphetDetector().get_params().items()}
     detector = ProphetDetector(**params)
     model = found["model_"]
     detector.model_ = model_from_json(model) if isinstance(model, str) else model
@@ -146,8 +160,7 @@ def legacy_detector(artifacts: dict[str, bytes]) -> Any:
     from kpi_pipeline.detection.ensemble import EnsembleDetector
 
     found = dict(_attributes(_unpickle(artifacts["ensemble"]), "EnsembleDetector"))
-    detector = EnsembleDetector(_config(found.pop("config", None)),
-                                random_state=found.pop("random_state", 0))
+    detector = EnsembleDetector(_config(found.pop("config", None)), random_state=found.pop("random_state", 0))
     # Set before thresholds followed the KPI's frequency: the hourly threshold.
     found.setdefault("threshold_", detector._config.threshold)
     # Set before the step had its own scale: the residual scale.
@@ -167,18 +180,19 @@ def upgrade() -> None:
 
     bind = op.get_bind()
     models = sa.table(
-        "kpi_models", sa.column("kpi"), sa.column("kind"), sa.column("version"),
+        "kpi_models",
+        sa.column("kpi"),
+        sa.column("kind"),
+        sa.column("version"),
         sa.column("artifact", sa.LargeBinary),
     )
     versions = bind.execute(
-        sa.select(models.c.kpi, models.c.version).distinct().order_by(
-            models.c.kpi, models.c.version)
+        sa.select(models.c.kpi, models.c.version).distinct().order_by(models.c.kpi, models.c.version)
     ).all()
     converted = dropped = 0
     for kpi, version in versions:
         this_version = (models.c.kpi == kpi) & (models.c.version == version)
-        rows = dict(bind.execute(
-            sa.select(models.c.kind, models.c.artifact).where(this_version)).all())
+        rows = dict(bind.execute(sa.select(models.c.kind, models.c.artifact).where(this_version)).all())
         if not any(bytes(artifact or b"")[:1] == PICKLE_START for artifact in rows.values()):
             continue
         try:
@@ -186,19 +200,22 @@ def upgrade() -> None:
             artifacts = detector.to_artifacts()
             EnsembleDetector.from_artifacts(artifacts)  # it reads back
         except Exception as error:  # noqa: BLE001 - any version that cannot be rebuilt
-            log.warning("kpi_models: deleting version %s of %r, whose pickles cannot be "
-                        "converted (%s: %s); training replaces it", version, kpi,
-                        type(error).__name__, error)
+            log.warning(
+                "kpi_models: deleting version %s of %r, whose pickles cannot be "
+                "converted (%s: %s); training replaces it",
+                version,
+                kpi,
+                type(error).__name__,
+                error,
+            )
             bind.execute(sa.delete(models).where(this_version))
             dropped += 1
             continue
         for kind, artifact in artifacts.items():
-            bind.execute(sa.update(models).where(this_version, models.c.kind == kind)
-                         .values(artifact=artifact))
+            bind.execute(sa.update(models).where(this_version, models.c.kind == kind).values(artifact=artifact))
         converted += 1
     if converted or dropped:
-        log.info("kpi_models: %d model versions converted from pickles, %d deleted",
-                 converted, dropped)
+        log.info("kpi_models: %d model versions converted from pickles, %d deleted", converted, dropped)
 
 
 def downgrade() -> None:
