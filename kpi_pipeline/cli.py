@@ -387,14 +387,23 @@ def anomalies(
             markup=False,
         )
     found = found.head(limit)
-    if output is OutputFormat.json:
-        typer.echo(found.to_json(orient="records", date_format="iso", indent=2))
-    elif output is OutputFormat.csv:
-        typer.echo(found.to_csv(index=False), nl=False)
-    elif found.empty:
+    if _machine_readable(found, output):
+        return
+    if found.empty:
         console.print("no anomalies found")
     else:
         console.print(_anomaly_table(found))
+
+
+def _machine_readable(frame: pd.DataFrame, output: OutputFormat) -> bool:
+    """Print ``frame`` as JSON or CSV if ``output`` asks for it; whether it did."""
+    if output is OutputFormat.json:
+        typer.echo(frame.to_json(orient="records", date_format="iso", indent=2))
+    elif output is OutputFormat.csv:
+        typer.echo(frame.to_csv(index=False), nl=False)
+    else:
+        return False
+    return True
 
 
 @app.command()
@@ -416,10 +425,8 @@ def status(
     require_known_kpis(engine, kpi or [])
     found = kpi_status(engine, kpi or None)
     counts = found["state"].value_counts()
-    if output is OutputFormat.json:
-        typer.echo(found.to_json(orient="records", date_format="iso", indent=2))
-    elif output is OutputFormat.csv:
-        typer.echo(found.to_csv(index=False), nl=False)
+    if _machine_readable(found, output):
+        pass
     elif found.empty:
         console.print("no KPIs yet: load some with kpi-pipeline ingest FILE")
     else:
