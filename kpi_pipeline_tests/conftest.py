@@ -100,3 +100,23 @@ def migrated_engine(store_url: str) -> Iterator[sa.Engine]:
 def migrated_pg_engine(pg_url: str) -> Iterator[sa.Engine]:
     """An engine on a fresh Postgres database with the current schema (Postgres-only tests)."""
     yield from _migrated(pg_url)
+
+
+RELIABILITY_SUITE = "kpi_pipeline_tests/test_reliability.py"
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    """The reliability suite's count of classes (bad inputs x paths, and faults), at the end of
+    every run that includes it, so CI's log keeps the count."""
+    outcomes: dict[str, int] = {}
+    for outcome in ("passed", "failed", "skipped", "error"):
+        for report in terminalreporter.stats.get(outcome, []):
+            nodeid = getattr(report, "nodeid", "")
+            if nodeid.startswith(RELIABILITY_SUITE) and getattr(report, "when", "call") in ("call", "setup"):
+                if outcome == "passed" and report.when != "call":
+                    continue
+                outcomes[outcome] = outcomes.get(outcome, 0) + 1
+    if outcomes:
+        total = sum(outcomes.values())
+        summary = ", ".join(f"{count} {outcome}" for outcome, count in sorted(outcomes.items()))
+        terminalreporter.write_line(f"reliability suite: {total} checks, one per class of bad input and path or fault ({summary})")
