@@ -119,4 +119,6 @@ def pytest_terminal_summary(terminalreporter) -> None:
     if outcomes:
         total = sum(outcomes.values())
         summary = ", ".join(f"{count} {outcome}" for outcome, count in sorted(outcomes.items()))
-        terminalreporter.write_line(f"reliability suite: {total} checks, one per class of bad input and path or fault ({summary})")
+        terminalreporter.write_line(
+            f"reliability suite: {total} checks, one per class of bad input and path or fault ({summary})"
+        )
