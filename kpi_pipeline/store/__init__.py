@@ -38,7 +38,7 @@ from kpi_pipeline.store.dashboard import (
     severity_counts,
     sparklines,
 )
-from kpi_pipeline.store.database import make_engine, migrate, table_counts
+from kpi_pipeline.store.database import make_engine, migrate, row_count, table_counts
 from kpi_pipeline.store.failures import load_kpi_failures, record_kpi_outcomes
 from kpi_pipeline.store.models import (
     ModelRecord,
@@ -136,6 +136,7 @@ __all__ = [
     "save_model",
     "save_models",
     "set_feedback",
+    "row_count",
     "table_counts",
     "upsert_observations",
     "upsert_scores",

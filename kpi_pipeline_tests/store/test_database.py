@@ -13,6 +13,7 @@ from alembic.runtime.migration import MigrationContext
 from kpi_pipeline import config
 from kpi_pipeline.store import make_engine, migrate, table_counts, upsert_observations
 from kpi_pipeline.store.schema import metadata
+from kpi_pipeline_tests.defs.synthetic import hourly_kpis
 
 TABLES = {
     "kpi_observations",
@@ -119,3 +120,25 @@ def test_two_sqlite_writers_do_not_lock_each_other_out(sqlite_url):
 def test_unsupported_databases_are_refused():
     with pytest.raises(ValueError, match="unsupported database 'mysql'"):
         make_engine("mysql://someone@db.invalid/kpi")
+
+
+def test_row_count_is_exact_for_small_tables_and_an_estimate_for_large_ones(store_url, monkeypatch):
+    from kpi_pipeline.store import database, row_count
+    from kpi_pipeline.store.schema import kpi_observations
+
+    engine = make_engine(store_url)
+    try:
+        migrate(engine)
+        assert row_count(engine, kpi_observations) == 0
+        upsert_observations(engine, hourly_kpis(days=2), "test")
+        assert row_count(engine, kpi_observations) == 2 * 48
+        if engine.dialect.name == "postgresql":
+            with engine.begin() as connection:
+                connection.exec_driver_sql("ANALYZE kpi_observations")
+            monkeypatch.setattr(database, "EXACT_COUNT_UP_TO", 10)
+            upsert_observations(engine, hourly_kpis(days=3), "test")
+            # Above the limit the planner's figure is used, as of the last ANALYZE: no scan.
+            assert row_count(engine, kpi_observations) == 2 * 48
+            assert table_counts(engine)["kpi_observations"] == 2 * 72
+    finally:
+        engine.dispose()
