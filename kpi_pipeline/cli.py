@@ -439,6 +439,40 @@ def status(
         raise typer.Exit(2)
 
 
+@app.command()
+@friendly_errors
+def outages(
+    ctx: typer.Context,
+    kpi: Annotated[
+        list[str] | None, typer.Option(help="Only this KPI; repeat for several.", show_default=False)
+    ] = None,
+    output: Annotated[OutputFormat, typer.Option("--format", help="Output format.")] = (OutputFormat.table),
+) -> None:
+    """Stretches of missing data (outages), newest first: start, end, missing points."""
+    from kpi_pipeline.status import outages as find_outages
+
+    engine = open_engine(ctx)
+    require_known_kpis(engine, kpi or [])
+    found = find_outages(engine, kpi or None)
+    if _machine_readable(found, output):
+        return
+    if found.empty:
+        console.print("no outages found")
+        return
+    table = Table(box=None)
+    table.add_column("kpi", max_width=MAX_NAME_WIDTH, overflow="fold")
+    for header in ("first missing (UTC)", "last missing (UTC)", "missing points"):
+        table.add_column(header, no_wrap=True)
+    for row in found.itertuples(index=False):
+        table.add_row(
+            Text(row.kpi),
+            row.start.strftime("%Y-%m-%d %H:%M"),
+            row.end.strftime("%Y-%m-%d %H:%M"),
+            f"{row.missing_points:,}",
+        )
+    console.print(table)
+
+
 def _status_table(found: pd.DataFrame) -> Table:
     table = Table(box=None)
     table.add_column("kpi", max_width=MAX_NAME_WIDTH, overflow="fold")

@@ -7,6 +7,7 @@ tries again); this is where a person sees it without opening the run that met it
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 import sqlalchemy as sa
 
@@ -78,3 +79,32 @@ def kpi_status(engine: sa.Engine, kpis: list[str] | None = None) -> pd.DataFrame
     frame = pd.DataFrame(rows, columns=STATUS_COLUMNS)
     order = frame["state"].map({state: rank for rank, state in enumerate(STATES)})
     return frame.assign(_order=order).sort_values(["_order", "kpi"]).drop(columns="_order").reset_index(drop=True)
+
+
+OUTAGE_COLUMNS = ["kpi", "start", "end", "missing_points"]
+
+
+def outages(engine: sa.Engine, kpis: list[str] | None = None) -> pd.DataFrame:
+    """Each stretch of missing data (a gap longer than cleaning fills) in the cleaned series:
+    ``kpi``, its first and last missing slot, and how many slots are missing; newest first.
+
+    From ``kpi_cleaned`` (maintained by the ``cleaned_kpis`` asset), so a stretch still going on
+    after a KPI's newest observation is not listed (``status`` shows its last point).
+    """
+    slots = store.load_gap_slots(engine, kpis)
+    steps = {kpi: state.step for kpi, state in store.load_series(engine, slots["kpi"].unique()).items()}
+    rows = []
+    for kpi, group in slots.groupby("kpi", sort=True):
+        ts = pd.DatetimeIndex(group["ts"])
+        step = steps.get(str(kpi))
+        # A new stretch starts wherever the slot before is not the previous grid slot.
+        starts = np.ones(len(ts), dtype=bool)
+        if step is not None and len(ts) > 1:
+            starts[1:] = (ts[1:] - ts[:-1]) != step
+        run = np.cumsum(starts)
+        for _, stretch in pd.Series(ts).groupby(run):
+            rows.append(
+                {"kpi": str(kpi), "start": stretch.iloc[0], "end": stretch.iloc[-1], "missing_points": len(stretch)}
+            )
+    frame = pd.DataFrame(rows, columns=OUTAGE_COLUMNS)
+    return frame.sort_values(["start", "kpi"], ascending=[False, True], ignore_index=True)

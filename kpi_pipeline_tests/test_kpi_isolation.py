@@ -221,6 +221,16 @@ def test_a_minute_level_outage_through_the_cli(minute_csv, sqlite_url):
         assert_outage_is_one_event_and_the_spike_is_caught(engine)
     finally:
         engine.dispose()
+    # The outage as one event with its start, end and missing points; the healthy KPI has none.
+    listed = runner_.invoke(app, ["--database-url", sqlite_url, "outages", "--format", "json"])
+    assert listed.exit_code == 0, listed.output
+    [outage] = json.loads(listed.output)
+    missing = int((OUTAGE[1] - OUTAGE[0]) / MINUTE)
+    assert (outage["kpi"], outage["missing_points"]) == ("checkout_rpm", missing)
+    assert pd.Timestamp(outage["start"]) == OUTAGE[0]
+    assert pd.Timestamp(outage["end"]) == OUTAGE[1] - MINUTE
+    table = runner_.invoke(app, ["--database-url", sqlite_url, "outages", "--kpi", "healthy_rpm"])
+    assert table.exit_code == 0 and "no outages found" in table.output
 
 
 def test_a_minute_level_outage_through_a_materialisation(minute_csv, sqlite_url):

@@ -65,7 +65,7 @@ from kpi_pipeline.store.scoring import (
     load_score_windows,
     load_scoring_models,
 )
-from kpi_pipeline.store.series import SeriesState, load_cleaned_rows, load_features, load_series
+from kpi_pipeline.store.series import SeriesState, load_cleaned_rows, load_features, load_gap_slots, load_series
 from kpi_pipeline.store.scores import (
     last_scored_ts,
     load_anomalies,
@@ -118,6 +118,7 @@ __all__ = [
     "load_cleaned_rows",
     "load_features",
     "load_series",
+    "load_gap_slots",
     "load_anomalies",
     "load_latest_models",
     "load_model_versions",

@@ -28,6 +28,7 @@ FEATURE_COLUMNS: dict[str, Kind] = {
     "is_holiday": "int",
 }
 OBSERVATION_COLUMNS: dict[str, Kind] = {"kpi": "str", "ts": "utc", "value": "float"}
+GAP_COLUMNS: dict[str, Kind] = {"kpi": "str", "ts": "utc"}
 CHANGE_COLUMNS: dict[str, Kind] = {"kpi": "str", "first_ts": "utc", "last_ts": "utc", "ingested_through": "utc"}
 
 Since = TimeLike | Mapping[str, TimeLike | None] | None
@@ -180,6 +181,15 @@ def load_cleaned_rows(engine: sa.Engine, kpis: Iterable[str] | None = None, sinc
     ``ts >= since`` (see ``Since``), sorted by kpi and ts: what ``clean_observations`` makes of
     the stored observations, as the ``cleaned_kpis`` asset last maintained it."""
     return _read_since(engine, kpi_cleaned, CLEANED_COLUMNS, kpis, since)
+
+
+def load_gap_slots(engine: sa.Engine, kpis: Iterable[str] | None = None) -> pd.DataFrame:
+    """The missing-data slots of ``kpi_cleaned`` (``gap`` rows: longer gaps than cleaning fills)
+    of ``kpis`` (all if None): ``kpi, ts``, sorted by kpi and ts."""
+    query = sa.select(kpi_cleaned.c.kpi, kpi_cleaned.c.ts).where(kpi_cleaned.c.gap)
+    if kpis is not None:
+        query = query.where(kpi_cleaned.c.kpi.in_(sorted(set(kpis))))
+    return read_frame(engine, query.order_by(kpi_cleaned.c.kpi, kpi_cleaned.c.ts), GAP_COLUMNS)
 
 
 def save_cleaned(
