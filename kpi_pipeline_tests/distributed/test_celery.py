@@ -52,7 +52,7 @@ pytestmark = [
 
 
 @pytest.fixture
-def cluster(tmp_path, pg_url):
+def cluster(tmp_path, pg_url, monkeypatch):
     """A Dagster home, an environment selecting the celery executor on a queue of this test's
     own, and two workers (one task at a time each) listening on it."""
     home = tmp_path / "dagster_home"
@@ -76,34 +76,39 @@ def cluster(tmp_path, pg_url):
         # dagster-celery starts `celery` from PATH: this virtualenv's.
         "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
     }
-    workers = {}
-    for name in ("w1", "w2"):
-        workers[name] = subprocess.Popen(
-            [
-                str(BIN / "dagster-celery"),
-                "worker",
-                "start",
-                "-n",
-                f"{name}-{queue}@%h",
-                "-y",
-                str(tmp_path / "celery.yaml"),
-                "-q",
-                queue,
-                "-A",
-                "dagster_celery.app",
-                "--",
-                "--concurrency",
-                "1",
-                "--without-gossip",
-                "--without-mingle",
-            ],
-            env={**env, "KPI_TEST_WORKER": name},
-            cwd=tmp_path,
-            stdout=open(tmp_path / f"{name}.log", "w"),
-            stderr=subprocess.STDOUT,
-        )
+    # The instance's storage is created here, once: two workers starting at the same moment
+    # would both create its SQLite tables ("table runs already exists").
+    monkeypatch.setenv("DAGSTER_HOME", str(home))  # its dagster.yaml reads it
+    with dg.DagsterInstance.get():
+        pass
+    workers: dict[str, subprocess.Popen] = {}
     try:
-        _wait_for_workers(tmp_path, ["w1", "w2"], workers)
+        for name in ("w1", "w2"):
+            workers[name] = subprocess.Popen(
+                [
+                    str(BIN / "dagster-celery"),
+                    "worker",
+                    "start",
+                    "-n",
+                    f"{name}-{queue}@%h",
+                    "-y",
+                    str(tmp_path / "celery.yaml"),
+                    "-q",
+                    queue,
+                    "-A",
+                    "dagster_celery.app",
+                    "--",
+                    "--concurrency",
+                    "1",
+                    "--without-gossip",
+                    "--without-mingle",
+                ],
+                env={**env, "KPI_TEST_WORKER": name},
+                cwd=tmp_path,
+                stdout=open(tmp_path / f"{name}.log", "w"),
+                stderr=subprocess.STDOUT,
+            )
+            _wait_for_workers(tmp_path, [name], {name: workers[name]})  # one after the other
         yield env, tmp_path
     finally:
         for worker in workers.values():
