@@ -184,9 +184,11 @@ def train_models(
     earlier version either way. A KPI with too little history is reported, not raised.
     """
     trained_at = trained_at if trained_at is not None else pd.Timestamp.now("UTC")
-    newest_models = store.load_latest_models(engine, "ensemble")
+    # Only this run's KPIs: a shard's run reads its own models and anomalies, not every KPI's.
+    kpis = sorted(str(kpi) for kpi in cleaned["kpi"].unique())
+    newest_models = store.load_latest_models(engine, "ensemble", kpis)
     last_scored = store.last_scored_ts(engine)
-    excluded = training_exclusions(engine, config)
+    excluded = training_exclusions(engine, config, kpis)
     results = []
     for kpi, rows in cleaned.groupby("kpi", sort=True):
         kpi = str(kpi)
@@ -228,13 +230,15 @@ def prune_models(
     return tuple(store.prune_model_versions(engine, kpi, last_scored - rescore_horizon))
 
 
-def training_exclusions(engine: sa.Engine, config: DetectorConfig) -> dict[str, pd.DatetimeIndex]:
-    """Per KPI, the points training skips: confident anomalies (``confident_anomalies``, as the
-    walk-forward decides them) and points confirmed as incidents.
+def training_exclusions(
+    engine: sa.Engine, config: DetectorConfig, kpis: list[str] | None = None
+) -> dict[str, pd.DatetimeIndex]:
+    """Per KPI (of ``kpis``; all if None), the points training skips: confident anomalies
+    (``confident_anomalies``, as the walk-forward decides them) and points confirmed as incidents.
 
     An analyst's ``false_positive`` label puts a confident anomaly back into training.
     """
-    flagged = store.load_anomalies(engine)
+    flagged = store.load_anomalies(engine, kpis)
     confident = confident_anomalies(flagged, config) & (flagged["feedback"] != "false_positive").to_numpy()
     confirmed = (flagged["feedback"] == "true_positive").to_numpy()
     skipped = flagged[confident | confirmed]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 import pandas as pd
 import sqlalchemy as sa
@@ -106,7 +106,7 @@ def load_scores(
 
 def load_anomalies(
     engine: sa.Engine,
-    kpi: str | None = None,
+    kpi: str | Sequence[str] | None = None,
     since: TimeLike | None = None,
     until: TimeLike | None = None,
     min_severity: str | None = None,
