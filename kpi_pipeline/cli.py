@@ -447,13 +447,19 @@ def outages(
         list[str] | None, typer.Option(help="Only this KPI; repeat for several.", show_default=False)
     ] = None,
     output: Annotated[OutputFormat, typer.Option("--format", help="Output format.")] = (OutputFormat.table),
+    as_of: Annotated[
+        str | None,
+        typer.Option(help="Judge ongoing outages at this time (ISO 8601; naive = UTC). Default: now."),
+    ] = None,
 ) -> None:
-    """Stretches of missing data (outages), newest first: start, end, missing points."""
+    """Stretches of missing data (outages), newest first: start, end, missing points. A KPI
+    whose newest point is KPI_OUTAGE_AFTER_INTERVALS (default 4) of its intervals old is an
+    ongoing outage, counted up to now."""
     from kpi_pipeline.status import outages as find_outages
 
     engine = open_engine(ctx)
     require_known_kpis(engine, kpi or [])
-    found = find_outages(engine, kpi or None)
+    found = find_outages(engine, kpi or None, now=utc_timestamp(as_of) if as_of else None)
     if _machine_readable(found, output):
         return
     if found.empty:
@@ -467,8 +473,8 @@ def outages(
         table.add_row(
             Text(row.kpi),
             row.start.strftime("%Y-%m-%d %H:%M"),
-            row.end.strftime("%Y-%m-%d %H:%M"),
-            f"{row.missing_points:,}",
+            "ongoing" if row.ongoing else row.end.strftime("%Y-%m-%d %H:%M"),
+            f"{row.missing_points:,}" + (" so far" if row.ongoing else ""),
         )
     console.print(table)
 

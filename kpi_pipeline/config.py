@@ -11,6 +11,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from pydantic import (
+    Field,
     NonNegativeFloat,
     NonNegativeInt,
     PositiveFloat,
@@ -151,6 +152,13 @@ class Settings(BaseSettings):
 
     alert_on_history: bool = False
     """Also alert anomalies from the first scoring of a KPI's history and from backfills."""
+
+    outage_after_intervals: int = Field(default=4, ge=4)
+    """A KPI whose newest point is this many of its intervals old has stopped reporting: an
+    ongoing outage (``kpi-pipeline outages``, ``GET /v1/outages``), alerted as soon as the anomaly
+    check sees it. At least 4: a stretch of missing data longer than cleaning fills (3 slots),
+    so it is the outage its scores record when data returns, and one alert covers both. Raise it
+    for KPIs that arrive in late batches."""
 
     alert_timezone: str = "UTC"
     """Time zone in which alerts show times (UTC is always shown too)."""

@@ -81,15 +81,17 @@ def kpi_status(engine: sa.Engine, kpis: list[str] | None = None) -> pd.DataFrame
     return frame.assign(_order=order).sort_values(["_order", "kpi"]).drop(columns="_order").reset_index(drop=True)
 
 
-OUTAGE_COLUMNS = ["kpi", "start", "end", "missing_points"]
+OUTAGE_COLUMNS = ["kpi", "start", "end", "missing_points", "ongoing"]
 
 
-def outages(engine: sa.Engine, kpis: list[str] | None = None) -> pd.DataFrame:
-    """Each stretch of missing data (a gap longer than cleaning fills) in the cleaned series:
-    ``kpi``, its first and last missing slot, and how many slots are missing; newest first.
+def outages(engine: sa.Engine, kpis: list[str] | None = None, now: pd.Timestamp | None = None) -> pd.DataFrame:
+    """Each stretch of missing data, newest first: ``kpi``, its first and last missing slot
+    (``end`` is NaT while it goes on), how many slots are missing and whether it is ``ongoing``.
 
-    From ``kpi_cleaned`` (maintained by the ``cleaned_kpis`` asset), so a stretch still going on
-    after a KPI's newest observation is not listed (``status`` shows its last point).
+    Past stretches (gaps longer than cleaning fills) come from ``kpi_cleaned``, maintained by the
+    ``cleaned_kpis`` asset; an ongoing one is a KPI whose newest observation is
+    ``KPI_OUTAGE_AFTER_INTERVALS`` or more of its intervals older than ``now`` (default: the
+    current time), counted up to ``now``.
     """
     slots = store.load_gap_slots(engine, kpis)
     steps = {kpi: state.step for kpi, state in store.load_series(engine, slots["kpi"].unique()).items()}
@@ -104,7 +106,22 @@ def outages(engine: sa.Engine, kpis: list[str] | None = None) -> pd.DataFrame:
         run = np.cumsum(starts)
         for _, stretch in pd.Series(ts).groupby(run):
             rows.append(
-                {"kpi": str(kpi), "start": stretch.iloc[0], "end": stretch.iloc[-1], "missing_points": len(stretch)}
+                {
+                    "kpi": str(kpi),
+                    "start": stretch.iloc[0],
+                    "end": stretch.iloc[-1],
+                    "missing_points": len(stretch),
+                    "ongoing": False,
+                }
             )
+    now = now if now is not None else pd.Timestamp.now("UTC")
+    ongoing = store.ongoing_outages(engine, now, get_settings().outage_after_intervals, kpis)
+    for row in ongoing.itertuples(index=False):
+        rows.append(
+            {"kpi": row.kpi, "start": row.start, "end": pd.NaT, "missing_points": row.missing_points, "ongoing": True}
+        )
     frame = pd.DataFrame(rows, columns=OUTAGE_COLUMNS)
+    frame["end"] = pd.to_datetime(frame["end"], utc=True)
+    frame["start"] = pd.to_datetime(frame["start"], utc=True)
+    frame["ongoing"] = frame["ongoing"].astype(bool)
     return frame.sort_values(["start", "kpi"], ascending=[False, True], ignore_index=True)

@@ -222,15 +222,26 @@ def test_a_minute_level_outage_through_the_cli(minute_csv, sqlite_url):
     finally:
         engine.dispose()
     # The outage as one event with its start, end and missing points; the healthy KPI has none.
-    listed = runner_.invoke(app, ["--database-url", sqlite_url, "outages", "--format", "json"])
+    # Judged when the data ends (the default, now, is long after: see below).
+    last = (START + 7 * DAY - MINUTE).isoformat()
+    listed = runner_.invoke(app, ["--database-url", sqlite_url, "outages", "--format", "json", "--as-of", last])
     assert listed.exit_code == 0, listed.output
     [outage] = json.loads(listed.output)
     missing = int((OUTAGE[1] - OUTAGE[0]) / MINUTE)
-    assert (outage["kpi"], outage["missing_points"]) == ("checkout_rpm", missing)
+    assert (outage["kpi"], outage["missing_points"], outage["ongoing"]) == ("checkout_rpm", missing, False)
     assert pd.Timestamp(outage["start"]) == OUTAGE[0]
     assert pd.Timestamp(outage["end"]) == OUTAGE[1] - MINUTE
-    table = runner_.invoke(app, ["--database-url", sqlite_url, "outages", "--kpi", "healthy_rpm"])
+    table = runner_.invoke(app, ["--database-url", sqlite_url, "outages", "--kpi", "healthy_rpm", "--as-of", last])
     assert table.exit_code == 0 and "no outages found" in table.output
+    # Four minutes without a point make an ongoing outage, counted up to the time judged.
+    later = (START + 7 * DAY + 3 * MINUTE).isoformat()
+    ongoing = runner_.invoke(app, ["--database-url", sqlite_url, "outages", "--kpi", "healthy_rpm", "--as-of", later])
+    assert ongoing.exit_code == 0 and "ongoing" in ongoing.output and "4 so far" in ongoing.output, ongoing.output
+    now = runner_.invoke(app, ["--database-url", sqlite_url, "outages", "--format", "json"])
+    by_kpi = {row["kpi"]: row for row in json.loads(now.output) if row["ongoing"]}
+    assert sorted(by_kpi) == ["checkout_rpm", "healthy_rpm"]  # neither has reported since
+    assert by_kpi["healthy_rpm"]["end"] is None
+    assert pd.Timestamp(by_kpi["healthy_rpm"]["start"]) == START + 7 * DAY
 
 
 def test_a_minute_level_outage_through_a_materialisation(minute_csv, sqlite_url):

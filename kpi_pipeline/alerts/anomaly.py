@@ -35,6 +35,9 @@ class Anomaly:
     flagged_by: str | None = None
     event_id: str | None = None
     model_version: str | None = None
+    ongoing: bool = False
+    """An outage still going on (the KPI has not reported since): ``ts`` is its first missing
+    slot, the slot its score takes when data returns, so one alert covers both."""
 
     @property
     def deviation(self) -> float | None:

@@ -28,6 +28,7 @@ import uuid
 from collections import Counter, defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Protocol
 
 import pandas as pd
@@ -91,6 +92,7 @@ def queue_news(
     policy: AlertPolicy,
     silent_reason: str | None = None,
     routing: Routing | None = None,
+    now: pd.Timestamp | None = None,
 ) -> Evaluation:
     """Judge the anomalies scored since the previous evaluation and queue alerts for the news.
 
@@ -99,22 +101,38 @@ def queue_news(
     the store's last evaluation and up to the newest score are judged; before the first
     evaluation ever, everything scored so far is history. An evaluation that finds nothing
     scored since the previous one records nothing.
+
+    KPIs that have stopped reporting (``ongoing_outages``) are judged on every evaluation, since
+    nothing is scored for them: each outage is queued once (the outbox keys it by its first
+    missing slot, the same key its score takes when data returns).
     """
+    now = now if now is not None else pd.Timestamp.now("UTC")
     with store.alert_evaluation(engine) as connection:
         after = store.last_evaluated_until(connection)
         newest = store.scoring_watermark(connection)
         until = max((t for t in (after, newest) if t is not None), default=None)
-        if until is None or until == after:
+        if until is None:
             return Evaluation(after, until, News(alert=[]), Enqueued())
-        scored = store.load_anomalies_scored(connection, after, until)
-        news = select_news(
-            scored,
+        scored = store.load_anomalies_scored(connection, after, until) if until != after else None
+        outages = ongoing_outages(connection, now, policy)
+        if scored is None and not outages:
+            return Evaluation(after, until, News(alert=[]), Enqueued())
+        first_scored = store.first_scored_at(
+            connection, set(() if scored is None else scored["kpi"]) | {a.kpi for a in outages}
+        )
+        silences = store.load_silences(connection)
+        judge = partial(
+            select_news,
             watermark=after,
-            first_scored=store.first_scored_at(connection, set(scored["kpi"])),
-            silences=store.load_silences(connection),
+            first_scored=first_scored,
+            silences=silences,
             silent_reason=silent_reason,
             alert_on_history=policy.alert_on_history,
         )
+        news = judge(scored) if scored is not None else News(alert=[])
+        if outages:
+            found = judge(pd.DataFrame([outage.to_json() for outage in outages]))
+            news = News(alert=news.alert + found.alert, silent=dict(Counter(news.silent) + Counter(found.silent)))
         enqueued = enqueue(
             connection,
             news.alert,
@@ -122,16 +140,30 @@ def queue_news(
             channels=channels,
             policy=policy,
             routing=routing,
+            now=now,
         )
-        store.record_alert_evaluation(
-            connection,
-            batch=batch,
-            scored_after=after,
-            scored_until=until,
-            alerted=len(news.alert),
-            recorded_silently=news.silent,
-        )
+        if until != after:
+            store.record_alert_evaluation(
+                connection,
+                batch=batch,
+                scored_after=after,
+                scored_until=until,
+                alerted=len(news.alert),
+                recorded_silently=news.silent,
+            )
     return Evaluation(after, until, news, enqueued)
+
+
+def ongoing_outages(bind: sa.Connection, now: pd.Timestamp, policy: AlertPolicy) -> list[Anomaly]:
+    """KPIs that have stopped reporting, as outage anomalies (``ongoing``, severity high, flagged
+    ``gap`` as the outage's score is when data returns), except those that became outages longer
+    than ``policy.max_age`` ago: not news (a dataset loaded from an old file, say)."""
+    found = store.ongoing_outages(bind, now, policy.outage_after_intervals)
+    return [
+        Anomaly(kpi=row.kpi, ts=row.start, severity="high", flagged_by=store.OUTAGE_FLAG, ongoing=True)
+        for row in found.itertuples(index=False)
+        if now - row.outage_since <= policy.max_age
+    ]
 
 
 def enqueue(
@@ -190,7 +222,8 @@ def _suppression(
     policy: AlertPolicy,
 ) -> str | None:
     """Why ``anomaly`` should not be sent to a recipient with this alert history, or None."""
-    if now - anomaly.ts > policy.max_age:
+    # An ongoing outage's age counts from when it became one (``ongoing_outages`` judged that).
+    if not anomaly.ongoing and now - anomaly.ts > policy.max_age:
         return f"older than {policy.max_age_hours:g} h when first seen"
     near = [rank for ts, rank in history if ts != anomaly.ts and abs(ts - anomaly.ts) <= policy.cooldown]
     if near and anomaly.rank <= max(near):

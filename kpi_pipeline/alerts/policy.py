@@ -30,6 +30,12 @@ class AlertPolicy(dg.ConfigurableResource):
         gt=0,
         description="Anomalies older than this when first seen are recorded, not sent.",
     )
+    outage_after_intervals: int = Field(
+        default=4,
+        ge=4,
+        description="A KPI whose newest point is this many of its intervals old has stopped "
+        "reporting: an ongoing outage, alerted once (KPI_OUTAGE_AFTER_INTERVALS).",
+    )
     alert_on_history: bool = Field(
         default=False,
         description="Also alert the first scoring of a KPI's history and backfill runs.",

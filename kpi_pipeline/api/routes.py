@@ -20,7 +20,7 @@ from fastapi import APIRouter, Depends, Path, Query, Request
 from fastapi.responses import JSONResponse, Response
 
 from kpi_pipeline.api import realtime
-from kpi_pipeline import pipeline, store
+from kpi_pipeline import pipeline, status, store
 from kpi_pipeline.api.context import current_request_id
 from kpi_pipeline.api.errors import AUTH_RESPONSES, ERROR_RESPONSES, ApiError, InvalidInput
 from kpi_pipeline.errors import first_line
@@ -29,6 +29,7 @@ from kpi_pipeline.api.schemas import (
     SCORE_RESPONSE_JSON,
     SCORE_SERIES_JSON,
     AnomalyPage,
+    EventKind,
     ErrorResponse,
     FeedbackIn,
     FeedbackOut,
@@ -41,6 +42,7 @@ from kpi_pipeline.api.schemas import (
     LatestScores,
     Liveness,
     ObservationBatch,
+    OutageList,
     ScoreRequest,
     ScoreResponse,
     ScoreSeries,
@@ -233,6 +235,9 @@ async def anomalies(
     min_severity: Annotated[Severity | None, Query(description="At least this severe.")] = None,
     limit: Annotated[int, Query(ge=1, le=MAX_ANOMALIES_PER_PAGE)] = DEFAULT_ANOMALIES_PER_PAGE,
     cursor: Annotated[str | None, Query(max_length=1000, description="next_cursor of the previous page.")] = None,
+    kind: Annotated[
+        EventKind | None, Query(description="Only anomalies, or only outages (a KPI that stopped reporting).")
+    ] = None,
 ) -> AnomalyPage:
     _check_window(since, until, "since", "until", api.settings.api_max_range_days)
     after = _decode_cursor(cursor) if cursor is not None else None
@@ -245,10 +250,27 @@ async def anomalies(
             min_severity=min_severity,
             limit=limit,
             after=after,
+            kind=kind,
         )
     )
     next_cursor = _encode_cursor(next_key) if next_key is not None else None
     return AnomalyPage.model_validate({"anomalies": rows, "next_cursor": next_cursor})
+
+
+@reads.get("/outages", summary="Stretches of missing data, ongoing ones included, newest first")
+async def outages(
+    api: State,
+    kpi: KpiFilter = None,
+    limit: Annotated[int, Query(ge=1, le=MAX_ANOMALIES_PER_PAGE)] = DEFAULT_ANOMALIES_PER_PAGE,
+) -> OutageList:
+    """Each stretch of missing data longer than cleaning fills (a KPI that stopped reporting):
+    first and last missing slot and missing points. A KPI whose newest point is
+    ``KPI_OUTAGE_AFTER_INTERVALS`` (default 4) of its intervals old is an ongoing outage
+    (``end`` null, counted up to now). Counted apart from anomalies; an outage's first missing
+    slot is also in ``/v1/anomalies?kind=outage`` once data returns and it is scored."""
+    found = await api.db(status.outages, api.engine, kpi)
+    rows = found.head(limit).astype(object).where(found.head(limit).notna(), None).to_dict("records")
+    return OutageList.model_validate({"outages": rows, "truncated": len(found) > limit})
 
 
 def _check_window(start: dt.datetime | None, end: dt.datetime | None, first: str, last: str, max_days: int) -> None:

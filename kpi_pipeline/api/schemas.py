@@ -21,6 +21,7 @@ from pydantic import (
     StrictInt,
     StrictStr,
     TypeAdapter,
+    computed_field,
 )
 from typing_extensions import TypedDict
 
@@ -32,6 +33,8 @@ LATEST = dt.datetime(2200, 1, 1, tzinfo=UTC)
 
 Severity = Literal[SEVERITIES]
 FeedbackLabel = Literal[FEEDBACK_LABELS]
+EventKind = Literal["anomaly", "outage"]
+"""An anomaly, or an outage: the first missing slot of a stretch of missing data."""
 
 
 _ISO_DATE = re.compile(r"\s*\d{4}-\d{2}-\d{2}")
@@ -202,10 +205,32 @@ class Anomaly(ScoredPoint):
     feedback_note: str | None
     feedback_at: dt.datetime | None
 
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def kind(self) -> EventKind:
+        """``outage`` for the first missing slot of a stretch of missing data (flagged ``gap``:
+        the KPI stopped reporting; its value is null), else ``anomaly``."""
+        return "outage" if self.flagged_by == "gap" else "anomaly"
+
 
 class AnomalyPage(BaseModel):
     anomalies: list[Anomaly] = Field(description="Newest first.")
     next_cursor: str | None = Field(description="Pass as cursor for the next page; null: last.")
+
+
+class Outage(BaseModel):
+    """A stretch of missing data longer than cleaning fills: the KPI stopped reporting."""
+
+    kpi: str
+    start: dt.datetime = Field(description="First missing slot.")
+    end: dt.datetime | None = Field(description="Last missing slot; null while the outage goes on.")
+    missing_points: int = Field(description="Missing slots (so far, while it goes on).")
+    ongoing: bool = Field(description="No point has arrived since ``start``.")
+
+
+class OutageList(BaseModel):
+    outages: list[Outage] = Field(description="Newest first.")
+    truncated: bool = Field(description="Older outages were left out (limit).")
 
 
 # -- KPIs -----------------------------------------------------------------------------------

@@ -64,6 +64,13 @@ def kpi_failures(url: str) -> pd.DataFrame:
 
 
 @st.cache_data(ttl=TTL, show_spinner=False)
+def ongoing_outages(url: str, now: pd.Timestamp) -> pd.DataFrame:
+    """KPIs that had stopped reporting by ``now`` (``KPI_OUTAGE_AFTER_INTERVALS`` of their
+    intervals without a point)."""
+    return store.ongoing_outages(engine(url), now, get_settings().outage_after_intervals)
+
+
+@st.cache_data(ttl=TTL, show_spinner=False)
 def severity_counts(url: str, since: pd.Timestamp, until: pd.Timestamp, kind: str | None = "anomaly") -> dict[str, int]:
     return store.severity_counts(engine(url), since=since, until=until, kind=kind)
 

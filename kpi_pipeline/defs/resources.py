@@ -70,6 +70,7 @@ def alert_resources(settings: Settings) -> dict[str, dg.ConfigurableResource]:
             digest_threshold=settings.alert_digest_threshold,
             max_age_hours=settings.alert_max_age_hours,
             alert_on_history=settings.alert_on_history,
+            outage_after_intervals=settings.outage_after_intervals,
             timezone=settings.alert_timezone,
             dagster_url=settings.alert_dagster_url,
             api_url=settings.alert_api_url,

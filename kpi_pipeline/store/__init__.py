@@ -65,8 +65,16 @@ from kpi_pipeline.store.scoring import (
     load_score_windows,
     load_scoring_models,
 )
-from kpi_pipeline.store.series import SeriesState, load_cleaned_rows, load_features, load_gap_slots, load_series
+from kpi_pipeline.store.series import (
+    SeriesState,
+    load_cleaned_rows,
+    load_features,
+    load_gap_slots,
+    load_series,
+    ongoing_outages,
+)
 from kpi_pipeline.store.scores import (
+    OUTAGE_FLAG,
     last_scored_ts,
     load_anomalies,
     load_scores,
@@ -75,6 +83,7 @@ from kpi_pipeline.store.scores import (
 )
 
 __all__ = [
+    "OUTAGE_FLAG",
     "load_kpi_failures",
     "record_kpi_outcomes",
     "add_silence",
@@ -118,6 +127,7 @@ __all__ = [
     "load_cleaned_rows",
     "load_features",
     "load_series",
+    "ongoing_outages",
     "load_gap_slots",
     "load_anomalies",
     "load_latest_models",

@@ -27,7 +27,7 @@ from kpi_pipeline.store.schema import (
     kpi_models,
     kpi_observations,
 )
-from kpi_pipeline.store.scores import ANOMALY_COLUMNS
+from kpi_pipeline.store.scores import ANOMALY_COLUMNS, of_kind
 
 RECENT = pd.Timedelta(hours=24)
 WEEK = pd.Timedelta(days=7)
@@ -139,20 +139,6 @@ def _per_kpi(
     if kind is not None:
         conditions.append(of_kind(scores, kind))
     return sa.select(aggregate(scores)).where(*conditions).scalar_subquery()
-
-
-OUTAGE_FLAG = "gap"
-"""``flagged_by`` of an outage: the first missing slot of a long gap (a KPI stopped reporting)."""
-
-
-def of_kind(scores, kind: str) -> sa.ColumnElement:
-    """Rows of ``kind``: ``outage`` (flagged ``gap``) or ``anomaly`` (everything else), so
-    outages are counted apart from anomalies."""
-    if kind == "outage":
-        return scores.c.flagged_by == OUTAGE_FLAG
-    if kind == "anomaly":
-        return sa.or_(scores.c.flagged_by.is_(None), scores.c.flagged_by != OUTAGE_FLAG)
-    raise ValueError(f"kind must be 'anomaly' or 'outage', not {kind!r}")
 
 
 def list_kpi_names(engine: sa.Engine, search: str | None = None) -> list[str]:

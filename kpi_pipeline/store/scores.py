@@ -121,17 +121,35 @@ def load_anomalies(
     return read_frame(engine, query.order_by(view.c.ts.desc(), view.c.kpi), ANOMALY_COLUMNS)
 
 
+OUTAGE_FLAG = "gap"
+"""``flagged_by`` of an outage: the first missing slot of a long gap (a KPI stopped reporting)."""
+
+
+def of_kind(scores, kind: str) -> sa.ColumnElement:
+    """Rows of ``kind``: ``outage`` (flagged ``gap``) or ``anomaly`` (everything else), so
+    outages are counted apart from anomalies."""
+    if kind == "outage":
+        return scores.c.flagged_by == OUTAGE_FLAG
+    if kind == "anomaly":
+        return sa.or_(scores.c.flagged_by.is_(None), scores.c.flagged_by != OUTAGE_FLAG)
+    raise ValueError(f"kind must be 'anomaly' or 'outage', not {kind!r}")
+
+
 def anomalies_query(
     columns: Iterable[str],
     kpis: str | Iterable[str] | None,
     since: TimeLike | None,
     until: TimeLike | None,
     min_severity: str | None,
+    kind: str | None = None,
 ) -> sa.Select:
     """``columns`` of the ``anomalies`` view in a KPI / time window, at least ``min_severity``
-    severe (low < medium < high < critical; points without a severity are then left out)."""
+    severe (low < medium < high < critical; points without a severity are then left out), only
+    those of ``kind`` (``anomaly`` or ``outage``, see ``of_kind``) if given."""
     view = anomalies
     query = sa.select(*(view.c[name] for name in columns)).where(*window(view, kpis, since, until))
+    if kind is not None:
+        query = query.where(of_kind(view, kind))
     if min_severity is not None:
         if min_severity not in SEVERITIES:
             raise ValueError(f"min_severity must be one of {SEVERITIES}, not {min_severity!r}")

@@ -85,10 +85,48 @@ def features_due(engine: sa.Engine) -> dict[str, SeriesState]:
     return _states(engine, query)
 
 
-def _states(engine: sa.Engine, query: sa.Select) -> dict[str, SeriesState]:
-    with engine.connect() as connection:
-        rows = connection.execute(query.order_by(kpi_series.c.kpi)).mappings().all()
+def _states(bind: sa.Engine | sa.Connection, query: sa.Select) -> dict[str, SeriesState]:
+    query = query.order_by(kpi_series.c.kpi)
+    if isinstance(bind, sa.Connection):
+        rows = bind.execute(query).mappings().all()
+    else:
+        with bind.connect() as connection:
+            rows = connection.execute(query).mappings().all()
     return {row["kpi"]: _state(row) for row in rows}
+
+
+ONGOING_OUTAGE_COLUMNS: dict[str, Kind] = {
+    "kpi": "str",
+    "start": "utc",
+    "last_observed": "utc",
+    "missing_points": "int",
+    "outage_since": "utc",
+}
+
+
+def ongoing_outages(
+    bind: sa.Engine | sa.Connection, now: TimeLike, after_slots: int, kpis: Iterable[str] | None = None
+) -> pd.DataFrame:
+    """KPIs that have stopped reporting: at least ``after_slots`` slots of their grid have passed
+    by ``now`` since their newest observation (``kpi_series.last_observed``). One row per KPI:
+    ``start`` (the first missing slot, the slot the outage's score takes when data returns),
+    ``last_observed``, ``missing_points`` (slots passed so far) and ``outage_since`` (when the
+    ``after_slots``-th slot passed: when it became an outage); sorted by KPI."""
+    query = sa.select(kpi_series)
+    if kpis is not None:
+        query = query.where(kpi_series.c.kpi.in_(sorted(set(kpis))))
+    now = to_utc(now)
+    rows: list[tuple[Any, ...]] = []
+    for state in _states(bind, query).values():
+        if state.step is None:
+            continue
+        # The newest observation's slot (observations snap to the nearest slot, as cleaning does).
+        last_slot = state.origin + round((state.last_observed - state.origin) / state.step) * state.step
+        missing = int((now - last_slot) // state.step)
+        if missing >= after_slots:
+            since = last_slot + after_slots * state.step
+            rows.append((state.kpi, last_slot + state.step, state.last_observed, missing, since))
+    return build_frame(rows, ONGOING_OUTAGE_COLUMNS)
 
 
 def _state(row: Mapping) -> SeriesState:

@@ -317,15 +317,17 @@ def anomaly_page(
     min_severity: str | None = None,
     limit: int = 100,
     after: tuple[TimeLike, str] | None = None,
+    kind: str | None = None,
 ) -> tuple[list[Row], tuple[dt.datetime, str] | None]:
     """Anomalous points with any feedback, newest first (ties: KPI name descending).
 
     ``after`` is the ``(ts, kpi)`` key of the last row of the previous page; returns the rows
     (keys ``ANOMALY_COLUMNS``) and the key to pass for the next page, None on the last page.
-    Points without a severity are left out when ``min_severity`` is given.
+    Points without a severity are left out when ``min_severity`` is given; only anomalies or
+    only outages with ``kind`` (``anomaly`` / ``outage``).
     """
     view = anomalies
-    query = anomalies_query(ANOMALY_COLUMNS, kpis, since, until, min_severity)
+    query = anomalies_query(ANOMALY_COLUMNS, kpis, since, until, min_severity, kind)
     if after is not None:
         after_ts, after_kpi = to_utc(after[0]), after[1]
         # ``ts <= after_ts`` is implied by the keyset condition; stated alone it bounds the

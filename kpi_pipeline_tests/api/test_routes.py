@@ -17,7 +17,7 @@ import pytest
 import sqlalchemy as sa
 from fastapi.testclient import TestClient
 
-from kpi_pipeline import pipeline, store
+from kpi_pipeline import derived, pipeline, store
 from kpi_pipeline.api import routes
 from kpi_pipeline.api.schemas import LatestScores, ScoreSeries
 from kpi_pipeline.store import serving
@@ -299,6 +299,43 @@ def test_anomaly_filters(client, seeded):
     assert timestamps(min_severity="medium") == spikes
     assert timestamps(since=spikes[1]) == [iso(minor), *spikes[:2]]
     assert timestamps(until=spikes[1], kpi="sales") == spikes[1:]
+
+
+def test_outages_are_apart_from_anomalies_and_an_ongoing_one_is_listed(client, seeded):
+    """An outage's score (flagged ``gap``) is ``kind: outage`` and filtered apart; ``/v1/outages``
+    lists stretches of missing data, a KPI that stopped reporting as ongoing (end null)."""
+    gap_at = seeded.ts[-1]
+    store.upsert_scores(
+        seeded.engine,
+        pd.DataFrame(
+            {"kpi": ["orders"], "ts": [gap_at], "value": [None], "score": [0.7], "is_anomaly": [True]}
+            | {"severity": ["high"], "flagged_by": ["gap"]}
+        ),
+    )
+    every = client.get("/v1/anomalies").json()["anomalies"]
+    assert {(a["kpi"], a["kind"]) for a in every} == {("orders", "outage"), ("sales", "anomaly")}
+    outages = client.get("/v1/anomalies", params={"kind": "outage"}).json()["anomalies"]
+    assert [(a["kpi"], a["timestamp"], a["value"]) for a in outages] == [("orders", iso(gap_at), None)]
+    anomalies = client.get("/v1/anomalies", params={"kind": "anomaly"}).json()["anomalies"]
+    assert {a["kpi"] for a in anomalies} == {"sales"} and len(anomalies) == len(seeded.spikes)
+    assert client.get("/v1/anomalies", params={"kind": "gap"}).status_code == 422
+
+    # A KPI that reported until 10 hours ago and stopped: an ongoing outage, counted up to now.
+    now = pd.Timestamp.now("UTC").floor("h")
+    last = now - 10 * HOUR
+    ts = pd.date_range(last - 48 * HOUR, last, freq="h")
+    store.upsert_observations(seeded.engine, pd.DataFrame({"kpi": "signups", "ts": ts, "value": 5.0}), "test")
+    derived.clean_new_observations(seeded.engine)
+    body = client.get("/v1/outages", params={"kpi": "signups"}).json()
+    [outage] = body["outages"]
+    assert (outage["kpi"], outage["start"], outage["end"], outage["ongoing"]) == (
+        "signups",
+        iso(last + HOUR),
+        None,
+        True,
+    )
+    assert outage["missing_points"] >= 10 and body["truncated"] is False
+    assert client.get("/v1/outages", params={"kpi": "signups", "limit": 0}).status_code == 422
 
 
 # -- writes ---------------------------------------------------------------------------------

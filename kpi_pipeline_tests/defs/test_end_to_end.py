@@ -2,6 +2,8 @@
 them into exactly one email, one Slack message and one SMS, against local stand-in servers."""
 
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import dagster as dg
 import pandas as pd
@@ -32,8 +34,8 @@ def servers():
     twilio.stop()
 
 
-@pytest.fixture
-def automation(pg_url, servers):
+@contextmanager
+def automate(pg_url, servers, **policy) -> Iterator[Automation]:
     smtp, slack, twilio = servers
     settings = Settings(
         smtp_host="127.0.0.1",
@@ -60,10 +62,19 @@ def automation(pg_url, servers):
             retry_max_seconds=0.2,
             dagster_url="http://dagster.test",
             api_url="http://api.test",
+            **policy,
         ),
     }
     with dg.instance_for_test() as instance:
         yield Automation(instance, resources, settings)
+
+
+@pytest.fixture
+def automation(pg_url, servers):
+    # The rows land a day behind the clock, so the KPI would be an ongoing outage (and alerted
+    # as one, see the last test): spikes alone here.
+    with automate(pg_url, servers, outage_after_intervals=1000) as automation:
+        yield automation
 
 
 def _land(engine, hours: int, spikes=()) -> None:
@@ -159,6 +170,33 @@ def test_a_gross_spike_is_critical_and_alerted_on_every_channel_under_the_defaul
     assert list(flagged["ts"]) == [FIRST_SPIKE]
     assert flagged["severity"].iloc[0] == "critical"
     assert _counts(servers) == (1, 1, 1)
+
+
+def test_a_kpi_that_stops_reporting_is_alerted_once_on_every_channel(pg_url, servers):
+    """Nothing is scored for a silent KPI: the hourly scoring run's anomaly check finds the
+    ongoing outage itself (7 hours without a point, the limit is 4) and alerts it once, severity
+    high, under the default routing; later evaluations send nothing more."""
+    with automate(pg_url, servers) as automation:
+        engine = KpiStore(database_url=pg_url).engine()
+        store.upsert_observations(engine, orders(NOW - (HISTORY_HOURS + 6) * HOUR, HISTORY_HOURS), "test")
+        _score_new_rows(automation)  # the KPI's history: trained, scored, nothing alerted
+        automation.tick("anomaly_check_sensor")
+        assert _counts(servers) == (0, 0, 0)
+
+        hourly = automation.run_job("scoring_job")  # no new point: the schedule's run
+        check = automation.check_result(hourly, "no_new_anomalies")
+        assert not check.passed
+        automation.tick("anomaly_check_sensor")
+        assert _counts(servers) == (1, 1, 1)
+        smtp, slack, _ = servers
+        assert "orders" in smtp.received[0].message["Subject"]
+        deliveries = store.load_deliveries(engine)
+        assert set(deliveries["channel"]) == {"email", "slack", "sms"}
+        assert set(deliveries["ts"]) == {NOW - 6 * HOUR} and set(deliveries["severity"]) == {"high"}
+
+        automation.run_job("scoring_job")
+        automation.tick("anomaly_check_sensor")
+        assert _counts(servers) == (1, 1, 1)
 
 
 def _wait_until_due(engine, timeout: float = 5.0) -> None:

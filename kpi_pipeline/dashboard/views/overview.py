@@ -57,6 +57,24 @@ if page.rows.empty and page.total and page_number > 1:
     st.session_state[PAGE_KEY] = page_number = 1
     page = data.overview(url, page_number, page_size, sort, search)
 
+if page.as_of is not None:
+    stopped = data.ongoing_outages(url, page.as_of)
+    if len(stopped):
+        # Judged at the newest scored point, as the rest of the page: a KPI that stopped while
+        # the others went on (``kpi-pipeline outages`` judges at the current time).
+        st.warning(
+            f"{len(stopped)} KPI(s) stopped reporting: "
+            + "; ".join(
+                f"**{row.kpi}** (no point since {ui.when(row.last_observed)}, {row.missing_points:,} missing)"
+                for row in stopped.head(FAILURES_SHOWN).itertuples(index=False)
+            )
+            + (
+                f" … and {len(stopped) - FAILURES_SHOWN} more (`kpi-pipeline outages`)"
+                if len(stopped) > FAILURES_SHOWN
+                else ""
+            )
+        )
+
 if page.as_of is None:
     st.caption("Nothing is scored yet: run `kpi-pipeline run` to train the models and score.")
 else:

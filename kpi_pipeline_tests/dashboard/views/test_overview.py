@@ -3,7 +3,7 @@
 import pandas as pd
 import pytest
 
-from kpi_pipeline import store
+from kpi_pipeline import derived, store
 from kpi_pipeline.dashboard import data
 from kpi_pipeline_tests.dashboard import seed
 from kpi_pipeline_tests.dashboard.helpers import assert_no_exception, metrics, select_rows, texts
@@ -159,3 +159,20 @@ def test_outages_are_counted_apart_from_anomalies(open_page, seeded_sqlite):
     tiles = metrics(app)
     assert tiles["Anomalous points, last 7 days"] == str(sum(_expected_counts(k)[1] for k in seed.KPIS))
     assert any("outages (data missing), counted apart: 1" in text for text in texts(app.caption))
+
+
+def test_a_kpi_that_stopped_reporting_is_named_above_the_table(open_page, seeded_sqlite):
+    """Judged at the newest scored point, as the rest of the page: a KPI whose data ended 10
+    hours before the others' is named with its last point; the others (all current) are not."""
+    engine = store.make_engine(seeded_sqlite)
+    derived.clean_new_observations(engine)
+    assert not open_page(seeded_sqlite).warning  # every KPI reports up to the newest point
+    ts = pd.date_range(seed.END - 60 * seed.HOUR, seed.END - 10 * seed.HOUR, freq="h")
+    store.upsert_observations(engine, pd.DataFrame({"kpi": "pageviews", "ts": ts, "value": 3.0}), "test")
+    derived.clean_new_observations(engine)
+    engine.dispose()
+    data.clear_caches()
+
+    [warning] = texts(open_page(seeded_sqlite).warning)
+    assert warning.startswith("1 KPI(s) stopped reporting: **pageviews**")
+    assert f"no point since {(seed.END - 10 * seed.HOUR):%Y-%m-%d %H:%M}" in warning and "10 missing" in warning
