@@ -109,7 +109,9 @@ def _medians_of_runs(ts: pd.DatetimeIndex, values: np.ndarray, most: int) -> tup
     if size <= 1:
         return ts, values
     runs = np.arange(len(values)) // size
-    stamps = pd.Series(ts.asi8).groupby(runs).median().to_numpy().astype("int64")
+    # In nanoseconds whatever the index's unit (pandas 3 makes microsecond indexes), which is
+    # how DatetimeIndex reads integers back.
+    stamps = pd.Series(ts.as_unit("ns").asi8).groupby(runs).median().to_numpy().astype("int64")
     medians = pd.Series(values).groupby(runs).median().to_numpy()
     return pd.DatetimeIndex(stamps, tz=ts.tz), medians
 
@@ -331,9 +333,12 @@ class EnsembleDetector(BaseEstimator):
         # A later value at or below zero is extreme for a positive KPI; clamp it to stay finite.
         self.log_floor_ = float(np.min(y[usable])) / 10.0 if self.log_space_ else 0.0
         y_train = self._to_model(y_train)
-        self.prophet_ = ProphetDetector(**asdict(cfg.prophet)).fit(
-            *_medians_of_runs(ts[usable], y_train[usable], cfg.prophet_max_points)
-        )
+        most = cfg.prophet_max_points
+        if freq is not None and cfg.prophet_step_minutes > 0:
+            per_run = math.ceil(pd.Timedelta(minutes=cfg.prophet_step_minutes) / freq)
+            if per_run > 1:
+                most = min(most, -(-int(usable.sum()) // per_run))
+        self.prophet_ = ProphetDetector(**asdict(cfg.prophet)).fit(*_medians_of_runs(ts[usable], y_train[usable], most))
         residual = y_train - self.prophet_.predict(ts)
         typical = float(np.nanmedian(np.abs(y_train[usable])))
         self.scale_floor_ = max(1e-6 * typical, 1e-9)

@@ -533,3 +533,25 @@ def test_a_detector_without_config_or_sustained_component_round_trips(detector, 
     pd.testing.assert_frame_equal(
         restored.score(ts, y, n_context=N_TRAIN), bare.score(ts, y, n_context=N_TRAIN), check_exact=True
     )
+
+
+@pytest.mark.parametrize(("freq", "fitted_points"), [("1min", 2 * 1440 // 5), ("h", 2 * 24)])
+def test_prophet_fits_a_minute_kpi_on_medians_of_its_step(freq, fitted_points):
+    """``prophet_step_minutes=5``: a 1-minute KPI's Prophet fits on 5-minute medians (a fifth of
+    the points), an hourly KPI on every point; residuals are still taken at every point."""
+    ts = pd.date_range("2025-03-03", periods=2 * 1440 if freq == "1min" else 48, freq=freq, tz="UTC")
+    days = np.asarray((ts - ts[0]) / pd.Timedelta(days=1))
+    normal = 100 + 10 * np.sin(2 * np.pi * days)
+    y = normal + np.random.default_rng(0).normal(0, 1, len(ts))
+    config = DetectorConfig(prophet_step_minutes=5, min_train_points=24)
+    fitted = EnsembleDetector(config, random_state=0).fit(ts, y)
+    every_point = EnsembleDetector(DetectorConfig(min_train_points=24), random_state=0).fit(ts, y)
+    assert len(fitted.prophet_.model_.history) == fitted_points
+    assert len(every_point.prophet_.model_.history) == len(ts)
+
+    # The daily cycle is learnt from the medians about as well as from every point (a positive
+    # KPI is modelled in log space).
+    def error(detector: EnsembleDetector) -> float:
+        return float(np.median(np.abs(np.exp(detector.prophet_.predict(ts)) - normal)))
+
+    assert error(fitted) <= error(every_point) + 0.1
