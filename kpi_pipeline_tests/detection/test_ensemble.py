@@ -537,7 +537,7 @@ def test_a_detector_without_config_or_sustained_component_round_trips(detector, 
 
 @pytest.mark.parametrize(("freq", "fitted_points"), [("1min", 2 * 1440 // 5), ("h", 2 * 24)])
 def test_prophet_fits_a_minute_kpi_on_medians_of_its_step(freq, fitted_points):
-    """``prophet_step_minutes=5``: a 1-minute KPI's Prophet fits on 5-minute medians (a fifth of
+    """``prophet_step_minutes=5`` (the default): a 1-minute KPI's Prophet fits on 5-minute medians (a fifth of
     the points), an hourly KPI on every point; residuals are still taken at every point."""
     ts = pd.date_range("2025-03-03", periods=2 * 1440 if freq == "1min" else 48, freq=freq, tz="UTC")
     days = np.asarray((ts - ts[0]) / pd.Timedelta(days=1))
@@ -545,7 +545,9 @@ def test_prophet_fits_a_minute_kpi_on_medians_of_its_step(freq, fitted_points):
     y = normal + np.random.default_rng(0).normal(0, 1, len(ts))
     config = DetectorConfig(prophet_step_minutes=5, min_train_points=24)
     fitted = EnsembleDetector(config, random_state=0).fit(ts, y)
-    every_point = EnsembleDetector(DetectorConfig(min_train_points=24), random_state=0).fit(ts, y)
+    every_point = EnsembleDetector(DetectorConfig(prophet_step_minutes=0, min_train_points=24), random_state=0).fit(
+        ts, y
+    )
     assert len(fitted.prophet_.model_.history) == fitted_points
     assert len(every_point.prophet_.model_.history) == len(ts)
 
