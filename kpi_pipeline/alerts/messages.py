@@ -87,7 +87,12 @@ def render(anomalies: Sequence[Anomaly], links: Links, timezone: str = "UTC", ke
 def _single(anomaly: Anomaly, links: Links, fmt: _Formatter, key: str) -> Message:
     level = anomaly.severity.upper()
     deviation, when = fmt.percent(anomaly.deviation), fmt.time(anomaly.ts)
-    headline = f"{level} anomaly: {anomaly.kpi} {deviation} at {when}"
+    outage = anomaly.kind == "outage"
+    if outage:
+        # A KPI that stopped reporting: no value to compare, the news is that data is missing.
+        headline = f"{level} outage: {anomaly.kpi} has no data from {when}"
+    else:
+        headline = f"{level} anomaly: {anomaly.kpi} {deviation} at {when}"
     facts = fmt.facts(anomaly)
     urls = [("Dagster UI", links.asset_page()), ("API", links.kpi_scores(anomaly))]
     width = max(len(label) for label, _ in [*facts, *urls]) + 2
@@ -109,8 +114,12 @@ def _single(anomaly: Anomaly, links: Links, fmt: _Formatter, key: str) -> Messag
         f"({fmt.band(anomaly, ascii_only=True)}), {deviation}, score {fmt.score(anomaly.score)}, "
         f"{fmt.models(anomaly)}"
     )
+    if outage:
+        sms = f"{level} OUTAGE {anomaly.kpi}: no data from {fmt.short_time(anomaly.ts)}"
     blocks = [
-        _header(f"{SEVERITY_EMOJI.get(anomaly.severity, '')} {level} anomaly: {anomaly.kpi}"),
+        _header(
+            f"{SEVERITY_EMOJI.get(anomaly.severity, '')} {level} {'outage' if outage else 'anomaly'}: {anomaly.kpi}"
+        ),
         {
             "type": "section",
             "fields": [{"type": "mrkdwn", "text": f"*{label}*\n{_s(value)}"} for label, value in facts[1:]],

@@ -52,6 +52,9 @@ def test_a_missing_data_gap_has_no_actual_value_or_deviation():
 
     assert "missing (data gap)" in message.text
     assert "Deviation:  n/a" in message.text and "Band:       n/a" in message.text
+    # An outage says so, not "anomaly ... n/a".
+    assert message.subject.startswith("[kpi-pipeline] MEDIUM outage: orders has no data from 2025-03-11 08:00 UTC")
+    assert message.sms.startswith("MEDIUM OUTAGE orders: no data from")
 
 
 def test_a_digest_lists_every_anomaly_worst_first_in_one_message():

@@ -241,6 +241,9 @@ def stack(new_pg_url, tmp_path) -> Iterator[tuple[Stack, SmtpServer, sa.Engine]]
         "KPI_ALERT_SENSOR_INTERVAL": SENSOR_INTERVAL_S,
         # Only the sensors act, so every run the test sees is one a sensor asked for.
         "KPI_AUTOMATION_OFF": "hourly_scoring_schedule,daily_training_schedule",
+        # The rows land hours behind the clock, which would be an ongoing outage, alerted as
+        # one (alerts/test_ongoing_outage.py, defs/test_end_to_end.py): the spike alone here.
+        "KPI_OUTAGE_AFTER_INTERVALS": "1000",
     }
     local = LocalStack(load_compose(env), tmp_path / "stack")
     local.addresses[("postgres", 5432)] = (kpi_url.host, kpi_url.port or 5432)
