@@ -22,7 +22,6 @@ The groups file::
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -434,14 +433,3 @@ def _clip_outliers(residuals: pd.DataFrame) -> pd.DataFrame:
     center = residuals.median()
     spread = ROBUST_SCALE * (residuals - center).abs().median()
     return residuals.clip(center - 5 * spread, center + 5 * spread, axis=1)
-
-
-def describe_members(members_json: str) -> str:
-    """A group event's moved members as text: ``orders -3.1 sd (-12.0%), revenue ...``."""
-    parts = []
-    for item in json.loads(members_json):
-        text = f"{item['kpi']} {item['z']:+.1f} sd"
-        if item.get("relative") is not None:
-            text += f" ({item['relative'] * 100:+.1f}%)"
-        parts.append(text)
-    return ", ".join(parts) or "no member named"

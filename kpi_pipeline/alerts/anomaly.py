@@ -35,6 +35,9 @@ class Anomaly:
     flagged_by: str | None = None
     event_id: str | None = None
     model_version: str | None = None
+    members: str | None = None
+    """A group event's members that moved and by how much (``kpi`` is then ``group:<name>``,
+    ``alerts.groups``); None for one KPI's anomaly."""
 
     @property
     def deviation(self) -> float | None:

@@ -88,6 +88,8 @@ def _single(anomaly: Anomaly, links: Links, fmt: _Formatter, key: str) -> Messag
     level = anomaly.severity.upper()
     deviation, when = fmt.percent(anomaly.deviation), fmt.time(anomaly.ts)
     headline = f"{level} anomaly: {anomaly.kpi} {deviation} at {when}"
+    if anomaly.members is not None:
+        headline = f"{level} group event: {anomaly.kpi} at {when}: {anomaly.members}"
     facts = fmt.facts(anomaly)
     urls = [("Dagster UI", links.asset_page()), ("API", links.kpi_scores(anomaly))]
     width = max(len(label) for label, _ in [*facts, *urls]) + 2
@@ -109,6 +111,9 @@ def _single(anomaly: Anomaly, links: Links, fmt: _Formatter, key: str) -> Messag
         f"({fmt.band(anomaly, ascii_only=True)}), {deviation}, score {fmt.score(anomaly.score)}, "
         f"{fmt.models(anomaly)}"
     )
+    if anomaly.members is not None:
+        sms = f"{level} {anomaly.kpi} {fmt.short_time(anomaly.ts)}: {anomaly.members}, score {fmt.score(anomaly.score)}"
+
     blocks = [
         _header(f"{SEVERITY_EMOJI.get(anomaly.severity, '')} {level} anomaly: {anomaly.kpi}"),
         {
@@ -207,6 +212,15 @@ class _Formatter:
         return anomaly.flagged_by.replace(",", "+") if anomaly.flagged_by else "n/a"
 
     def facts(self, anomaly: Anomaly) -> list[tuple[str, str]]:
+        if anomaly.members is not None:  # a group event
+            return [
+                ("Group", anomaly.kpi.removeprefix("group:")),
+                ("Time", self.time(anomaly.ts)),
+                ("Members that moved", anomaly.members),
+                ("Severity", anomaly.severity),
+                ("Score", self.score(anomaly.score)),
+                ("Event", anomaly.event_id or "n/a"),
+            ]
         return [
             ("KPI", anomaly.kpi),
             ("Time", self.time(anomaly.ts)),

@@ -309,3 +309,14 @@ def group_events(
                 }
             )
     return pd.DataFrame(rows, columns=GROUP_EVENT_COLUMNS)
+
+
+def describe_members(members_json: str) -> str:
+    """A group event's moved members as text: ``orders -3.1 sd (-12.0%), revenue ...``."""
+    parts = []
+    for item in json.loads(members_json):
+        text = f"{item['kpi']} {item['z']:+.1f} sd"
+        if item.get("relative") is not None:
+            text += f" ({item['relative'] * 100:+.1f}%)"
+        parts.append(text)
+    return ", ".join(parts) or "no member named"
