@@ -390,7 +390,7 @@ def _describe(result: GroupUpdate) -> str:
 # -- suggestions ------------------------------------------------------------------------------
 
 
-def suggest_groups(scores: pd.DataFrame, threshold: float = 0.5, min_points: int = 168) -> list[KpiGroup]:
+def suggest_groups(scores: pd.DataFrame, threshold: float = 0.3, min_points: int = 168) -> list[KpiGroup]:
     """Groups of KPIs whose residuals (value against expected, from their stored scores)
     correlate: KPIs linked by a robust correlation of at least ``threshold`` (Spearman's, on
     the timestamps both have), joined transitively; each KPI in one group, groups of at least

@@ -55,7 +55,7 @@ def suggest(
     ctx: typer.Context,
     threshold: Annotated[
         float, typer.Option(help="Least absolute residual correlation (Spearman) that links two KPIs.")
-    ] = 0.5,
+    ] = 0.3,
     min_points: Annotated[int, typer.Option(help="Least timestamps two KPIs must share to be compared.")] = 168,
 ) -> None:
     """Propose groups from the correlation of the KPIs' residuals (value against the expected

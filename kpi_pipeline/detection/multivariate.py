@@ -96,7 +96,7 @@ def positive_members(value: np.ndarray, expected: np.ndarray) -> np.ndarray:
     """Per column: whether every finite value and expected value is positive (log space)."""
     value, expected = np.asarray(value, dtype=float), np.asarray(expected, dtype=float)
     ok = np.where(np.isfinite(value), value > 0, True) & np.where(np.isfinite(expected), expected > 0, True)
-    return ok.all(axis=0)
+    return np.asarray(ok.all(axis=0), dtype=bool)
 
 
 class GroupDetector(BaseEstimator):
