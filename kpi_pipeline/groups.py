@@ -215,13 +215,13 @@ def _update_group(
     if new_rows.empty:
         return GroupUpdate(group.name, "up to date")
     new = _Members.of(new_rows, group.members)
-    step = infer_frequency(new.ts) if len(new) > 2 else None
     history = new
     if detectors:
-        reach = _train_reach(new.ts, config, step)
-        history = _Members.of(
-            group_store.load_member_scores(engine, group.members, since=new.ts[0] - reach), group.members
-        )
+        # Read back over a retrain's window and every point since the newest version, on the
+        # grid step that version was trained on (a run may bring a single new point).
+        step = pd.Timedelta(seconds=models[-1].params.get("step_seconds") or 3600)
+        since = min(new.ts[-1] - (config.train_window_points + 1) * step, models[-1].train_end)
+        history = _Members.of(group_store.load_member_scores(engine, group.members, since=since), group.members)
     # Versions: walked forward over a group never judged, else the retrain once a period passed.
     fitted, shortfall = _fit_versions(group, history, detectors, config, upto=new.ts[-1])
     detectors.extend(fitted)
@@ -247,7 +247,8 @@ def _update_group(
     # Events: from the first point that may belong to the newest stored event.
     merged = _with_components(history if detectors else new, new, component, z, judged_mask)
     events = _events_from(group, merged, config, new.ts[0])
-    model_rows = [_model_row(group, detector, end, version, trained_at) for end, version, detector in fitted]
+    step = infer_frequency(history.ts)
+    model_rows = [_model_row(group, detector, end, version, trained_at, step) for end, version, detector in fitted]
     group_store.save_group_results(
         engine,
         group.name,
@@ -273,12 +274,6 @@ def group_component(score: np.ndarray, moved: np.ndarray) -> np.ndarray:
     larger of its own score and this (the ensemble's rule across its calibrated components)."""
     several = moved.sum(axis=1) >= MIN_MOVERS
     return np.where(moved & several[:, None], np.asarray(score)[:, None], 0.0)
-
-
-def _train_reach(ts: pd.DatetimeIndex, config: GroupConfig, step: pd.Timedelta | None) -> pd.Timedelta:
-    """How far before the new points a retrain's window reaches."""
-    step = step if step is not None else pd.Timedelta(hours=1)
-    return (config.train_window_points + retrain_every_points(ts) + 1) * step
 
 
 def _fit_versions(
@@ -365,7 +360,9 @@ def _events_from(group: KpiGroup, members: _Members, config: GroupConfig, first_
     return events[events["end"] >= first_new].reset_index(drop=True)
 
 
-def _model_row(group: KpiGroup, detector: GroupDetector, end: pd.Timestamp, version: str, trained_at) -> dict:
+def _model_row(
+    group: KpiGroup, detector: GroupDetector, end: pd.Timestamp, version: str, trained_at, step: pd.Timedelta | None
+) -> dict:
     return {
         "version": version,
         "trained_at": trained_at,
@@ -373,7 +370,7 @@ def _model_row(group: KpiGroup, detector: GroupDetector, end: pd.Timestamp, vers
         "train_end": end,
         "n_points": detector.n_train_points_,
         "members": list(group.members),
-        "params": detector._config.to_dict(),
+        "params": {**detector._config.to_dict(), "step_seconds": None if step is None else step.total_seconds()},
         "artifact": detector.to_artifact(),
     }
 

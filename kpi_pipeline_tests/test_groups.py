@@ -124,6 +124,7 @@ def test_per_kpi_events_with_groups_count_the_group_component():
 # -- the product path on Postgres ------------------------------------------------------------------
 
 START = pd.Timestamp("2025-03-03", tz="UTC")
+HOUR = pd.Timedelta(hours=1)
 DAYS = 24
 INCIDENT = START + pd.Timedelta(days=21, hours=10)
 MEMBERS = ("orders", "revenue", "sessions")
@@ -212,5 +213,35 @@ def test_changing_a_groups_members_starts_it_again(pg_url):
         assert all(m.members == ("orders", "revenue") for m in group_store.load_group_models(engine, "checkout"))
         sessions = group_store.load_member_scores(engine, ["sessions"])
         assert sessions["multivariate_score"].isna().all()
+    finally:
+        engine.dispose()
+
+
+@pytest.mark.postgres
+def test_new_points_are_judged_incrementally_by_the_stored_versions(pg_url):
+    engine = pipeline.open_store(pg_url)
+    try:
+        everything = observations()
+        first = everything[everything["ts"] < START + pd.Timedelta(days=20)]
+        store.upsert_observations(engine, first, "test")
+        cleaned, _ = pipeline.load_cleaned(engine)
+        pipeline.train_models(engine, cleaned, DetectorConfig())
+        pipeline.score_latest(engine)
+        group, config = groups.KpiGroup("checkout", MEMBERS), GroupConfig(min_train_points=120)
+        [walked] = groups.update_groups(engine, [group], config)
+        versions = group_store.load_group_models(engine, "checkout")
+
+        store.upsert_observations(engine, everything, "test")
+        pipeline.score_latest(engine)
+        [later] = groups.update_groups(engine, [group], config)
+
+        assert walked.status == later.status == "judged"
+        assert later.judged == 4 * 24  # the new timestamps, each once
+        assert later.versions == ()  # less than a retrain period (12 days hourly) since the newest
+        assert [m.version for m in group_store.load_group_models(engine, "checkout")] == [m.version for m in versions]
+        new = group_store.load_member_scores(engine, MEMBERS, since=START + pd.Timedelta(days=20) - HOUR)
+        assert new["multivariate_score"].notna().all()
+        events = group_store.load_group_events(engine, "checkout")
+        assert ((events["start"] <= INCIDENT + pd.Timedelta(hours=2)) & (events["end"] >= INCIDENT)).sum() == 1
     finally:
         engine.dispose()

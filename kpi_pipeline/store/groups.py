@@ -53,6 +53,7 @@ class GroupModelRecord:
     train_end: pd.Timestamp
     members: tuple[str, ...]
     artifact: bytes
+    params: dict
 
 
 def load_group_states(engine: sa.Engine) -> dict[str, GroupState]:
@@ -98,14 +99,16 @@ def load_group_models(engine: sa.Engine, name: str) -> list[GroupModelRecord]:
     """The versions of group ``name``, oldest training cutoff first."""
     table = group_models
     query = (
-        sa.select(table.c.group_name, table.c.version, table.c.train_end, table.c.members, table.c.artifact)
+        sa.select(
+            table.c.group_name, table.c.version, table.c.train_end, table.c.members, table.c.artifact, table.c.params
+        )
         .where(table.c.group_name == name)
         .order_by(table.c.train_end)
     )
     with engine.connect() as connection:
         return [
-            GroupModelRecord(group, version, to_utc(end), tuple(members), bytes(artifact))
-            for group, version, end, members, artifact in connection.execute(query)
+            GroupModelRecord(group, version, to_utc(end), tuple(members), bytes(artifact), params or {})
+            for group, version, end, members, artifact, params in connection.execute(query)
         ]
 
 
