@@ -36,6 +36,7 @@ from kpi_pipeline.cli_common import (
 from kpi_pipeline.config import get_settings
 from kpi_pipeline.dashboard.cli import register as register_dashboard
 from kpi_pipeline.errors import first_line
+from kpi_pipeline.groups_cli import register as register_groups
 from kpi_pipeline.ingestion import read_observations_csv
 
 app = typer.Typer(
@@ -650,3 +651,4 @@ def feedback(
 register_dashboard(app)
 register_api(app)
 register_alerts(app)
+register_groups(app)

@@ -54,6 +54,10 @@ class Settings(BaseSettings):
     """Timestamps further than this ahead of the moment of ingestion are rejected; forecasts and
     plans are not observations. An ISO 8601 duration (``P7D``, ``PT12H``) or ``HH:MM:SS``."""
 
+    groups_file: str = ""
+    """Path of the YAML file declaring KPI groups judged jointly (docs/multivariate.md); empty:
+    no groups, every KPI judged alone."""
+
     # -- retention --------------------------------------------------------------------------
     model_rescore_days: NonNegativeFloat = 7.0
     """Re-scoring horizon of the model registry, in days before each KPI's newest scored point:

@@ -245,7 +245,7 @@ def test_cli_writes_the_hourly_sample_by_default(tmp_path, capsys):
         assert (tmp_path / file_name).read_bytes() == (COMMITTED_DIR / file_name).read_bytes()
 
 
-@pytest.mark.parametrize("profile", ["daily", "minute", "five-minute"])
+@pytest.mark.parametrize("profile", ["daily", "minute", "five-minute", "multivariate"])
 def test_cli_writes_each_profile_as_committed_and_as_generated(tmp_path, profile):
     main(["--profile", profile, "--out", str(tmp_path), "--seed", "42"])
     data, labels = _read_dataset(tmp_path)

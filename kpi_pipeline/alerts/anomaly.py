@@ -38,6 +38,9 @@ class Anomaly:
     ongoing: bool = False
     """An outage still going on (the KPI has not reported since): ``ts`` is its first missing
     slot, the slot its score takes when data returns, so one alert covers both."""
+    members: str | None = None
+    """A group event's members that moved and by how much (``kpi`` is then ``group:<name>``,
+    ``alerts.groups``); None for one KPI's anomaly."""
 
     @property
     def deviation(self) -> float | None:

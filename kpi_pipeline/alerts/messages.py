@@ -84,6 +84,13 @@ def render(anomalies: Sequence[Anomaly], links: Links, timezone: str = "UTC", ke
     return _digest(ordered, links, fmt, key)
 
 
+def _what(anomaly: Anomaly) -> str:
+    """What an alert is about: an outage, a KPI group's event, or an anomaly."""
+    if anomaly.kind == "outage":
+        return "outage"
+    return "group event" if anomaly.members is not None else "anomaly"
+
+
 def _single(anomaly: Anomaly, links: Links, fmt: _Formatter, key: str) -> Message:
     level = anomaly.severity.upper()
     deviation, when = fmt.percent(anomaly.deviation), fmt.time(anomaly.ts)
@@ -91,6 +98,8 @@ def _single(anomaly: Anomaly, links: Links, fmt: _Formatter, key: str) -> Messag
     if outage:
         # A KPI that stopped reporting: no value to compare, the news is that data is missing.
         headline = f"{level} outage: {anomaly.kpi} has no data from {when}"
+    elif anomaly.members is not None:
+        headline = f"{level} group event: {anomaly.kpi} at {when}: {anomaly.members}"
     else:
         headline = f"{level} anomaly: {anomaly.kpi} {deviation} at {when}"
     facts = fmt.facts(anomaly)
@@ -116,10 +125,10 @@ def _single(anomaly: Anomaly, links: Links, fmt: _Formatter, key: str) -> Messag
     )
     if outage:
         sms = f"{level} OUTAGE {anomaly.kpi}: no data from {fmt.short_time(anomaly.ts)}"
+    elif anomaly.members is not None:
+        sms = f"{level} {anomaly.kpi} {fmt.short_time(anomaly.ts)}: {anomaly.members}, score {fmt.score(anomaly.score)}"
     blocks = [
-        _header(
-            f"{SEVERITY_EMOJI.get(anomaly.severity, '')} {level} {'outage' if outage else 'anomaly'}: {anomaly.kpi}"
-        ),
+        _header(f"{SEVERITY_EMOJI.get(anomaly.severity, '')} {level} {_what(anomaly)}: {anomaly.kpi}"),
         {
             "type": "section",
             "fields": [{"type": "mrkdwn", "text": f"*{label}*\n{_s(value)}"} for label, value in facts[1:]],
@@ -216,6 +225,15 @@ class _Formatter:
         return anomaly.flagged_by.replace(",", "+") if anomaly.flagged_by else "n/a"
 
     def facts(self, anomaly: Anomaly) -> list[tuple[str, str]]:
+        if anomaly.members is not None:  # a group event
+            return [
+                ("Group", anomaly.kpi.removeprefix("group:")),
+                ("Time", self.time(anomaly.ts)),
+                ("Members that moved", anomaly.members),
+                ("Severity", anomaly.severity),
+                ("Score", self.score(anomaly.score)),
+                ("Event", anomaly.event_id or "n/a"),
+            ]
         return [
             ("KPI", anomaly.kpi),
             ("Time", self.time(anomaly.ts)),

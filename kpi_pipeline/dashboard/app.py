@@ -11,6 +11,7 @@ page = st.navigation(
         st.Page("views/overview.py", title="Overview", url_path="overview", default=True),
         st.Page("views/kpi.py", title="KPI", url_path="kpi"),
         st.Page("views/model.py", title="Model", url_path="model"),
+        st.Page("views/group.py", title="Groups", url_path="group"),
     ],
     position="top",
 )

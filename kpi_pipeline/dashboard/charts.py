@@ -204,3 +204,56 @@ def backtest_figure(scores: pd.DataFrame, threshold: float = 0.5) -> go.Figure:
     figure.add_hline(y=threshold, line={"color": SEVERITY_COLORS["high"], "dash": "dot"}, row=2, col=1)
     figure.update_yaxes(range=[0, 1], title_text="score", row=2, col=1)
     return _layout(figure, height=420)
+
+
+GROUP_EVENT_COLOR = "rgba(214, 40, 40, 0.15)"
+
+
+def group_figure(scores: pd.DataFrame, members: tuple[str, ...], events: pd.DataFrame) -> go.Figure:
+    """One row per member (actual and expected), on one time axis, with the group events
+    shaded across every row and each member's points where the group component fired marked."""
+    figure = make_subplots(rows=len(members), cols=1, shared_xaxes=True, subplot_titles=members, vertical_spacing=0.04)
+    for row, kpi in enumerate(members, start=1):
+        points = _thinned(scores[scores["kpi"] == kpi])
+        first = row == 1
+        figure.add_trace(
+            go.Scatter(
+                x=points["ts"],
+                y=points["expected"],
+                name="expected",
+                legendgroup="expected",
+                showlegend=first,
+                line={"color": EXPECTED_COLOR, "dash": "dot"},
+            ),
+            row=row,
+            col=1,
+        )
+        figure.add_trace(
+            go.Scatter(
+                x=points["ts"],
+                y=points["value"],
+                name="actual",
+                legendgroup="actual",
+                showlegend=first,
+                line={"color": ACTUAL_COLOR},
+            ),
+            row=row,
+            col=1,
+        )
+        moved = scores[(scores["kpi"] == kpi) & (scores["multivariate_score"].fillna(0.0) >= 0.5)]
+        figure.add_trace(
+            go.Scatter(
+                x=moved["ts"],
+                y=moved["value"],
+                mode="markers",
+                name="moved in a group event",
+                legendgroup="moved",
+                showlegend=first,
+                marker={"color": SEVERITY_COLORS["high"], "size": 8},
+            ),
+            row=row,
+            col=1,
+        )
+    for event in events.itertuples(index=False):
+        figure.add_vrect(x0=event.start, x1=event.end, fillcolor=GROUP_EVENT_COLOR, line_width=0, row="all", col=1)
+    return _layout(figure, 180 * len(members) + 80)

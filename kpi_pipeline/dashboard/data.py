@@ -18,6 +18,7 @@ import streamlit as st
 from kpi_pipeline import store
 from kpi_pipeline.config import get_settings
 from kpi_pipeline.store import dashboard as queries
+from kpi_pipeline.store import groups as group_store
 
 TTL = get_settings().dashboard_cache_seconds
 
@@ -192,3 +193,19 @@ def backtests(backtest_dir: Path, kpi: str) -> list[Backtest]:
             )
         )
     return sorted(found, key=lambda backtest: backtest.finished, reverse=True)
+
+
+@st.cache_data(ttl=TTL, show_spinner=False)
+def kpi_groups(url: str) -> dict[str, tuple[str, ...]]:
+    """The KPI groups the pipeline has judged, by name, with their members."""
+    return {name: state.members for name, state in group_store.load_group_states(engine(url)).items()}
+
+
+@st.cache_data(ttl=TTL, show_spinner=False)
+def group_members(url: str, members: tuple[str, ...], since: pd.Timestamp | None) -> pd.DataFrame:
+    return group_store.load_member_scores(engine(url), members, since=since)
+
+
+@st.cache_data(ttl=TTL, show_spinner=False)
+def group_events(url: str, group: str) -> pd.DataFrame:
+    return group_store.load_group_events(engine(url), group)

@@ -6,6 +6,8 @@ Profiles (``python -m kpi_pipeline.datagen --profile NAME``):
 - ``daily``: four years of daily shop KPIs with incidents throughout (``daily.py``).
 - ``minute`` and ``five-minute``: a web service's operational KPIs with outages
   (``service.py``).
+- ``multivariate``: 120 days of hourly KPIs in correlated groups with group incidents
+  (``multivariate.py``; also writes ``group_labels.csv`` and ``groups.yaml``).
 
 Each writes ``kpi_data.csv`` (wide: ``date`` and one column per KPI) and ``kpi_labels.csv``
 (``kpi,start,end,kind``), the files ``kpi-pipeline evaluate --data ... --labels ...`` reads. The
@@ -22,7 +24,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from kpi_pipeline.datagen import daily, hourly, service
+from kpi_pipeline.datagen import daily, hourly, multivariate, service
 from kpi_pipeline.datagen.common import DATA_FILE, DEFAULT_SEED, LABELS_FILE, write_csvs
 from kpi_pipeline.datagen.hourly import ANOMALY_KINDS, DECIMALS, KPIS, generate, write_dataset
 
@@ -60,13 +62,21 @@ PROFILES = {
         service.DECIMALS,
         Path("dataset/five_minute"),
     ),
+    "multivariate": Profile(
+        lambda seed: multivariate.generate(seed)[:2], multivariate.DECIMALS, Path("dataset/multivariate")
+    ),
 }
 
 
 def write_profile(name: str, out_dir: Path | None = None, seed: int = DEFAULT_SEED) -> tuple[Path, Path]:
     """Write profile ``name``'s data and labels into ``out_dir`` (default: its own directory)."""
     profile = PROFILES[name]
-    return write_csvs(out_dir or profile.out_dir, *profile.generate(seed), profile.decimals)
+    out_dir = out_dir or profile.out_dir
+    if name == "multivariate":
+        data, labels, group_labels = multivariate.generate(seed)
+        multivariate.write_group_files(out_dir, group_labels)
+        return write_csvs(out_dir, data, labels, profile.decimals)
+    return write_csvs(out_dir, *profile.generate(seed), profile.decimals)
 
 
 def main(argv: list[str] | None = None) -> None:

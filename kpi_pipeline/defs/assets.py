@@ -20,7 +20,7 @@ import dagster as dg
 import pandas as pd
 from pydantic import Field
 
-from kpi_pipeline import derived, pipeline
+from kpi_pipeline import derived, groups, pipeline
 from kpi_pipeline import store as kpi_store
 from kpi_pipeline.config import get_settings
 from kpi_pipeline.defs.resources import KpiStore
@@ -367,7 +367,37 @@ def anomalies(store: KpiStore) -> dg.MaterializeResult:
     )
 
 
-ASSETS = [raw_kpis, cleaned_kpis, kpi_features, kpi_models, anomaly_scores, anomalies]
+@dg.asset(
+    deps=[anomaly_scores],
+    group_name="scoring",
+    kinds={"python", "postgres"},
+    owners=OWNERS,
+    tags=_tags("gold"),
+    metadata={"dagster/table_name": "group_events"},
+)
+def group_events(store: KpiStore) -> dg.MaterializeResult:
+    """Group events of the KPI groups in ``KPI_GROUPS_FILE``: each group's detector judges its
+    members' newly scored points jointly (docs/multivariate.md); no groups: nothing to do."""
+    engine = store.engine()
+    declared = groups.load_groups(get_settings().groups_file)
+    if declared:
+        groups.check_members_known(declared, set(kpi_store.list_kpis(engine)))
+    results = groups.update_groups(engine, declared, progress=_progress("group_events"))
+    failed = {r.group: r.detail for r in results if r.status == "failed"}
+    if failed:
+        _log("group_events", f"failed groups: {failed}")
+    return dg.MaterializeResult(
+        metadata={
+            "groups": len(declared),
+            "timestamps_judged": sum(r.judged for r in results),
+            "events_written": sum(r.events for r in results),
+            "failed": dg.MetadataValue.json(failed),
+            "newest_events": _markdown(kpi_store.load_group_events(engine).head(PREVIEW_ROWS)),
+        }
+    )
+
+
+ASSETS = [raw_kpis, cleaned_kpis, kpi_features, kpi_models, anomaly_scores, anomalies, group_events]
 
 
 def _names(kpis: list[str]) -> dg.MetadataValue:

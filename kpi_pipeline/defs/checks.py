@@ -17,9 +17,10 @@ from kpi_pipeline import derived
 from kpi_pipeline.alerts.anomaly import HIGH_SEVERITIES, Anomaly
 from kpi_pipeline.alerts.channels import EmailChannel, SlackChannel, SmsChannel
 from kpi_pipeline.alerts.news import silent_run_reason
+from kpi_pipeline.alerts.groups import queue_group_events
 from kpi_pipeline.alerts.outbox import queue_news
 from kpi_pipeline.alerts.policy import AlertPolicy
-from kpi_pipeline.defs.assets import anomaly_scores, cleaned_kpis
+from kpi_pipeline.defs.assets import anomaly_scores, cleaned_kpis, group_events
 from kpi_pipeline.defs.resources import KpiStore
 
 PREVIEW_ROWS = 20
@@ -195,4 +196,37 @@ def _preview(anomalies: list[Anomaly]) -> dg.MetadataValue:
     return dg.MetadataValue.md(frame.to_markdown(index=False))
 
 
-CHECKS = [cleaned_kpis_quality, no_new_anomalies]
+@dg.asset_check(
+    asset=group_events,
+    name="no_new_group_events",
+    description="No KPI group event started within the alert age limit that was not alerted "
+    "yet; each new one is queued as one alert in `alert_deliveries` (docs/multivariate.md).",
+)
+def no_new_group_events(
+    context: dg.AssetCheckExecutionContext,
+    store: KpiStore,
+    alert_policy: AlertPolicy,
+    email: EmailChannel,
+    slack: SlackChannel,
+    sms: SmsChannel,
+) -> dg.AssetCheckResult:
+    events, enqueued = queue_group_events(
+        store.engine(),
+        batch=context.run.run_id,
+        channels={"email": email, "slack": slack, "sms": sms},
+        policy=alert_policy,
+    )
+    new = enqueued.pending + sum(enqueued.suppressed.values())
+    return dg.AssetCheckResult(
+        passed=new == 0,
+        severity=dg.AssetCheckSeverity.WARN,
+        metadata={
+            "new_group_events": new,
+            "threshold": 0,
+            "alerts_queued": enqueued.pending,
+            "events": dg.MetadataValue.json([a.to_json() for a in events]),
+        },
+    )
+
+
+CHECKS = [cleaned_kpis_quality, no_new_anomalies, no_new_group_events]

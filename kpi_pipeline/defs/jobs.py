@@ -15,6 +15,7 @@ from kpi_pipeline.defs.assets import (
     anomalies,
     anomaly_scores,
     cleaned_kpis,
+    group_events,
     kpi_models,
 )
 from kpi_pipeline.defs.resources import KpiStore
@@ -35,7 +36,7 @@ once; the score upserts are idempotent either way."""
 
 scoring_job = dg.define_asset_job(
     "scoring_job",
-    selection=[cleaned_kpis, anomaly_scores, anomalies],
+    selection=[cleaned_kpis, anomaly_scores, anomalies, group_events],
     description="Score the points that arrived since the last run with the stored models.",
     tags=SCORING_RUN_TAGS,
 )

@@ -39,6 +39,7 @@ from kpi_pipeline.store.dashboard import (
     sparklines,
 )
 from kpi_pipeline.store.database import make_engine, migrate, row_count, table_counts
+from kpi_pipeline.store.groups import load_group_events
 from kpi_pipeline.store.failures import load_kpi_failures, record_kpi_outcomes
 from kpi_pipeline.store.models import (
     ModelRecord,
@@ -130,6 +131,7 @@ __all__ = [
     "ongoing_outages",
     "load_gap_slots",
     "load_anomalies",
+    "load_group_events",
     "load_latest_models",
     "load_model_versions",
     "load_observations",

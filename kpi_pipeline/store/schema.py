@@ -115,6 +115,10 @@ anomaly_scores = sa.Table(
     sa.Column("event_id", sa.Text),
     sa.Column("model_version", sa.Text),
     sa.Column("scored_at", UtcDateTime, nullable=False),
+    # The group component of a member of a KPI group (0..1) and its standardised residual;
+    # NULL for a KPI in no group (migration 0010, docs/multivariate.md).
+    sa.Column("multivariate_score", sa.Double()),
+    sa.Column("multivariate_z", sa.Double()),
     sa.CheckConstraint("severity IN ('low', 'medium', 'high', 'critical')", name="ck_anomaly_scores_severity"),
     # The anomaly check reads what was scored since its previous evaluation.
     sa.Index("ix_anomaly_scores_scored_at", "scored_at"),
@@ -264,10 +268,16 @@ kpi_features = sa.Table(
     sa.Column("is_holiday", sa.SmallInteger, nullable=False),
 )
 
+MULTIVARIATE_COLUMNS = ("multivariate_score", "multivariate_z")
+
 # A view, created by the migration; a lightweight construct keeps it out of `metadata`.
 anomalies = sa.table(
     "anomalies",
-    *(sa.column(column.name, column.type) for column in anomaly_scores.columns),
+    *(
+        sa.column(column.name, column.type)
+        for column in anomaly_scores.columns
+        if column.name not in MULTIVARIATE_COLUMNS  # added after the view, not in it
+    ),
     sa.column("feedback", sa.Text),
     sa.column("feedback_note", sa.Text),
     sa.column("feedback_at", UtcDateTime),
@@ -288,6 +298,47 @@ kpi_failures = sa.Table(
     sa.Column("last_failed_at", UtcDateTime, nullable=False),
     sa.Column("attempts", sa.Integer, nullable=False),
     sa.CheckConstraint("stage IN ('training', 'scoring')", name="ck_kpi_failures_stage"),
+)
+
+
+kpi_groups = sa.Table(
+    "kpi_groups",
+    metadata,
+    # A declared KPI group as last scored: its members, and the newest timestamp it judged.
+    sa.Column("group_name", sa.Text, primary_key=True),
+    sa.Column("members", Json, nullable=False),
+    sa.Column("scored_until", UtcDateTime),
+    sa.Column("updated_at", UtcDateTime, nullable=False),
+)
+
+group_models = sa.Table(
+    "group_models",
+    metadata,
+    # The group detector's versions, as data (``GroupDetector.to_artifact``).
+    sa.Column("group_name", sa.Text, primary_key=True),
+    sa.Column("version", sa.Text, primary_key=True),
+    sa.Column("trained_at", UtcDateTime, nullable=False),
+    sa.Column("train_start", UtcDateTime),
+    sa.Column("train_end", UtcDateTime, nullable=False),
+    sa.Column("n_points", sa.Integer),
+    sa.Column("members", Json, nullable=False),
+    sa.Column("params", Json),
+    sa.Column("artifact", sa.LargeBinary, nullable=False),
+)
+
+group_events = sa.Table(
+    "group_events",
+    metadata,
+    # One row per group event; ``members``: JSON list of the members that moved and how much.
+    sa.Column("group_name", sa.Text, primary_key=True),
+    sa.Column("event_id", sa.Text, primary_key=True),
+    sa.Column("start", UtcDateTime, nullable=False),
+    sa.Column("end", UtcDateTime, nullable=False),
+    sa.Column("points", sa.Integer, nullable=False),
+    sa.Column("peak_score", sa.Double(), nullable=False),
+    sa.Column("members", sa.Text, nullable=False),
+    sa.Column("updated_at", UtcDateTime, nullable=False),
+    sa.Index("ix_group_events_start", "start"),
 )
 
 

@@ -15,6 +15,7 @@ ASSET_KEYS = {
     "kpi_models",
     "anomaly_scores",
     "anomalies",
+    "group_events",
 }
 
 
@@ -48,7 +49,7 @@ def test_scores_depend_on_models_and_cleaned_series():
     ("job", "assets"),
     [
         ("training_job", {"kpi_models"}),
-        ("scoring_job", {"cleaned_kpis", "anomaly_scores", "anomalies"}),
+        ("scoring_job", {"cleaned_kpis", "anomaly_scores", "anomalies", "group_events"}),
         ("all_assets_job", ASSET_KEYS - {"raw_kpis"}),
     ],
 )
