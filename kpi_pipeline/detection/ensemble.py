@@ -494,12 +494,22 @@ class EnsembleDetector(BaseEstimator):
         )
 
     # -- scoring --------------------------------------------------------------------------
-    def score(self, ts, values, n_context: int = 0, gap: np.ndarray | None = None) -> pd.DataFrame:
+    def score(
+        self,
+        ts,
+        values,
+        n_context: int = 0,
+        gap: np.ndarray | None = None,
+        threshold_raise: float | np.ndarray = 0.0,
+    ) -> pd.DataFrame:
         """Score every point after the first ``n_context`` ones.
 
         Context points are earlier, already-known points that only feed the rolling level,
         volatility and smoothing; they are not returned. ``gap`` marks points inside a long
         missing-data gap (value NaN): they are reported as anomalies flagged by ``gap``.
+        ``threshold_raise``: surprise added to the threshold (analysts' false positives,
+        ``feedback.threshold_raise``), one number or one per returned point; the scores are
+        then 0.5 at the raised threshold.
         """
         ts = pd.DatetimeIndex(ts)
         y = np.asarray(values, dtype=float)
@@ -508,7 +518,7 @@ class EnsembleDetector(BaseEstimator):
         # ones (and those the smoothing window reaches back to).
         first_judged = max(0, n_context - (self._config.smoothing_window - 1))
         judged, _ = self._judge_all(ts, y, first_judged)
-        columns = self._finish(judged, n_context, ts, y, gap)
+        columns = self._finish(judged, n_context, ts, y, gap, threshold_raise)
         return pd.DataFrame(columns)[SCORE_COLUMNS]
 
     def prepare(self, ts, values, ahead: int = 0) -> ScoringState:
@@ -531,6 +541,7 @@ class EnsembleDetector(BaseEstimator):
         gap: np.ndarray | None = None,
         keep: int | None = None,
         report: Sequence[int] | None = None,
+        threshold_raise: float = 0.0,
     ) -> dict[str, np.ndarray]:
         """Score the points that follow the first ``keep`` points of ``state`` (default: all of
         them; all of them with a smoothing window), as ``score`` would with those points as
@@ -548,7 +559,8 @@ class EnsembleDetector(BaseEstimator):
         checks. The numbers equal ``score``'s up to the last bits of the rolling mean and
         standard deviation, which pandas accumulates along the whole window (tested). Returns
         the ``SCORE_COLUMNS`` as arrays; ``ts``: aware timestamps, or naive UTC ``datetime64``;
-        the ``ts`` column gives them back as they came.
+        the ``ts`` column gives them back as they came. ``threshold_raise``: as ``score``'s (one
+        number).
         """
         cfg = self._config
         keep = len(state) if keep is None else keep
@@ -642,7 +654,7 @@ class EnsembleDetector(BaseEstimator):
         else:
             rows = np.array([features[j] for j in judged_points], dtype=float).reshape(-1, 3)
             forest = dict(zip(judged_points, self.iforest_.surprise(rows).tolist()))
-        columns = self._finish_points(state, keep, fresh, gap, judged, forest, wanted)
+        columns = self._finish_points(state, keep, fresh, gap, judged, forest, wanted, threshold_raise)
         if report is not None:
             ts = [ts[j] for j in wanted] if isinstance(ts, list) else ts[wanted]
         columns.update(ts=ts, value=fresh[wanted])
@@ -657,14 +669,15 @@ class EnsembleDetector(BaseEstimator):
         judged: list[list[float]],
         forest: dict[int, float],
         wanted: list[int],
+        threshold_raise: float = 0.0,
     ) -> dict[str, np.ndarray]:
         """``_judged`` and ``_finish`` for ``score_after``, point by point: the score columns
         but ``ts`` and ``value`` of the ``wanted`` points among points judged as ``[yhat,
         residual, level, adapted, recent scale, ratio, stuck run]`` (then, with the sustained
         component, its ratio and reference); ``forest``: the forest surprise of every point
-        whose combined surprise is read, by position."""
+        whose combined surprise is read, by position; ``threshold_raise``: as ``score``'s."""
         cfg = self._config
-        threshold = self.threshold_
+        threshold = self.threshold_ + threshold_raise
         constants = state.memo.get("finish")
         if constants is None:
             constants = state.memo["finish"] = (self.deviation_tail_.quantile(cfg.band_coverage), *self._stuck_limits())
@@ -794,9 +807,11 @@ class EnsembleDetector(BaseEstimator):
             components["sustained"] = _nan_to_zero(self.sustained_tail_.surprise(sustained_ratio))
         return _Judged(yhat, residual, level, adapted, recent_scale, components, reference)
 
-    def _finish(self, judged: _Judged, cut: int, ts, y, gap) -> dict[str, np.ndarray]:
+    def _finish(
+        self, judged: _Judged, cut: int, ts, y, gap, threshold_raise: float | np.ndarray = 0.0
+    ) -> dict[str, np.ndarray]:
         """The score columns of the judged points from ``cut`` on (the points before it only
-        feed the smoothing)."""
+        feed the smoothing), judged against the threshold raised by ``threshold_raise``."""
         cfg = self._config
         combined = judged.combined
         if cfg.smoothing_window > 1:
@@ -809,14 +824,14 @@ class EnsembleDetector(BaseEstimator):
         residual, adapted = judged.residual[cut:], judged.adapted[cut:]
         level, recent_scale = judged.level[cut:], judged.recent_scale[cut:]
 
-        threshold = self.threshold_
+        threshold = self.threshold_ + np.broadcast_to(np.asarray(threshold_raise, dtype=float), (n,))
         score = score_from_surprise(combined, threshold)
         is_anomaly = combined >= threshold
         names = list(judged.components)
         flagged_by = np.array(
             [
                 ",".join(name for name, hit in zip(names, row) if hit) or None
-                for row in (surprises >= threshold).tolist()
+                for row in (surprises >= threshold[:, None]).tolist()
             ]
             if n
             else [],

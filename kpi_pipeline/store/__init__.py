@@ -73,6 +73,7 @@ from kpi_pipeline.store.scores import (
     set_feedback,
     upsert_scores,
 )
+from kpi_pipeline.store.thresholds import load_false_positives, reset_threshold, threshold_reset_times
 
 __all__ = [
     "load_kpi_failures",
@@ -141,4 +142,7 @@ __all__ = [
     "table_counts",
     "upsert_observations",
     "upsert_scores",
+    "load_false_positives",
+    "reset_threshold",
+    "threshold_reset_times",
 ]
