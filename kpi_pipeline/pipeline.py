@@ -674,6 +674,8 @@ def kpi_thresholds(engine: sa.Engine, kpis: list[str] | None = None) -> dict[str
     last_scored = store.last_scored_ts(engine)
     result = {}
     for kpi, model in sorted(models.items()):
+        if model.artifact is None:  # a registry row without its model: nothing to judge with
+            continue
         detector = _registered_ensemble(model)
         fps = false_positives.get(kpi, pd.DatetimeIndex([], tz="UTC"))
         as_of = last_scored.get(kpi)

@@ -291,8 +291,6 @@ kpi_failures = sa.Table(
 )
 
 
-TABLES: tuple[sa.Table, ...] = tuple(metadata.sorted_tables)
-
 threshold_resets = sa.Table(
     "threshold_resets",
     metadata,
@@ -301,3 +299,5 @@ threshold_resets = sa.Table(
     sa.Column("kpi", sa.Text, primary_key=True),
     sa.Column("reset_at", UtcDateTime, nullable=False),
 )
+
+TABLES: tuple[sa.Table, ...] = tuple(metadata.sorted_tables)

@@ -28,6 +28,7 @@ TABLES = {
     "kpi_cleaned",
     "kpi_features",
     "kpi_failures",
+    "threshold_resets",
 }
 
 
