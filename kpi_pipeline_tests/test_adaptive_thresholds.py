@@ -119,9 +119,7 @@ def test_labels_on_several_points_of_one_event_count_once(migrated_pg_engine):
     ts = pd.date_range("2025-01-01", periods=4, freq="h", tz="UTC")
     store.upsert_scores(
         engine,
-        pd.DataFrame(
-            {"kpi": "k", "ts": ts, "is_anomaly": True, "event_id": ["e1", "e1", "e2", "e2"], "score": 0.6}
-        ),
+        pd.DataFrame({"kpi": "k", "ts": ts, "is_anomaly": True, "event_id": ["e1", "e1", "e2", "e2"], "score": 0.6}),
     )
     for stamp in ts:
         store.set_feedback(engine, "k", stamp, "false_positive")
