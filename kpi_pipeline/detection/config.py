@@ -108,6 +108,12 @@ class DetectorConfig:
     feedback_half_life_days: float = 30.0
     """Days after which a false positive's raise has halved: old judgements fade as the KPI and
     its model change."""
+    autoencoder: bool = False
+    """Add the autoencoder component (``autoencoder.AutoencoderDetector``): reconstruction error
+    of windows of residuals. Off: it did not earn its cost on the folds
+    (docs/autoencoder.md)."""
+    autoencoder_window: int = 12
+    """Points per window the autoencoder reconstructs."""
     prophet: ProphetConfig = field(default_factory=ProphetConfig)
     iforest: IForestConfig = field(default_factory=IForestConfig)
 
