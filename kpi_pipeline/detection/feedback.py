@@ -39,17 +39,21 @@ def threshold_raise(
     given), only for the points from then on, so a replay never uses a label before it exists.
     """
     at = pd.DatetimeIndex(at)
-    fp = pd.DatetimeIndex(false_positives)
+    fp = _index(false_positives)
     raised = np.zeros(len(at))
     if len(fp) == 0 or len(at) == 0 or config.feedback_threshold_step <= 0:
         return raised
-    start = fp if known_from is None else pd.DatetimeIndex(known_from)
+    start = fp if known_from is None else _index(known_from)
     at_ns = _nanos(at)[:, None]
     age_days = (at_ns - _nanos(fp)[None, :]) / NANOS_PER_DAY
     counts = (age_days > 0) & (at_ns >= _nanos(start)[None, :])
     weights = np.where(counts, 0.5 ** (np.maximum(age_days, 0.0) / config.feedback_half_life_days), 0.0)
     raised = config.feedback_threshold_step * weights.sum(axis=1)
     return np.minimum(raised, config.feedback_threshold_cap)
+
+
+def _index(stamps: Sequence[pd.Timestamp] | pd.DatetimeIndex) -> pd.DatetimeIndex:
+    return stamps if isinstance(stamps, pd.DatetimeIndex) else pd.DatetimeIndex(list(stamps))
 
 
 def _nanos(ts: pd.DatetimeIndex) -> np.ndarray:

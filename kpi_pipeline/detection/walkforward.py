@@ -196,7 +196,7 @@ def walk_forward(
         if reviewed is None:
             block = score_segment(detector, ts, y, gap, start, end)
         else:
-            block = _score_reviewed(detector, ts, y, gap, start, end, reviewed)
+            block = _score_reviewed(detector, config, ts, y, gap, start, end, reviewed)
         excluded[start:end] |= confident_anomalies(block, config)
         blocks.append(block)
     scores = pd.concat(blocks, ignore_index=True)
@@ -206,6 +206,7 @@ def walk_forward(
 
 def _score_reviewed(
     detector: EnsembleDetector,
+    config: DetectorConfig,
     ts: pd.DatetimeIndex,
     y: np.ndarray,
     gap: np.ndarray,
@@ -218,7 +219,7 @@ def _score_reviewed(
     parts = []
     position = start
     while position < end:
-        raised = threshold_raise(reviewed.fp_ts, ts[position:end], detector.config, reviewed.fp_known)
+        raised = threshold_raise(reviewed.fp_ts, ts[position:end], config, reviewed.fp_known)
         block = score_segment(detector, ts, y, gap, position, end, raised)
         stop = end
         for offset, flagged in enumerate(block["is_anomaly"].to_numpy(dtype=bool).tolist()):

@@ -65,5 +65,5 @@ def threshold_reset_times(engine: sa.Engine, kpis: Iterable[str] | None = None) 
     query = sa.select(threshold_resets.c.kpi, threshold_resets.c.reset_at)
     if kpis is not None:
         query = query.where(threshold_resets.c.kpi.in_(sorted(set(kpis))))
-    rows = read_frame(engine, query, {"kpi": "str", "reset_at": "utc"})
-    return {str(row.kpi): pd.Timestamp(row.reset_at) for row in rows.itertuples(index=False)}
+    with engine.connect() as connection:
+        return {str(kpi): to_utc(reset_at) for kpi, reset_at in connection.execute(query)}
