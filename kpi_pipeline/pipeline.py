@@ -94,7 +94,8 @@ def scoring_reach(detector: EnsembleDetector) -> pd.Timedelta:
 SCORING_CHUNK_KPIS = 500
 """KPIs a scoring run reads and writes together: each chunk costs a fixed number of
 statements (its observation windows, newest models, the model versions that score it, the
-stored scores open events continue from, and one upsert), whatever its number of KPIs."""
+false positives that raise thresholds, the stored scores open events continue from, and one
+upsert), whatever its number of KPIs."""
 
 
 def load_scoring_window(engine: sa.Engine, chunk_kpis: int = SCORING_CHUNK_KPIS) -> pd.DataFrame:
@@ -448,8 +449,9 @@ class _NewPoints:
 
 
 def _score_chunk(engine: sa.Engine, chunk: list[_NewPoints], scored_at: pd.Timestamp) -> list[KpiScoring]:
-    """Score a chunk of KPIs: one read of the model versions that apply, one of the stored
-    scores open events continue from, one upsert. A KPI that fails is recorded with its error
+    """Score a chunk of KPIs: one read of the model versions that apply, one of the false
+    positives that raise thresholds, one of the stored scores open events continue from, one
+    upsert. A KPI that fails is recorded with its error
     (a failed read or write fails the KPIs it was for) and the others go on."""
     done: dict[str, KpiScoring] = {}
     pending = {item.kpi: item for item in chunk if item.count > 0}
