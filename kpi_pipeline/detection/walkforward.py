@@ -116,7 +116,8 @@ class _Reviewed:
         if not flagged:
             self.quiet += 1
             return None
-        self.quiet, new = 0, self.current is None or self.quiet > self.merge_gap
+        new = self.current is None or self.quiet > self.merge_gap
+        self.quiet = 0
         if new:
             self.current = position
         self.event_of[position] = self.current  # type: ignore[assignment]
