@@ -38,6 +38,7 @@ from kpi_pipeline.dashboard.cli import register as register_dashboard
 from kpi_pipeline.errors import first_line
 from kpi_pipeline.groups_cli import register as register_groups
 from kpi_pipeline.ingestion import read_observations_csv
+from kpi_pipeline.thresholds_cli import register as register_thresholds
 
 app = typer.Typer(
     name="kpi-pipeline",
@@ -576,6 +577,15 @@ def evaluate(
     baseline: Annotated[
         Path | None, typer.Option(help="An earlier folds.json: the fold report shows each figure's change.")
     ] = None,
+    simulate_feedback: Annotated[
+        bool,
+        typer.Option(
+            "--simulate-feedback",
+            help="Replay an analyst's feedback: each event is confirmed (inside a label window) or "
+            "marked false positive (outside) the day after it starts, and later points are scored "
+            "with the threshold that feedback raises (docs/adaptive-thresholds.md).",
+        ),
+    ] = False,
 ) -> None:
     """Backtest the detector on labelled corpora and print NAB scores, precision and recall,
     per fold (each NAB category, each KPI file)."""
@@ -592,7 +602,9 @@ def evaluate(
             fail(f"not found: {path}")
     out.mkdir(parents=True, exist_ok=True)
     if len(sources) > 1:
-        evaluate_folds(sources, out, workers=workers, baseline=baseline, progress=typer.echo)
+        evaluate_folds(
+            sources, out, workers=workers, baseline=baseline, progress=typer.echo, simulate_feedback=simulate_feedback
+        )
         typer.echo((out / "folds.md").read_text())
         return
     name, path = sources[0]
@@ -602,11 +614,19 @@ def evaluate(
                 windows = windows_of(path)
             except FileNotFoundError as error:
                 fail(f"{error}: pass --windows")
-        evaluate_nab(path, windows, out, workers=workers, progress=typer.echo)
+        evaluate_nab(path, windows, out, workers=workers, progress=typer.echo, simulate_feedback=simulate_feedback)
     else:
         if labels is None:
             fail("a KPI CSV file needs --labels")
-        evaluate_dataset(path, labels, out, workers=workers, progress=typer.echo, fold=name)
+        evaluate_dataset(
+            path,
+            labels,
+            out,
+            workers=workers,
+            progress=typer.echo,
+            fold=name,
+            simulate_feedback=simulate_feedback,
+        )
     typer.echo((out / "summary.md").read_text())
 
 
@@ -652,3 +672,4 @@ register_dashboard(app)
 register_api(app)
 register_alerts(app)
 register_groups(app)
+register_thresholds(app)

@@ -32,6 +32,7 @@ from kpi_pipeline.detection.ensemble import (
     confident_anomalies,
 )
 from kpi_pipeline.detection.events import assign_events, open_event_from, summarize_events
+from kpi_pipeline.detection.feedback import threshold_raise
 from kpi_pipeline.detection.preprocess import (
     Grid,
     clean_observations,
@@ -93,7 +94,8 @@ def scoring_reach(detector: EnsembleDetector) -> pd.Timedelta:
 SCORING_CHUNK_KPIS = 500
 """KPIs a scoring run reads and writes together: each chunk costs a fixed number of
 statements (its observation windows, newest models, the model versions that score it, the
-stored scores open events continue from, and one upsert), whatever its number of KPIs."""
+false positives that raise thresholds, the stored scores open events continue from, and one
+upsert), whatever its number of KPIs."""
 
 
 def load_scoring_window(engine: sa.Engine, chunk_kpis: int = SCORING_CHUNK_KPIS) -> pd.DataFrame:
@@ -447,8 +449,9 @@ class _NewPoints:
 
 
 def _score_chunk(engine: sa.Engine, chunk: list[_NewPoints], scored_at: pd.Timestamp) -> list[KpiScoring]:
-    """Score a chunk of KPIs: one read of the model versions that apply, one of the stored
-    scores open events continue from, one upsert. A KPI that fails is recorded with its error
+    """Score a chunk of KPIs: one read of the model versions that apply, one of the false
+    positives that raise thresholds, one of the stored scores open events continue from, one
+    upsert. A KPI that fails is recorded with its error
     (a failed read or write fails the KPIs it was for) and the others go on."""
     done: dict[str, KpiScoring] = {}
     pending = {item.kpi: item for item in chunk if item.count > 0}
@@ -458,9 +461,10 @@ def _score_chunk(engine: sa.Engine, chunk: list[_NewPoints], scored_at: pd.Times
     scored: dict[str, tuple[pd.DataFrame, int]] = {}
     spans = {kpi: (item.rows["ts"].iloc[item.first_new], item.rows["ts"].iloc[-1]) for kpi, item in pending.items()}
     try:
+        false_positives = store.load_false_positives(engine, pending) if pending else {}
         for kpi, models in store.load_scoring_models(engine, spans):
             try:
-                scores, merge_gap = _score_with_models(pending[kpi], models)
+                scores, merge_gap = _score_with_models(pending[kpi], models, false_positives.get(kpi))
             except Exception as error:  # noqa: BLE001 - one KPI's failure must not stop the others
                 done[kpi] = pending[kpi].failed(error)
                 continue
@@ -561,11 +565,14 @@ def _write_scores(
             done[kpi] = items[kpi].failed(error)
 
 
-def _score_with_models(item: _NewPoints, models: list[store.ModelRecord]) -> tuple[pd.DataFrame, int]:
+def _score_with_models(
+    item: _NewPoints, models: list[store.ModelRecord], false_positives: pd.DatetimeIndex | None = None
+) -> tuple[pd.DataFrame, int]:
     """Scores of the points from ``first_new`` on that some model of ``models`` (the registry
     rows of the versions that may apply, every kind, oldest training cutoff first) may score,
     with the version used; and the event merge gap of the newest model used (0 rows if no
-    model applies)."""
+    model applies). ``false_positives``: the KPI's (``store.load_false_positives``), which
+    raise its threshold (``feedback.threshold_raise``)."""
     rows, first_new = item.rows, item.first_new
     ts = pd.DatetimeIndex(rows["ts"])
     values = rows["value"].to_numpy(dtype=float)
@@ -587,7 +594,10 @@ def _score_with_models(item: _NewPoints, models: list[store.ModelRecord]) -> tup
         model = versions[index]
         # model_of never decreases with time, so each model scores one contiguous segment.
         positions = first_new + np.flatnonzero(model_of == index)
-        segment = score_segment(detectors[model.version], ts, values, gap, positions[0], positions[-1] + 1)
+        detector = detectors[model.version]
+        start, end = positions[0], positions[-1] + 1
+        raised = 0.0 if false_positives is None else threshold_raise(false_positives, ts[start:end], detector.config)
+        segment = score_segment(detector, ts, values, gap, start, end, raised)
         parts.append(segment.assign(model_version=model.version))
     merge_gap = detectors[versions[used[-1]].version].config.event_merge_gap
     return pd.concat(parts, ignore_index=True), merge_gap
@@ -631,6 +641,59 @@ def _describe_scoring(result: KpiScoring) -> str:
     if result.unscored:
         parts.append(f"{result.unscored} points unscored (insufficient history)")
     return "; ".join(parts)
+
+
+# -- feedback-adaptive thresholds -----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class KpiThreshold:
+    """A KPI's anomaly threshold as its next points are judged (surprise units)."""
+
+    kpi: str
+    base: float
+    """The newest model's threshold, before feedback."""
+    raised_by: float
+    """What analysts' false positives add (``feedback.threshold_raise``), at ``as_of``."""
+    false_positives: int
+    """False-positive events counted (since the last reset)."""
+    cap: float
+    as_of: pd.Timestamp | None
+    """The newest scored point (None: nothing scored yet)."""
+    reset_at: pd.Timestamp | None = None
+
+    @property
+    def effective(self) -> float:
+        return self.base + self.raised_by
+
+
+def kpi_thresholds(engine: sa.Engine, kpis: list[str] | None = None) -> dict[str, KpiThreshold]:
+    """Per trained KPI (of ``kpis``; all if None), its threshold with the feedback raise the
+    next points get: the raise at its newest scored point."""
+    models = store.load_latest_models(engine, "ensemble", kpis)
+    false_positives = store.load_false_positives(engine, list(models))
+    resets = store.threshold_reset_times(engine, list(models))
+    last_scored = store.last_scored_ts(engine)
+    result = {}
+    for kpi, model in sorted(models.items()):
+        if model.artifact is None:  # a registry row without its model: nothing to judge with
+            continue
+        detector = _registered_ensemble(model)
+        fps = false_positives.get(kpi, pd.DatetimeIndex([], tz="UTC"))
+        as_of = last_scored.get(kpi)
+        # Just after the newest scored point: a false positive on that point counts too.
+        at = pd.DatetimeIndex([as_of + pd.Timedelta(microseconds=1)]) if as_of is not None else None
+        raised = 0.0 if at is None else float(threshold_raise(fps, at, detector.config)[0])
+        result[kpi] = KpiThreshold(
+            kpi,
+            base=float(detector.threshold_),
+            raised_by=raised,
+            false_positives=int((fps <= as_of).sum()) if as_of is not None else 0,
+            cap=detector.config.feedback_threshold_cap,
+            as_of=as_of,
+            reset_at=resets.get(kpi),
+        )
+    return result
 
 
 # -- events ---------------------------------------------------------------------------------

@@ -39,6 +39,7 @@ from kpi_pipeline.api.schemas import (
     IngestResponse,
     KpiList,
     KpiName,
+    KpiThreshold,
     LatestScores,
     Liveness,
     ObservationBatch,
@@ -213,6 +214,26 @@ async def score_series(
     if empty:
         await _require_kpi(api, kpi)  # no scores at all: an unknown KPI is a 404
     return _json(body)
+
+
+@reads.get("/kpis/{kpi:path}/threshold", summary="A KPI's anomaly threshold, with what feedback raised it by")
+async def kpi_threshold(api: State, kpi: KpiPath) -> KpiThreshold:
+    """Analysts' false positives raise their KPI's threshold within a cap, fading with age
+    (docs/adaptive-thresholds.md); `kpi-pipeline thresholds reset` undoes it."""
+    found = (await api.db(pipeline.kpi_thresholds, api.engine, [kpi])).get(kpi)
+    if found is None:
+        await _require_kpi(api, kpi)
+        raise ApiError(404, f"no model of {kpi!r} yet: it has no threshold")
+    return KpiThreshold(
+        kpi=kpi,
+        base=found.base,
+        raised_by=found.raised_by,
+        threshold=found.effective,
+        cap=found.cap,
+        false_positives=found.false_positives,
+        as_of=found.as_of,
+        reset_at=found.reset_at,
+    )
 
 
 async def _cached_series(api: ApiState, kpi: str) -> CachedSeries | None:

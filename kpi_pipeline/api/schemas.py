@@ -344,6 +344,22 @@ SCORE_RESPONSE_JSON = RowSerializer(row_schema(ScoreResponse, points=list[row_sc
 ``ScoreResponse``."""
 
 
+class KpiThreshold(BaseModel):
+    """A KPI's anomaly threshold, in surprise units (-log10 of the tail probability; a point is
+    an anomaly, score 0.5, at the threshold), as its next points are judged."""
+
+    kpi: str
+    base: float = Field(description="The newest model's threshold.")
+    raised_by: float = Field(
+        description="What analysts' false positives add (at the newest scored point), between 0 and `cap`."
+    )
+    threshold: float = Field(description="`base + raised_by`: what new points are judged against.")
+    cap: float = Field(description="The most false positives can add.")
+    false_positives: int = Field(description="False-positive events counted since the last reset.")
+    as_of: dt.datetime | None = Field(description="The newest scored point.")
+    reset_at: dt.datetime | None = Field(description="When the raise was last reset (`kpi-pipeline thresholds reset`).")
+
+
 # -- feedback -------------------------------------------------------------------------------
 
 

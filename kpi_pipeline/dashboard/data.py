@@ -15,7 +15,7 @@ import pandas as pd
 import sqlalchemy as sa
 import streamlit as st
 
-from kpi_pipeline import store
+from kpi_pipeline import pipeline, store
 from kpi_pipeline.config import get_settings
 from kpi_pipeline.store import dashboard as queries
 from kpi_pipeline.store import groups as group_store
@@ -96,12 +96,19 @@ def model_versions(url: str, kpi: str) -> pd.DataFrame:
     return store.model_versions(engine(url), kpi)
 
 
+@st.cache_data(ttl=TTL, show_spinner=False)
+def threshold(url: str, kpi: str) -> pipeline.KpiThreshold | None:
+    """``kpi``'s threshold with what analysts' false positives raise it by (None: no model)."""
+    return pipeline.kpi_thresholds(engine(url), [kpi]).get(kpi)
+
+
 def save_feedback(url: str, kpi: str, stamps: list[pd.Timestamp], label: str, note: str) -> None:
     """Label anomalous points (the store the CLI and API use) and drop the cached views of them."""
     for ts in stamps:
         store.set_feedback(engine(url), kpi, ts, label, note or None)
     series.clear()
     anomalies.clear()
+    threshold.clear()
 
 
 def clear_caches() -> None:

@@ -17,7 +17,7 @@ import numpy as np
 from scipy import stats
 
 
-def score_from_surprise(surprise: np.ndarray | float, threshold: float) -> np.ndarray:
+def score_from_surprise(surprise: np.ndarray | float, threshold: float | np.ndarray) -> np.ndarray:
     s = np.maximum(np.asarray(surprise, dtype=float), 0.0) + 0.0  # + 0.0: never -0.0
     return s / (s + threshold)
 

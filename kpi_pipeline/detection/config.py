@@ -108,6 +108,21 @@ class DetectorConfig:
     """Score of the first missing slot of a long missing-data gap (an outage): one anomaly per
     outage, flagged by 'gap', severity high (a KPI that stops reporting is urgent); its other
     slots are missing data, not anomalies."""
+    feedback_threshold_step: float = 0.25
+    """Surprise added to a KPI's threshold by each false-positive event an analyst marked, at
+    full weight (0.25: such alarms come about 1.8 times less often; see ``feedback``)."""
+    feedback_threshold_cap: float = 1.0
+    """Most that false positives can add to the threshold (1.0: ten times rarer alarms), so a
+    gross deviation still alerts however many false positives were marked."""
+    feedback_half_life_days: float = 30.0
+    """Days after which a false positive's raise has halved: old judgements fade as the KPI and
+    its model change."""
+    autoencoder: bool = False
+    """Add the autoencoder component (``autoencoder.AutoencoderDetector``): reconstruction error
+    of windows of residuals. Off: it did not earn its cost on the folds
+    (docs/autoencoder.md)."""
+    autoencoder_window: int = 12
+    """Points per window the autoencoder reconstructs."""
     prophet: ProphetConfig = field(default_factory=ProphetConfig)
     iforest: IForestConfig = field(default_factory=IForestConfig)
 

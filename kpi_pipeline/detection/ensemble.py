@@ -40,6 +40,7 @@ import pandas as pd
 from sklearn.base import BaseEstimator
 
 from kpi_pipeline.detection import persistence
+from kpi_pipeline.detection.autoencoder import AutoencoderDetector, sliding_windows
 from kpi_pipeline.detection.calibration import (
     ROBUST_SCALE,
     ExceedanceTail,
@@ -371,6 +372,16 @@ class EnsembleDetector(BaseEstimator):
             episode_gap=cfg.event_merge_gap,
             trim_at=self._trim_at,
         ).fit(features)
+        self.__dict__.pop("autoencoder_", None)
+        if cfg.autoencoder:
+            self.autoencoder_ = AutoencoderDetector(
+                window=cfg.autoencoder_window,
+                random_state=self.random_state,
+                min_recurrences=cfg.tail_min_recurrences,
+                recurrence_margin=cfg.tail_recurrence_margin,
+                episode_gap=cfg.event_merge_gap,
+                trim_at=self._trim_at,
+            ).fit(self._autoencoder_windows(adapted))
 
         # How often a value exactly repeats its predecessor in normal data (Laplace-smoothed),
         # and the longest such run: only a run beyond anything normal is a stuck sensor.
@@ -488,6 +499,10 @@ class EnsembleDetector(BaseEstimator):
         volatility = pd.Series(adapted).rolling(cfg.volatility_window, min_periods=2).std().to_numpy()
         return self._features(adapted, np.diff(y, prepend=np.nan), volatility)
 
+    def _autoencoder_windows(self, adapted: np.ndarray) -> np.ndarray:
+        """Per point, the window of adapted residuals (in training scales) ending at it."""
+        return sliding_windows(adapted / self.residual_scale_, self._config.autoencoder_window)
+
     def _features(self, adapted, step, volatility) -> np.ndarray:
         scale = self.residual_scale_
         return np.column_stack(
@@ -499,12 +514,22 @@ class EnsembleDetector(BaseEstimator):
         )
 
     # -- scoring --------------------------------------------------------------------------
-    def score(self, ts, values, n_context: int = 0, gap: np.ndarray | None = None) -> pd.DataFrame:
+    def score(
+        self,
+        ts,
+        values,
+        n_context: int = 0,
+        gap: np.ndarray | None = None,
+        threshold_raise: float | np.ndarray = 0.0,
+    ) -> pd.DataFrame:
         """Score every point after the first ``n_context`` ones.
 
         Context points are earlier, already-known points that only feed the rolling level,
         volatility and smoothing; they are not returned. ``gap`` marks points inside a long
         missing-data gap (value NaN): they are reported as anomalies flagged by ``gap``.
+        ``threshold_raise``: surprise added to the threshold (analysts' false positives,
+        ``feedback.threshold_raise``), one number or one per returned point; the scores are
+        then 0.5 at the raised threshold.
         """
         ts = pd.DatetimeIndex(ts)
         y = np.asarray(values, dtype=float)
@@ -513,7 +538,7 @@ class EnsembleDetector(BaseEstimator):
         # ones (and those the smoothing window reaches back to).
         first_judged = max(0, n_context - (self._config.smoothing_window - 1))
         judged, _ = self._judge_all(ts, y, first_judged)
-        columns = self._finish(judged, n_context, ts, y, gap)
+        columns = self._finish(judged, n_context, ts, y, gap, threshold_raise)
         return pd.DataFrame(columns)[SCORE_COLUMNS]
 
     def prepare(self, ts, values, ahead: int = 0) -> ScoringState:
@@ -536,6 +561,7 @@ class EnsembleDetector(BaseEstimator):
         gap: np.ndarray | None = None,
         keep: int | None = None,
         report: Sequence[int] | None = None,
+        threshold_raise: float = 0.0,
     ) -> dict[str, np.ndarray]:
         """Score the points that follow the first ``keep`` points of ``state`` (default: all of
         them; all of them with a smoothing window), as ``score`` would with those points as
@@ -553,7 +579,8 @@ class EnsembleDetector(BaseEstimator):
         checks. The numbers equal ``score``'s up to the last bits of the rolling mean and
         standard deviation, which pandas accumulates along the whole window (tested). Returns
         the ``SCORE_COLUMNS`` as arrays; ``ts``: aware timestamps, or naive UTC ``datetime64``;
-        the ``ts`` column gives them back as they came.
+        the ``ts`` column gives them back as they came. ``threshold_raise``: as ``score``'s (one
+        number).
         """
         cfg = self._config
         keep = len(state) if keep is None else keep
@@ -600,7 +627,8 @@ class EnsembleDetector(BaseEstimator):
         previous = float(state.y_model[keep - 1]) if keep else math.nan
         last_y = float(state.y[keep - 1]) if keep else math.nan
         run = float(state.runs[keep - 1]) if keep else 0.0
-        judged, features = [], []
+        judged, features, shapes = [], [], []
+        shape_window = cfg.autoencoder_window
         for j, (value, model_value, expected) in enumerate(zip(fresh.tolist(), fresh_model, yhat)):
             i = keep + j
             residual = model_value - expected
@@ -613,6 +641,9 @@ class EnsembleDetector(BaseEstimator):
             abs_adapted.append(abs(deviation))
             ratio = _fmin(abs(residual), abs(deviation)) / recent_scale
             volatility = _sample_std(adapted.window(i + 1 - cfg.volatility_window, i + 1))
+            if hasattr(self, "autoencoder_"):  # as _autoencoder_windows
+                shape = adapted.window(i + 1 - shape_window, i + 1)
+                shapes.append([math.nan] * (shape_window - len(shape)) + [v / residual_scale for v in shape])
             features.append(
                 [
                     deviation / residual_scale,
@@ -647,7 +678,11 @@ class EnsembleDetector(BaseEstimator):
         else:
             rows = np.array([features[j] for j in judged_points], dtype=float).reshape(-1, 3)
             forest = dict(zip(judged_points, self.iforest_.surprise(rows).tolist()))
-        columns = self._finish_points(state, keep, fresh, gap, judged, forest, wanted)
+        shape_surprise = None
+        if shapes:
+            windows = np.array([shapes[j] for j in judged_points], dtype=float)
+            shape_surprise = dict(zip(judged_points, self.autoencoder_.surprise(windows).tolist()))
+        columns = self._finish_points(state, keep, fresh, gap, judged, forest, wanted, threshold_raise, shape_surprise)
         if report is not None:
             ts = [ts[j] for j in wanted] if isinstance(ts, list) else ts[wanted]
         columns.update(ts=ts, value=fresh[wanted])
@@ -662,21 +697,27 @@ class EnsembleDetector(BaseEstimator):
         judged: list[list[float]],
         forest: dict[int, float],
         wanted: list[int],
+        threshold_raise: float = 0.0,
+        shape_surprise: dict[int, float] | None = None,
     ) -> dict[str, np.ndarray]:
         """``_judged`` and ``_finish`` for ``score_after``, point by point: the score columns
         but ``ts`` and ``value`` of the ``wanted`` points among points judged as ``[yhat,
         residual, level, adapted, recent scale, ratio, stuck run]`` (then, with the sustained
         component, its ratio and reference); ``forest``: the forest surprise of every point
-        whose combined surprise is read, by position."""
+        whose combined surprise is read, by position; ``threshold_raise``: as ``score``'s;
+        ``shape_surprise``: the autoencoder's surprise of the same points, if it is on."""
         cfg = self._config
-        threshold = self.threshold_
+        threshold = self.threshold_ + threshold_raise
         constants = state.memo.get("finish")
         if constants is None:
             constants = state.memo["finish"] = (self.deviation_tail_.quantile(cfg.band_coverage), *self._stuck_limits())
         band, per_repeat, last_beyond = constants
         names = ["prophet", "iforest", "flatline"]
-        if hasattr(self, "sustained_tail_"):
+        sustained = hasattr(self, "sustained_tail_")
+        if sustained:
             names.append("sustained")
+        if shape_surprise is not None:
+            names.append("autoencoder")
         smoothing = cfg.smoothing_window
         combined_all = state.combined[max(0, keep - (smoothing - 1)) : keep].tolist()
 
@@ -691,8 +732,10 @@ class EnsembleDetector(BaseEstimator):
             beyond = run - self.longest_run_  # as _stuck_evidence
             stuck = 0.0 if beyond > last_beyond else max(beyond, 0) * per_repeat
             surprises = [_zero_if_nan(self.deviation_tail_.surprise_one(ratio)), surprise_forest, stuck]
-            if len(names) == 4:
+            if sustained:
                 surprises.append(_zero_if_nan(self.sustained_tail_.surprise_one(point[7])))
+            if shape_surprise is not None:
+                surprises.append(shape_surprise[j])
             strongest = max(surprises)
             combined_all.append(strongest)
             combined = strongest
@@ -711,7 +754,7 @@ class EnsembleDetector(BaseEstimator):
                 flagged = "ensemble"
             if abs(adapted) > abs(residual):
                 level = 0.0
-            if len(names) == 4 and is_anomaly and surprises.index(strongest) == 3:
+            if sustained and is_anomaly and surprises.index(strongest) == 3:
                 level = point[8]
             expected = yhat + level
             half_width = band * recent_scale
@@ -775,18 +818,24 @@ class EnsembleDetector(BaseEstimator):
         iforest_surprise[first_judged:] = self.iforest_.surprise(
             self._iforest_features(residual, adapted, y_model)[first_judged:]
         )
+        autoencoder = None
+        if hasattr(self, "autoencoder_"):
+            autoencoder = np.zeros(len(y))
+            autoencoder[first_judged:] = self.autoencoder_.surprise(self._autoencoder_windows(adapted)[first_judged:])
         runs = _stuck_run_lengths(y)
         sustained = shifted = None
         # Off for models fitted on little history, and for those trained before it existed.
         if hasattr(self, "sustained_tail_"):
             judged_shift, shifted, reference = self._sustained_shift(residual)
             sustained = (self._sustained_ratio(judged_shift, shifted), reference)
-        judged = self._judged(yhat, residual, level, adapted, recent_scale, ratio, iforest_surprise, runs, sustained)
+        judged = self._judged(
+            yhat, residual, level, adapted, recent_scale, ratio, iforest_surprise, runs, sustained, autoencoder
+        )
         state = ScoringState(y, y_model, residual, adapted, shifted, judged.combined, runs)
         return judged, state
 
     def _judged(
-        self, yhat, residual, level, adapted, recent_scale, ratio, iforest_surprise, runs, sustained
+        self, yhat, residual, level, adapted, recent_scale, ratio, iforest_surprise, runs, sustained, autoencoder=None
     ) -> _Judged:
         components = {
             "prophet": _nan_to_zero(self.deviation_tail_.surprise(ratio)),
@@ -797,11 +846,15 @@ class EnsembleDetector(BaseEstimator):
         if sustained is not None:
             sustained_ratio, reference = sustained
             components["sustained"] = _nan_to_zero(self.sustained_tail_.surprise(sustained_ratio))
+        if autoencoder is not None:
+            components["autoencoder"] = autoencoder
         return _Judged(yhat, residual, level, adapted, recent_scale, components, reference)
 
-    def _finish(self, judged: _Judged, cut: int, ts, y, gap) -> dict[str, np.ndarray]:
+    def _finish(
+        self, judged: _Judged, cut: int, ts, y, gap, threshold_raise: float | np.ndarray = 0.0
+    ) -> dict[str, np.ndarray]:
         """The score columns of the judged points from ``cut`` on (the points before it only
-        feed the smoothing)."""
+        feed the smoothing), judged against the threshold raised by ``threshold_raise``."""
         cfg = self._config
         combined = judged.combined
         if cfg.smoothing_window > 1:
@@ -814,14 +867,14 @@ class EnsembleDetector(BaseEstimator):
         residual, adapted = judged.residual[cut:], judged.adapted[cut:]
         level, recent_scale = judged.level[cut:], judged.recent_scale[cut:]
 
-        threshold = self.threshold_
+        threshold = self.threshold_ + np.broadcast_to(np.asarray(threshold_raise, dtype=float), (n,))
         score = score_from_surprise(combined, threshold)
         is_anomaly = combined >= threshold
         names = list(judged.components)
         flagged_by = np.array(
             [
                 ",".join(name for name, hit in zip(names, row) if hit) or None
-                for row in (surprises >= threshold).tolist()
+                for row in (surprises >= threshold[:, None]).tolist()
             ]
             if n
             else [],

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 import pandas as pd
 
 from kpi_pipeline.detection.artifacts import pack, unpack
+from kpi_pipeline.detection.autoencoder import AutoencoderDetector
 from kpi_pipeline.detection.calibration import ExceedanceTail
 from kpi_pipeline.detection.config import DetectorConfig
 from kpi_pipeline.detection.iforest import IsolationForestDetector
@@ -37,6 +38,8 @@ def to_artifacts(detector: EnsembleDetector) -> dict[str, bytes]:
     """The fitted detector as registry rows, data only: one artifact per component, and the
     ``ensemble`` with the config, learned scalars and calibrations."""
     artifacts = {kind: pack(kind, getattr(detector, f"{kind}_").to_state()) for kind in COMPONENT_KINDS}
+    if hasattr(detector, "autoencoder_"):  # optional (``DetectorConfig.autoencoder``)
+        artifacts["autoencoder"] = pack("autoencoder", detector.autoencoder_.to_state())
     artifacts["ensemble"] = pack("ensemble", _shell_state(detector))
     return artifacts
 
@@ -46,6 +49,10 @@ def from_artifacts(cls: type[EnsembleDetector], artifacts: dict[str, bytes]) -> 
     detector = shell_from_artifact(cls, artifacts["ensemble"])
     detector.prophet_ = ProphetDetector.from_state(unpack(artifacts["prophet"], "prophet"))
     detector.iforest_ = IsolationForestDetector.from_state(unpack(artifacts["iforest"], "iforest"))
+    if detector._config.autoencoder:
+        if "autoencoder" not in artifacts:
+            raise ValueError("the model was trained with the autoencoder on, but has no autoencoder artifact")
+        detector.autoencoder_ = AutoencoderDetector.from_state(unpack(artifacts["autoencoder"], "autoencoder"))
     return detector
 
 

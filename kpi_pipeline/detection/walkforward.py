@@ -12,7 +12,8 @@ models it fitted); ``evaluate`` runs it over every labelled series; nothing else
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
@@ -24,6 +25,7 @@ from kpi_pipeline.detection.ensemble import (
     InsufficientHistory,
     confident_anomalies,
 )
+from kpi_pipeline.detection.feedback import threshold_raise
 from kpi_pipeline.detection.preprocess import infer_frequency
 
 RETRAIN_PERIOD = pd.Timedelta(days=1)
@@ -70,11 +72,74 @@ def score_segment(
     gap: np.ndarray,
     start: int,
     end: int,
+    raised: float | np.ndarray = 0.0,
 ) -> pd.DataFrame:
-    """Score points ``[start, end)`` with the earlier points the detector needs as context."""
+    """Score points ``[start, end)`` with the earlier points the detector needs as context;
+    ``raised``: the threshold raise of analysts' feedback (``EnsembleDetector.score``'s
+    ``threshold_raise``), one number or one per point."""
     context = min(start, detector.context_points)
     window = slice(start - context, end)
-    return detector.score(ts[window], values[window], n_context=context, gap=gap[window])
+    return detector.score(ts[window], values[window], n_context=context, gap=gap[window], threshold_raise=raised)
+
+
+FALSE_POSITIVE = "false_positive"
+TRUE_POSITIVE = "true_positive"
+
+
+@dataclass(frozen=True)
+class Review:
+    """A simulated analyst for replays: each new event is labelled ``label(first position)``
+    (``true_positive`` or ``false_positive``), ``delay`` after its first point."""
+
+    label: Callable[[int], str]
+    delay: pd.Timedelta = pd.Timedelta(days=1)
+
+
+@dataclass
+class _Reviewed:
+    """The labels a ``Review`` gave so far, and the event the scoring is in."""
+
+    review: Review
+    merge_gap: int
+    fp_ts: list[pd.Timestamp] = field(default_factory=list)
+    fp_known: list[pd.Timestamp] = field(default_factory=list)
+    labels: list[tuple[int, str, pd.Timestamp]] = field(default_factory=list)
+    """(first position of the event, label, given at)."""
+    event_of: dict[int, int] = field(default_factory=dict)
+    """Position of each anomalous point -> the first position of its event."""
+    current: int | None = None
+    quiet: int = 0
+
+    def see(self, ts: pd.DatetimeIndex, position: int, flagged: bool) -> pd.Timestamp | None:
+        """Advance over one scored point (as ``events.assign_events`` groups them); returns
+        when a new false-positive event's label is given, None otherwise."""
+        if not flagged:
+            self.quiet += 1
+            return None
+        new = self.current is None or self.quiet > self.merge_gap
+        self.quiet = 0
+        if new:
+            self.current = position
+        self.event_of[position] = self.current  # type: ignore[assignment]
+        if not new:
+            return None
+        label, given = self.review.label(position), ts[position] + self.review.delay
+        self.labels.append((position, label, given))
+        if label != FALSE_POSITIVE:
+            return None
+        self.fp_ts.append(ts[position])
+        self.fp_known.append(given)
+        return given
+
+    def training_exclusion(self, excluded: np.ndarray, now: pd.Timestamp) -> np.ndarray:
+        """``excluded`` as the pipeline's ``training_exclusions`` changes it with the labels
+        given by ``now``: the points of false-positive events back in, confirmed incidents out."""
+        labelled = {start: label for start, label, given in self.labels if given <= now}
+        result = excluded.copy()
+        for position, start in self.event_of.items():
+            if position < len(result) and start in labelled:
+                result[position] = labelled[start] == TRUE_POSITIVE
+        return result
 
 
 @dataclass
@@ -86,6 +151,8 @@ class WalkForward:
     """Each fitted model with its cutoff p (trained on points ``[0, p)``), oldest first."""
     skipped: list[tuple[int, str]]
     """Cutoffs at which no model could be trained, with the reason."""
+    labels: list[tuple[int, str]] = field(default_factory=list)
+    """With a ``Review``: each event's first position and the label it was given."""
 
 
 def walk_forward(
@@ -95,10 +162,18 @@ def walk_forward(
     config: DetectorConfig | None = None,
     gap: np.ndarray | None = None,
     exclude: np.ndarray | None = None,
+    review: Review | None = None,
 ) -> WalkForward:
     """Train at each cutoff, score the block up to the next one, leave that block's confident
     anomalies out of later training sets. ``exclude`` marks points known to be anomalous
-    beforehand (confirmed incidents)."""
+    beforehand (confirmed incidents).
+
+    ``review`` replays an analyst's feedback as the product applies it: each event is labelled
+    ``review.delay`` after its first point; from then on a false positive raises the threshold
+    of later points (``feedback.threshold_raise``) and puts its points back into training, and
+    a confirmed incident keeps its points out of training. A label given inside a block
+    re-scores the rest of the block from that moment, so no point sees a label given after it.
+    """
     config = config or DetectorConfig()
     ts = pd.DatetimeIndex(ts)
     y = np.asarray(values, dtype=float)
@@ -108,20 +183,55 @@ def walk_forward(
     first = cutoffs[0] if cutoffs else n
     blocks = [_unscored(ts[:first], y[:first])]
     models, skipped = [], []
+    reviewed = None if review is None else _Reviewed(review, config.event_merge_gap)
     for start, end in zip(cutoffs, [*cutoffs[1:], n]):
         detector = EnsembleDetector(config)
+        training = excluded if reviewed is None else reviewed.training_exclusion(excluded, ts[start])
         try:
-            detector.fit(ts[:start], y[:start], exclude=excluded[:start])
+            detector.fit(ts[:start], y[:start], exclude=training[:start])
         except InsufficientHistory as error:
             skipped.append((start, str(error)))
             blocks.append(_unscored(ts[start:end], y[start:end]))
             continue
         models.append((start, detector))
-        block = score_segment(detector, ts, y, gap, start, end)
+        if reviewed is None:
+            block = score_segment(detector, ts, y, gap, start, end)
+        else:
+            block = _score_reviewed(detector, config, ts, y, gap, start, end, reviewed)
         excluded[start:end] |= confident_anomalies(block, config)
         blocks.append(block)
     scores = pd.concat(blocks, ignore_index=True)
-    return WalkForward(scores=scores, models=models, skipped=skipped)
+    labels = [] if reviewed is None else [(start, label) for start, label, _ in reviewed.labels]
+    return WalkForward(scores=scores, models=models, skipped=skipped, labels=labels)
+
+
+def _score_reviewed(
+    detector: EnsembleDetector,
+    config: DetectorConfig,
+    ts: pd.DatetimeIndex,
+    y: np.ndarray,
+    gap: np.ndarray,
+    start: int,
+    end: int,
+    reviewed: _Reviewed,
+) -> pd.DataFrame:
+    """``score_segment`` of ``[start, end)`` with the threshold raised by the false positives
+    labelled so far, re-scoring from the moment a label given inside the block exists."""
+    parts = []
+    position = start
+    while position < end:
+        raised = threshold_raise(reviewed.fp_ts, ts[position:end], config, reviewed.fp_known)
+        block = score_segment(detector, ts, y, gap, position, end, raised)
+        stop = end
+        for offset, flagged in enumerate(block["is_anomaly"].to_numpy(dtype=bool).tolist()):
+            if position + offset >= stop:
+                break
+            given = reviewed.see(ts, position + offset, flagged)
+            if given is not None:
+                stop = min(stop, int(ts.searchsorted(given, side="left")))
+        parts.append(block.iloc[: stop - position])
+        position = stop
+    return pd.concat(parts, ignore_index=True)
 
 
 def _unscored(ts: pd.DatetimeIndex, y: np.ndarray) -> pd.DataFrame:

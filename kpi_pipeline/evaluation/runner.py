@@ -20,7 +20,7 @@ import pandas as pd
 
 from kpi_pipeline.detection.ensemble import DetectorConfig
 from kpi_pipeline.detection.preprocess import clean_observations
-from kpi_pipeline.evaluation.backtest import stream_scores
+from kpi_pipeline.evaluation.backtest import simulated_analyst, stream_scores
 from kpi_pipeline.evaluation.folds import FoldScore, FoldSeries, score_fold, write_fold_report
 from kpi_pipeline.evaluation.metrics import EventMetrics, combine, event_metrics, windows_from_labels
 from kpi_pipeline.errors import describe_error
@@ -49,15 +49,20 @@ class SeriesResult:
     alert: np.ndarray
     seconds: float
     retrains: int
+    false_positive_labels: int = 0
+    """With simulated feedback: the events marked false positive."""
     error: str = ""
     """Why the series could not be backtested; it then counts as never alerting."""
 
 
-def _run_series(task: SeriesTask, config: DetectorConfig, out_dir: Path) -> SeriesResult:
+def _run_series(
+    task: SeriesTask, config: DetectorConfig, out_dir: Path, simulate_feedback: bool = False
+) -> SeriesResult:
     started = time.perf_counter()
     # The schedule the pipeline gives a new KPI's history (on NAB's files, whose first model
     # learns on NAB's probation: 15% of the file, at most 750 points).
-    result = stream_scores(task.ts, task.values, config=config, gap=task.gap, kpi=task.name)
+    review = simulated_analyst(task.windows) if simulate_feedback else None
+    result = stream_scores(task.ts, task.values, config=config, gap=task.gap, kpi=task.name, review=review)
     scores = result.scores
     path = out_dir / f"{task.name}.csv"
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -77,17 +82,23 @@ def _run_series(task: SeriesTask, config: DetectorConfig, out_dir: Path) -> Seri
         alert=scores["alert"].to_numpy(dtype=bool),
         seconds=time.perf_counter() - started,
         retrains=result.retrains,
+        false_positive_labels=sum(label == "false_positive" for _, label in result.labels),
     )
 
 
 def _run_all(
-    tasks: list[SeriesTask], config: DetectorConfig, out_dir: Path, workers: int, progress: Progress
+    tasks: list[SeriesTask],
+    config: DetectorConfig,
+    out_dir: Path,
+    workers: int,
+    progress: Progress,
+    simulate_feedback: bool = False,
 ) -> dict[str, SeriesResult]:
     results: dict[str, SeriesResult] = {}
     # Longest series first keeps both cores busy until the end.
     ordered = sorted(tasks, key=lambda t: -len(t.values))
     with ProcessPoolExecutor(max_workers=workers) as pool:
-        futures = {pool.submit(_run_series, t, config, out_dir): t for t in ordered}
+        futures = {pool.submit(_run_series, t, config, out_dir, simulate_feedback): t for t in ordered}
         for done, future in enumerate(as_completed(futures), start=1):
             task = futures[future]
             try:
@@ -137,6 +148,7 @@ def _finish(
         "wall_seconds": time.perf_counter() - started,
         "workers": workers,
         "config": config.to_dict(),
+        "false_positive_labels": sum(r.false_positive_labels for r in results.values()),
     }
     out_dir.mkdir(parents=True, exist_ok=True)
     folds = write_fold_report(out_dir, [FoldScore(**row) for row in summary["folds"]])
@@ -194,15 +206,17 @@ def evaluate_nab(
     config: DetectorConfig | None = None,
     workers: int | None = None,
     progress: Progress = print,
+    simulate_feedback: bool = False,
 ) -> dict:
-    """Backtest every corpus file and score it with NAB's three profiles and event metrics."""
+    """Backtest every corpus file and score it with NAB's three profiles and event metrics
+    (``simulate_feedback``: with an analyst's feedback replayed, ``backtest.simulated_analyst``)."""
     config = config or DetectorConfig()
     workers = workers or os.cpu_count() or 1
     started = time.perf_counter()
     corpus = load_corpus(data_dir, windows_file)
     tasks = nab_tasks(corpus)
     progress(f"evaluating {len(tasks)} series on {workers} workers")
-    results = _run_all(tasks, config, out_dir, workers, progress)
+    results = _run_all(tasks, config, out_dir, workers, progress, simulate_feedback)
     by_path = {f.relpath: results[f.relpath.removesuffix(".csv")] for f in corpus}
     nab = {}
     for name, profile in PROFILES.items():
@@ -257,14 +271,16 @@ def evaluate_dataset(
     workers: int | None = None,
     progress: Progress = print,
     fold: str | None = None,
+    simulate_feedback: bool = False,
 ) -> dict:
-    """Backtest every KPI of a labelled KPI file and report event precision / recall / F1."""
+    """Backtest every KPI of a labelled KPI file and report event precision / recall / F1
+    (``simulate_feedback``: as ``evaluate_nab``'s)."""
     config = config or DetectorConfig()
     workers = workers or os.cpu_count() or 1
     started = time.perf_counter()
     tasks = dataset_tasks(data_csv, labels_csv)
     progress(f"evaluating {len(tasks)} KPIs on {workers} workers")
-    results = _run_all(tasks, config, out_dir, workers, progress)
+    results = _run_all(tasks, config, out_dir, workers, progress, simulate_feedback)
     per_kpi = {
         t.name: asdict(event_metrics(results[t.name].is_anomaly, t.windows, probation_length(len(t.values))))
         for t in tasks
@@ -294,6 +310,7 @@ def evaluate_folds(
     workers: int | None = None,
     baseline: Path | None = None,
     progress: Progress = print,
+    simulate_feedback: bool = False,
 ) -> list[FoldScore]:
     """Evaluate several corpora, each into its own folder of ``out_dir``, and write the fold
     report over all of them (``folds.md``): every NAB category is a fold, every labelled KPI
@@ -303,11 +320,20 @@ def evaluate_folds(
     for name, path in sources:
         if path.is_dir():
             target = out_dir / (name or path.name)
-            summary = evaluate_nab(path, windows_of(path), target, config, workers, progress)
+            summary = evaluate_nab(
+                path, windows_of(path), target, config, workers, progress, simulate_feedback=simulate_feedback
+            )
         else:
             name = name or _dataset_name(path)
             summary = evaluate_dataset(
-                path, path.parent / LABELS_FILE, out_dir / name, config, workers, progress, fold=name
+                path,
+                path.parent / LABELS_FILE,
+                out_dir / name,
+                config,
+                workers,
+                progress,
+                fold=name,
+                simulate_feedback=simulate_feedback,
             )
         folds += [FoldScore(**row) for row in summary["folds"]]
     write_fold_report(out_dir, folds, baseline)

@@ -82,6 +82,7 @@ from kpi_pipeline.store.scores import (
     set_feedback,
     upsert_scores,
 )
+from kpi_pipeline.store.thresholds import load_false_positives, reset_threshold, threshold_reset_times
 
 __all__ = [
     "OUTAGE_FLAG",
@@ -153,4 +154,7 @@ __all__ = [
     "table_counts",
     "upsert_observations",
     "upsert_scores",
+    "load_false_positives",
+    "reset_threshold",
+    "threshold_reset_times",
 ]

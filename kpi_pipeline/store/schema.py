@@ -342,4 +342,13 @@ group_events = sa.Table(
 )
 
 
+threshold_resets = sa.Table(
+    "threshold_resets",
+    metadata,
+    # When a KPI's feedback-raised threshold was last reset: false positives labelled up to then
+    # no longer raise it (docs/adaptive-thresholds.md).
+    sa.Column("kpi", sa.Text, primary_key=True),
+    sa.Column("reset_at", UtcDateTime, nullable=False),
+)
+
 TABLES: tuple[sa.Table, ...] = tuple(metadata.sorted_tables)

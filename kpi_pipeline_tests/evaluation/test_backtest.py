@@ -41,8 +41,8 @@ class RecordingDetector(EnsembleDetector):
         RecordingDetector.log.append({"detector": self, "scored_ts": []})
         return super().fit(ts, values, exclude=exclude)
 
-    def score(self, ts, values, n_context=0, gap=None):
-        scored = super().score(ts, values, n_context=n_context, gap=gap)
+    def score(self, ts, values, n_context=0, gap=None, threshold_raise=0.0):
+        scored = super().score(ts, values, n_context=n_context, gap=gap, threshold_raise=threshold_raise)
         RecordingDetector.log[-1]["scored_ts"].extend(scored["ts"])
         return scored
 

@@ -31,13 +31,14 @@ TABLES = {
     "kpi_groups",
     "group_models",
     "group_events",
+    "threshold_resets",
 }
 
 
 def test_migrate_creates_every_table_and_the_view_and_second_run_is_a_noop(store_url):
     engine = make_engine(store_url)
     try:
-        assert migrate(engine) == ["0001", "0002", "0003", "0004", "0005", "0006", "0007", "0008", "0010"]
+        assert migrate(engine) == ["0001", "0002", "0003", "0004", "0005", "0006", "0007", "0008", "0010", "0011"]
         assert migrate(engine) == []
         inspector = sa.inspect(engine)
         assert TABLES | {"alembic_version"} == set(inspector.get_table_names())
@@ -48,7 +49,7 @@ def test_migrate_creates_every_table_and_the_view_and_second_run_is_a_noop(store
 
 
 def test_migrate_accepts_a_url(sqlite_url):
-    assert migrate(sqlite_url) == ["0001", "0002", "0003", "0004", "0005", "0006", "0007", "0008", "0010"]
+    assert migrate(sqlite_url) == ["0001", "0002", "0003", "0004", "0005", "0006", "0007", "0008", "0010", "0011"]
     assert migrate(sqlite_url) == []
 
 

@@ -94,6 +94,19 @@ st.caption(
     f"{ui.when(since)} – {ui.when(until)}. Drag to zoom, double-click to reset. The band is where "
     "99% of normal points fall; markers are anomalies by severity, grey ones false alarms."
 )
+limit = data.threshold(url, kpi)
+if limit is not None:
+    raised = (
+        f" + {limit.raised_by:.2f} from {limit.false_positives} false positive"
+        f"{'s' * (limit.false_positives != 1)} (at most {limit.cap:.2f}) = {limit.effective:.2f}"
+        if limit.raised_by > 0
+        else " (no false positives raise it)"
+    )
+    st.caption(
+        f"Anomaly threshold: {limit.base:.2f}{raised}, in surprise units (-log10 of the tail "
+        f"probability). False positives raise it, fading with age; `kpi-pipeline thresholds reset {kpi}` "
+        "undoes it (docs/adaptive-thresholds.md)."
+    )
 st.page_link(
     "views/model.py",
     label=f"Models and backtests of {kpi}",

@@ -132,3 +132,33 @@ def test_empty_database_explains_how_to_load_data(open_page, sqlite_url):
     app = open_page(sqlite_url, "kpi")
     assert any("No KPIs in this database yet" in text for text in texts(app.info))
     assert not app.get("plotly_chart")
+
+
+def test_kpi_page_shows_the_threshold_false_positives_raised(open_page, seeded_sqlite):
+    from kpi_pipeline.detection.ensemble import DetectorConfig, EnsembleDetector
+    from kpi_pipeline_tests.detection.synthetic import daily_sine
+
+    engine = store.make_engine(seeded_sqlite)
+    ts, values = daily_sine(24 * 10)
+    detector = EnsembleDetector(DetectorConfig()).fit(ts, values)
+    newest = _incidents(ORDERS).iloc[0]
+    for kind, artifact in detector.to_artifacts().items():
+        store.save_model(
+            engine,
+            kpi="orders",
+            kind=kind,
+            version="real",
+            trained_at=pd.Timestamp.now("UTC"),
+            train_start=ts[0],
+            train_end=newest["ts"] + pd.Timedelta(days=365),  # the newest model
+            n_points=len(ts),
+            params=detector.config.to_dict(),
+            metrics=detector.metrics_,
+            artifact=artifact,
+        )
+    store.set_feedback(engine, "orders", _incidents(ORDERS).iloc[1]["ts"], "false_positive")
+    engine.dispose()
+    page = open_page(seeded_sqlite, "kpi", kpi="orders")
+    [caption] = [text for text in texts(page.caption) if text.startswith("Anomaly threshold")]
+    assert "from 1 false positive (at most 1.00)" in caption
+    assert caption.startswith("Anomaly threshold: 3.50 + 0.2")
