@@ -1,7 +1,7 @@
 """Threshold resets: forget the false positives that raised a KPI's threshold so far.
 
 Revision ID: 0011
-Revises: 0008
+Revises: 0010
 Create Date: 2026-12-07
 
 Analysts' false positives raise their KPI's anomaly threshold (docs/adaptive-thresholds.md);
