@@ -28,13 +28,14 @@ TABLES = {
     "kpi_cleaned",
     "kpi_features",
     "kpi_failures",
+    "kpi_parameters",
 }
 
 
 def test_migrate_creates_every_table_and_the_view_and_second_run_is_a_noop(store_url):
     engine = make_engine(store_url)
     try:
-        assert migrate(engine) == ["0001", "0002", "0003", "0004", "0005", "0006", "0007", "0008"]
+        assert migrate(engine) == ["0001", "0002", "0003", "0004", "0005", "0006", "0007", "0008", "0009"]
         assert migrate(engine) == []
         inspector = sa.inspect(engine)
         assert TABLES | {"alembic_version"} == set(inspector.get_table_names())
@@ -45,7 +46,7 @@ def test_migrate_creates_every_table_and_the_view_and_second_run_is_a_noop(store
 
 
 def test_migrate_accepts_a_url(sqlite_url):
-    assert migrate(sqlite_url) == ["0001", "0002", "0003", "0004", "0005", "0006", "0007", "0008"]
+    assert migrate(sqlite_url) == ["0001", "0002", "0003", "0004", "0005", "0006", "0007", "0008", "0009"]
     assert migrate(sqlite_url) == []
 
 
