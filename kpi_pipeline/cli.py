@@ -37,6 +37,7 @@ from kpi_pipeline.config import get_settings
 from kpi_pipeline.dashboard.cli import register as register_dashboard
 from kpi_pipeline.errors import first_line
 from kpi_pipeline.ingestion import read_observations_csv
+from kpi_pipeline.tune_cli import register as register_tuning
 
 app = typer.Typer(
     name="kpi-pipeline",
@@ -644,3 +645,4 @@ def feedback(
 register_dashboard(app)
 register_api(app)
 register_alerts(app)
+register_tuning(app)

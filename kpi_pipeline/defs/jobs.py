@@ -42,7 +42,8 @@ scoring_job = dg.define_asset_job(
 
 all_assets_job = dg.define_asset_job(
     "all_assets_job",
-    selection=dg.AssetSelection.all(),
+    # Tuning is opt-in: its own job (defs/tuning.py), not part of every run.
+    selection=dg.AssetSelection.all() - dg.AssetSelection.assets("kpi_parameters"),
     description="Clean, train the selected shards, score and summarise anomalies in one run.",
     tags=SCORING_RUN_TAGS,
 )

@@ -51,15 +51,16 @@ def parameter_types() -> dict[str, Any]:
     return found
 
 
-def _describe(hint: Any) -> str:
+def describe_type(hint: Any) -> str:
+    """What values a type annotation takes, as a person reads it ("float", "'a' or 'b'")."""
     origin = typing.get_origin(hint)
     if origin is Literal:
         return " or ".join(repr(arg) for arg in typing.get_args(hint))
     if origin in (typing.Union, types.UnionType):
-        return " or ".join(_describe(arg) for arg in typing.get_args(hint))
+        return " or ".join(describe_type(arg) for arg in typing.get_args(hint))
     if origin is tuple:
         args = typing.get_args(hint)
-        inner = _describe(args[0]) if args else "value"
+        inner = describe_type(args[0]) if args else "value"
         return f"a list of {inner}" if len(args) == 2 and args[1] is Ellipsis else f"a list of {len(args)} {inner}"
     if hint is type(None):
         return "null"
@@ -125,7 +126,7 @@ def check_parameter(key: str, value: Any) -> Any:
     try:
         return _coerce(value, known[key])
     except ValueError:
-        raise InvalidParameter(f"{key} must be {_describe(known[key])}, not {value!r}") from None
+        raise InvalidParameter(f"{key} must be {describe_type(known[key])}, not {value!r}") from None
 
 
 def check_parameters(overrides: Mapping[str, Any]) -> dict[str, Any]:

@@ -134,9 +134,7 @@ class _Series:
 
 def _fold_scores(series: _Series, config: DetectorConfig, start: int, end: int) -> pd.DataFrame:
     """Scores of ``[start, end)`` by a detector fitted on the points before ``start`` only."""
-    detector = EnsembleDetector(config).fit(
-        series.ts[:start], series.values[:start], exclude=series.exclude[:start]
-    )
+    detector = EnsembleDetector(config).fit(series.ts[:start], series.values[:start], exclude=series.exclude[:start])
     # Scoring reads only the block and the context points before it, never a later point.
     return score_segment(detector, series.ts[:end], series.values[:end], series.gap[:end], start, end)
 
@@ -273,4 +271,3 @@ def tune(
         pruned_trials=len(pruned),
         seconds=time.perf_counter() - started,
     )
-

@@ -15,6 +15,7 @@ ASSET_KEYS = {
     "kpi_models",
     "anomaly_scores",
     "anomalies",
+    "kpi_parameters",
 }
 
 
@@ -49,7 +50,8 @@ def test_scores_depend_on_models_and_cleaned_series():
     [
         ("training_job", {"kpi_models"}),
         ("scoring_job", {"cleaned_kpis", "anomaly_scores", "anomalies"}),
-        ("all_assets_job", ASSET_KEYS - {"raw_kpis"}),
+        ("all_assets_job", ASSET_KEYS - {"raw_kpis", "kpi_parameters"}),
+        ("tuning_job", {"kpi_parameters"}),
     ],
 )
 def test_job_selects_its_assets(job, assets):
