@@ -258,14 +258,14 @@ def tune(
     )
     complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
     pruned = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.PRUNED,))
+    # The first trial (the starting configuration) is never pruned (the pruner's startup
+    # trials) and its errors propagate, so it completed and there is a best trial.
     default = study.trials[0]
-    if default.value is None:
-        raise InsufficientHistory("the starting configuration could not be judged on the folds")
-    best = study.best_trial if complete else default
+    assert default.value is not None
     return TuningResult(
-        params={key: best.params[key] for key in keys},
+        params={key: study.best_trial.params[key] for key in keys},
         objective=objective_name,
-        value=float(best.value),
+        value=float(study.best_value),
         default_value=float(default.value),
         trials=len(complete) + len(pruned),
         pruned_trials=len(pruned),
