@@ -1,9 +1,10 @@
 """Does per-KPI tuning help on the labelled folds? Tuned against default parameters, per KPI.
 
-Each KPI is tuned (forecast error, no labels: what a user without labels gets) on the first
-half of its series only; then the series is walked forward with the defaults and with the tuned
-parameters exactly as ``evaluate`` does, and incidents are counted on the second half only, so
-the tuning never saw a point it is judged on. Usage (docs/tuning.md):
+Each KPI is tuned on the first half of its series only (forecast error, no labels: what a
+user without labels gets; with ``--labels``, event F1 on the first half's labels); then the
+series is walked forward with the defaults and with the tuned parameters exactly as
+``evaluate`` does, and incidents are counted on the second half only, so the tuning never saw a
+point it is judged on. Usage (docs/tuning.md):
 
     nice -n 10 .venv/bin/python benchmarks/tuning_folds.py dataset/kpi_data.csv dataset/daily/kpi_data.csv \
         --budget-seconds 60 --trials 20
@@ -15,11 +16,14 @@ import argparse
 import time
 from pathlib import Path
 
+import numpy as np
+
 from kpi_pipeline.detection.parameters import apply_parameters
 from kpi_pipeline.detection.tuning import TuningSettings, tune
 from kpi_pipeline.evaluation.backtest import stream_scores
 from kpi_pipeline.evaluation.metrics import combine, event_metrics
-from kpi_pipeline.evaluation.runner import LABELS_FILE, dataset_tasks
+from kpi_pipeline.evaluation.nab import load_corpus
+from kpi_pipeline.evaluation.runner import LABELS_FILE, SeriesTask, dataset_tasks, nab_tasks, windows_of
 from kpi_pipeline.tune import run_config
 
 
@@ -28,6 +32,12 @@ def main() -> None:
     parser.add_argument("datasets", nargs="+", type=Path)
     parser.add_argument("--budget-seconds", type=float, default=60.0)
     parser.add_argument("--trials", type=int, default=20)
+    parser.add_argument("--category", action="append", help="NAB categories to run (default: all)")
+    parser.add_argument(
+        "--labels",
+        action="store_true",
+        help="tune on event F1 with the labels of the first half (what a KPI with analysts' feedback gets)",
+    )
     args = parser.parse_args()
     settings = TuningSettings(budget_seconds=args.budget_seconds, max_trials=args.trials)
     config = run_config()
@@ -36,13 +46,19 @@ def main() -> None:
         "| F1 default | F1 tuned |"
     )
     print("|---|---|---|---|---|---|---|---|")
-    for data in args.datasets:
-        fold = data.parent.name if data.name == "kpi_data.csv" and data.parent.name != "dataset" else "sample"
+    for fold, tasks in _folds(args.datasets, args.category):
         default_events, tuned_events = [], []
-        for task in dataset_tasks(data, data.parent / LABELS_FILE):
+        for task in tasks:
             half = len(task.values) // 2
             started = time.perf_counter()
-            result = tune(task.ts[:half], task.values[:half], config, gap=task.gap[:half], settings=settings)
+            incidents = None
+            if args.labels:
+                incidents = np.zeros(half, dtype=bool)
+                for first, last in task.windows:
+                    incidents[first : min(last + 1, half)] = True
+            result = tune(
+                task.ts[:half], task.values[:half], config, gap=task.gap[:half], incidents=incidents, settings=settings
+            )
             seconds = time.perf_counter() - started
             tuned_config = apply_parameters(config, result.params)
             row = []
@@ -69,6 +85,22 @@ def main() -> None:
             f"| **{t.f1:.3f}** (P {t.precision:.2f} R {t.recall:.2f}) |",
             flush=True,
         )
+
+
+def _folds(paths: list[Path], categories: list[str] | None) -> list[tuple[str, list[SeriesTask]]]:
+    """Per fold its series: a NAB corpus directory gives one fold per category, a KPI file
+    (its labels in ``kpi_labels.csv`` beside it) one fold."""
+    folds = []
+    for path in paths:
+        if path.is_dir():
+            tasks = nab_tasks(load_corpus(path, windows_of(path)))
+            for category in sorted({task.name.split("/")[0] for task in tasks}):
+                if categories is None or category in categories:
+                    folds.append((category, [task for task in tasks if task.name.startswith(f"{category}/")]))
+        else:
+            fold = path.parent.name if path.name == "kpi_data.csv" and path.parent.name != "dataset" else "sample"
+            folds.append((fold, dataset_tasks(path, path.parent / LABELS_FILE)))
+    return folds
 
 
 if __name__ == "__main__":
