@@ -42,8 +42,8 @@ def main() -> None:
     settings = TuningSettings(budget_seconds=args.budget_seconds, max_trials=args.trials)
     config = run_config()
     print(
-        "| fold | KPI | tuned parameters | MAE default -> tuned (1st half) | trials (pruned) | tuning s "
-        "| F1 default | F1 tuned |"
+        f"| fold | KPI | tuned parameters | {'F1' if args.labels else 'MAE'} default -> tuned (1st half) "
+        "| trials (pruned) | tuning s | F1 default | F1 tuned |"
     )
     print("|---|---|---|---|---|---|---|---|")
     for fold, tasks in _folds(args.datasets, args.category):
