@@ -16,6 +16,7 @@ from kpi_pipeline import tune as tuning_step
 from kpi_pipeline.config import Settings
 from kpi_pipeline.defs.assets import OWNERS, TRAINING_SHARDS, _log, _markdown, _shard_kpis, _shard_names, _tags
 from kpi_pipeline.defs.assets import cleaned_kpis
+from kpi_pipeline.defs.jobs import OPT_IN_TAG
 from kpi_pipeline.defs.resources import KpiStore
 from kpi_pipeline.defs.schedules import every_shard, starts_running
 from kpi_pipeline.detection.tuning import TuningSettings
@@ -45,7 +46,7 @@ class TuningConfig(dg.Config):
     group_name="modeling",
     kinds={"python", "optuna", "postgres"},
     owners=OWNERS,
-    tags=_tags("gold"),
+    tags={**_tags("gold"), OPT_IN_TAG: "true"},
     metadata={"dagster/table_name": tables.kpi_parameters.name},
     partitions_def=TRAINING_SHARDS,
 )
