@@ -46,7 +46,9 @@ import numpy as np
 import pandas as pd
 import sqlalchemy as sa
 
-DEFAULT_ADMIN_URL = os.environ.get("KPI_TEST_PG_ADMIN_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
+DEFAULT_ADMIN_URL = os.environ.get(
+    "KPI_TEST_PG_ADMIN_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+)
 API_KEY = "bench-api-key"
 START = pd.Timestamp("2025-01-01", tz="UTC")
 TRIVIAL = "GET /health/live"
@@ -85,9 +87,8 @@ def synthetic_scores(observations: pd.DataFrame, seed: int = 1) -> pd.DataFrame:
     score = rng.beta(1.2, 12, n)
     anomalous = rng.random(n) < 0.005
     score[anomalous] = rng.uniform(0.5, 0.95, anomalous.sum())
-    severity = pd.cut(
-        score, [0.5, 0.6, 0.7, 0.8, 1.0], right=False, labels=["low", "medium", "high", "critical"]
-    ).astype(object)
+    severity = pd.cut(score, [0.5, 0.6, 0.7, 0.8, 1.0], right=False,
+                      labels=["low", "medium", "high", "critical"]).astype(object)
     return observations.assign(
         expected=expected,
         lower=expected * 0.9,
@@ -116,10 +117,8 @@ def seed(url: str, kpis: list[str], days: int, model_kpis: int, log) -> None:
         part = observations.iloc[offset : offset + chunk]
         store.upsert_observations(engine, part, "bench")
         store.upsert_scores(engine, synthetic_scores(part))
-    log(
-        f"seeded {len(observations):,} observations and scores of {len(kpis)} KPIs "
-        f"in {time.perf_counter() - started:.0f} s"
-    )
+    log(f"seeded {len(observations):,} observations and scores of {len(kpis)} KPIs "
+        f"in {time.perf_counter() - started:.0f} s")
 
     first = observations[observations["kpi"] == kpis[0]]
     cutoff = len(first) * 2 // 3
@@ -128,17 +127,10 @@ def seed(url: str, kpis: list[str], days: int, model_kpis: int, log) -> None:
     for kpi in kpis[:model_kpis]:
         for kind, artifact in detector.to_artifacts().items():
             store.save_model(
-                engine,
-                kpi=kpi,
-                kind=kind,
-                version=MODEL_VERSION,
-                trained_at=utc_now(),
-                train_start=detector.train_start_,
-                train_end=first["ts"].iloc[cutoff - 1],
-                n_points=detector.n_train_points_,
-                params=detector.config.to_dict(),
-                metrics=detector.metrics_,
-                artifact=artifact,
+                engine, kpi=kpi, kind=kind, version=MODEL_VERSION, trained_at=utc_now(),
+                train_start=detector.train_start_, train_end=first["ts"].iloc[cutoff - 1],
+                n_points=detector.n_train_points_, params=detector.config.to_dict(),
+                metrics=detector.metrics_, artifact=artifact,
             )
     log(f"registered one trained model for {model_kpis} KPIs")
     engine.dispose()
@@ -197,26 +189,22 @@ def http_request(method: str, path: str, body: dict | None = None) -> bytes:
 def scenarios(kpis: list[str], days: int, model_kpis: int, series_limits: Sequence[int]):
     after = START + pd.Timedelta(days=days)
     score_requests = [
-        http_request(
-            "POST",
-            "/v1/score",
-            {
-                "kpi": kpi,
-                "points": [{"timestamp": (after + pd.Timedelta(hours=hour)).isoformat(), "value": 1000.0 + hour}],
-            },
-        )
+        http_request("POST", "/v1/score", {
+            "kpi": kpi,
+            "points": [{"timestamp": (after + pd.Timedelta(hours=hour)).isoformat(),
+                        "value": 1000.0 + hour}],
+        })
         for kpi in kpis[:model_kpis]
         for hour in range(3)
     ]
     return [
         Scenario(TRIVIAL, [http_request("GET", "/health/live")]),
         Scenario("GET /health", [http_request("GET", "/health")]),
-        Scenario("GET /v1/scores/latest?kpi=…", [http_request("GET", f"/v1/scores/latest?kpi={kpi}") for kpi in kpis]),
+        Scenario("GET /v1/scores/latest?kpi=…",
+                 [http_request("GET", f"/v1/scores/latest?kpi={kpi}") for kpi in kpis]),
         *(
-            Scenario(
-                f"GET /v1/kpis/{{kpi}}/scores?limit={limit}",
-                [http_request("GET", f"/v1/kpis/{kpi}/scores?limit={limit}") for kpi in kpis],
-            )
+            Scenario(f"GET /v1/kpis/{{kpi}}/scores?limit={limit}",
+                     [http_request("GET", f"/v1/kpis/{kpi}/scores?limit={limit}") for kpi in kpis])
             for limit in series_limits
         ),
         Scenario("POST /v1/score (1 point)", score_requests),
@@ -324,7 +312,8 @@ async def _prime(port: int, scenario: Scenario, clients: int, rounds: int) -> No
     await _watched(answered, f"priming {scenario.name}", *(client() for _ in range(clients)))
 
 
-def summarise(scenario: Scenario, turns: list[tuple[list[float], list[int], float]]) -> Result:
+def summarise(scenario: Scenario, turns: list[tuple[list[float], list[int], float]]
+              ) -> Result:
     """One scenario's turns (latencies, statuses, seconds measured) as one Result."""
     latencies = [latency for turn in turns for latency in turn[0]]
     statuses = [status for turn in turns for status in turn[1]]
@@ -344,9 +333,8 @@ def summarise(scenario: Scenario, turns: list[tuple[list[float], list[int], floa
     )
 
 
-def load_generator(
-    port: int, plan: list[Scenario], clients: int, seconds: float, warmup: float, rounds: int, results
-) -> None:
+def load_generator(port: int, plan: list[Scenario], clients: int, seconds: float,
+                   warmup: float, rounds: int, results) -> None:
     """The second process: primes every scenario, then runs them in turn, ``rounds`` times,
     ``seconds / rounds`` each; puts each scenario's Result, then None."""
     try:
@@ -360,7 +348,9 @@ def load_generator(
     turns: dict[str, list] = {scenario.name: [] for scenario in plan}
     for round_number in range(1, rounds + 1):
         for scenario in plan:
-            turns[scenario.name].append(asyncio.run(_drive(port, scenario, clients, warmup, seconds / rounds)))
+            turns[scenario.name].append(
+                asyncio.run(_drive(port, scenario, clients, warmup, seconds / rounds))
+            )
         print(f"round {round_number}/{rounds} done", file=sys.stderr, flush=True)
     for scenario in plan:
         results.put(summarise(scenario, turns[scenario.name]))
@@ -411,16 +401,8 @@ def wait_until_settled(log_path: Path, workers: int, log, timeout: float = 60) -
 
 def start_api(url: str, port: int, workers: int, log_path: Path) -> subprocess.Popen:
     command = [
-        sys.executable,
-        "-c",
-        "from kpi_pipeline.cli import app; app()",
-        "--database-url",
-        url,
-        "api",
-        "--port",
-        str(port),
-        "--workers",
-        str(workers),
+        sys.executable, "-c", "from kpi_pipeline.cli import app; app()",
+        "--database-url", url, "api", "--port", str(port), "--workers", str(workers),
     ]
     env = {**os.environ, "KPI_API_KEYS": API_KEY}
     with log_path.open("w") as log:
@@ -439,19 +421,20 @@ def _next_result(results, driver) -> Result | None:
                 except queue.Empty:
                     pass
                 raise RuntimeError(
-                    f"the load generator exited with status {driver.exitcode} (its error is above)"
+                    f"the load generator exited with status {driver.exitcode} (its error is "
+                    "above)"
                 ) from None
 
 
 def report(results: list[Result], trivial: Result) -> str:
     lines = [
-        "| endpoint | requests | errors | req/s | p50 ms | p99 ms | throughput vs trivial | range over rounds |",
+        "| endpoint | requests | errors | req/s | p50 ms | p99 ms | throughput vs trivial "
+        "| range over rounds |",
         "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for result in results:
-        per_round = [mine / theirs for mine, theirs in zip(result.round_rps, trivial.round_rps) if theirs] or [
-            float("nan")
-        ]
+        per_round = [mine / theirs for mine, theirs in zip(result.round_rps, trivial.round_rps)
+                     if theirs] or [float("nan")]
         lines.append(
             f"| `{result.name}` | {result.requests:,} | {result.errors} | {result.rps:,.0f} | "
             f"{result.p50_ms:.1f} | {result.p99_ms:.1f} | {result.rps / trivial.rps:.2f} "
@@ -462,44 +445,32 @@ def report(results: list[Result], trivial: Result) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument(
-        "--admin-url",
-        default=DEFAULT_ADMIN_URL,
-        help="Postgres URL allowed to CREATE/DROP DATABASE (default: %(default)s)",
-    )
+    parser.add_argument("--admin-url", default=DEFAULT_ADMIN_URL,
+                        help="Postgres URL allowed to CREATE/DROP DATABASE (default: %(default)s)")
     parser.add_argument("--kpis", type=int, default=1000)
     parser.add_argument("--days", type=int, default=30)
-    parser.add_argument("--model-kpis", type=int, default=20, help="KPIs that get a trained model, for POST /v1/score")
+    parser.add_argument("--model-kpis", type=int, default=20,
+                        help="KPIs that get a trained model, for POST /v1/score")
     parser.add_argument("--clients", type=int, default=50)
-    parser.add_argument("--duration", type=float, default=10.0, help="seconds per endpoint, over all rounds")
-    parser.add_argument("--warmup", type=float, default=2.0, help="seconds before each endpoint's turn in each round")
-    parser.add_argument(
-        "--rounds", type=int, default=3, help="rounds in which the endpoints take turns (default: %(default)s)"
-    )
+    parser.add_argument("--duration", type=float, default=10.0,
+                        help="seconds per endpoint, over all rounds")
+    parser.add_argument("--warmup", type=float, default=2.0,
+                        help="seconds before each endpoint's turn in each round")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="rounds in which the endpoints take turns (default: %(default)s)")
     parser.add_argument("--workers", type=int, default=2, help="uvicorn worker processes")
-    parser.add_argument(
-        "--series-limit",
-        type=int,
-        action="append",
-        help="limit= of the series request; repeatable (default: 168 and 720)",
-    )
-    parser.add_argument(
-        "--only",
-        action="append",
-        metavar="TEXT",
-        help="only endpoints whose name contains TEXT; repeatable (the trivial endpoint always runs)",
-    )
+    parser.add_argument("--series-limit", type=int, action="append",
+                        help="limit= of the series request; repeatable (default: 168 and 720)")
+    parser.add_argument("--only", action="append", metavar="TEXT",
+                        help="only endpoints whose name contains TEXT; repeatable (the trivial "
+                        "endpoint always runs)")
     parser.add_argument("--json", type=Path, help="also write the results here")
-    parser.add_argument(
-        "--keep-database", action="store_true", help="do not drop the scratch database (its name is logged)"
-    )
-    parser.add_argument(
-        "--database",
-        metavar="NAME",
-        help="reuse this database, seeded by an earlier run with --keep-database "
-        "and the same --kpis/--days/--model-kpis, instead of seeding a new one; "
-        "it is kept",
-    )
+    parser.add_argument("--keep-database", action="store_true",
+                        help="do not drop the scratch database (its name is logged)")
+    parser.add_argument("--database", metavar="NAME",
+                        help="reuse this database, seeded by an earlier run with --keep-database "
+                        "and the same --kpis/--days/--model-kpis, instead of seeding a new one; "
+                        "it is kept")
     args = parser.parse_args(argv)
     if args.rounds < 1:
         parser.error("--rounds must be at least 1")
@@ -526,30 +497,30 @@ def main(argv: Sequence[str] | None = None) -> int:
         server = start_api(url, port, args.workers, log_path)
         wait_until_up(port, server)
         wait_until_settled(log_path, args.workers, log)
-        log(
-            f"API up on 127.0.0.1:{port} with {args.workers} workers (log: {log_path}); "
+        log(f"API up on 127.0.0.1:{port} with {args.workers} workers (log: {log_path}); "
             f"{args.clients} clients, {args.duration:.0f} s per endpoint in {args.rounds} "
-            "rounds"
-        )
+            "rounds")
 
         plan = [
             scenario
-            for scenario in scenarios(kpis, args.days, min(args.model_kpis, args.kpis), args.series_limit or [168, 720])
-            if scenario.name == TRIVIAL or not args.only or any(text in scenario.name for text in args.only)
+            for scenario in scenarios(kpis, args.days, min(args.model_kpis, args.kpis),
+                                      args.series_limit or [168, 720])
+            if scenario.name == TRIVIAL
+            or not args.only
+            or any(text in scenario.name for text in args.only)
         ]
         spawn = multiprocessing.get_context("spawn")
         results_queue = spawn.Queue()
         driver = spawn.Process(
             target=load_generator,
-            args=(port, plan, args.clients, args.duration, args.warmup, args.rounds, results_queue),
+            args=(port, plan, args.clients, args.duration, args.warmup, args.rounds,
+                  results_queue),
         )
         driver.start()
         results = []
         while (result := _next_result(results_queue, driver)) is not None:
-            log(
-                f"{result.name}: {result.rps:,.0f} req/s, p50 {result.p50_ms:.1f} ms, "
-                f"p99 {result.p99_ms:.1f} ms, statuses {result.statuses}"
-            )
+            log(f"{result.name}: {result.rps:,.0f} req/s, p50 {result.p50_ms:.1f} ms, "
+                f"p99 {result.p99_ms:.1f} ms, statuses {result.statuses}")
             results.append(result)
         driver.join()
     finally:
@@ -564,11 +535,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         admin.dispose()
 
     trivial = next(result for result in results if result.name == TRIVIAL)
-    print(
-        f"\n{args.kpis} KPIs x {args.days} days hourly, {args.clients} clients, "
-        f"{args.duration:.0f} s per endpoint in {args.rounds} rounds, "
-        f"{args.workers} API workers, {os.cpu_count()} CPUs\n"
-    )
+    print(f"\n{args.kpis} KPIs x {args.days} days hourly, {args.clients} clients, "
+          f"{args.duration:.0f} s per endpoint in {args.rounds} rounds, "
+          f"{args.workers} API workers, {os.cpu_count()} CPUs\n")
     print(report(results, trivial))
     if args.json:
         args.json.write_text(json.dumps([asdict(result) for result in results], indent=2))

@@ -21,7 +21,8 @@ from kpi_pipeline.evaluation.backtest import stream_scores
 
 def series(freq: str, days: int, seed: int) -> tuple[pd.DatetimeIndex, np.ndarray]:
     """Counts with a daily and a weekly cycle, Poisson noise and a few spikes."""
-    ts = pd.date_range("2025-01-06", periods=int(pd.Timedelta(days=days) / pd.Timedelta(freq)), freq=freq, tz="UTC")
+    ts = pd.date_range("2025-01-06", periods=int(pd.Timedelta(days=days) / pd.Timedelta(freq)),
+                       freq=freq, tz="UTC")
     hours = (ts - ts[0]) / pd.Timedelta(hours=1)
     rate = 300 * (1 + 0.5 * np.sin(2 * np.pi * hours / 24)) * (1 + 0.2 * np.sin(2 * np.pi * hours / 168))
     rng = np.random.default_rng(seed)

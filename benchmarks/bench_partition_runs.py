@@ -49,38 +49,25 @@ def main() -> None:
         shard = _empty_shard()
         resources = {"store": KpiStore(database_url=url)}
         with dg.DagsterInstance.get() as instance:
-            dg.materialize(
-                ASSETS, selection=[kpi_models], resources=resources, partition_key=shard, instance=instance
-            )  # warm-up
+            dg.materialize(ASSETS, selection=[kpi_models], resources=resources,
+                           partition_key=shard, instance=instance)  # warm-up
             started = time.perf_counter()
             for _ in range(args.runs):
-                dg.materialize(
-                    ASSETS, selection=[kpi_models], resources=resources, partition_key=shard, instance=instance
-                )
+                dg.materialize(ASSETS, selection=[kpi_models], resources=resources,
+                               partition_key=shard, instance=instance)
             in_process = (time.perf_counter() - started) / args.runs
-        command = [
-            str(Path(sys.executable).parent / "dagster"),
-            "asset",
-            "materialize",
-            "-m",
-            "kpi_pipeline.defs",
-            "--select",
-            "kpi_models",
-            "--partition",
-            shard,
-        ]
+        command = [str(Path(sys.executable).parent / "dagster"), "asset", "materialize", "-m",
+                   "kpi_pipeline.defs", "--select", "kpi_models", "--partition", shard]
         started = time.perf_counter()
         for _ in range(args.processes):
             subprocess.run(command, check=True, capture_output=True, env=os.environ)
         new_process = (time.perf_counter() - started) / args.processes
     print(f"one run, in process: {in_process:.2f} s; as a new process: {new_process:.2f} s")
     for kpis in (1_000, 10_000):
-        print(
-            f"{kpis:>6} KPIs, a partition per KPI: {kpis * in_process / 60:.0f} to "
-            f"{kpis * new_process / 60:.0f} min of run overhead per retrain on one core; "
-            f"{TRAINING_SHARDS.get_num_partitions()} shards: "
-            f"{TRAINING_SHARDS.get_num_partitions() * new_process:.0f} s"
-        )
+        print(f"{kpis:>6} KPIs, a partition per KPI: {kpis * in_process / 60:.0f} to "
+              f"{kpis * new_process / 60:.0f} min of run overhead per retrain on one core; "
+              f"{TRAINING_SHARDS.get_num_partitions()} shards: "
+              f"{TRAINING_SHARDS.get_num_partitions() * new_process:.0f} s")
 
 
 if __name__ == "__main__":

@@ -57,11 +57,9 @@ def main() -> None:
         per_kpi.append(event_metrics(flags, windows, probation_length(len(ts))))
     events = combine(per_kpi)
     print(f"kpi-pipeline init + ingest + run: {seconds:.0f} s")
-    print(
-        f"events from the anomalies table: caught {events.tp_events} of "
-        f"{events.tp_events + events.fn_events}, recall {events.recall:.3f}, precision "
-        f"{events.precision:.3f} ({events.fp_events} false events)"
-    )
+    print(f"events from the anomalies table: caught {events.tp_events} of "
+          f"{events.tp_events + events.fn_events}, recall {events.recall:.3f}, precision "
+          f"{events.precision:.3f} ({events.fp_events} false events)")
     if args.by_day:
         print(_by_day(cleaned, anomalies, labels))
 
@@ -78,10 +76,8 @@ def _by_day(cleaned: pd.DataFrame, anomalies: pd.DataFrame, labels: pd.DataFrame
     caught = len(labelled & flagged)
     recall = caught / len(labelled) if labelled else 1.0
     precision = caught / len(flagged) if flagged else float(not labelled)
-    return (
-        f"days: {caught} of {len(labelled)} anomalous days flagged, day recall {recall:.3f}, "
-        f"day precision {precision:.3f} ({len(flagged) - caught} normal days flagged)"
-    )
+    return (f"days: {caught} of {len(labelled)} anomalous days flagged, day recall {recall:.3f}, "
+            f"day precision {precision:.3f} ({len(flagged) - caught} normal days flagged)")
 
 
 if __name__ == "__main__":

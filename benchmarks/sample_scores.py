@@ -65,10 +65,8 @@ def compare(first: Path, second: Path) -> int:
             both_nan = a[name].isna() & b[name].isna()
             close = np.isclose(a[name], b[name], rtol=TOLERANCE, atol=TOLERANCE) | both_nan
         else:
-            close = (
-                a[name].astype(object).fillna("<null>").astype(str)
-                == b[name].astype(object).fillna("<null>").astype(str)
-            ).to_numpy()
+            close = (a[name].astype(object).fillna("<null>").astype(str)
+                     == b[name].astype(object).fillna("<null>").astype(str)).to_numpy()
         if not close.all():
             differences.append(f"{name}: {int((~close).sum())} rows differ")
     if differences:
