@@ -7,7 +7,8 @@ measured depends on what is known about the KPI:
 
 - no labels: the forecast error (``forecast_mae``, lower is better): the mean absolute
   difference between each observed point of the blocks and the detector's expected value.
-  Forecast error does not depend on the forest, so only Prophet's parameters are searched.
+  Forecast error does not depend on the forest, so only Prophet's parameters are searched,
+  the changepoint prior only at or below its starting value (see ``tune``).
 - labels (incidents, and points analysts marked, which the caller turns into ``incidents``):
   event F1 over the blocks (``event_f1``, higher is better, ``evaluation.metrics``), with the
   whole ensemble; Prophet's and the forest's parameters are searched.
@@ -46,8 +47,6 @@ PROPHET_KEYS = ("prophet.changepoint_prior_scale", "prophet.seasonality_prior_sc
 FOREST_KEYS = ("iforest.n_estimators", "iforest.max_samples", "iforest.tail_quantile")
 
 MAX_SAMPLES = (64, 128, 256, 512)
-
-
 MAX_CHANGEPOINT_PRIOR = 0.5
 
 
