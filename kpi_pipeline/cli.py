@@ -39,6 +39,7 @@ from kpi_pipeline.errors import first_line
 from kpi_pipeline.groups_cli import register as register_groups
 from kpi_pipeline.ingestion import read_observations_csv
 from kpi_pipeline.thresholds_cli import register as register_thresholds
+from kpi_pipeline.tune_cli import register as register_tuning
 
 app = typer.Typer(
     name="kpi-pipeline",
@@ -673,3 +674,4 @@ register_api(app)
 register_alerts(app)
 register_groups(app)
 register_thresholds(app)
+register_tuning(app)

@@ -33,6 +33,7 @@ from kpi_pipeline.detection.ensemble import (
 )
 from kpi_pipeline.detection.events import assign_events, open_event_from, summarize_events
 from kpi_pipeline.detection.feedback import threshold_raise
+from kpi_pipeline.detection.parameters import apply_parameters
 from kpi_pipeline.detection.preprocess import (
     Grid,
     clean_observations,
@@ -183,7 +184,8 @@ def train_models(
     retrain) on every point scored so far, once points newer than its newest model have been
     scored. Training only on scored points means the skipped points (confident anomalies,
     confirmed incidents) are known for every point it uses; new points are scored by the newest
-    earlier version either way. A KPI with too little history is reported, not raised.
+    earlier version either way. A KPI with too little history is reported, not raised. Each
+    KPI is trained with its stored parameters applied (``kpi_detector_config``).
     """
     trained_at = trained_at if trained_at is not None else pd.Timestamp.now("UTC")
     # Only this run's KPIs: a shard's run reads its own models and anomalies, not every KPI's.
@@ -191,6 +193,7 @@ def train_models(
     newest_models = store.load_latest_models(engine, "ensemble", kpis)
     last_scored = store.last_scored_ts(engine)
     excluded = training_exclusions(engine, config, kpis)
+    overrides = store.load_parameters(engine, kpis)
     results = []
     for kpi, rows in cleaned.groupby("kpi", sort=True):
         kpi = str(kpi)
@@ -198,12 +201,13 @@ def train_models(
         exclude = ts.isin(excluded[kpi]) if kpi in excluded else np.zeros(len(ts), dtype=bool)
         newest = newest_models.get(kpi)
         try:
+            kpi_config = kpi_detector_config(config, overrides.get(kpi, {}))
             if newest is None:
-                result = _train_history(engine, kpi, rows, exclude, config, trained_at)
+                result = _train_history(engine, kpi, rows, exclude, kpi_config, trained_at)
             else:
                 cutoff = _retrain_cutoff(ts, newest, last_scored.get(kpi))
                 if cutoff:
-                    result = _retrain(engine, kpi, rows, cutoff, exclude, config, trained_at)
+                    result = _retrain(engine, kpi, rows, cutoff, exclude, kpi_config, trained_at)
                 else:
                     result = KpiTraining(kpi, "up to date")
             if rescore_horizon is not None:
@@ -214,6 +218,13 @@ def train_models(
         progress(f"{kpi}: {_describe_training(result)}")
         results.append(result)
     return results
+
+
+def kpi_detector_config(config: DetectorConfig, overrides: dict) -> DetectorConfig:
+    """The configuration a KPI is trained with: the run's ``config`` with the KPI's stored
+    parameters (``store.load_parameters``: tuned, then pinned) applied; registered with its
+    models (``params``)."""
+    return apply_parameters(config, overrides)
 
 
 def prune_models(

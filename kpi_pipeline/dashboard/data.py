@@ -102,6 +102,12 @@ def threshold(url: str, kpi: str) -> pipeline.KpiThreshold | None:
     return pipeline.kpi_thresholds(engine(url), [kpi]).get(kpi)
 
 
+@st.cache_data(ttl=TTL, show_spinner=False)
+def parameters(url: str, kpi: str) -> pd.DataFrame:
+    """The KPI's stored parameter overrides, tuned and pinned (``store.load_parameter_rows``)."""
+    return store.load_parameter_rows(engine(url), [kpi])
+
+
 def save_feedback(url: str, kpi: str, stamps: list[pd.Timestamp], label: str, note: str) -> None:
     """Label anomalous points (the store the CLI and API use) and drop the cached views of them."""
     for ts in stamps:

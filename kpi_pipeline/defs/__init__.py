@@ -13,15 +13,16 @@ from kpi_pipeline.defs.jobs import JOBS
 from kpi_pipeline.defs.resources import KpiStore, alert_resources
 from kpi_pipeline.defs.schedules import build_schedules
 from kpi_pipeline.defs.sensors import build_sensors
+from kpi_pipeline.defs.tuning import TUNING_ASSETS, tuning_job, tuning_schedules
 
 
 def build_definitions(settings: Settings) -> dg.Definitions:
     """Every asset, check, job, schedule, sensor and resource, configured by ``settings``."""
     return dg.Definitions(
-        assets=ASSETS,
+        assets=[*ASSETS, *TUNING_ASSETS],
         asset_checks=CHECKS,
-        jobs=JOBS,
-        schedules=build_schedules(settings),
+        jobs=[*JOBS, tuning_job],
+        schedules=[*build_schedules(settings), *tuning_schedules(settings)],
         sensors=build_sensors(settings),
         resources={"store": KpiStore(), **alert_resources(settings)},
         executor=executor(settings),

@@ -29,6 +29,9 @@ training_job = dg.define_asset_job(
     "schedule runs every shard, each in its own run, in parallel.",
 )
 
+OPT_IN_TAG = "kpi/opt_in"
+"""Tag (value ``true``) of assets that only run when asked for: ``all_assets_job`` leaves them out."""
+
 SCORING_RUN_TAGS = {"kpi/scoring": "true"}
 """Tag of every run that writes scores. ``dagster.yaml`` limits such runs to one at a time
 (``concurrency.runs.tag_concurrency_limits``), so the schedule and the sensor never score at
@@ -43,7 +46,8 @@ scoring_job = dg.define_asset_job(
 
 all_assets_job = dg.define_asset_job(
     "all_assets_job",
-    selection=dg.AssetSelection.all(),
+    # Opt-in assets (tuning, defs/tuning.py) have their own jobs and are not part of every run.
+    selection=dg.AssetSelection.all() - dg.AssetSelection.tag(OPT_IN_TAG, "true"),
     description="Clean, train the selected shards, score and summarise anomalies in one run.",
     tags=SCORING_RUN_TAGS,
 )

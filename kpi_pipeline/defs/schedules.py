@@ -18,6 +18,7 @@ AUTOMATION = (
     "hourly_scoring_schedule",
     "daily_training_schedule",
     "daily_retention_schedule",
+    "weekly_tuning_schedule",
     "new_kpi_data_sensor",
     "score_after_training_sensor",
     "anomaly_check_sensor",

@@ -60,6 +60,13 @@ from kpi_pipeline.store.observations import (
     observations_version,
     upsert_observations,
 )
+from kpi_pipeline.store.parameters import (
+    load_parameter_rows,
+    load_parameters,
+    pin_parameters,
+    save_tuned_parameters,
+    unpin_parameters,
+)
 from kpi_pipeline.store.schema import FEEDBACK_LABELS, SEVERITIES
 from kpi_pipeline.store.scoring import (
     load_observation_windows,
@@ -88,6 +95,11 @@ __all__ = [
     "OUTAGE_FLAG",
     "load_kpi_failures",
     "record_kpi_outcomes",
+    "load_parameter_rows",
+    "load_parameters",
+    "pin_parameters",
+    "save_tuned_parameters",
+    "unpin_parameters",
     "add_silence",
     "alert_evaluation",
     "claim_due_deliveries",

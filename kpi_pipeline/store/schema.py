@@ -351,4 +351,27 @@ threshold_resets = sa.Table(
     sa.Column("reset_at", UtcDateTime, nullable=False),
 )
 
+PARAMETER_SOURCES: tuple[str, ...] = ("tuned", "pinned")
+"""Where a KPI's parameter overrides come from; ``pinned`` ones win over ``tuned`` ones."""
+
+kpi_parameters = sa.Table(
+    "kpi_parameters",
+    metadata,
+    # Per KPI and source, a JSON object of DetectorConfig overrides keyed by dotted field names
+    # ("threshold", "prophet.changepoint_prior_scale"); training applies tuned, then pinned.
+    sa.Column("kpi", sa.Text, primary_key=True),
+    sa.Column("source", sa.Text, primary_key=True),
+    sa.Column("params", Json, nullable=False),
+    # What tuning optimised (forecast_mae or event_f1), the value it reached, the defaults'
+    # value on the same folds, and its trials (all and pruned); null on pinned rows.
+    sa.Column("objective", sa.Text),
+    sa.Column("objective_value", sa.Float),
+    sa.Column("default_value", sa.Float),
+    sa.Column("trials", sa.Integer),
+    sa.Column("pruned_trials", sa.Integer),
+    sa.Column("updated_at", UtcDateTime, nullable=False),
+    sa.CheckConstraint("source IN ('tuned', 'pinned')", name="ck_kpi_parameters_source"),
+)
+
+
 TABLES: tuple[sa.Table, ...] = tuple(metadata.sorted_tables)

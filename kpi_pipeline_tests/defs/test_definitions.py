@@ -16,6 +16,7 @@ ASSET_KEYS = {
     "anomaly_scores",
     "anomalies",
     "group_events",
+    "kpi_parameters",
 }
 
 
@@ -50,7 +51,8 @@ def test_scores_depend_on_models_and_cleaned_series():
     [
         ("training_job", {"kpi_models"}),
         ("scoring_job", {"cleaned_kpis", "anomaly_scores", "anomalies", "group_events"}),
-        ("all_assets_job", ASSET_KEYS - {"raw_kpis"}),
+        ("all_assets_job", ASSET_KEYS - {"raw_kpis", "kpi_parameters"}),
+        ("tuning_job", {"kpi_parameters"}),
     ],
 )
 def test_job_selects_its_assets(job, assets):

@@ -15,6 +15,8 @@ from kpi_pipeline.store import make_engine, migrate, table_counts, upsert_observ
 from kpi_pipeline.store.schema import metadata
 from kpi_pipeline_tests.defs.synthetic import hourly_kpis
 
+MIGRATIONS = ["0001", "0002", "0003", "0004", "0005", "0006", "0007", "0008", "0009", "0010", "0011"]
+
 TABLES = {
     "kpi_observations",
     "rejected_observations",
@@ -28,6 +30,7 @@ TABLES = {
     "kpi_cleaned",
     "kpi_features",
     "kpi_failures",
+    "kpi_parameters",
     "kpi_groups",
     "group_models",
     "group_events",
@@ -38,7 +41,7 @@ TABLES = {
 def test_migrate_creates_every_table_and_the_view_and_second_run_is_a_noop(store_url):
     engine = make_engine(store_url)
     try:
-        assert migrate(engine) == ["0001", "0002", "0003", "0004", "0005", "0006", "0007", "0008", "0010", "0011"]
+        assert migrate(engine) == MIGRATIONS
         assert migrate(engine) == []
         inspector = sa.inspect(engine)
         assert TABLES | {"alembic_version"} == set(inspector.get_table_names())
@@ -49,7 +52,7 @@ def test_migrate_creates_every_table_and_the_view_and_second_run_is_a_noop(store
 
 
 def test_migrate_accepts_a_url(sqlite_url):
-    assert migrate(sqlite_url) == ["0001", "0002", "0003", "0004", "0005", "0006", "0007", "0008", "0010", "0011"]
+    assert migrate(sqlite_url) == MIGRATIONS
     assert migrate(sqlite_url) == []
 
 

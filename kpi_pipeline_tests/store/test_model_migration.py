@@ -116,7 +116,7 @@ def test_pickled_models_are_converted_once_and_score_as_before(engine_at_0007, f
     versions = [register(engine_at_0007, "sales", d, legacy_artifacts(d)) for d in fitted]
     modern = register(engine_at_0007, "orders", fitted[1], fitted[1].to_artifacts())
 
-    assert store.migrate(engine_at_0007) == ["0008", "0010", "0011"]
+    assert store.migrate(engine_at_0007) == ["0008", "0009", "0010", "0011"]
 
     for version, detector in zip(versions, fitted):
         artifacts = store.model_artifacts(engine_at_0007, "sales", version)

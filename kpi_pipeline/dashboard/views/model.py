@@ -1,6 +1,7 @@
 """Model page: a KPI's training history and model versions, what Prophet expects it to do
 (trend and seasonal components over the recent window) and its backtests, if any."""
 
+import pandas as pd
 import streamlit as st
 
 from kpi_pipeline.config import get_settings
@@ -55,6 +56,35 @@ else:
     )
     if len(versions) > 1:
         st.plotly_chart(training_figure(versions), key="training_chart")
+
+    st.subheader("Parameters")
+    stored = data.parameters(url, kpi)
+    if stored.empty:
+        st.caption(
+            f"{kpi} trains with the default parameters. `kpi-pipeline tune --kpi {kpi}` searches its own; "
+            f"`kpi-pipeline params pin {kpi} key=value` fixes one by hand (docs/tuning.md)."
+        )
+    else:
+        pinned = {key for row in stored.itertuples() if row.source == "pinned" for key in row.params}
+        rows = [
+            {
+                "Parameter": key,
+                "Value": str(value),
+                "Source": row.source,
+                "Used": row.source == "pinned" or key not in pinned,
+            }
+            for row in stored.itertuples()
+            for key, value in sorted(row.params.items())
+        ]
+        st.dataframe(pd.DataFrame(rows), hide_index=True, key="parameters_table")
+        for row in stored.itertuples():
+            if row.source == "tuned":
+                st.caption(
+                    f"Tuned {ui.when(row.updated_at)}: {row.objective} {row.default_value:.4g} with the defaults, "
+                    f"{row.objective_value:.4g} tuned, on its last folds; {int(row.trials)} trials "
+                    f"({int(row.pruned_trials)} pruned). Pinned values win; each model version records the "
+                    "parameters it was trained with, and new ones apply from the next retrain."
+                )
 
     st.subheader("What Prophet expects")
     version = st.selectbox("Model version", list(versions["version"]), key="model_version")

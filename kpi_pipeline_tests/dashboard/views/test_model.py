@@ -98,3 +98,37 @@ def test_kpi_without_models_says_so(open_page, sqlite_url):
 def test_empty_database_explains_how_to_load_data(open_page, sqlite_url):
     app = open_page(sqlite_url, "model")
     assert any("No KPIs in this database yet" in text for text in texts(app.info))
+
+
+def test_model_page_shows_the_kpis_parameters_and_which_are_used(open_page, seeded_sqlite):
+    engine = store.make_engine(seeded_sqlite)
+    store.save_tuned_parameters(
+        engine,
+        "orders",
+        {"prophet.changepoint_prior_scale": 0.2, "prophet.seasonality_mode": "additive"},
+        objective="forecast_mae",
+        objective_value=1.25,
+        default_value=2.5,
+        trials=9,
+        pruned_trials=4,
+    )
+    store.pin_parameters(engine, "orders", {"prophet.seasonality_mode": "multiplicative"})
+    engine.dispose()
+
+    app = open_page(seeded_sqlite, "model", kpi="orders")
+
+    table = next(frame.value for frame in app.dataframe if "Parameter" in frame.value)
+    used = {(row.Parameter, row.Value, row.Source) for row in table.itertuples() if row.Used}
+    assert used == {
+        ("prophet.changepoint_prior_scale", "0.2", "tuned"),
+        ("prophet.seasonality_mode", "multiplicative", "pinned"),
+    }
+    assert any(
+        "forecast_mae 2.5 with the defaults, 1.25 tuned" in text and "9 trials (4 pruned)" in text
+        for text in texts(app.caption)
+    )
+
+
+def test_model_page_says_when_a_kpi_trains_with_the_defaults(open_page, seeded_sqlite):
+    app = open_page(seeded_sqlite, "model", kpi="orders")
+    assert any("orders trains with the default parameters" in text for text in texts(app.caption))

@@ -1,7 +1,7 @@
 """KPI groups: multivariate detection over groups of KPIs that move together.
 
 Revision ID: 0010
-Revises: 0008
+Revises: 0009
 Create Date: 2026-12-07
 
 ``kpi_groups`` holds each declared group (its members as last seen, and the newest timestamp
@@ -20,7 +20,7 @@ from alembic import op
 from sqlalchemy.dialects import postgresql
 
 revision = "0010"
-down_revision = "0008"
+down_revision = "0009"
 branch_labels = None
 depends_on = None
 
