@@ -24,13 +24,6 @@ MESSAGE = render([anomaly()], Links("http://dagster.test", "http://api.test"), k
 
 
 @pytest.fixture(scope="module")
-def slack_api():
-    api = SlackApi("xoxb-test").start()
-    yield api
-    api.stop()
-
-
-@pytest.fixture(scope="module")
 def twilio_api():
     api = TwilioApi("AC123", "twilio-secret").start()
     yield api

@@ -6,15 +6,12 @@ from __future__ import annotations
 import json
 
 import pandas as pd
-import pytest
 
 from kpi_pipeline import store
-from kpi_pipeline.alerts.channels import SlackChannel
 from kpi_pipeline.alerts.groups import group_event_alerts, queue_group_events
 from kpi_pipeline.alerts.outbox import deliver
 from kpi_pipeline.alerts.policy import AlertPolicy
 from kpi_pipeline.store import groups as group_store
-from kpi_pipeline_tests.alerts.servers import SlackApi
 
 NOW = pd.Timestamp.now("UTC").floor("h")
 HOUR = pd.Timedelta(hours=1)
@@ -25,19 +22,6 @@ MEMBERS = json.dumps(
         {"kpi": "revenue", "z": 3.2, "relative": 0.08, "at": "x"},
     ]
 )
-
-
-@pytest.fixture(scope="module")
-def slack_api():
-    api = SlackApi("xoxb-test").start()
-    yield api
-    api.stop()
-
-
-@pytest.fixture
-def channels(slack_api):
-    slack_api.reset()
-    return {"slack": SlackChannel(token="xoxb-test", channel="#kpi", base_url=slack_api.base_url)}
 
 
 def events(*starts_and_ends: tuple[pd.Timestamp, pd.Timestamp], peak: float = 0.75) -> pd.DataFrame:

@@ -8,30 +8,14 @@ than ``max_age`` (an old file loaded today) is not news.
 """
 
 import pandas as pd
-import pytest
 
 from kpi_pipeline import derived, store
-from kpi_pipeline.alerts.channels import SlackChannel
 from kpi_pipeline.alerts.outbox import deliver, queue_news
 from kpi_pipeline.alerts.policy import AlertPolicy
-from kpi_pipeline_tests.alerts.servers import SlackApi
 
 NOW = pd.Timestamp.now("UTC").floor("h")
 HOUR = pd.Timedelta(hours=1)
 POLICY = AlertPolicy(cooldown_minutes=180, digest_threshold=3, retry_base_seconds=30, max_inline_wait_seconds=1)
-
-
-@pytest.fixture(scope="module")
-def slack_api():
-    api = SlackApi("xoxb-test").start()
-    yield api
-    api.stop()
-
-
-@pytest.fixture
-def channels(slack_api):
-    slack_api.reset()
-    return {"slack": SlackChannel(token="xoxb-test", channel="#kpi", base_url=slack_api.base_url)}
 
 
 def _observe(engine, kpi: str, first: pd.Timestamp, last: pd.Timestamp) -> None:

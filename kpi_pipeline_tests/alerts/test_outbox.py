@@ -18,24 +18,11 @@ from kpi_pipeline.alerts.outbox import deliver, enqueue, queue_news
 from kpi_pipeline.alerts.policy import AlertPolicy
 from kpi_pipeline.alerts.routing import Routing
 from kpi_pipeline_tests.alerts.samples import anomaly
-from kpi_pipeline_tests.alerts.servers import Response, SlackApi
+from kpi_pipeline_tests.alerts.servers import Response
 
 NOW = pd.Timestamp.now("UTC").floor("h")
 HOUR = pd.Timedelta(hours=1)
 POLICY = AlertPolicy(cooldown_minutes=180, digest_threshold=3, retry_base_seconds=30, max_inline_wait_seconds=1)
-
-
-@pytest.fixture(scope="module")
-def slack_api():
-    api = SlackApi("xoxb-test").start()
-    yield api
-    api.stop()
-
-
-@pytest.fixture
-def channels(slack_api):
-    slack_api.reset()
-    return {"slack": SlackChannel(token="xoxb-test", channel="#kpi", base_url=slack_api.base_url)}
 
 
 @pytest.fixture

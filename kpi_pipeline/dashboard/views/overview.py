@@ -29,20 +29,23 @@ if not data.kpi_names(url):
     st.info(ui.NO_DATA)
     st.stop()
 
+
+def warn_about(headline: str, items: list[str], command: str) -> None:
+    """One warning naming the first ``FAILURES_SHOWN`` of ``items``; ``command`` lists them all."""
+    more = f" … and {len(items) - FAILURES_SHOWN} more (`{command}`)" if len(items) > FAILURES_SHOWN else ""
+    st.warning(f"{headline}: " + "; ".join(items[:FAILURES_SHOWN]) + more)
+
+
 failures = data.kpi_failures(url)
 if len(failures):
     # One KPI's failure never stops the others; the next run tries it again.
-    st.warning(
-        f"{failures['kpi'].nunique()} KPI(s) failing, the others are up to date: "
-        + "; ".join(
+    warn_about(
+        f"{failures['kpi'].nunique()} KPI(s) failing, the others are up to date",
+        [
             f"**{row.kpi}** ({row.stage}: {row.reason}, since {ui.when(row.failing_since)}, {row.attempts} attempt(s))"
-            for row in failures.head(FAILURES_SHOWN).itertuples(index=False)
-        )
-        + (
-            f" … and {len(failures) - FAILURES_SHOWN} more (`kpi-pipeline status`)"
-            if len(failures) > FAILURES_SHOWN
-            else ""
-        )
+            for row in failures.itertuples(index=False)
+        ],
+        "kpi-pipeline status",
     )
 
 search_column, sort_column, size_column = st.columns([3, 2, 1])
@@ -62,17 +65,13 @@ if page.as_of is not None:
     if len(stopped):
         # Judged at the newest scored point, as the rest of the page: a KPI that stopped while
         # the others went on (``kpi-pipeline outages`` judges at the current time).
-        st.warning(
-            f"{len(stopped)} KPI(s) stopped reporting: "
-            + "; ".join(
+        warn_about(
+            f"{len(stopped)} KPI(s) stopped reporting",
+            [
                 f"**{row.kpi}** (no point since {ui.when(row.last_observed)}, {row.missing_points:,} missing)"
-                for row in stopped.head(FAILURES_SHOWN).itertuples(index=False)
-            )
-            + (
-                f" … and {len(stopped) - FAILURES_SHOWN} more (`kpi-pipeline outages`)"
-                if len(stopped) > FAILURES_SHOWN
-                else ""
-            )
+                for row in stopped.itertuples(index=False)
+            ],
+            "kpi-pipeline outages",
         )
 
 if page.as_of is None:
