@@ -63,3 +63,21 @@ def test_tuning_a_kpi_with_too_little_history_fails_alone(engine):
     assert outcomes["new"].status == "failed" and "too few" in outcomes["new"].detail
     assert outcomes["orders"].status == "tuned"
     assert set(store.load_parameters(engine)) == {"orders"}
+
+
+def test_the_autoencoder_is_switched_on_for_one_kpi_by_a_pin(engine):
+    """``params pin KPI autoencoder=true``: that KPI's models carry and score with the
+    autoencoder component; the other KPI's do not."""
+    store.pin_parameters(engine, "orders", {"autoencoder": True})
+    cleaned, _ = pipeline.load_cleaned(engine)
+    trained = pipeline.train_models(engine, cleaned, DetectorConfig())
+    assert {r.kpi: r.status for r in trained} == {"orders": "trained", "sessions": "trained"}
+    assert all(r.scored > 0 for r in pipeline.score_latest(engine))
+
+    for kpi, on in (("orders", True), ("sessions", False)):
+        versions = store.load_model_versions(engine, kpi, "ensemble")
+        assert versions
+        for model in versions:
+            assert model.params["autoencoder"] is on
+            detector = pipeline.load_detector(engine, kpi, model.version)
+            assert hasattr(detector, "autoencoder_") is on
