@@ -57,9 +57,12 @@ def queue_group_events(
     policy: AlertPolicy,
     routing: Routing | None = None,
     now: pd.Timestamp | None = None,
+    silent_reason: str | None = None,
 ) -> tuple[list[Anomaly], Enqueued]:
     """Queue an alert for each group event that started within the alert age limit (older ones
-    are not news); returns the events judged and what was queued."""
+    are not news); returns the events judged and what was queued. With ``silent_reason`` (a run
+    tagged ``kpi/alerts=off`` or a backfill's, ``news.silent_run_reason``) they are recorded as
+    suppressed instead, so no later evaluation alerts them."""
     now = now if now is not None else pd.Timestamp.now("UTC")
     events = load_group_events(engine, since=now - policy.max_age)
     silences = load_silences(engine)
@@ -68,7 +71,16 @@ def queue_group_events(
         for alert in group_event_alerts(events)
         if now - alert.ts <= policy.max_age and not _silenced(alert, silences)
     ]
-    return alerts, enqueue(engine, alerts, batch=batch, channels=channels, policy=policy, routing=routing, now=now)
+    return alerts, enqueue(
+        engine,
+        alerts,
+        batch=batch,
+        channels=channels,
+        policy=policy,
+        routing=routing,
+        now=now,
+        silent_reason=silent_reason,
+    )
 
 
 def _silenced(alert: Anomaly, silences: pd.DataFrame) -> bool:

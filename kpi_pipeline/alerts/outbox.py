@@ -175,8 +175,12 @@ def enqueue(
     policy: AlertPolicy,
     routing: Routing | None = None,
     now: pd.Timestamp | None = None,
+    silent_reason: str | None = None,
 ) -> Enqueued:
     """Record an outbox row for each (anomaly, channel, recipient) its routes name.
+
+    ``silent_reason``: record every row as suppressed for this reason (a run that alerts
+    nothing, ``news.silent_run_reason``), so no later evaluation alerts them either.
 
     ``bind``: an engine, or the connection of an evaluation in progress. ``batch`` names the
     check evaluation (its run id) the anomalies come from; when it gives one recipient more
@@ -202,7 +206,7 @@ def enqueue(
                 result.already_recorded += 1
                 continue
             history = alerted[(anomaly.kpi, channel, recipient)]
-            reason = _suppression(anomaly, history, now, policy)
+            reason = silent_reason if silent_reason is not None else _suppression(anomaly, history, now, policy)
             if reason is None:
                 history.append((anomaly.ts, anomaly.rank))
             else:

@@ -215,6 +215,7 @@ def no_new_group_events(
         batch=context.run.run_id,
         channels={"email": email, "slack": slack, "sms": sms},
         policy=alert_policy,
+        silent_reason=silent_run_reason(context.run.tags),
     )
     new = enqueued.pending + sum(enqueued.suppressed.values())
     return dg.AssetCheckResult(

@@ -76,3 +76,17 @@ def test_a_silence_on_groups_holds_their_events_back(pg_engine, channels):
     store.add_silence(pg_engine, "group:*", NOW - 10 * HOUR, NOW, "maintenance")
     alerts, queued = queue_group_events(pg_engine, batch="run-1", channels=channels, policy=POLICY)
     assert alerts == [] and queued.pending == 0
+
+
+def test_group_events_of_a_silent_run_are_recorded_and_never_alerted(pg_engine, channels):
+    """A backfill's or a ``kpi/alerts=off`` run's group events are recorded as suppressed, so a
+    later evaluation does not alert them either."""
+    group_store.save_group_results(pg_engine, "checkout", events=events((NOW - 5 * HOUR, NOW - 4 * HOUR)))
+    _, silent = queue_group_events(
+        pg_engine, batch="backfill", channels=channels, policy=POLICY, silent_reason="backfill run"
+    )
+    _, later = queue_group_events(pg_engine, batch="run-2", channels=channels, policy=POLICY)
+
+    assert (silent.pending, silent.suppressed) == (0, {"backfill run": 1})
+    assert (later.pending, later.already_recorded) == (0, 1)
+    assert store.load_deliveries(pg_engine)["status"].tolist() == ["suppressed"]
