@@ -6,10 +6,12 @@ helpers; skipped, with the reason, only where Chromium is not installed)."""
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections.abc import Iterator
 from urllib.parse import urlsplit
+from urllib.request import urlopen
 
 import pytest
 import uvicorn
@@ -21,8 +23,14 @@ from kpi_pipeline_tests.dashboard import browser
 
 pytestmark = pytest.mark.skipif(browser.chromium_missing() is not None, reason=browser.chromium_missing() or "")
 
-OPERATIONS = 9
-"""Operations in the OpenAPI document (every route but the documentation's own)."""
+HTTP_METHODS = {"get", "put", "post", "delete", "patch", "head", "options", "trace"}
+
+
+def operations(base_url: str) -> int:
+    """Operations in the API's OpenAPI document (every route but the documentation's own)."""
+    with urlopen(base_url + "/openapi.json") as response:
+        paths = json.load(response)["paths"]
+    return sum(method in HTTP_METHODS for item in paths.values() for method in item)
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +79,7 @@ def test_swagger_ui_renders_every_operation_offline(served, offline_page):
     page.goto(served + "/docs")
     page.wait_for_selector(".opblock", timeout=browser.RENDER_TIMEOUT_MS)
 
-    assert page.locator(".opblock").count() == OPERATIONS
+    assert page.locator(".opblock").count() == operations(served) >= 9
     assert page.locator(".opblock-summary-path[data-path='/v1/score']").count() == 1
     assert page.get_by_text("kpi-pipeline API", exact=False).first.is_visible()
     assert refused == []
