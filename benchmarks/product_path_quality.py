@@ -6,7 +6,7 @@
         dataset/daily/kpi_labels.csv --by-day
 
 Events: a labelled window is caught when one of its points is stored as anomalous; a false
-event is a run of anomalous points outside every window (``evaluation.metrics``), the first
+event is a run of anomalous points outside every window (``detection.metrics``), the first
 15% of each series (its first model's training) left out as ``evaluate`` does. ``--by-day``
 also counts days: a labelled day (any KPI) is caught when any KPI is anomalous on it.
 """
@@ -24,7 +24,7 @@ from typer.testing import CliRunner
 
 from kpi_pipeline import pipeline, store
 from kpi_pipeline.cli import app
-from kpi_pipeline.evaluation.metrics import combine, event_metrics, windows_from_labels
+from kpi_pipeline.detection.metrics import combine, event_metrics, windows_from_labels
 from kpi_pipeline.evaluation.nab import probation_length
 
 

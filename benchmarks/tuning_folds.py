@@ -21,7 +21,7 @@ import numpy as np
 from kpi_pipeline.detection.parameters import apply_parameters
 from kpi_pipeline.detection.tuning import TuningSettings, tune
 from kpi_pipeline.evaluation.backtest import stream_scores
-from kpi_pipeline.evaluation.metrics import combine, event_metrics
+from kpi_pipeline.detection.metrics import combine, event_metrics
 from kpi_pipeline.evaluation.nab import load_corpus
 from kpi_pipeline.evaluation.runner import LABELS_FILE, SeriesTask, dataset_tasks, nab_tasks, windows_of
 from kpi_pipeline.tune import run_config

@@ -185,7 +185,7 @@ def train_models(
     scored. Training only on scored points means the skipped points (confident anomalies,
     confirmed incidents) are known for every point it uses; new points are scored by the newest
     earlier version either way. A KPI with too little history is reported, not raised. Each
-    KPI is trained with its stored parameters applied (``kpi_detector_config``).
+    KPI is trained with its stored parameters (tuned, then pinned) applied, and registered with them.
     """
     trained_at = trained_at if trained_at is not None else pd.Timestamp.now("UTC")
     # Only this run's KPIs: a shard's run reads its own models and anomalies, not every KPI's.
@@ -201,7 +201,7 @@ def train_models(
         exclude = ts.isin(excluded[kpi]) if kpi in excluded else np.zeros(len(ts), dtype=bool)
         newest = newest_models.get(kpi)
         try:
-            kpi_config = kpi_detector_config(config, overrides.get(kpi, {}))
+            kpi_config = apply_parameters(config, overrides.get(kpi, {}))
             if newest is None:
                 result = _train_history(engine, kpi, rows, exclude, kpi_config, trained_at)
             else:
@@ -218,13 +218,6 @@ def train_models(
         progress(f"{kpi}: {_describe_training(result)}")
         results.append(result)
     return results
-
-
-def kpi_detector_config(config: DetectorConfig, overrides: dict) -> DetectorConfig:
-    """The configuration a KPI is trained with: the run's ``config`` with the KPI's stored
-    parameters (``store.load_parameters``: tuned, then pinned) applied; registered with its
-    models (``params``)."""
-    return apply_parameters(config, overrides)
 
 
 def prune_models(

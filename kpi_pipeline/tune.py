@@ -2,8 +2,8 @@
 
 Joins the store and ``detection.tuning`` (no Dagster), so ``kpi-pipeline tune`` and the
 ``kpi_parameters`` asset run the same code. Training then applies what is stored
-(``pipeline.kpi_detector_config``). Tuning is an explicit step: nothing in the default path
-runs it (docs/tuning.md says why).
+(``parameters.apply_parameters``, as ``pipeline.train_models`` does). Tuning is an explicit
+step: nothing in the default path runs it (docs/tuning.md says why).
 """
 
 from __future__ import annotations
@@ -18,9 +18,10 @@ import sqlalchemy as sa
 from kpi_pipeline import store
 from kpi_pipeline.config import get_settings
 from kpi_pipeline.detection.ensemble import DetectorConfig, ProphetConfig
+from kpi_pipeline.detection.parameters import apply_parameters
 from kpi_pipeline.detection.tuning import TuningResult, TuningSettings, tune
 from kpi_pipeline.errors import describe_error
-from kpi_pipeline.pipeline import Progress, kpi_detector_config, load_cleaned, training_exclusions
+from kpi_pipeline.pipeline import Progress, load_cleaned, training_exclusions
 
 
 @dataclass(frozen=True)
@@ -82,7 +83,7 @@ def tune_kpis(
             result = tune(
                 ts,
                 rows["value"].to_numpy(dtype=float),
-                kpi_detector_config(config, pinned),
+                apply_parameters(config, pinned),
                 gap=rows["gap"].to_numpy(dtype=bool),
                 exclude=ts.isin(excluded[kpi]) if kpi in excluded else np.zeros(len(ts), dtype=bool),
                 incidents=incidents,

@@ -18,7 +18,7 @@ from kpi_pipeline.datagen import (
     write_dataset,
 )
 from kpi_pipeline.datagen.common import Magnitudes, spread
-from kpi_pipeline.evaluation.metrics import windows_from_labels
+from kpi_pipeline.detection.metrics import windows_from_labels
 
 COMMITTED_DIR = Path(__file__).resolve().parent.parent / "dataset"
 # Four weeks of January lie inside the clean history: normal structure only, no anomalies.

@@ -290,7 +290,8 @@ async def outages(
     (``end`` null, counted up to now). Counted apart from anomalies; an outage's first missing
     slot is also in ``/v1/anomalies?kind=outage`` once data returns and it is scored."""
     found = await api.db(status.outages, api.engine, kpi)
-    rows = found.head(limit).astype(object).where(found.head(limit).notna(), None).to_dict("records")
+    shown = found.head(limit)
+    rows = shown.astype(object).where(shown.notna(), None).to_dict("records")
     return OutageList.model_validate({"outages": rows, "truncated": len(found) > limit})
 
 

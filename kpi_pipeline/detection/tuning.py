@@ -10,7 +10,7 @@ measured depends on what is known about the KPI:
   Forecast error does not depend on the forest, so only Prophet's parameters are searched,
   the changepoint prior only at or below its starting value (see ``tune``).
 - labels (incidents, and points analysts marked, which the caller turns into ``incidents``):
-  event F1 over the blocks (``event_f1``, higher is better, ``evaluation.metrics``), with the
+  event F1 over the blocks (``event_f1``, higher is better, ``detection.metrics``), with the
   whole ensemble; Prophet's and the forest's parameters are searched.
 
 The forest has no ``contamination`` (scikit-learn's share of training points assumed
@@ -38,7 +38,7 @@ import pandas as pd
 from kpi_pipeline.detection.ensemble import DetectorConfig, EnsembleDetector, InsufficientHistory
 from kpi_pipeline.detection.parameters import apply_parameters
 from kpi_pipeline.detection.walkforward import score_segment
-from kpi_pipeline.evaluation.metrics import EventMetrics, combine, event_metrics
+from kpi_pipeline.detection.metrics import EventMetrics, combine, event_metrics
 
 FORECAST_MAE = "forecast_mae"
 EVENT_F1 = "event_f1"

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from kpi_pipeline.evaluation.metrics import (
+from kpi_pipeline.detection.metrics import (
     combine,
     combine_points,
     delay_point_metrics,

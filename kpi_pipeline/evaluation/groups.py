@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from kpi_pipeline.evaluation.metrics import EventMetrics, _from_counts, combine, event_metrics, windows_from_labels
+from kpi_pipeline.detection.metrics import EventMetrics, _from_counts, combine, event_metrics, windows_from_labels
 
 
 def group_event_metrics(

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from kpi_pipeline.evaluation.metrics import windows_from_labels
+from kpi_pipeline.detection.metrics import windows_from_labels
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ from kpi_pipeline.detection.ensemble import DetectorConfig
 from kpi_pipeline.detection.preprocess import clean_observations
 from kpi_pipeline.evaluation.backtest import simulated_analyst, stream_scores
 from kpi_pipeline.evaluation.folds import FoldScore, FoldSeries, score_fold, write_fold_report
-from kpi_pipeline.evaluation.metrics import EventMetrics, combine, event_metrics, windows_from_labels
+from kpi_pipeline.detection.metrics import EventMetrics, combine, event_metrics, windows_from_labels
 from kpi_pipeline.errors import describe_error
 from kpi_pipeline.evaluation.nab import PROFILES, NabFile, best_threshold, load_corpus, probation_length, score_corpus
 from kpi_pipeline.ingestion import read_observations_csv

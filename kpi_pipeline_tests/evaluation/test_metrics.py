@@ -2,7 +2,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from kpi_pipeline.evaluation.metrics import (
+from kpi_pipeline.detection.metrics import (
     EventMetrics,
     PointMetrics,
     combine,
