@@ -214,7 +214,7 @@ def _profiled_scoring(url: str) -> Measure:
         if inspect.isfunction(function):
             setattr(store, name, queries.wrap(name, function))
     # Rebuilding detectors from their registry rows, whatever the artifacts' format.
-    for name in ("detector_from_artifacts", "_registered_ensemble"):
+    for name in ("detector_from_artifacts", "_scoring_window"):
         setattr(pipeline, name, loads.wrap(name, getattr(pipeline, name)))
     started = time.perf_counter()
     results = pipeline.score_latest(engine)

@@ -110,17 +110,17 @@ def load_scoring_window(engine: sa.Engine, chunk_kpis: int = SCORING_CHUNK_KPIS)
     never scored (or without a model) is read whole: all of its points are new. KPIs are read
     ``chunk_kpis`` at a time, two statements per chunk.
     """
-    parts = list(_scoring_windows(engine, store.last_scored_ts(engine), chunk_kpis))
+    parts = list(_scoring_windows(engine, store.observation_spans(engine), store.last_scored_ts(engine), chunk_kpis))
     if not parts:
         return clean_observations(pd.DataFrame(columns=["kpi", "ts", "value"]))[0]
     return pd.concat(parts, ignore_index=True)
 
 
 def _scoring_windows(
-    engine: sa.Engine, last_scored: dict[str, pd.Timestamp], chunk_kpis: int
+    engine: sa.Engine, spans: pd.DataFrame, last_scored: dict[str, pd.Timestamp], chunk_kpis: int
 ) -> Iterator[pd.DataFrame]:
-    """``load_scoring_window``'s rows, one chunk of KPIs at a time."""
-    spans = store.observation_spans(engine)
+    """``load_scoring_window``'s rows, one chunk of KPIs at a time (``spans``:
+    ``store.observation_spans``)."""
     for start in range(0, len(spans), chunk_kpis):
         chunk = spans.iloc[start : start + chunk_kpis]
         newest = store.load_latest_models(engine, "ensemble", kpis=chunk["kpi"].tolist())
@@ -133,10 +133,16 @@ def _scoring_windows(
             elif span.last_ts <= scored_until:
                 since[kpi] = scored_until
             else:
-                detector = _registered_ensemble(model)
-                grids[kpi] = Grid(span.first_ts, detector.freq_)
-                since[kpi] = scored_until - scoring_reach(detector)
+                step, context = _scoring_window(model)
+                grids[kpi] = Grid(span.first_ts, step)
+                since[kpi] = scored_until - (context + SCORING_SLACK_POINTS) * step
         yield clean_observations(store.load_observation_windows(engine, since), grids=grids)[0]
+
+
+def _scoring_window(model: store.ModelRecord) -> tuple[pd.Timedelta, int]:
+    """The grid step of a registered ``ensemble`` row and the earlier points its detector
+    scores with (``scoring_reach`` without decoding the detector)."""
+    return EnsembleDetector.scoring_window_of_artifact(model.artifact)
 
 
 def _registered_ensemble(model: store.ModelRecord) -> EnsembleDetector:
@@ -389,7 +395,8 @@ def score_new_points(
     the context before them. KPIs are scored ``chunk_kpis`` at a time, with three reads and one
     write per chunk; one KPI's failure is recorded in its result and the others complete.
     """
-    return _score_cleaned(engine, cleaned, store.last_scored_ts(engine), since, scored_at, progress, chunk_kpis)
+    tally = _Tally(progress, cleaned["kpi"].nunique())
+    return _score_cleaned(engine, cleaned, store.last_scored_ts(engine), since, scored_at, tally, chunk_kpis)
 
 
 def score_latest(
@@ -404,9 +411,11 @@ def score_latest(
     of KPIs: the ``anomaly_scores`` asset's step."""
     scored_at = scored_at if scored_at is not None else pd.Timestamp.now("UTC")
     last_scored = store.last_scored_ts(engine)
+    spans = store.observation_spans(engine)
+    tally = _Tally(progress, len(spans))
     results = []
-    for cleaned in _scoring_windows(engine, last_scored, chunk_kpis):
-        results.extend(_score_cleaned(engine, cleaned, last_scored, None, scored_at, progress, chunk_kpis))
+    for cleaned in _scoring_windows(engine, spans, last_scored, chunk_kpis):
+        results.extend(_score_cleaned(engine, cleaned, last_scored, None, scored_at, tally, chunk_kpis))
     return results
 
 
@@ -416,7 +425,7 @@ def _score_cleaned(
     last_scored: dict[str, pd.Timestamp],
     since: pd.Timestamp | None,
     scored_at: pd.Timestamp | None,
-    progress: Progress,
+    tally: _Tally,
     chunk_kpis: int,
 ) -> list[KpiScoring]:
     scored_at = scored_at if scored_at is not None else pd.Timestamp.now("UTC")
@@ -428,12 +437,37 @@ def _score_cleaned(
         if since is not None:
             first_new = max(first_new, int(ts.searchsorted(since, "left")))
         work.append(_NewPoints(kpi, rows, first_new))
-    results = []
+    results: list[KpiScoring] = []
     for start in range(0, len(work), chunk_kpis):
-        for result in _score_chunk(engine, work[start : start + chunk_kpis], scored_at):
-            progress(f"{result.kpi}: {_describe_scoring(result)}")
-            results.append(result)
+        chunk = _score_chunk(engine, work[start : start + chunk_kpis], scored_at)
+        tally.chunk_done(chunk)
+        results.extend(chunk)
     return results
+
+
+@dataclass
+class _Tally:
+    """A scoring run's progress: a line per KPI with something to report (anomalies, outages,
+    a failure, points left unscored) and a line per chunk; a line per quiet KPI would flood
+    the run's log at thousands of KPIs."""
+
+    progress: Progress
+    total: int
+    done: int = 0
+
+    def chunk_done(self, chunk: list[KpiScoring]) -> None:
+        quiet = 0
+        for result in chunk:
+            if result.anomalies or result.outages or result.error or result.unscored:
+                self.progress(f"{result.kpi}: {_describe_scoring(result)}")
+            else:
+                quiet += 1
+        self.done += len(chunk)
+        self.progress(
+            f"{self.done:,} of {max(self.total, self.done):,} KPIs done: {sum(r.scored for r in chunk):,} points "
+            f"scored in this chunk of {len(chunk):,} KPIs"
+            + (f" ({quiet:,} with nothing anomalous, failed or left unscored, not listed)" if quiet else "")
+        )
 
 
 @dataclass(frozen=True)

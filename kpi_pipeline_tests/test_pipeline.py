@@ -331,6 +331,29 @@ def test_a_scoring_run_costs_a_fixed_number_of_statements_per_chunk_of_kpis(requ
         pd.testing.assert_frame_equal(chunked, expected, check_exact=True)
 
 
+def test_a_scoring_run_logs_a_line_per_chunk_and_only_the_kpis_with_something_to_report(pg_url):
+    engine = pipeline.open_store(pg_url)
+    names = [f"kpi{i}" for i in range(5)]
+    new = _many_kpis(engine, names, days=10)
+    # kpi0 and kpi1 get no new points: nothing to report for them.
+    store.upsert_observations(engine, new[~new["kpi"].isin(["kpi0", "kpi1"])], "test")
+    lines: list[str] = []
+    results = pipeline.score_latest(engine, chunk_kpis=2, progress=lines.append)
+    engine.dispose()
+
+    reported = {r.kpi for r in results if r.anomalies or r.outages or r.error or r.unscored}
+    assert reported == {"kpi2", "kpi3", "kpi4"}  # the new day holds the spike
+    per_kpi = [line for line in lines if line.split(":")[0] in names]
+    assert sorted(line.split(":")[0] for line in per_kpi) == sorted(reported)
+    chunk_lines = [line for line in lines if "KPIs done" in line]
+    assert chunk_lines == [
+        "2 of 5 KPIs done: 0 points scored in this chunk of 2 KPIs (2 with nothing anomalous, "
+        "failed or left unscored, not listed)",
+        "4 of 5 KPIs done: 48 points scored in this chunk of 2 KPIs",
+        "5 of 5 KPIs done: 24 points scored in this chunk of 1 KPIs",
+    ]
+
+
 def test_a_kpi_whose_models_cannot_be_read_fails_alone_and_the_chunk_is_scored(pg_url):
     engine = pipeline.open_store(pg_url)
     names = ["kpi0", "kpi1", "kpi2"]

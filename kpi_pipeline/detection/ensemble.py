@@ -957,6 +957,13 @@ class EnsembleDetector(BaseEstimator):
         choosing a scoring window needs."""
         return persistence.shell_from_artifact(cls, artifact)
 
+    @classmethod
+    def scoring_window_of_artifact(cls, artifact: bytes) -> tuple[pd.Timedelta, int]:
+        """(grid step ``freq_``, ``context_points``) of an ``ensemble`` artifact, without
+        decoding its arrays: what choosing a scoring window needs, at a fraction of
+        ``shell_from_artifact``'s cost."""
+        return persistence.scoring_window_of_artifact(cls, artifact)
+
     @property
     def context_points(self) -> int:
         """Earlier points that ``score`` needs before the first new point."""

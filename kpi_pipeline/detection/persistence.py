@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 import pandas as pd
 
-from kpi_pipeline.detection.artifacts import pack, unpack
+from kpi_pipeline.detection.artifacts import pack, read_document, unpack
 from kpi_pipeline.detection.autoencoder import AutoencoderDetector
 from kpi_pipeline.detection.calibration import ExceedanceTail
 from kpi_pipeline.detection.config import DetectorConfig
@@ -73,6 +73,14 @@ def shell_from_artifact(cls: type[EnsembleDetector], artifact: bytes) -> Ensembl
     detector.train_end_ = _timestamp(state["train_end"])
     detector.metrics_ = state["metrics"]
     return detector
+
+
+def scoring_window_of_artifact(cls: type[EnsembleDetector], artifact: bytes) -> tuple[pd.Timedelta, int]:
+    """(grid step, ``context_points``) of an ``ensemble`` artifact, read from its JSON document
+    alone (none of its arrays decoded): what choosing a scoring window needs."""
+    state = read_document(artifact, "ensemble")[0]["state"]
+    config = None if state["config"] is None else DetectorConfig.from_dict(state["config"])
+    return _timedelta(state["freq"]), cls(config).context_points
 
 
 def _shell_state(detector: EnsembleDetector) -> dict:

@@ -191,6 +191,13 @@ def newest_ts_of_every_kpi(table: sa.Table) -> sa.Select:
     )
 
 
+def bulk_utc(column: sa.ColumnElement) -> sa.ColumnElement:
+    """``column`` (a ``schema.UtcDateTime``) read as the dialect returns it, labelled with its
+    name, for reads of many rows into frames: ``build_frame`` converts the whole column to UTC
+    at once, as the type would value by value (naive values are UTC), at a fifth of the cost."""
+    return sa.type_coerce(column, sa.DateTime(timezone=True)).label(column.name)
+
+
 def keyed_values(name: str, columns: Sequence[sa.ColumnClause], rows: Sequence[tuple]) -> sa.CTE:
     """``rows`` as a CTE named ``name`` (``WITH name(columns) AS (VALUES ...)``), one row per
     KPI of a batch, to join a table on; the same SQL on Postgres and SQLite."""

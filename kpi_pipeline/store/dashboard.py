@@ -151,9 +151,11 @@ def list_kpi_names(engine: sa.Engine, search: str | None = None) -> list[str]:
 def data_as_of(engine: sa.Engine) -> pd.Timestamp | None:
     """The newest scored point of any KPI (None when nothing is scored)."""
     kpis = _kpi_names()
-    newest = _per_kpi(kpis, _newest)
+    # FROM kpis, so that the newest score is one index probe per KPI: without it the subquery
+    # is not correlated and reads every score of every KPI (a cost that grew with history).
+    newest = sa.select(sa.func.max(_per_kpi(kpis, _newest))).select_from(kpis)
     with engine.connect() as connection:
-        value = connection.execute(sa.select(sa.func.max(newest))).scalar()
+        value = connection.execute(newest).scalar()
     return None if value is None else to_utc(value)
 
 

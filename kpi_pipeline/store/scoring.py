@@ -15,7 +15,7 @@ import pandas as pd
 import sqlalchemy as sa
 
 from kpi_pipeline.store._convert import TimeLike, build_frame, to_utc
-from kpi_pipeline.store._sql import keyed_values, read_frame
+from kpi_pipeline.store._sql import bulk_utc, keyed_values, read_frame
 from kpi_pipeline.store.models import ModelRecord, _record
 from kpi_pipeline.store.observations import OBSERVATION_COLUMNS, load_observations
 from kpi_pipeline.store.schema import anomaly_scores, kpi_models, kpi_observations
@@ -44,7 +44,7 @@ def load_observation_windows(engine: sa.Engine, since: Mapping[str, TimeLike | N
         )
         starts = sa.select(wanted.c.kpi, sa.func.coalesce(anchor, wanted.c.since).label("start")).cte("starts")
         query = (
-            sa.select(table.c.kpi, table.c.ts, table.c.value)
+            sa.select(table.c.kpi, bulk_utc(table.c.ts), table.c.value)
             .join_from(starts, table, (table.c.kpi == starts.c.kpi) & (table.c.ts >= starts.c.start))
             .order_by(table.c.kpi, table.c.ts)
         )
@@ -126,7 +126,9 @@ def load_score_windows(engine: sa.Engine, spans: Mapping[str, tuple[TimeLike, Ti
         [(kpi, to_utc(since), to_utc(until)) for kpi, (since, until) in spans.items()],
     )
     query = (
-        sa.select(*(table.c[name] for name in SCORE_COLUMNS))
+        sa.select(
+            *(bulk_utc(table.c[name]) if kind == "utc" else table.c[name] for name, kind in SCORE_COLUMNS.items())
+        )
         .join_from(
             wanted,
             table,
