@@ -80,7 +80,10 @@ def scoring_window_of_artifact(cls: type[EnsembleDetector], artifact: bytes) -> 
     alone (none of its arrays decoded): what choosing a scoring window needs."""
     state = read_document(artifact, "ensemble")[0]["state"]
     config = None if state["config"] is None else DetectorConfig.from_dict(state["config"])
-    return _timedelta(state["freq"]), cls(config).context_points
+    step = _timedelta(state["freq"])
+    if step is None:
+        raise ValueError("this ensemble artifact has no grid step: its detector was never fitted")
+    return step, cls(config).context_points
 
 
 def _shell_state(detector: EnsembleDetector) -> dict:
