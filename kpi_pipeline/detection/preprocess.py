@@ -78,12 +78,22 @@ def regularize(
     pandas' grouped mean for duplicates and ``np.interp`` on the nanosecond timestamps, as
     ``interpolate(method="time", limit_area="inside")`` does (tests compare the two exactly).
     """
-    ts = pd.DatetimeIndex(series["ts"])
-    values = series["value"].to_numpy(dtype=float)
+    grid, value, short_gap, long_gap = _regularized(
+        pd.DatetimeIndex(series["ts"]), series["value"].to_numpy(dtype=float), freq, config, origin
+    )
+    return pd.DataFrame({"ts": grid, "value": value, "filled": short_gap, "gap": long_gap})
+
+
+def _regularized(
+    ts: pd.DatetimeIndex,
+    values: np.ndarray,
+    freq: pd.Timedelta,
+    config: PreprocessConfig,
+    origin: pd.Timestamp | None,
+) -> tuple[pd.DatetimeIndex, np.ndarray, np.ndarray, np.ndarray]:
+    """``regularize``'s columns (ts, value, filled, gap) as arrays."""
     if len(ts) == 0:
-        return pd.DataFrame(
-            {"ts": ts, "value": values, "filled": np.zeros(0, dtype=bool), "gap": np.zeros(0, dtype=bool)}
-        )
+        return ts, values, np.zeros(0, dtype=bool), np.zeros(0, dtype=bool)
     start = ts.min() if origin is None else origin
     slots = Grid(start, freq).slots(ts)
     occupied, first_row, counts = np.unique(slots, return_index=True, return_counts=True)
@@ -95,7 +105,7 @@ def regularize(
     first_slot = int(occupied[0])
     grid = pd.date_range(start + first_slot * freq, periods=int(occupied[-1]) - first_slot + 1, freq=freq)
     value, short_gap, long_gap = fill_slots(occupied, means, grid.asi8, config)
-    return pd.DataFrame({"ts": grid, "value": value, "filled": short_gap, "gap": long_gap})
+    return grid, value, short_gap, long_gap
 
 
 def fill_slots(
@@ -254,20 +264,48 @@ def clean_observations(
     filled from that slot).
     """
     grids = grids or {}
-    parts: list[pd.DataFrame] = []
     frequencies: dict[str, pd.Timedelta] = {}
-    for kpi, rows in observations.sort_values(["kpi", "ts"]).groupby("kpi", sort=True):
-        rows = rows.dropna(subset=["value"])
-        grid = grids.get(str(kpi))
-        freq = grid.step if grid is not None else infer_frequency(rows["ts"])
+    rows = observations.sort_values(["kpi", "ts"])
+    rows = rows[rows["value"].notna()]
+    if rows.empty:
+        return pd.DataFrame(columns=CLEANED_COLUMNS), frequencies
+    # One pass over plain arrays, each KPI a slice of them (a frame per KPI cost more than
+    # cleaning it).
+    names = rows["kpi"].astype(str).to_numpy(dtype=object)
+    ts = pd.DatetimeIndex(rows["ts"])
+    values = rows["value"].to_numpy(dtype=float)
+    starts = np.concatenate(([0], np.flatnonzero(names[1:] != names[:-1]) + 1))
+    ends = np.append(starts[1:], len(names))
+    kpis: list[str] = []
+    lengths: list[int] = []
+    stamps: list[pd.DatetimeIndex] = []
+    columns: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+    for first, end in zip(starts.tolist(), ends.tolist(), strict=True):
+        kpi = names[first]
+        # Stable by time within the KPI, as ``clean_series`` sorts them.
+        order = np.argsort(ts[first:end].asi8, kind="stable")
+        kpi_ts, kpi_values = ts[first:end][order], values[first:end][order]
+        grid = grids.get(kpi)
+        freq = grid.step if grid is not None else infer_frequency(kpi_ts)
         if freq is None:
             # A single point has no grid; keep it as is so it is still visible downstream.
-            part = rows[["ts", "value"]].assign(filled=False, gap=False)
+            filled = np.zeros(len(kpi_ts), dtype=bool)
+            cleaned = kpi_ts, kpi_values, filled, filled.copy()
         else:
-            frequencies[str(kpi)] = freq
-            part = clean_series(rows, grid or Grid(rows["ts"].min(), freq), config)
-        parts.append(part.assign(kpi=str(kpi)))
-    if not parts:
-        return pd.DataFrame(columns=CLEANED_COLUMNS), frequencies
-    cleaned = pd.concat(parts, ignore_index=True)[CLEANED_COLUMNS]
-    return cleaned, frequencies
+            frequencies[kpi] = freq
+            cleaned = _regularized(kpi_ts, kpi_values, freq, config, grid.origin if grid else kpi_ts.min())
+        kpis.append(kpi)
+        lengths.append(len(cleaned[0]))
+        stamps.append(cleaned[0])
+        columns.append(cleaned[1:])
+    cleaned_ts = stamps[0].append(stamps[1:]) if len(stamps) > 1 else stamps[0]
+    cleaned_frame = pd.DataFrame(
+        {
+            "kpi": pd.Series(np.repeat(np.array(kpis, dtype=object), lengths)).astype("str"),
+            "ts": cleaned_ts,
+            "value": np.concatenate([c[0] for c in columns]),
+            "filled": np.concatenate([c[1] for c in columns]),
+            "gap": np.concatenate([c[2] for c in columns]),
+        }
+    )
+    return cleaned_frame[CLEANED_COLUMNS], frequencies
