@@ -43,10 +43,9 @@ def load_observation_windows(engine: sa.Engine, since: Mapping[str, TimeLike | N
             .scalar_subquery()
         )
         starts = sa.select(wanted.c.kpi, sa.func.coalesce(anchor, wanted.c.since).label("start")).cte("starts")
-        query = (
-            sa.select(table.c.kpi, bulk_utc(table.c.ts), table.c.value)
-            .join_from(starts, table, (table.c.kpi == starts.c.kpi) & (table.c.ts >= starts.c.start))
-            .order_by(table.c.kpi, table.c.ts)
+        # Unordered: the frame is sorted below (a sort on the server spilled to disk).
+        query = sa.select(table.c.kpi, bulk_utc(table.c.ts), table.c.value).join_from(
+            starts, table, (table.c.kpi == starts.c.kpi) & (table.c.ts >= starts.c.start)
         )
         parts.append(read_frame(engine, query, OBSERVATION_COLUMNS))
     if not parts:
@@ -125,15 +124,12 @@ def load_score_windows(engine: sa.Engine, spans: Mapping[str, tuple[TimeLike, Ti
         ],
         [(kpi, to_utc(since), to_utc(until)) for kpi, (since, until) in spans.items()],
     )
-    query = (
-        sa.select(
-            *(bulk_utc(table.c[name]) if kind == "utc" else table.c[name] for name, kind in SCORE_COLUMNS.items())
-        )
-        .join_from(
-            wanted,
-            table,
-            (table.c.kpi == wanted.c.kpi) & (table.c.ts >= wanted.c.since) & (table.c.ts <= wanted.c.until),
-        )
-        .order_by(table.c.kpi, table.c.ts)
-    )
-    return read_frame(engine, query, SCORE_COLUMNS)
+    columns = [bulk_utc(table.c[name]) if kind == "utc" else table.c[name] for name, kind in SCORE_COLUMNS.items()]
+    # Row comparisons on the (kpi, ts) key, not kpi = kpi: with an equality to hash on,
+    # Postgres misjudged the windows' size and hashed the whole table (a cost that grew with
+    # history); a row comparison is one index range scan per KPI, on SQLite too.
+    key = sa.tuple_(table.c.kpi, table.c.ts)
+    in_window = key.between(sa.tuple_(wanted.c.kpi, wanted.c.since), sa.tuple_(wanted.c.kpi, wanted.c.until))
+    query = sa.select(*columns).join_from(wanted, table, in_window)
+    frame = read_frame(engine, query, SCORE_COLUMNS)
+    return frame.sort_values(["kpi", "ts"], ignore_index=True, kind="stable")
