@@ -737,9 +737,25 @@ def kpi_thresholds(engine: sa.Engine, kpis: list[str] | None = None) -> dict[str
 # -- events ---------------------------------------------------------------------------------
 
 
-def anomaly_events(engine: sa.Engine) -> pd.DataFrame:
-    """One row per anomaly event across all KPIs, newest first (see ``summarize_events``)."""
-    return summarize_events(store.load_anomalies(engine))
+def anomaly_events(engine: sa.Engine, since: pd.Timestamp | None = None) -> pd.DataFrame:
+    """One row per anomaly event across all KPIs, newest first (see ``summarize_events``);
+    with ``since``, the events with a point at or after it (their points from ``since`` on)."""
+    return summarize_events(store.load_anomalies(engine, since=since))
+
+
+RECENT_EVENTS = pd.Timedelta(days=7)
+"""The span the ``anomalies`` asset summarises on each scoring run, up to the newest scored
+point: a summary of every event ever would cost more with each run."""
+
+
+def recent_anomaly_events(engine: sa.Engine) -> tuple[pd.DataFrame, pd.Timestamp | None]:
+    """``anomaly_events`` of the ``RECENT_EVENTS`` up to the newest scored point, and that
+    point (None, and no events, when nothing is scored): read through the index of anomalous
+    points, so the cost follows the recent anomalies, not the history."""
+    as_of = store.data_as_of(engine)
+    if as_of is None:
+        return summarize_events(store.load_anomalies(engine).iloc[:0]), None
+    return anomaly_events(engine, since=as_of - RECENT_EVENTS), as_of
 
 
 # -- backfill -------------------------------------------------------------------------------

@@ -351,12 +351,17 @@ def anomaly_scores(store: KpiStore) -> dg.MaterializeResult:
     metadata={"dagster/table_name": "anomalies"},
 )
 def anomalies(store: KpiStore) -> dg.MaterializeResult:
-    """Anomaly events: runs of anomalous points (the ``anomalies`` view), with feedback."""
-    events = pipeline.anomaly_events(store.engine())
+    """Anomaly events: runs of anomalous points (the ``anomalies`` view), with feedback.
+
+    Each run summarises the events of the 7 days up to the newest scored point (the events
+    of all time are in the view, the API and the dashboard): the summary's cost follows the
+    recent anomalies, not the history."""
+    events, as_of = pipeline.recent_anomaly_events(store.engine())
     by_severity = events["severity"].value_counts()
-    _log("anomalies", f"{len(events)} events")
+    _log("anomalies", f"{len(events)} events in the 7 days up to {as_of}")
     return dg.MaterializeResult(
         metadata={
+            "as_of": str(as_of),
             "events": len(events),
             "anomalous_points": int(events["points"].sum()) if len(events) else 0,
             "events_by_severity": dg.MetadataValue.json(

@@ -67,6 +67,22 @@ def test_graph_flags_the_injected_spike(kpi_store):
     assert f"orders@{SPIKE.isoformat()}" in metadata["anomalies"]["newest_events"]
 
 
+def test_the_anomalies_summary_holds_the_last_seven_days_of_events_not_all_history(kpi_store):
+    engine = kpi_store.engine()
+    old, recent = START + 100 * HOUR, START + 400 * HOUR  # 12.5 days apart
+    both = hourly_kpis(days=20, spike_at=old)
+    both.loc[(both["kpi"] == "orders") & (both["ts"] == recent), "value"] *= 6
+    store.upsert_observations(engine, both, "test")
+
+    summary = _materialize(kpi_store)["anomalies"]
+
+    events = store.load_anomalies(engine, "orders")["ts"]
+    assert {old, recent} <= set(events)  # both are anomalies in the store
+    assert summary["as_of"] == str(START + 479 * HOUR)
+    assert f"orders@{recent.isoformat()}" in summary["newest_events"]
+    assert f"orders@{old.isoformat()}" not in summary["newest_events"]
+
+
 def test_rerun_without_new_data_changes_nothing(kpi_store):
     engine = kpi_store.engine()
     store.upsert_observations(engine, hourly_kpis(days=10, spike_at=SPIKE), "test")
