@@ -152,7 +152,7 @@ class ExceedanceTail:
             for round_ in range(MAX_TRIM_ROUNDS):
                 marked = surprise >= self.trim_at
                 # A pattern that recurs with a period (a batch job's spike) is normal: kept.
-                judged = ~marked | _in_periodic_episodes(marked, self.episode_gap, self.min_recurrences)
+                judged = ~marked | _in_periodic_episodes(marked, self.episode_gap, self.min_recurrences, self.trim_at)
                 if judged.sum() < MIN_KEPT_SHARE * len(ordered):
                     # Not an incident or two: what normal looks like here, unless the largest
                     # values are set apart and rare in time, as incidents are.
@@ -315,12 +315,15 @@ def _robust_gaussian_surprise(values: np.ndarray, scale_floor: float) -> np.ndar
         return np.where(z > 0, -np.log10(stats.norm.sf(z)), 0.0)
 
 
-def _in_periodic_episodes(marked: np.ndarray, gap: int, min_recurrences: int) -> np.ndarray:
+def _in_periodic_episodes(marked: np.ndarray, gap: int, min_recurrences: int, surprise: float) -> np.ndarray:
     """The marked values (time order) whose episode recurs with a period: episodes are runs of
     marked values at most ``gap`` apart; the period is the most common distance between two
     episodes' starts (within one position), and it counts when at least half of the episodes,
-    and at least ``min_recurrences`` + 1, have another one at that distance. Isolated incidents
-    fall at chance distances from each other and make no period."""
+    and at least ``min_recurrences`` + 1, have another one at that distance, and when that many
+    pairs of episodes at that distance are at least ``surprise`` surprising (-log10 of a Poisson
+    tail probability, ``log10`` of the number of distances tried added) for episodes at random
+    times. Incidents fall at chance distances from each other and make no period, however many
+    there are."""
     periodic = np.zeros(len(marked), dtype=bool)
     positions = np.flatnonzero(marked)
     if len(positions) == 0 or min_recurrences <= 0:
@@ -337,6 +340,13 @@ def _in_periodic_episodes(marked: np.ndarray, gap: int, min_recurrences: int) ->
     period = int(np.argmax(near))
     partnered = (np.abs(distance - period) <= 1).any(axis=1) & (period > 0)
     if partnered.sum() < max(min_recurrences + 1, len(starts) / 2):
+        return periodic
+    # Episodes at random times: each pair's distance is one of the three near the period with
+    # probability about 3 * 2 * (n - period) / n**2.
+    n, pairs = len(marked), len(starts) * (len(starts) - 1) / 2
+    by_chance = pairs * 6.0 * max(n - period, 1) / n**2
+    seen = int(near[period]) // 2  # distance holds each pair twice
+    if -stats.poisson.logsf(seen - 1, by_chance) / math.log(10.0) < surprise + math.log10(longest):
         return periodic
     ends = np.concatenate((first[1:], [len(positions)]))
     for episode in np.flatnonzero(partnered):

@@ -321,13 +321,16 @@ WEEK = 7
 """Points in a week of a daily KPI: the least average spacing of its past incidents."""
 
 
-def test_incidents_beyond_a_few_percent_of_the_history_are_trimmed_when_set_apart_and_rare():
+@pytest.mark.parametrize("seed", [0, 1, 4])
+def test_incidents_beyond_a_few_percent_of_the_history_are_trimmed_when_set_apart_and_rare(seed):
     # 8% of the history: more than a few incidents' worth, but far from the normal values with
     # nothing in between (a tail continuing the normal values would not reach them), and about
-    # one in 12 points: rarer than once a week of daily points.
-    values, incident = contaminated(share=0.08)
+    # one in 12 points: rarer than once a week of daily points. So many incidents at random
+    # times are bound to have pairs at any one distance: still no period (seeds 1 and 4 made one
+    # when a period needed only half the episodes partnered).
+    values, incident = contaminated(share=0.08, seed=seed)
     tail = ExceedanceTail(trim_at=3.5, incident_spacing=WEEK).fit(values)
-    assert tail.trimmed_ == incident.sum()
+    assert incident.sum() <= tail.trimmed_ <= incident.sum() + 2  # a normal value or two beside
     assert (tail.surprise(values[incident]) >= 3.5).all()
     assert np.mean(tail.surprise(values[~incident]) >= 3.5) < 0.002
     # Without a least spacing, as before, they are left to the tail: none is surprising.
