@@ -46,6 +46,7 @@ class AutoencoderDetector(BaseEstimator):
         recurrence_margin: float = 0.8,
         episode_gap: int = 2,
         trim_at: float | None = None,
+        incident_spacing: int | None = None,
     ):
         self.window = window
         self.hidden = hidden
@@ -57,6 +58,7 @@ class AutoencoderDetector(BaseEstimator):
         self.recurrence_margin = recurrence_margin
         self.episode_gap = episode_gap
         self.trim_at = trim_at
+        self.incident_spacing = incident_spacing
 
     def fit(self, windows: np.ndarray, y=None) -> "AutoencoderDetector":
         """Learn to reproduce ``windows`` (rows of ``window`` scaled residuals; rows with a
@@ -81,6 +83,7 @@ class AutoencoderDetector(BaseEstimator):
             recurrence_margin=self.recurrence_margin,
             episode_gap=self.episode_gap,
             trim_at=self.trim_at,
+            incident_spacing=self.incident_spacing,
         ).fit(self._raw(rows))
         return self
 

@@ -78,8 +78,11 @@ class ExceedanceTail:
     again under it, so a value the first judgement over-marked comes back, until the marked set
     no longer changes (``MAX_TRIM_ROUNDS`` at most). What stays marked is left out of the fit,
     of the empirical rates and of the recurrences (``trimmed_`` counts it). More than
-    ``1 - MIN_KEPT_SHARE`` of the values marked is no incident: it is the series' own heavy
-    tail, and nothing is trimmed.
+    ``1 - MIN_KEPT_SHARE`` of the values marked is no incident or two: it is the series' own
+    heavy tail, and nothing is trimmed, unless a gap that no tail continuing the other values
+    would cross sets the largest values apart and their episodes come, on average, at least
+    ``incident_spacing`` values apart (None: never), as a business KPI's incidents do: those are
+    trimmed, however many.
     """
 
     def __init__(
@@ -91,6 +94,7 @@ class ExceedanceTail:
         recurrence_margin: float = 0.8,
         episode_gap: int = 2,
         trim_at: float | None = None,
+        incident_spacing: int | None = None,
     ):
         self.tail_quantile = tail_quantile
         self.max_shape = max_shape
@@ -99,6 +103,7 @@ class ExceedanceTail:
         self.recurrence_margin = recurrence_margin
         self.episode_gap = episode_gap
         self.trim_at = trim_at
+        self.incident_spacing = incident_spacing
 
     def to_state(self) -> dict:
         """The fitted tail as data (``artifacts.pack``): its settings and what it learned."""
@@ -111,6 +116,7 @@ class ExceedanceTail:
                 "recurrence_margin": self.recurrence_margin,
                 "episode_gap": self.episode_gap,
                 "trim_at": self.trim_at,
+                "incident_spacing": self.incident_spacing,
             },
             "sorted": self.sorted_,
             "threshold": self.threshold_,
@@ -146,9 +152,11 @@ class ExceedanceTail:
             for round_ in range(MAX_TRIM_ROUNDS):
                 marked = surprise >= self.trim_at
                 # A pattern that recurs with a period (a batch job's spike) is normal: kept.
-                judged = ~marked | _in_periodic_episodes(marked, self.episode_gap, self.min_recurrences)
+                judged = ~marked | _in_periodic_episodes(marked, self.episode_gap, self.min_recurrences, self.trim_at)
                 if judged.sum() < MIN_KEPT_SHARE * len(ordered):
-                    judged[:] = True  # not an incident or two: what normal looks like here
+                    # Not an incident or two: what normal looks like here, unless the largest
+                    # values are set apart and rare in time, as incidents are.
+                    judged |= ~self._incidents_apart(ordered)
                 if round_ and (judged == kept).all():
                     break
                 kept = judged
@@ -158,6 +166,19 @@ class ExceedanceTail:
             self._fit_values(ordered)
         self.trimmed_ = int((~kept).sum())
         return self
+
+    def _incidents_apart(self, ordered: np.ndarray) -> np.ndarray:
+        """The values (time order) that a gap sets apart from the rest (``_beyond_gap``), if
+        their episodes come at least ``incident_spacing`` values apart on average; none if they
+        come more often: an extreme that keeps coming back is how the series behaves."""
+        none = np.zeros(len(ordered), dtype=bool)
+        if not self.incident_spacing or self.trim_at is None:
+            return none
+        apart = ordered >= _beyond_gap(ordered, self.tail_quantile, self.trim_at)
+        positions = np.flatnonzero(apart)
+        if len(positions) and len(_episode_starts(positions, self.episode_gap)) * self.incident_spacing <= len(ordered):
+            return apart
+        return none
 
     def _fit_values(self, ordered: np.ndarray) -> None:
         """Fit the empirical part, the recurrences and the tail to ``ordered`` (time order)."""
@@ -259,6 +280,30 @@ class ExceedanceTail:
         return self.threshold_ - self.scale_ * np.log(ratio)
 
 
+def _beyond_gap(values: np.ndarray, tail_quantile: float, surprise: float) -> float:
+    """The smallest of the largest values that a gap sets apart from the rest (inf if none).
+
+    Among the ``1 - tail_quantile`` largest positive values, in decreasing order ``x_1 >= x_2
+    >= ...``, the normalised log spacings ``j * log(x_j / x_{j+1})`` of a continuous tail are
+    independent exponentials with one mean (Renyi's representation, behind Hill's estimator),
+    taken here robustly from their median. A spacing at least ``surprise`` surprising for any of
+    them (-log10 of its tail probability, ``log10`` of their count added) is a gap no such tail
+    makes: the values above the deepest one are not the series' tail but episodes apart from it.
+    """
+    ordered = np.sort(values[values > 0])[::-1]
+    count = int((1.0 - tail_quantile) * len(ordered))
+    if count < 2:
+        return math.inf
+    logs = np.log(ordered[: count + 1])
+    spacings = np.arange(1, count + 1) * (logs[:-1] - logs[1:])
+    positive = spacings[spacings > 0]
+    if len(positive) < 2:
+        return math.inf
+    mean = float(np.median(positive)) / math.log(2.0)
+    gaps = np.flatnonzero(spacings >= mean * math.log(10.0) * (surprise + math.log10(count)))
+    return float(ordered[gaps[-1]]) if len(gaps) else math.inf
+
+
 def _robust_gaussian_surprise(values: np.ndarray, scale_floor: float) -> np.ndarray:
     """-log10 of each value's upper tail probability under a normal distribution centred on the
     median with the median absolute deviation's spread: a judgement that incidents, up to a
@@ -270,12 +315,15 @@ def _robust_gaussian_surprise(values: np.ndarray, scale_floor: float) -> np.ndar
         return np.where(z > 0, -np.log10(stats.norm.sf(z)), 0.0)
 
 
-def _in_periodic_episodes(marked: np.ndarray, gap: int, min_recurrences: int) -> np.ndarray:
+def _in_periodic_episodes(marked: np.ndarray, gap: int, min_recurrences: int, surprise: float) -> np.ndarray:
     """The marked values (time order) whose episode recurs with a period: episodes are runs of
     marked values at most ``gap`` apart; the period is the most common distance between two
     episodes' starts (within one position), and it counts when at least half of the episodes,
-    and at least ``min_recurrences`` + 1, have another one at that distance. Isolated incidents
-    fall at chance distances from each other and make no period."""
+    and at least ``min_recurrences`` + 1, have another one at that distance, and when that many
+    pairs of episodes at that distance are at least ``surprise`` surprising (-log10 of a Poisson
+    tail probability, ``log10`` of the number of distances tried added) for episodes at random
+    times. Incidents fall at chance distances from each other and make no period, however many
+    there are."""
     periodic = np.zeros(len(marked), dtype=bool)
     positions = np.flatnonzero(marked)
     if len(positions) == 0 or min_recurrences <= 0:
@@ -292,6 +340,13 @@ def _in_periodic_episodes(marked: np.ndarray, gap: int, min_recurrences: int) ->
     period = int(np.argmax(near))
     partnered = (np.abs(distance - period) <= 1).any(axis=1) & (period > 0)
     if partnered.sum() < max(min_recurrences + 1, len(starts) / 2):
+        return periodic
+    # Episodes at random times: each pair's distance is one of the three near the period with
+    # probability about 3 * 2 * (n - period) / n**2.
+    n, pairs = len(marked), len(starts) * (len(starts) - 1) / 2
+    by_chance = pairs * 6.0 * max(n - period, 1) / n**2
+    seen = int(near[period]) // 2  # distance holds each pair twice
+    if -stats.poisson.logsf(seen - 1, by_chance) / math.log(10.0) < surprise + math.log10(longest):
         return periodic
     ends = np.concatenate((first[1:], [len(positions)]))
     for episode in np.flatnonzero(partnered):

@@ -60,6 +60,12 @@ class DetectorConfig:
     robust_calibration: bool = True
     """Fit each component's tail without the training points it would flag itself (past
     incidents in the history), see ``calibration.ExceedanceTail``'s ``trim_at``."""
+    incident_spacing_days: float = 7.0
+    """Past incidents come rarer than this, on average. When more of a KPI's training values look
+    extreme than a few incidents would make, those a gap sets apart from the others are left out
+    of its calibration as incidents if they come rarer, and kept as the KPI's own behaviour if
+    they come back more often (a load balancer's spikes, a feed's bursts); see
+    ``calibration.ExceedanceTail``'s ``incident_spacing``. 0: always kept."""
     tail_min_recurrences: int = 3
     """Separate training episodes that must have come close to a value before their observed
     rate caps its surprise: a pattern that keeps recurring is normal (0 = off; episodes are

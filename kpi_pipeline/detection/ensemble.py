@@ -371,6 +371,7 @@ class EnsembleDetector(BaseEstimator):
             recurrence_margin=cfg.tail_recurrence_margin,
             episode_gap=cfg.event_merge_gap,
             trim_at=self._trim_at,
+            incident_spacing=self._incident_spacing,
         ).fit(features)
         self.__dict__.pop("autoencoder_", None)
         if cfg.autoencoder:
@@ -381,6 +382,7 @@ class EnsembleDetector(BaseEstimator):
                 recurrence_margin=cfg.tail_recurrence_margin,
                 episode_gap=cfg.event_merge_gap,
                 trim_at=self._trim_at,
+                incident_spacing=self._incident_spacing,
             ).fit(self._autoencoder_windows(adapted))
 
         # How often a value exactly repeats its predecessor in normal data (Laplace-smoothed),
@@ -411,12 +413,21 @@ class EnsembleDetector(BaseEstimator):
             recurrence_margin=cfg.tail_recurrence_margin,
             episode_gap=cfg.event_merge_gap,
             trim_at=self._trim_at,
+            incident_spacing=self._incident_spacing,
         )
 
     @property
     def _trim_at(self) -> float | None:
         cfg = self._config
         return self.threshold_ if cfg.robust_calibration else None
+
+    @property
+    def _incident_spacing(self) -> int | None:
+        """``config.incident_spacing_days`` in steps of the KPI's grid (None: unknown step)."""
+        days = self._config.incident_spacing_days
+        if not days or self.freq_ is None:
+            return None
+        return max(int(pd.Timedelta(days=days) / self.freq_), 1)
 
     def _to_model(self, y: np.ndarray) -> np.ndarray:
         if not self.log_space_:

@@ -29,8 +29,10 @@ class IsolationForestDetector(BaseEstimator):
         recurrence_margin: float = 0.8,
         episode_gap: int = 2,
         trim_at: float | None = None,
+        incident_spacing: int | None = None,
     ):
         self.trim_at = trim_at
+        self.incident_spacing = incident_spacing
         self.n_estimators = n_estimators
         self.max_samples = max_samples
         self.tail_quantile = tail_quantile
@@ -53,6 +55,7 @@ class IsolationForestDetector(BaseEstimator):
             recurrence_margin=self.recurrence_margin,
             episode_gap=self.episode_gap,
             trim_at=self.trim_at,
+            incident_spacing=self.incident_spacing,
         ).fit(self._raw(X))
         self.n_features_in_ = X.shape[1]
         return self

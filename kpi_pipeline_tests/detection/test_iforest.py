@@ -13,6 +13,7 @@ PARAMS = {
     "recurrence_margin": 0.8,
     "episode_gap": 2,
     "trim_at": 3.5,
+    "incident_spacing": 7,
 }
 
 

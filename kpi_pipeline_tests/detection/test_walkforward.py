@@ -2,12 +2,15 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from kpi_pipeline.detection.config import DetectorConfig
 from kpi_pipeline.detection.ensemble import EnsembleDetector
 from kpi_pipeline.detection.walkforward import (
+    history_cutoffs,
     initial_training_points,
     retrain_every_points,
     score_segment,
     training_cutoffs,
+    walk_forward,
 )
 from kpi_pipeline_tests.detection.synthetic import daily_sine
 
@@ -76,3 +79,26 @@ def test_score_segment_passes_the_gap_flags_of_its_rows(fitted):
     opens = np.zeros(30, dtype=bool)
     opens[10] = True  # the outage's first slot: one anomaly per outage
     assert (scored["flagged_by"] == "gap").tolist() == opens.tolist()
+
+
+def contaminated_daily_kpi(n_days: int, share: float, seed: int = 0) -> tuple[pd.DatetimeIndex, np.ndarray, np.ndarray]:
+    """A daily KPI (a weekly pattern, 5% multiplicative noise) with ``share`` of its days
+    incidents at random: the value times 0.4 or 2.2."""
+    rng = np.random.default_rng(seed)
+    ts = pd.date_range("2022-01-03", periods=n_days, freq="D", tz="UTC")
+    weekday = np.array([1.03, 1.04, 1.04, 1.02, 0.99, 0.95, 0.93])[ts.dayofweek.to_numpy()]
+    values = 1000.0 * weekday * np.exp(rng.normal(0.0, 0.05, n_days))
+    incident = rng.random(n_days) < share
+    values[incident] *= rng.choice([0.4, 2.2], incident.sum())
+    return ts, values, incident
+
+
+def test_a_daily_kpi_with_eight_percent_of_its_days_anomalous_still_flags_them():
+    # Its first model learns from a history already holding incidents, and every later one too:
+    # they must not become what normal looks like.
+    ts, values, incident = contaminated_daily_kpi(700, share=0.08)
+    cutoffs = history_cutoffs(ts, DetectorConfig())
+    flagged = walk_forward(ts, values, cutoffs).scores["is_anomaly"].to_numpy(dtype=bool)
+    judged = np.arange(len(ts)) >= cutoffs[0]
+    assert flagged[judged & incident].mean() >= 0.9
+    assert flagged[judged & ~incident].mean() <= 0.01
