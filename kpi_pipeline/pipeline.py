@@ -133,7 +133,13 @@ def _scoring_windows(
             elif span.last_ts <= scored_until:
                 since[kpi] = scored_until
             else:
-                step, context = _scoring_window(model)
+                try:
+                    step, context = _scoring_window(model)
+                except Exception:  # noqa: BLE001 - an unreadable model fails its KPI alone
+                    # Its new points alone: scoring them reads the model again and records
+                    # why it fails; the other KPIs of the chunk are scored.
+                    since[kpi] = scored_until
+                    continue
                 grids[kpi] = Grid(span.first_ts, step)
                 since[kpi] = scored_until - (context + SCORING_SLACK_POINTS) * step
         yield clean_observations(store.load_observation_windows(engine, since), grids=grids)[0]

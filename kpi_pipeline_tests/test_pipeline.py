@@ -354,14 +354,15 @@ def test_a_scoring_run_logs_a_line_per_chunk_and_only_the_kpis_with_something_to
     ]
 
 
-def test_a_kpi_whose_models_cannot_be_read_fails_alone_and_the_chunk_is_scored(pg_url):
+@pytest.mark.parametrize("kind", ["iforest", "ensemble"])  # the ensemble's also sets the window
+def test_a_kpi_whose_models_cannot_be_read_fails_alone_and_the_chunk_is_scored(pg_url, kind):
     engine = pipeline.open_store(pg_url)
     names = ["kpi0", "kpi1", "kpi2"]
     store.upsert_observations(engine, _many_kpis(engine, names, days=10), "test")
     with engine.begin() as connection:
         connection.execute(
             sa.update(schema.kpi_models)
-            .where(schema.kpi_models.c.kpi == "kpi1", schema.kpi_models.c.kind == "iforest")
+            .where(schema.kpi_models.c.kpi == "kpi1", schema.kpi_models.c.kind == kind)
             .values(artifact=b"not a model")
         )
 

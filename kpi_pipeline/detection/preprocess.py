@@ -264,11 +264,15 @@ def clean_observations(
     filled from that slot).
     """
     grids = grids or {}
-    frequencies: dict[str, pd.Timedelta] = {}
+    # A KPI with a given grid has that step even if none of its values is known.
+    frequencies = {str(kpi): grids[str(kpi)].step for kpi in observations["kpi"].unique() if str(kpi) in grids}
     rows = observations.sort_values(["kpi", "ts"])
     rows = rows[rows["value"].notna()]
-    if rows.empty:
+    if observations.empty:
         return pd.DataFrame(columns=CLEANED_COLUMNS), frequencies
+    if rows.empty:  # rows, none of them known: no rows, with the columns' types
+        typed = rows[["kpi", "ts", "value"]].assign(kpi=rows["kpi"].astype("str"), filled=False, gap=False)
+        return typed[CLEANED_COLUMNS].reset_index(drop=True), frequencies
     # One pass over plain arrays, each KPI a slice of them (a frame per KPI cost more than
     # cleaning it).
     names = rows["kpi"].astype(str).to_numpy(dtype=object)

@@ -522,6 +522,9 @@ def test_the_ensemble_artifact_alone_gives_the_grid_and_the_context(realistic):
     assert shell.config == detector.config
     assert (shell.train_start_, shell.train_end_) == (detector.train_start_, detector.train_end_)
     assert not hasattr(shell, "prophet_") and not hasattr(shell, "iforest_")
+    # What choosing a scoring window reads, without decoding the arrays.
+    window = EnsembleDetector.scoring_window_of_artifact(detector.to_artifacts()["ensemble"])
+    assert window == (detector.freq_, detector.context_points)
 
 
 def test_a_detector_without_config_or_sustained_component_round_trips(detector, series):

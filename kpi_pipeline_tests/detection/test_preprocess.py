@@ -293,3 +293,43 @@ def test_slots_of_integer_timestamps_are_the_slots_of_timestamps():
         offsets = np.concatenate([offsets, rng.integers(-(10**16), 10**18, 300)])
         ts = pd.DatetimeIndex(grid.origin.value + offsets, tz="UTC")
         assert grid.slots_ns(ts.asi8.tolist()) == grid.slots(ts).tolist()
+
+
+@pytest.mark.parametrize("with_grids", [False, True])
+def test_cleaning_many_kpis_at_once_equals_cleaning_each_alone(with_grids):
+    rng = np.random.default_rng(3)
+    start = pd.Timestamp("2024-01-01", tz="UTC")
+    frames = []
+    for i, name in enumerate(["a", "a b", "aa", "b"]):
+        ts = start + pd.to_timedelta(np.sort(rng.choice(200, 150, replace=False)), unit="h")
+        frame = pd.DataFrame({"kpi": name, "ts": ts, "value": rng.normal(100 + i, 5, len(ts))})
+        duplicates = frame.sample(15, random_state=i).assign(value=lambda f: f["value"] + 1)
+        off_grid = frame.sample(5, random_state=10 + i).assign(ts=lambda f: f["ts"] + pd.Timedelta(minutes=10))
+        frames += [frame, duplicates, off_grid]
+    frames.append(pd.DataFrame({"kpi": ["solo"], "ts": [start], "value": [3.0]}))
+    observations = pd.concat(frames, ignore_index=True).sample(frac=1, random_state=0, ignore_index=True)
+    observations.loc[observations.sample(20, random_state=1).index, "value"] = np.nan
+    grids = {"a": Grid(start - 3 * HOUR, HOUR), "b": Grid(start, 2 * HOUR)} if with_grids else None
+
+    cleaned, steps = clean_observations(observations, grids=grids)
+
+    expected, expected_steps = [], {}
+    for name, rows in observations.sort_values(["kpi", "ts"]).groupby("kpi"):
+        rows = rows.dropna(subset=["value"])
+        grid = (grids or {}).get(name)
+        step = grid.step if grid else infer_frequency(rows["ts"])
+        if step is None:
+            expected.append(rows[["ts", "value"]].assign(filled=False, gap=False, kpi=name))
+            continue
+        expected_steps[name] = step
+        expected.append(clean_series(rows, grid or Grid(rows["ts"].min(), step)).assign(kpi=name))
+    pd.testing.assert_frame_equal(cleaned, pd.concat(expected, ignore_index=True)[CLEANED_COLUMNS], check_exact=True)
+    assert steps == expected_steps
+
+
+def test_cleaning_rows_without_a_known_value_gives_no_rows_with_their_types():
+    ts = pd.date_range("2024-01-01", periods=3, freq="h", tz="UTC")
+    cleaned, steps = clean_observations(pd.DataFrame({"kpi": "a", "ts": ts, "value": np.nan}))
+    assert cleaned.empty and list(cleaned.columns) == CLEANED_COLUMNS
+    assert str(cleaned["ts"].dtype).startswith("datetime64") and cleaned["value"].dtype == float
+    assert cleaned["filled"].dtype == bool and steps == {}

@@ -117,3 +117,23 @@ def test_min_severity_keeps_that_level_and_above(migrated_engine):
     assert window["severity"].tolist() == ["high", "medium"]
     with pytest.raises(ValueError, match="min_severity"):
         load_anomalies(migrated_engine, min_severity="severe")
+
+
+def test_score_windows_hold_each_kpis_own_rows_whatever_their_names(migrated_engine):
+    from kpi_pipeline.store.scoring import load_score_windows
+
+    # Names that sort between one another: a window of "a" must not reach into "a b" or "aa".
+    names = ["a", "a b", "a_", "aa", "ab", "A"]
+    upsert_scores(
+        migrated_engine, pd.concat([scores(name, [(d, float(d), False, None) for d in range(5)]) for name in names])
+    )
+    day = pd.Timedelta(days=1)
+
+    windows = load_score_windows(
+        migrated_engine,
+        {"a": (DAY + day, DAY + 3 * day), "aa": (DAY + 2 * day, DAY + 2 * day), "ab": (DAY + 9 * day, DAY + 12 * day)},
+    )
+
+    got = [(kpi, int((ts - DAY) / day)) for kpi, ts in zip(windows["kpi"], windows["ts"], strict=True)]
+    assert got == [("a", 1), ("a", 2), ("a", 3), ("aa", 2)]
+    assert str(windows["ts"].dtype) == "datetime64[us, UTC]"
