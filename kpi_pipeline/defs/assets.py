@@ -361,7 +361,7 @@ def anomalies(store: KpiStore) -> dg.MaterializeResult:
     _log("anomalies", f"{len(events)} events in the 7 days up to {as_of}")
     return dg.MaterializeResult(
         metadata={
-            "as_of": str(as_of),
+            **({"as_of": str(as_of)} if as_of is not None else {}),  # nothing scored yet: no span
             "events": len(events),
             "anomalous_points": int(events["points"].sum()) if len(events) else 0,
             "events_by_severity": dg.MetadataValue.json(
