@@ -759,9 +759,7 @@ def recent_anomaly_events(engine: sa.Engine) -> tuple[pd.DataFrame, pd.Timestamp
     point (None, and no events, when nothing is scored): read through the index of anomalous
     points, so the cost follows the recent anomalies, not the history."""
     as_of = store.data_as_of(engine)
-    if as_of is None:
-        return summarize_events(store.load_anomalies(engine).iloc[:0]), None
-    return anomaly_events(engine, since=as_of - RECENT_EVENTS), as_of
+    return anomaly_events(engine, since=None if as_of is None else as_of - RECENT_EVENTS), as_of
 
 
 # -- backfill -------------------------------------------------------------------------------

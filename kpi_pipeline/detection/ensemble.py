@@ -33,6 +33,7 @@ from __future__ import annotations
 import bisect
 import math
 from collections.abc import Sequence
+from typing import Any
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -365,24 +366,12 @@ class EnsembleDetector(BaseEstimator):
         )
         features = self._iforest_features(residual, adapted, y_train)
         self.iforest_ = IsolationForestDetector(
-            **asdict(cfg.iforest),
-            random_state=self.random_state,
-            min_recurrences=cfg.tail_min_recurrences,
-            recurrence_margin=cfg.tail_recurrence_margin,
-            episode_gap=cfg.event_merge_gap,
-            trim_at=self._trim_at,
-            incident_spacing=self._incident_spacing,
+            **asdict(cfg.iforest), random_state=self.random_state, **self._tail_options()
         ).fit(features)
         self.__dict__.pop("autoencoder_", None)
         if cfg.autoencoder:
             self.autoencoder_ = AutoencoderDetector(
-                window=cfg.autoencoder_window,
-                random_state=self.random_state,
-                min_recurrences=cfg.tail_min_recurrences,
-                recurrence_margin=cfg.tail_recurrence_margin,
-                episode_gap=cfg.event_merge_gap,
-                trim_at=self._trim_at,
-                incident_spacing=self._incident_spacing,
+                window=cfg.autoencoder_window, random_state=self.random_state, **self._tail_options()
             ).fit(self._autoencoder_windows(adapted))
 
         # How often a value exactly repeats its predecessor in normal data (Laplace-smoothed),
@@ -406,15 +395,19 @@ class EnsembleDetector(BaseEstimator):
 
     def _tail(self) -> ExceedanceTail:
         cfg = self._config
-        return ExceedanceTail(
-            cfg.tail_quantile,
-            cfg.max_tail_shape,
-            min_recurrences=cfg.tail_min_recurrences,
-            recurrence_margin=cfg.tail_recurrence_margin,
-            episode_gap=cfg.event_merge_gap,
-            trim_at=self._trim_at,
-            incident_spacing=self._incident_spacing,
-        )
+        return ExceedanceTail(cfg.tail_quantile, cfg.max_tail_shape, **self._tail_options())
+
+    def _tail_options(self) -> dict[str, Any]:
+        """How every calibrated tail (the ensemble's, the forest's, the autoencoder's) treats
+        recurring episodes and past incidents: one setting for all of them."""
+        cfg = self._config
+        return {
+            "min_recurrences": cfg.tail_min_recurrences,
+            "recurrence_margin": cfg.tail_recurrence_margin,
+            "episode_gap": cfg.event_merge_gap,
+            "trim_at": self._trim_at,
+            "incident_spacing": self._incident_spacing,
+        }
 
     @property
     def _trim_at(self) -> float | None:
