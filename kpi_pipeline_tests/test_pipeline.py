@@ -188,7 +188,7 @@ def _rows_read(engine: sa.Engine) -> dict[str, int]:
     return read
 
 
-def _rows_read_scoring_a_day(url: str, history_days: int) -> tuple[dict[str, int], list]:
+def _rows_read_scoring_a_day(url: str, history_days: int, monkeypatch) -> tuple[dict[str, int], list]:
     engine = pipeline.open_store(url)
     try:
         store.upsert_observations(engine, _orders(history_days), "test")
@@ -196,22 +196,35 @@ def _rows_read_scoring_a_day(url: str, history_days: int) -> tuple[dict[str, int
         _score(engine)
         store.upsert_observations(engine, _orders(history_days + 1), "test")
         read = _rows_read(engine)
-        scored = _score(engine)
+        read["observations in windows"] = 0
+        reader = store.load_observation_windows
+
+        def windows(*args, **kwargs):
+            frame = reader(*args, **kwargs)
+            read["observations in windows"] += len(frame)
+            return frame
+
+        with monkeypatch.context() as patch:
+            patch.setattr(store, "load_observation_windows", windows)
+            scored = _score(engine)
         return read, [(r.kpi, r.scored, r.unscored) for r in scored]
     finally:
         engine.dispose()
 
 
-def test_a_scoring_run_reads_the_new_points_and_their_context_whatever_the_history(new_pg_url):
-    short, short_scored = _rows_read_scoring_a_day(new_pg_url(), history_days=10)
-    long, long_scored = _rows_read_scoring_a_day(new_pg_url(), history_days=20)
+def test_a_scoring_run_reads_the_new_points_and_their_context_whatever_the_history(new_pg_url, monkeypatch):
+    short, short_scored = _rows_read_scoring_a_day(new_pg_url(), 10, monkeypatch)
+    long, long_scored = _rows_read_scoring_a_day(new_pg_url(), 20, monkeypatch)
 
     assert short_scored == long_scored == [("orders", 24, 0)]
     assert long == short
-    # New points, their context, the slack and the last scored point; one row of spans.
+    # New points, their context, the slack and the last scored point.
     window = 24 + CONTEXT + pipeline.SCORING_SLACK_POINTS + 1
     assert window < 10 * 24  # so reading the whole history would show
-    assert short["kpi_observations"] == window + 1
+    assert short["observations in windows"] == window
+    # On PostgreSQL a KPI's window is one row (its timestamps and values as arrays); one row
+    # of spans.
+    assert short["kpi_observations"] == 1 + 1
     # The last scored point (looked up twice: by the window and by scoring), then the stored
     # scores an open event may continue from.
     assert short["anomaly_scores"] == 2 + SHORT_CONTEXT.event_merge_gap + 1

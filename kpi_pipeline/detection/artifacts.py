@@ -2,8 +2,9 @@
 pickle.
 
 Its ``state.json`` member holds the model's state as JSON: its settings and learned scalars,
-with each array replaced by ``{"array": "<member>"}``, the name of the ``.npy`` member that
-holds it. Beside the state it records the artifact's ``kind``, ``FORMAT_VERSION`` and the
+with each array replaced by ``{"array": "<member>", "dtype": "<f8", "shape": [n]}``, the name
+of the ``.npy`` member that holds it and what its header says (format version 1 had the name
+alone). Beside the state it records the artifact's ``kind``, ``FORMAT_VERSION`` and the
 versions of the libraries that fitted it. Reading parses JSON and ``.npy`` arrays with
 ``allow_pickle=False``: loading a model runs no code from the database, and does not depend on
 the classes or library versions that wrote it (docs/models.md).
@@ -20,9 +21,10 @@ from typing import Any
 import numpy as np
 
 FORMAT = "kpi-pipeline model"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 """Raised when the meaning of a stored state changes; an artifact of a newer version is
-refused rather than misread."""
+refused rather than misread. 2: each array's dtype and shape are in the JSON as well (read
+without parsing the ``.npy`` header, a third of the time of loading a model); 1 is still read."""
 
 LIBRARIES = ("numpy", "scikit-learn", "prophet")
 STATE_MEMBER = "state.json"
@@ -62,8 +64,8 @@ def pack(kind: str, state: dict[str, Any]) -> bytes:
             if value.dtype == object:
                 raise TypeError("object arrays are not stored (they would need pickle)")
             name = f"a{len(arrays)}"
-            arrays[name] = value
-            return {"array": name}
+            arrays[name] = value = np.asarray(value, order="C")  # a 0-d array stays 0-d
+            return {"array": name, "dtype": value.dtype.str, "shape": list(value.shape)}
         if isinstance(value, np.generic):
             return value.item()
         return value
@@ -81,7 +83,7 @@ def pack(kind: str, state: dict[str, Any]) -> bytes:
         archive.writestr(_member(STATE_MEMBER), json.dumps(document, separators=(",", ":")))
         for name, array in arrays.items():
             with archive.open(_member(f"{name}.npy"), "w") as member:
-                np.lib.format.write_array(member, np.ascontiguousarray(array), allow_pickle=False)
+                np.lib.format.write_array(member, array, allow_pickle=False)
     return buffer.getvalue()
 
 
@@ -122,7 +124,9 @@ def unpack(data: bytes, kind: str) -> dict[str, Any]:
 
     def decode(value: Any) -> Any:
         if isinstance(value, dict):
-            if value.keys() == {"array"}:
+            if value.keys() == {"array", "dtype", "shape"}:
+                return _array(archive.read(f"{value['array']}.npy"), value["dtype"], value["shape"])
+            if value.keys() == {"array"}:  # format version 1
                 with archive.open(f"{value['array']}.npy") as member:
                     return np.lib.format.read_array(member, allow_pickle=False)
             return {key: decode(item) for key, item in value.items()}
@@ -131,3 +135,18 @@ def unpack(data: bytes, kind: str) -> dict[str, Any]:
         return value
 
     return decode(document["state"])
+
+
+def _array(member: bytes, dtype: str, shape: list[int]) -> np.ndarray:
+    """The array of a ``.npy`` member whose dtype and shape the JSON gives: its data are the
+    member's last bytes (C order, as ``pack`` writes them), so the header is not parsed."""
+    kind = np.dtype(dtype)
+    if kind.hasobject:
+        raise UnreadableArtifact("an artifact array of objects is never read (it would need pickle)")
+    count = int(np.prod(shape, dtype=np.int64))
+    size = count * kind.itemsize
+    if size > len(member):
+        raise UnreadableArtifact(f"an artifact array is shorter than its {dtype} {shape} says")
+    # A bytearray, so that the array is writable like one ``np.load`` returns.
+    data = bytearray(member[len(member) - size :]) if size else bytearray()
+    return np.frombuffer(data, dtype=kind, count=count).reshape(shape)

@@ -543,7 +543,8 @@ class EnsembleDetector(BaseEstimator):
         first_judged = max(0, n_context - (self._config.smoothing_window - 1))
         judged, _ = self._judge_all(ts, y, first_judged)
         columns = self._finish(judged, n_context, ts, y, gap, threshold_raise)
-        return pd.DataFrame(columns)[SCORE_COLUMNS]
+        # Built in column order: selecting a list of columns copies the frame (a millisecond).
+        return pd.DataFrame({name: columns[name] for name in SCORE_COLUMNS})
 
     def prepare(self, ts, values, ahead: int = 0) -> ScoringState:
         """Judge a stretch of cleaned series once, for ``score_after`` to score later points;

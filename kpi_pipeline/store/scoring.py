@@ -11,10 +11,12 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 
+import numpy as np
 import pandas as pd
 import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import ARRAY, aggregate_order_by
 
-from kpi_pipeline.store._convert import TimeLike, build_frame, to_utc
+from kpi_pipeline.store._convert import TimeLike, build_frame, coerce, to_utc
 from kpi_pipeline.store._sql import bulk_utc, keyed_values, read_frame
 from kpi_pipeline.store.models import ModelRecord, _record
 from kpi_pipeline.store.observations import OBSERVATION_COLUMNS, load_observations
@@ -43,15 +45,49 @@ def load_observation_windows(engine: sa.Engine, since: Mapping[str, TimeLike | N
             .scalar_subquery()
         )
         starts = sa.select(wanted.c.kpi, sa.func.coalesce(anchor, wanted.c.since).label("start")).cte("starts")
-        # Unordered: the frame is sorted below (a sort on the server spilled to disk).
-        query = sa.select(table.c.kpi, bulk_utc(table.c.ts), table.c.value).join_from(
-            starts, table, (table.c.kpi == starts.c.kpi) & (table.c.ts >= starts.c.start)
-        )
-        parts.append(read_frame(engine, query, OBSERVATION_COLUMNS))
+        in_window = (table.c.kpi == starts.c.kpi) & (table.c.ts >= starts.c.start)
+        if engine.dialect.name == "postgresql":
+            parts.append(_windows_as_arrays(engine, starts, in_window))
+        else:
+            # Unordered: the frame is sorted below (a sort on the server spilled to disk).
+            query = sa.select(table.c.kpi, bulk_utc(table.c.ts), table.c.value).join_from(starts, table, in_window)
+            parts.append(read_frame(engine, query, OBSERVATION_COLUMNS))
     if not parts:
         return build_frame([], OBSERVATION_COLUMNS)
     frame = pd.concat(parts, ignore_index=True) if len(parts) > 1 else parts[0]
     return frame.sort_values(["kpi", "ts"], ignore_index=True, kind="stable")
+
+
+def _windows_as_arrays(engine: sa.Engine, starts: sa.CTE, in_window: sa.ColumnElement[bool]) -> pd.DataFrame:
+    """The windows of ``load_observation_windows`` on PostgreSQL: one row per KPI holding its
+    timestamps (microseconds since the epoch) and values as arrays in time order, so that a
+    million observations cross as a thousand rows (a row per observation cost about 1 s more
+    per 500 KPIs at 1,088 points each, in SQLAlchemy's rows and pandas' string column)."""
+    table = kpi_observations
+    epoch_us = sa.cast(sa.extract("epoch", table.c.ts) * 1_000_000, sa.BigInteger)  # numeric: exact
+    query = (
+        sa.select(
+            table.c.kpi,
+            sa.func.array_agg(aggregate_order_by(epoch_us, table.c.ts), type_=ARRAY(sa.BigInteger)),
+            sa.func.array_agg(aggregate_order_by(table.c.value, table.c.ts), type_=ARRAY(sa.Float)),
+        )
+        .join_from(starts, table, in_window)
+        .group_by(table.c.kpi)
+    )
+    with engine.connect() as connection:
+        rows = sorted(connection.execute(query).all(), key=lambda row: row[0])
+    kpis = [row[0] for row in rows]
+    lengths = [len(row[1]) for row in rows]
+    stamps = np.fromiter((us for row in rows for us in row[1]), dtype=np.int64, count=sum(lengths))
+    values = np.fromiter((v for row in rows for v in row[2]), dtype=np.float64, count=sum(lengths))
+    frame = pd.DataFrame(
+        {
+            "kpi": np.repeat(np.array(kpis, dtype=object), lengths),
+            "ts": pd.DatetimeIndex(stamps.view("datetime64[us]")).tz_localize("UTC"),
+            "value": values,
+        }
+    )
+    return coerce(frame, OBSERVATION_COLUMNS)
 
 
 def load_scoring_models(

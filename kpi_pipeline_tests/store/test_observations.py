@@ -228,3 +228,42 @@ def test_a_batch_repeating_a_key_keeps_what_row_by_row_writes_would(migrated_eng
         )
 
     assert load_observations(migrated_engine)["value"].tolist() == kept
+
+
+def test_observation_windows_of_many_kpis_equal_each_kpi_read_alone(migrated_engine):
+    """``load_observation_windows`` (one statement for many KPIs; on PostgreSQL each KPI's
+    window crosses as two arrays) reads what ``load_observations_from`` reads KPI by KPI."""
+    from kpi_pipeline.store import load_observations_from, upsert_observations
+    from kpi_pipeline.store.scoring import load_observation_windows
+
+    start = pd.Timestamp("2024-05-01", tz="UTC")
+    hours = pd.date_range(start, periods=48, freq="h")
+    rows = []
+    # Names that sort between one another, a KPI with a gap, microsecond timestamps.
+    for i, name in enumerate(["a", "a b", "aa", "A", "gappy", "fine"]):
+        stamps = hours.delete(slice(10, 30)) if name == "gappy" else hours
+        if name == "fine":
+            stamps = stamps + pd.Timedelta(microseconds=123_457)
+        rows.append(pd.DataFrame({"kpi": name, "ts": stamps, "value": np.arange(len(stamps)) * 0.1 + i / 3}))
+    upsert_observations(migrated_engine, pd.concat(rows, ignore_index=True), source="test")
+    since = {
+        "a": hours[40],
+        "a b": hours[0] - pd.Timedelta(days=1),  # before the first point: all of it
+        "aa": None,  # read whole
+        "gappy": hours[20],  # inside the gap: from the last point before it
+        "fine": hours[47],
+        "unknown": hours[3],  # no observations
+    }
+
+    got = load_observation_windows(migrated_engine, since)
+
+    expected = pd.concat(
+        [load_observations_from(migrated_engine, kpi, start) for kpi, start in since.items() if start is not None]
+        + [load_observations(migrated_engine, ["aa"])],
+        ignore_index=True,
+    ).sort_values(["kpi", "ts"], ignore_index=True)
+    pd.testing.assert_frame_equal(got, expected, check_exact=True)
+    assert got.groupby("kpi")["ts"].min()["gappy"] == hours[9]
+    assert got.groupby("kpi").size().to_dict() == {"a": 8, "a b": 48, "aa": 48, "fine": 2, "gappy": 19}
+    assert str(got["ts"].dtype) == "datetime64[us, UTC]"
+    assert load_observation_windows(migrated_engine, {"unknown": hours[3]}).empty
