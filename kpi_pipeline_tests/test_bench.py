@@ -36,6 +36,11 @@ def test_bench_scores_every_kpi_and_ends_with_its_summary_line(pg_admin_engine):
     assert result.exit_code == 0, result.output
     lines = result.output.strip().splitlines()
     assert SUMMARY.fullmatch(lines[-1]), lines[-1]
+    # The run measured is the whole hourly scoring_job, each of its steps timed.
+    [scoring_line] = [line for line in lines if line.startswith("scoring at ")]
+    steps = re.search(r"steps: (.*?) s\)", scoring_line).group(1)
+    timed = {name for name, _seconds in (step.rsplit(" ", 1) for step in steps.split(", "))}
+    assert {"cleaned_kpis", "anomaly_scores", "anomalies", "group_events"} <= timed, scoring_line
     kept = re.search(r"database kept: (\S+)", result.output).group(1)
     engine = store.make_engine(kept)
     try:
