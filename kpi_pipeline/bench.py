@@ -378,7 +378,7 @@ class _Bench:
         """Store slots ``first .. first + count - 1`` of every KPI, and their scores if
         ``scored``, with COPY."""
         stamps = self.series.stamps(first, count).strftime("%Y-%m-%d %H:%M:%S+00")
-        now = pd.Timestamp.now("UTC").strftime("%Y-%m-%d %H:%M:%S+00")
+        now = pd.Timestamp.now("UTC").strftime("%Y-%m-%d %H:%M:%S.%f+00")  # each load its own ingested_at
         block = max(1, ROWS_PER_COPY // count)
         for start in range(0, self.options.kpis, block):
             indices = range(start, min(start + block, self.options.kpis))
@@ -396,14 +396,23 @@ class _Bench:
                     bench_store.SCORE_COPY_COLUMNS,
                     (self._csv(i, stamps, values[i], now, version) for i in indices),
                 )
+                # On the grid, without gaps: cleaned as observed (bench_store.mark_cleaned).
+                bench_store.copy_csv(
+                    engine,
+                    "kpi_cleaned",
+                    bench_store.CLEANED_COPY_COLUMNS,
+                    (self._csv(i, stamps, values[i], now, "", cleaned=True) for i in indices),
+                )
             self.say(
                 f"loaded {indices[-1] + 1:,} of {self.options.kpis:,} KPIs "
                 f"({count:,} points each{', scored' if scored else ''})"
             )
 
-    def _csv(self, i: int, stamps, values: np.ndarray, now: str, version: str | None) -> str:
+    def _csv(self, i: int, stamps, values: np.ndarray, now: str, version: str | None, cleaned: bool = False) -> str:
         name = self.series.name(i)
-        if version is None:  # kpi, ts, value, ingested_at, source
+        if cleaned:  # kpi, ts, value, filled, gap
+            frame = pd.DataFrame({"kpi": name, "ts": stamps, "value": values, "filled": "f", "gap": "f"})
+        elif version is None:  # kpi, ts, value, ingested_at, source
             frame = pd.DataFrame({"kpi": name, "ts": stamps, "value": values, "ingested_at": now, "source": "bench"})
         else:  # kpi, ts, value, expected, score, is_anomaly, model_version, scored_at
             frame = pd.DataFrame(
@@ -421,6 +430,11 @@ class _Bench:
         buffer = io.StringIO()
         frame.to_csv(buffer, header=False, index=False, float_format="%.6g")
         return buffer.getvalue()
+
+    @property
+    def step_us(self) -> int:
+        """The KPIs' grid step in microseconds."""
+        return int(pd.Timedelta(self.options.freq) / pd.Timedelta(microseconds=1))
 
     def add_new_points(self, engine) -> None:
         """The next hourly run's new points of every KPI (1 per KPI, 60 at 1min)."""
@@ -562,6 +576,7 @@ class _Bench:
             version, model_bytes = self.train_templates(engine)
             short = min(SHORT_DAYS, options.days) * self.per_day
             self.load(engine, series.history - short, short, scored=True, version=version)
+            bench_store.mark_cleaned(engine, self.step_us)
             self.report(
                 f"bench: {options.kpis:,} KPIs x {options.days} d at {options.freq} "
                 f"({series.history:,} points each), {self.new} new point(s) per KPI per run; "
@@ -574,6 +589,7 @@ class _Bench:
             long_run, long_floor = short_run, short_floor
             if options.days > SHORT_DAYS:
                 self.load(engine, 0, series.history - short, scored=True, version=version)
+                bench_store.mark_cleaned(engine, self.step_us)
                 bench_store.vacuum(engine)
                 long_run, long_floor = self.scoring(engine, options.days, window)
             self.retraining(engine)

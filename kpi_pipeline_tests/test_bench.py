@@ -66,3 +66,49 @@ def test_bench_scores_every_kpi_and_ends_with_its_summary_line(pg_admin_engine):
         assert not connection.exec_driver_sql(
             "SELECT 1 FROM pg_database WHERE datname = %(name)s", {"name": name}
         ).all()
+
+
+def test_the_bench_s_cleaned_history_is_what_cleaning_the_observations_makes(pg_admin_engine):
+    """The bench loads each KPI's cleaned rows and ``kpi_series`` state with its history (so the
+    measured run cleans its new points only, as in a deployment that has been cleaning all
+    along); they equal what ``cleaned_kpis`` makes of the same observations."""
+    from dataclasses import replace
+
+    from kpi_pipeline import derived
+    from kpi_pipeline.bench import BenchOptions, _Bench
+    from kpi_pipeline.store.schema import kpi_cleaned, kpi_series
+
+    server = pg_admin_engine.url.render_as_string(hide_password=False)
+    for freq, days in (("1h", 3), ("1min", 2)):
+        url = bench_store.create_database(server)
+        engine = store.make_engine(url)
+        try:
+            store.migrate(engine)
+            bench = _Bench(BenchOptions(server, kpis=3, days=days, freq=freq), say=lambda _: None)
+            per_kpi = bench.series.history
+            bench.load(engine, per_kpi // 2, per_kpi - per_kpi // 2, scored=True, version="v")
+            bench_store.mark_cleaned(engine, bench.step_us)
+            bench.load(engine, 0, per_kpi // 2, scored=True, version="v")  # the earlier days after
+            bench_store.mark_cleaned(engine, bench.step_us)
+            loaded_rows = store.load_cleaned_rows(engine)
+            loaded_states = store.load_series(engine)
+            with engine.begin() as connection:
+                connection.execute(kpi_cleaned.delete())
+                connection.execute(kpi_series.delete())
+
+            derived.clean_new_observations(engine)
+
+            pd.testing.assert_frame_equal(loaded_rows, store.load_cleaned_rows(engine), check_exact=True)
+            cleaned_states = store.load_series(engine)
+            assert len(loaded_states) == 3
+            for kpi, state in loaded_states.items():
+                assert replace(state, cleaned_at=None) == replace(cleaned_states[kpi], cleaned_at=None), kpi
+            # And the next run, after a new point of every KPI, only grows them.
+            bench.add_new_points(engine)
+            run = derived.clean_new_observations(engine)
+            assert run.rebuilt == {} and sorted(run.kpis) == bench.names
+            newest = store.load_cleaned_rows(engine).groupby("kpi")["ts"].max()
+            assert (newest == bench.series.stamps(per_kpi + bench.new - 1, 1)[0]).all()
+        finally:
+            engine.dispose()
+            bench_store.drop_database(url)

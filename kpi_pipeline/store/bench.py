@@ -18,6 +18,7 @@ from kpi_pipeline.store.schema import anomaly_scores, kpi_models, kpi_observatio
 
 OBSERVATION_COPY_COLUMNS = ("kpi", "ts", "value", "ingested_at", "source")
 SCORE_COPY_COLUMNS = ("kpi", "ts", "value", "expected", "score", "is_anomaly", "model_version", "scored_at")
+CLEANED_COPY_COLUMNS = ("kpi", "ts", "value", "filled", "gap")
 
 
 def _admin(server_url: str) -> sa.Engine:
@@ -69,6 +70,27 @@ def vacuum(engine: sa.Engine) -> None:
     with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
         for table in (kpi_observations, anomaly_scores, kpi_models):
             connection.exec_driver_sql(f"VACUUM (ANALYZE) {table.name}")
+
+
+def mark_cleaned(engine: sa.Engine, step_us: int) -> None:
+    """Every KPI's ``kpi_series`` row as ``cleaned_kpis`` leaves it for observations that lie on
+    their grid (one every ``step_us`` microseconds, no gap, no duplicate), whose cleaned rows
+    were loaded with them: the state of a deployment that has been cleaning all along, so that
+    the measured run cleans its new points only (a KPI without this row is cleaned from its
+    first observation). One statement, aggregated on the server."""
+    statement = sa.text(
+        "INSERT INTO kpi_series (kpi, origin, step_us, step_counts, observations, duplicates, "
+        "last_observed, ingested_through, cleaned_at, changed_from) "
+        "SELECT kpi, min(ts), :step, jsonb_build_object(CAST(:step AS text), count(*) - 1), "
+        "count(*), 0, max(ts), max(ingested_at), now(), min(ts) FROM kpi_observations GROUP BY kpi "
+        "ON CONFLICT (kpi) DO UPDATE SET origin = excluded.origin, step_us = excluded.step_us, "
+        "step_counts = excluded.step_counts, observations = excluded.observations, "
+        "duplicates = excluded.duplicates, last_observed = excluded.last_observed, "
+        "ingested_through = excluded.ingested_through, cleaned_at = excluded.cleaned_at, "
+        "changed_from = excluded.changed_from"
+    )
+    with engine.begin() as connection:
+        connection.execute(statement, {"step": step_us})
 
 
 def copy_models(engine: sa.Engine, template: str, kpis: Sequence[str]) -> None:
