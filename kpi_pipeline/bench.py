@@ -2,9 +2,9 @@
 at a given number of KPIs and length of history, on a synthetic Postgres database.
 
 The database is new (dropped afterwards unless kept): N seeded KPIs loaded with COPY, their
-history already scored. A few representative models are trained (one per shape of series) and
-their registry rows copied to every KPI of that shape, since training every KPI would take
-hours. Then, in one run:
+history already cleaned (``bench_store.mark_cleaned``) and scored. A few representative
+models are trained (one per shape of series) and their registry rows copied to every KPI of
+that shape, since training every KPI would take hours. Then, in one run:
 
 - the scoring run at 30 days of history and at the full history: one run of ``scoring_job``
   in process (cleaning, scoring, the anomaly summaries and every check of the hourly run, each

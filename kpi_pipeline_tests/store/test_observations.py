@@ -267,3 +267,30 @@ def test_observation_windows_of_many_kpis_equal_each_kpi_read_alone(migrated_eng
     assert got.groupby("kpi").size().to_dict() == {"a": 8, "a b": 48, "aa": 48, "fine": 2, "gappy": 19}
     assert str(got["ts"].dtype) == "datetime64[us, UTC]"
     assert load_observation_windows(migrated_engine, {"unknown": hours[3]}).empty
+
+
+def test_observations_since_per_kpi_bounds_read_each_kpi_from_its_own_bound(migrated_engine):
+    """``load_observations_since`` with a bound per KPI (None: the whole KPI), names that sort
+    between one another, sorted by kpi and ts as one KPI's read each."""
+    from kpi_pipeline.store import upsert_observations
+    from kpi_pipeline.store.series import load_observations_since
+
+    hours = pd.date_range("2024-05-01", periods=10, freq="h", tz="UTC")
+    names = ["a", "a b", "aa", "A", "b"]
+    upsert_observations(
+        migrated_engine,
+        pd.concat(
+            [pd.DataFrame({"kpi": name, "ts": hours, "value": np.arange(10.0) + i}) for i, name in enumerate(names)]
+        ),
+        source="test",
+    )
+    since = {"a": hours[7], "aa": None, "A": hours[0], "b": hours[9] + pd.Timedelta(hours=1)}
+
+    got = load_observations_since(migrated_engine, since)
+
+    assert got.groupby("kpi", sort=False).size().to_dict() == {"A": 10, "a": 3, "aa": 10}
+    assert got["ts"].is_monotonic_increasing is False  # several KPIs, each in time order
+    for kpi, rows in got.groupby("kpi"):
+        assert rows["ts"].is_monotonic_increasing
+        assert rows["value"].tolist() == [v + names.index(kpi) for v in range(10 - len(rows), 10)]
+    assert load_observations_since(migrated_engine, {"b": hours[9] + pd.Timedelta(hours=1)}).empty
