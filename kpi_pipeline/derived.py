@@ -38,9 +38,10 @@ from kpi_pipeline.detection.preprocess import (
     add_counts,
     clean_series,
     mode_step,
-    reclean,
+    reclean_many,
     reclean_since,
     step_counts,
+    step_counts_us,
 )
 from kpi_pipeline.store import series as store
 from kpi_pipeline.store.series import SeriesState
@@ -186,43 +187,66 @@ def _reclean_chunk(
     config: PreprocessConfig,
 ) -> tuple[list[SeriesState], pd.DataFrame, dict[str, str]]:
     """Re-clean each KPI of the chunk from the first slot its new observations touch, on its
-    grid; returns the new states, the rows and the KPIs whose step changed (to rebuild)."""
+    grid; returns the new states, the rows and the KPIs whose step changed (to rebuild).
+
+    The chunk is cleaned in one pass (``reclean_many``) and each KPI's state follows from
+    slices of plain arrays: a frame per KPI cost about 9 ms, which at thousands of KPIs with
+    one new point each was most of an hourly run's cleaning."""
     plans = {}
     for kpi, (state, first_ts, _) in growing.items():
         grid = Grid(state.origin, state.step)
-        last_slot = int(grid.slots([state.last_observed])[0])
-        changed_slot = min(int(grid.slots([first_ts])[0]), last_slot + 1)
-        plans[kpi] = (grid, last_slot, changed_slot)
+        last_slot, first_slot = grid.slots_ns([state.last_observed.value, first_ts.value])
+        plans[kpi] = (grid, last_slot, min(first_slot, last_slot + 1))
     observations = store.load_observations_since(
         engine, {kpi: reclean_since(grid, slot, config) for kpi, (grid, _, slot) in plans.items()}
     )
-    states, parts, step_changed = [], [], {}
-    for kpi, rows in _by_kpi(observations, growing):
-        state, _, ingested_through = growing[kpi]
-        grid, last_slot, changed_slot = plans[kpi]
-        new = rows[rows["ts"] > state.last_observed]
-        counts = add_counts(state.step_counts, step_counts(pd.concat([pd.Series([state.last_observed]), new["ts"]])))
+    cleaned = reclean_many(observations, {kpi: (grid, slot) for kpi, (grid, _, slot) in plans.items()}, config)
+    rows_of = _slices(observations)
+    cleaned_of = _slices(cleaned)
+    observed_ns = pd.DatetimeIndex(observations["ts"]).as_unit("ns").asi8
+    cleaned_ts = pd.DatetimeIndex(cleaned["ts"])
+    states, keep, step_changed = [], [], {}
+    for kpi, (state, _, ingested_through) in growing.items():
+        if kpi not in rows_of:
+            continue
+        first, end = rows_of[kpi]
+        grid, last_slot, _ = plans[kpi]
+        stamps = observed_ns[first:end]
+        new = stamps[stamps > state.last_observed.value]
+        last_us = state.last_observed.value // 1000
+        counts = add_counts(state.step_counts, step_counts_us(np.concatenate(([last_us], new // 1000))))
         step = mode_step(counts)
         if step != state.step:
             step_changed[kpi] = f"its most common step changed from {state.step} to {step}"
             continue
-        cleaned = reclean(rows, grid, changed_slot, config)
-        new_slots = set(grid.slots(new["ts"]).tolist()) - {last_slot}
-        start = cleaned["ts"].iloc[0]
+        new_slots = set(grid.slots_of_ns(new).tolist()) - {last_slot}
+        cleaned_first, cleaned_end = cleaned_of[kpi]
+        keep.append((cleaned_first, cleaned_end))
+        start = cleaned_ts[cleaned_first]
         states.append(
             replace(
                 state,
                 step_counts=counts,
                 observations=state.observations + len(new),
                 duplicates=state.duplicates + len(new) - len(new_slots),
-                last_observed=max(state.last_observed, rows["ts"].iloc[-1]),
+                last_observed=max(state.last_observed, observations["ts"].iloc[end - 1]),
                 ingested_through=max(state.ingested_through, ingested_through),
                 cleaned_at=run.cleaned_at,
                 changed_from=start if state.features_current else min(start, state.changed_from),
             )
         )
-        parts.append(cleaned.assign(kpi=kpi)[CLEANED_COLUMNS])
-    return states, _concat(parts), step_changed
+    rows = cleaned.iloc[np.concatenate([np.arange(a, b) for a, b in keep])] if keep else cleaned.iloc[:0]
+    return states, rows.reset_index(drop=True)[CLEANED_COLUMNS], step_changed
+
+
+def _slices(frame: pd.DataFrame) -> dict[str, tuple[int, int]]:
+    """The rows of each KPI of ``frame`` (sorted by KPI) as ``(first, end)`` positions."""
+    names = frame["kpi"].to_numpy(dtype=object)
+    if len(names) == 0:
+        return {}
+    starts = np.concatenate(([0], np.flatnonzero(names[1:] != names[:-1]) + 1))
+    ends = np.append(starts[1:], len(names))
+    return {str(names[a]): (a, b) for a, b in zip(starts.tolist(), ends.tolist(), strict=True)}
 
 
 def _rebuild_chunk(

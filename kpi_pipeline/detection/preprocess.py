@@ -39,8 +39,12 @@ def step_counts(ts: pd.Series | pd.DatetimeIndex) -> dict[int, int]:
     """How often each positive step (in microseconds) occurs between the consecutive distinct
     timestamps of ``ts``: what ``infer_frequency`` takes the mode of, as counts that the steps
     of later timestamps can be added to (``add_counts``)."""
-    index = pd.DatetimeIndex(ts).unique().sort_values().as_unit("us")
-    steps = np.diff(index.asi8)
+    return step_counts_us(pd.DatetimeIndex(ts).as_unit("us").asi8)
+
+
+def step_counts_us(us: np.ndarray) -> dict[int, int]:
+    """``step_counts`` of timestamps given as microseconds since the epoch (any order)."""
+    steps = np.diff(np.unique(us))
     values, counts = np.unique(steps[steps > 0], return_counts=True)
     return dict(zip(values.tolist(), counts.tolist(), strict=True))
 
@@ -193,6 +197,12 @@ class Grid:
         origin, step = self._ns
         return [round(float(stamp - origin) / step) for stamp in ns]
 
+    def slots_of_ns(self, ns: np.ndarray) -> np.ndarray:
+        """``slots_ns`` of an array of nanoseconds since the epoch, with numpy: the same
+        arithmetic (the difference as a float divided by the step, rounded half to even)."""
+        origin, step = self._ns
+        return np.rint((np.asarray(ns, dtype=np.int64) - origin).astype(np.float64) / step).astype(np.int64)
+
     def stamps(self, first: int, last: int) -> np.ndarray:
         """The grid points of slots ``first`` to ``last`` as naive UTC ``datetime64``, in the
         unit of the grids ``regularize`` builds (whose integers its interpolation uses)."""
@@ -247,6 +257,36 @@ def reclean(
     anchors = slots[complete & observed & (slots < changed_slot)]
     start = anchors[-1] if len(anchors) else changed_slot
     return cleaned[slots >= start].reset_index(drop=True)
+
+
+def reclean_many(
+    observations: pd.DataFrame,
+    plans: Mapping[str, tuple[Grid, int]],
+    config: PreprocessConfig = PreprocessConfig(),
+) -> pd.DataFrame:
+    """``reclean`` of many KPIs at once. ``observations`` (kpi, ts, value) holds each KPI's
+    observations from its ``reclean_since`` on, ``plans`` its grid and changed slot; returns
+    the rows (kpi, ts, value, filled, gap) ``reclean`` gives each KPI, sorted by KPI and time:
+    one cleaning pass over plain arrays (``clean_observations``, which gives each KPI the rows
+    ``clean_series`` does) instead of a frame per KPI."""
+    cleaned, _ = clean_observations(observations, config, grids={kpi: grid for kpi, (grid, _) in plans.items()})
+    if cleaned.empty:
+        return cleaned
+    names = cleaned["kpi"].to_numpy(dtype=object)
+    stamps = pd.DatetimeIndex(cleaned["ts"]).as_unit("ns").asi8
+    observed = ~(cleaned["filled"].to_numpy(dtype=bool) | cleaned["gap"].to_numpy(dtype=bool))
+    keep = np.zeros(len(cleaned), dtype=bool)
+    starts = np.concatenate(([0], np.flatnonzero(names[1:] != names[:-1]) + 1))
+    ends = np.append(starts[1:], len(names))
+    for first, end in zip(starts.tolist(), ends.tolist(), strict=True):
+        grid, changed_slot = plans[names[first]]
+        slots = grid.slots_of_ns(stamps[first:end])
+        # As ``reclean``: from the last observed slot before the change whose window is complete.
+        complete = slots >= changed_slot - config.max_fill_periods - 2
+        anchors = slots[complete & observed[first:end] & (slots < changed_slot)]
+        start = anchors[-1] if len(anchors) else changed_slot
+        keep[first:end] = slots >= start
+    return cleaned[keep].reset_index(drop=True)
 
 
 def clean_observations(

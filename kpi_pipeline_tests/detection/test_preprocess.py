@@ -12,6 +12,7 @@ from kpi_pipeline.detection.preprocess import (
     infer_frequency,
     mode_step,
     reclean,
+    reclean_many,
     reclean_since,
     regularize,
     step_counts,
@@ -216,6 +217,31 @@ def test_recleaning_from_a_changed_slot_gives_the_whole_series_rows(seed):
         assert first == (observed_before.max() if len(observed_before) else changed)
         expected = whole[grid.slots(whole["ts"]) >= first].reset_index(drop=True)
         pd.testing.assert_frame_equal(rows, expected, check_exact=True)
+
+
+def test_recleaning_many_kpis_at_once_equals_recleaning_each():
+    """``reclean_many`` (one pass over a chunk of KPIs) gives each KPI what ``reclean`` gives it,
+    for changed slots inside the history, on a gap, and after the last slot; and slots of
+    timestamps in numpy equal the pandas arithmetic."""
+    windows, plans, expected = [], {}, []
+    for seed in range(6):
+        kpi = f"kpi {seed}" if seed % 2 else f"k{seed}"  # names that sort between one another
+        raw = _messy_hourly_series(400, seed)
+        grid = Grid(raw["ts"].min(), HOUR)
+        slots = grid.slots(raw["ts"])
+        np.testing.assert_array_equal(grid.slots_of_ns(pd.DatetimeIndex(raw["ts"]).as_unit("ns").asi8), slots)
+        changed = [int(np.unique(slots)[150]), int(slots.max()) + 1, int(slots.max()) - 2][seed % 3]
+        window = raw[raw["ts"] >= reclean_since(grid, changed)]
+        windows.append(window.assign(kpi=kpi))
+        plans[kpi] = (grid, changed)
+        expected.append(reclean(window, grid, changed).assign(kpi=kpi)[CLEANED_COLUMNS])
+    observations = pd.concat(windows, ignore_index=True).sample(frac=1.0, random_state=0)  # any order
+
+    got = reclean_many(observations, plans)
+
+    want = pd.concat(expected, ignore_index=True).sort_values(["kpi", "ts"], ignore_index=True)
+    pd.testing.assert_frame_equal(got, want.astype(got.dtypes.to_dict()), check_exact=True)
+    assert reclean_many(observations.iloc[:0], plans).empty
 
 
 def _regularize_with_pandas(series, freq, config=PreprocessConfig(), origin=None):
