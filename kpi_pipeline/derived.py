@@ -37,6 +37,7 @@ from kpi_pipeline.detection.preprocess import (
     PreprocessConfig,
     add_counts,
     clean_series,
+    kpi_slices,
     mode_step,
     reclean_many,
     reclean_since,
@@ -242,11 +243,7 @@ def _reclean_chunk(
 def _slices(frame: pd.DataFrame) -> dict[str, tuple[int, int]]:
     """The rows of each KPI of ``frame`` (sorted by KPI) as ``(first, end)`` positions."""
     names = frame["kpi"].to_numpy(dtype=object)
-    if len(names) == 0:
-        return {}
-    starts = np.concatenate(([0], np.flatnonzero(names[1:] != names[:-1]) + 1))
-    ends = np.append(starts[1:], len(names))
-    return {str(names[a]): (a, b) for a, b in zip(starts.tolist(), ends.tolist(), strict=True)}
+    return {str(names[first]): (first, end) for first, end in kpi_slices(names)}
 
 
 def _rebuild_chunk(

@@ -37,6 +37,7 @@ from kpi_pipeline.detection.parameters import apply_parameters
 from kpi_pipeline.detection.preprocess import (
     Grid,
     clean_observations,
+    kpi_slices,
 )
 from kpi_pipeline.detection.walkforward import history_cutoffs, score_segment, walk_forward
 from kpi_pipeline.errors import describe_error
@@ -585,9 +586,7 @@ def _rows_of_each_kpi(frame: pd.DataFrame) -> dict[str, pd.DataFrame]:
     """The rows of each KPI of ``frame`` (sorted by KPI), as slices: a ``groupby`` builds a
     frame per KPI at about half a millisecond each."""
     kpis = frame["kpi"].to_numpy(dtype=object)
-    starts = [0, *(np.flatnonzero(kpis[1:] != kpis[:-1]) + 1).tolist()] if len(kpis) else []
-    ends = [*starts[1:], len(kpis)]
-    return {str(kpis[start]): frame.iloc[start:end] for start, end in zip(starts, ends)}
+    return {str(kpis[first]): frame.iloc[first:end] for first, end in kpi_slices(kpis)}
 
 
 def _write_scores(

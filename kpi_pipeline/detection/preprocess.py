@@ -259,6 +259,17 @@ def reclean(
     return cleaned[slots >= start].reset_index(drop=True)
 
 
+def kpi_slices(names: np.ndarray) -> list[tuple[int, int]]:
+    """The ``(first, end)`` positions of each run of equal names in ``names`` (an array of a
+    frame's ``kpi`` column sorted by KPI): each KPI's rows as a slice, where a ``groupby``
+    would build a frame per KPI."""
+    if len(names) == 0:
+        return []
+    starts = np.concatenate(([0], np.flatnonzero(names[1:] != names[:-1]) + 1))
+    ends = np.append(starts[1:], len(names))
+    return list(zip(starts.tolist(), ends.tolist(), strict=True))
+
+
 def reclean_many(
     observations: pd.DataFrame,
     plans: Mapping[str, tuple[Grid, int]],
@@ -276,9 +287,7 @@ def reclean_many(
     stamps = pd.DatetimeIndex(cleaned["ts"]).as_unit("ns").asi8
     observed = ~(cleaned["filled"].to_numpy(dtype=bool) | cleaned["gap"].to_numpy(dtype=bool))
     keep = np.zeros(len(cleaned), dtype=bool)
-    starts = np.concatenate(([0], np.flatnonzero(names[1:] != names[:-1]) + 1))
-    ends = np.append(starts[1:], len(names))
-    for first, end in zip(starts.tolist(), ends.tolist(), strict=True):
+    for first, end in kpi_slices(names):
         grid, changed_slot = plans[names[first]]
         slots = grid.slots_of_ns(stamps[first:end])
         # As ``reclean``: from the last observed slot before the change whose window is complete.
@@ -318,13 +327,11 @@ def clean_observations(
     names = rows["kpi"].astype(str).to_numpy(dtype=object)
     ts = pd.DatetimeIndex(rows["ts"])
     values = rows["value"].to_numpy(dtype=float)
-    starts = np.concatenate(([0], np.flatnonzero(names[1:] != names[:-1]) + 1))
-    ends = np.append(starts[1:], len(names))
     kpis: list[str] = []
     lengths: list[int] = []
     stamps: list[pd.DatetimeIndex] = []
     columns: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
-    for first, end in zip(starts.tolist(), ends.tolist(), strict=True):
+    for first, end in kpi_slices(names):
         kpi = names[first]
         # Stable by time within the KPI, as ``clean_series`` sorts them.
         order = np.argsort(ts[first:end].asi8, kind="stable")
