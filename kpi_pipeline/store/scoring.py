@@ -17,7 +17,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import ARRAY, aggregate_order_by
 
 from kpi_pipeline.store._convert import TimeLike, build_frame, coerce, to_utc
-from kpi_pipeline.store._sql import bulk_utc, keyed_values, read_frame
+from kpi_pipeline.store._sql import bulk_utc, keyed_values, read_frame, rows_per_kpi
 from kpi_pipeline.store.models import ModelRecord, _record
 from kpi_pipeline.store.observations import OBSERVATION_COLUMNS, load_observations
 from kpi_pipeline.store.schema import anomaly_scores, kpi_models, kpi_observations
@@ -50,8 +50,8 @@ def load_observation_windows(engine: sa.Engine, since: Mapping[str, TimeLike | N
             parts.append(_windows_as_arrays(engine, starts, in_window))
         else:
             # Unordered: the frame is sorted below (a sort on the server spilled to disk).
-            query = sa.select(table.c.kpi, bulk_utc(table.c.ts), table.c.value).join_from(starts, table, in_window)
-            parts.append(read_frame(engine, query, OBSERVATION_COLUMNS))
+            columns = [table.c.kpi, bulk_utc(table.c.ts), table.c.value]
+            parts.append(read_frame(engine, rows_per_kpi("sqlite", starts, columns, in_window), OBSERVATION_COLUMNS))
     if not parts:
         return build_frame([], OBSERVATION_COLUMNS)
     frame = pd.concat(parts, ignore_index=True) if len(parts) > 1 else parts[0]
@@ -64,16 +64,13 @@ def _windows_as_arrays(engine: sa.Engine, starts: sa.CTE, in_window: sa.ColumnEl
     million observations cross as a thousand rows (a row per observation cost about 1 s more
     per 500 KPIs at 1,088 points each, in SQLAlchemy's rows and pandas' string column)."""
     table = kpi_observations
-    epoch_us = sa.cast(sa.extract("epoch", table.c.ts) * 1_000_000, sa.BigInteger)  # numeric: exact
-    query = (
-        sa.select(
-            table.c.kpi,
-            sa.func.array_agg(aggregate_order_by(epoch_us, table.c.ts), type_=ARRAY(sa.BigInteger)),
-            sa.func.array_agg(aggregate_order_by(table.c.value, table.c.ts), type_=ARRAY(sa.Float)),
-        )
-        .join_from(starts, table, in_window)
-        .group_by(table.c.kpi)
-    )
+    window = rows_per_kpi("postgresql", starts, [table.c.kpi, table.c.ts, table.c.value], in_window).subquery()
+    epoch_us = sa.cast(sa.extract("epoch", window.c.ts) * 1_000_000, sa.BigInteger)  # numeric: exact
+    query = sa.select(
+        window.c.kpi,
+        sa.func.array_agg(aggregate_order_by(epoch_us, window.c.ts), type_=ARRAY(sa.BigInteger)),
+        sa.func.array_agg(aggregate_order_by(window.c.value, window.c.ts), type_=ARRAY(sa.Float)),
+    ).group_by(window.c.kpi)
     with engine.connect() as connection:
         rows = sorted(connection.execute(query).all(), key=lambda row: row[0])
     kpis = [row[0] for row in rows]
@@ -161,11 +158,10 @@ def load_score_windows(engine: sa.Engine, spans: Mapping[str, tuple[TimeLike, Ti
         [(kpi, to_utc(since), to_utc(until)) for kpi, (since, until) in spans.items()],
     )
     columns = [bulk_utc(table.c[name]) if kind == "utc" else table.c[name] for name, kind in SCORE_COLUMNS.items()]
-    # Row comparisons on the (kpi, ts) key, not kpi = kpi: with an equality to hash on,
-    # Postgres misjudged the windows' size and hashed the whole table (a cost that grew with
-    # history); a row comparison is one index range scan per KPI, on SQLite too.
-    key = sa.tuple_(table.c.kpi, table.c.ts)
-    in_window = key.between(sa.tuple_(wanted.c.kpi, wanted.c.since), sa.tuple_(wanted.c.kpi, wanted.c.until))
-    query = sa.select(*columns).join_from(wanted, table, in_window)
+    # Each KPI's window through the (kpi, ts) key (``rows_per_kpi``): as a plain join,
+    # Postgres misjudged the windows' size and scanned the whole table (a cost that grew with
+    # history).
+    in_window = (table.c.kpi == wanted.c.kpi) & table.c.ts.between(wanted.c.since, wanted.c.until)
+    query = rows_per_kpi(engine.dialect.name, wanted, columns, in_window)
     frame = read_frame(engine, query, SCORE_COLUMNS)
     return frame.sort_values(["kpi", "ts"], ignore_index=True, kind="stable")

@@ -15,7 +15,7 @@ import pandas as pd
 import sqlalchemy as sa
 
 from kpi_pipeline.store._convert import Kind, TimeLike, build_frame, to_records, to_utc
-from kpi_pipeline.store._sql import keyed_values, read_frame, upsert
+from kpi_pipeline.store._sql import keyed_values, read_frame, rows_per_kpi, upsert
 from kpi_pipeline.store.database import write_transaction
 from kpi_pipeline.store.schema import kpi_cleaned, kpi_features, kpi_observations, kpi_series
 
@@ -201,11 +201,10 @@ def count_observations(engine: sa.Engine, until: Mapping[str, TimeLike]) -> dict
         [sa.column("kpi", sa.Text), sa.column("until", table.c.ts.type)],
         [(kpi, to_utc(ts)) for kpi, ts in until.items()],
     )
-    query = (
-        sa.select(table.c.kpi, sa.func.count())
-        .join_from(bounds, table, (table.c.kpi == bounds.c.kpi) & (table.c.ts <= bounds.c.until))
-        .group_by(table.c.kpi)
-    )
+    rows = rows_per_kpi(
+        engine.dialect.name, bounds, [table.c.kpi], (table.c.kpi == bounds.c.kpi) & (table.c.ts <= bounds.c.until)
+    ).subquery()
+    query = sa.select(rows.c.kpi, sa.func.count()).group_by(rows.c.kpi)
     with engine.connect() as connection:
         counted: dict[str, int] = dict(connection.execute(query).all())
     return {kpi: int(counted.get(kpi, 0)) for kpi in until}
@@ -326,11 +325,8 @@ def _read_since(
             parts.append(sa.select(*selected).where(table.c.kpi.in_(whole)))
         if bounded:
             bounds = keyed_values("bounds", [sa.column("kpi", sa.Text), sa.column("since", table.c.ts.type)], bounded)
-            parts.append(
-                sa.select(*selected).join_from(
-                    bounds, table, (table.c.kpi == bounds.c.kpi) & (table.c.ts >= bounds.c.since)
-                )
-            )
+            in_bounds = (table.c.kpi == bounds.c.kpi) & (table.c.ts >= bounds.c.since)
+            parts.append(rows_per_kpi(engine.dialect.name, bounds, selected, in_bounds))
         if not parts:
             return build_frame([], columns)
         rows = (parts[0] if len(parts) == 1 else sa.union_all(*parts)).subquery()
