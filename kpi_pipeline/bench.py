@@ -347,6 +347,14 @@ class BenchReport:
         )
 
 
+def _as_csv(frame: pd.DataFrame) -> str:
+    """``frame`` as COPY reads it: no header, values with 6 significant digits (the same text
+    in every table a value is loaded into)."""
+    buffer = io.StringIO()
+    frame.to_csv(buffer, header=False, index=False, float_format="%.6g")
+    return buffer.getvalue()
+
+
 class _Bench:
     def __init__(self, options: BenchOptions, say: Say) -> None:
         if options.freq not in FREQUENCIES:
@@ -401,18 +409,21 @@ class _Bench:
                     engine,
                     "kpi_cleaned",
                     bench_store.CLEANED_COPY_COLUMNS,
-                    (self._csv(i, stamps, values[i], now, "", cleaned=True) for i in indices),
+                    (self._cleaned_csv(i, stamps, values[i]) for i in indices),
                 )
             self.say(
                 f"loaded {indices[-1] + 1:,} of {self.options.kpis:,} KPIs "
                 f"({count:,} points each{', scored' if scored else ''})"
             )
 
-    def _csv(self, i: int, stamps, values: np.ndarray, now: str, version: str | None, cleaned: bool = False) -> str:
+    def _cleaned_csv(self, i: int, stamps, values: np.ndarray) -> str:
+        """kpi, ts, value, filled, gap: on the grid, nothing filled, no gap."""
+        frame = pd.DataFrame({"kpi": self.series.name(i), "ts": stamps, "value": values, "filled": "f", "gap": "f"})
+        return _as_csv(frame)
+
+    def _csv(self, i: int, stamps, values: np.ndarray, now: str, version: str | None) -> str:
         name = self.series.name(i)
-        if cleaned:  # kpi, ts, value, filled, gap
-            frame = pd.DataFrame({"kpi": name, "ts": stamps, "value": values, "filled": "f", "gap": "f"})
-        elif version is None:  # kpi, ts, value, ingested_at, source
+        if version is None:  # kpi, ts, value, ingested_at, source
             frame = pd.DataFrame({"kpi": name, "ts": stamps, "value": values, "ingested_at": now, "source": "bench"})
         else:  # kpi, ts, value, expected, score, is_anomaly, model_version, scored_at
             frame = pd.DataFrame(
@@ -427,9 +438,7 @@ class _Bench:
                     "scored_at": now,
                 }
             )
-        buffer = io.StringIO()
-        frame.to_csv(buffer, header=False, index=False, float_format="%.6g")
-        return buffer.getvalue()
+        return _as_csv(frame)
 
     @property
     def step_us(self) -> int:

@@ -90,7 +90,12 @@ scoring them needs no forecast (which can take milliseconds)."""
 def scoring_reach(detector: EnsembleDetector) -> pd.Timedelta:
     """How far before the first point to score a scoring window reads: the detector's context
     and ``SCORING_SLACK_POINTS``, in steps of its grid."""
-    return (detector.context_points + SCORING_SLACK_POINTS) * detector.freq_
+    return _reach(detector.freq_, detector.context_points)
+
+
+def _reach(step: pd.Timedelta, context: int) -> pd.Timedelta:
+    """``scoring_reach`` of a detector with grid ``step`` and ``context`` points."""
+    return (context + SCORING_SLACK_POINTS) * step
 
 
 SCORING_CHUNK_KPIS = 500
@@ -142,7 +147,7 @@ def _scoring_windows(
                     since[kpi] = scored_until
                     continue
                 grids[kpi] = Grid(span.first_ts, step)
-                since[kpi] = scored_until - (context + SCORING_SLACK_POINTS) * step
+                since[kpi] = scored_until - _reach(step, context)
         yield clean_observations(store.load_observation_windows(engine, since), grids=grids)[0]
 
 

@@ -51,7 +51,8 @@ def load_observation_windows(engine: sa.Engine, since: Mapping[str, TimeLike | N
         else:
             # Unordered: the frame is sorted below (a sort on the server spilled to disk).
             columns = [table.c.kpi, bulk_utc(table.c.ts), table.c.value]
-            parts.append(read_frame(engine, rows_per_kpi("sqlite", starts, columns, in_window), OBSERVATION_COLUMNS))
+            query = rows_per_kpi(engine.dialect.name, starts, columns, in_window)
+            parts.append(read_frame(engine, query, OBSERVATION_COLUMNS))
     if not parts:
         return build_frame([], OBSERVATION_COLUMNS)
     frame = pd.concat(parts, ignore_index=True) if len(parts) > 1 else parts[0]

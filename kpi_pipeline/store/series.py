@@ -195,7 +195,7 @@ def count_observations(engine: sa.Engine, until: Mapping[str, TimeLike]) -> dict
     if not until:
         return {}
     table = kpi_observations
-    # A VALUES list joined on the key, not an OR per KPI (see ``_read_since``).
+    # Each KPI through the key (``rows_per_kpi``), not an OR per KPI (see ``_read_since``).
     bounds = keyed_values(
         "bounds",
         [sa.column("kpi", sa.Text), sa.column("until", table.c.ts.type)],
@@ -311,9 +311,9 @@ def _read_since(
     """The rows of ``table`` (``columns``) of ``kpis`` (all if None) from ``since`` on (see
     ``Since``), sorted by kpi and ts; one query.
 
-    Per-KPI bounds are a ``VALUES`` list joined on the ``(kpi, ts)`` key: one index range scan
-    per KPI. (As one ``OR`` of a condition per KPI, PostgreSQL scanned the whole table and
-    tested every condition on every row: 92 s for 1,000 KPIs x 365 days of hourly rows.)"""
+    Per-KPI bounds are a ``VALUES`` list whose rows each read their KPI through the ``(kpi,
+    ts)`` key (``rows_per_kpi``). (As one ``OR`` of a condition per KPI, PostgreSQL scanned the
+    whole table and tested every condition on every row: 92 s for 1,000 KPIs x 365 days.)"""
     selected = [table.c[name] for name in columns]
     query = sa.select(*selected).order_by(table.c.kpi, table.c.ts)
     if isinstance(since, Mapping):
