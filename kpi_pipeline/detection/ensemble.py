@@ -57,6 +57,7 @@ from kpi_pipeline.detection.events import SEVERITY_ORDER
 from kpi_pipeline.detection.iforest import IsolationForestDetector
 from kpi_pipeline.detection.preprocess import infer_frequency
 from kpi_pipeline.detection.prophet_model import ProphetDetector
+from kpi_pipeline.detection.rolling import rolling_median, shifted
 
 SCORE_COLUMNS = [
     "ts",
@@ -120,8 +121,7 @@ def _medians_of_runs(ts: pd.DatetimeIndex, values: np.ndarray, most: int) -> tup
 
 def _past_rolling_median(values: np.ndarray, window: int, lag: int = 1) -> np.ndarray:
     """Median of the ``window`` values ending ``lag`` points before each point (0 before any)."""
-    level = pd.Series(values).shift(lag).rolling(window, min_periods=1).median().to_numpy()
-    return _nan_to_zero(level)
+    return _nan_to_zero(rolling_median(shifted(values, lag), window, min_periods=1))
 
 
 HOUR = pd.Timedelta(hours=1)
@@ -130,22 +130,20 @@ MIN_SCALE_POINTS = 24
 """Values a recent scale needs (fewer: the training scale is used)."""
 
 
-def _past_rolling_scale(values: np.ndarray, window: int) -> np.ndarray:
+def _past_rolling_scale(values: np.ndarray, window: int, first: int = 0) -> np.ndarray:
     """Robust scale (``ROBUST_SCALE`` x median absolute value) of the ``window`` values before
-    each point."""
-    magnitude = pd.Series(np.abs(values)).shift(1)
-    return ROBUST_SCALE * magnitude.rolling(window, min_periods=min(window, MIN_SCALE_POINTS)).median().to_numpy()
+    each point, from point ``first`` on (NaN before it)."""
+    magnitude = shifted(np.abs(values), 1)
+    return ROBUST_SCALE * rolling_median(magnitude, window, min(window, MIN_SCALE_POINTS), first)
 
 
 def _stuck_run_lengths(values: np.ndarray) -> np.ndarray:
     """Per point, how many consecutive previous values it exactly repeats."""
     same = values == np.concatenate([[np.nan], values[:-1]])
-    runs = np.zeros(len(values))
-    count = 0.0
-    for i, repeated in enumerate(same):
-        count = count + 1 if repeated else 0
-        runs[i] = count
-    return runs
+    position = np.arange(len(values))
+    # Each point counts from the last point that did not repeat its predecessor.
+    last_new = np.maximum.accumulate(np.where(same, 0, position)) if len(values) else position
+    return (position - last_new).astype(float)
 
 
 def _nan_to_zero(values) -> np.ndarray:
@@ -432,10 +430,11 @@ class EnsembleDetector(BaseEstimator):
     def _from_model(self, v: np.ndarray) -> np.ndarray:
         return np.exp(v) if self.log_space_ else v
 
-    def _recent_scale(self, values: np.ndarray, training_scale: float | None = None) -> np.ndarray:
+    def _recent_scale(self, values: np.ndarray, training_scale: float | None = None, first: int = 0) -> np.ndarray:
         """Robust scale of the ``scale_window`` values before each point (adapted residuals
-        unless told otherwise, with their training scale)."""
-        return self._bounded_scale(_past_rolling_scale(values, self._config.scale_window), training_scale)
+        unless told otherwise, with their training scale), from point ``first`` on (before it:
+        the training scale, as for a point with no history)."""
+        return self._bounded_scale(_past_rolling_scale(values, self._config.scale_window, first), training_scale)
 
     def _bounded_scale(self, recent: np.ndarray, training_scale: float | None = None) -> np.ndarray:
         training_scale = self.residual_scale_ if training_scale is None else training_scale
@@ -444,13 +443,14 @@ class EnsembleDetector(BaseEstimator):
         recent = np.where(np.isfinite(recent), recent, training_scale)
         return np.maximum(recent, max(0.1 * training_scale, self.scale_floor_))
 
-    def _deviation(self, residual: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    def _deviation(self, residual: np.ndarray, first: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """Recent level, adapted residual, the judged deviation in units of recent scale, and
-        that recent scale."""
+        that recent scale; the last two are judged from point ``first`` on (the scale's long
+        window is what costs, and context points are not judged)."""
         level = _past_rolling_median(residual, self._config.level_window)
         adapted = residual - level
         judged = np.fmin(np.abs(residual), np.abs(adapted))
-        scale = self._recent_scale(adapted)
+        scale = self._recent_scale(adapted, first=first)
         return level, adapted, judged / scale, scale
 
     def _sustained_shift(self, residual: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -465,17 +465,17 @@ class EnsembleDetector(BaseEstimator):
         """
         cfg = self._config
         k = cfg.sustained_window
-        series = pd.Series(residual)
         # A missing value or two (a short gap) must not switch the evidence off for k points.
-        recent = series.rolling(k, min_periods=k // 2 + 1).median().to_numpy()
+        recent = rolling_median(residual, k, min_periods=k // 2 + 1)
         base = _past_rolling_median(residual, cfg.sustained_level_window, lag=k)
         shifted = recent - base
         judged, reference = self._sustained_terms(residual, recent, base, shifted)
         return judged, shifted, reference
 
-    def _sustained_ratio(self, judged: np.ndarray, shifted: np.ndarray) -> np.ndarray:
-        """The judged sustained deviation in units of the recent typical size of the shifts."""
-        return judged / self._recent_scale(shifted, self.sustained_scale_)
+    def _sustained_ratio(self, judged: np.ndarray, shifted: np.ndarray, first: int = 0) -> np.ndarray:
+        """The judged sustained deviation in units of the recent typical size of the shifts
+        (from point ``first`` on, as ``_recent_scale``)."""
+        return judged / self._recent_scale(shifted, self.sustained_scale_, first)
 
     def _stuck_evidence(self, runs: np.ndarray) -> np.ndarray:
         """Evidence of a stuck sensor, from each point's run length (``_stuck_run_lengths``):
@@ -813,12 +813,13 @@ class EnsembleDetector(BaseEstimator):
         return judged, np.where(np.abs(shifted) < np.abs(recent), base, 0.0)
 
     def _judge_all(self, ts: pd.DatetimeIndex, y: np.ndarray, first_judged: int) -> tuple[_Judged, ScoringState]:
-        """Every point judged with whole-series rolling windows; the forest from
-        ``first_judged`` on (before it, its surprise is 0)."""
+        """Every point judged with whole-series rolling windows; the forest and the recent
+        scales from ``first_judged`` on (before it, the forest's surprise is 0 and the scales
+        are the training ones: those points are context, never returned)."""
         y_model = self._to_model(y)
         yhat = self.prophet_.predict(ts)
         residual = y_model - yhat
-        level, adapted, ratio, recent_scale = self._deviation(residual)
+        level, adapted, ratio, recent_scale = self._deviation(residual, first_judged)
         iforest_surprise = np.zeros(len(y))
         iforest_surprise[first_judged:] = self.iforest_.surprise(
             self._iforest_features(residual, adapted, y_model)[first_judged:]
@@ -832,7 +833,7 @@ class EnsembleDetector(BaseEstimator):
         # Off for models fitted on little history, and for those trained before it existed.
         if hasattr(self, "sustained_tail_"):
             judged_shift, shifted, reference = self._sustained_shift(residual)
-            sustained = (self._sustained_ratio(judged_shift, shifted), reference)
+            sustained = (self._sustained_ratio(judged_shift, shifted, first_judged), reference)
         judged = self._judged(
             yhat, residual, level, adapted, recent_scale, ratio, iforest_surprise, runs, sustained, autoencoder
         )
