@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -39,7 +40,7 @@ from kpi_pipeline.detection.preprocess import (
     clean_observations,
     kpi_slices,
 )
-from kpi_pipeline.detection.walkforward import history_cutoffs, score_segment, walk_forward
+from kpi_pipeline.detection.walkforward import history_cutoffs, score_segment_columns, walk_forward
 from kpi_pipeline.errors import describe_error
 from kpi_pipeline.ingestion import IngestResult
 
@@ -47,6 +48,9 @@ VERSION_FORMAT = "%Y%m%dT%H%M%SZ"
 
 
 Progress = Callable[[str], None]
+Columns = dict[str, Any]
+"""A KPI's scores as columns (``EnsembleDetector.score_columns``), with ``model_version`` and,
+once events are assigned, ``event_id``."""
 
 
 def _quiet(_message: str) -> None:
@@ -442,13 +446,18 @@ def _score_cleaned(
 ) -> list[KpiScoring]:
     scored_at = scored_at if scored_at is not None else pd.Timestamp.now("UTC")
     work = []
-    for kpi, rows in cleaned.groupby("kpi", sort=True):
-        kpi = str(kpi)
-        ts = pd.DatetimeIndex(rows["ts"])
+    if not cleaned["kpi"].is_monotonic_increasing:
+        cleaned = cleaned.sort_values("kpi", kind="stable")
+    # Each KPI's rows as slices of whole columns: a groupby builds a frame per KPI.
+    kpis = cleaned["kpi"].to_numpy(dtype=object)
+    every_ts = pd.DatetimeIndex(cleaned["ts"])
+    values, gaps = cleaned["value"].to_numpy(dtype=float), cleaned["gap"].to_numpy(dtype=bool)
+    for first, end in kpi_slices(kpis):
+        kpi, ts = str(kpis[first]), every_ts[first:end]
         first_new = 0 if kpi not in last_scored else int(ts.searchsorted(last_scored[kpi], "right"))
         if since is not None:
             first_new = max(first_new, int(ts.searchsorted(since, "left")))
-        work.append(_NewPoints(kpi, rows, first_new))
+        work.append(_NewPoints(kpi, ts, values[first:end], gaps[first:end], first_new))
     results: list[KpiScoring] = []
     for start in range(0, len(work), chunk_kpis):
         chunk = _score_chunk(engine, work[start : start + chunk_kpis], scored_at)
@@ -484,15 +493,18 @@ class _Tally:
 
 @dataclass(frozen=True)
 class _NewPoints:
-    """A KPI's cleaned rows, of which those from ``first_new`` on are to be scored."""
+    """A KPI's cleaned series (timestamps, values, whether each point is inside a long gap), of
+    which the points from ``first_new`` on are to be scored."""
 
     kpi: str
-    rows: pd.DataFrame
+    ts: pd.DatetimeIndex
+    values: np.ndarray
+    gap: np.ndarray
     first_new: int
 
     @property
     def count(self) -> int:
-        return len(self.rows) - self.first_new
+        return len(self.ts) - self.first_new
 
     def failed(self, error: BaseException) -> KpiScoring:
         return KpiScoring(self.kpi, 0, 0, self.count, error=describe_error(error))
@@ -508,8 +520,8 @@ def _score_chunk(engine: sa.Engine, chunk: list[_NewPoints], scored_at: pd.Times
     for item in chunk:
         if item.count == 0:
             done[item.kpi] = KpiScoring(item.kpi, 0, 0, 0)
-    scored: dict[str, tuple[pd.DataFrame, int]] = {}
-    spans = {kpi: (item.rows["ts"].iloc[item.first_new], item.rows["ts"].iloc[-1]) for kpi, item in pending.items()}
+    scored: dict[str, tuple[Columns, int]] = {}
+    spans = {kpi: (item.ts[item.first_new], item.ts[-1]) for kpi, item in pending.items()}
     try:
         false_positives = store.load_false_positives(engine, pending) if pending else {}
         for kpi, models in store.load_scoring_models(engine, spans):
@@ -518,7 +530,7 @@ def _score_chunk(engine: sa.Engine, chunk: list[_NewPoints], scored_at: pd.Times
             except Exception as error:  # noqa: BLE001 - one KPI's failure must not stop the others
                 done[kpi] = pending[kpi].failed(error)
                 continue
-            if not scores.empty:
+            if scores is not None:
                 scored[kpi] = scores, merge_gap
     except Exception as error:  # noqa: BLE001 - the read failed: the chunk's KPIs left unscored
         for kpi, item in pending.items():
@@ -533,12 +545,13 @@ def _score_chunk(engine: sa.Engine, chunk: list[_NewPoints], scored_at: pd.Times
         if kpi in done:
             continue
         outages = int((scores["flagged_by"] == "gap").sum())
+        count = len(scores["ts"])
         done[kpi] = KpiScoring(
             kpi,
-            scored=len(scores),
+            scored=count,
             anomalies=int(scores["is_anomaly"].sum()) - outages,
-            unscored=pending[kpi].count - len(scores),
-            versions=tuple(scores["model_version"].unique()),
+            unscored=pending[kpi].count - count,
+            versions=tuple(dict.fromkeys(scores["model_version"].tolist())),
             outages=outages,
         )
     return [done[item.kpi] for item in chunk]
@@ -547,17 +560,16 @@ def _score_chunk(engine: sa.Engine, chunk: list[_NewPoints], scored_at: pd.Times
 def _with_events(
     engine: sa.Engine,
     items: dict[str, _NewPoints],
-    scored: dict[str, tuple[pd.DataFrame, int]],
+    scored: dict[str, tuple[Columns, int]],
     done: dict[str, KpiScoring],
-) -> dict[str, pd.DataFrame]:
+) -> dict[str, Columns]:
     """The scores of each KPI with their ``event_id``s, continuing the event the stored scores
     leave open: the last ``merge_gap + 1`` scores before the new points, read in one go."""
     spans = {}
     for kpi, item in items.items():
         if item.first_new > 0:
-            ts = item.rows["ts"]
             merge_gap = scored[kpi][1]
-            spans[kpi] = ts.iloc[max(0, item.first_new - merge_gap - 1)], ts.iloc[item.first_new - 1]
+            spans[kpi] = item.ts[max(0, item.first_new - merge_gap - 1)], item.ts[item.first_new - 1]
     try:
         stored = store.load_score_windows(engine, spans)
     except Exception as error:  # noqa: BLE001 - the read failed: the KPIs that needed it fail
@@ -575,8 +587,8 @@ def _with_events(
                 open_event = open_event_from(recent[kpi], merge_gap)
             scores["event_id"], _alerts = assign_events(
                 kpi,
-                pd.DatetimeIndex(scores["ts"]),
-                scores["is_anomaly"].to_numpy(),
+                scores["ts"],
+                scores["is_anomaly"],
                 merge_gap,
                 open_event,
             )
@@ -596,7 +608,7 @@ def _rows_of_each_kpi(frame: pd.DataFrame) -> dict[str, pd.DataFrame]:
 
 def _write_scores(
     engine: sa.Engine,
-    written: dict[str, pd.DataFrame],
+    written: dict[str, Columns],
     scored_at: pd.Timestamp,
     items: dict[str, _NewPoints],
     done: dict[str, KpiScoring],
@@ -617,34 +629,43 @@ def _write_scores(
             done[kpi] = items[kpi].failed(error)
 
 
-def _with_kpi(scores: dict[str, pd.DataFrame], scored_at: pd.Timestamp) -> pd.DataFrame:
+def _with_kpi(scores: dict[str, Columns], scored_at: pd.Timestamp) -> pd.DataFrame:
     """The scores of each KPI of ``scores`` in one frame, with their ``kpi`` and ``scored_at``
-    columns (added once to the whole frame: a frame's ``assign`` costs about a millisecond, so
-    once per KPI it cost a second per 1,000 KPIs)."""
-    frame = pd.concat(scores.values(), ignore_index=True)
-    kpis = np.repeat(np.array(list(scores), dtype=object), [len(part) for part in scores.values()])
-    return frame.assign(kpi=kpis, scored_at=scored_at)
+    columns. Each KPI's scores stay columns until here: a frame costs about a millisecond to
+    build, and as much to add a column to, so one per KPI cost seconds per 1,000 KPIs."""
+    parts = list(scores.values())
+    kpis = np.repeat(np.array(list(scores), dtype=object), [len(part["ts"]) for part in parts])
+    return pd.DataFrame({**_concat_columns(parts), "kpi": kpis, "scored_at": scored_at})
+
+
+def _concat_columns(parts: list[Columns]) -> Columns:
+    """Score columns one after the other (``ts`` a ``DatetimeIndex``, the others arrays)."""
+    if len(parts) == 1:
+        return parts[0]
+    return {
+        name: parts[0][name].append([part[name] for part in parts[1:]])
+        if name == "ts"
+        else np.concatenate([part[name] for part in parts])
+        for name in parts[0]
+    }
 
 
 def _score_with_models(
     item: _NewPoints, models: list[store.ModelRecord], false_positives: pd.DatetimeIndex | None = None
-) -> tuple[pd.DataFrame, int]:
+) -> tuple[Columns | None, int]:
     """Scores of the points from ``first_new`` on that some model of ``models`` (the registry
     rows of the versions that may apply, every kind, oldest training cutoff first) may score,
-    with the version used; and the event merge gap of the newest model used (0 rows if no
-    model applies). ``false_positives``: the KPI's (``store.load_false_positives``), which
+    with the version used, as columns; and the event merge gap of the newest model used (None
+    if no model applies). ``false_positives``: the KPI's (``store.load_false_positives``), which
     raise its threshold (``feedback.threshold_raise``)."""
-    rows, first_new = item.rows, item.first_new
-    ts = pd.DatetimeIndex(rows["ts"])
-    values = rows["value"].to_numpy(dtype=float)
-    gap = rows["gap"].to_numpy(dtype=bool)
+    ts, values, gap, first_new = item.ts, item.values, item.gap, item.first_new
     versions = [m for m in models if m.kind == "ensemble" and m.train_end]
     train_ends = pd.DatetimeIndex([model.train_end for model in versions], tz="UTC")
     # Index of the newest model whose training window ended strictly before each point.
     model_of = train_ends.searchsorted(ts[first_new:], side="left") - 1
     used = np.unique(model_of[model_of >= 0])
     if len(used) == 0:
-        return pd.DataFrame(), 0
+        return None, 0
     artifacts: dict[str, dict[str, bytes]] = {}
     for model in models:
         if model.artifact is not None:
@@ -658,11 +679,11 @@ def _score_with_models(
         detector = detectors[model.version]
         start, end = positions[0], positions[-1] + 1
         raised = 0.0 if false_positives is None else threshold_raise(false_positives, ts[start:end], detector.config)
-        segment = score_segment(detector, ts, values, gap, start, end, raised)
-        segment["model_version"] = model.version  # in place: the frame is new
+        segment = score_segment_columns(detector, ts, values, gap, start, end, raised)
+        segment["model_version"] = np.full(end - start, model.version, dtype=object)
         parts.append(segment)
     merge_gap = detectors[versions[used[-1]].version].config.event_merge_gap
-    return (parts[0] if len(parts) == 1 else pd.concat(parts, ignore_index=True)), merge_gap
+    return _concat_columns(parts), merge_gap
 
 
 def _detectors(kpi: str, artifacts: dict[str, dict[str, bytes]]) -> dict[str, EnsembleDetector]:

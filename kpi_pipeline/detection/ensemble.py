@@ -74,6 +74,12 @@ SCORE_COLUMNS = [
 ]
 
 
+def score_frame(columns: dict[str, Any]) -> pd.DataFrame:
+    """The frame of ``EnsembleDetector.score_columns``' columns."""
+    # Built in column order: selecting a list of columns copies the frame (a millisecond).
+    return pd.DataFrame({name: columns[name] for name in SCORE_COLUMNS})
+
+
 class InsufficientHistory(ValueError):
     """Raised by ``fit`` when a KPI has too few usable points to learn what normal looks like."""
 
@@ -526,7 +532,21 @@ class EnsembleDetector(BaseEstimator):
         gap: np.ndarray | None = None,
         threshold_raise: float | np.ndarray = 0.0,
     ) -> pd.DataFrame:
-        """Score every point after the first ``n_context`` ones.
+        """Score every point after the first ``n_context`` ones: ``score_columns`` as a frame
+        of the ``SCORE_COLUMNS``."""
+        return score_frame(self.score_columns(ts, values, n_context, gap, threshold_raise))
+
+    def score_columns(
+        self,
+        ts,
+        values,
+        n_context: int = 0,
+        gap: np.ndarray | None = None,
+        threshold_raise: float | np.ndarray = 0.0,
+    ) -> dict[str, Any]:
+        """Score every point after the first ``n_context`` ones, as ``SCORE_COLUMNS`` -> array
+        (``ts``: a ``DatetimeIndex``), for callers that put many KPIs' scores in one frame
+        (building a frame per KPI costs about a millisecond).
 
         Context points are earlier, already-known points that only feed the rolling level,
         volatility and smoothing; they are not returned. ``gap`` marks points inside a long
@@ -542,9 +562,7 @@ class EnsembleDetector(BaseEstimator):
         # ones (and those the smoothing window reaches back to).
         first_judged = max(0, n_context - (self._config.smoothing_window - 1))
         judged, _ = self._judge_all(ts, y, first_judged)
-        columns = self._finish(judged, n_context, ts, y, gap, threshold_raise)
-        # Built in column order: selecting a list of columns copies the frame (a millisecond).
-        return pd.DataFrame({name: columns[name] for name in SCORE_COLUMNS})
+        return self._finish(judged, n_context, ts, y, gap, threshold_raise)
 
     def prepare(self, ts, values, ahead: int = 0) -> ScoringState:
         """Judge a stretch of cleaned series once, for ``score_after`` to score later points;
