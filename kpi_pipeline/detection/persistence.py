@@ -78,7 +78,7 @@ def shell_from_artifact(cls: type[EnsembleDetector], artifact: bytes) -> Ensembl
 def scoring_window_of_artifact(cls: type[EnsembleDetector], artifact: bytes) -> tuple[pd.Timedelta, int]:
     """(grid step, ``context_points``) of an ``ensemble`` artifact, read from its JSON document
     alone (none of its arrays decoded): what choosing a scoring window needs."""
-    state = read_document(artifact, "ensemble")[0]["state"]
+    state = read_document(artifact, "ensemble")["state"]
     config = None if state["config"] is None else DetectorConfig.from_dict(state["config"])
     step = _timedelta(state["freq"])
     if step is None:

@@ -2,12 +2,14 @@ import io
 import json
 import pickle
 import zipfile
+import zlib
 
 import numpy as np
 import pytest
 
 from kpi_pipeline.detection.artifacts import (
     FORMAT_VERSION,
+    MAGIC,
     UnreadableArtifact,
     library_versions,
     pack,
@@ -39,7 +41,7 @@ def test_the_same_state_packs_to_the_same_bytes():
 
 
 def test_an_artifact_records_its_format_and_the_libraries_that_made_it():
-    document, _ = read_document(pack("thing", STATE), "thing")
+    document = read_document(pack("thing", STATE), "thing")
     assert document["format_version"] == FORMAT_VERSION
     assert document["libraries"] == library_versions()
     assert set(document["libraries"]) == {"numpy", "scikit-learn", "prophet"}
@@ -51,27 +53,57 @@ def test_a_pickle_is_refused_with_what_to_do():
         unpack(pickle.dumps({"a": 1}), "iforest")
 
 
+def _document(kind: str = "thing", version: int = FORMAT_VERSION, state: dict | None = None) -> dict:
+    state = state or {}
+    return {"format": "kpi-pipeline model", "format_version": version, "kind": kind, "libraries": {}, "state": state}
+
+
+def _container(document: dict, body: bytes = b"", blobs: bytes = b"") -> bytes:
+    """A format version 3 artifact of ``document``, ``body`` and ``blobs`` as they are."""
+    parts = [zlib.compress(json.dumps(document).encode()), zlib.compress(body), blobs]
+    return MAGIC + b"".join(len(part).to_bytes(4, "little") + part for part in parts)
+
+
+def _zip(document: dict, members: dict[str, bytes] | None = None) -> bytes:
+    """A format version 1 or 2 artifact (a zip) of ``document`` and ``.npy`` members."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("state.json", json.dumps(document))
+        for name, data in (members or {}).items():
+            archive.writestr(name, data)
+    return buffer.getvalue()
+
+
+def _npy(array: np.ndarray) -> bytes:
+    """A ``.npy`` member as version 2 wrote it (C order)."""
+    buffer = io.BytesIO()
+    np.lib.format.write_array(buffer, np.asarray(array, order="C"), allow_pickle=False)
+    return buffer.getvalue()
+
+
 def test_another_kind_or_a_newer_format_is_refused():
     with pytest.raises(UnreadableArtifact, match="expected a prophet model"):
         unpack(pack("iforest", {}), "prophet")
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w") as archive:
-        archive.writestr(
-            "state.json",
-            json.dumps(
-                {
-                    "format": "kpi-pipeline model",
-                    "format_version": FORMAT_VERSION + 1,
-                    "kind": "thing",
-                    "libraries": {},
-                    "state": {},
-                }
-            ),
-        )
-    with pytest.raises(UnreadableArtifact, match="newer kpi-pipeline"):
-        unpack(buffer.getvalue(), "thing")
+    for newer in (_container(_document(version=FORMAT_VERSION + 1)), _zip(_document(version=FORMAT_VERSION + 1))):
+        with pytest.raises(UnreadableArtifact, match="newer kpi-pipeline"):
+            unpack(newer, "thing")
     with pytest.raises(UnreadableArtifact, match="not a kpi-pipeline model"):
         unpack(b"junk", "thing")
+
+
+def test_a_damaged_artifact_is_refused():
+    data = pack("thing", STATE)
+    for damaged in (data[:-1], data[:12], data[:30] + b"x" + data[31:]):
+        with pytest.raises(UnreadableArtifact, match="damaged|shorter"):
+            unpack(damaged, "thing")
+
+
+def test_the_document_reads_alone_and_byte_strings_are_kept_as_they_are():
+    blob = bytes(range(256)) * 40
+    data = pack("thing", {"blob": blob, "n": 3})
+    assert blob in data  # not compressed again
+    assert read_document(data, "thing")["state"]["n"] == 3
+    assert bytes(unpack(data, "thing")["blob"]) == blob
 
 
 def test_object_arrays_are_not_stored():
@@ -108,37 +140,46 @@ def test_an_artifact_of_format_version_1_still_reads():
     assert got["ints"].dtype == np.dtype(">i4") and got["ints"].tolist() == [0, 1, 2, 3]
 
 
-def test_arrays_read_without_their_header_equal_numpy_s_reading_and_are_writable():
-    state = {
-        "matrix": np.linspace(0, 1, 12).reshape(3, 4),
-        "fortran": np.asfortranarray(np.arange(6.0).reshape(2, 3)),  # stored in C order
-        "empty": np.zeros((0, 3)),
-        "scalar": np.array(2.5),
-        "big_endian": np.arange(3, dtype=">f8"),
-        "bools": np.array([True, False]),
-    }
-    data = pack("thing", state)
+ARRAYS = {
+    "matrix": np.linspace(0, 1, 12).reshape(3, 4),
+    "fortran": np.asfortranarray(np.arange(6.0).reshape(2, 3)),  # stored in C order
+    "empty": np.zeros((0, 3)),
+    "scalar": np.array(2.5),
+    "big_endian": np.arange(3, dtype=">f8"),
+    "bools": np.array([True, False]),
+    "bytes": np.arange(5, dtype=np.uint8),
+}
+
+
+def test_arrays_read_back_with_their_dtype_and_shape_aligned_and_writable():
+    data = pack("thing", ARRAYS)
     got = unpack(data, "thing")
-    document, archive = read_document(data, "thing")
-    for key, value in state.items():
+    document = read_document(data, "thing")
+    for key, value in ARRAYS.items():
         member = document["state"][key]
         assert member["dtype"] == value.dtype.str and member["shape"] == list(value.shape)
-        with archive.open(f"{member['array']}.npy") as raw:
-            by_numpy = np.lib.format.read_array(raw, allow_pickle=False)
-        assert got[key].dtype == by_numpy.dtype and got[key].shape == by_numpy.shape
-        np.testing.assert_array_equal(got[key], by_numpy)
+        assert member["offset"] % 8 == 0
+        assert got[key].dtype == value.dtype and got[key].shape == value.shape
         np.testing.assert_array_equal(got[key], value)
     got["matrix"][0, 0] = 7.0  # as an array np.load returns
 
 
+def test_an_artifact_of_format_version_2_still_reads_as_numpy_reads_its_members():
+    names = {key: f"a{i}" for i, key in enumerate(ARRAYS)}
+    state = {key: {"array": names[key], "dtype": v.dtype.str, "shape": list(v.shape)} for key, v in ARRAYS.items()}
+    data = _zip(_document(version=2, state=state), {f"{names[key]}.npy": _npy(value) for key, value in ARRAYS.items()})
+    got = unpack(data, "thing")
+    for key, value in ARRAYS.items():
+        assert got[key].dtype == value.dtype and got[key].shape == value.shape
+        np.testing.assert_array_equal(got[key], value)
+    got["matrix"][0, 0] = 7.0
+
+
 def test_an_array_shorter_than_its_description_or_of_objects_is_refused():
-    data = pack("thing", {"values": np.arange(3.0)})
-    document, archive = read_document(data, "thing")
-    for wrong in ({"dtype": "<f8", "shape": [1000]}, {"dtype": "|O", "shape": [3]}):
-        document["state"]["values"].update(wrong)
-        buffer = io.BytesIO()
-        with zipfile.ZipFile(buffer, "w") as copy:
-            copy.writestr("state.json", json.dumps(document))
-            copy.writestr("a0.npy", archive.read("a0.npy"))
+    body = np.arange(3.0).tobytes()
+    for wrong in ({"dtype": "<f8", "shape": [1000]}, {"dtype": "|O", "shape": [3]}, {"dtype": "<f8", "shape": [3]}):
+        array = {"offset": 8 if wrong["shape"] == [3] and wrong["dtype"] == "<f8" else 0, **wrong}
         with pytest.raises(UnreadableArtifact, match="shorter|objects"):
-            unpack(buffer.getvalue(), "thing")
+            unpack(_container(_document(state={"values": array}), body), "thing")
+    with pytest.raises(UnreadableArtifact, match="shorter"):
+        unpack(_container(_document(state={"blob": {"blob": 2, "size": 9}}), blobs=b"12345"), "thing")

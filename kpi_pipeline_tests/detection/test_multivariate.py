@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from kpi_pipeline.detection.artifacts import ZIP_MAGIC
+from kpi_pipeline.detection.artifacts import MAGIC
 from kpi_pipeline.detection.multivariate import (
     GroupConfig,
     GroupDetector,
@@ -86,7 +86,7 @@ def test_members_that_moved_are_those_near_the_largest_move():
 def test_the_stored_artifact_is_data_and_judges_exactly_as_the_fitted_detector():
     detector = fitted(residuals(1000))
     artifact = detector.to_artifact()
-    assert artifact[:4] == ZIP_MAGIC
+    assert artifact[: len(MAGIC)] == MAGIC
     loaded = GroupDetector.from_artifact(artifact)
     value, expected = as_values(residuals(300, seed=2) + JOINT_MOVE * (np.arange(300) % 50 == 0)[:, None])
     before, after = detector.judge(value, expected), loaded.judge(value, expected)
