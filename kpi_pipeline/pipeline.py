@@ -32,6 +32,7 @@ from kpi_pipeline.detection.ensemble import (
     InsufficientHistory,
     confident_anomalies,
 )
+from kpi_pipeline.detection.artifacts import DOCUMENT_HEAD
 from kpi_pipeline.detection.events import assign_events, open_event_from, summarize_events
 from kpi_pipeline.detection.feedback import threshold_raise
 from kpi_pipeline.detection.parameters import apply_parameters
@@ -133,26 +134,45 @@ def _scoring_windows(
     ``store.observation_spans``)."""
     for start in range(0, len(spans), chunk_kpis):
         chunk = spans.iloc[start : start + chunk_kpis]
-        newest = store.load_latest_models(engine, "ensemble", kpis=chunk["kpi"].tolist())
+        windows = _newest_scoring_windows(engine, chunk["kpi"].tolist())
         since: dict[str, pd.Timestamp | None] = {}
         grids = {}
         for span in chunk.itertuples(index=False):
-            kpi, scored_until, model = span.kpi, last_scored.get(span.kpi), newest.get(span.kpi)
-            if scored_until is None or model is None:
+            kpi, scored_until, window = span.kpi, last_scored.get(span.kpi), windows.get(span.kpi)
+            if scored_until is None or window is None:
                 since[kpi] = None
             elif span.last_ts <= scored_until:
                 since[kpi] = scored_until
+            elif isinstance(window, Exception):
+                # An unreadable model fails its KPI alone: its new points alone are read, and
+                # scoring them reads the model again and records why it fails.
+                since[kpi] = scored_until
             else:
-                try:
-                    step, context = _scoring_window(model)
-                except Exception:  # noqa: BLE001 - an unreadable model fails its KPI alone
-                    # Its new points alone: scoring them reads the model again and records
-                    # why it fails; the other KPIs of the chunk are scored.
-                    since[kpi] = scored_until
-                    continue
+                step, context = window
                 grids[kpi] = Grid(span.first_ts, step)
                 since[kpi] = scored_until - _reach(step, context)
         yield clean_observations(store.load_observation_windows(engine, since), grids=grids)[0]
+
+
+def _newest_scoring_windows(engine: sa.Engine, kpis: list[str]) -> dict[str, tuple[pd.Timedelta, int] | Exception]:
+    """Per KPI with a model, the grid step and context of its newest ``ensemble`` version (or
+    why they cannot be read). They are in the artifact's document, so its first bytes are read
+    (``DOCUMENT_HEAD``, a few percent of it), then the whole of those that need it: artifacts
+    written before format version 3, an unusually large document."""
+    windows: dict[str, tuple[pd.Timedelta, int] | Exception] = {}
+    heads = store.load_latest_models(engine, "ensemble", kpis=kpis, artifact_head=DOCUMENT_HEAD)
+    for whole in (False, True):
+        unread = []
+        for kpi, model in heads.items():
+            try:
+                windows[kpi] = _scoring_window(model)
+            except Exception as error:  # noqa: BLE001 - one KPI's unreadable model is its own failure
+                windows[kpi] = error
+                unread.append(kpi)
+        if whole or not unread:
+            break
+        heads = store.load_latest_models(engine, "ensemble", kpis=unread)
+    return windows
 
 
 def _scoring_window(model: store.ModelRecord) -> tuple[pd.Timedelta, int]:

@@ -10,6 +10,7 @@ from kpi_pipeline import pipeline, store
 from kpi_pipeline.store import schema
 from kpi_pipeline.detection.ensemble import DetectorConfig, EnsembleDetector
 from kpi_pipeline_tests.defs.synthetic import START, hourly_kpis
+from kpi_pipeline_tests.detection.test_ensemble import _as_version_2
 
 CONFIG = DetectorConfig()
 HOUR = pd.Timedelta(hours=1)
@@ -385,6 +386,40 @@ def test_a_kpi_whose_models_cannot_be_read_fails_alone_and_the_chunk_is_scored(p
     assert [(results[k].scored, results[k].error) for k in ("kpi0", "kpi2")] == [(24, "")] * 2
     assert set(store.load_scores(engine, since=START + 240 * HOUR)["kpi"]) == {"kpi0", "kpi2"}
     engine.dispose()
+
+
+def test_models_stored_before_format_version_3_score_as_the_newer_ones(new_pg_url, monkeypatch):
+    """The scoring window's grid step and context come from the head of the newest ensemble
+    artifact; for a zip (format versions 1 and 2) the whole artifact is read instead."""
+    names = ["kpi0", "kpi1", "kpi2"]
+    kpi1 = schema.kpi_models.c.kpi == "kpi1"
+    scores, statements = {}, {}
+    for stored_as in (3, 2):
+        engine = pipeline.open_store(new_pg_url())
+        store.upsert_observations(engine, _many_kpis(engine, names, days=10), "test")
+        with engine.begin() as connection:
+            for model in connection.execute(sa.select(schema.kpi_models).where(kpi1)).all():
+                older = _as_version_2(model.artifact, model.kind)
+                if model.kind == "ensemble":
+                    # A head that holds a version 3 document but not the whole (small) zip.
+                    document_end = 12 + int.from_bytes(model.artifact[8:12], "little")
+                    monkeypatch.setattr(pipeline, "DOCUMENT_HEAD", (document_end + len(older)) // 2)
+                    assert document_end < pipeline.DOCUMENT_HEAD < len(older)
+                if stored_as == 2:
+                    connection.execute(
+                        sa.update(schema.kpi_models)
+                        .where(
+                            kpi1, schema.kpi_models.c.kind == model.kind, schema.kpi_models.c.version == model.version
+                        )
+                        .values(artifact=older)
+                    )
+        executed = _statements(engine)
+        assert [(r.kpi, r.scored, r.error) for r in _score(engine)] == [(name, 24, "") for name in names]
+        statements[stored_as] = len(executed)
+        scores[stored_as] = store.load_scores(engine).drop(columns="scored_at")
+        engine.dispose()
+    pd.testing.assert_frame_equal(scores[2], scores[3], check_exact=True)
+    assert statements[2] == statements[3] + 1  # one more read: kpi1's whole newest ensemble
 
 
 def test_a_kpi_whose_scores_cannot_be_written_fails_alone(pg_url, monkeypatch):

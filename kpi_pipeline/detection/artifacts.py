@@ -109,8 +109,16 @@ def _length(stream: bytes | bytearray) -> bytes:
 
 
 def read_document(data: bytes, kind: str) -> dict[str, Any]:
-    """The JSON document of an artifact of ``kind``, its arrays not read."""
+    """The JSON document of an artifact of ``kind``, its arrays not read. From version 3 on,
+    the artifact's first bytes are enough (its first ``DOCUMENT_HEAD`` bytes, unless the
+    document is unusually large)."""
     return _open(data, kind)[0]
+
+
+DOCUMENT_HEAD = 8192
+"""Bytes at the start of an artifact that hold its document, but for an unusually large one (a
+compressed ``ensemble`` document is 1-2 KB, its whole artifact about 50 KB): what a reader of
+documents alone fetches."""
 
 
 def unpack(data: bytes, kind: str) -> dict[str, Any]:
@@ -164,26 +172,29 @@ def _open(data: bytes, kind: str) -> tuple[dict[str, Any], Callable[[dict], np.n
 
 
 def _open_version_3(data: bytes, kind: str) -> tuple[Any, Callable[[dict], np.ndarray]]:
+    """The document, and a reader of the arrays that finds the body and the blobs on first use:
+    the document alone reads from the artifact's first bytes (``document_size``)."""
     try:
-        header, end = _stream(data, len(MAGIC))
+        header, document_end = _stream(data, len(MAGIC))
         document = json.loads(zlib.decompress(header))
-        compressed, end = _stream(data, end)
-        blobs, _ = _stream(data, end)
     except (ValueError, zlib.error) as error:  # json's errors are ValueErrors
         raise UnreadableArtifact(f"this {kind} model artifact is damaged ({error})") from None
-    body: list[bytearray] = []
+    parts: list[tuple[bytearray, bytes]] = []
 
     def array(value: dict) -> np.ndarray:
+        if not parts:  # the body inflated once, on the first array read
+            try:
+                compressed, end = _stream(data, document_end)
+                blobs, _ = _stream(data, end)
+                # A bytearray, so that the arrays are writable like those ``np.load`` returns.
+                parts.append((bytearray(zlib.decompress(compressed)), blobs))
+            except (ValueError, zlib.error) as error:
+                raise UnreadableArtifact(f"this {kind} model artifact is damaged ({error})") from None
+        body, blobs = parts[0]
         if "blob" in value:  # bytes, as uint8 (as versions 1 and 2 read them)
             start, size = int(value["blob"]), int(value["size"])
             return _array(bytearray(blobs[start : start + size]), "|u1", [size], 0)
-        if not body:  # inflated on the first array read, once
-            try:
-                # A bytearray, so that the arrays are writable like those ``np.load`` returns.
-                body.append(bytearray(zlib.decompress(compressed)))
-            except zlib.error as error:
-                raise UnreadableArtifact(f"this {kind} model artifact is damaged ({error})") from None
-        return _array(body[0], value["dtype"], value["shape"], int(value["offset"]))
+        return _array(body, value["dtype"], value["shape"], int(value["offset"]))
 
     return document, array
 

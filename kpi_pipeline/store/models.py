@@ -102,16 +102,24 @@ NEWEST_FIRST = (
 so they pick the same version)."""
 
 
-def load_latest_models(engine: sa.Engine, kind: str, kpis: Iterable[str] | None = None) -> dict[str, ModelRecord]:
+def load_latest_models(
+    engine: sa.Engine, kind: str, kpis: Iterable[str] | None = None, artifact_head: int | None = None
+) -> dict[str, ModelRecord]:
     """The newest model of ``kind`` for each KPI (all KPIs if None): latest training cutoff.
 
     Walk-forward training writes several versions in one run, so recency is the end of the
-    training data (``train_end``), then the time of training.
+    training data (``train_end``), then the time of training. ``artifact_head``: read only that
+    many first bytes of each artifact (``artifact`` is then their head, for readers of the
+    artifact's document alone: ``artifacts.read_document``).
     """
     table = kpi_models
     recency = sa.func.row_number().over(partition_by=table.c.kpi, order_by=NEWEST_FIRST).label("recency")
     ranked = sa.select(table, recency).where(table.c.kind == kind, *window(table, kpis)).subquery()
-    query = sa.select(*(ranked.c[column.name] for column in table.columns)).where(ranked.c.recency == 1)
+    columns = [ranked.c[column.name] for column in table.columns]
+    if artifact_head is not None:
+        head = sa.func.substr(ranked.c.artifact, 1, artifact_head).label("artifact")
+        columns = [head if column.name == "artifact" else column for column in columns]
+    query = sa.select(*columns).where(ranked.c.recency == 1)
     with engine.connect() as connection:
         rows = connection.execute(query).mappings().all()
     return {row["kpi"]: _record(row) for row in rows}

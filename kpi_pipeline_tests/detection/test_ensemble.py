@@ -14,7 +14,7 @@ from kpi_pipeline.detection.ensemble import (
     InsufficientHistory,
     severity_of,
 )
-from kpi_pipeline.detection.artifacts import read_document, unpack
+from kpi_pipeline.detection.artifacts import DOCUMENT_HEAD, UnreadableArtifact, read_document, unpack
 from kpi_pipeline.detection.events import SEVERITY_ORDER, assign_events
 from kpi_pipeline_tests.detection.synthetic import LEVEL, NOISE_SIGMA, daily_sine
 
@@ -245,6 +245,17 @@ def test_a_detector_stored_in_format_version_2_scores_as_it_did(detector, series
     spiked[SPIKE] += 8 * NOISE_SIGMA
     restored = EnsembleDetector.from_artifacts(older)
     pd.testing.assert_frame_equal(score_after_training(restored, ts, spiked), spike_scores)
+
+
+def test_the_scoring_window_reads_from_the_ensemble_artifact_s_first_bytes(detector):
+    artifact = detector.to_artifacts()["ensemble"]
+    # The magic, the document's length and the document: what a read of DOCUMENT_HEAD bytes gets.
+    head = artifact[: 12 + int.from_bytes(artifact[8:12], "little")]
+    assert len(head) < min(len(artifact), DOCUMENT_HEAD)
+    assert read_document(head, "ensemble") == read_document(artifact, "ensemble")
+    assert EnsembleDetector.scoring_window_of_artifact(head) == (detector.freq_, detector.context_points)
+    with pytest.raises(UnreadableArtifact, match="damaged"):  # the arrays are not in the head
+        unpack(head, "ensemble")
 
 
 def test_a_stricter_threshold_flags_less(detector, series, spike_scores):

@@ -29,6 +29,16 @@ def save(engine, kpi: str, kind: str, version: str, trained_at: str, **overrides
     save_model(engine, kpi=kpi, kind=kind, version=version, **(fields | overrides))
 
 
+def test_the_latest_models_artifacts_can_be_read_in_part(migrated_engine):
+    save(migrated_engine, "sales", "ensemble", "v1", "2024-03-02T00:00:00Z", artifact=b"0123456789")
+    save(migrated_engine, "orders", "ensemble", "v1", "2024-03-02T00:00:00Z", artifact=b"012")
+
+    heads = load_latest_models(migrated_engine, "ensemble", artifact_head=4)
+
+    assert {kpi: record.artifact for kpi, record in heads.items()} == {"sales": b"0123", "orders": b"012"}
+    assert load_latest_models(migrated_engine, "ensemble")["sales"].artifact == b"0123456789"
+
+
 def test_latest_model_per_kpi_is_the_most_recently_trained(migrated_engine):
     save(migrated_engine, "sales", "iforest", "v2", "2024-03-02T00:00:00Z")
     save(migrated_engine, "sales", "iforest", "v10", "2024-03-09T00:00:00Z")  # newest, not max(version)
