@@ -41,7 +41,7 @@ from kpi_pipeline.detection.preprocess import (
     clean_observations,
     kpi_slices,
 )
-from kpi_pipeline.detection.walkforward import history_cutoffs, score_segment_columns, walk_forward
+from kpi_pipeline.detection.walkforward import context_window, history_cutoffs, walk_forward
 from kpi_pipeline.errors import describe_error
 from kpi_pipeline.ingestion import IngestResult
 
@@ -699,7 +699,8 @@ def _score_with_models(
         detector = detectors[model.version]
         start, end = positions[0], positions[-1] + 1
         raised = 0.0 if false_positives is None else threshold_raise(false_positives, ts[start:end], detector.config)
-        segment = score_segment_columns(detector, ts, values, gap, start, end, raised)
+        window, context = context_window(detector, start, end)
+        segment = detector.score_columns(ts[window], values[window], context, gap[window], raised)
         segment["model_version"] = np.full(end - start, model.version, dtype=object)
         parts.append(segment)
     merge_gap = detectors[versions[used[-1]].version].config.event_merge_gap

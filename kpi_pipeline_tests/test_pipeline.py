@@ -10,7 +10,7 @@ from kpi_pipeline import pipeline, store
 from kpi_pipeline.store import schema
 from kpi_pipeline.detection.ensemble import DetectorConfig, EnsembleDetector
 from kpi_pipeline_tests.defs.synthetic import START, hourly_kpis
-from kpi_pipeline_tests.detection.test_ensemble import _as_version_2
+from kpi_pipeline_tests.detection.test_artifacts import as_version_2
 
 CONFIG = DetectorConfig()
 HOUR = pd.Timedelta(hours=1)
@@ -399,7 +399,7 @@ def test_models_stored_before_format_version_3_score_as_the_newer_ones(new_pg_ur
         store.upsert_observations(engine, _many_kpis(engine, names, days=10), "test")
         with engine.begin() as connection:
             for model in connection.execute(sa.select(schema.kpi_models).where(kpi1)).all():
-                older = _as_version_2(model.artifact, model.kind)
+                older = as_version_2(model.artifact, model.kind)
                 if model.kind == "ensemble":
                     # A head that holds a version 3 document but not the whole (small) zip.
                     document_end = 12 + int.from_bytes(model.artifact[8:12], "little")

@@ -537,12 +537,7 @@ class EnsembleDetector(BaseEstimator):
         return score_frame(self.score_columns(ts, values, n_context, gap, threshold_raise))
 
     def score_columns(
-        self,
-        ts,
-        values,
-        n_context: int = 0,
-        gap: np.ndarray | None = None,
-        threshold_raise: float | np.ndarray = 0.0,
+        self, ts, values, n_context: int, gap: np.ndarray | None, threshold_raise: float | np.ndarray
     ) -> dict[str, Any]:
         """Score every point after the first ``n_context`` ones, as ``SCORE_COLUMNS`` -> array
         (``ts``: a ``DatetimeIndex``), for callers that put many KPIs' scores in one frame

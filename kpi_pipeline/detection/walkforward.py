@@ -14,7 +14,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -25,7 +24,6 @@ from kpi_pipeline.detection.ensemble import (
     EnsembleDetector,
     InsufficientHistory,
     confident_anomalies,
-    score_frame,
 )
 from kpi_pipeline.detection.feedback import threshold_raise
 from kpi_pipeline.detection.preprocess import infer_frequency
@@ -79,22 +77,15 @@ def score_segment(
     """Score points ``[start, end)`` with the earlier points the detector needs as context;
     ``raised``: the threshold raise of analysts' feedback (``EnsembleDetector.score``'s
     ``threshold_raise``), one number or one per point."""
-    return score_frame(score_segment_columns(detector, ts, values, gap, start, end, raised))
+    window, context = context_window(detector, start, end)
+    return detector.score(ts[window], values[window], n_context=context, gap=gap[window], threshold_raise=raised)
 
 
-def score_segment_columns(
-    detector: EnsembleDetector,
-    ts: pd.DatetimeIndex,
-    values: np.ndarray,
-    gap: np.ndarray,
-    start: int,
-    end: int,
-    raised: float | np.ndarray = 0.0,
-) -> dict[str, Any]:
-    """``score_segment`` as columns (``EnsembleDetector.score_columns``)."""
+def context_window(detector: EnsembleDetector, start: int, end: int) -> tuple[slice, int]:
+    """The positions that scoring points ``[start, end)`` reads (those points and the context
+    before them), and how many of them are context."""
     context = min(start, detector.context_points)
-    window = slice(start - context, end)
-    return detector.score_columns(ts[window], values[window], context, gap[window], raised)
+    return slice(start - context, end), context
 
 
 FALSE_POSITIVE = "false_positive"

@@ -81,6 +81,27 @@ def _npy(array: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
+def as_version_2(data: bytes, kind: str) -> bytes:
+    """An artifact rewritten as format version 2 wrote it: a zip of ``state.json`` and ``.npy``
+    members (C order), each array named with its dtype and shape, byte strings as uint8."""
+    members: dict[str, bytes] = {}
+
+    def encode(value):
+        if isinstance(value, dict):
+            return {key: encode(item) for key, item in value.items()}
+        if isinstance(value, list):
+            return [encode(item) for item in value]
+        if isinstance(value, np.ndarray):
+            name = f"a{len(members)}"
+            members[f"{name}.npy"] = _npy(value)
+            return {"array": name, "dtype": value.dtype.str, "shape": list(value.shape)}
+        return value
+
+    document = {**read_document(data, kind), "format_version": 2}
+    document["state"] = encode(unpack(data, kind))
+    return _zip(document, members)
+
+
 def test_another_kind_or_a_newer_format_is_refused():
     with pytest.raises(UnreadableArtifact, match="expected a prophet model"):
         unpack(pack("iforest", {}), "prophet")

@@ -1,7 +1,3 @@
-import io
-import json
-import zipfile
-
 import numpy as np
 import pandas as pd
 import pytest
@@ -16,6 +12,7 @@ from kpi_pipeline.detection.ensemble import (
 )
 from kpi_pipeline.detection.artifacts import DOCUMENT_HEAD, UnreadableArtifact, read_document, unpack
 from kpi_pipeline.detection.events import SEVERITY_ORDER, assign_events
+from kpi_pipeline_tests.detection.test_artifacts import as_version_2
 from kpi_pipeline_tests.detection.synthetic import LEVEL, NOISE_SIGMA, daily_sine
 
 N_POINTS = 21 * 24
@@ -210,36 +207,9 @@ def test_artifacts_round_trip_gives_identical_scores(detector, series, spike_sco
     assert hasattr(detector, "prophet_")  # serialising leaves the live detector intact
 
 
-def _as_version_2(data: bytes, kind: str) -> bytes:
-    """An artifact rewritten as format version 2 wrote it: a zip of ``state.json`` and ``.npy``
-    members (C order), each array named with its dtype and shape, byte strings as uint8."""
-    arrays: dict[str, np.ndarray] = {}
-
-    def encode(value):
-        if isinstance(value, dict):
-            return {key: encode(item) for key, item in value.items()}
-        if isinstance(value, list):
-            return [encode(item) for item in value]
-        if isinstance(value, np.ndarray):
-            name = f"a{len(arrays)}"
-            arrays[name] = np.asarray(value, order="C")
-            return {"array": name, "dtype": value.dtype.str, "shape": list(value.shape)}
-        return value
-
-    document = {**read_document(data, kind), "format_version": 2}
-    document["state"] = encode(unpack(data, kind))
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
-        archive.writestr("state.json", json.dumps(document))
-        for name, array in arrays.items():
-            with archive.open(f"{name}.npy", "w") as member:
-                np.lib.format.write_array(member, array, allow_pickle=False)
-    return buffer.getvalue()
-
-
 def test_a_detector_stored_in_format_version_2_scores_as_it_did(detector, series, spike_scores):
     ts, y = series
-    older = {kind: _as_version_2(data, kind) for kind, data in detector.to_artifacts().items()}
+    older = {kind: as_version_2(data, kind) for kind, data in detector.to_artifacts().items()}
     assert all(data[:4] == b"PK\x03\x04" for data in older.values())
     spiked = y.copy()
     spiked[SPIKE] += 8 * NOISE_SIGMA
