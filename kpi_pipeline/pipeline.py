@@ -167,7 +167,8 @@ def _newest_scoring_windows(engine: sa.Engine, kpis: list[str]) -> dict[str, tup
             try:
                 windows[kpi] = _scoring_window(model)
             except Exception as error:  # noqa: BLE001 - one KPI's unreadable model is its own failure
-                windows[kpi] = error
+                # Without its traceback, which holds this frame and the chunk's artifacts.
+                windows[kpi] = error.with_traceback(None)
                 unread.append(kpi)
         if whole or not unread:
             break

@@ -8,11 +8,12 @@ one after the other, as they are. The document holds the artifact's ``kind``,
 ``FORMAT_VERSION``, the versions of the libraries that fitted it, and the model's state: its
 settings and learned scalars, with each array replaced by ``{"offset": <byte in the body>,
 "dtype": "<f8", "shape": [n]}`` and each byte string by ``{"blob": <byte in the blobs>, "size":
-n}``. Reading parses JSON and takes each array's bytes from the body with the dtype and shape
-the document gives (no pickle, no object arrays): loading a model runs no code from the
-database, and does not depend on the classes or library versions that wrote it
-(docs/models.md). The document reads without the rest (what choosing a scoring window needs),
-the body inflates in one call, and the blobs are not inflated at all.
+n, "crc32": <its CRC-32>}`` (checked on reading). Reading parses JSON and takes each array's
+bytes from the body with the dtype and shape the document gives (no pickle, no object
+arrays): loading a model runs no code from the database, and does not depend on the classes
+or library versions that wrote it (docs/models.md). The document reads without the rest
+(what choosing a scoring window needs), the body inflates in one call, and the blobs are not
+inflated at all.
 
 Versions 1 and 2 were ``.npz`` archives (numpy's zip of ``.npy`` arrays) with a ``state.json``
 member, arrays named ``{"array": "a3"}`` (2: with their dtype and shape): still read.
@@ -78,7 +79,7 @@ def pack(kind: str, state: dict[str, Any]) -> bytes:
             return [encode(item) for item in value]
         if isinstance(value, (bytes, bytearray)):
             blobs.extend(value)
-            return {"blob": len(blobs) - len(value), "size": len(value)}
+            return {"blob": len(blobs) - len(value), "size": len(value), "crc32": zlib.crc32(value)}
         if isinstance(value, np.ndarray):
             if value.dtype == object:
                 raise TypeError("object arrays are not stored (they would need pickle)")
@@ -141,7 +142,7 @@ def unpack(data: bytes, kind: str) -> dict[str, Any]:
 
 def _is_array(value: dict, version: int) -> bool:
     if version >= 3:
-        return value.keys() == {"offset", "dtype", "shape"} or value.keys() == {"blob", "size"}
+        return value.keys() == {"offset", "dtype", "shape"} or value.keys() == {"blob", "size", "crc32"}
     return value.keys() == {"array", "dtype", "shape"} or value.keys() == {"array"}
 
 
@@ -156,14 +157,22 @@ def _open(data: bytes, kind: str) -> tuple[dict[str, Any], Callable[[dict], np.n
         )
     if data[: len(MAGIC)] == MAGIC:
         document, array = _open_version_3(data, kind)
+        container_versions = range(3, 1 << 31)
     elif data[:4] == ZIP_MAGIC:
         document, array = _open_archive(data)
+        container_versions = range(1, 3)
     else:
         raise UnreadableArtifact(f"this {kind} model is not a kpi-pipeline model artifact")
     if not isinstance(document, dict) or document.get("format") != FORMAT or document.get("kind") != kind:
         found = document if not isinstance(document, dict) else (document.get("format"), document.get("kind"))
         raise UnreadableArtifact(f"expected a {kind} model, found {found!r}")
-    if document["format_version"] > FORMAT_VERSION:
+    version = document.get("format_version")
+    if not isinstance(version, int) or version not in container_versions:
+        # Which entries are arrays depends on the version: a wrong one would misread them.
+        raise UnreadableArtifact(
+            f"this {kind} model artifact is damaged (format version {version!r} in this container)"
+        )
+    if version > FORMAT_VERSION:
         raise UnreadableArtifact(
             f"this {kind} model has format version {document['format_version']}, written by a "
             f"newer kpi-pipeline; this one reads up to version {FORMAT_VERSION}"
@@ -193,7 +202,10 @@ def _open_version_3(data: bytes, kind: str) -> tuple[Any, Callable[[dict], np.nd
         body, blobs = parts[0]
         if "blob" in value:  # bytes, as uint8 (as versions 1 and 2 read them)
             start, size = int(value["blob"]), int(value["size"])
-            return _array(bytearray(blobs[start : start + size]), "|u1", [size], 0)
+            blob = bytearray(blobs[start : start + size])
+            if len(blob) == size and zlib.crc32(blob) != value["crc32"]:
+                raise UnreadableArtifact(f"this {kind} model artifact is damaged (a byte string's CRC differs)")
+            return _array(blob, "|u1", [size], 0)
         return _array(body, value["dtype"], value["shape"], int(value["offset"]))
 
     return document, array

@@ -826,13 +826,17 @@ class EnsembleDetector(BaseEstimator):
         return judged, np.where(np.abs(shifted) < np.abs(recent), base, 0.0)
 
     def _judge_all(self, ts: pd.DatetimeIndex, y: np.ndarray, first_judged: int) -> tuple[_Judged, ScoringState]:
-        """Every point judged with whole-series rolling windows; the forest and the recent
-        scales from ``first_judged`` on (before it, the forest's surprise is 0 and the scales
-        are the training ones: those points are context, never returned)."""
+        """Every point judged with whole-series rolling windows; the forest, and without a
+        smoothing window the recent scales, from ``first_judged`` on (before it, the forest's
+        surprise is 0 and the scales are the training ones: those points are context, never
+        returned)."""
         y_model = self._to_model(y)
         yhat = self.prophet_.predict(ts)
         residual = y_model - yhat
-        level, adapted, ratio, recent_scale = self._deviation(residual, first_judged)
+        # With smoothing, the rolling mean accumulates every point's combined surprise, so the
+        # context's own scales are kept (else the last bits of later scores would move).
+        first_scaled = first_judged if self._config.smoothing_window == 1 else 0
+        level, adapted, ratio, recent_scale = self._deviation(residual, first_scaled)
         iforest_surprise = np.zeros(len(y))
         iforest_surprise[first_judged:] = self.iforest_.surprise(
             self._iforest_features(residual, adapted, y_model)[first_judged:]
@@ -846,7 +850,7 @@ class EnsembleDetector(BaseEstimator):
         # Off for models fitted on little history, and for those trained before it existed.
         if hasattr(self, "sustained_tail_"):
             judged_shift, shifted, reference = self._sustained_shift(residual)
-            sustained = (self._sustained_ratio(judged_shift, shifted, first_judged), reference)
+            sustained = (self._sustained_ratio(judged_shift, shifted, first_scaled), reference)
         judged = self._judged(
             yhat, residual, level, adapted, recent_scale, ratio, iforest_surprise, runs, sustained, autoencoder
         )

@@ -28,6 +28,8 @@ def rolling_median(values: np.ndarray, window: int, min_periods: int, first: int
     from ``first`` on (NaN before it): the median of the non-NaN values among each point's
     ``window`` values ending at it, NaN where fewer than ``min_periods`` (and at least one)."""
     values = np.asarray(values, dtype=float)
+    if np.isinf(values).any():  # pandas' rolling windows skip infinities as they skip NaN
+        values = np.where(np.isinf(values), np.nan, values)
     n = len(values)
     first = max(0, min(first, n))
     out = np.full(n, np.nan)

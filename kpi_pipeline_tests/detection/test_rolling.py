@@ -45,6 +45,12 @@ def test_windows_longer_than_the_series_and_empty_series():
     assert len(rolling_median(np.array([]), 8, 1)) == 0
 
 
+def test_infinities_are_skipped_as_pandas_skips_them():
+    values = np.array([1.0, np.inf, 3.0, -np.inf, 5.0, 2.0, np.nan, 4.0])
+    expected = pd.Series(values).rolling(3, min_periods=1).median().to_numpy()
+    _assert_same_bits(rolling_median(values, 3, 1), expected)
+
+
 def test_shifted_is_pandas_shift():
     values = _series(4, 30)
     for lag in (0, 1, 12, 30, 40):
