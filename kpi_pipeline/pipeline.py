@@ -159,20 +159,21 @@ def _newest_scoring_windows(engine: sa.Engine, kpis: list[str]) -> dict[str, tup
     why they cannot be read). They are in the artifact's document, so its first bytes are read
     (``DOCUMENT_HEAD``, a few percent of it), then the whole of those that need it: artifacts
     written before format version 3, an unusually large document."""
+    windows = _scoring_windows_of(store.load_latest_models(engine, "ensemble", kpis=kpis, artifact_head=DOCUMENT_HEAD))
+    unread = [kpi for kpi, window in windows.items() if isinstance(window, Exception)]
+    if unread:
+        windows.update(_scoring_windows_of(store.load_latest_models(engine, "ensemble", kpis=unread)))
+    return windows
+
+
+def _scoring_windows_of(models: dict[str, store.ModelRecord]) -> dict[str, tuple[pd.Timedelta, int] | Exception]:
     windows: dict[str, tuple[pd.Timedelta, int] | Exception] = {}
-    heads = store.load_latest_models(engine, "ensemble", kpis=kpis, artifact_head=DOCUMENT_HEAD)
-    for whole in (False, True):
-        unread = []
-        for kpi, model in heads.items():
-            try:
-                windows[kpi] = _scoring_window(model)
-            except Exception as error:  # noqa: BLE001 - one KPI's unreadable model is its own failure
-                # Without its traceback, which holds this frame and the chunk's artifacts.
-                windows[kpi] = error.with_traceback(None)
-                unread.append(kpi)
-        if whole or not unread:
-            break
-        heads = store.load_latest_models(engine, "ensemble", kpis=unread)
+    for kpi, model in models.items():
+        try:
+            windows[kpi] = _scoring_window(model)
+        except Exception as error:  # noqa: BLE001 - one KPI's unreadable model is its own failure
+            # Without its traceback, which holds this frame and the chunk's artifacts.
+            windows[kpi] = error.with_traceback(None)
     return windows
 
 
